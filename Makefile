@@ -1,0 +1,44 @@
+# picoalign — two commands do all set-up on a fresh machine:
+#   make demo   creates .venv, installs torch (CPU) first, then picoalign; runs the main job
+#   make test   same set-up, then lint + the test suite
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.picoalign-installed
+# pip on some machines prints a warning per index location it skips; keep the log readable
+QUIET := { grep -v "is ignored: it is neither" || true; }
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install system-data demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing torch==2.13.0 (CPU) first, then picoalign and its offline models ..."
+	$(BIN)/python -m pip install -q torch==2.13.0 2>&1 | $(QUIET)
+	$(BIN)/python -m pip install -q -e ".[cpu-models,dev]" 2>&1 | $(QUIET)
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Optional Debian data (Noto emoji font, Tux Paint stamps, cairo for SVG). Installed only where
+# we are root and apt works; elsewhere the tests that need them skip with the install command.
+system-data:
+	@bash scripts/system-data.sh
+
+demo: install system-data
+	$(BIN)/picoalign demo
+
+test: install system-data
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+bench: install system-data
+	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/similarity_speed.py
+	$(BIN)/python benchmarks/train_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

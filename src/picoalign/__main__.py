@@ -1,0 +1,7 @@
+"""``python -m picoalign`` = the ``picoalign`` command (also what torchrun launches)."""
+
+import sys
+
+from picoalign.cli import main
+
+sys.exit(main())

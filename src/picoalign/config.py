@@ -1,0 +1,122 @@
+"""Training configuration as data: one dataclass, loadable from YAML, dumped next to every
+checkpoint so a run can always be reproduced from its own folder.
+
+Precedence: defaults < ``--config FILE`` < command-line flags. Nested sections ``model`` and
+``pico`` map to :class:`~picoalign.model.ModelConfig` and :class:`~picoalign.pico.PICOConfig`;
+an unknown key is an error naming the file and the key (a typo must not silently do nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from picoalign.model import ModelConfig
+from picoalign.pico import PICOConfig
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are the CPU recipe on cached frozen features."""
+
+    data: str = "twemoji"
+    out: str = "runs/pico"
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 1e-3
+    backbone_lr_mult: float = 0.1  # for fine-tuned backbones
+    weight_decay: float = 1e-4
+    lr_steps: list[int] = field(default_factory=lambda: [8])  # epochs where lr ×= lr_gamma
+    lr_gamma: float = 0.3
+    grad_clip: float = 2.0
+    loss: str = "triplet"  # "triplet" | "infonce"
+    margin: float = 0.2
+    triplet_warmup_epochs: int = 1  # sum over all negatives before switching to hardest
+    pico_warmup_epochs: int = 1  # p ≡ 1 for these epochs
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # autocast where the device supports it (bf16 on CPU with AMX, CUDA)
+    eval_split: str = "val"
+    eval_every: int = 1
+    cache_dir: str | None = None
+    skip_bad: bool = False
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig(**self.model)
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 2,
+            "lr": self.lr > 0,
+            "margin": self.margin >= 0,
+            "loss": self.loss in ("triplet", "infonce"),
+            "eval_split": self.eval_split in ("train", "val", "test"),
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _known(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _check_keys(d: dict[str, Any], cls: type, where: str) -> None:
+    unknown = sorted(set(d) - _known(cls))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_known(cls)))}"
+        )
+
+
+def config_from_dict(d: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Build a TrainConfig from nested dicts, rejecting unknown keys at every level."""
+    d = dict(d)
+    _check_keys(d, TrainConfig, where)
+    model = dict(d.pop("model", {}) or {})
+    _check_keys(model, ModelConfig, f"{where}: model")
+    pico = dict(model.pop("pico", {}) or {})
+    _check_keys(pico, PICOConfig, f"{where}: model.pico")
+    try:
+        return TrainConfig(**d, model=ModelConfig(**model, pico=PICOConfig(**pico)))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from e
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file (if any), then ``overrides`` (dotted keys allowed:
+    ``{"model.pico.tau": 0.5}``)."""
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p}: invalid YAML ({e})") from e
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{p}: expected a mapping of options at the top level")
+        data = loaded
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config_from_dict(data, where)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,110 @@
+"""Line-oriented reading shared by the file formats: exact line numbers in every message,
+strict UTF-8 (a wrong encoding is reported, not silently turned into mojibake captions), and
+one place that decides between "raise" and "skip and record" (``skip_bad``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from picoalign.data.base import DataError
+
+# Canonical split -> file prefixes, first found wins. ``dev`` is the VSE/SCAN name for val;
+# COCO's ``testall`` (5K) contains ``test`` (1K), so reading both would duplicate images.
+SPLIT_PREFIXES: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "val": ("dev", "val"),
+    "test": ("testall", "test"),
+}
+
+
+class Problems:
+    """Collects bad records: raises at the first one, or (``skip_bad``) records (where, why)."""
+
+    def __init__(self, skip_bad: bool) -> None:
+        self.skip_bad = skip_bad
+        self.skipped: list[tuple[str, str]] = []
+
+    def add(self, where: str, why: str) -> None:
+        if not self.skip_bad:
+            raise DataError(f"{where}: {why}")
+        self.skipped.append((where, why))
+
+    def empty(self, what: str) -> None:
+        """Raise for a dataset that ended up with no items, saying why."""
+        msg = f"{what}: no usable items"
+        if self.skipped:
+            where, why = self.skipped[0]
+            msg += f" ({len(self.skipped)} bad records skipped; first: {where}: {why})"
+        raise DataError(msg)
+
+
+def read_lines(
+    path: Path, problems: Problems, *, drop_trailing_blank: bool = False
+) -> Iterator[tuple[int, str | None]]:
+    """``(line number, text)`` for every line; ``text`` is None for a line that is not UTF-8
+    (reported to ``problems`` as it is reached, so ``skipped`` stays in line order), so that
+    callers aligning lines by index stay aligned."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read file ({e.strerror or e})") from None
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    raw = data.split(b"\n")
+    if raw and raw[-1] == b"":
+        raw.pop()  # a final newline ends the last line, it does not start a new one
+    if drop_trailing_blank:
+        while raw and not raw[-1].strip():
+            raw.pop()
+    for n, line in enumerate(raw, 1):
+        line = line.removesuffix(b"\r")
+        try:
+            text: str | None = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            problems.add(
+                f"{path} line {n}",
+                f"not valid UTF-8 (byte 0x{line[e.start]:02x} at "
+                f"column {e.start + 1}); save the file as UTF-8",
+            )
+            text = None
+        yield n, text
+
+
+def read_caption_file(path: Path, problems: Problems) -> list[tuple[int, str, str | None]]:
+    """``(line, where, caption)`` per line of a one-caption-per-line file; ``caption`` is None
+    for a skipped bad line (position kept: captions are matched to images by index)."""
+    out: list[tuple[int, str, str | None]] = []
+    for n, text in read_lines(path, problems, drop_trailing_blank=True):
+        where = f"{path} line {n}"
+        if text is not None and not text.strip():
+            problems.add(where, "empty caption")
+            text = None
+        out.append((n, where, " ".join(text.split()) if text is not None else None))
+    return out
+
+
+def find_split_files(data_dir: Path, suffixes: tuple[str, ...]) -> tuple[Path, dict[str, str]]:
+    """The folder holding ``{prefix}_caps.txt`` files (``DIR/precomp`` or ``DIR``) and, per
+    canonical split, the first prefix that has captions and one of ``suffixes``."""
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: not a directory")
+    folder = data_dir / "precomp"
+    if not any(folder.glob("*_caps.txt")):
+        folder = data_dir
+    found: dict[str, str] = {}
+    for split, prefixes in SPLIT_PREFIXES.items():
+        for p in prefixes:
+            if (folder / f"{p}_caps.txt").is_file() and any(
+                (folder / f"{p}{s}").is_file() for s in suffixes
+            ):
+                found[split] = p
+                break
+    if not found:
+        want = " or ".join(f"{{split}}{s}" for s in suffixes)
+        raise DataError(
+            f"{data_dir}: no split files found; expected {{split}}_caps.txt with "
+            f"{want} for split in train, dev, test(all) (in DIR or DIR/precomp)"
+        )
+    return folder, found

@@ -1,0 +1,326 @@
+"""The field's dataset formats and users' own data, as :class:`ImageCaptionDataset`.
+
+* :func:`jsonl` — picoalign's own format, one image per line::
+
+      {"image": "imgs/dog.png", "captions": ["a dog", "a brown dog"], "split": "train"}
+
+  ``split`` is optional (default: seeded split by ``group``); ``group`` is optional (default:
+  the image path; give images of one concept the same group to keep them in one split).
+  ``caption`` (a string) is accepted instead of ``captions``. Relative paths are resolved
+  against ``root`` (default: the file's folder) and may not leave it.
+* :func:`karpathy` — ``dataset_flickr30k.json`` / ``dataset_coco.json`` (restval → train).
+* :func:`laps` — the LAPS / VSE∞ layout (``precomp/{split}_ids.txt``, ``{split}_caps.txt``,
+  ``id_mapping.json``).
+* :func:`precomp` — precomputed image token features (SCAN/VSE ``{split}_ims.npy`` or
+  ``.safetensors``). Its items have no image (``load`` raises DataError); fetch features with
+  ``tokens, mask = dataset.image_features(keys)`` (float32 B x T x C, bool B x T). Details in
+  :mod:`picoalign.data.precomp`.
+
+Every problem is reported as ``DataError("FILE line N: what is wrong")``. File existence is
+checked when the dataset is built (a cheap ``stat``); decoding happens lazily in ``load``.
+With ``skip_bad=True`` bad records are dropped and listed in ``dataset.skipped`` instead, so a
+scrape with a few broken lines can still be used while its defects stay visible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from picoalign.data._text import Problems, find_split_files, read_caption_file, read_lines
+from picoalign.data.base import (
+    SPLITS,
+    DataError,
+    ImageCaptionDataset,
+    Item,
+    items_fingerprint,
+    seeded_split,
+)
+from picoalign.data.images import FileLoader
+from picoalign.data.precomp import precomp
+
+__all__ = ["jsonl", "karpathy", "laps", "precomp"]
+
+SPLIT_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "restval": "train"}
+
+
+def _split_value(value: Any) -> str:
+    if not isinstance(value, str) or SPLIT_ALIASES.get(value, value) not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)} (got {value!r})")
+    return SPLIT_ALIASES.get(value, value)
+
+
+def _inside(root: Path, rel: str) -> tuple[Path, str]:
+    """``root/rel`` and its key, refusing relative paths that climb out of ``root``: a dataset
+    file must not be able to make the loader read ``../../home/user/.ssh/...``."""
+    if os.path.isabs(rel):
+        return Path(rel), rel
+    norm = os.path.normpath(rel)
+    if norm == ".." or PurePosixPath(norm.replace(os.sep, "/")).parts[:1] == ("..",):
+        raise DataError(f"image path {rel!r} escapes the dataset root {root}")
+    return root / norm, PurePosixPath(norm.replace(os.sep, "/")).as_posix()
+
+
+def _stat_image(path: Path) -> str:
+    """A cheap existence check (no decoding); returns size+mtime for the fingerprint."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except OSError as e:
+        raise DataError(f"cannot access image {path}: {e.strerror or e}") from None
+    if not path.is_file():
+        raise DataError(f"image path is not a file: {path}")
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _text_list(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{what} must be a non-empty list of strings (got {type(value).__name__})")
+    out = []
+    for i, c in enumerate(value):
+        if not isinstance(c, str):
+            raise DataError(f"{what}[{i}] must be a string (got {type(c).__name__})")
+        if not c.strip():
+            raise DataError(f"{what}[{i}] is empty")
+        out.append(" ".join(c.split()))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- jsonl
+
+
+def _jsonl_record(text: str, base: Path, seed: int) -> Item:
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(rec, dict):
+        raise DataError(f"expected a JSON object, got {type(rec).__name__}")
+    if "image" not in rec:
+        raise DataError('missing key "image"')
+    if not isinstance(rec["image"], str) or not rec["image"].strip():
+        raise DataError('"image" must be a non-empty string (a path)')
+    if "captions" in rec:
+        captions = _text_list(rec["captions"], '"captions"')
+    elif "caption" in rec:
+        captions = _text_list([rec["caption"]], '"caption"')
+    else:
+        raise DataError('missing key "captions" (a list of strings)')
+    full, key = _inside(base, rec["image"])
+    group = rec.get("group", key)
+    if not isinstance(group, str) or not group:
+        raise DataError('"group" must be a non-empty string')
+    split = rec.get("split")
+    split = seeded_split(group, seed) if split is None else _split_value(split)
+    return Item(key, captions, split, group, str(full))
+
+
+def jsonl(
+    path: Path | str, *, seed: int = 0, skip_bad: bool = False, root: Path | str | None = None
+) -> ImageCaptionDataset:
+    """Load a JSON-lines dataset (format in the module docstring). Blank lines are ignored."""
+    path = Path(path)
+    base = Path(root) if root is not None else path.parent
+    problems = Problems(skip_bad)
+    items: list[Item] = []
+    where_of: dict[str, str] = {}
+    stats: list[str] = []
+    for n, text in read_lines(path, problems):
+        if text is None or not text.strip():
+            continue  # blank, or not UTF-8 (already reported by read_lines)
+        where = f"{path} line {n}"
+        try:
+            item = _jsonl_record(text, base, seed)
+            if item.key in where_of:
+                raise DataError(f"duplicate image {item.key!r} (first at {where_of[item.key]})")
+            stats.append(_stat_image(Path(item.source)))
+        except DataError as e:
+            problems.add(where, str(e))
+            continue
+        where_of[item.key] = where
+        items.append(item)
+    if not items:
+        problems.empty(str(path))
+    fp = items_fingerprint(
+        "jsonl", str(path.resolve()), str(base.resolve()), str(seed), *stats, items=items
+    )
+    return ImageCaptionDataset(
+        path.stem, items, FileLoader(where_of=where_of), fp, root=base, skipped=problems.skipped
+    )
+
+
+# --------------------------------------------------------------------------- Karpathy
+
+
+def _karpathy_record(rec: Any, image_root: Path) -> Item:
+    if not isinstance(rec, dict):
+        raise DataError(f"expected an object, got {type(rec).__name__}")
+    filename, filepath = rec.get("filename"), rec.get("filepath", "")
+    if not isinstance(filename, str) or not filename:
+        raise DataError('missing or non-string "filename"')
+    if not isinstance(filepath, str):
+        raise DataError('"filepath" must be a string')
+    if "split" not in rec:
+        raise DataError('missing key "split"')
+    split = _split_value(rec["split"])
+    sentences = rec.get("sentences")
+    if not isinstance(sentences, list) or not sentences:
+        raise DataError('"sentences" must be a non-empty list')
+    raws = []
+    for i, s in enumerate(sentences):
+        raw = s.get("raw") if isinstance(s, dict) else None
+        if raw is None and isinstance(s, dict) and isinstance(s.get("tokens"), list):
+            raw = " ".join(map(str, s["tokens"]))
+        raws.append(raw)
+        if not isinstance(raw, str):
+            raise DataError(f'sentences[{i}] has no "raw" string')
+    captions = _text_list(raws, "sentences[].raw")
+    full, key = _inside(image_root, f"{filepath}/{filename}" if filepath else filename)
+    return Item(key, captions, split, key, str(full))
+
+
+def karpathy(
+    json_path: Path | str,
+    image_root: Path | str,
+    *,
+    skip_bad: bool = False,
+    check_files: bool = True,
+) -> ImageCaptionDataset:
+    """Karpathy-split JSON (Flickr8k/30k, COCO). Image path = ``image_root/[filepath/]filename``;
+    the splits are the file's own (``restval`` joins train), so no seed is involved."""
+    json_path, image_root = Path(json_path), Path(image_root)
+    try:
+        data = json.loads(json_path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{json_path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{json_path}: not a readable UTF-8 JSON file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(f'{json_path}: expected {{"images": [...]}} (a Karpathy split file)')
+    problems = Problems(skip_bad)
+    items: list[Item] = []
+    where_of: dict[str, str] = {}
+    stats: list[str] = []
+    for i, rec in enumerate(data["images"]):
+        where = f"{json_path} images[{i}]"
+        try:
+            item = _karpathy_record(rec, image_root)
+            if item.key in where_of:
+                raise DataError(f"duplicate image {item.key!r} (first at {where_of[item.key]})")
+            if check_files:
+                stats.append(_stat_image(Path(item.source)))
+        except DataError as e:
+            problems.add(where, str(e))
+            continue
+        where_of[item.key] = where
+        items.append(item)
+    if not items:
+        problems.empty(str(json_path))
+    fp = items_fingerprint(
+        "karpathy", str(json_path.resolve()), str(image_root.resolve()), *stats, items=items
+    )
+    return ImageCaptionDataset(
+        json_path.stem,
+        items,
+        FileLoader(where_of=where_of),
+        fp,
+        root=image_root,
+        skipped=problems.skipped,
+    )
+
+
+# --------------------------------------------------------------------------- LAPS / VSE∞
+
+
+def _find_mapping(data_dir: Path, precomp_dir: Path) -> Path:
+    for d in (data_dir, precomp_dir, precomp_dir.parent):
+        if (d / "id_mapping.json").is_file():
+            return d / "id_mapping.json"
+    raise DataError(
+        f"{data_dir}: no id_mapping.json (LAPS layout: DIR/id_mapping.json, "
+        "DIR/precomp/{train,dev,test}_{ids,caps}.txt)"
+    )
+
+
+def laps(
+    data_dir: Path | str,
+    image_root: Path | str,
+    *,
+    skip_bad: bool = False,
+    check_files: bool = True,
+) -> ImageCaptionDataset:
+    """The LAPS / VSE∞ raw-image layout.
+
+    ``{split}_ids.txt`` holds one image id per line: either one per caption (equal line
+    counts) or one per image with ``len(caps) / len(ids)`` (5) captions per image, in order.
+    ``id_mapping.json`` maps id → file name under ``image_root``. Split files: ``train``,
+    ``dev`` (→ val), ``testall`` or else ``test`` (→ test; COCO's 5K ``testall`` contains the
+    1K ``test``, so only one is read).
+    """
+    data_dir, image_root = Path(data_dir), Path(image_root)
+    split_dir, found = find_split_files(data_dir, ("_ids.txt",))
+    mapping_path = _find_mapping(data_dir, split_dir)
+    try:
+        mapping = json.loads(mapping_path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{mapping_path}: not a readable UTF-8 JSON file ({e})") from None
+    if not isinstance(mapping, dict):
+        raise DataError(f"{mapping_path}: expected an object mapping image id to file name")
+    problems = Problems(skip_bad)
+    items: list[Item] = []
+    where_of: dict[str, str] = {}
+    stats: list[str] = []
+    for split, prefix in found.items():
+        ids_path = split_dir / f"{prefix}_ids.txt"
+        caps = read_caption_file(split_dir / f"{prefix}_caps.txt", problems)
+        ids = list(read_lines(ids_path, problems, drop_trailing_blank=True))
+        if not ids or len(caps) % len(ids):
+            raise DataError(
+                f"{split_dir / (prefix + '_caps.txt')}: {len(caps)} captions do not "
+                f"fit {len(ids)} ids in {ids_path} (need equal counts or a multiple)"
+            )
+        per = len(caps) // len(ids)
+        by_id: dict[str, tuple[str, list[str]]] = {}  # id -> (where, captions); insertion order
+        for i, (_, _, cap) in enumerate(caps):
+            n_id, image_id = ids[i // per]
+            if image_id is None:
+                continue  # undecodable id line, already reported
+            image_id = image_id.strip()
+            where = f"{ids_path} line {n_id}"
+            if image_id not in by_id:
+                by_id[image_id] = (where, [])
+            if cap is not None:
+                by_id[image_id][1].append(cap)
+        for image_id, (where, captions) in by_id.items():
+            try:
+                rel = mapping.get(image_id)
+                if not isinstance(rel, str):
+                    raise DataError(f"image id {image_id!r} is not in {mapping_path.name}")
+                full, key = _inside(image_root, rel)
+                if key in where_of:
+                    raise DataError(f"image {key!r} also at {where_of[key]}")
+                if not captions:
+                    raise DataError(f"image id {image_id!r} has no usable caption")
+                if check_files:
+                    stats.append(_stat_image(full))
+            except DataError as e:
+                problems.add(where, str(e))
+                continue
+            where_of[key] = where
+            items.append(Item(key, tuple(captions), split, key, str(full)))
+    if not items:
+        problems.empty(str(data_dir))
+    fp = items_fingerprint(
+        "laps", str(data_dir.resolve()), str(image_root.resolve()), *stats, items=items
+    )
+    return ImageCaptionDataset(
+        data_dir.name,
+        items,
+        FileLoader(where_of=where_of),
+        fp,
+        root=image_root,
+        skipped=problems.skipped,
+    )

@@ -1,0 +1,242 @@
+"""Safe image loading: every image in picoalign enters through :func:`load_image`.
+
+Datasets come from users, scrapes and system packages, so a loader meets every oddity that
+files have: CMYK JPEGs, 16-bit greyscale PNGs, palettes with a transparent index, alpha
+channels, zero-byte or truncated downloads, and "decompression bombs" whose header claims a
+gigantic size. One function turns all of them into a plain RGB image or a :class:`DataError`
+whose message names the file (and the dataset line that referenced it), so that one bad file
+in 100k reports where it is instead of crashing a training run with a bare PIL traceback.
+
+Transparent pixels are composited onto white (not black): icons, emoji and stamps are drawn
+for a light background, and black would turn a black outline into an invisible one.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from picoalign.data.base import DataError, Item
+
+MAX_PIXELS = 40_000_000  # 40 MP: larger than any camera photo in the benchmarks, far below RAM
+MAX_SIDE = 12_000
+SVG_SIZE = 512  # longer side of a rasterised SVG: their declared sizes are often ~70 px
+WHITE = (255, 255, 255)
+
+
+def _label(path: Path, where: str | None) -> str:
+    return f"{where}: image {path}" if where else f"image {path}"
+
+
+def load_image(
+    path: Path | str,
+    *,
+    where: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_side: int = MAX_SIDE,
+    svg_size: int = SVG_SIZE,
+) -> Image.Image:
+    """Load ``path`` as an RGB image, or raise :class:`DataError` naming the file and ``where``.
+
+    The size bound is checked from the header *before* pixels are decoded, so a 20000x20000
+    file costs a few bytes of reading, not gigabytes. EXIF orientation is applied so photos
+    appear upright as a person (and a caption writer) saw them. ``.svg`` files are rasterised
+    with cairosvg so that their longer side is ``svg_size``.
+    """
+    path = Path(path)
+    label = _label(path, where)
+    if path.suffix.lower() == ".svg":
+        return _load_svg(path, label, svg_size)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DataError(f"{label}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{label}: cannot read file ({e.strerror or e})") from None
+    if size == 0:
+        raise DataError(f"{label}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # PIL only *warns* between 89 MP and 179 MP; make that an error too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_size(im.size, label, max_pixels, max_side)
+                im.load()
+                return to_rgb(_upright(im))
+    except DataError as e:
+        raise DataError(str(e) if str(e).startswith(label) else f"{label}: {e}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{label}: image too large to decode safely ({e})") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{label}: not an image file in a format Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
+        # PIL reports truncation as OSError ("image file is truncated"), broken chunks as
+        # SyntaxError/ValueError, and some corrupt headers as struct errors (ValueError).
+        raise DataError(f"{label}: truncated or corrupt image ({type(e).__name__}: {e})") from None
+    except MemoryError:
+        raise DataError(f"{label}: out of memory while decoding the image") from None
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block is ignored, not fatal (the pixels are
+    fine, and cameras write odd EXIF often)."""
+    try:
+        return ImageOps.exif_transpose(im) or im
+    except Exception:
+        return im
+
+
+class FileLoader:
+    """The ``load`` of file-backed datasets: ``item.source`` is a path.
+
+    A class rather than a closure so that datasets pickle (DataLoader workers started with
+    ``spawn``/``forkserver`` receive the dataset by pickling). ``where_of`` maps item keys to
+    the dataset line that named the file; otherwise errors say ``"{label} {key}"``.
+    """
+
+    def __init__(self, label: str = "", where_of: dict[str, str] | None = None) -> None:
+        self.label = label
+        self.where_of = where_of or {}
+
+    def __call__(self, item: Item) -> Image.Image:
+        where = self.where_of.get(item.key) or f"{self.label} {item.key}".strip()
+        return load_image(Path(item.source), where=where)
+
+
+def _check_size(size: tuple[int, int], label: str, max_pixels: int, max_side: int) -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise DataError(f"{label}: invalid image size {w}x{h}")
+    if w > max_side or h > max_side or w * h > max_pixels:
+        raise DataError(
+            f"{label}: image too large ({w}x{h}; limits: side <= {max_side}, "
+            f"<= {max_pixels / 1e6:.0f} megapixels); downscale it first"
+        )
+
+
+def to_rgb(im: Image.Image, fill: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Convert any PIL mode to RGB; alpha (or a transparent palette index) over ``fill``.
+
+    16-bit and 32-bit integer greyscale are rescaled (PIL's own ``convert`` clips them, which
+    turns most 16-bit images white).
+    """
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im.copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _high_depth_to_rgb(im)
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", im.size, fill)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    try:
+        return im.convert("RGB")
+    except ValueError as e:  # e.g. LAB, which PIL cannot convert directly
+        raise DataError(f"unsupported image mode {mode!r}: {e}") from None
+
+
+def _high_depth_to_rgb(im: Image.Image) -> Image.Image:
+    """Map 16-bit (``I;16*``, and ``I``, which Pillow uses for 16-bit TIFF/PNG) to 8 bits by
+    the full 16-bit range; float images (``F``) are min-max normalised."""
+    arr = np.asarray(im)
+    if im.mode == "F":
+        arr = arr.astype(np.float64)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        grey = np.nan_to_num(scaled).astype(np.uint8)
+    else:
+        grey = (np.clip(arr.astype(np.int64), 0, 65535) // 257).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def to_square(
+    img: Image.Image,
+    size: int,
+    fill: tuple[int, int, int] = WHITE,
+    resample: Image.Resampling = Image.Resampling.BICUBIC,
+) -> Image.Image:
+    """Pad ``img`` to a centred square with ``fill`` and resize it to ``size`` x ``size``.
+
+    Padding instead of centre-cropping keeps every object in view: a caption may mention
+    something near the border ("a dog on the left"), and stamps/emoji are not photos.
+    """
+    img = to_rgb(img, fill) if img.mode != "RGB" else img
+    w, h = img.size
+    side = max(w, h)
+    if w != h:
+        canvas = Image.new("RGB", (side, side), fill)
+        canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+        img = canvas
+    if side != size:
+        img = img.resize((size, size), resample)
+    return img
+
+
+_LENGTH = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-z%]*)\s*$")
+
+
+def _svg_aspect(width: str | None, height: str | None, viewbox: str | None) -> float | None:
+    """Height/width ratio from the root element, or None when it cannot be told."""
+    if viewbox:
+        parts = re.split(r"[\s,]+", viewbox.strip())
+        try:
+            vb_w, vb_h = float(parts[2]), float(parts[3])
+            if vb_w > 0 and vb_h > 0:
+                return vb_h / vb_w
+        except (IndexError, ValueError):
+            pass
+    mw, mh = _LENGTH.match(width or ""), _LENGTH.match(height or "")
+    if mw and mh and mw.group(2) == mh.group(2) and mw.group(2) != "%":
+        w, h = float(mw.group(1)), float(mh.group(1))
+        if w > 0 and h > 0:
+            return h / w
+    return None
+
+
+def _load_svg(path: Path, label: str, svg_size: int) -> Image.Image:
+    """Rasterise an SVG at a fixed longer side.
+
+    The output size is chosen by us, not by the file: a declared ``width="100000"`` cannot
+    make cairo allocate gigabytes, and tiny declared sizes do not give 70-pixel images.
+    ``unsafe=True`` lets cairosvg follow the file's own references (embedded images, local
+    entities), which Tux Paint stamps use; only files a user chose to load are opened.
+    """
+    try:
+        import cairosvg  # noqa: F401  (import error → install hint)
+        from cairosvg.parser import Tree
+        from cairosvg.surface import PNGSurface
+    except (ImportError, OSError) as e:
+        raise DataError(
+            f"{label}: SVG needs cairosvg and the cairo library "
+            f"(pip install cairosvg; apt-get install libcairo2): {e}"
+        ) from None
+    if not path.exists():
+        raise DataError(f"{label}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{label}: empty file (0 bytes)")
+    try:
+        tree = Tree(url=str(path), unsafe=True)
+        aspect = _svg_aspect(tree.get("width"), tree.get("height"), tree.get("viewBox"))
+        if aspect is None:
+            out_w, out_h = svg_size, svg_size
+        elif aspect >= 1:
+            out_w, out_h = max(1, round(svg_size / aspect)), svg_size
+        else:
+            out_w, out_h = svg_size, max(1, round(svg_size * aspect))
+        buf = BytesIO()
+        surface = PNGSurface(tree, buf, 96, output_width=out_w, output_height=out_h)
+        surface.finish()
+        with Image.open(BytesIO(buf.getvalue())) as im:
+            im.load()
+            return to_rgb(im)
+    except DataError:
+        raise
+    except Exception as e:  # cairosvg raises many types (XML, ValueError, cairo.Error, ...)
+        raise DataError(f"{label}: cannot rasterise SVG ({type(e).__name__}: {e})") from None

@@ -1,0 +1,233 @@
+"""Retrieval metrics under the field's protocol: METHOD.md §8.
+
+Every image has one or more captions, every caption exactly one image (``caption_image``).
+
+* image→text: a query image succeeds at K if the *best-ranked of its captions* is in the top K.
+* text→image: a query caption succeeds at K if *its one image* is in the top K.
+* R@K in percent, both ways; rSum = the sum of the six recalls (R@1/5/10 × 2 directions).
+
+Ties count against the query: the rank of a query is the number of *wrong* candidates that
+score **at least as high** as its best correct one (0 = retrieved first). Why: a scorer that
+returns a constant (a collapsed model, a NaN-free but dead embedding) must not be credited
+with R@1 = 100 because a sort happened to put the right item first; counting ties as losses
+makes degenerate scores look as bad as they are and makes the result independent of the
+order of the candidates.
+
+COCO is reported on the 5K test set and as "1K": the mean of the metrics over five
+consecutive 1,000-image folds, each with its own images' captions (a 1,000-image pool is an
+easier task than 5,000, so the two are never mixed). ``coco_1k_folds`` takes a scoring
+function so a 5K × 25K score matrix need never be held at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+ScoresFn = Callable[[Tensor, Tensor], Tensor]
+"""scores_fn(image_index, caption_index) → (len(image_index), len(caption_index)) scores."""
+
+_CHUNK = 256  # rows of the score matrix compared at once: bounds the bool temporaries
+
+
+def _check(scores: Tensor, caption_image: Tensor) -> None:
+    """Raise ``ValueError`` naming the argument for malformed inputs."""
+    if not isinstance(scores, Tensor) or scores.dim() != 2:
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be a 2-D tensor (N_img, N_cap), got {shape}")
+    if not scores.is_floating_point() or not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores must be floating point with no NaN or Inf values")
+    n_img, n_cap = scores.shape
+    if n_img == 0 or n_cap == 0:
+        raise ValueError(f"scores needs at least one image and one caption, got {n_img}×{n_cap}")
+    if (
+        not isinstance(caption_image, Tensor)
+        or caption_image.shape != (n_cap,)
+        or caption_image.dtype not in (torch.int64, torch.int32)
+    ):
+        got = (
+            f"{tuple(caption_image.shape)} {caption_image.dtype}"
+            if isinstance(caption_image, Tensor)
+            else type(caption_image).__name__
+        )
+        raise ValueError(f"caption_image must be an integer tensor of shape ({n_cap},), got {got}")
+    if n_cap and (int(caption_image.min()) < 0 or int(caption_image.max()) >= n_img):
+        raise ValueError(f"caption_image values must lie in [0, {n_img}) (the rows of scores)")
+    counts = torch.bincount(caption_image.long(), minlength=n_img)
+    if bool((counts == 0).any()):
+        row = int((counts == 0).nonzero()[0])
+        raise ValueError(f"caption_image: image {row} has no caption (every image needs one)")
+
+
+def ranks(scores: Tensor, caption_image: Tensor) -> tuple[Tensor, Tensor]:
+    """0-based ranks of every query: (i2t (N_img,), t2i (N_cap,)), both long.
+
+    i2t[i] = number of captions of *other* images scoring ≥ the best of image i's captions;
+    t2i[c] = number of *other* images scoring ≥ caption c's own image (ties count against).
+    Computed in row chunks so the comparison temporaries stay small for 5K × 25K.
+    """
+    _check(scores, caption_image)
+    scores = scores.detach()
+    cap_img = caption_image.long()
+    n_img, n_cap = scores.shape
+    own = scores[cap_img, torch.arange(n_cap)]  # each caption's score with its own image
+    i2t = torch.empty(n_img, dtype=torch.long)
+    t2i = torch.zeros(n_cap, dtype=torch.long)
+    for i0 in range(0, n_img, _CHUNK):
+        block = scores[i0 : i0 + _CHUNK]
+        rows = torch.arange(i0, i0 + block.shape[0]).unsqueeze(1)
+        correct = cap_img.unsqueeze(0) == rows  # (b, N_cap): caption belongs to this image
+        best = block.masked_fill(~correct, -torch.inf).amax(dim=1, keepdim=True)
+        i2t[i0 : i0 + block.shape[0]] = ((block >= best) & ~correct).sum(dim=1)
+        t2i += ((block >= own.unsqueeze(0)) & ~correct).sum(dim=0)
+    return i2t, t2i
+
+
+def _direction(r: Tensor, ks: Sequence[int]) -> dict[str, float]:
+    out = {f"r{k}": 100.0 * float((r < k).double().mean()) for k in ks}
+    one_based = (r + 1).double()
+    out["medr"] = float(one_based.median())  # lower median: a rank actually attained
+    out["meanr"] = float(one_based.mean())
+    return out
+
+
+def recall_metrics(
+    scores: Tensor, caption_image: Tensor, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, object]:
+    """R@K both ways, rSum, and median / mean rank (1-based) of a full score matrix.
+
+    Args:
+        scores: (N_img, N_cap), higher = more similar.
+        caption_image: (N_cap,) long, the image of each caption; every image needs ≥ 1.
+        ks: the cut-offs; rSum sums R@k over ``ks`` in both directions.
+    Returns: ``{"i2t": {"r1", "r5", "r10", "medr", "meanr"}, "t2i": {...}, "rsum",
+    "n_images", "n_captions"}``, recalls in percent; plain Python numbers (JSON-ready).
+    """
+    if not ks or any(int(k) < 1 for k in ks):
+        raise ValueError(f"ks must be positive cut-offs, got {tuple(ks)}")
+    i2t, t2i = ranks(scores, caption_image)
+    a, b = _direction(i2t, ks), _direction(t2i, ks)
+    return {
+        "i2t": a,
+        "t2i": b,
+        "rsum": sum(a[f"r{k}"] + b[f"r{k}"] for k in ks),
+        "n_images": int(scores.shape[0]),
+        "n_captions": int(scores.shape[1]),
+    }
+
+
+def coco_1k_folds(
+    scores_fn: ScoresFn,
+    n_images: int,
+    caption_image: Tensor,
+    folds: int = 5,
+    *,
+    fold_size: int = 1000,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, object]:
+    """COCO 1K: the mean of the metrics over ``folds`` consecutive ``fold_size``-image folds.
+
+    Fold f holds images [f·fold_size, (f+1)·fold_size) and every caption of those images;
+    ``scores_fn(image_index, caption_index)`` scores that subset only (so the full matrix is
+    never built). Recalls, rSum and ranks are averaged over folds (rSum of the mean = mean of
+    the rSums); ``n_images`` / ``n_captions`` are the pool sizes of one fold (mean), because
+    that is what the recalls are relative to. Per-fold results are kept under ``"folds"``.
+    """
+    if not isinstance(caption_image, Tensor) or caption_image.dim() != 1:
+        raise ValueError("caption_image must be a 1-D integer tensor (N_cap,)")
+    if folds < 1 or fold_size < 1:
+        raise ValueError(f"folds and fold_size must be ≥ 1, got {folds} and {fold_size}")
+    if folds * fold_size > n_images:
+        raise ValueError(
+            f"n_images={n_images} is too small for {folds} folds of {fold_size} images "
+            f"(COCO 1K needs the 5,000-image test split)"
+        )
+    cap_img = caption_image.long()
+    per_fold: list[dict[str, object]] = []
+    for f in range(folds):
+        lo, hi = f * fold_size, (f + 1) * fold_size
+        img_idx = torch.arange(lo, hi)
+        cap_idx = ((cap_img >= lo) & (cap_img < hi)).nonzero().squeeze(1)
+        scores = scores_fn(img_idx, cap_idx)
+        if not isinstance(scores, Tensor) or scores.shape != (fold_size, cap_idx.numel()):
+            got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ValueError(
+                f"scores_fn must return ({fold_size}, {cap_idx.numel()}) for fold {f}, got {got}"
+            )
+        per_fold.append(recall_metrics(scores, cap_img[cap_idx] - lo, ks))
+    return {**mean_metrics(per_fold), "folds": per_fold}
+
+
+def mean_metrics(results: Sequence[dict[str, object]]) -> dict[str, object]:
+    """Average several metric dicts key by key (folds, seeds); sizes are averaged too."""
+    if not results:
+        raise ValueError("results must hold at least one metrics dict")
+    out: dict[str, object] = {}
+    for side in ("i2t", "t2i"):
+        keys = results[0][side].keys()  # type: ignore[union-attr]
+        out[side] = {k: sum(r[side][k] for r in results) / len(results) for k in keys}  # type: ignore[index]
+    for key in ("rsum", "n_images", "n_captions"):
+        mean = sum(float(r[key]) for r in results) / len(results)  # type: ignore[arg-type]
+        out[key] = int(mean) if key != "rsum" and mean.is_integer() else mean
+    return out
+
+
+PROTOCOLS: dict[str, str] = {
+    "full": "all images of the split against all their captions (any size)",
+    "5k": "COCO 5K test: the full 5,000 × 25,000 matrix",
+    "1k": "COCO 1K: mean over five 1,000-image folds of the 5K test set",
+    "flickr-1k": "Flickr30K test: the full 1,000 × 5,000 matrix",
+}
+_EXPECTED_IMAGES = {"5k": 5000, "1k": 5000, "flickr-1k": 1000}
+
+
+def evaluate_protocol(
+    name: str,
+    scores_fn: ScoresFn,
+    n_images: int,
+    caption_image: Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, object]:
+    """Run a named protocol (see ``PROTOCOLS``) and add ``"protocol": name`` to the result.
+
+    The named benchmarks check the image count, since a number reported as "COCO 5K" on a
+    different pool is not comparable to the literature; use "full" for any other set.
+    """
+    if name not in PROTOCOLS:
+        raise ValueError(f"name must be one of {sorted(PROTOCOLS)}, got {name!r}")
+    expected = _EXPECTED_IMAGES.get(name)
+    if expected is not None and n_images != expected:
+        raise ValueError(f"n_images={n_images}, but protocol {name!r} needs {expected} images")
+    if name == "1k":
+        result = coco_1k_folds(scores_fn, n_images, caption_image, ks=ks)
+    else:
+        all_caps = torch.arange(int(caption_image.numel()))
+        result = recall_metrics(scores_fn(torch.arange(n_images), all_caps), caption_image, ks)
+    return {**result, "protocol": name}
+
+
+def format_table(results: dict[str, dict[str, object]], digits: int = 1) -> str:
+    """Side-by-side text table: one row per method, R@K both ways and rSum.
+
+    The cut-offs are read from the first result, so tables for other ``ks`` also work.
+    """
+    if not results:
+        raise ValueError("results must hold at least one method")
+    first = next(iter(results.values()))
+    ks = [k for k in first["i2t"] if k.startswith("r")]  # type: ignore[union-attr]
+    name_w = max(6, *(len(n) for n in results))
+    col_w = max(6, digits + 5)
+    side_w = col_w * len(ks)
+    head1 = f"{'':<{name_w}}  {'image→text':^{side_w}}  {'text→image':^{side_w}}  {'':>{col_w}}"
+    labels = "".join(f"{'R@' + k[1:]:>{col_w}}" for k in ks)
+    head2 = f"{'method':<{name_w}}  {labels}  {labels}  {'rSum':>{col_w}}"
+    lines = [head1.rstrip(), head2, "-" * len(head2)]
+    for name, r in results.items():
+        cells = [
+            "".join(f"{r[side][k]:>{col_w}.{digits}f}" for k in ks)  # type: ignore[index]
+            for side in ("i2t", "t2i")
+        ]
+        lines.append(f"{name:<{name_w}}  {cells[0]}  {cells[1]}  {r['rsum']:>{col_w}.{digits}f}")
+    return "\n".join(lines)

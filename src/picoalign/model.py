@@ -1,0 +1,249 @@
+"""``PicoAligner``: the one object a user holds — heads, scoring rule and PICO state.
+
+Backbones (EfficientNet-Lite0, MiniLM, ViT/BERT via ``hf:``) produce token features; the
+aligner projects them to a shared D-dimensional space with one head per modality and scores
+them with the method's rule:
+
+- ``global``   — cosine of mean-pooled tokens (the global baseline);
+- ``baseline`` — fine-grained max-mean score, p ≡ 1;
+- ``pico``     — fine-grained with PICO's training and scoring rules (see ``PICOConfig``).
+
+``save(dir)``/``PicoAligner.load(dir)`` round-trip through safetensors + ``config.json``;
+loading never executes code. Backbones are built lazily and only when raw images or texts
+are encoded (training on cached features never loads them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from picoalign.pico import PICO, PICOConfig
+from picoalign.similarity import fine_grained_scores, global_scores, l2_normalize
+
+METHODS = ("global", "baseline", "pico")
+
+
+@dataclass
+class ModelConfig:
+    """What defines a model: encoders, dimensions, head and method. Saved as config.json."""
+
+    image_encoder: str = "efficientnet-lite0"
+    text_encoder: str = "minilm"
+    image_dim: int = 1280  # token feature width of the image backbone (C)
+    text_dim: int = 384
+    embed_dim: int = 512  # D, the shared space PICO weights column by column
+    head: str = "mlp"  # "linear" | "mlp" (linear + residual 2-layer MLP, as VSE∞/LAPS)
+    method: str = "pico"
+    pico: PICOConfig = field(default_factory=PICOConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pico, dict):
+            self.pico = PICOConfig(**self.pico)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {sorted(HEADS)}, got {self.head!r}")
+        self.pico.dim = self.embed_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LinearHead(nn.Module):
+    """Token-wise linear projection C → D."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+
+class MLPHead(nn.Module):
+    """Linear projection plus a residual two-layer MLP: enough capacity to re-mix columns,
+    which matters because PICO weights columns of the projected space."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, out_dim)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x) + self.mlp(x)
+
+
+HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "mlp": MLPHead}
+
+
+class PicoAligner(nn.Module):
+    """Projection heads + scoring rule + PICO state. See the module docstring."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        c = self.config
+        self.image_head = HEADS[c.head](c.image_dim, c.embed_dim)
+        self.text_head = HEADS[c.head](c.text_dim, c.embed_dim)
+        self.pico = PICO(c.pico)
+        self._backbones: dict[str, nn.Module] = {}  # lazily built, never saved
+
+    # -- projection -------------------------------------------------------------------
+    def embed_images(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """Backbone image tokens (N, T, C) → unit-norm D tokens (padding rows zeroed)."""
+        return l2_normalize(self.image_head(tokens.float())) * mask.unsqueeze(-1)
+
+    def embed_texts(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        return l2_normalize(self.text_head(tokens.float())) * mask.unsqueeze(-1)
+
+    # -- scoring ----------------------------------------------------------------------
+    def training_scores(
+        self, img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor, image_ids: Tensor
+    ) -> Tensor:
+        """In-batch (B, B) scores of embedded tokens, for the loss."""
+        method = self.config.method
+        if method == "global":
+            return global_scores(img, img_mask, txt, txt_mask, validate=False)
+        if method == "baseline":
+            return fine_grained_scores(img, img_mask, txt, txt_mask, validate=False)
+        return self.pico.training_scores(img, img_mask, txt, txt_mask, image_ids)
+
+    @torch.no_grad()
+    def scores(
+        self,
+        img: Tensor,
+        img_mask: Tensor,
+        txt: Tensor,
+        txt_mask: Tensor,
+        *,
+        memory_budget_mb: float = 64.0,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """Evaluation scores (N_img, N_txt) of embedded tokens with the model's rule."""
+        method = self.config.method
+        if method == "global":
+            return global_scores(img.float(), img_mask, txt.float(), txt_mask)
+        if method == "baseline":
+            return fine_grained_scores(
+                img.float(),
+                img_mask,
+                txt.float(),
+                txt_mask,
+                memory_budget_mb=memory_budget_mb,
+                compute_dtype=compute_dtype,
+            )
+        return self.pico.scores(
+            img.float(),
+            img_mask,
+            txt.float(),
+            txt_mask,
+            memory_budget_mb=memory_budget_mb,
+            compute_dtype=compute_dtype,
+        )
+
+    @property
+    def eval_weights(self) -> Tensor | None:
+        """Column weights used at test time by the global reading (None = plain score)."""
+        c = self.config
+        if c.method != "pico" or c.pico.eval_score == "plain" or c.pico.reading != "global":
+            return None
+        return self.pico.weights
+
+    @torch.no_grad()
+    def after_step(
+        self,
+        img: Tensor,
+        img_mask: Tensor,
+        txt: Tensor,
+        txt_mask: Tensor,
+        image_ids: Tensor,
+        feedback: tuple[Tensor, ...] | None = None,
+    ) -> None:
+        """Call after each optimiser step: PICO's iterative construction (no-op otherwise)."""
+        if self.config.method == "pico":
+            self.pico.update(img, img_mask, txt, txt_mask, image_ids, feedback=feedback)
+
+    # -- raw inputs -------------------------------------------------------------------
+    def backbone(self, kind: str) -> nn.Module:
+        """The frozen image or text backbone, built on first use from the registry."""
+        if kind not in self._backbones:
+            from picoalign.encoders import create_image_encoder, create_text_encoder
+
+            make = create_image_encoder if kind == "image" else create_text_encoder
+            spec = self.config.image_encoder if kind == "image" else self.config.text_encoder
+            self._backbones[kind] = make(spec).eval()
+        return self._backbones[kind]
+
+    @torch.no_grad()
+    def encode_images(
+        self, images: Sequence[Image.Image | str | Path], batch_size: int = 32
+    ) -> tuple[Tensor, Tensor]:
+        """PIL images or paths → embedded tokens (N, T, D) and mask, ready for ``scores``."""
+        from picoalign.data.images import load_image
+
+        enc = self.backbone("image")
+        toks, masks = [], []
+        for i in range(0, len(images), batch_size):
+            batch = [
+                x if isinstance(x, Image.Image) else load_image(Path(x))
+                for x in images[i : i + batch_size]
+            ]
+            t, m = enc(enc.preprocess(batch))
+            toks.append(self.embed_images(t, m))
+            masks.append(m)
+        return _pad_cat(toks, masks)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> tuple[Tensor, Tensor]:
+        """Captions → embedded tokens (N, T, D) and mask."""
+        enc = self.backbone("text")
+        toks, masks = [], []
+        for i in range(0, len(texts), batch_size):
+            t, m = enc(**enc.tokenize(list(texts[i : i + batch_size])))
+            toks.append(self.embed_texts(t, m))
+            masks.append(m)
+        return _pad_cat(toks, masks)
+
+    # -- persistence ------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Write ``model.safetensors`` and ``config.json`` (each atomically)."""
+        from picoalign.checkpoint import atomic_write_json, atomic_write_safetensors
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_safetensors(self.state_dict(), d / "model.safetensors")
+        atomic_write_json(self.config.to_dict(), d / "config.json")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> PicoAligner:
+        """Load a saved model; raises ``FileNotFoundError``/``ValueError`` with the path."""
+        d = Path(directory)
+        cfg_path, weights_path = d / "config.json", d / "model.safetensors"
+        for p in (cfg_path, weights_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: not found (is {d} a picoalign checkpoint?)")
+        try:
+            cfg = ModelConfig(**json.loads(cfg_path.read_text()))
+        except (TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{cfg_path}: not a picoalign model config ({e})") from e
+        model = cls(cfg)
+        model.load_state_dict(load_file(str(weights_path)))
+        return model
+
+
+def _pad_cat(toks: list[Tensor], masks: list[Tensor]) -> tuple[Tensor, Tensor]:
+    width = max(t.shape[1] for t in toks)
+    toks = [nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) for t in toks]
+    masks = [nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]
+    return torch.cat(toks), torch.cat(masks)

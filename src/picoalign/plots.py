@@ -1,0 +1,64 @@
+"""Plots of training runs (matplotlib, headless): recall vs epoch, sorted p, p and ω over
+training. Inputs are the per-epoch rows of ``metrics.jsonl`` so any run can be re-plotted."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_training(histories: dict[str, list[dict[str, Any]]], out: str | Path) -> Path:
+    """Four panels: validation rSum per method; sorted final p; p quantiles over epochs;
+    the prototype weights ω over epochs (a heat map: uniform rows mean no feedback signal)."""
+    out = Path(out)
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    ax = axes[0]
+    for name, hist in histories.items():
+        key = next((k for k in hist[-1] if k.endswith("_rsum")), None) if hist else None
+        if key:
+            ax.plot([r["epoch"] for r in hist], [r.get(key) for r in hist], marker="o", label=name)
+    ax.set(title="validation rSum", xlabel="epoch", ylabel="rSum")
+    ax.legend()
+    pico = next((h for h in histories.values() if h and "p" in h[-1]), None)
+    if pico:
+        p_final = sorted(pico[-1]["p"], reverse=True)
+        axes[1].plot(p_final)
+        axes[1].set(title="sorted p (final)", xlabel="column rank", ylabel="p_d", ylim=(0, 1.02))
+        for q, style in ((0.1, ":"), (0.5, "-"), (0.9, "--")):
+            vals = [sorted(r["p"])[int(q * (len(r["p"]) - 1))] for r in pico]
+            axes[2].plot([r["epoch"] for r in pico], vals, style, label=f"{int(q * 100)}% quantile")
+        axes[2].set(title="p over training", xlabel="epoch", ylim=(0, 1.02))
+        axes[2].legend()
+        width = max(len(r["omega"]) for r in pico)
+        grid = [r["omega"] + [float("nan")] * (width - len(r["omega"])) for r in pico]
+        im = axes[3].imshow(
+            grid,
+            aspect="auto",
+            cmap="viridis",
+            origin="lower",
+            extent=(-0.5, width - 0.5, pico[0]["epoch"] - 0.5, pico[-1]["epoch"] + 0.5),
+        )
+        axes[3].set(title="prototype weights ω (end of epoch)", xlabel="bank slot", ylabel="epoch")
+        fig.colorbar(im, ax=axes[3])
+    else:
+        for a in axes[1:]:
+            a.set_visible(False)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

