@@ -131,3 +131,63 @@ def auc():
 # ============================================================================================
 # END method-core fixtures
 # ============================================================================================
+
+
+# ============================================================================================
+# BEGIN pipeline fixtures (test_model / config / train / cli / demo / checkpoint).
+# ============================================================================================
+
+
+@pytest.fixture
+def make_feature_set():
+    """Factory: a synthetic :class:`~picoalign.features.FeatureSet` with a planted signal.
+
+    ``make_feature_set(n=60, captions=2, n_v=6, c_v=16, n_t=5, c_t=12, k=8, noise=0.9,
+    seed=0)``: image ``i`` has a latent ``z_i`` (k dims); each of its tokens is ``z_i @ A``
+    plus noise and each token of its captions ``z_i @ B`` plus noise, so linear heads can
+    learn to align them. Masks are ragged (padding stored as zeros, like the cache), tokens
+    are float16 (like the cache), splits are the first half train, a quarter val, the rest
+    test.
+    """
+    from picoalign.features import FeatureSet, TokenFeatures
+
+    def make(
+        n: int = 60,
+        captions: int = 2,
+        n_v: int = 6,
+        c_v: int = 16,
+        n_t: int = 5,
+        c_t: int = 12,
+        k: int = 8,
+        *,
+        noise: float = 0.9,
+        seed: int = 0,
+    ) -> FeatureSet:
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, k, generator=gen)
+        a, b = torch.randn(k, c_v, generator=gen), torch.randn(k, c_t, generator=gen)
+        img = (z @ a).unsqueeze(1) + noise * torch.randn(n, n_v, c_v, generator=gen)
+        zt = z.repeat_interleave(captions, 0)
+        txt = (zt @ b).unsqueeze(1) + noise * torch.randn(n * captions, n_t, c_t, generator=gen)
+        img_mask = torch.arange(n_v) < torch.randint(3, n_v + 1, (n, 1), generator=gen)
+        txt_mask = torch.arange(n_t) < torch.randint(2, n_t + 1, (n * captions, 1), generator=gen)
+        img, txt = img * img_mask.unsqueeze(-1), txt * txt_mask.unsqueeze(-1)
+        n_train, n_val = n // 2, n // 4
+        splits = ["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val)
+        return FeatureSet(
+            images=TokenFeatures(img.half(), img_mask),
+            texts=TokenFeatures(txt.half(), txt_mask),
+            caption_image=torch.arange(n).repeat_interleave(captions),
+            image_keys=[f"img{i}" for i in range(n)],
+            captions=[f"caption {j} of image {j // captions}" for j in range(n * captions)],
+            meta={"dataset": "synthetic"},
+            image_splits=splits,
+            image_groups=[f"g{i}" for i in range(n)],
+        )
+
+    return make
+
+
+# ============================================================================================
+# END pipeline fixtures
+# ============================================================================================

@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ValueError covers DataError and unknown encoders; OSError covers missing/unreadable files.
+# ValueError covers DataError and bad options; OSError covers missing/unreadable files;
+# unknown encoders (UnknownEncoderError, a KeyError) are added in main().
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 
@@ -288,9 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("picoalign: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
+        from picoalign.encoders.registry import UnknownEncoderError
         from picoalign.train import TrainingError
 
-        if args.debug or not isinstance(e, (*USER_ERRORS, TrainingError)):
+        # UnknownEncoderError is a KeyError (not covered by USER_ERRORS) but a user error.
+        if args.debug or not isinstance(e, (*USER_ERRORS, TrainingError, UnknownEncoderError)):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"picoalign: error: {msg}", file=sys.stderr)

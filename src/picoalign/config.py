@@ -8,6 +8,7 @@ an unknown key is an error naming the file and the key (a typo must not silently
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +51,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
+        for f in dataclasses.fields(self):  # YAML reads 1e-3 (no dot) as a string
+            value = getattr(self, f.name)
+            if f.type == "float" and isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    setattr(self, f.name, float(value))
+        for name in ("epochs", "batch_size", "eval_every"):  # e.g. --set epochs=many
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"invalid {name}: {getattr(self, name)!r} (expected an integer)")
+        for name in ("lr", "margin"):
+            if not isinstance(getattr(self, name), (int, float)):
+                raise ValueError(f"invalid {name}: {getattr(self, name)!r} (expected a number)")
         checks = {
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 2,
@@ -57,6 +69,7 @@ class TrainConfig:
             "margin": self.margin >= 0,
             "loss": self.loss in ("triplet", "infonce"),
             "eval_split": self.eval_split in ("train", "val", "test"),
+            "eval_every": self.eval_every >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -78,13 +91,31 @@ def _check_keys(d: dict[str, Any], cls: type, where: str) -> None:
         )
 
 
+def _section(value: Any, where: str) -> dict[str, Any]:
+    """A nested section (``model``, ``model.pico``) as a dict; None/absent = empty."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a mapping of options, got {type(value).__name__}")
+    return dict(value)
+
+
+def _check_tree(d: dict[str, Any], where: str) -> None:
+    """Reject unknown keys at every level without building (values may still be overridden)."""
+    _check_keys(d, TrainConfig, where)
+    model = _section(d.get("model"), f"{where}: model")
+    _check_keys(model, ModelConfig, f"{where}: model")
+    pico = _section(model.get("pico"), f"{where}: model.pico")
+    _check_keys(pico, PICOConfig, f"{where}: model.pico")
+
+
 def config_from_dict(d: dict[str, Any], where: str = "config") -> TrainConfig:
     """Build a TrainConfig from nested dicts, rejecting unknown keys at every level."""
     d = dict(d)
     _check_keys(d, TrainConfig, where)
-    model = dict(d.pop("model", {}) or {})
+    model = _section(d.pop("model", None), f"{where}: model")
     _check_keys(model, ModelConfig, f"{where}: model")
-    pico = dict(model.pop("pico", {}) or {})
+    pico = _section(model.pop("pico", None), f"{where}: model.pico")
     _check_keys(pico, PICOConfig, f"{where}: model.pico")
     try:
         return TrainConfig(**d, model=ModelConfig(**model, pico=PICOConfig(**pico)))
@@ -108,13 +139,20 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise ValueError(f"{p}: invalid YAML ({e})") from e
         if not isinstance(loaded, dict):
             raise ValueError(f"{p}: expected a mapping of options at the top level")
+        _check_tree(loaded, where)  # an unknown key in the file is reported against the file
         data = loaded
     for key, value in (overrides or {}).items():
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ValueError(f"override {key}: {part!r} is not a section of options")
         node[leaf] = value
+    if overrides:  # a key or value problem now may come from the overrides
+        where = "overrides" if path is None else f"{where} + overrides"
     return config_from_dict(data, where)
 
 

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from picoalign.checkpoint import atomic_write_json, atomic_write_safetensors
+from picoalign.similarity import pool_tokens
 
 FORMAT, FORMAT_VERSION = "picoalign-gallery", 1
 KINDS = ("images", "captions")
@@ -163,6 +165,40 @@ def set_search_params(index: Any, settings: dict[str, Any], c: int, nprobe: int 
 
 
 # ---------------------------------------------------------------------------- the folder
+def pooled_embeddings(tokens: Tensor, mask: Tensor, chunk: int = 4096) -> Tensor:
+    """Masked mean of each row's tokens, L2-normalised, float32 (N, D); chunked for memory."""
+    parts = [
+        pool_tokens(tokens[i : i + chunk].float(), mask[i : i + chunk])
+        for i in range(0, len(tokens), chunk)
+    ]
+    return torch.cat(parts) if parts else torch.empty(0, tokens.shape[-1])
+
+
+def new_manifest(
+    kind: str,
+    dims: dict[str, int],
+    dtype: str,
+    first_stage: dict[str, Any],
+    keys: list[str],
+    sources: list[str],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest of a new index; ``extra`` (model, dataset, encoders, ...) goes in as is."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": None,
+        **extra,
+        "dims": dims,
+        "dtype": dtype,
+        "first_stage": first_stage,
+        "keys": keys,
+        "sources": sources,
+    }
+
+
 def write_folder(
     tensors: dict[str, Tensor], faiss_index: Any, manifest: dict[str, Any], out: Path
 ) -> None:

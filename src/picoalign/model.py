@@ -235,10 +235,13 @@ class PicoAligner(nn.Module):
                 raise FileNotFoundError(f"{p}: not found (is {d} a picoalign checkpoint?)")
         try:
             cfg = ModelConfig(**json.loads(cfg_path.read_text()))
-        except (TypeError, json.JSONDecodeError) as e:
+        except (TypeError, ValueError, AttributeError) as e:  # JSONDecodeError is a ValueError
             raise ValueError(f"{cfg_path}: not a picoalign model config ({e})") from e
         model = cls(cfg)
-        model.load_state_dict(load_file(str(weights_path)))
+        try:
+            model.load_state_dict(load_file(str(weights_path)))
+        except Exception as e:  # SafetensorError (corrupt file), RuntimeError (shape mismatch)
+            raise ValueError(f"{weights_path}: cannot load the model weights ({e})") from e
         return model
 
 

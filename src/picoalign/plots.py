@@ -30,7 +30,8 @@ def plot_training(histories: dict[str, list[dict[str, Any]]], out: str | Path) -
         if key:
             ax.plot([r["epoch"] for r in hist], [r.get(key) for r in hist], marker="o", label=name)
     ax.set(title="validation rSum", xlabel="epoch", ylabel="rSum")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # no evaluated epoch: no legend (and no warning)
+        ax.legend()
     pico = next((h for h in histories.values() if h and "p" in h[-1]), None)
     if pico:
         p_final = sorted(pico[-1]["p"], reverse=True)
@@ -42,16 +43,17 @@ def plot_training(histories: dict[str, list[dict[str, Any]]], out: str | Path) -
         axes[2].set(title="p over training", xlabel="epoch", ylim=(0, 1.02))
         axes[2].legend()
         width = max(len(r["omega"]) for r in pico)
-        grid = [r["omega"] + [float("nan")] * (width - len(r["omega"])) for r in pico]
-        im = axes[3].imshow(
-            grid,
-            aspect="auto",
-            cmap="viridis",
-            origin="lower",
-            extent=(-0.5, width - 0.5, pico[0]["epoch"] - 0.5, pico[-1]["epoch"] + 0.5),
-        )
         axes[3].set(title="prototype weights ω (end of epoch)", xlabel="bank slot", ylabel="epoch")
-        fig.colorbar(im, ax=axes[3])
+        if width:  # ω is empty while PICO warms up (e.g. a 1-epoch run)
+            grid = [r["omega"] + [float("nan")] * (width - len(r["omega"])) for r in pico]
+            im = axes[3].imshow(
+                grid,
+                aspect="auto",
+                cmap="viridis",
+                origin="lower",
+                extent=(-0.5, width - 0.5, pico[0]["epoch"] - 0.5, pico[-1]["epoch"] + 0.5),
+            )
+            fig.colorbar(im, ax=axes[3])
     else:
         for a in axes[1:]:
             a.set_visible(False)

@@ -16,10 +16,10 @@ the rule to the whole gallery in memory-bounded chunks. An index holds one ``kin
 
 from __future__ import annotations
 
+import contextlib
 import math
-import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -98,30 +98,14 @@ class GalleryIndex:
         store.check_options(kind, dtype, first_stage)
         n, t, d = tokens.shape
         if pooled is None:
-            pooled = torch.cat(
-                [
-                    pool_tokens(tokens[i : i + 4096].float(), mask[i : i + 4096])
-                    for i in range(0, n, 4096)
-                ]
-            )
+            pooled = store.pooled_embeddings(tokens, mask)
         keys = list(keys) if keys is not None else [str(i) for i in range(n)]
         sources = list(sources) if sources is not None else [""] * n
         if not len(keys) == len(sources) == n:
             raise ValueError(f"{n} rows but {len(keys)} keys and {len(sources)} sources")
         settings = store.first_stage_settings(first_stage, n, nlist, nprobe)
-        man = {
-            "format": store.FORMAT,
-            "format_version": store.FORMAT_VERSION,
-            "kind": kind,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "model": None,
-            **manifest,
-            "dims": {"n": n, "tokens": t, "embed_dim": d},
-            "dtype": dtype,
-            "first_stage": settings,
-            "keys": keys,
-            "sources": sources,
-        }
+        dims = {"n": n, "tokens": t, "embed_dim": d}
+        man = store.new_manifest(kind, dims, dtype, settings, keys, sources, manifest)
         index = store.build_first_stage(pooled.numpy(), settings)
         return cls(tokens.to(DTYPES[dtype]), mask, pooled, index, man)
 
@@ -275,14 +259,17 @@ class GalleryIndex:
     def _rerank(
         self, q: Tensor, qm: Tensor, cand: Tensor, fn: ScoreFn, k: int, budget: float
     ) -> tuple[Tensor, Tensor]:
+        """Per query: its candidates (a few MB) scored on one thread. Small products gain
+        nothing from intra-op threads and lose much to their barriers on a loaded machine."""
         out_s = torch.full((len(q), k), -math.inf)
         out_r = torch.full((len(q), k), -1, dtype=torch.long)
-        for i in range(len(q)):
-            rows = np.sort(cand[i][cand[i] >= 0].numpy())  # row order: deterministic blocking
-            s = self._score(torch.from_numpy(rows), q[i : i + 1], qm[i : i + 1], fn, budget)
-            order = np.lexsort((rows, -s[:, 0].numpy()))[:k]  # score desc, then row
-            out_s[i, : len(order)] = s[order, 0]
-            out_r[i, : len(order)] = torch.from_numpy(rows[order])
+        with _torch_threads(1 if cand.shape[1] <= 2048 else torch.get_num_threads()):
+            for i in range(len(q)):
+                rows = np.sort(cand[i][cand[i] >= 0].numpy())  # row order: deterministic blocking
+                s = self._score(torch.from_numpy(rows), q[i : i + 1], qm[i : i + 1], fn, budget)
+                order = np.lexsort((rows, -s[:, 0].numpy()))[:k]  # score desc, then row
+                out_s[i, : len(order)] = s[order, 0]
+                out_r[i, : len(order)] = torch.from_numpy(rows[order])
         return out_s, out_r
 
     def _exhaustive(
@@ -394,3 +381,13 @@ def build_index(
     )
     index.save(out)
     return index
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -145,6 +145,11 @@ def train(
             start_epoch, best_rsum = int(state["epoch"]) + 1, float(state["best_rsum"])
             result.history = json.loads(state["history"])
             result.best = json.loads(state["best"])
+            if not (out / "best" / "config.json").is_file():
+                # best/ was deleted: its weights are gone, so the best of the remaining epochs
+                # takes its place (else best/ would get the last model while result.best and
+                # the printed summary still named the lost epoch).
+                best_rsum, result.best = -math.inf, {}
         elif resume:
             raise FileNotFoundError(f"--resume: no checkpoint in {out / 'last'}")
         atomic_write_text(dump_config(cfg), out / "config.yaml")
@@ -175,7 +180,7 @@ def train(
             loss = loss_fn(scores, ids)
             if not torch.isfinite(loss):
                 raise TrainingError(
-                    f"non-finite loss ({float(loss)}) at epoch {epoch + 1}, step {step + 1}; "
+                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
                     f"the last good checkpoint is kept in {out / 'last' if out else '(none)'}. "
                     "Try a lower --lr or check the input features for NaN."
                 )

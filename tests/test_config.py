@@ -1,0 +1,175 @@
+"""TrainConfig: defaults < YAML file < overrides, strict keys, YAML round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from picoalign.config import TrainConfig, config_from_dict, dump_config, load_config
+from picoalign.model import ModelConfig
+from picoalign.pico import PICOConfig
+
+
+def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file_or_overrides() -> None:
+    assert load_config(None) == TrainConfig()
+    assert load_config(None, {}) == TrainConfig()
+
+
+def test_file_overrides_defaults_and_overrides_override_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "epochs: 3\nlr: 0.01\nlr_steps: [1, 2]\n"
+        "model:\n  embed_dim: 32\n  method: baseline\n  pico:\n    tau: 0.5\n    bank_size: 4\n",
+    )
+    cfg = load_config(path)
+    assert (cfg.epochs, cfg.lr, cfg.lr_steps) == (3, 0.01, [1, 2])
+    assert cfg.model.embed_dim == 32 and cfg.model.method == "baseline"
+    assert cfg.model.pico.tau == 0.5 and cfg.model.pico.bank_size == 4
+    assert cfg.model.pico.dim == 32  # follows embed_dim
+    default = TrainConfig()
+    assert cfg.batch_size == default.batch_size and cfg.margin == default.margin
+    assert cfg.model.head == default.model.head
+    assert cfg.model.pico.momentum == default.model.pico.momentum
+
+    cfg = load_config(path, {"epochs": 5, "model.method": "pico", "model.pico.tau": 2.0})
+    assert cfg.epochs == 5 and cfg.model.method == "pico" and cfg.model.pico.tau == 2.0
+    # what the overrides do not touch keeps the file's value
+    assert cfg.lr == 0.01 and cfg.model.embed_dim == 32 and cfg.model.pico.bank_size == 4
+
+
+def test_overrides_alone_and_into_empty_sections(tmp_path: Path) -> None:
+    cfg = load_config(None, {"model.pico.reading": "pair", "seed": 3})
+    assert cfg.model.pico.reading == "pair" and cfg.seed == 3
+    path = write(tmp_path, "model:\nepochs: 2\n")  # an empty (null) section
+    cfg = load_config(path, {"model.embed_dim": 8})
+    assert cfg.model.embed_dim == 8 and cfg.epochs == 2
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")) == TrainConfig()
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("epoch: 3\n", "epoch"),
+        ("model:\n  embed_dims: 3\n", "embed_dims"),
+        ("model:\n  pico:\n    temperature: 0.5\n", "temperature"),
+    ],
+)
+def test_unknown_key_in_file_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ValueError, match=key) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    # a valid override does not hide the file's typo, and the file is still named
+    with pytest.raises(ValueError, match=key) as info:
+        load_config(path, {"epochs": 2})
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["epoch", "model.embed_dims", "model.pico.temperature"])
+def test_unknown_override_key_is_named(key: str) -> None:
+    with pytest.raises(ValueError, match=key.rsplit(".", 1)[-1]) as info:
+        load_config(None, {key: 1})
+    assert "overrides" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"model": 3}, {"model.pico": "x"}, {"epochs.sub": 1}, {"model.head.x": 1}]
+)
+def test_override_into_a_non_section_is_a_value_error(overrides: dict) -> None:
+    with pytest.raises(ValueError):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("text", ["epochs: [1\n", "a: b: c\n", "\tepochs: 2\n"])
+def test_invalid_yaml_names_the_file(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ValueError, match="invalid YAML") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["- 1\n- 2\n", "just a string\n", "model: 3\n", "model: [1]\n"])
+def test_non_mapping_names_the_file(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ValueError, match="mapping") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_is_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "text, word",
+    [
+        ("epochs: 0\n", "epochs"),
+        ("batch_size: 1\n", "batch_size"),
+        ("loss: hinge\n", "loss"),
+        ("eval_split: dev\n", "eval_split"),
+        ("eval_every: 0\n", "eval_every"),
+        ("epochs: many\n", "epochs"),
+        ("model:\n  method: fancy\n", "method"),
+        ("model:\n  pico:\n    reading: diagonal\n", "reading"),
+    ],
+)
+def test_invalid_values_name_the_file_and_option(tmp_path: Path, text: str, word: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ValueError, match=word) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_an_override_can_fix_a_value_of_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "epochs: 0\n")
+    assert load_config(path, {"epochs": 2}).epochs == 2
+
+
+def test_dump_then_load_round_trip(tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        data="jsonl:/some/where.jsonl",
+        out=str(tmp_path / "run"),
+        epochs=7,
+        lr_steps=[2, 5],
+        loss="infonce",
+        cache_dir=None,
+        progress=False,
+        model=ModelConfig(
+            image_encoder="random-conv",
+            text_encoder="hash-text",
+            image_dim=16,
+            text_dim=12,
+            embed_dim=24,
+            head="linear",
+            method="pico",
+            pico=PICOConfig(reading="pair", tau=0.25, warmup_steps=9, eval_score="weighted"),
+        ),
+    )
+    text = dump_config(cfg)
+    assert isinstance(yaml.safe_load(text), dict)  # plain YAML, no python tags
+    assert "!!python" not in text
+    again = load_config(write(tmp_path, text, "dumped.yaml"))
+    assert again == cfg
+    assert dump_config(again) == text
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_exponent_floats_from_yaml_are_numbers(tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) reads "1e-3" (no dot) as a string: the config turns it into a float
+    cfg = load_config(write(tmp_path, "lr: 1e-3\nweight_decay: 5e-4\n"), {"margin": "1e-1"})
+    assert (cfg.lr, cfg.weight_decay, cfg.margin) == (1e-3, 5e-4, 0.1)
+    assert isinstance(cfg.lr, float)
+    with pytest.raises(ValueError, match="lr"):
+        load_config(None, {"lr": "fast"})

@@ -1,0 +1,255 @@
+"""PicoAligner: heads, scoring rule per method, PICO state, save/load (tiny dims, CPU)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from picoalign.model import LinearHead, MLPHead, ModelConfig, PicoAligner
+from picoalign.pico import PICOConfig
+from picoalign.similarity import fine_grained_scores, global_scores
+
+# tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a loaded CPU
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+C_V, C_T, D = 10, 7, 8
+
+
+def make_model(method: str = "pico", head: str = "mlp", seed: int = 0, **pico) -> PicoAligner:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        image_encoder="random-conv",
+        text_encoder="hash-text",
+        image_dim=C_V,
+        text_dim=C_T,
+        embed_dim=D,
+        head=head,
+        method=method,
+        pico=PICOConfig(**pico),
+    )
+    model = PicoAligner(cfg)
+    if head == "mlp":  # the MLP branch starts at zero: make it count in these tests
+        for h in (model.image_head, model.text_head):
+            torch.nn.init.normal_(h.mlp[2].weight, std=0.3)
+    return model
+
+
+def raw_batch(n_img: int = 5, n_txt: int = 7, seed: int = 1):
+    """Backbone features with ragged masks and large garbage in the padding positions."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(n_img, 6, C_V, generator=g)
+    txt = torch.randn(n_txt, 4, C_T, generator=g)
+    im = torch.arange(6) < torch.randint(1, 7, (n_img, 1), generator=g)
+    tm = torch.arange(4) < torch.randint(1, 5, (n_txt, 1), generator=g)
+    im[0], tm[0] = True, True
+    img[~im] = 50.0
+    txt[~tm] = -50.0
+    return img, im, txt, tm
+
+
+def embedded(model: PicoAligner, seed: int = 1, n_img: int = 5, n_txt: int = 7):
+    img, im, txt, tm = raw_batch(n_img, n_txt, seed)
+    with torch.no_grad():
+        return model.embed_images(img, im), im, model.embed_texts(txt, tm), tm
+
+
+def activate_pico(model: PicoAligner, steps: int = 4) -> None:
+    """Run PICO updates (warm-up 0) on matched pairs so p and the bank are non-trivial."""
+    for s in range(steps):
+        img, im, txt, tm = embedded(model, seed=10 + s, n_img=6, n_txt=6)
+        model.after_step(img, im, txt, tm, torch.arange(6))
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "kwargs, word", [({"method": "fancy"}, "method"), ({"head": "transformer"}, "head")]
+)
+def test_model_config_rejects_bad_method_and_head(kwargs, word) -> None:
+    with pytest.raises(ValueError, match=word):
+        ModelConfig(**kwargs)
+
+
+def test_model_config_syncs_pico_dim_and_accepts_dict() -> None:
+    cfg = ModelConfig(embed_dim=24, pico={"tau": 0.5})
+    assert isinstance(cfg.pico, PICOConfig)
+    assert cfg.pico.dim == 24 and cfg.pico.tau == 0.5
+    assert ModelConfig(**json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+# ---------------------------------------------------------------------------------- heads
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_heads_shape_unit_norm_and_zero_padding(head: str) -> None:
+    model = make_model("baseline", head)
+    assert isinstance(model.image_head, LinearHead if head == "linear" else MLPHead)
+    img, im, txt, tm = raw_batch()
+    ei, et = model.embed_images(img, im), model.embed_texts(txt, tm)
+    assert ei.shape == (5, 6, D) and et.shape == (7, 4, D)
+    assert ei.dtype == torch.float32 and et.dtype == torch.float32
+    torch.testing.assert_close(ei[im].norm(dim=-1), torch.ones(int(im.sum())))
+    torch.testing.assert_close(et[tm].norm(dim=-1), torch.ones(int(tm.sum())))
+    assert torch.all(ei[~im] == 0) and torch.all(et[~tm] == 0)
+    # a real token's embedding does not depend on what sits in the padding positions
+    img2 = torch.where(im.unsqueeze(-1), img, torch.zeros_like(img))
+    torch.testing.assert_close(model.embed_images(img2, im), ei)
+    # half-precision inputs (the feature cache stores float16) are accepted
+    torch.testing.assert_close(model.embed_images(img.half(), im), ei, atol=2e-3, rtol=0)
+
+
+def test_mlp_head_starts_as_its_linear_projection() -> None:
+    torch.manual_seed(0)
+    head = MLPHead(C_V, D)
+    x = torch.randn(3, 4, C_V)
+    torch.testing.assert_close(head(x), head.proj(x))
+    head(x).sum().backward()  # and the zero-initialised branch still gets gradients
+    assert head.mlp[2].weight.grad is not None and head.mlp[2].weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------- scoring
+
+
+def test_global_method_scores_pooled_cosine() -> None:
+    model = make_model("global")
+    img, im, txt, tm = embedded(model)
+    expect = global_scores(img, im, txt, tm)
+    torch.testing.assert_close(model.scores(img, im, txt, tm), expect)
+    torch.testing.assert_close(model.training_scores(img, im, txt, tm, torch.arange(5)), expect)
+    assert model.eval_weights is None
+
+
+def test_baseline_method_is_plain_fine_grained() -> None:
+    model = make_model("baseline")
+    img, im, txt, tm = embedded(model)
+    expect = fine_grained_scores(img, im, txt, tm)
+    torch.testing.assert_close(model.scores(img, im, txt, tm), expect)
+    torch.testing.assert_close(model.training_scores(img, im, txt, tm, torch.arange(5)), expect)
+    assert model.eval_weights is None
+    before = {k: v.clone() for k, v in model.pico.state_dict().items()}
+    activate_pico(model)  # after_step is a no-op for the baseline
+    assert all(torch.equal(v, model.pico.state_dict()[k]) for k, v in before.items())
+
+
+def test_pico_weighted_global_reading_uses_pico_weights() -> None:
+    model = make_model("pico", eval_score="weighted", reading="global", warmup_steps=0)
+    activate_pico(model)
+    w = model.pico.weights
+    assert model.pico.active and not torch.allclose(w, torch.ones(D))  # p is informative
+    assert model.eval_weights is not None and torch.equal(model.eval_weights, w)
+    img, im, txt, tm = embedded(model)
+    got = model.scores(img, im, txt, tm)
+    torch.testing.assert_close(got, fine_grained_scores(img, im, txt, tm, w))
+    assert not torch.allclose(got, fine_grained_scores(img, im, txt, tm))
+    # training uses the weighted score too (train_score="weighted" by default)
+    train = model.training_scores(img[:5], im[:5], txt[:5], tm[:5], torch.arange(5))
+    torch.testing.assert_close(train, fine_grained_scores(img[:5], im[:5], txt[:5], tm[:5], w))
+
+
+def test_pico_plain_eval_and_warmup_use_unweighted_scores() -> None:
+    plain = make_model("pico", eval_score="plain", warmup_steps=0)
+    activate_pico(plain)
+    assert plain.eval_weights is None
+    img, im, txt, tm = embedded(plain)
+    expect = fine_grained_scores(img, im, txt, tm)
+    torch.testing.assert_close(plain.scores(img, im, txt, tm), expect)
+    # during warm-up p ≡ 1 whatever eval_score says
+    warm = make_model("pico", eval_score="weighted", warmup_steps=100)
+    activate_pico(warm)
+    assert not warm.pico.active and torch.equal(warm.pico.weights, torch.ones(D))
+    img, im, txt, tm = embedded(warm)
+    torch.testing.assert_close(warm.scores(img, im, txt, tm), fine_grained_scores(img, im, txt, tm))
+
+
+def test_pico_pair_reading_has_no_global_eval_weights() -> None:
+    model = make_model("pico", eval_score="weighted", reading="pair", warmup_steps=0)
+    activate_pico(model)
+    assert model.eval_weights is None  # pair reading: weights depend on the pair
+    img, im, txt, tm = embedded(model)
+    s = model.scores(img, im, txt, tm)
+    assert s.shape == (5, 7) and torch.isfinite(s).all()
+    assert not torch.allclose(s, fine_grained_scores(img, im, txt, tm))
+
+
+def test_after_step_updates_pico_state() -> None:
+    model = make_model("pico", warmup_steps=0, bank_size=3)
+    activate_pico(model, steps=4)
+    assert int(model.pico.steps) == 4 and int(model.pico.bank_len) == 3
+    assert not torch.equal(model.pico.p, torch.ones(D))
+
+
+# ---------------------------------------------------------------------------------- save / load
+
+
+@pytest.mark.parametrize(
+    "method, pico",
+    [
+        ("baseline", {}),
+        ("pico", {"warmup_steps": 0, "eval_score": "weighted"}),
+        ("pico", {"warmup_steps": 0, "eval_score": "weighted", "reading": "pair"}),
+    ],
+)
+def test_save_load_round_trip_is_bit_exact(tmp_path: Path, method: str, pico: dict) -> None:
+    model = make_model(method, **pico)
+    if method == "pico":
+        activate_pico(model)
+        if pico.get("reading") == "pair":  # moves the pair_scale buffer too
+            img, im, txt, tm = embedded(model, n_img=6, n_txt=6)
+            model.training_scores(img, im, txt, tm, torch.arange(6))
+            assert float(model.pico.pair_scale) != 1.0
+    model.save(tmp_path / "m")
+    files = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert files == ["config.json", "model.safetensors"]  # no temp files left
+    loaded = PicoAligner.load(tmp_path / "m")
+    assert loaded.config == model.config
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    img, im, txt, tm = raw_batch()
+    ea, eb = embedded(model), embedded(loaded)
+    for x, y in zip(ea, eb, strict=True):
+        assert torch.equal(x, y)
+    assert torch.equal(model.scores(*ea), loaded.scores(*eb))
+
+
+def test_load_missing_folder_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing / "config.json"))):
+        PicoAligner.load(missing)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "[1, 2]",
+        json.dumps({"no_such_option": 1}),
+        json.dumps({"method": "fancy"}),
+        json.dumps({"pico": 5}),
+    ],
+)
+def test_load_bad_config_json_names_the_file(tmp_path: Path, text: str) -> None:
+    make_model("baseline").save(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "m" / "config.json"))):
+        PicoAligner.load(tmp_path / "m")
+
+
+def test_load_corrupt_or_mismatched_weights_names_the_file(tmp_path: Path) -> None:
+    make_model("baseline").save(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=re.escape(str(weights))):
+        PicoAligner.load(tmp_path / "m")
+    # weights of another shape (config says embed_dim=8, weights are 16-dim)
+    other = PicoAligner(ModelConfig(image_dim=C_V, text_dim=C_T, embed_dim=16, head="mlp"))
+    other.save(tmp_path / "o")
+    weights.write_bytes((tmp_path / "o" / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=re.escape(str(weights))):
+        PicoAligner.load(tmp_path / "m")
