@@ -35,6 +35,7 @@ import json
 import math
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -119,12 +120,11 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict]:
         flush=True,
     )
     k, rows_out = args.k, []
+    score_fn = partial(fine_grained_scores, validate=args.validate)
 
     def search(index: GalleryIndex, qs: slice, **kw) -> tuple[list[list[int]], float]:
         start = time.perf_counter()
-        hits = index.search_tokens(
-            q[qs], qm[qs], fine_grained_scores, k=k, nprobe=args.nprobe, **kw
-        )
+        hits = index.search_tokens(q[qs], qm[qs], score_fn, k=k, nprobe=args.nprobe, **kw)
         return [[h.row for h in hs] for hs in hits], time.perf_counter() - start
 
     indexes: dict[str, tuple[GalleryIndex, float]] = {}
@@ -289,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--cluster", type=int, default=200, help="items per cluster")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-validate",
+        dest="validate",
+        action="store_false",
+        help="skip fine_grained_scores' input checks (model.scores always runs them)",
+    )
     p.add_argument("--quick", action="store_true", help="1K and 5K items, 100 queries (< 1 min)")
     p.add_argument("--plot", help="write a PNG of queries/s and R@10 against gallery size")
     p.add_argument("--json", help="write the raw rows as JSON")
@@ -300,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     args.stages = args.stages.split(",")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
-        f"{os.getloadavg()[0]:.1f}; T={args.tokens}, D={args.dim}, query tokens 8, k={args.k}"
+        f"{os.getloadavg()[0]:.1f}; T={args.tokens}, D={args.dim}, query tokens 8, k={args.k}, "
+        f"input checks {'on' if args.validate else 'off'}"
     )
     start = time.perf_counter()
     rows = [r for n in args.sizes for r in run_size(n, args)]

@@ -31,7 +31,7 @@ FORMAT, FORMAT_VERSION = "picoalign-gallery", 1
 KINDS = ("images", "captions")
 FIRST_STAGES = ("flat", "ivf", "hnsw")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 256
 IVF_NPROBE = 32
 REQUIRED = ("format", "format_version", "kind", "dims", "dtype", "first_stage", "keys", "sources")
 
@@ -127,7 +127,8 @@ def faiss_module() -> Any:
 def first_stage_settings(
     kind: str, n: int, nlist: int | None = None, nprobe: int | None = None
 ) -> dict[str, Any]:
-    """Manifest entry of a first stage: IVF nlist ≈ √N, nprobe; HNSW M and efSearch."""
+    """Manifest entry of a first stage: IVF nlist ≈ √N, nprobe; HNSW M and efSearch (raised
+    to 5 × candidates at search time: clustered galleries need a wide beam)."""
     if kind not in FIRST_STAGES:
         raise ValueError(f"first stage must be one of {FIRST_STAGES}, got {kind!r}")
     if kind == "ivf":
@@ -161,7 +162,7 @@ def set_search_params(index: Any, settings: dict[str, Any], c: int, nprobe: int 
     if settings["type"] == "ivf":
         faiss_module().extract_index_ivf(index).nprobe = nprobe or settings["nprobe"]
     elif settings["type"] == "hnsw":
-        index.hnsw.efSearch = max(c, settings["ef_search"])
+        index.hnsw.efSearch = max(5 * c, settings["ef_search"])  # ≈ flat's top-c
 
 
 # ---------------------------------------------------------------------------- the folder

@@ -40,8 +40,11 @@ class ModelConfig:
     text_encoder: str = "minilm"
     image_dim: int = 1280  # token feature width of the image backbone (C)
     text_dim: int = 384
-    embed_dim: int = 512  # D, the shared space PICO weights column by column
-    head: str = "mlp"  # "linear" | "mlp" (linear + residual 2-layer MLP, as VSE∞/LAPS)
+    # D and the head are the CPU recipe (the heads dominate a CPU step); the paper's GPU
+    # setting is embed_dim=512 with head="mlp".
+    embed_dim: int = 256  # D, the shared space PICO weights column by column
+    head: str = "linear"  # "linear" | "mlp" (linear + residual 2-layer MLP, as VSE∞/LAPS)
+    finetune_text: bool = False  # train the text backbone too (its weights are then saved)
     method: str = "pico"
     pico: PICOConfig = field(default_factory=PICOConfig)
 
@@ -98,6 +101,10 @@ class PicoAligner(nn.Module):
         self.text_head = HEADS[c.head](c.text_dim, c.embed_dim)
         self.pico = PICO(c.pico)
         self._backbones: dict[str, nn.Module] = {}  # lazily built, never saved
+        if c.finetune_text:  # a real submodule: trained, saved and loaded with the heads
+            from picoalign.encoders import create_text_encoder
+
+            self.text_backbone = create_text_encoder(c.text_encoder)
 
     # -- projection -------------------------------------------------------------------
     def embed_images(self, tokens: Tensor, mask: Tensor) -> Tensor:
@@ -177,6 +184,8 @@ class PicoAligner(nn.Module):
     # -- raw inputs -------------------------------------------------------------------
     def backbone(self, kind: str) -> nn.Module:
         """The frozen image or text backbone, built on first use from the registry."""
+        if kind == "text" and self.config.finetune_text:
+            return self.text_backbone
         if kind not in self._backbones:
             from picoalign.encoders import create_image_encoder, create_text_encoder
 
@@ -203,6 +212,13 @@ class PicoAligner(nn.Module):
             toks.append(self.embed_images(t, m))
             masks.append(m)
         return _pad_cat(toks, masks)
+
+    def text_tokens(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Backbone word tokens of raw captions, with gradient when fine-tuning."""
+        enc = self.backbone("text")
+        device = next(self.parameters()).device
+        batch = {k: v.to(device) for k, v in enc.tokenize(list(captions)).items()}
+        return enc(**batch)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> tuple[Tensor, Tensor]:

@@ -60,7 +60,7 @@ class PICOConfig:
     gain_normalize: str = "zscore"  # or "none"
     feedback_metric: str = "mrr"  # "rsum" | "mrr" | "neg_loss"
     feedback_source: str = "heldout"  # "batch" (the trained batch) | "heldout" (unseen batch)
-    feedback_size: int = 64  # pairs of the feedback batch used (bounds the cost)
+    feedback_size: int = 32  # pairs of the feedback batch used (bounds the cost)
     momentum: float = 0.5  # m in p ← (1−m) p + m p_new; 1 = no momentum
     warmup_steps: int = 0  # p ≡ 1 for these many updates
     renormalize: bool = True  # weights = p · D / Σp (scores keep their range)

@@ -49,10 +49,14 @@ def embed_features(
     model.eval()
     try:
         img = _embed(model.embed_images, fs.images.tokens, fs.images.mask, batch_size)
-        txt = _embed(model.embed_texts, fs.texts.tokens, fs.texts.mask, batch_size)
+        if model.config.finetune_text:  # cached text features are stale: re-encode
+            txt, txt_mask = model.encode_texts(fs.captions)
+        else:
+            txt = _embed(model.embed_texts, fs.texts.tokens, fs.texts.mask, batch_size)
+            txt_mask = fs.texts.mask
     finally:
         model.train(was)
-    return img, fs.images.mask, txt, fs.texts.mask
+    return img, fs.images.mask, txt, txt_mask
 
 
 def _embed(fn: Any, tokens: Tensor, mask: Tensor, batch_size: int) -> Tensor:

@@ -221,7 +221,9 @@ def fine_grained_scores(
     track_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (img, txt, weights)
     )
-    workers = 1 if track_grad or img.device.type != "cpu" else max(1, torch.get_num_threads())
+    # coarse workers only where they help and are safe: CPU, no graph, OpenMP thread settings
+    coarse = not track_grad and img.device.type == "cpu" and _openmp_backend()
+    workers = max(1, torch.get_num_threads()) if coarse else 1
     itemsize = torch.empty((), dtype=dt).element_size()
     b_img, b_txt = _block_sizes(n_img, n_v, n_txt, n_t, memory_budget_mb / workers, itemsize)
     img_real, txt_real = img_mask.to(torch.float32), txt_mask.to(torch.float32)
@@ -247,7 +249,7 @@ def fine_grained_scores(
 
     out = torch.empty(n_img, n_txt, dtype=torch.float32, device=img.device)
     tiles = iter([(i0, j0) for j0 in j_starts for i0 in i_starts])  # caption-block-major
-    lock = threading.Lock()
+    lock, abort = threading.Lock(), threading.Event()
 
     inference = torch.is_inference_mode_enabled()  # thread-local: hand it to the workers
 
@@ -262,7 +264,7 @@ def fine_grained_scores(
         while True:
             with lock:
                 tile = next(tiles, None)
-            if tile is None:
+            if tile is None or abort.is_set():
                 return
             i0, j0 = tile
             j1 = min(n_txt, j0 + b_txt)
@@ -270,12 +272,11 @@ def fine_grained_scores(
                 cached = (j0, caption_block(j0, j1))
             out[i0 : min(n_img, i0 + b_img), j0:j1] = block(i0, min(n_img, i0 + b_img), cached[1])
 
-    n_tiles = len(i_starts) * len(j_starts)
-    workers = min(workers, n_tiles)
-    if workers == 1 or not _openmp_backend():
+    workers = min(workers, len(i_starts) * len(j_starts))
+    if workers == 1:
         work(False)
     else:
-        _run_workers(work, workers)
+        _run_workers(work, workers, abort)
     return out
 
 
@@ -286,8 +287,9 @@ def _openmp_backend() -> bool:
     return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
-def _run_workers(work: Callable[[bool], None], workers: int) -> None:
-    """Run ``work(True)`` in ``workers`` threads; re-raise the first error; restore threads.
+def _run_workers(work: Callable[[bool], None], workers: int, abort: threading.Event) -> None:
+    """Run ``work(True)`` in ``workers`` threads; on an error set ``abort`` (the others stop
+    at their next block) and re-raise it here; restore the caller's thread count.
 
     ``set_num_threads`` also records the count new threads inherit, so the caller's value is
     stored again afterwards.
@@ -300,6 +302,7 @@ def _run_workers(work: Callable[[bool], None], workers: int) -> None:
             work(True)
         except BaseException as exc:
             errors.append(exc)
+            abort.set()
 
     threads = [threading.Thread(target=run, daemon=True) for _ in range(workers)]
     try:

@@ -129,7 +129,13 @@ def train(
     loss_fn = create_loss(cfg.loss, **({"margin": cfg.margin} if cfg.loss == "triplet" else {}))
     loss_fn.to(device)
     params = [p for p in (*model.parameters(), *loss_fn.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    backbone = {id(p) for n, p in model.named_parameters() if n.startswith("text_backbone.")}
+    groups = [{"params": [p for p in params if id(p) not in backbone], "lr_mult": 1.0}]
+    if backbone:  # fine-tuned backbones learn slower (METHOD.md §7: ×0.1)
+        groups.append(
+            {"params": [p for p in params if id(p) in backbone], "lr_mult": cfg.backbone_lr_mult}
+        )
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     out = Path(cfg.out) if write else None
     result = TrainResult(model=model, out=out)
@@ -158,7 +164,7 @@ def train(
         t0 = time.perf_counter()
         lr = learning_rate(cfg, epoch)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         loss_fn.hardest = epoch >= cfg.triplet_warmup_epochs
         batches = batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, epoch)
         model.train()
@@ -172,6 +178,8 @@ def train(
         )
         for step, idx in enumerate(bar):
             img_t, img_m, txt_t, txt_m, ids = _batch(train_fs, idx, device)
+            if cfg.model.finetune_text:
+                txt_t, txt_m = model.text_tokens([train_fs.captions[i] for i in idx.tolist()])
             with autocast(device, cfg.amp):
                 img = model.embed_images(img_t, img_m)
                 txt = model.embed_texts(txt_t, txt_m)

@@ -1,0 +1,180 @@
+"""Training throughput: baseline vs PICO steps/s on cached features, the share of a step that
+PICO's update costs, and MiniLM fine-tuning throughput (docs/performance.md).
+
+All variants are timed side by side in one run, interleaved over several rounds (so a load
+spike from another process hits them alike), and the median per variant is reported.
+
+    python benchmarks/train_speed.py            # Twemoji-shaped synthetic features, B=128
+    python benchmarks/train_speed.py --quick    # smaller, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from picoalign.losses import triplet_loss
+from picoalign.model import ModelConfig, PicoAligner
+from picoalign.pico import PICOConfig
+
+
+def make_step(
+    method: str, pico_kw: dict, b: int, n_v: int, n_t: int, c_img: int, c_txt: int, d: int
+) -> tuple[Callable[[], None], Callable[[], float]]:
+    """A training step closure and a closure timing only PICO's update for the same batch."""
+    torch.manual_seed(0)
+    model = PicoAligner(
+        ModelConfig(
+            image_dim=c_img,
+            text_dim=c_txt,
+            embed_dim=d,
+            method=method,
+            pico=PICOConfig(dim=d, **pico_kw),
+        )
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    img_t = torch.randn(b, n_v, c_img)
+    img_m = torch.ones(b, n_v, dtype=torch.bool)
+    txt_t = torch.randn(b, n_t, c_txt)
+    txt_m = torch.rand(b, n_t) < 0.7
+    txt_m[:, 0] = True
+    ids = torch.arange(b)
+    fb = None
+    state: dict[str, float] = {}
+
+    def step() -> None:
+        img = model.embed_images(img_t, img_m)
+        txt = model.embed_texts(txt_t, txt_m)
+        loss = triplet_loss(model.training_scores(img, img_m, txt, txt_m, ids), ids, margin=0.8)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        t0 = time.perf_counter()
+        feedback = (img.detach(), img_m, txt.detach(), txt_m, ids) if method == "pico" else fb
+        model.after_step(img.detach(), img_m, txt.detach(), txt_m, ids, feedback=feedback)
+        state["update"] = time.perf_counter() - t0
+
+    return step, lambda: state.get("update", 0.0)
+
+
+def make_finetune_step(b: int) -> Callable[[], None]:
+    """One MiniLM fine-tuning step (fwd + bwd + AdamW) on b short captions."""
+    from picoalign.encoders import create_text_encoder
+
+    enc = create_text_encoder("minilm").train()
+    opt = torch.optim.AdamW(enc.parameters(), lr=1e-5)
+    captions = [
+        f"a small picture of a {w} on a white background"
+        for w in ("cat", "dog", "red apple", "green tree", "blue car", "smiling face")
+    ] * b
+    batch = enc.tokenize(captions[:b])
+
+    def step() -> None:
+        tokens, mask = enc(**batch)
+        loss = (tokens * mask.unsqueeze(-1)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-finetune", action="store_true", help="skip the MiniLM variant")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    b, d = (32, 128) if args.quick else (128, 512)
+    shape = {"b": b, "n_v": 49, "n_t": 12, "c_img": 1280, "c_txt": 384, "d": d}
+    warm = {"warmup_steps": 0}
+    variants = {
+        "baseline": make_step("baseline", {}, **shape),
+        "pico (reading A, K=8, feedback on 32 pairs)": make_step(
+            "pico", {**warm, "feedback_size": 32}, **shape
+        ),
+        "pico (reading A, K=8, feedback on 64 pairs)": make_step(
+            "pico", {**warm, "feedback_size": 64}, **shape
+        ),
+        "pico (reading B training rule)": make_step(
+            "pico", {**warm, "reading": "pair", "feedback_size": 32}, **shape
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    updates: dict[str, list[float]] = {k: [] for k in variants}
+    for step, _ in variants.values():  # warm-up: fill PICO banks, allocate
+        for _ in range(2 if args.quick else 9):
+            step()
+    ft = None if args.no_finetune else make_finetune_step(32)
+    ft_times: list[float] = []
+    for _ in range(args.rounds):
+        for name, (step, upd) in variants.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+            updates[name].append(upd())
+        if ft is not None:
+            t0 = time.perf_counter()
+            ft()
+            ft_times.append(time.perf_counter() - t0)
+    base = statistics.median(times["baseline"])
+    rows = []
+    for name in variants:
+        t = statistics.median(times[name])
+        u = statistics.median(updates[name])
+        rows.append(
+            {
+                "variant": name,
+                "step_s": t,
+                "steps_per_s": 1 / t,
+                "samples_per_s": b / t,
+                "vs_baseline": t / base,
+                "pico_update_s": u,
+                "update_share": u / t,
+            }
+        )
+    if ft_times:
+        t = statistics.median(ft_times)
+        rows.append(
+            {
+                "variant": "MiniLM fine-tuning (32 captions)",
+                "step_s": t,
+                "steps_per_s": 1 / t,
+                "samples_per_s": 32 / t,
+            }
+        )
+    if args.json:
+        print(json.dumps({"shape": shape, "rows": rows}, indent=2))
+        return 0
+    print(
+        f"batch {b}, image tokens 49×1280, caption tokens ≤12×384, D={d}; "
+        f"torch threads {torch.get_num_threads()}, median of {args.rounds} interleaved rounds"
+    )
+    print(
+        f"{'variant':46s} {'s/step':>8s} {'steps/s':>8s} {'samples/s':>10s} "
+        f"{'× base':>7s} {'update':>8s} {'share':>6s}"
+    )
+    for r in rows:
+        extra = (
+            f"{r['vs_baseline']:7.2f} {r['pico_update_s']:8.3f} {r['update_share']:6.1%}"
+            if "vs_baseline" in r
+            else ""
+        )
+        print(
+            f"{r['variant']:46s} {r['step_s']:8.3f} {r['steps_per_s']:8.2f} "
+            f"{r['samples_per_s']:10.1f} {extra}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
