@@ -40,8 +40,11 @@ from picoalign.plots import plot_training
 from picoalign.train import train
 
 ROOT = Path(__file__).resolve().parent
-TRAIN_SETS = {"twemoji": ["twemoji", "noto-emoji"], "noto-emoji": ["noto-emoji", "twemoji"],
-              "tuxpaint": ["tuxpaint"]}
+TRAIN_SETS = {
+    "twemoji": ["twemoji", "noto-emoji"],
+    "noto-emoji": ["noto-emoji", "twemoji"],
+    "tuxpaint": ["tuxpaint"],
+}
 BASE: dict[str, Any] = {"epochs": 6, "lr_steps": [4], "batch_size": 128, "lr": 1e-3}
 PICO: dict[str, Any] = {"model.method": "pico", "model.pico.feedback_size": 32}
 
@@ -89,12 +92,30 @@ def evaluate_rules(model: PicoAligner, fs: FeatureSet, rules: list[str]) -> dict
     return out
 
 
-def one_run(family: str, overrides: dict[str, Any], margin: float, train_set: str, seed: int,
-            rules: list[str], feats: dict[str, FeatureSet], base: dict[str, Any],
-            plot_dir: Path | None) -> dict[str, Any]:
+def one_run(
+    family: str,
+    overrides: dict[str, Any],
+    margin: float,
+    train_set: str,
+    seed: int,
+    rules: list[str],
+    feats: dict[str, FeatureSet],
+    base: dict[str, Any],
+    plot_dir: Path | None,
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="picoalign-quality-") as tmp:
-        cfg = load_config(None, {**base, **overrides, "margin": margin, "seed": seed,
-                                 "data": train_set, "progress": False, "out": tmp})
+        cfg = load_config(
+            None,
+            {
+                **base,
+                **overrides,
+                "margin": margin,
+                "seed": seed,
+                "data": train_set,
+                "progress": False,
+                "out": tmp,
+            },
+        )
         t0 = time.perf_counter()
         result = train(cfg, feats[train_set])
         seconds = time.perf_counter() - t0
@@ -106,24 +127,38 @@ def one_run(family: str, overrides: dict[str, Any], margin: float, train_set: st
         (plot_dir / "histories").mkdir(parents=True, exist_ok=True)
         path = plot_dir / "histories" / f"{family}-m{margin}-{train_set}.json"
         path.write_text(json.dumps(result.history))
-    return {"id": run_id(family, margin, train_set, seed), "family": family, "margin": margin,
-            "train_set": train_set, "seed": seed, "val_rsum": result.best.get("rsum"),
-            "best_epoch": result.best.get("epoch"), "seconds": round(seconds, 1),
-            "tests": tests, "p_mean": float(model.pico.p.mean()),
-            "omega_spread_last": result.history[-1].get("omega_spread")}
+    return {
+        "id": run_id(family, margin, train_set, seed),
+        "family": family,
+        "margin": margin,
+        "train_set": train_set,
+        "seed": seed,
+        "val_rsum": result.best.get("rsum"),
+        "best_epoch": result.best.get("epoch"),
+        "seconds": round(seconds, 1),
+        "tests": tests,
+        "p_mean": float(model.pico.p.mean()),
+        "omega_spread_last": result.history[-1].get("omega_spread"),
+    }
 
 
 def plan(quick: bool, seeds: list[int], train_sets: list[str], ablations: bool):
     for family, (overrides, margins, rules) in FAMILIES.items():
-        for margin in (margins[-1:] if quick else margins):
+        for margin in margins[-1:] if quick else margins:
             for ts in train_sets:
                 for seed in seeds:
                     yield family, overrides, margin, ts, seed, rules
     if ablations:
         for name, extra in ABLATIONS.items():
             for seed in seeds:
-                yield (name, {**FAMILIES["pico-A"][0], **extra}, 0.8, train_sets[0], seed,
-                       ["plain", "weighted"])
+                yield (
+                    name,
+                    {**FAMILIES["pico-A"][0], **extra},
+                    0.8,
+                    train_sets[0],
+                    seed,
+                    ["plain", "weighted"],
+                )
 
 
 # ---------------------------------------------------------------------------- report
@@ -154,36 +189,47 @@ def report(rows: list[dict[str, Any]]) -> str:
     test_sets = sorted({(r["train_set"], t) for r in rows for t in r["tests"]})
     for train_set, test_set in test_sets:
         shift = "in-style" if train_set == test_set else "style shift"
-        lines += [f"\n### train {train_set} → test {test_set} ({shift})\n",
-                  "| method (margin picked on val) | rule | R@1 i→t | R@1 t→i | R@5 i→t | "
-                  "R@5 t→i | rSum | Δ rSum vs tuned baseline [95% CI] |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"\n### train {train_set} → test {test_set} ({shift})\n",
+            "| method (margin picked on val) | rule | R@1 i→t | R@1 t→i | R@5 i→t | "
+            "R@5 t→i | rSum | Δ rSum vs tuned baseline [95% CI] |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         picked = {}
         for fam in {f for f, _, t in by if t == train_set}:
-            cands = [(statistics.mean(x["val_rsum"] for x in v), m)
-                     for (f, m, t), v in by.items() if f == fam and t == train_set]
+            cands = [
+                (statistics.mean(x["val_rsum"] for x in v), m)
+                for (f, m, t), v in by.items()
+                if f == fam and t == train_set
+            ]
             picked[fam] = max(cands)[1]
-        base_runs = sorted(by.get(("baseline", picked.get("baseline"), train_set), []),
-                           key=lambda r: r["seed"])
+        base_runs = sorted(
+            by.get(("baseline", picked.get("baseline"), train_set), []), key=lambda r: r["seed"]
+        )
         base_rsum = [r["tests"][test_set]["plain"]["rsum"] for r in base_runs]
         for fam in sorted(picked, key=lambda f: (not f.startswith(("global", "base")), f)):
             runs = sorted(by[(fam, picked[fam], train_set)], key=lambda r: r["seed"])
             for rule in runs[0]["tests"][test_set]:
                 ms = [r["tests"][test_set][rule] for r in runs]
                 rs = [m["rsum"] for m in ms]
-                cell = (_paired(rs, base_rsum) if fam != "baseline" and
-                        len(rs) == len(base_rsum) else "")
+                cell = (
+                    _paired(rs, base_rsum)
+                    if fam != "baseline" and len(rs) == len(base_rsum)
+                    else ""
+                )
                 lines.append(
                     f"| {fam} (m={picked[fam]}) | {rule} | "
                     f"{_ms([m['i2t']['r1'] for m in ms])} | {_ms([m['t2i']['r1'] for m in ms])} | "
                     f"{_ms([m['i2t']['r5'] for m in ms])} | {_ms([m['t2i']['r5'] for m in ms])} | "
-                    f"{_ms(rs)} | {cell} |")
+                    f"{_ms(rs)} | {cell} |"
+                )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="2 epochs, 1 seed, Twemoji only")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--train-sets", nargs="+", default=list(TRAIN_SETS))
@@ -216,18 +262,25 @@ def main(argv: list[str] | None = None) -> int:
             from picoalign.demo import _small
 
             feats = {k: _small(v) for k, v in feats.items()}
-        todo = [p for p in plan(args.quick, args.seeds, args.train_sets, not args.no_ablations)
-                if run_id(p[0], p[2], p[3], p[4]) not in done]
+        todo = [
+            p
+            for p in plan(args.quick, args.seeds, args.train_sets, not args.no_ablations)
+            if run_id(p[0], p[2], p[3], p[4]) not in done
+        ]
         print(f"{len(todo)} runs to do ({len(done)} already done)", flush=True)
         for i, (fam, ov, margin, ts, seed, rules) in enumerate(todo, 1):
-            row = one_run(fam, ov, margin, ts, seed, rules, feats, base,
-                          None if args.quick else args.plots)
+            row = one_run(
+                fam, ov, margin, ts, seed, rules, feats, base, None if args.quick else args.plots
+            )
             done[row["id"]] = row
             with args.results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             main_rule = next(iter(row["tests"][ts]))
-            print(f"[{i}/{len(todo)}] {row['id']:42s} val {row['val_rsum']:.1f} test "
-                  f"{row['tests'][ts][main_rule]['rsum']:.1f} ({row['seconds']:.0f}s)", flush=True)
+            print(
+                f"[{i}/{len(todo)}] {row['id']:42s} val {row['val_rsum']:.1f} test "
+                f"{row['tests'][ts][main_rule]['rsum']:.1f} ({row['seconds']:.0f}s)",
+                flush=True,
+            )
     text = report(list(done.values()))
     args.report.write_text(text)
     print(text)
