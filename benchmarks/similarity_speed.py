@@ -8,9 +8,11 @@ Measured side by side in one run, on the same synthetic tokens:
 (c) ``fine_grained_scores`` with ``compute_dtype=torch.bfloat16``;
 (d) the machine's measured matmul peak: a large square fp32 GEMM and a bf16 GEMM.
 
-It prints seconds (min and median of ``--repeat`` runs), GFLOP/s with FLOPs =
+It prints wall seconds (min and median of ``--repeat`` runs, fp32 and bf16 interleaved),
+CPU seconds (all threads: with ``--threads 1`` a load-robust measure of work), GFLOP/s with FLOPs =
 2·N_img·N_cap·n_v·n_t·D (nominal: padding counted), the ratio to the loop, the fraction of
-the measured fp32 peak, the peak RSS growth during each call (sampled from /proc), the load
+the measured fp32 peak, the peak RSS growth during each call (sampled from /proc every 2 ms,
+after a warm-up; the allocator may keep freed memory, so it is a rough view), the load
 average before and after, and the top-1 agreement of bf16 with fp32 (share of captions whose
 best image, and of images whose best caption, is the same) plus both rSums. Results depend
 on the machine: the CPU model and ``torch.backends.cpu.get_cpu_capability()`` are printed.
@@ -18,12 +20,12 @@ on the machine: the CPU model and ``torch.backends.cpu.get_cpu_capability()`` ar
 Synthetic data with a true match, so the rankings mean something: caption c describes image
 c mod N_img; each of its words is one of that image's patches plus noise.
 
-    python benchmarks/similarity_speed.py                   # 1,000 × 1,000, D = 512 (~2 min)
+    python benchmarks/similarity_speed.py                   # 1,000 × 1,000, D = 512 (minutes)
     python benchmarks/similarity_speed.py --quick           # smoke size, seconds
     python benchmarks/similarity_speed.py --shape flickr    # 1,000 × 5,000, ragged ≤ 32 words
     python benchmarks/similarity_speed.py --shape coco      # 5,000 × 25,000 (long: opt-in)
     python benchmarks/similarity_speed.py --scaling --plot scaling.png   # 1K → 25K captions
-    python benchmarks/similarity_speed.py --json result.json
+    python benchmarks/similarity_speed.py --json result.json --threads 1
 """
 
 from __future__ import annotations
@@ -130,6 +132,21 @@ def measure(fn: Callable[[], Tensor], repeat: int) -> dict[str, object]:
     }
 
 
+def merge(a: dict[str, object] | None, b: dict[str, object]) -> dict[str, object]:
+    """Combine two ``measure`` results (more repeats of the same call)."""
+    if a is None:
+        return b
+    times = [*a["seconds_all"], *b["seconds_all"]]
+    return {
+        "seconds_min": min(times),
+        "seconds_median": statistics.median(times),
+        "seconds_all": times,
+        "cpu_seconds_min": min(a["cpu_seconds_min"], b["cpu_seconds_min"]),
+        "peak_rss_mb": max(a["peak_rss_mb"], b["peak_rss_mb"]),
+        "result": b["result"],
+    }
+
+
 def matmul_peak(repeat: int, quick: bool) -> dict[str, float]:
     """GFLOP/s of a square fp32 GEMM and a bf16 GEMM (smaller: emulated bf16 is slow)."""
     out = {}
@@ -204,14 +221,21 @@ def run_shape(args: argparse.Namespace) -> dict[str, object]:
     peak_before = matmul_peak(max(5, args.repeat), args.quick)
 
     n_loop = n_cap if not sample or sample >= n_cap else sample
-    runs = {
-        "loop": measure(lambda: loop_scores(img, im, txt[:n_loop], tm[:n_loop]), 1),
-        "fp32": measure(lambda: fine_grained_scores(img, im, txt, tm), args.repeat),
-        "bf16": measure(
-            lambda: fine_grained_scores(img, im, txt, tm, compute_dtype=torch.bfloat16),
-            args.repeat,
-        ),
+    # warm-up on a slice: thread pools, MKL buffers and allocator arenas are set up once per
+    # process; without it the first method measured would carry that memory and time
+    w_img, w_cap = min(n_img, 64), min(n_cap, 128)
+    loop_scores(img[:w_img], im[:w_img], txt[:w_cap], tm[:w_cap])
+    fine_grained_scores(img[:w_img], im[:w_img], txt[:w_cap], tm[:w_cap])
+    print(f"timing the loop on {n_loop} captions ...", flush=True)
+    runs = {"loop": measure(lambda: loop_scores(img, im, txt[:n_loop], tm[:n_loop]), 1)}
+    fns = {
+        "fp32": lambda: fine_grained_scores(img, im, txt, tm),
+        "bf16": lambda: fine_grained_scores(img, im, txt, tm, compute_dtype=torch.bfloat16),
     }
+    for rep in range(args.repeat):  # interleaved, so a change of load hits both alike
+        print(f"timing fp32 and bf16, round {rep + 1}/{args.repeat} ...", flush=True)
+        for name, fn in fns.items():
+            runs[name] = merge(runs.get(name), measure(fn, 1))
     # the peak is taken before and after the runs, best of both: load varies while we measure
     peak_after = matmul_peak(max(5, args.repeat), args.quick)
     res["peak"] = {k: max(peak_before[k], peak_after[k]) for k in peak_before}
@@ -269,6 +293,8 @@ def run_scaling(args: argparse.Namespace) -> dict[str, object]:
     rows = []
     print(json.dumps(machine()), "load", load())
     for n in sizes:
+        if not rows:  # warm-up, as in run_shape
+            fine_grained_scores(img[:64], im[:64], txt[:128], tm[:128])
         r = measure(lambda n=n: fine_grained_scores(img, im, txt[:n], tm[:n]), 1)
         r.pop("result")
         gflops = 2 * n_img * n * 49 * 16 * args.dim / r["seconds_min"] / 1e9

@@ -66,23 +66,25 @@ def ranks(scores: Tensor, caption_image: Tensor) -> tuple[Tensor, Tensor]:
 
     i2t[i] = number of captions of *other* images scoring ≥ the best of image i's captions;
     t2i[c] = number of *other* images scoring ≥ caption c's own image (ties count against).
-    Computed in row chunks so the comparison temporaries stay small for 5K × 25K.
+    No N_img × N_cap mask is built: the correct entries are read by index, and counting
+    "≥" over a whole row or column includes them exactly (they are the same numbers), so
+    they are subtracted afterwards. Row chunks keep the temporaries small at 5K × 25K.
     """
     _check(scores, caption_image)
     scores = scores.detach()
     cap_img = caption_image.long()
     n_img, n_cap = scores.shape
     own = scores[cap_img, torch.arange(n_cap)]  # each caption's score with its own image
+    best = torch.full((n_img,), -torch.inf, dtype=scores.dtype)
+    best = best.scatter_reduce(0, cap_img, own, reduce="amax")  # image's best own caption
+    own_ties = torch.bincount(cap_img[own >= best[cap_img]], minlength=n_img)
     i2t = torch.empty(n_img, dtype=torch.long)
     t2i = torch.zeros(n_cap, dtype=torch.long)
     for i0 in range(0, n_img, _CHUNK):
         block = scores[i0 : i0 + _CHUNK]
-        rows = torch.arange(i0, i0 + block.shape[0]).unsqueeze(1)
-        correct = cap_img.unsqueeze(0) == rows  # (b, N_cap): caption belongs to this image
-        best = block.masked_fill(~correct, -torch.inf).amax(dim=1, keepdim=True)
-        i2t[i0 : i0 + block.shape[0]] = ((block >= best) & ~correct).sum(dim=1)
-        t2i += ((block >= own.unsqueeze(0)) & ~correct).sum(dim=0)
-    return i2t, t2i
+        i2t[i0 : i0 + block.shape[0]] = (block >= best[i0 : i0 + _CHUNK, None]).sum(dim=1)
+        t2i += (block >= own).sum(dim=0)
+    return i2t - own_ties, t2i - 1
 
 
 def _direction(r: Tensor, ks: Sequence[int]) -> dict[str, float]:

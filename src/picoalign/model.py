@@ -56,6 +56,8 @@ class ModelConfig:
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {sorted(HEADS)}, got {self.head!r}")
         self.pico.dim = self.embed_dim
+        if self.text_encoder == "glove-gru":  # a randomly initialised GRU must be trained
+            self.finetune_text = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
