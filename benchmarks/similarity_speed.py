@@ -11,7 +11,7 @@ Measured side by side in one run, on the same synthetic tokens:
 It prints wall seconds (min and median of ``--repeat`` runs, fp32 and bf16 interleaved),
 CPU seconds (all threads: with ``--threads 1`` a load-robust measure of work), GFLOP/s with FLOPs =
 2·N_img·N_cap·n_v·n_t·D (nominal: padding counted), the ratio to the loop, the fraction of
-the measured fp32 peak, the peak RSS growth during each call (sampled from /proc every 2 ms,
+the measured fp32 peak, the peak growth of anonymous RSS during each call (/proc, every 2 ms,
 after a warm-up; the allocator may keep freed memory, so it is a rough view), the load
 average before and after, and the top-1 agreement of bf16 with fp32 (share of captions whose
 best image, and of images whose best caption, is the same) plus both rSums. Results depend
@@ -31,6 +31,8 @@ c mod N_img; each of its words is one of that image's patches plus noise.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import platform
@@ -45,7 +47,12 @@ import torch
 from torch import Tensor
 
 from picoalign.evaluate import recall_metrics
-from picoalign.similarity import _gemm_dtype, fine_grained_scores, l2_normalize
+from picoalign.similarity import (
+    DEFAULT_BUDGET_MB,
+    _gemm_dtype,
+    fine_grained_scores,
+    l2_normalize,
+)
 
 NOISE = 9.0  # norm of a word's noise vs 1 for its patch: R@1 well below 100% at 1K × 1K
 # name: (n_img, n_v, n_cap, max words, ragged captions, loop sample)
@@ -98,8 +105,20 @@ def loop_scores(img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor) ->
 
 
 def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    """Anonymous resident memory (heap, tensors): file-backed pages (libraries paged in on
+    first use of a kernel) would otherwise show up as growth."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _trim() -> None:
+    """Hand freed heap back to the OS (glibc), so the next RSS growth is not hidden by memory
+    an earlier call freed but the allocator kept."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def measure(fn: Callable[[], Tensor], repeat: int) -> dict[str, object]:
@@ -107,6 +126,7 @@ def measure(fn: Callable[[], Tensor], repeat: int) -> dict[str, object]:
     times, cpu, peaks, result = [], [], [], None
     for _ in range(repeat):
         result = None
+        _trim()
         base, peak, stop = _rss_bytes(), [0], threading.Event()
 
         def sample(base: int = base, peak: list[int] = peak, stop: threading.Event = stop) -> None:
@@ -324,6 +344,7 @@ def run_scaling(args: argparse.Namespace) -> dict[str, object]:
         ax1.set(xlabel="captions", ylabel="seconds", title=f"fp32, {n_img} images × 49 patches")
         ax2.plot(xs, [r["peak_rss_mb"] for r in rows], "o-", label="peak RSS growth")
         ax2.plot(xs, [n_img * x * 4 / 2**20 for x in xs], "--", label="score matrix")
+        ax2.axhline(DEFAULT_BUDGET_MB, color="grey", ls=":", label="block budget")
         ax2.set(xlabel="captions", ylabel="MB", title="memory")
         ax2.legend()
         fig.suptitle(machine()["cpu_model"])

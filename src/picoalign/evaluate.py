@@ -136,6 +136,7 @@ def coco_1k_folds(
     never built). Recalls, rSum and ranks are averaged over folds (rSum of the mean = mean of
     the rSums); ``n_images`` / ``n_captions`` are the pool sizes of one fold (mean), because
     that is what the recalls are relative to. Per-fold results are kept under ``"folds"``.
+    Images past folds·fold_size (none for COCO's 5,000) are not used.
     """
     if not isinstance(caption_image, Tensor) or caption_image.dim() != 1:
         raise ValueError("caption_image must be a 1-D integer tensor (N_cap,)")

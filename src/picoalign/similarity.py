@@ -27,6 +27,10 @@ How it is made fast (measured on a 2-core AVX2 EPYC; ``benchmarks/similarity_spe
   CPUs: torch then emulates the low-precision GEMM ~100× slower than fp32), operands are
   rounded to the low precision and multiplied in fp32: the numerics of a native bf16 GEMM
   with fp32 accumulation, at fp32 speed — no speed-up, but no slow-down or wrong ranking.
+
+Measured (1,000 × 1,000, 49 × 16 tokens, D = 512, 2 threads, machine load 3–4): fp32 67
+GFLOP/s, 5.3× the loop and 94% of a square fp32 GEMM timed in the same run; with one thread
+each, 2.1× the loop. Emulated bf16: 54 GFLOP/s, same rSum, top-1 agreement with fp32 99.6%+.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-DEFAULT_BUDGET_MB = 16.0
-"""Scores in flight, split between the worker threads (a few MB each: measured as fast as
-larger blocks, and small next to the inputs)."""
+DEFAULT_BUDGET_MB = 64.0
+"""Scores in flight. Without autograd it is split between the worker threads, and the block
+size barely matters (2–32 MB per worker measured within noise). With autograd it matters:
+the graph keeps every block anyway, so small blocks save no memory and cost time (a 128 × 128
+training batch: 16 MB blocks ran 2.7× slower than 64 MB)."""
 
 
 def check_tokens(
