@@ -6,8 +6,8 @@ split (concepts never seen in training) and, for the emoji styles, the *other* s
 split (style shift: train Twemoji → test Noto and the reverse).
 
 Fair comparison (METHOD.md §6b–7): the baseline gets at least PICO's tuning budget (margins
-0.2 and 0.8; PICO runs at 0.8, the margin METHOD.md found best), every family's margin is
-picked on the validation split (mean over seeds), and each trained PICO
+0.2, 0.8 and 1.2; PICO 0.8 and 1.2), every family's margin is picked on the validation split
+(mean over seeds), and each trained PICO
 model is scored both ways (plain and weighted) so a gain that only a margin or a rescaling
 reproduces is visible as such. Results are appended to a JSONL file as runs finish, so an
 interrupted study resumes where it stopped (``--resume``).
@@ -54,9 +54,9 @@ PICO: dict[str, Any] = {"model.method": "pico", "model.pico.feedback_size": 32}
 # without renormalisation, reading A only).
 FAMILIES: dict[str, tuple[dict[str, Any], list[float], list[str]]] = {
     "global": ({"model.method": "global"}, [0.2], ["plain"]),
-    "baseline": ({"model.method": "baseline"}, [0.2, 0.8], ["plain"]),
-    "pico-A": ({**PICO}, [0.8], ["plain", "weighted", "raw"]),
-    "pico-B": ({**PICO, "model.pico.reading": "pair"}, [0.8], ["plain", "weighted"]),
+    "baseline": ({"model.method": "baseline"}, [0.2, 0.8, 1.2], ["plain"]),
+    "pico-A": ({**PICO}, [0.8, 1.2], ["plain", "weighted", "raw"]),
+    "pico-B": ({**PICO, "model.pico.reading": "pair"}, [0.8, 1.2], ["plain", "weighted"]),
 }
 # Ablations of METHOD.md on pico-A (margin 0.8), Twemoji only, scored with each rule.
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -169,7 +169,7 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
 
 
 def _ms(xs: list[float]) -> str:
-    if len(xs) < 2:
+    if len(xs) < 2:  # one seed (or none): no spread to show
         return f"{xs[0]:.1f}" if xs else "–"
     return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}"
 
@@ -184,11 +184,23 @@ def _paired(a: list[float], b: list[float]) -> str:
 
 
 def report(rows: list[dict[str, Any]]) -> str:
-    """Markdown: per test set, each family at its validation-picked margin, both rules."""
+    """Markdown: validation rSum of every configuration (what the defaults are picked on),
+    then per test set each family at its validation-picked margin, with each scoring rule."""
     by = defaultdict(list)
     for r in rows:
         by[(r["family"], r["margin"], r["train_set"])].append(r)
-    lines = []
+    sets = sorted({t for _, _, t in by})
+    lines = [
+        "### validation rSum (mean ± std over seeds; selection is made on these)\n",
+        "| configuration | " + " | ".join(sets) + " | seconds/run |",
+        "|---|" + "---|" * (len(sets) + 1),
+    ]
+    for fam, margin in sorted({(f, m) for f, m, _ in by}):
+        cells = [_ms([x["val_rsum"] for x in by.get((fam, margin, t), [])]) for t in sets]
+        secs = [x["seconds"] for t in sets for x in by.get((fam, margin, t), [])]
+        lines.append(
+            f"| {fam} m={margin} | " + " | ".join(cells) + f" | {statistics.mean(secs):.0f} |"
+        )
     test_sets = sorted({(r["train_set"], t) for r in rows for t in r["tests"]})
     for train_set, test_set in test_sets:
         shift = "in-style" if train_set == test_set else "style shift"
@@ -237,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--train-sets", nargs="+", default=list(TRAIN_SETS))
     ap.add_argument("--no-ablations", action="store_true")
-    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "quality.jsonl")
     ap.add_argument("--report", type=Path, default=ROOT / "results" / "quality.md")
     ap.add_argument("--plots", type=Path, default=ROOT.parent / "docs" / "img")

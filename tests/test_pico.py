@@ -78,7 +78,7 @@ def test_config_rejects_unvalidated_values(field, value):
 
 def test_config_defaults_valid_and_dict():
     c = PICOConfig(dim=8)
-    assert c.to_dict()["dim"] == 8 and c.to_dict()["reading"] == "global"
+    assert c.to_dict()["dim"] == 8 and c.to_dict()["reading"] == "pair"
 
 
 # ------------------------------------------------------------------ convergence
@@ -164,7 +164,7 @@ def test_feedback_false_gives_uniform_omega(batches):
 # ---------------------------------------------------------------------- warm-up
 def test_warmup_keeps_weights_at_ones(batches):
     w_steps = 3
-    pico = PICO(PICOConfig(dim=D, warmup_steps=w_steps))
+    pico = PICO(PICOConfig(dim=D, warmup_steps=w_steps, reading="global"))
     batch = batches(0)
     ids = torch.arange(16)
     for step in range(1, w_steps + 1):
@@ -245,12 +245,12 @@ def test_gather_hook_pools_ranks(batches):
 # ------------------------------------------------------------------ scoring rules
 def test_scoring_rules_global(batches):
     batch, ids = batches(0), torch.arange(16)
-    pico = PICO(PICOConfig(dim=D, train_score="weighted", eval_score="weighted"))
+    pico = PICO(PICOConfig(dim=D, reading="global", train_score="weighted", eval_score="weighted"))
     pico.update(*batch)
     weighted = fine_grained_scores(*batch, pico.weights)
     torch.testing.assert_close(pico.training_scores(*batch, ids), weighted)
     torch.testing.assert_close(pico.scores(*batch), weighted)
-    plain = PICO(PICOConfig(dim=D, train_score="plain", eval_score="plain"))
+    plain = PICO(PICOConfig(dim=D, reading="global", train_score="plain", eval_score="plain"))
     plain.load_state_dict(pico.state_dict())
     torch.testing.assert_close(plain.training_scores(*batch, ids), fine_grained_scores(*batch))
     torch.testing.assert_close(plain.scores(*batch), fine_grained_scores(*batch))

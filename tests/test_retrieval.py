@@ -48,6 +48,7 @@ def _model(seed: int = 0, weighted: bool = True) -> PicoAligner:
         embed_dim=16,
         method="pico",
     )
+    cfg.pico.reading = "global"  # a global p, so the first stage is weighted too
     cfg.pico.eval_score = "weighted" if weighted else "plain"
     model = PicoAligner(cfg).eval()
     gen = torch.Generator().manual_seed(seed + 100)

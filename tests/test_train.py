@@ -76,10 +76,11 @@ def without_time(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     [
         ("global", {}),
         ("baseline", {}),
-        ("pico", {}),  # reading A (global p), plain evaluation (the defaults)
+        ("pico", {"model.pico.reading": "global"}),  # reading A, plain evaluation
+        ("pico", {}),  # the defaults: reading B as a training rule, plain evaluation
         ("pico", {"model.pico.reading": "pair", "model.pico.eval_score": "weighted"}),
     ],
-    ids=["global", "baseline", "pico-global", "pico-pair"],
+    ids=["global", "baseline", "pico-global", "pico-default", "pico-pair"],
 )
 def test_training_learns_the_planted_signal(make_feature_set, method: str, extra: dict) -> None:
     fs = make_feature_set()
@@ -87,6 +88,7 @@ def test_training_learns_the_planted_signal(make_feature_set, method: str, extra
         Path("unused"),
         epochs=5,
         triplet_warmup_epochs=0,  # the same loss every epoch, so losses are comparable
+        margin=0.2,  # a margin the tiny synthetic problem can satisfy: the loss must halve
         **{"model.method": method},
         **extra,
     )

@@ -64,7 +64,7 @@ class PICOConfig:
     momentum: float = 0.5  # m in p ← (1−m) p + m p_new; 1 = no momentum
     warmup_steps: int = 0  # p ≡ 1 for these many updates
     renormalize: bool = True  # weights = p · D / Σp (scores keep their range)
-    reading: str = "global"  # "global" (A) | "pair" (B, pair-adaptive)
+    reading: str = "pair"  # "pair" (B, pair-adaptive; best PICO on validation) | "global" (A)
     lam: float = 0.5  # reading B: p(V,T) = λ p̃(V,T) + (1−λ) prior
     prior: str = "ones"  # reading B prior: "ones" | "global" (the bank's p)
     hard_negatives: int = 10  # reading B training: per row/column B-scored negatives
