@@ -16,7 +16,6 @@ a temp file then ``os.replace``: a killed run never leaves a half-written cache 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -27,7 +26,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from .data.base import ImageCaptionDataset
+from .data.base import ImageCaptionDataset, digest
 from .encoders import ImageEncoder, TextEncoder, create_image_encoder, create_text_encoder
 from .feature_io import (
     FORMAT,
@@ -60,14 +59,6 @@ log = logging.getLogger(__name__)
 def default_cache_dir() -> Path:
     """``$PICOALIGN_CACHE`` or ``~/.cache/picoalign`` (features go in its ``features/``)."""
     return Path(os.environ.get("PICOALIGN_CACHE") or Path.home() / ".cache" / "picoalign")
-
-
-def _digest(*parts: str) -> str:
-    h = hashlib.sha1()
-    for p in parts:
-        h.update(p.encode("utf-8"))
-        h.update(b"\0")
-    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------- encoding
@@ -159,12 +150,12 @@ def _cached(
         "cache_key": encoder.cache_key,
         "versions": encoder.versions(),
         "count": len(content),
-        "content_sha1": _digest(*content),
+        "content_sha1": digest(*content),
     }
     if cache_dir is None or not getattr(encoder, "cacheable", True):
         return compute(), None
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.name)[:40]
-    enc_id = _digest(encoder.cache_config)
+    enc_id = digest(encoder.cache_config)
     path = cache_dir / "features" / f"{safe_name}-{dataset.fingerprint}-{kind}-{enc_id}.safetensors"
     if path.exists():
         try:

@@ -76,7 +76,7 @@ class ImageCaptionDataset:
             self,
             name=f"{self.name}/{split}",
             items=items,
-            fingerprint=_digest(self.fingerprint, split),
+            fingerprint=digest(self.fingerprint, split),
             skipped=[],
         )
 
@@ -84,7 +84,7 @@ class ImageCaptionDataset:
         keep = set(groups)
         items = [it for it in self.items if it.group in keep]
         return replace(
-            self, items=items, fingerprint=_digest(self.fingerprint, *sorted(keep)), skipped=[]
+            self, items=items, fingerprint=digest(self.fingerprint, *sorted(keep)), skipped=[]
         )
 
     def image_features(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +101,8 @@ class ImageCaptionDataset:
         return sum(len(it.captions) for it in self.items)
 
 
-def _digest(*parts: str) -> str:
+def digest(*parts: str) -> str:
+    """Short stable hash of strings (cache keys, fingerprints)."""
     h = hashlib.sha1()
     for p in parts:
         h.update(p.encode("utf-8"))
