@@ -167,16 +167,21 @@ def to_square(
     Padding instead of centre-cropping keeps every object in view: a caption may mention
     something near the border ("a dog on the left"), and stamps/emoji are not photos.
     """
-    img = to_rgb(img, fill) if img.mode != "RGB" else img
-    w, h = img.size
-    side = max(w, h)
-    if w != h:
-        canvas = Image.new("RGB", (side, side), fill)
-        canvas.paste(img, ((side - w) // 2, (side - h) // 2))
-        img = canvas
-    if side != size:
+    img = pad_to_square(to_rgb(img, fill) if img.mode != "RGB" else img, fill)
+    if img.size[0] != size:
         img = img.resize((size, size), resample)
     return img
+
+
+def pad_to_square(img: Image.Image, fill: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Centre an RGB ``img`` on a square ``fill`` canvas (unchanged if already square)."""
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
 
 
 _LENGTH = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-z%]*)\s*$")

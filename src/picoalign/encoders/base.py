@@ -28,6 +28,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from picoalign.data.images import pad_to_square  # one padding rule for data and encoders
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -171,18 +173,6 @@ def to_rgb_on_white(image: Image.Image) -> Image.Image:
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, rgba).convert("RGB")
     return image.convert("RGB") if image.mode != "RGB" else image
-
-
-def pad_to_square(image: Image.Image, fill: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Centre ``image`` on a square canvas: keeps the whole object and its aspect ratio
-    (centre-cropping would cut off parts of a caption's subject)."""
-    w, h = image.size
-    if w == h:
-        return image
-    side = max(w, h)
-    canvas = Image.new("RGB", (side, side), fill)
-    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
-    return canvas
 
 
 def images_to_pixels(
