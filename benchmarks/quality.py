@@ -57,6 +57,15 @@ FAMILIES: dict[str, tuple[dict[str, Any], list[float], list[str]]] = {
     "baseline": ({"model.method": "baseline"}, [0.2, 0.8, 1.2], ["plain"]),
     "pico-A": ({**PICO}, [0.8, 1.2], ["plain", "weighted", "raw"]),
     "pico-B": ({**PICO, "model.pico.reading": "pair"}, [0.8, 1.2], ["plain", "weighted"]),
+    # λ of reading B (p(V,T) = λ p̃(V,T) + (1−λ) prior) picked on validation at margin 0.8
+    **{
+        f"pico-B-lam{lam}": (
+            {**PICO, "model.pico.reading": "pair", "model.pico.lam": lam},
+            [0.8],
+            ["plain", "weighted"],
+        )
+        for lam in (0.25, 1.0)
+    },
 }
 # Ablations of METHOD.md on pico-A (margin 0.8), Twemoji only, scored with each rule.
 ABLATIONS: dict[str, dict[str, Any]] = {

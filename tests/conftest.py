@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
 # ============================================================================================
 # BEGIN method-core fixtures (test_similarity / estimators / feedback / losses / adaptive /
@@ -138,7 +142,7 @@ def auc():
 # ============================================================================================
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_feature_set():
     """Factory: a synthetic :class:`~picoalign.features.FeatureSet` with a planted signal.
 
@@ -186,6 +190,43 @@ def make_feature_set():
         )
 
     return make
+
+
+COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
+SHAPES = ["circle", "square", "triangle", "bar"]
+
+
+def _write_jsonl_dataset(root: Path, n: int = 24) -> Path:
+    """``n`` 32x32 drawings, 2 captions each; explicit splits 16 train / 4 val / 4 test."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        color, shape = COLORS[i % len(COLORS)], SHAPES[i % len(SHAPES)]
+        img = Image.new("RGB", (32, 32), "white")
+        d = ImageDraw.Draw(img)
+        box = (4 + i % 5, 4, 26, 28 - i % 4)
+        if shape == "circle":
+            d.ellipse(box, fill=color)
+        elif shape == "triangle":
+            d.polygon([(box[0], box[3]), (box[2], box[3]), (16, box[1])], fill=color)
+        elif shape == "bar":
+            d.rectangle((box[0], 12, box[2], 20), fill=color)
+        else:
+            d.rectangle(box, fill=color)
+        img.save(root / f"img{i}.png")
+        split = ("train", "train", "train", "train", "val", "test")[i % 6]
+        caps = [f"a {color} {shape}", f"picture {i}: {shape} in {color}"]
+        lines.append(json.dumps({"image": f"img{i}.png", "captions": caps, "split": split}))
+    path = root / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_jsonl_dataset():
+    """Function ``write(root, n=24) -> path``: ``n`` 32×32 drawings with 2 captions each in a
+    ``data.jsonl`` (explicit splits 16 train / 4 val / 4 test for n=24), for the test encoders."""
+    return _write_jsonl_dataset
 
 
 # ============================================================================================

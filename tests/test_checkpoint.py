@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from picoalign.checkpoint import (
+    atomic_replace_dir,
     atomic_torch_save,
     atomic_write_json,
     atomic_write_safetensors,
     atomic_write_text,
+    recover_dir,
     safe_torch_load,
 )
 
@@ -122,3 +125,68 @@ def test_safe_torch_load_refuses_arbitrary_objects_but_reads_plain_data(tmp_path
     torch.save(data, tmp_path / "ok.pt")
     back = safe_torch_load(tmp_path / "ok.pt")
     assert torch.equal(back.pop("t"), data.pop("t")) and back == data
+
+
+# ------------------------------------------------------------------ folder swaps
+
+
+def _write_files(**files: str):
+    def write(folder: Path) -> None:
+        for name, text in files.items():
+            (folder / name).write_text(text)
+
+    return write
+
+
+def test_atomic_replace_dir_swaps_in_the_new_folder(tmp_path: Path) -> None:
+    target = tmp_path / "last"
+    atomic_replace_dir(target, _write_files(a="1", b="1"))
+    atomic_replace_dir(target, _write_files(a="2"))
+    assert sorted(p.name for p in target.iterdir()) == ["a"]
+    assert (target / "a").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]  # no .tmp, no .old
+
+
+def test_failed_folder_write_keeps_the_old_folder(tmp_path: Path) -> None:
+    target = tmp_path / "last"
+    atomic_replace_dir(target, _write_files(a="old"))
+
+    def crash(folder: Path) -> None:
+        (folder / "a").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_replace_dir(target, crash)
+    assert (target / "a").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_recover_dir_after_a_kill_between_the_two_renames(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "last"
+    atomic_replace_dir(target, _write_files(a="old"))
+    real, calls = os.replace, []
+
+    def replace_then_die(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new folder is about to move into place: "kill -9" here
+            raise SystemExit("killed")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    with pytest.raises(SystemExit):
+        atomic_replace_dir(target, _write_files(a="new"))
+    monkeypatch.undo()
+    assert not target.exists()  # the window a kill can hit: old moved away, new not yet in
+    recover_dir(target)
+    assert (target / "a").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_recover_dir_removes_half_written_temporary_folders(tmp_path: Path) -> None:
+    target = tmp_path / "last"
+    atomic_replace_dir(target, _write_files(a="1"))
+    (tmp_path / ".last.abc123.tmp").mkdir()
+    (tmp_path / ".last.abc123.tmp" / "a").write_text("half")
+    (tmp_path / ".lastly.tmp").mkdir()  # not ours: kept
+    recover_dir(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lastly.tmp", "last"]

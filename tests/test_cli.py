@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from picoalign import __version__
 from picoalign.cli import main
@@ -19,35 +18,7 @@ from picoalign.config import load_config
 from picoalign.model import PicoAligner
 
 ENCODERS = ["--image-encoder", "random-conv", "--text-encoder", "hash-text"]
-COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
-SHAPES = ["circle", "square", "triangle", "bar"]
-N_ITEMS = 24
-
-
-def write_dataset(root: Path, n: int = N_ITEMS) -> Path:
-    """``n`` 32x32 drawings, 2 captions each; explicit splits 16 train / 4 val / 4 test."""
-    root.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i in range(n):
-        color, shape = COLORS[i % len(COLORS)], SHAPES[i % len(SHAPES)]
-        img = Image.new("RGB", (32, 32), "white")
-        d = ImageDraw.Draw(img)
-        box = (4 + i % 5, 4, 26, 28 - i % 4)
-        if shape == "circle":
-            d.ellipse(box, fill=color)
-        elif shape == "triangle":
-            d.polygon([(box[0], box[3]), (box[2], box[3]), (16, box[1])], fill=color)
-        elif shape == "bar":
-            d.rectangle((box[0], 12, box[2], 20), fill=color)
-        else:
-            d.rectangle(box, fill=color)
-        img.save(root / f"img{i}.png")
-        split = ("train", "train", "train", "train", "val", "test")[i % 6]
-        caps = [f"a {color} {shape}", f"picture {i}: {shape} in {color}"]
-        lines.append(json.dumps({"image": f"img{i}.png", "captions": caps, "split": split}))
-    path = root / "data.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+N_ITEMS = 24  # the jsonl_dataset fixture (conftest)
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -58,10 +29,10 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, write_jsonl_dataset):
     """One 2-epoch training run through the CLI, shared by the tests of this module."""
     tmp = tmp_path_factory.mktemp("cli")
-    data = write_dataset(tmp / "data")
+    data = write_jsonl_dataset(tmp / "data")
     cache = tmp / "cache"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: thread hand-offs dominate on a loaded CPU

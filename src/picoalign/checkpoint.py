@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -55,3 +56,47 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 def safe_torch_load(path: Path) -> Any:
     """``torch.load`` restricted to tensors and plain containers (no pickled code)."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def atomic_replace_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Fill a fresh sibling folder with ``write(folder)``, then swap it in for ``target``.
+
+    Why a folder swap: a checkpoint is several files (weights, config, optimiser state) that
+    must belong to the same step. A reader — or a resume after ``kill -9`` — sees the old
+    folder or the new one, never a mix. If the process dies between the two renames, the old
+    folder is left as ``.NAME.old`` and :func:`recover_dir` puts it back.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    old = target.with_name(f".{target.name}.old")
+    try:
+        write(tmp)
+        tmp.chmod(0o755)
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(target: Path) -> None:
+    """Repair what a killed :func:`atomic_replace_dir` left: put the old folder back if the
+    process died between the two renames, and delete half-written temporary folders."""
+    old = target.with_name(f".{target.name}.old")
+    if not target.exists() and old.is_dir():
+        os.replace(old, target)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete the temporary files a killed writer left in ``folder`` (``.NAME.XXXX.tmp``,
+    the pattern of every atomic write here); the files they were replacing are intact."""
+    for stale in folder.glob(".*.*.tmp"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)

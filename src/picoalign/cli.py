@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -102,6 +103,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.out is None and "out" not in overrides and args.config is None:
         cfg.out = f"runs/{cfg.model.method}"
     result = train(cfg, resume=args.resume, on_epoch=_print_epoch)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
+        return 0
     print(
         f"best {cfg.eval_split} rSum {result.best.get('rsum', float('nan')):.1f} "
         f"at epoch {result.best.get('epoch')}; model saved in {result.out}/best"

@@ -43,6 +43,12 @@ class TrainConfig:
     amp: bool = True  # autocast where the device supports it (bf16 on CPU with AMX, CUDA)
     eval_split: str = "val"
     eval_every: int = 1
+    # also checkpoint every N steps inside an epoch (0 = at epoch ends only): a killed run
+    # resumes from the last such step with the same data order and RNG state
+    save_every_steps: int = 0
+    # under torchrun: the loss sees the negatives of the whole global batch (all-gathered), as
+    # one process would; False = each rank's shard only (less communication)
+    gather_negatives: bool = True
     cache_dir: str | None = None
     skip_bad: bool = False
     progress: bool = True
@@ -56,7 +62,12 @@ class TrainConfig:
             if f.type == "float" and isinstance(value, str):
                 with contextlib.suppress(ValueError):
                     setattr(self, f.name, float(value))
-        for name in ("epochs", "batch_size", "eval_every"):  # e.g. --set epochs=many
+        for name in (
+            "epochs",
+            "batch_size",
+            "eval_every",
+            "save_every_steps",
+        ):  # e.g. --set epochs=many
             if not isinstance(getattr(self, name), int):
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r} (expected an integer)")
         for name in ("lr", "margin"):
@@ -70,6 +81,7 @@ class TrainConfig:
             "loss": self.loss in ("triplet", "infonce"),
             "eval_split": self.eval_split in ("train", "val", "test"),
             "eval_every": self.eval_every >= 1,
+            "save_every_steps": self.save_every_steps >= 0,
         }
         for name, ok in checks.items():
             if not ok:

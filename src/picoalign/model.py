@@ -116,6 +116,29 @@ class PicoAligner(nn.Module):
     def embed_texts(self, tokens: Tensor, mask: Tensor) -> Tensor:
         return l2_normalize(self.text_head(tokens.float())) * mask.unsqueeze(-1)
 
+    def forward(
+        self,
+        img_tokens: Tensor,
+        img_mask: Tensor,
+        txt_tokens: Tensor,
+        txt_mask: Tensor,
+        captions: Sequence[str] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The training forward: embed one batch of both modalities.
+
+        Returns ``(img, img_mask, txt, txt_mask)``. With ``captions`` (text fine-tuning) the
+        text tokens come from the trainable backbone instead of the cached ``txt_tokens``.
+        Kept as ``forward`` so DDP can wrap the model and hook its gradients.
+        """
+        if captions is not None:
+            txt_tokens, txt_mask = self.text_tokens(captions)
+        return (
+            self.embed_images(img_tokens, img_mask),
+            img_mask,
+            self.embed_texts(txt_tokens, txt_mask),
+            txt_mask,
+        )
+
     # -- scoring ----------------------------------------------------------------------
     def training_scores(
         self, img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor, image_ids: Tensor

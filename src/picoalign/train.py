@@ -15,9 +15,6 @@ Run folder layout::
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import time
 from collections.abc import Callable
@@ -26,16 +23,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from picoalign.checkpoint import atomic_torch_save, atomic_write_text, safe_torch_load
+from picoalign.checkpoint import atomic_replace_dir, atomic_write_text
 from picoalign.config import TrainConfig, dump_config
 from picoalign.devices import autocast, resolve_device
+from picoalign.distributed import (
+    DistContext,
+    assert_in_sync,
+    init_distributed,
+    local_device,
+    shutdown,
+    wrap_ddp,
+)
 from picoalign.features import FeatureSet
 from picoalign.losses import create_loss
 from picoalign.model import PicoAligner
 from picoalign.pipeline import dataset_features, evaluate_model
+from picoalign.train_state import Position, restore_last, save_last, write_metrics
 
 
 class TrainingError(RuntimeError):
@@ -48,6 +55,10 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None
+
+    @property
+    def best_rsum(self) -> float:
+        return float(self.best.get("rsum", -math.inf))
 
 
 def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
@@ -101,22 +112,32 @@ def train(
     write: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train ``cfg.model.method`` on ``cfg.data`` (or on given ``features``); see module doc."""
+    """Train ``cfg.model.method`` on ``cfg.data`` (or on given ``features``); see module doc.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the job and trains data-parallel with
+    one-process semantics (:mod:`picoalign.distributed`); only rank 0 writes.
+    """
     device = resolve_device(cfg.device)
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    ctx = init_distributed(device)
+    try:
+        return _train(cfg, features, ctx, local_device(device, ctx), resume, write, on_epoch)
+    finally:
+        if owns_group:
+            shutdown(ctx)
+
+
+def _train(
+    cfg: TrainConfig,
+    features: FeatureSet | None,
+    ctx: DistContext,
+    device: torch.device,
+    resume: bool,
+    write: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> TrainResult:
     torch.manual_seed(cfg.seed)
-    fs = (
-        features
-        if features is not None
-        else dataset_features(
-            cfg.data,
-            cfg.model.image_encoder,
-            cfg.model.text_encoder,
-            seed=cfg.seed,
-            skip_bad=cfg.skip_bad,
-            cache_dir=cfg.cache_dir,
-            progress=cfg.progress,
-        )
-    )
+    fs = features if features is not None else ctx.main_first(lambda: _load_features(cfg))
     train_fs = fs.split("train")
     eval_fs = fs.split(cfg.eval_split) if cfg.eval_split != "train" else train_fs
     if train_fs.n_captions < 2:
@@ -126,6 +147,7 @@ def train(
     cfg.model.pico.warmup_steps = cfg.pico_warmup_epochs * steps_per_epoch
 
     model = PicoAligner(cfg.model).to(device)
+    net = wrap_ddp(model, device, ctx)  # the forward goes through DDP, the rest uses model
     loss_fn = create_loss(cfg.loss, **({"margin": cfg.margin} if cfg.loss == "triplet" else {}))
     loss_fn.to(device)
     params = [p for p in (*model.parameters(), *loss_fn.parameters()) if p.requires_grad]
@@ -137,63 +159,62 @@ def train(
         )
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    out = Path(cfg.out) if write else None
-    result = TrainResult(model=model, out=out)
-    start_epoch, best_rsum = 0, -math.inf
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume and (out / "last" / "state.pt").is_file():
-            state = safe_torch_load(out / "last" / "state.pt")
-            model.load_state_dict(PicoAligner.load(out / "last").state_dict())
-            opt.load_state_dict(state["optimizer"])
-            if state.get("loss"):
-                loss_fn.load_state_dict(state["loss"])
-            start_epoch, best_rsum = int(state["epoch"]) + 1, float(state["best_rsum"])
-            result.history = json.loads(state["history"])
-            result.best = json.loads(state["best"])
-            if not (out / "best" / "config.json").is_file():
-                # best/ was deleted: its weights are gone, so the best of the remaining epochs
-                # takes its place (else best/ would get the last model while result.best and
-                # the printed summary still named the lost epoch).
-                best_rsum, result.best = -math.inf, {}
-        elif resume:
-            raise FileNotFoundError(f"--resume: no checkpoint in {out / 'last'}")
-        atomic_write_text(dump_config(cfg), out / "config.yaml")
+    out = Path(cfg.out) if write and ctx.is_main else None
+    result = TrainResult(model=model, out=Path(cfg.out) if write else None)
+    pos = Position()
+    if write:
+        if resume:
+            pos, result.history, result.best = restore_last(Path(cfg.out), model, opt, loss_fn)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(dump_config(cfg), out / "config.yaml")
 
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(pos.epoch, cfg.epochs):
         t0 = time.perf_counter()
         lr = learning_rate(cfg, epoch)
         for group in opt.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         loss_fn.hardest = epoch >= cfg.triplet_warmup_epochs
         batches = batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, epoch)
+        first = pos.step if epoch == pos.epoch else 0
+        total, count = (pos.total, pos.count) if first else (0.0, 0)
         model.train()
-        total, count = 0.0, 0
         bar = tqdm(
-            batches,
+            range(first, len(batches)),
             desc=f"{cfg.model.method} epoch {epoch + 1}/{cfg.epochs}",
             unit="batch",
-            disable=not cfg.progress,
+            disable=not (cfg.progress and ctx.is_main),
             leave=False,
+            initial=first,
+            total=len(batches),
         )
-        for step, idx in enumerate(bar):
-            img_t, img_m, txt_t, txt_m, ids = _batch(train_fs, idx, device)
-            if cfg.model.finetune_text:
-                txt_t, txt_m = model.text_tokens([train_fs.captions[i] for i in idx.tolist()])
-            with autocast(device, cfg.amp):
-                img = model.embed_images(img_t, img_m)
-                txt = model.embed_texts(txt_t, txt_m)
-            img, txt = img.float(), txt.float()
-            scores = model.training_scores(img, img_m, txt, txt_m, ids)
-            loss = loss_fn(scores, ids)
+        for step in bar:
+            idx = batches[step]
+            sizes = ctx.shard_sizes(len(idx))
+            img, img_m, txt, txt_m, ids = _forward(
+                net, model, train_fs, ctx.shard(idx), device, cfg
+            )
+            # every rank sees the whole global batch: the loss's negatives and PICO's statistics
+            g_img, g_img_m, g_txt, g_txt_m, g_ids = (
+                ctx.gather(x, sizes, keep_grad=cfg.gather_negatives)
+                for x in (img, img_m, txt, txt_m, ids)
+            )
+            if cfg.gather_negatives:
+                scores = model.training_scores(g_img, g_img_m, g_txt, g_txt_m, g_ids)
+                loss = loss_fn(scores, g_ids)
+            else:  # each rank's own shard; the summed gradients then average the rank losses
+                loss = loss_fn(model.training_scores(img, img_m, txt, txt_m, ids), ids)
+                loss = _mean_over_ranks(loss, ctx)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                    f"the last good checkpoint is kept in {out / 'last' if out else '(none)'}. "
+                    f"the last good checkpoint is kept in {Path(cfg.out) / 'last'}. "
                     "Try a lower --lr or check the input features for NaN."
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if not cfg.gather_negatives:
+                _sum_loss_grads(loss_fn, ctx)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
@@ -203,11 +224,20 @@ def train(
                 and model.pico.config.feedback_source == "heldout"
                 and step + 1 < len(batches)
             ):
-                feedback = _feedback_batch(model, train_fs, batches[step + 1], device)
-            model.after_step(img.detach(), img_m, txt.detach(), txt_m, ids, feedback=feedback)
+                nxt = batches[step + 1]
+                fb = _feedback_batch(model, train_fs, ctx.shard(nxt), device)
+                feedback = tuple(ctx.gather(x, ctx.shard_sizes(len(nxt))) for x in fb)
+            model.after_step(
+                g_img.detach(), g_img_m, g_txt.detach(), g_txt_m, g_ids, feedback=feedback
+            )
             total += float(loss.detach()) * len(idx)
             count += len(idx)
             bar.set_postfix(loss=f"{total / count:.3f}")
+            every = cfg.save_every_steps
+            if out is not None and every and (step + 1) % every == 0 and step + 1 < len(batches):
+                here = Position(epoch, step + 1, total, count)
+                save_last(out, model, opt, loss_fn, here, result.history, result.best)
+        assert_in_sync(ctx, model, loss_fn)
 
         row: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -215,24 +245,72 @@ def train(
             "lr": lr,
             "seconds": round(time.perf_counter() - t0, 2),
         }
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        if ctx.is_main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             metrics = evaluate_model(model, eval_fs)
             row.update({f"{cfg.eval_split}_{k}": v for k, v in _flat(metrics).items()})
-            if metrics["rsum"] > best_rsum:
-                best_rsum = metrics["rsum"]
+            if metrics["rsum"] > result.best_rsum:
                 result.best = {"epoch": epoch + 1, **metrics}
                 if out is not None:
-                    model.save(out / "best")
+                    atomic_replace_dir(out / "best", model.save)
         row.update(_p_stats(model))
         result.history.append(row)
         if out is not None:
-            _save_last(out, model, opt, loss_fn, epoch, best_rsum, result)
-            _write_metrics(out, result.history)
-        if on_epoch is not None:
+            save_last(out, model, opt, loss_fn, Position(epoch + 1), result.history, result.best)
+            write_metrics(out, result.history)
+        if on_epoch is not None and ctx.is_main:
             on_epoch(row)
+        ctx.barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
     if out is not None and not (out / "best").exists():
-        model.save(out / "best")
+        atomic_replace_dir(out / "best", model.save)
     return result
+
+
+def _load_features(cfg: TrainConfig) -> FeatureSet:
+    return dataset_features(
+        cfg.data,
+        cfg.model.image_encoder,
+        cfg.model.text_encoder,
+        seed=cfg.seed,
+        skip_bad=cfg.skip_bad,
+        cache_dir=cfg.cache_dir,
+        progress=cfg.progress,
+    )
+
+
+def _forward(
+    net: torch.nn.Module,
+    model: PicoAligner,
+    fs: FeatureSet,
+    idx: Tensor,
+    device: torch.device,
+    cfg: TrainConfig,
+) -> tuple[Tensor, ...]:
+    """Embed the captions ``idx`` and their images (through DDP when distributed)."""
+    img_t, img_m, txt_t, txt_m, ids = _batch(fs, idx, device)
+    captions = [fs.captions[i] for i in idx.tolist()] if cfg.model.finetune_text else None
+    with autocast(device, cfg.amp):
+        img, img_m, txt, txt_m = net(img_t, img_m, txt_t, txt_m, captions)
+    return img.float(), img_m, txt.float(), txt_m, ids
+
+
+def _mean_over_ranks(loss: Tensor, ctx: DistContext) -> Tensor:
+    """Scale a rank-local loss so the summed gradients average the ranks; the returned value
+    (for logging and the NaN check) is the mean of every rank's loss."""
+    if not ctx.enabled:
+        return loss
+    mean = loss.detach().clone()
+    dist.all_reduce(mean)
+    mean /= ctx.world_size
+    return loss / ctx.world_size + (mean - loss.detach() / ctx.world_size)
+
+
+def _sum_loss_grads(loss_fn: torch.nn.Module, ctx: DistContext) -> None:
+    """The loss's own parameters (InfoNCE temperature) live outside DDP: reduce them here."""
+    if not ctx.enabled:
+        return
+    for p in loss_fn.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
 
 
 @torch.no_grad()
@@ -252,37 +330,3 @@ def _flat(metrics: dict[str, Any]) -> dict[str, float]:
         elif isinstance(v, (int, float)):
             flat[k] = v
     return flat
-
-
-def _save_last(
-    out: Path,
-    model: PicoAligner,
-    opt: torch.optim.Optimizer,
-    loss_fn: Any,
-    epoch: int,
-    best_rsum: float,
-    result: TrainResult,
-) -> None:
-    model.save(out / "last")
-    atomic_torch_save(
-        {
-            "optimizer": opt.state_dict(),
-            "loss": loss_fn.state_dict(),
-            "epoch": epoch,
-            "best_rsum": best_rsum,
-            "history": json.dumps(result.history),
-            "best": json.dumps(result.best),
-        },
-        out / "last" / "state.pt",
-    )
-
-
-def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
-    lines = "".join(json.dumps(row) + "\n" for row in history)
-    atomic_write_text(lines, out / "metrics.jsonl")
-    scalar_keys = [k for k in history[-1] if not isinstance(history[-1][k], list)]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=scalar_keys, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(buf.getvalue(), out / "metrics.csv")
