@@ -112,15 +112,17 @@ class PlainObject:
 def test_safe_torch_load_refuses_pickled_code(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     torch.save({"state": Payload(str(marker))}, tmp_path / "evil.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match=r"evil\.pt: not a readable") as info:
         safe_torch_load(tmp_path / "evil.pt")
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
     assert not marker.exists()  # nothing was executed
 
 
 def test_safe_torch_load_refuses_arbitrary_objects_but_reads_plain_data(tmp_path: Path) -> None:
     torch.save(PlainObject(), tmp_path / "obj.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ValueError, match=r"obj\.pt") as info:
         safe_torch_load(tmp_path / "obj.pt")
+    assert isinstance(info.value.__cause__, pickle.UnpicklingError)
     data = {"t": torch.arange(3), "n": 2, "f": 0.5, "s": "x", "l": [1, {"a": None}]}
     torch.save(data, tmp_path / "ok.pt")
     back = safe_torch_load(tmp_path / "ok.pt")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -12,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_runner import run_cli
 from picoalign import __version__
 from picoalign.cli import main
 from picoalign.config import load_config
@@ -19,13 +18,6 @@ from picoalign.model import PicoAligner
 
 ENCODERS = ["--image-encoder", "random-conv", "--text-encoder", "hash-text"]
 N_ITEMS = 24  # the jsonl_dataset fixture (conftest)
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

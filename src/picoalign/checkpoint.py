@@ -54,8 +54,17 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def safe_torch_load(path: Path) -> Any:
-    """``torch.load`` restricted to tensors and plain containers (no pickled code)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """``torch.load`` restricted to tensors and plain containers (no pickled code).
+
+    A damaged or foreign file raises ``ValueError`` naming it (``FileNotFoundError`` stays).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # zip/pickle errors (RuntimeError, UnpicklingError, EOFError ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a readable picoalign training state ({first})") from e
 
 
 def atomic_replace_dir(target: Path, write: Callable[[Path], None]) -> None:

@@ -27,6 +27,8 @@ def dataset_features(
 ) -> FeatureSet:
     """Backbone token features of a dataset spec (``twemoji``, ``jsonl:PATH`` …), cached."""
     dataset = load_dataset(data, seed=seed, skip_bad=skip_bad)
+    if skip_bad:  # bad image files are found only by decoding them
+        dataset = dataset.drop_undecodable(progress=progress)
     if dataset.skipped:
         print(f"skipped {len(dataset.skipped)} bad entries of {data}:")
         for where, why in dataset.skipped[:20]:

@@ -93,6 +93,49 @@ class ImageCaptionDataset:
             raise DataError(f"dataset {self.name!r} has images, not precomputed features")
         return self.features(keys)
 
+    def drop_undecodable(self, progress: bool = False) -> ImageCaptionDataset:
+        """Decode every image once and drop the items whose image fails (``--skip-bad``).
+
+        Why up front: images are decoded lazily during encoding, where dropping an item
+        would leave the image and caption features out of step. The failures join
+        ``skipped``; the fingerprint changes only if something was dropped.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm.auto import tqdm
+
+        if self.features is not None or not self.items:
+            return self
+
+        def check(item: Item) -> tuple[str, str] | None:
+            try:
+                self.load(item)
+            except DataError as e:
+                return (item.source or item.key, str(e))
+            return None
+
+        with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes without the GIL
+            results = list(
+                tqdm(
+                    pool.map(check, self.items),
+                    total=len(self.items),
+                    desc="checking images",
+                    unit="img",
+                    disable=not progress,
+                    leave=False,
+                )
+            )
+        bad = [r for r in results if r is not None]
+        if not bad:
+            return self
+        items = [it for it, r in zip(self.items, results, strict=True) if r is None]
+        return replace(
+            self,
+            items=items,
+            fingerprint=digest(self.fingerprint, "decodable", *(k for k, _ in bad)),
+            skipped=[*self.skipped, *bad],
+        )
+
     def __len__(self) -> int:
         return len(self.items)
 

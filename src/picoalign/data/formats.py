@@ -55,6 +55,8 @@ def _split_value(value: Any) -> str:
 def _inside(root: Path, rel: str) -> tuple[Path, str]:
     """``root/rel`` and its key, refusing relative paths that climb out of ``root``: a dataset
     file must not be able to make the loader read ``../../home/user/.ssh/...``."""
+    if "\0" in rel:
+        raise DataError(f"image path {rel!r} contains a NUL character")
     if os.path.isabs(rel):
         return Path(rel), rel
     norm = os.path.normpath(rel)
