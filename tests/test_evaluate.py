@@ -9,6 +9,7 @@ import torch
 
 from picoalign.evaluate import (
     PROTOCOLS,
+    blocked_recall_metrics,
     coco_1k_folds,
     evaluate_protocol,
     format_table,
@@ -200,3 +201,41 @@ def test_format_table_lists_every_method_side_by_side():
     assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
     with pytest.raises(ValueError, match="results"):
         format_table({})
+
+
+# ------------------------------------------------------------------ blocked evaluation
+
+
+@pytest.mark.parametrize("memory_mb", [1e-4, 3e-4, 1e-3, 100.0])
+def test_blocked_metrics_equal_the_full_matrix_ties_included(memory_mb: float) -> None:
+    gen = torch.Generator().manual_seed(3)
+    n_img = 37
+    cap_img = torch.randint(0, n_img, (120,), generator=gen)
+    cap_img[:n_img] = torch.arange(n_img)  # every image has a caption
+    cap_img = cap_img[torch.randperm(120, generator=gen)]  # captions in any order
+    scores = torch.randint(0, 6, (n_img, 120), generator=gen).float()  # many ties
+    asked: list[int] = []
+
+    def scores_fn(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        asked.append(len(rows) * len(cols))
+        return scores[rows][:, cols]
+
+    got = blocked_recall_metrics(scores_fn, n_img, cap_img, memory_mb=memory_mb)
+    assert got == recall_metrics(scores, cap_img)
+    budget = max(memory_mb * 2**20 / 4, max(n_img, 120))  # at least one row or column
+    assert max(asked) <= budget
+    assert (len(asked) == 1) == (memory_mb == 100.0)  # one pass only when the matrix fits
+
+
+def test_evaluate_protocol_full_uses_the_memory_bound() -> None:
+    scores = torch.randn(20, 40, generator=torch.Generator().manual_seed(0))
+    cap_img = torch.arange(20).repeat(2)
+    shapes: list[tuple[int, int]] = []
+
+    def scores_fn(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        shapes.append((len(rows), len(cols)))
+        return scores[rows][:, cols]
+
+    small = evaluate_protocol("full", scores_fn, 20, cap_img, memory_mb=1e-3)
+    assert small == {**recall_metrics(scores, cap_img), "protocol": "full"}
+    assert max(r * c for r, c in shapes) <= 1e-3 * 2**20 / 4

@@ -331,3 +331,87 @@ def test_run_folder_metrics_and_config(tmp_path: Path, make_feature_set) -> None
     assert (tmp_path / "last" / "state.pt").is_file()
     assert PicoAligner.load(tmp_path / "best").config == result.model.config
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+# ------------------------------------------------------------ image-backbone fine-tuning
+
+
+@pytest.fixture
+def image_data(tmp_path: Path, write_jsonl_dataset, monkeypatch) -> str:
+    monkeypatch.setenv("PICOALIGN_CACHE", str(tmp_path / "cache"))
+    return f"jsonl:{write_jsonl_dataset(tmp_path / 'data')}"
+
+
+def test_image_backbone_fine_tuning_trains_saves_and_evaluates_on_raw_images(
+    tmp_path: Path, image_data: str
+) -> None:
+    from picoalign.pipeline import SourceImages, dataset_features, embed_features
+
+    cfg = make_cfg(
+        tmp_path / "run",
+        data=image_data,
+        epochs=2,
+        batch_size=8,
+        **{"model.finetune_image": True, "model.method": "baseline"},
+    )
+    fs = dataset_features(image_data, "random-conv", "hash-text", progress=False)
+    before = PicoAligner(cfg.model).image_backbone.state_dict()  # same seeded init
+    result = train(cfg, fs)
+    after = result.model.image_backbone.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the backbone learned
+
+    loaded = PicoAligner.load(tmp_path / "run" / "last")
+    for k, v in after.items():
+        assert torch.equal(loaded.image_backbone.state_dict()[k], v)
+    # evaluation re-encodes the images with the trained backbone, not the cached features
+    test = fs.split("test")
+    img, im, _, _ = embed_features(loaded, test)
+    want, want_m = loaded.encode_images(SourceImages(test))
+    torch.testing.assert_close(img, want)
+    assert torch.equal(im, want_m)
+    stale = loaded.embed_images(test.images.tokens.float(), test.images.mask)
+    assert not torch.allclose(img, stale, atol=1e-3)
+
+
+def test_image_fine_tuning_without_image_files_is_a_clear_error(
+    tmp_path: Path, make_feature_set
+) -> None:
+    cfg = make_cfg(tmp_path, **{"model.finetune_image": True})
+    with pytest.raises(ValueError, match="image backbone can be fine-tuned only"):
+        train(cfg, make_feature_set(n=24))
+
+
+def test_pixel_batches_follow_caption_order_and_decode_each_image_once(
+    image_data: str,
+) -> None:
+    from picoalign.model import ModelConfig
+    from picoalign.pipeline import PixelBatches, dataset_features
+
+    fs = dataset_features(image_data, "random-conv", "hash-text", progress=False)
+    calls: list[str] = []
+    source = fs.image_source
+    fs.image_source = lambda key: calls.append(key) or source(key)
+    model = PicoAligner(ModelConfig(image_encoder="random-conv", text_encoder="hash-text"))
+    batches = PixelBatches(model, fs)
+    idx = torch.tensor([5, 0, 1, 4])  # captions 0,1 share image 0; 4,5 share image 2
+    batches.prefetch(idx)
+    got = batches.get(idx, torch.device("cpu"))
+    batches.close()
+    enc = model.backbone("image")
+    for row, c in enumerate(idx.tolist()):
+        key = fs.image_keys[int(fs.caption_image[c])]
+        assert torch.equal(got[row], enc.preprocess([source(key)])[0])
+    assert sorted(calls) == sorted({fs.image_keys[int(fs.caption_image[c])] for c in idx})
+
+
+def test_fine_tuned_cnn_keeps_batchnorm_statistics_frozen() -> None:
+    from picoalign.model import ModelConfig
+
+    model = PicoAligner(
+        ModelConfig(image_encoder="random-conv", text_encoder="hash-text", finetune_image=True)
+    )
+    model.image_backbone.net.append(torch.nn.BatchNorm2d(4))
+    model.train()
+    assert model.training and model.image_head.training
+    assert not model.image_backbone.net[-1].training
+    assert model.image_backbone.net[0].training

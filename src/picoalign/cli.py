@@ -158,11 +158,19 @@ def _add_evaluate(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print a machine-readable result")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in splits")
+    p.add_argument(
+        "--memory-mb",
+        type=float,
+        default=1024.0,
+        dest="memory_mb",
+        help="most MB of scores held at once; a larger matrix is scored in two blocked passes "
+        "(COCO 5K x 25K needs 500; default 1024)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from picoalign.evaluate import coco_1k_folds, format_table
+    from picoalign.evaluate import blocked_recall_metrics, coco_1k_folds, format_table
     from picoalign.pipeline import dataset_features, embed_features, load_model
 
     model = load_model(args.checkpoint)
@@ -178,17 +186,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         fs = fs.split(args.split)
     if fs.n_images == 0:
         raise ValueError(f"--data {data}: split {args.split!r} has no images")
+    if not args.memory_mb > 0:
+        raise ValueError(f"--memory-mb must be positive, got {args.memory_mb}")
     img, im, txt, tm = embed_features(model, fs)
-    if args.protocol == "1k":
-        metrics = coco_1k_folds(
-            lambda rows, cols: model.scores(img[rows], im[rows], txt[cols], tm[cols]),
-            fs.n_images,
-            fs.caption_image,
-        )
-    else:
-        from picoalign.evaluate import recall_metrics
 
-        metrics = recall_metrics(model.scores(img, im, txt, tm), fs.caption_image)
+    def scores_fn(rows: Any, cols: Any) -> Any:
+        return model.scores(img[rows], im[rows], txt[cols], tm[cols])
+
+    if args.protocol == "1k":
+        metrics = coco_1k_folds(scores_fn, fs.n_images, fs.caption_image)
+    else:
+        metrics = blocked_recall_metrics(
+            scores_fn, fs.n_images, fs.caption_image, memory_mb=args.memory_mb
+        )
     if args.json:
         print(json.dumps(metrics))
     else:

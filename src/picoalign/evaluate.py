@@ -37,7 +37,7 @@ def _check(scores: Tensor, caption_image: Tensor) -> None:
     if not isinstance(scores, Tensor) or scores.dim() != 2:
         shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(f"scores must be a 2-D tensor (N_img, N_cap), got {shape}")
-    if not scores.is_floating_point() or not bool(torch.isfinite(scores).all()):
+    if not scores.is_floating_point() or not _all_finite(scores):
         raise ValueError("scores must be floating point with no NaN or Inf values")
     n_img, n_cap = scores.shape
     if n_img == 0 or n_cap == 0:
@@ -59,6 +59,15 @@ def _check(scores: Tensor, caption_image: Tensor) -> None:
     if bool((counts == 0).any()):
         row = int((counts == 0).nonzero()[0])
         raise ValueError(f"caption_image: image {row} has no caption (every image needs one)")
+
+
+def _all_finite(scores: Tensor) -> bool:
+    """``isfinite(scores).all()`` without its temporaries (at 5K × 25K, ``isfinite`` alone
+    allocates more than the matrix): a finite sum proves it; only an infinite or NaN sum
+    (or an overflow) is checked row chunk by row chunk."""
+    if bool(torch.isfinite(scores.sum())):
+        return True
+    return all(bool(torch.isfinite(c).all()) for c in scores.split(_CHUNK))
 
 
 def ranks(scores: Tensor, caption_image: Tensor) -> tuple[Tensor, Tensor]:
@@ -107,17 +116,78 @@ def recall_metrics(
     Returns: ``{"i2t": {"r1", "r5", "r10", "medr", "meanr"}, "t2i": {...}, "rsum",
     "n_images", "n_captions"}``, recalls in percent; plain Python numbers (JSON-ready).
     """
+    _check_ks(ks)
+    i2t, t2i = ranks(scores, caption_image)
+    return metrics_from_ranks(i2t, t2i, ks)
+
+
+def _check_ks(ks: Sequence[int]) -> None:
     if not ks or any(int(k) < 1 for k in ks):
         raise ValueError(f"ks must be positive cut-offs, got {tuple(ks)}")
-    i2t, t2i = ranks(scores, caption_image)
+
+
+def metrics_from_ranks(i2t: Tensor, t2i: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """The metrics dict of :func:`recall_metrics` from 0-based ranks of both directions."""
     a, b = _direction(i2t, ks), _direction(t2i, ks)
     return {
         "i2t": a,
         "t2i": b,
         "rsum": sum(a[f"r{k}"] + b[f"r{k}"] for k in ks),
-        "n_images": int(scores.shape[0]),
-        "n_captions": int(scores.shape[1]),
+        "n_images": int(i2t.numel()),
+        "n_captions": int(t2i.numel()),
     }
+
+
+def blocked_recall_metrics(
+    scores_fn: ScoresFn,
+    n_images: int,
+    caption_image: Tensor,
+    *,
+    memory_mb: float = 1024.0,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, object]:
+    """:func:`recall_metrics` of ``scores_fn(all images, all captions)`` within ``memory_mb``.
+
+    If the fp32 matrix fits (COCO 5K × 25K is 500 MB), it is scored at once. Otherwise the
+    ranks come from two passes that never hold more than ``memory_mb`` of scores: image-row
+    blocks (each row holds all of an image's captions → image→text ranks) and caption-column
+    blocks (each column holds a caption's own image → text→image ranks). Each rank is read
+    within one block, so the tie rule and the result are those of the full matrix; the price
+    is scoring every pair twice.
+    """
+    _check_ks(ks)
+    cap_img = caption_image.long()
+    n_cap = int(cap_img.numel())
+    all_img, all_cap = torch.arange(n_images), torch.arange(n_cap)
+    budget = int(memory_mb * 2**20 / 4)  # fp32 scores
+    if n_images * n_cap <= budget:
+        return recall_metrics(scores_fn(all_img, all_cap), cap_img, ks)
+    rows, cols = max(1, budget // n_cap), max(1, budget // n_images)
+    i2t = torch.empty(n_images, dtype=torch.long)
+    for i0 in range(0, n_images, rows):
+        img_idx = all_img[i0 : i0 + rows]
+        caps = ((cap_img >= i0) & (cap_img < i0 + len(img_idx))).nonzero().squeeze(1)
+        block = scores_fn(img_idx, all_cap)
+        i2t[img_idx] = _row_ranks(block, caps, cap_img[caps] - i0)
+    t2i = torch.empty(n_cap, dtype=torch.long)
+    for c0 in range(0, n_cap, cols):
+        cap_idx = all_cap[c0 : c0 + cols]
+        block = scores_fn(all_img, cap_idx)
+        own = block[cap_img[cap_idx], torch.arange(len(cap_idx))]
+        t2i[cap_idx] = (block >= own).sum(dim=0) - 1
+    return metrics_from_ranks(i2t, t2i, ks)
+
+
+def _row_ranks(block: Tensor, caps: Tensor, local_img: Tensor) -> Tensor:
+    """image→text ranks of a block of whole rows; ``caps`` are the columns of these images'
+    own captions and ``local_img`` their row in the block (same rule as :func:`ranks`)."""
+    n = block.shape[0]
+    own = block[local_img, caps]
+    best = torch.full((n,), -torch.inf, dtype=block.dtype).scatter_reduce(
+        0, local_img, own, reduce="amax"
+    )
+    own_ties = torch.bincount(local_img[own >= best[local_img]], minlength=n)
+    return (block >= best[:, None]).sum(dim=1) - own_ties
 
 
 def coco_1k_folds(
@@ -192,8 +262,12 @@ def evaluate_protocol(
     n_images: int,
     caption_image: Tensor,
     ks: Sequence[int] = (1, 5, 10),
+    *,
+    memory_mb: float = 1024.0,
 ) -> dict[str, object]:
     """Run a named protocol (see ``PROTOCOLS``) and add ``"protocol": name`` to the result.
+
+    ``memory_mb`` bounds the scores held at once (:func:`blocked_recall_metrics`).
 
     The named benchmarks check the image count, since a number reported as "COCO 5K" on a
     different pool is not comparable to the literature; use "full" for any other set.
@@ -206,8 +280,9 @@ def evaluate_protocol(
     if name == "1k":
         result = coco_1k_folds(scores_fn, n_images, caption_image, ks=ks)
     else:
-        all_caps = torch.arange(int(caption_image.numel()))
-        result = recall_metrics(scores_fn(torch.arange(n_images), all_caps), caption_image, ks)
+        result = blocked_recall_metrics(
+            scores_fn, n_images, caption_image, memory_mb=memory_mb, ks=ks
+        )
     return {**result, "protocol": name}
 
 

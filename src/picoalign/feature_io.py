@@ -12,13 +12,14 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -90,6 +91,9 @@ class FeatureSet:
     meta: dict[str, Any] = field(default_factory=dict)
     image_splits: list[str] = field(default_factory=list)
     image_groups: list[str] = field(default_factory=list)
+    # key -> RGB image, where the images are files (not saved; kept by subsets): what image-
+    # backbone fine-tuning reads instead of the cached image features
+    image_source: Callable[[str], Image.Image] | None = field(default=None, repr=False)
 
     @property
     def n_images(self) -> int:
@@ -117,6 +121,7 @@ class FeatureSet:
             meta=dict(self.meta),
             image_splits=[self.image_splits[i] for i in pick] if self.image_splits else [],
             image_groups=[self.image_groups[i] for i in pick] if self.image_groups else [],
+            image_source=self.image_source,
         )
 
     def split(self, name: str) -> FeatureSet:

@@ -232,4 +232,11 @@ def encode_dataset(
         meta=meta,
         image_splits=[it.split for it in items],
         image_groups=[it.group for it in items],
+        image_source=None if getattr(dataset, "features", None) is not None else _source(dataset),
     )
+
+
+def _source(dataset: ImageCaptionDataset) -> Callable[[str], Any]:
+    """key → RGB image of ``dataset`` (for fine-tuning the image backbone on raw images)."""
+    by_key = {it.key: it for it in dataset.items}
+    return lambda key: dataset.load(by_key[key])

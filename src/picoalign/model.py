@@ -45,6 +45,8 @@ class ModelConfig:
     embed_dim: int = 256  # D, the shared space PICO weights column by column
     head: str = "linear"  # "linear" | "mlp" (linear + residual 2-layer MLP, as VSE∞/LAPS)
     finetune_text: bool = False  # train the text backbone too (its weights are then saved)
+    # train the image backbone on raw images (the GPU recipe; needs a dataset of image files)
+    finetune_image: bool = False
     method: str = "pico"
     pico: PICOConfig = field(default_factory=PICOConfig)
 
@@ -107,6 +109,21 @@ class PicoAligner(nn.Module):
             from picoalign.encoders import create_text_encoder
 
             self.text_backbone = create_text_encoder(c.text_encoder)
+        if c.finetune_image:
+            from picoalign.encoders import create_image_encoder
+
+            self.image_backbone = create_image_encoder(c.image_encoder)
+
+    def train(self, mode: bool = True) -> PicoAligner:
+        """As ``nn.Module.train``, but a fine-tuned image backbone keeps its BatchNorm layers
+        in eval mode: statistics from small (per-GPU) batches of captions' images would drift
+        from the pretrained ones, which is what breaks small-batch CNN fine-tuning."""
+        super().train(mode)
+        if mode and self.config.finetune_image:
+            for m in self.image_backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     # -- projection -------------------------------------------------------------------
     def embed_images(self, tokens: Tensor, mask: Tensor) -> Tensor:
@@ -123,15 +140,19 @@ class PicoAligner(nn.Module):
         txt_tokens: Tensor,
         txt_mask: Tensor,
         captions: Sequence[str] | None = None,
+        pixels: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The training forward: embed one batch of both modalities.
 
         Returns ``(img, img_mask, txt, txt_mask)``. With ``captions`` (text fine-tuning) the
-        text tokens come from the trainable backbone instead of the cached ``txt_tokens``.
+        text tokens come from the trainable backbone instead of the cached ``txt_tokens``;
+        with ``pixels`` (image fine-tuning) likewise for the images.
         Kept as ``forward`` so DDP can wrap the model and hook its gradients.
         """
         if captions is not None:
             txt_tokens, txt_mask = self.text_tokens(captions)
+        if pixels is not None:
+            img_tokens, img_mask = self.image_backbone(pixels)
         return (
             self.embed_images(img_tokens, img_mask),
             img_mask,
@@ -208,9 +229,12 @@ class PicoAligner(nn.Module):
 
     # -- raw inputs -------------------------------------------------------------------
     def backbone(self, kind: str) -> nn.Module:
-        """The frozen image or text backbone, built on first use from the registry."""
+        """The image or text backbone: the trained submodule when fine-tuned, else the frozen
+        one built on first use from the registry."""
         if kind == "text" and self.config.finetune_text:
             return self.text_backbone
+        if kind == "image" and self.config.finetune_image:
+            return self.image_backbone
         if kind not in self._backbones:
             from picoalign.encoders import create_image_encoder, create_text_encoder
 
@@ -219,11 +243,23 @@ class PicoAligner(nn.Module):
             self._backbones[kind] = make(spec).eval()
         return self._backbones[kind]
 
+    def image_pixels(self, images: Sequence[Image.Image]) -> Tensor:
+        """Backbone input of PIL images, on the backbone's device."""
+        enc = self.backbone("image")
+        return enc.preprocess(list(images)).to(enc.device)
+
+    @property
+    def _device(self) -> torch.device:
+        return self.image_head.proj.weight.device
+
     @torch.no_grad()
     def encode_images(
         self, images: Sequence[Image.Image | str | Path], batch_size: int = 32
     ) -> tuple[Tensor, Tensor]:
-        """PIL images or paths → embedded tokens (N, T, D) and mask, ready for ``scores``."""
+        """PIL images or paths → embedded tokens (N, T, D) and mask, ready for ``scores``.
+
+        ``images`` may be any sequence that slices (a lazy one is read batch by batch).
+        """
         from picoalign.data.images import load_image
 
         enc = self.backbone("image")
@@ -233,25 +269,24 @@ class PicoAligner(nn.Module):
                 x if isinstance(x, Image.Image) else load_image(Path(x))
                 for x in images[i : i + batch_size]
             ]
-            t, m = enc(enc.preprocess(batch))
-            toks.append(self.embed_images(t, m))
+            t, m = enc(self.image_pixels(batch))
+            toks.append(self.embed_images(t.to(self._device), m.to(self._device)))
             masks.append(m)
         return _pad_cat(toks, masks)
 
     def text_tokens(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Backbone word tokens of raw captions, with gradient when fine-tuning."""
         enc = self.backbone("text")
-        device = next(self.parameters()).device
-        batch = {k: v.to(device) for k, v in enc.tokenize(list(captions)).items()}
-        return enc(**batch)
+        batch = {k: v.to(enc.device) for k, v in enc.tokenize(list(captions)).items()}
+        t, m = enc(**batch)
+        return t.to(self._device), m.to(self._device)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> tuple[Tensor, Tensor]:
         """Captions → embedded tokens (N, T, D) and mask."""
-        enc = self.backbone("text")
         toks, masks = [], []
         for i in range(0, len(texts), batch_size):
-            t, m = enc(**enc.tokenize(list(texts[i : i + batch_size])))
+            t, m = self.text_tokens(texts[i : i + batch_size])
             toks.append(self.embed_texts(t, m))
             masks.append(m)
         return _pad_cat(toks, masks)

@@ -41,7 +41,7 @@ from picoalign.distributed import (
 from picoalign.features import FeatureSet
 from picoalign.losses import create_loss
 from picoalign.model import PicoAligner
-from picoalign.pipeline import dataset_features, evaluate_model
+from picoalign.pipeline import PixelBatches, dataset_features, evaluate_model
 from picoalign.train_state import Position, restore_last, save_last, write_metrics
 
 
@@ -148,10 +148,15 @@ def _train(
 
     model = PicoAligner(cfg.model).to(device)
     net = wrap_ddp(model, device, ctx)  # the forward goes through DDP, the rest uses model
+    pixels = PixelBatches(model, train_fs) if cfg.model.finetune_image else None
     loss_fn = create_loss(cfg.loss, **({"margin": cfg.margin} if cfg.loss == "triplet" else {}))
     loss_fn.to(device)
     params = [p for p in (*model.parameters(), *loss_fn.parameters()) if p.requires_grad]
-    backbone = {id(p) for n, p in model.named_parameters() if n.startswith("text_backbone.")}
+    backbone = {
+        id(p)
+        for n, p in model.named_parameters()
+        if n.startswith(("text_backbone.", "image_backbone."))
+    }
     groups = [{"params": [p for p in params if id(p) not in backbone], "lr_mult": 1.0}]
     if backbone:  # fine-tuned backbones learn slower (METHOD.md §7: ×0.1)
         groups.append(
@@ -191,8 +196,10 @@ def _train(
         for step in bar:
             idx = batches[step]
             sizes = ctx.shard_sizes(len(idx))
+            if pixels is not None and step + 1 < len(batches):  # decode ahead
+                pixels.prefetch(ctx.shard(batches[step + 1]))
             img, img_m, txt, txt_m, ids = _forward(
-                net, model, train_fs, ctx.shard(idx), device, cfg
+                net, train_fs, ctx.shard(idx), device, cfg, pixels
             )
             # every rank sees the whole global batch: the loss's negatives and PICO's statistics
             g_img, g_img_m, g_txt, g_txt_m, g_ids = (
@@ -224,8 +231,10 @@ def _train(
                 and model.pico.config.feedback_source == "heldout"
                 and step + 1 < len(batches)
             ):
-                nxt = batches[step + 1]
-                fb = _feedback_batch(model, train_fs, ctx.shard(nxt), device)
+                # the next batch's first feedback_size pairs (all the gains look at)
+                nxt = batches[step + 1][: model.pico.config.feedback_size]
+                with torch.no_grad():
+                    fb = _forward(model, train_fs, ctx.shard(nxt), device, cfg, pixels)
                 feedback = tuple(ctx.gather(x, ctx.shard_sizes(len(nxt))) for x in fb)
             model.after_step(
                 g_img.detach(), g_img_m, g_txt.detach(), g_txt_m, g_ids, feedback=feedback
@@ -262,6 +271,8 @@ def _train(
         ctx.barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
     if out is not None and not (out / "best").exists():
         atomic_replace_dir(out / "best", model.save)
+    if pixels is not None:
+        pixels.close()
     return result
 
 
@@ -279,17 +290,19 @@ def _load_features(cfg: TrainConfig) -> FeatureSet:
 
 def _forward(
     net: torch.nn.Module,
-    model: PicoAligner,
     fs: FeatureSet,
     idx: Tensor,
     device: torch.device,
     cfg: TrainConfig,
+    pixels: PixelBatches | None,
 ) -> tuple[Tensor, ...]:
-    """Embed the captions ``idx`` and their images (through DDP when distributed)."""
+    """Embed the captions ``idx`` and their images (through DDP when distributed); fine-tuned
+    backbones read the raw captions / images instead of the cached features."""
     img_t, img_m, txt_t, txt_m, ids = _batch(fs, idx, device)
     captions = [fs.captions[i] for i in idx.tolist()] if cfg.model.finetune_text else None
+    px = pixels.get(idx, device) if pixels is not None else None
     with autocast(device, cfg.amp):
-        img, img_m, txt, txt_m = net(img_t, img_m, txt_t, txt_m, captions)
+        img, img_m, txt, txt_m = net(img_t, img_m, txt_t, txt_m, captions, px)
     return img.float(), img_m, txt.float(), txt_m, ids
 
 
@@ -311,15 +324,6 @@ def _sum_loss_grads(loss_fn: torch.nn.Module, ctx: DistContext) -> None:
     for p in loss_fn.parameters():
         if p.grad is not None:
             dist.all_reduce(p.grad)
-
-
-@torch.no_grad()
-def _feedback_batch(
-    model: PicoAligner, fs: FeatureSet, idx: Tensor, device: torch.device
-) -> tuple[Tensor, ...]:
-    """The next batch, embedded but not yet trained on: PICO's held-out feedback batch."""
-    img_t, img_m, txt_t, txt_m, ids = _batch(fs, idx, device)
-    return (model.embed_images(img_t, img_m), img_m, model.embed_texts(txt_t, txt_m), txt_m, ids)
 
 
 def _flat(metrics: dict[str, Any]) -> dict[str, float]:

@@ -20,7 +20,6 @@ from picoalign.encoders import (
     pad_to_square,
     register_image_encoder,
     register_text_encoder,
-    to_rgb_on_white,
 )
 from picoalign.encoders import registry as reg
 
@@ -73,9 +72,12 @@ def test_instances_pass_through():
 
 
 def test_pad_to_square_and_alpha_on_white():
-    img = Image.new("RGBA", (40, 20), (0, 0, 0, 0))  # fully transparent
-    rgb = to_rgb_on_white(img)
-    assert rgb.mode == "RGB" and rgb.getpixel((5, 5)) == (255, 255, 255)
+    img = Image.new("RGBA", (40, 20), (0, 0, 0, 0))  # fully transparent: white pixels
+    px = images_to_pixels([img], 8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert torch.allclose(px, torch.ones_like(px))
+    deep = Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16))  # 16-bit mid-grey
+    mid = images_to_pixels([deep], 4, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert 0.45 < float(mid.mean()) < 0.55  # rescaled, not clipped to white
     sq = pad_to_square(Image.new("RGB", (40, 20), (255, 0, 0)))
     assert sq.size == (40, 40)
     assert sq.getpixel((20, 0)) == (255, 255, 255) and sq.getpixel((20, 20)) == (255, 0, 0)

@@ -19,7 +19,6 @@ from .base import (
     images_to_pixels,
     masked_mean,
     pad_to_square,
-    to_rgb_on_white,
 )
 from .efficientnet import EfficientNetLiteEncoder
 from .glove import GloveGRUEncoder, load_glove, simple_tokenize
@@ -58,5 +57,4 @@ __all__ = [
     "register_image_encoder",
     "register_text_encoder",
     "simple_tokenize",
-    "to_rgb_on_white",
 ]

@@ -28,7 +28,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from picoalign.data.images import pad_to_square  # one padding rule for data and encoders
+from picoalign.data.images import (  # one RGB and padding rule for data and encoders
+    pad_to_square,
+    to_rgb,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -162,19 +165,6 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
-def to_rgb_on_white(image: Image.Image) -> Image.Image:
-    """RGB copy of ``image`` with any transparency composited onto white.
-
-    Emoji and stamp cut-outs are mostly transparent; ``convert("RGB")`` alone would turn the
-    transparent background black (or into garbage colour), which the encoders never saw.
-    """
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
 def images_to_pixels(
     images: Sequence[Image.Image],
     size: int,
@@ -182,14 +172,16 @@ def images_to_pixels(
     std: Sequence[float],
     resample: int = Image.Resampling.BICUBIC,
 ) -> torch.Tensor:
-    """White-pad to square, resize to ``size``, scale to [0, 1], normalise: ``(B, 3, S, S)``."""
+    """RGB (alpha over white, 16-bit rescaled), white-pad to square, resize to ``size``, scale
+    to [0, 1], normalise: ``(B, 3, S, S)``. Dataset images arrive as RGB already; the
+    conversion is for PIL images handed to ``encode_images`` directly."""
     if len(images) == 0:
         return torch.zeros(0, 3, size, size)
     m = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
     s = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
     out = np.empty((len(images), 3, size, size), dtype=np.float32)
     for i, img in enumerate(images):
-        sq = pad_to_square(to_rgb_on_white(img))
+        sq = pad_to_square(to_rgb(img))
         if sq.size != (size, size):
             sq = sq.resize((size, size), resample=resample)
         arr = np.asarray(sq, dtype=np.float32) / 255.0
