@@ -12,7 +12,7 @@ model is scored both ways (plain and weighted) so a gain that only a margin or a
 reproduces is visible as such. Results are appended to a JSONL file as runs finish, so an
 interrupted study resumes where it stopped (``--resume``).
 
-    python benchmarks/quality.py                 # the full study (≈ 60 min on 2 quiet cores)
+    python benchmarks/quality.py                 # the full study (≈ 60–70 min on 2 quiet cores)
     python benchmarks/quality.py --quick         # smoke run (< 5 min)
     python benchmarks/quality.py --report-only   # re-aggregate benchmarks/results/quality.jsonl
 """
@@ -47,7 +47,13 @@ TRAIN_SETS = {
     "tuxpaint": ["tuxpaint"],
 }
 BASE: dict[str, Any] = {"epochs": 6, "lr_steps": [4], "batch_size": 128, "lr": 1e-3}
-PICO: dict[str, Any] = {"model.method": "pico", "model.pico.feedback_size": 32}
+# Every family names its reading (and λ) explicitly: a later change of picoalign's defaults
+# must not silently change what a family measures.
+PICO: dict[str, Any] = {
+    "model.method": "pico",
+    "model.pico.feedback_size": 32,
+    "model.pico.reading": "global",
+}
 
 # name -> (training overrides, margins to tune over, evaluation rules)
 # Evaluation rules: "plain" (p ≡ 1), "weighted" (the model's own p / p(V,T)), "raw" (global p
@@ -56,7 +62,11 @@ FAMILIES: dict[str, tuple[dict[str, Any], list[float], list[str]]] = {
     "global": ({"model.method": "global"}, [0.2], ["plain"]),
     "baseline": ({"model.method": "baseline"}, [0.2, 0.8, 1.2], ["plain"]),
     "pico-A": ({**PICO}, [0.8, 1.2], ["plain", "weighted", "raw"]),
-    "pico-B": ({**PICO, "model.pico.reading": "pair"}, [0.8, 1.2], ["plain", "weighted"]),
+    "pico-B": (
+        {**PICO, "model.pico.reading": "pair", "model.pico.lam": 0.5},
+        [0.8, 1.2],
+        ["plain", "weighted"],
+    ),
     # λ of reading B (p(V,T) = λ p̃(V,T) + (1−λ) prior) picked on validation at margin 0.8
     **{
         f"pico-B-lam{lam}": (
@@ -67,7 +77,8 @@ FAMILIES: dict[str, tuple[dict[str, Any], list[float], list[str]]] = {
         for lam in (0.25, 1.0)
     },
 }
-# Ablations of METHOD.md on pico-A (margin 0.8), Twemoji only, scored with each rule.
+# Ablations of METHOD.md and sweeps of our constants on pico-A (margin 0.8), Twemoji only,
+# scored with each rule.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "abl-batch-only-p": {"model.pico.bank_size": 1},
     "abl-uniform-bank": {"model.pico.feedback": False},
@@ -75,6 +86,17 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "abl-magnitude": {"model.pico.estimator": "magnitude"},
     "abl-all-positives": {"model.pico.positives": "all"},
     "abl-raw-p-training": {"model.pico.renormalize": False},
+    # sweeps of the reconstructed constants (validation decides; Twemoji, 3 seeds)
+    "sweep-tau0.25": {"model.pico.tau": 0.25},
+    "sweep-tau4": {"model.pico.tau": 4.0},
+    "sweep-K2": {"model.pico.bank_size": 2},
+    "sweep-K32": {"model.pico.bank_size": 32},
+    "sweep-momentum0.9": {"model.pico.momentum": 0.9},
+    "sweep-B-prior-global": {
+        "model.pico.reading": "pair",
+        "model.pico.lam": 0.25,
+        "model.pico.prior": "global",
+    },
 }
 
 

@@ -154,8 +154,13 @@ def sum_gradients_hook(process_group, bucket):
     return fut.then(lambda f: f.value()[0])
 
 
-def wrap_ddp(model: nn.Module, device: torch.device, ctx: DistContext) -> nn.Module:
+def wrap_ddp(
+    model: nn.Module, device: torch.device, ctx: DistContext, *, find_unused: bool = False
+) -> nn.Module:
     """DDP around ``model`` with summed gradients; ``model`` itself when not distributed.
+
+    ``find_unused``: let parameters go without a gradient in a step (a fine-tuned backbone's
+    pooler, which the token-level score never uses); it costs a graph traversal per step.
 
     Buffers are not re-broadcast at each forward: PICO's buffers are updated identically on
     every rank from the gathered batch, and a broadcast would hide a divergence that
@@ -169,6 +174,7 @@ def wrap_ddp(model: nn.Module, device: torch.device, ctx: DistContext) -> nn.Mod
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
         forward_sync_buffers=False,
+        find_unused_parameters=find_unused,
     )
     ddp.register_comm_hook(None, sum_gradients_hook)
     return ddp

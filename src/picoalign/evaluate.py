@@ -167,15 +167,24 @@ def blocked_recall_metrics(
     for i0 in range(0, n_images, rows):
         img_idx = all_img[i0 : i0 + rows]
         caps = ((cap_img >= i0) & (cap_img < i0 + len(img_idx))).nonzero().squeeze(1)
-        block = scores_fn(img_idx, all_cap)
-        i2t[img_idx] = _row_ranks(block, caps, cap_img[caps] - i0)
+        i2t[img_idx] = _row_ranks(scores_fn(img_idx, all_cap), caps, cap_img[caps] - i0)
     t2i = torch.empty(n_cap, dtype=torch.long)
     for c0 in range(0, n_cap, cols):
         cap_idx = all_cap[c0 : c0 + cols]
-        block = scores_fn(all_img, cap_idx)
-        own = block[cap_img[cap_idx], torch.arange(len(cap_idx))]
-        t2i[cap_idx] = (block >= own).sum(dim=0) - 1
+        t2i[cap_idx] = _column_ranks(scores_fn(all_img, cap_idx), cap_img[cap_idx])
     return metrics_from_ranks(i2t, t2i, ks)
+
+
+def _column_ranks(block: Tensor, own_rows: Tensor) -> Tensor:
+    """text→image ranks of a block of whole columns (each holds its caption's own image).
+
+    A function, so the block is freed before the next one is scored (a loop variable would
+    keep two blocks alive at once)."""
+    own = block[own_rows, torch.arange(block.shape[1])]
+    above = torch.zeros(block.shape[1], dtype=torch.long)
+    for i in range(0, block.shape[0], _CHUNK):
+        above += (block[i : i + _CHUNK] >= own).sum(dim=0)
+    return above - 1
 
 
 def _row_ranks(block: Tensor, caps: Tensor, local_img: Tensor) -> Tensor:
@@ -187,7 +196,13 @@ def _row_ranks(block: Tensor, caps: Tensor, local_img: Tensor) -> Tensor:
         0, local_img, own, reduce="amax"
     )
     own_ties = torch.bincount(local_img[own >= best[local_img]], minlength=n)
-    return (block >= best[:, None]).sum(dim=1) - own_ties
+    above = torch.cat(  # row chunks: a bool sum is widened to int64 (8 bytes a score)
+        [
+            (block[i : i + _CHUNK] >= best[i : i + _CHUNK, None]).sum(dim=1)
+            for i in range(0, n, _CHUNK)
+        ]
+    )
+    return above - own_ties
 
 
 def coco_1k_folds(

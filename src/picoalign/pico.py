@@ -65,7 +65,9 @@ class PICOConfig:
     warmup_steps: int = 0  # p ≡ 1 for these many updates
     renormalize: bool = True  # weights = p · D / Σp (scores keep their range)
     reading: str = "pair"  # "pair" (B, pair-adaptive; best PICO on validation) | "global" (A)
-    lam: float = 0.5  # reading B: p(V,T) = λ p̃(V,T) + (1−λ) prior
+    # reading B: p(V,T) = λ p̃(V,T) + (1−λ) prior; 0.25 had the best mean validation rSum of
+    # {0.25, 0.5, 1} at margin 0.8 (docs/results.md) — less PICO scored better
+    lam: float = 0.25
     prior: str = "ones"  # reading B prior: "ones" | "global" (the bank's p)
     hard_negatives: int = 10  # reading B training: per row/column B-scored negatives
     train_score: str = "weighted"  # "weighted" | "plain"

@@ -147,7 +147,8 @@ def _train(
     cfg.model.pico.warmup_steps = cfg.pico_warmup_epochs * steps_per_epoch
 
     model = PicoAligner(cfg.model).to(device)
-    net = wrap_ddp(model, device, ctx)  # the forward goes through DDP, the rest uses model
+    finetune = cfg.model.finetune_text or cfg.model.finetune_image
+    net = wrap_ddp(model, device, ctx, find_unused=finetune)  # forward via DDP, rest via model
     pixels = PixelBatches(model, train_fs) if cfg.model.finetune_image else None
     loss_fn = create_loss(cfg.loss, **({"margin": cfg.margin} if cfg.loss == "triplet" else {}))
     loss_fn.to(device)
