@@ -170,7 +170,10 @@ def _train(
     pos = Position()
     if write:
         if resume:
-            pos, result.history, result.best = restore_last(Path(cfg.out), model, opt, loss_fn)
+            # rank 0 first: it repairs a folder swap a kill cut short before others read it
+            pos, result.history, result.best = ctx.main_first(
+                lambda: restore_last(Path(cfg.out), model, opt, loss_fn)
+            )
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(dump_config(cfg), out / "config.yaml")
