@@ -183,6 +183,35 @@ def test_only_rank_zero_writes_the_run_folder(ddp_run) -> None:
     assert not list(out.rglob("*.tmp"))
 
 
+def test_rank_local_loss_with_a_learnable_temperature_stays_in_sync(
+    tmp_path: Path, make_feature_set
+) -> None:
+    """``gather_negatives=false``: each rank's loss sees its own shard; the InfoNCE
+    temperature (a parameter outside DDP) is reduced by hand — ranks must still agree."""
+    torch.save(make_feature_set(n=48), tmp_path / "features.pt")
+    (tmp_path / "worker.py").write_text(WORKER)
+    overrides = {
+        **PICO,
+        "epochs": 2,
+        "batch_size": 16,
+        "loss": "infonce",
+        "gather_negatives": False,
+    }
+    proc = torchrun(
+        str(tmp_path / "worker.py"),
+        str(tmp_path / "features.pt"),
+        json.dumps(overrides),
+        str(tmp_path / "out"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "out" / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "out" / "rank1.pt", weights_only=True)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    state = torch.load(tmp_path / "out" / "last" / "state.pt", weights_only=True)
+    assert state["loss"], "the InfoNCE temperature is saved with the run"
+
+
 def test_gradients_equal_the_one_process_gradient(tmp_path: Path) -> None:
     (tmp_path / "grad.py").write_text(GRAD_WORKER)
     proc = torchrun(str(tmp_path / "grad.py"), nproc=3)  # uneven shards: 3, 2, 2

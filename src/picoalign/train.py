@@ -225,7 +225,7 @@ def _train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if not cfg.gather_negatives:
-                _sum_loss_grads(loss_fn, ctx)
+                _sync_rank_local_state(model, loss_fn, ctx)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
@@ -321,13 +321,19 @@ def _mean_over_ranks(loss: Tensor, ctx: DistContext) -> Tensor:
     return loss / ctx.world_size + (mean - loss.detach() / ctx.world_size)
 
 
-def _sum_loss_grads(loss_fn: torch.nn.Module, ctx: DistContext) -> None:
-    """The loss's own parameters (InfoNCE temperature) live outside DDP: reduce them here."""
+def _sync_rank_local_state(model: PicoAligner, loss_fn: torch.nn.Module, ctx: DistContext) -> None:
+    """With rank-local losses, what the loss side computed differs per rank: the gradients of
+    the loss's own parameters (InfoNCE temperature; outside DDP) are summed, and reading B's
+    matched-pair scale (an EMA updated while scoring) is averaged — the EMA of the mean."""
     if not ctx.enabled:
         return
     for p in loss_fn.parameters():
         if p.grad is not None:
             dist.all_reduce(p.grad)
+    if model.config.method == "pico":
+        scale = model.pico.pair_scale
+        dist.all_reduce(scale)
+        scale /= ctx.world_size
 
 
 def _flat(metrics: dict[str, Any]) -> dict[str, float]:
