@@ -270,7 +270,8 @@ class PicoAligner(nn.Module):
                 for x in images[i : i + batch_size]
             ]
             t, m = enc(self.image_pixels(batch))
-            toks.append(self.embed_images(t.to(self._device), m.to(self._device)))
+            t, m = t.to(self._device), m.to(self._device)
+            toks.append(self.embed_images(t, m))
             masks.append(m)
         return _pad_cat(toks, masks)
 
