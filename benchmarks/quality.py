@@ -12,7 +12,8 @@ model is scored both ways (plain and weighted) so a gain that only a margin or a
 reproduces is visible as such. Results are appended to a JSONL file as runs finish, so an
 interrupted study resumes where it stopped (``--resume``).
 
-    python benchmarks/quality.py                 # the full study (≈ 60–70 min on 2 quiet cores)
+    python benchmarks/quality.py                 # the full study (126 runs, ≈ 60–70 min)
+    python benchmarks/quality.py --core          # the first study only (90 runs, ≈ 45 min)
     python benchmarks/quality.py --quick         # smoke run (< 5 min)
     python benchmarks/quality.py --report-only   # re-aggregate benchmarks/results/quality.jsonl
 """
@@ -280,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--train-sets", nargs="+", default=list(TRAIN_SETS))
     ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument(
+        "--core",
+        action="store_true",
+        help="only the first study (90 runs, ≈ 45 min): no λ families, no sweeps",
+    )
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "quality.jsonl")
     ap.add_argument("--report", type=Path, default=ROOT / "results" / "quality.md")
@@ -309,12 +315,14 @@ def main(argv: list[str] | None = None) -> int:
             from picoalign.demo import _small
 
             feats = {k: _small(v) for k, v in feats.items()}
+        extra = ("pico-B-lam", "sweep-")  # the second session's additions
         todo = [
             p
             for p in plan(
                 args.quick, args.seeds, args.train_sets, not args.no_ablations, args.ablation_seeds
             )
             if run_id(p[0], p[2], p[3], p[4]) not in done
+            and not (args.core and p[0].startswith(extra))
         ]
         print(f"{len(todo)} runs to do ({len(done)} already done)", flush=True)
         for i, (fam, ov, margin, ts, seed, rules) in enumerate(todo, 1):
