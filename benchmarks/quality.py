@@ -12,7 +12,7 @@ model is scored both ways (plain and weighted) so a gain that only a margin or a
 reproduces is visible as such. Results are appended to a JSONL file as runs finish, so an
 interrupted study resumes where it stopped (``--resume``).
 
-    python benchmarks/quality.py                 # the full study (126 runs, ≈ 60–70 min)
+    python benchmarks/quality.py                 # the full study (126 runs, 1 h 14 min measured)
     python benchmarks/quality.py --core          # the first study only (90 runs, ≈ 45 min)
     python benchmarks/quality.py --quick         # smoke run (< 5 min)
     python benchmarks/quality.py --report-only   # re-aggregate benchmarks/results/quality.jsonl
@@ -273,6 +273,10 @@ def report(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -309,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         args.results.unlink()
     if not args.report_only:
         torch.set_num_threads(torch.get_num_threads())
+        start = time.perf_counter()  # the study's wall time includes loading cached features
         needed = {t for ts in args.train_sets for t in TRAIN_SETS[ts]}
         feats = {name: dataset_features(name, progress=True) for name in sorted(needed)}
         if args.quick:
@@ -335,9 +340,11 @@ def main(argv: list[str] | None = None) -> int:
             main_rule = next(iter(row["tests"][ts]))
             print(
                 f"[{i}/{len(todo)}] {row['id']:42s} val {row['val_rsum']:.1f} test "
-                f"{row['tests'][ts][main_rule]['rsum']:.1f} ({row['seconds']:.0f}s)",
+                f"{row['tests'][ts][main_rule]['rsum']:.1f} ({row['seconds']:.0f}s; "
+                f"elapsed {_clock(time.perf_counter() - start)})",
                 flush=True,
             )
+        print(f"study wall time: {_clock(time.perf_counter() - start)} for {len(todo)} runs")
     text = report(list(done.values()))
     args.report.write_text(text)
     print(text)

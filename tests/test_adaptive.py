@@ -163,3 +163,27 @@ def test_training_scores_gradient(make_tokens):
     torch.testing.assert_close(a2.grad[1].double(), a3.grad, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(t2.grad[1].double(), t3.grad, atol=1e-5, rtol=1e-4)
     assert a2.grad[[0, 2, 3, 4]].abs().sum() == 0  # other images are not in entry (1, 1)
+
+
+def test_training_scores_gradient_is_bit_reproducible_with_threads(make_tokens):
+    """Reading B's training rule re-uses each image and caption in many chosen pairs; the
+    gradient must sum them in a fixed order even with several threads (advanced-indexing
+    backward on CPU adds with float atomics across threads and differs from run to run)."""
+    img, im, txt, tm = make_tokens(64, 49, 64, 12, 64, seed=3)
+    ids, prior = torch.arange(64), 0.2 + torch.rand(64, generator=torch.Generator().manual_seed(1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(6):
+            a_, t_ = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
+            plain = fine_grained_scores(a_, im, t_, tm)
+            scores, _ = pair_adaptive_training_scores(
+                plain, a_, im, t_, tm, ids, prior=prior, lam=0.5, hard_negatives=10
+            )
+            (scores * torch.linspace(-1, 1, scores.numel()).view_as(scores)).sum().backward()
+            grads.append((a_.grad, t_.grad))
+    finally:
+        torch.set_num_threads(before)
+    for a_grad, t_grad in grads[1:]:
+        assert torch.equal(a_grad, grads[0][0]) and torch.equal(t_grad, grads[0][1])

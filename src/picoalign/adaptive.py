@@ -118,8 +118,15 @@ def pair_adaptive_training_scores(
         chosen.scatter_(0, masked.topk(k, dim=0).indices, True)
         chosen &= ~pos | torch.eye(b, dtype=torch.bool)  # topk may pick -inf when k ≥ #negs
     ia, tb = chosen.nonzero(as_tuple=True)
+    # index_select, not img[ia]: the backward of advanced indexing with repeated rows adds
+    # with float atomics across threads on CPU, so training would not be bit-reproducible
     s_b = pair_adaptive_pair_scores(
-        img[ia], img_mask[ia], txt[tb], txt_mask[tb], prior=prior, lam=lam
+        img.index_select(0, ia),
+        img_mask.index_select(0, ia),
+        txt.index_select(0, tb),
+        txt_mask.index_select(0, tb),
+        prior=prior,
+        lam=lam,
     )
     diag = ia == tb
     scale = plain.diagonal().detach().mean() / s_b[diag].detach().mean().clamp_min(1e-6)
