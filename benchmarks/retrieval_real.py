@@ -35,6 +35,8 @@ import torch
 
 from picoalign.config import load_config
 from picoalign.data import list_datasets
+from picoalign.features import FeatureSet
+from picoalign.index_store import pooled_embeddings
 from picoalign.model import PicoAligner
 from picoalign.pipeline import dataset_features, embed_features
 from picoalign.retrieval import GalleryIndex
@@ -45,7 +47,7 @@ GALLERY = ("twemoji", "noto-emoji", "tuxpaint")
 BUDGET = {"epochs": 6, "lr_steps": [4], "batch_size": 128, "lr": 1e-3, "margin": 0.8}
 
 
-def trained_model(args: argparse.Namespace) -> PicoAligner:
+def trained_model(args: argparse.Namespace, fs: FeatureSet) -> PicoAligner:
     if args.checkpoint:
         return PicoAligner.load(args.checkpoint).eval()
     with tempfile.TemporaryDirectory(prefix="picoalign-retrieval-") as tmp:
@@ -61,7 +63,7 @@ def trained_model(args: argparse.Namespace) -> PicoAligner:
             },
         )
         start = time.perf_counter()
-        result = train(cfg, dataset_features(args.train))
+        result = train(cfg, fs)
         print(
             f"trained {args.method} on {args.train} in {time.perf_counter() - start:.0f}s "
             f"(best val rSum {result.best.get('rsum'):.1f})",
@@ -95,16 +97,20 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    model = trained_model(args)
+    # each set's cached features loaded once: for training, the gallery and the queries
+    feats = {
+        name: dataset_features(name, progress=False) for name in dict.fromkeys([*names, args.train])
+    }
+    model = trained_model(args, feats[args.train])
     tokens, masks, keys = [], [], []
     for name in names:
-        fs = dataset_features(name, progress=False)
+        fs = feats[name]
         img, img_mask, _, _ = embed_features(model, fs)
         tokens.append(img)
         masks.append(img_mask)
         keys += [f"{name}/{k}" for k in fs.image_keys]
     gallery, gallery_mask = torch.cat(tokens), torch.cat(masks)
-    test = dataset_features(args.train, progress=False).split("test")
+    test = feats[args.train].split("test")
     _, _, q, qm = embed_features(model, test)
     row_of = {k: i for i, k in enumerate(keys)}
     target = [row_of[f"{args.train}/{test.image_keys[int(i)]}"] for i in test.caption_image]
@@ -125,14 +131,17 @@ def main(argv: list[str] | None = None) -> int:
 
     weights = model.eval_weights  # stage 1's query weighting, as in search_tokens
     pooled_q = pool_tokens(q, qm) * (weights.float() if weights is not None else 1.0)
-    flat = GalleryIndex.from_embeddings(gallery, gallery_mask, keys=keys)
+    pooled = pooled_embeddings(gallery, gallery_mask)  # shared by the three first stages
+    flat = GalleryIndex.from_embeddings(gallery, gallery_mask, keys=keys, pooled=pooled)
     ex_rows, ex_s = run(flat, exhaustive=True)
     table = [{"method": "exhaustive", "candidates": len(keys), "rows": ex_rows, "s": ex_s}]
     for stage in args.stages.split(","):
         index = (
             flat
             if stage == "flat"
-            else GalleryIndex.from_embeddings(gallery, gallery_mask, keys=keys, first_stage=stage)
+            else GalleryIndex.from_embeddings(
+                gallery, gallery_mask, keys=keys, pooled=pooled, first_stage=stage
+            )
         )
         if stage == "flat":
             rows, s = run(index, rerank=False)
