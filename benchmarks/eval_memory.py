@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from picoalign.evaluate import blocked_recall_metrics
-from picoalign.similarity import fine_grained_scores
+from picoalign.core.similarity import fine_grained_scores
+from picoalign.evaluation.metrics import blocked_recall_metrics
 
 
 def _rss_mb() -> float:

@@ -33,13 +33,13 @@ from typing import Any
 
 import torch
 
+from picoalign.cli.plots import plot_training
 from picoalign.config import load_config
-from picoalign.evaluate import recall_metrics
-from picoalign.features import FeatureSet
+from picoalign.evaluation.metrics import recall_metrics
+from picoalign.evaluation.pipeline import dataset_features, embed_features
+from picoalign.features.encode import FeatureSet
 from picoalign.model import PicoAligner
-from picoalign.pipeline import dataset_features, embed_features
-from picoalign.plots import plot_training
-from picoalign.train import train
+from picoalign.training.loop import train
 
 ROOT = Path(__file__).resolve().parent
 TRAIN_SETS = {
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         needed = {t for ts in args.train_sets for t in TRAIN_SETS[ts]}
         feats = {name: dataset_features(name, progress=True) for name in sorted(needed)}
         if args.quick:
-            from picoalign.demo import _small
+            from picoalign.cli.demo import _small
 
             feats = {k: _small(v) for k, v in feats.items()}
         extra = ("pico-B-lam", "sweep-")  # the second session's additions

@@ -8,7 +8,7 @@ training set (MiniLM word tokens), each with its own image as the only correct a
 same concepts drawn in the other emoji style are in the gallery too, so every query has a
 near-duplicate distractor: a hard gallery for a pooled first stage.
 
-Both methods run through :class:`picoalign.retrieval.GalleryIndex` with the model's own
+Both methods run through :class:`picoalign.retrieval.index.GalleryIndex` with the model's own
 evaluation rule (``model.scores``) as stage 2 and the model's stage-1 weights, exactly as
 ``picoalign search`` does. Reported per first stage and candidate count: R@1/5/10, top-10
 overlap with exhaustive search, "lost" (queries whose image is in the exhaustive top 10 but not
@@ -34,14 +34,14 @@ from pathlib import Path
 import torch
 
 from picoalign.config import load_config
+from picoalign.core.similarity import pool_tokens
 from picoalign.data import list_datasets
-from picoalign.features import FeatureSet
-from picoalign.index_store import pooled_embeddings
+from picoalign.evaluation.pipeline import dataset_features, embed_features
+from picoalign.features.encode import FeatureSet
 from picoalign.model import PicoAligner
-from picoalign.pipeline import dataset_features, embed_features
-from picoalign.retrieval import GalleryIndex
-from picoalign.similarity import pool_tokens
-from picoalign.train import train
+from picoalign.retrieval.index import GalleryIndex
+from picoalign.retrieval.store import pooled_embeddings
+from picoalign.training.loop import train
 
 GALLERY = ("twemoji", "noto-emoji", "tuxpaint")
 BUDGET = {"epochs": 6, "lr_steps": [4], "batch_size": 128, "lr": 1e-3, "margin": 0.8}

@@ -44,9 +44,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from picoalign.index_store import pooled_embeddings
-from picoalign.retrieval import GalleryIndex
-from picoalign.similarity import fine_grained_scores, l2_normalize, pool_tokens
+from picoalign.core.similarity import fine_grained_scores, l2_normalize, pool_tokens
+from picoalign.retrieval.index import GalleryIndex
+from picoalign.retrieval.store import pooled_embeddings
 
 PARTS, PART_VOCAB, BG_VOCAB = 6, 16, 16
 

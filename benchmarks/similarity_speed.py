@@ -46,13 +46,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from picoalign.evaluate import recall_metrics
-from picoalign.similarity import (
+from picoalign.core.similarity import (
     DEFAULT_BUDGET_MB,
     _gemm_dtype,
     fine_grained_scores,
     l2_normalize,
 )
+from picoalign.evaluation.metrics import recall_metrics
 
 NOISE = 9.0  # norm of a word's noise vs 1 for its patch: R@1 well below 100% at 1K × 1K
 # name: (n_img, n_v, n_cap, max words, ragged captions, loop sample)

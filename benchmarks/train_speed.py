@@ -19,9 +19,9 @@ from collections.abc import Callable
 
 import torch
 
-from picoalign.losses import triplet_loss
+from picoalign.core.losses import triplet_loss
+from picoalign.core.pico import PICOConfig
 from picoalign.model import ModelConfig, PicoAligner
-from picoalign.pico import PICOConfig
 
 
 def make_step(

@@ -18,7 +18,7 @@ import torch
 
 from picoalign.data import load_dataset
 from picoalign.encoders import create_image_encoder, create_text_encoder
-from picoalign.evaluate import format_table, recall_metrics
+from picoalign.evaluation.metrics import format_table, recall_metrics
 
 
 def class_names() -> list[str]:

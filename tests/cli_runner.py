@@ -9,7 +9,7 @@ import io
 def run_cli(*argv: str) -> tuple[int, str, str]:
     """``picoalign ARGV`` in this process: (exit code, stdout, stderr). An exception that
     ``main`` does not turn into a one-line error propagates (the test then fails)."""
-    from picoalign.cli import main
+    from picoalign.cli.commands import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -144,7 +144,7 @@ def auc():
 
 @pytest.fixture(scope="session")
 def make_feature_set():
-    """Factory: a synthetic :class:`~picoalign.features.FeatureSet` with a planted signal.
+    """Factory: a synthetic :class:`~picoalign.features.encode.FeatureSet` with a planted signal.
 
     ``make_feature_set(n=60, captions=2, n_v=6, c_v=16, n_t=5, c_t=12, k=8, noise=0.9,
     seed=0)``: image ``i`` has a latent ``z_i`` (k dims); each of its tokens is ``z_i @ A``
@@ -153,7 +153,7 @@ def make_feature_set():
     are float16 (like the cache), splits are the first half train, a quarter val, the rest
     test.
     """
-    from picoalign.features import FeatureSet, TokenFeatures
+    from picoalign.features.encode import FeatureSet, TokenFeatures
 
     def make(
         n: int = 60,

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from picoalign.config import TrainConfig, config_from_dict, dump_config, load_config
+from picoalign.core.pico import PICOConfig
 from picoalign.model import ModelConfig
-from picoalign.pico import PICOConfig
 
 
 def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from picoalign.core.pico import PICOConfig
+from picoalign.core.similarity import fine_grained_scores, global_scores
 from picoalign.model import LinearHead, MLPHead, ModelConfig, PicoAligner
-from picoalign.pico import PICOConfig
-from picoalign.similarity import fine_grained_scores, global_scores
 
 # tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a loaded CPU
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

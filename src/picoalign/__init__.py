@@ -5,10 +5,10 @@ The public API in one place::
     from picoalign import PICO, PICOConfig, fine_grained_scores, triplet_loss, PicoAligner
 """
 
-from picoalign.losses import infonce_loss, triplet_loss
+from picoalign.core.losses import infonce_loss, triplet_loss
+from picoalign.core.pico import PICO, PICOConfig
+from picoalign.core.similarity import fine_grained_scores, global_scores, pair_scores
 from picoalign.model import ModelConfig, PicoAligner
-from picoalign.pico import PICO, PICOConfig
-from picoalign.similarity import fine_grained_scores, global_scores, pair_scores
 
 __version__ = "0.1.0"
 

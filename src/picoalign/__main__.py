@@ -2,6 +2,6 @@
 
 import sys
 
-from picoalign.cli import main
+from picoalign.cli.commands import main
 
 sys.exit(main())

@@ -2,7 +2,7 @@
 checkpoint so a run can always be reproduced from its own folder.
 
 Precedence: defaults < ``--config FILE`` < command-line flags. Nested sections ``model`` and
-``pico`` map to :class:`~picoalign.model.ModelConfig` and :class:`~picoalign.pico.PICOConfig`;
+``pico`` map to :class:`~picoalign.model.ModelConfig` and :class:`~picoalign.core.pico.PICOConfig`;
 an unknown key is an error naming the file and the key (a typo must not silently do nothing).
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
+from picoalign.core.pico import PICOConfig
 from picoalign.model import ModelConfig
-from picoalign.pico import PICOConfig
 
 
 @dataclass

@@ -26,8 +26,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from picoalign.pico import PICO, PICOConfig
-from picoalign.similarity import fine_grained_scores, global_scores, l2_normalize
+from picoalign.core.pico import PICO, PICOConfig
+from picoalign.core.similarity import fine_grained_scores, global_scores, l2_normalize
 
 METHODS = ("global", "baseline", "pico")
 
@@ -295,7 +295,7 @@ class PicoAligner(nn.Module):
     # -- persistence ------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` and ``config.json`` (each atomically)."""
-        from picoalign.checkpoint import atomic_write_json, atomic_write_safetensors
+        from picoalign.fileio import atomic_write_json, atomic_write_safetensors
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)

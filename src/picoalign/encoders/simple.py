@@ -99,7 +99,7 @@ class PrecomputedEncoder(ImageEncoder):
     """Identity encoder for image features computed elsewhere (e.g. SCAN/VSE bottom-up regions).
 
     With a precomputed-feature dataset (``dataset.features`` set, see ``picoalign.data.precomp``)
-    :func:`picoalign.features.encode_dataset` passes each batch of
+    :func:`picoalign.features.encode.encode_dataset` passes each batch of
     ``dataset.image_features(keys)`` through :meth:`from_features`. ``preprocess`` also accepts
     a list of ``(T, C)`` / ``(C,)`` arrays, zero-padded; without a mask, all-zero token rows are
     padding. The features already live on disk, so they are not cached again

@@ -1,0 +1,317 @@
+"""``picoalign`` command line: train, evaluate, index, search, datasets, demo.
+
+Errors a user can cause (bad path, bad data, bad option) print one line and exit 2 without a
+traceback; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from picoalign import __version__
+
+EPILOG = """\
+data specs (--data):
+  twemoji                      Twemoji PNGs + emoji names (pip; the default)
+  noto-emoji                   Noto Color Emoji, same concepts, another style (Debian font)
+  tuxpaint                     Tux Paint stamps with their sentences (Debian)
+  cross:TRAIN:TEST             train/val on one style, test on the other
+                               (e.g. cross:twemoji:noto-emoji)
+  jsonl:PATH                   your data: one {"image":..., "captions":[...], "split":...} per line
+  karpathy:JSON:IMAGE_ROOT     Flickr30K / COCO Karpathy split JSON + image folder
+  laps:DIR:IMAGE_ROOT          LAPS / VSE∞ layout ({split}_ids.txt, {split}_caps.txt,
+                               id_mapping.json)
+  precomp:DIR                  precomputed image token features ({split}_ims.npy + {split}_caps.txt)
+"""
+
+
+def _set_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    import yaml
+
+    return key.strip(), yaml.safe_load(raw)
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a global, fine-grained baseline or PICO model",
+        description="Train one method on cached frozen features. Options: defaults < --config "
+        "FILE < flags < --set KEY=VALUE (dotted keys reach nested options, e.g. "
+        "--set model.pico.tau=0.5).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", help="dataset spec (see below); default twemoji")
+    p.add_argument("--method", choices=["global", "baseline", "pico"], help="default pico")
+    p.add_argument("--out", help="run folder for checkpoints and metrics (default runs/METHOD)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--margin", type=float, help="triplet margin (tune it for every method)")
+    p.add_argument("--loss", choices=["triplet", "infonce"])
+    p.add_argument(
+        "--image-encoder",
+        dest="model.image_encoder",
+        help="efficientnet-lite0 (default), hf:NAME_OR_PATH, ...",
+    )
+    p.add_argument(
+        "--text-encoder",
+        dest="model.text_encoder",
+        help="minilm (default), glove-gru, hf:NAME_OR_PATH, ...",
+    )
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+    p.add_argument("--config", help="YAML file of TrainConfig options")
+    p.add_argument(
+        "--set",
+        type=_set_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any option, e.g. model.pico.reading=pair",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        dest="skip_bad",
+        default=None,
+        help="skip bad data entries (reported) instead of stopping",
+    )
+    p.add_argument("--no-progress", action="store_false", dest="progress", default=None)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from picoalign.config import load_config
+    from picoalign.training.loop import train
+
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k in _TRAIN_FLAGS}
+    method = overrides.pop("method", None)
+    if method:
+        overrides["model.method"] = method
+    overrides.update(dict(args.set))
+    cfg = load_config(args.config, overrides)
+    if args.out is None and "out" not in overrides and args.config is None:
+        cfg.out = f"runs/{cfg.model.method}"
+    result = train(cfg, resume=args.resume, on_epoch=_print_epoch)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
+        return 0
+    print(
+        f"best {cfg.eval_split} rSum {result.best.get('rsum', float('nan')):.1f} "
+        f"at epoch {result.best.get('epoch')}; model saved in {result.out}/best"
+    )
+    return 0
+
+
+_TRAIN_FLAGS = {
+    "data",
+    "method",
+    "out",
+    "epochs",
+    "seed",
+    "batch_size",
+    "lr",
+    "margin",
+    "loss",
+    "model.image_encoder",
+    "model.text_encoder",
+    "device",
+    "skip_bad",
+    "progress",
+}
+
+
+def _print_epoch(row: dict[str, Any]) -> None:
+    keys = [k for k in row if k.endswith("rsum")]
+    extra = f"  {keys[0]} {row[keys[0]]:.1f}" if keys else ""
+    p = f"  p mean {row['p_mean']:.3f}" if "p_mean" in row else ""
+    print(
+        f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  lr {row['lr']:.2e}{extra}{p}  "
+        f"({row['seconds']:.1f}s)"
+    )
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="R@1/5/10 and rSum of a checkpoint on a dataset split",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="run folder (uses best/) or model folder")
+    p.add_argument("--data", default=None, help="dataset spec (default: the one it trained on)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument(
+        "--protocol",
+        default="full",
+        choices=["full", "1k"],
+        help="full: all images of the split; 1k: mean of 1,000-image folds (COCO 1K)",
+    )
+    p.add_argument("--json", action="store_true", help="print a machine-readable result")
+    p.add_argument("--seed", type=int, default=0, help="seed of the built-in splits")
+    p.add_argument(
+        "--memory-mb",
+        type=float,
+        default=1024.0,
+        dest="memory_mb",
+        help="most MB of scores held at once; a larger matrix is scored in two blocked passes "
+        "(COCO 5K x 25K needs 500; default 1024)",
+    )
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from picoalign.evaluation.metrics import blocked_recall_metrics, coco_1k_folds, format_table
+    from picoalign.evaluation.pipeline import dataset_features, embed_features, load_model
+
+    model = load_model(args.checkpoint)
+    data = args.data or _trained_on(args.checkpoint)
+    fs = dataset_features(
+        data,
+        model.config.image_encoder,
+        model.config.text_encoder,
+        seed=args.seed,
+        progress=not args.json,
+    )
+    if args.split != "all":
+        fs = fs.split(args.split)
+    if fs.n_images == 0:
+        raise ValueError(f"--data {data}: split {args.split!r} has no images")
+    if not args.memory_mb > 0:
+        raise ValueError(f"--memory-mb must be positive, got {args.memory_mb}")
+    img, im, txt, tm = embed_features(model, fs)
+
+    def scores_fn(rows: Any, cols: Any) -> Any:
+        return model.scores(img[rows], im[rows], txt[cols], tm[cols])
+
+    if args.protocol == "1k":
+        metrics = coco_1k_folds(scores_fn, fs.n_images, fs.caption_image)
+    else:
+        metrics = blocked_recall_metrics(
+            scores_fn, fs.n_images, fs.caption_image, memory_mb=args.memory_mb
+        )
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(format_table({f"{model.config.method} ({data}, {args.split})": metrics}))
+    return 0
+
+
+def _trained_on(checkpoint: str) -> str:
+    from pathlib import Path
+
+    import yaml
+
+    for cand in (Path(checkpoint) / "config.yaml", Path(checkpoint).parent / "config.yaml"):
+        if cand.is_file():
+            return str(yaml.safe_load(cand.read_text()).get("data", "twemoji"))
+    raise ValueError(f"--checkpoint {checkpoint}: no config.yaml found; pass --data")
+
+
+def _add_datasets(sub: Any) -> None:
+    p = sub.add_parser("datasets", help="list the built-in datasets and whether each is installed")
+    p.set_defaults(func=cmd_datasets)
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from picoalign.data import list_datasets
+
+    rows = list_datasets()
+    width = max(len(name) for name, _, _ in rows)
+    for name, desc, installed in rows:
+        mark = "installed" if installed else "missing  "
+        print(f"{name:<{width}}  {mark}  {desc}")
+    return 0
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the main job: baseline vs PICO on Twemoji, side by side",
+        description="Train the fine-grained baseline and PICO with the same seed and budget on "
+        "the built-in data, evaluate both, print the table, write plots, run a few searches.",
+    )
+    p.add_argument("--data", default="twemoji")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
+    p.add_argument("--no-progress", action="store_false", dest="progress")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from picoalign.cli.demo import run_demo
+
+    return run_demo(
+        data=args.data,
+        out=args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        quick=args.quick,
+        progress=args.progress,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="picoalign",
+        description="Reliable image–text alignment and retrieval with PICO.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"picoalign {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub)
+    _add_evaluate(sub)
+    try:
+        from picoalign.cli.retrieval import add_parsers
+    except ImportError:  # retrieval extras unavailable: the other commands still work
+        add_parsers = None
+    if add_parsers is not None:
+        add_parsers(sub)
+    _add_datasets(sub)
+    _add_demo(sub)
+    return parser
+
+
+# ValueError covers DataError and bad options; OSError covers missing/unreadable files;
+# unknown encoders (UnknownEncoderError, a KeyError) are added in main().
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("picoalign: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from picoalign.encoders.registry import UnknownEncoderError
+        from picoalign.training.loop import TrainingError
+
+        # UnknownEncoderError is a KeyError (not covered by USER_ERRORS) but a user error.
+        if args.debug or not isinstance(e, (*USER_ERRORS, TrainingError, UnknownEncoderError)):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"picoalign: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

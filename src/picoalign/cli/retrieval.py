@@ -1,0 +1,190 @@
+"""``picoalign index`` and ``picoalign search``: gallery retrieval from the command line.
+
+``add_parsers(subparsers)`` is called by :func:`picoalign.cli.build_parser`; each sub-command
+sets ``func(args) -> int``. User errors raise ``ValueError`` / ``FileNotFoundError`` with one
+clear line (the main CLI prints ``picoalign: error: ...`` and exits 2).
+
+    picoalign index --checkpoint runs/pico --data twemoji --out gallery/twemoji
+    picoalign search --index gallery/twemoji --text "a red apple" --top-k 5 --sheet apple.png
+    picoalign index --checkpoint runs/pico --data twemoji --kind captions --out gallery/caps
+    picoalign search --index gallery/caps --image photo.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the ``index`` and ``search`` sub-commands to an argparse subparsers object."""
+    p = sub.add_parser(
+        "index",
+        help="embed a dataset once into a searchable gallery index",
+        description="Embed a dataset's images (or captions, --kind captions) with a trained "
+        "model and write a gallery index folder: token features, a FAISS first stage over "
+        "pooled embeddings, and a manifest tying it to the model and the data.",
+    )
+    p.add_argument("--checkpoint", required=True, help="run folder (uses best/) or model folder")
+    p.add_argument("--data", required=True, help="dataset spec, e.g. twemoji or jsonl:PATH")
+    p.add_argument(
+        "--split",
+        default="all",
+        choices=["train", "val", "test", "all"],
+        help="which items form the gallery (default: all)",
+    )
+    p.add_argument("--out", required=True, help="index folder to write (replaced if an index)")
+    p.add_argument(
+        "--kind",
+        default="images",
+        choices=KINDS,
+        help="images: search by --text (default); captions: search by --image",
+    )
+    p.add_argument("--dtype", default="float16", choices=list(DTYPES), help="token storage")
+    p.add_argument(
+        "--first-stage",
+        dest="first_stage",
+        default="flat",
+        choices=FIRST_STAGES,
+        help="FAISS index over pooled embeddings: flat (exact), ivf, hnsw (default flat)",
+    )
+    p.add_argument("--nprobe", type=_positive_int, help="IVF lists searched (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the built-in splits")
+    p.add_argument("--no-progress", action="store_false", dest="progress")
+    p.set_defaults(func=cmd_index)
+
+    s = sub.add_parser(
+        "search",
+        help="search a gallery index by text (image index) or by image (caption index)",
+        description="Two-stage search: FAISS over pooled embeddings returns --candidates, the "
+        "model's fine-grained scoring rule re-ranks them.",
+    )
+    s.add_argument("--index", required=True, help="index folder written by `picoalign index`")
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text", action="append", help="a text query (repeat for several)")
+    q.add_argument("--image", action="append", help="an image query (caption index; repeatable)")
+    s.add_argument("--top-k", dest="top_k", type=_positive_int, default=5)
+    s.add_argument("--candidates", type=_positive_int, default=100, help="stage-1 candidates")
+    s.add_argument("--no-rerank", action="store_false", dest="rerank", help="stage 1 only")
+    s.add_argument("--exhaustive", action="store_true", help="fine-grained over all items")
+    s.add_argument("--nprobe", type=_positive_int, help="IVF lists searched (default: index's)")
+    s.add_argument("--checkpoint", help="model to use instead of the one the index records")
+    s.add_argument("--sheet", help="write a PNG contact sheet of the results (image index)")
+    s.add_argument("--json", action="store_true", help="print machine-readable results")
+    s.set_defaults(func=cmd_search)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from picoalign.evaluation.pipeline import dataset_features, load_model
+    from picoalign.retrieval.index import build_index
+
+    model = load_model(args.checkpoint)
+    fs = dataset_features(
+        args.data,
+        model.config.image_encoder,
+        model.config.text_encoder,
+        seed=args.seed,
+        progress=args.progress,
+    )
+    if args.split != "all":
+        fs = fs.split(args.split)
+    if fs.n_images == 0:
+        raise ValueError(f"--data {args.data}: split {args.split!r} has no images")
+    index = build_index(
+        model,
+        fs,
+        dataset_spec=args.data,
+        checkpoint=args.checkpoint,
+        out=Path(args.out),
+        dtype=args.dtype,
+        first_stage=args.first_stage,
+        kind=args.kind,
+        split=args.split,
+        seed=args.seed,
+        nprobe=args.nprobe,
+        progress=args.progress,
+    )
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 2**20
+    print(
+        f"indexed {index.n} {args.kind} of {args.data} ({args.split}) with a "
+        f"{args.first_stage} first stage: {args.out} ({size:.1f} MiB)"
+    )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from picoalign.retrieval.index import GalleryIndex, contact_sheet
+
+    index = GalleryIndex.load(args.index, checkpoint=args.checkpoint)
+    if args.sheet and index.kind != "images":
+        raise ValueError("--sheet draws retrieved images: it needs an image index")
+    model = index.load_model()
+    kw = {
+        "k": args.top_k,
+        "candidates": args.candidates,
+        "rerank": args.rerank,
+        "exhaustive": args.exhaustive,
+        "nprobe": args.nprobe,
+    }
+    queries = args.text or args.image
+    if args.text:
+        hits = index.search_text(model, args.text, **kw)
+    else:
+        hits = index.search_image(model, args.image, **kw)
+    if args.sheet:
+        mode = "exhaustive" if args.exhaustive else "two-stage" if args.rerank else "stage 1"
+        contact_sheet(
+            hits,
+            index.image_loader(),
+            args.sheet,
+            title=f"top-{args.top_k} ({mode}) — {Path(args.index).name}",
+            row_labels=queries,
+        )
+    if args.json:
+        out = [
+            {"query": qry, "hits": [{"rank": r, **h.to_dict()} for r, h in enumerate(hs, 1)]}
+            for qry, hs in zip(queries, hits, strict=True)
+        ]
+        print(json.dumps(out, indent=2))
+    else:
+        for i, (qry, hs) in enumerate(zip(queries, hits, strict=True)):
+            print(("\n" if i else "") + f"query: {qry}")
+            print(format_hits(hs))
+        if args.sheet:
+            print(f"\ncontact sheet: {args.sheet}")
+    return 0
+
+
+def format_hits(hits: list[Any]) -> str:
+    """An aligned table: rank, score, key, source (and caption for caption indexes)."""
+    captions = any(h.caption is not None for h in hits)
+    head = ["rank", "score", "key", *(["caption"] if captions else []), "source"]
+    rows = [
+        [str(r), f"{h.score:.4f}", h.key, *([h.caption or ""] if captions else []), h.source]
+        for r, h in enumerate(hits, 1)
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+    right = {0, 1}  # numbers align right
+
+    def line(cells: list[str]) -> str:
+        out = [
+            c.rjust(w) if j in right else c.ljust(w)
+            for j, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    return "\n".join(line(r) for r in [head, *rows]) if rows else "  (no results)"

@@ -1,0 +1,134 @@
+"""Reading B of METHOD.md §6b: the pair-adaptive semantic probability p(V, T).
+
+For a candidate pair, the sign statistic of its own aligned token pairs needs no label:
+
+    q_d(V,T) = share of aligned (patch, word) pairs with v_id t_jd > 0
+    p(V,T)   = λ · clip(2 q(V,T) − 1, 0, 1) + (1 − λ) · prior
+
+and the pair is re-scored with p(V,T). p(V,T) carries no gradient (it is a statistic, like
+the global p); the re-score does. Two uses:
+
+- **scoring** (``pair_adaptive_scores``): every image against every caption, blocked and
+  memory-bounded like ``fine_grained_scores``; ≈ 3× its work plus gathers.
+- **training rule** (``pair_adaptive_training_scores``): B-scores for the positives and each
+  row's and column's hardest in-batch negatives, substituted into the plain score matrix —
+  the recipe METHOD.md §6b measured to help when the model is then *scored plain*.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from picoalign.core.estimators import interaction_counts
+from picoalign.core.similarity import pair_scores
+
+
+def _pair_probability(
+    v: Tensor, vm: Tensor, t: Tensor, tm: Tensor, prior: Tensor, lam: float
+) -> Tensor:
+    """p(V,T) for P pairs given pairwise (P, n, D) tokens → (P, D), no gradient."""
+    with torch.no_grad():
+        num, den = interaction_counts(v.detach(), vm, t.detach(), tm)
+        p_hat = (2 * num / den.clamp_min(1e-12) - 1).clamp(0, 1)
+        return lam * p_hat + (1 - lam) * prior.to(p_hat.dtype)
+
+
+def pair_adaptive_pair_scores(
+    img: Tensor,
+    img_mask: Tensor,
+    txt: Tensor,
+    txt_mask: Tensor,
+    *,
+    prior: Tensor,
+    lam: float = 0.5,
+) -> Tensor:
+    """B-scores of P given pairs (img[k], txt[k]) → (P,). Differentiable in the tokens."""
+    p = _pair_probability(img, img_mask, txt, txt_mask, prior, lam)
+    return pair_scores(img, img_mask, txt, txt_mask, p, validate=False)
+
+
+def pair_adaptive_scores(
+    img: Tensor,
+    img_mask: Tensor,
+    txt: Tensor,
+    txt_mask: Tensor,
+    *,
+    prior: Tensor,
+    lam: float = 0.5,
+    scale: float = 1.0,
+    memory_budget_mb: float = 64.0,
+) -> Tensor:
+    """Every image against every caption with its own p(V,T): (N_img, N_txt), fp32.
+
+    Blocks of b_i images × b_t captions are expanded into b_i·b_t explicit pairs; the block
+    is sized so the expanded tokens and the per-pair n_v × n_t products fit the budget.
+    ``scale`` multiplies the result (the matched-pair rescaling learnt in training).
+    """
+    n_img, n_v, d = img.shape
+    n_txt, n_t, _ = txt.shape
+    per_pair = 4 * ((n_v + n_t) * d * 4 + n_v * n_t * 3)  # tokens, products, gathers
+    pairs = max(1, int(memory_budget_mb * 2**20 / per_pair))
+    b_t = min(n_txt, max(1, int(math.sqrt(pairs))))
+    b_i = min(n_img, max(1, pairs // b_t))
+    out = torch.empty(n_img, n_txt, dtype=torch.float32)
+    with torch.no_grad():
+        for i0 in range(0, n_img, b_i):
+            i1 = min(n_img, i0 + b_i)
+            for j0 in range(0, n_txt, b_t):
+                j1 = min(n_txt, j0 + b_t)
+                bi, bt = i1 - i0, j1 - j0
+                v = img[i0:i1].unsqueeze(1).expand(bi, bt, n_v, d).reshape(-1, n_v, d)
+                vm = img_mask[i0:i1].unsqueeze(1).expand(bi, bt, n_v).reshape(-1, n_v)
+                t = txt[j0:j1].unsqueeze(0).expand(bi, bt, n_t, d).reshape(-1, n_t, d)
+                tm = txt_mask[j0:j1].unsqueeze(0).expand(bi, bt, n_t).reshape(-1, n_t)
+                s = pair_adaptive_pair_scores(v.float(), vm, t.float(), tm, prior=prior, lam=lam)
+                out[i0:i1, j0:j1] = s.view(bi, bt) * scale
+    return out
+
+
+def pair_adaptive_training_scores(
+    plain: Tensor,
+    img: Tensor,
+    img_mask: Tensor,
+    txt: Tensor,
+    txt_mask: Tensor,
+    image_ids: Tensor,
+    *,
+    prior: Tensor,
+    lam: float = 0.5,
+    hard_negatives: int = 10,
+) -> tuple[Tensor, Tensor]:
+    """The in-batch matrix for the loss under reading B's training rule.
+
+    Positives and each row's and column's ``hard_negatives`` hardest negatives (picked by
+    the plain score) are replaced by their B-scores, rescaled by one batch constant so the
+    matched pairs keep their plain scale (mean over positives; no gradient through it).
+    Returns (scores, scale) — the scale is kept by PICO for weighted evaluation.
+    """
+    b = plain.shape[0]
+    pos = image_ids.unsqueeze(0) == image_ids.unsqueeze(1)
+    k = min(hard_negatives, b - 1)
+    chosen = torch.eye(b, dtype=torch.bool)  # other positives are masked by the loss anyway
+    if k > 0:
+        masked = plain.detach().masked_fill(pos, float("-inf"))
+        chosen.scatter_(1, masked.topk(k, dim=1).indices, True)
+        chosen.scatter_(0, masked.topk(k, dim=0).indices, True)
+        chosen &= ~pos | torch.eye(b, dtype=torch.bool)  # topk may pick -inf when k ≥ #negs
+    ia, tb = chosen.nonzero(as_tuple=True)
+    # index_select, not img[ia]: the backward of advanced indexing with repeated rows adds
+    # with float atomics across threads on CPU, so training would not be bit-reproducible
+    s_b = pair_adaptive_pair_scores(
+        img.index_select(0, ia),
+        img_mask.index_select(0, ia),
+        txt.index_select(0, tb),
+        txt_mask.index_select(0, tb),
+        prior=prior,
+        lam=lam,
+    )
+    diag = ia == tb
+    scale = plain.diagonal().detach().mean() / s_b[diag].detach().mean().clamp_min(1e-6)
+    scores = plain.index_put((ia, tb), s_b * scale)
+    return scores, scale.detach()

@@ -1,0 +1,97 @@
+"""Pseudo-semantic probability from sign statistics of positive interactions (METHOD.md §4).
+
+A semantic column makes a matched patch and word agree in sign; a style column agrees only by
+chance. These pure functions turn token batches into that statistic. They serve both the
+global reading (pooled over a batch's matched pairs) and the pair-adaptive reading
+(per candidate pair, in :mod:`picoalign.core.adaptive`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Estimator = Literal["sign", "magnitude"]
+Positives = Literal["aligned", "all"]
+
+
+def _aligned_products(v: Tensor, vm: Tensor, t: Tensor, tm: Tensor) -> tuple[Tensor, Tensor]:
+    """Interactions e = v_i ⊙ t_j of each pair's aligned token pairs.
+
+    For pair b: every real word with its best patch, every real patch with its best word.
+    Returns e (P, n_t + n_v, D) and its validity mask (P, n_t + n_v).
+    """
+    sims = torch.bmm(v, t.transpose(1, 2))  # (P, n_v, n_t)
+    sims = sims.masked_fill(~(vm.unsqueeze(2) & tm.unsqueeze(1)), float("-inf"))
+    best_patch = sims.argmax(1)  # (P, n_t): for each word
+    best_word = sims.argmax(2)  # (P, n_v): for each patch
+    d = v.shape[-1]
+    v_for_words = torch.gather(v, 1, best_patch.unsqueeze(-1).expand(-1, -1, d))
+    t_for_patches = torch.gather(t, 1, best_word.unsqueeze(-1).expand(-1, -1, d))
+    e = torch.cat((v_for_words * t, v * t_for_patches), dim=1)
+    return e, torch.cat((tm, vm), dim=1)
+
+
+def interaction_counts(
+    img: Tensor,
+    img_mask: Tensor,
+    txt: Tensor,
+    txt_mask: Tensor,
+    *,
+    estimator: Estimator = "sign",
+    positives: Positives = "aligned",
+) -> tuple[Tensor, Tensor]:
+    """Per-pair numerator and denominator of q (METHOD.md §4), both (P, D).
+
+    Pair b is (img[b], txt[b]). Counts rather than ratios so that pairs, batches and ranks
+    can be pooled by summing. ``positives="all"`` uses every patch–word pair in closed form
+    (sign agreement = n⁺_v n⁺_t + n⁻_v n⁻_t), so it never materialises n_v × n_t × D.
+    """
+    if estimator not in ("sign", "magnitude"):
+        raise ValueError(f"estimator must be 'sign' or 'magnitude', got {estimator!r}")
+    if positives == "aligned":
+        e, m = _aligned_products(img, img_mask, txt, txt_mask)
+        mf = m.to(e.dtype).unsqueeze(-1)
+        if estimator == "sign":
+            return ((e > 0).to(e.dtype) * mf).sum(1), mf.sum(1).expand(-1, e.shape[-1])
+        return (e.clamp_min(0) * mf).sum(1), (e.abs() * mf).sum(1)
+    if positives == "all":
+        vm = img_mask.to(img.dtype).unsqueeze(-1)
+        tm = txt_mask.to(txt.dtype).unsqueeze(-1)
+        if estimator == "sign":
+            vp, vn = ((img > 0) * vm).sum(1), ((img < 0) * vm).sum(1)
+            tp, tn = ((txt > 0) * tm).sum(1), ((txt < 0) * tm).sum(1)
+            return vp * tp + vn * tn, (vm.sum(1) * tm.sum(1)).expand_as(vp)
+        vp, vn = (img.clamp_min(0) * vm).sum(1), ((-img).clamp_min(0) * vm).sum(1)
+        tp, tn = (txt.clamp_min(0) * tm).sum(1), ((-txt).clamp_min(0) * tm).sum(1)
+        return vp * tp + vn * tn, (vp + vn) * (tp + tn)
+    raise ValueError(f"positives must be 'aligned' or 'all', got {positives!r}")
+
+
+def probability_from_q(q: Tensor, transform: str = "2q-1") -> Tensor:
+    """p̃ = clip(2q − 1, 0, 1) (a coin flip maps to 0), or q itself with ``"raw"``."""
+    if transform == "2q-1":
+        return (2 * q - 1).clamp(0, 1)
+    if transform == "raw":
+        return q.clamp(0, 1)
+    raise ValueError(f"transform must be '2q-1' or 'raw', got {transform!r}")
+
+
+def semantic_probability(
+    img: Tensor,
+    img_mask: Tensor,
+    txt: Tensor,
+    txt_mask: Tensor,
+    *,
+    estimator: Estimator = "sign",
+    positives: Positives = "aligned",
+    transform: str = "2q-1",
+) -> Tensor:
+    """The batch's pseudo-semantic probability p̃ (D,) from its matched pairs."""
+    num, den = interaction_counts(
+        img, img_mask, txt, txt_mask, estimator=estimator, positives=positives
+    )
+    q = num.sum(0) / den.sum(0).clamp_min(1e-12)
+    return probability_from_q(q, transform)

@@ -1,0 +1,336 @@
+"""PICO: semantic column probabilities from style prototypes (METHOD.md §3–6).
+
+Functional core first (pure functions, easy to test), then the ``PICO`` module that owns the
+state (``p``, the prototype bank) as buffers so it is saved with any model's state dict.
+
+Three lines to add PICO to a PyTorch retrieval model::
+
+    pico = PICO(PICOConfig(dim=512))
+    scores = pico.training_scores(img, img_mask, txt, txt_mask, image_ids)  # then your loss
+    pico.update(img, img_mask, txt, txt_mask, image_ids)   # after optimizer.step()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from picoalign.core.adaptive import pair_adaptive_scores, pair_adaptive_training_scores
+from picoalign.core.estimators import (
+    Estimator,
+    Positives,
+    interaction_counts,
+    probability_from_q,
+    semantic_probability,
+)
+from picoalign.core.feedback import feedback_weights, in_batch_ranks, retrieval_score
+from picoalign.core.similarity import fine_grained_scores
+
+__all__ = [
+    "PICO",
+    "PICOConfig",
+    "ddp_all_gather",
+    "feedback_weights",
+    "in_batch_ranks",
+    "interaction_counts",
+    "probability_from_q",
+    "retrieval_score",
+    "semantic_probability",
+]
+
+
+# ---------------------------------------------------------------------------- module
+@dataclass
+class PICOConfig:
+    """Every option of METHOD.md; [ours] choices are named so the paper's form is reachable.
+
+    Defaults follow the benchmark (docs/results.md); see README for what each one does.
+    """
+
+    dim: int = 512
+    estimator: Estimator = "sign"
+    positives: Positives = "aligned"
+    transform: str = "2q-1"  # or "raw"
+    bank_size: int = 8  # K; 1 = batch-only p (no bank)
+    feedback: bool = True  # False = bank with uniform weights
+    tau: float = 1.0
+    gain_normalize: str = "zscore"  # or "none"
+    feedback_metric: str = "mrr"  # "rsum" | "mrr" | "neg_loss"
+    feedback_source: str = "heldout"  # "batch" (the trained batch) | "heldout" (unseen batch)
+    feedback_size: int = 32  # pairs of the feedback batch used (bounds the cost)
+    momentum: float = 0.5  # m in p ← (1−m) p + m p_new; 1 = no momentum
+    warmup_steps: int = 0  # p ≡ 1 for these many updates
+    renormalize: bool = True  # weights = p · D / Σp (scores keep their range)
+    reading: str = "pair"  # "pair" (B, pair-adaptive; best PICO on validation) | "global" (A)
+    # reading B: p(V,T) = λ p̃(V,T) + (1−λ) prior; 0.25 had the best mean validation rSum of
+    # {0.25, 0.5, 1} at margin 0.8 (docs/results.md) — less PICO scored better
+    lam: float = 0.25
+    prior: str = "ones"  # reading B prior: "ones" | "global" (the bank's p)
+    hard_negatives: int = 10  # reading B training: per row/column B-scored negatives
+    train_score: str = "weighted"  # "weighted" | "plain"
+    eval_score: str = "plain"  # "weighted" | "plain"
+
+    def __post_init__(self) -> None:
+        choices = {
+            "estimator": ("sign", "magnitude"),
+            "positives": ("aligned", "all"),
+            "transform": ("2q-1", "raw"),
+            "gain_normalize": ("none", "zscore"),
+            "feedback_metric": ("rsum", "mrr", "neg_loss"),
+            "feedback_source": ("batch", "heldout"),
+            "reading": ("global", "pair"),
+            "prior": ("ones", "global"),
+            "train_score": ("weighted", "plain"),
+            "eval_score": ("weighted", "plain"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"PICOConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
+        if self.dim < 1 or self.bank_size < 1:
+            raise ValueError("PICOConfig.dim and bank_size must be >= 1")
+        if not 0 < self.momentum <= 1:
+            raise ValueError(f"PICOConfig.momentum must be in (0, 1], got {self.momentum}")
+        if not 0 <= self.lam <= 1:
+            raise ValueError(f"PICOConfig.lam must be in [0, 1], got {self.lam}")
+        if not self.tau > 0:  # also rejects NaN
+            raise ValueError(f"PICOConfig.tau must be > 0, got {self.tau}")
+        for name in ("feedback_size", "warmup_steps", "hard_negatives"):
+            minimum = 1 if name == "feedback_size" else 0
+            if getattr(self, name) < minimum:
+                raise ValueError(
+                    f"PICOConfig.{name} must be >= {minimum}, got {getattr(self, name)}"
+                )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+GatherFn = Callable[[Tensor], Tensor]
+
+
+class PICO(nn.Module):
+    """Owns p and the style-prototype bank; scores with them; updates them after each step.
+
+    Buffers (saved in the state dict): ``p`` (D,), ``bank`` (K, D) of style prototypes
+    π = 1 − p̃, ``bank_len``/``bank_pos`` (FIFO), ``omega`` and ``gains`` of the last update,
+    ``steps`` and ``pair_scale`` (reading B: matched-pair rescaling for weighted scoring).
+    """
+
+    def __init__(self, config: PICOConfig | None = None, gather: GatherFn | None = None):
+        super().__init__()
+        self.config = config or PICOConfig()
+        c = self.config
+        self.gather = gather  # DDP: all-gather so every rank computes the same statistics
+        self.register_buffer("p", torch.ones(c.dim))
+        self.register_buffer("bank", torch.zeros(c.bank_size, c.dim))
+        self.register_buffer("bank_len", torch.zeros((), dtype=torch.long))
+        self.register_buffer("bank_pos", torch.zeros((), dtype=torch.long))
+        self.register_buffer("omega", torch.zeros(c.bank_size))
+        self.register_buffer("gains", torch.zeros(c.bank_size))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("pair_scale", torch.ones(()))
+
+    # -- weights ----------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """False during warm-up (p ≡ 1: sign statistics of a random model mean nothing)."""
+        return int(self.steps) > self.config.warmup_steps
+
+    def as_weights(self, p: Tensor) -> Tensor:
+        """The column weights used in scoring: p, renormalised to mean 1 if configured."""
+        if not self.config.renormalize:
+            return p
+        total = p.sum()
+        return p * (p.numel() / total) if float(total) > 1e-6 else torch.ones_like(p)
+
+    @property
+    def weights(self) -> Tensor:
+        """Column weights for scoring (all ones during warm-up)."""
+        return self.as_weights(self.p) if self.active else torch.ones_like(self.p)
+
+    def _prior(self) -> Tensor:
+        return self.weights if self.config.prior == "global" else torch.ones_like(self.p)
+
+    # -- scoring ----------------------------------------------------------------------
+    def training_scores(
+        self, img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor, image_ids: Tensor
+    ) -> Tensor:
+        """In-batch (B, B) scores for the loss, with the configured training rule."""
+        c = self.config
+        weighted = c.train_score == "weighted" and self.active
+        w = self.weights if weighted and c.reading == "global" else None
+        scores = fine_grained_scores(img, img_mask, txt, txt_mask, w, validate=False)
+        if weighted and c.reading == "pair":
+            scores, scale = pair_adaptive_training_scores(
+                scores,
+                img,
+                img_mask,
+                txt,
+                txt_mask,
+                image_ids,
+                prior=self._prior(),
+                lam=c.lam,
+                hard_negatives=c.hard_negatives,
+            )
+            with torch.no_grad():
+                self.pair_scale.mul_(0.9).add_(0.1 * scale)
+        return scores
+
+    @torch.no_grad()
+    def scores(
+        self,
+        img: Tensor,
+        img_mask: Tensor,
+        txt: Tensor,
+        txt_mask: Tensor,
+        *,
+        memory_budget_mb: float = 64.0,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """Evaluation scores (N_img, N_txt) with the configured scoring rule."""
+        c = self.config
+        if c.eval_score == "plain" or not self.active:
+            return fine_grained_scores(
+                img,
+                img_mask,
+                txt,
+                txt_mask,
+                None,
+                memory_budget_mb=memory_budget_mb,
+                compute_dtype=compute_dtype,
+            )
+        if c.reading == "global":
+            return fine_grained_scores(
+                img,
+                img_mask,
+                txt,
+                txt_mask,
+                self.weights,
+                memory_budget_mb=memory_budget_mb,
+                compute_dtype=compute_dtype,
+            )
+        return pair_adaptive_scores(
+            img,
+            img_mask,
+            txt,
+            txt_mask,
+            prior=self._prior(),
+            lam=c.lam,
+            scale=float(self.pair_scale),
+            memory_budget_mb=memory_budget_mb,
+        )
+
+    # -- update -----------------------------------------------------------------------
+    def _push(self, prototype: Tensor) -> None:
+        k = self.config.bank_size
+        self.bank[int(self.bank_pos)] = prototype
+        self.bank_pos.fill_((int(self.bank_pos) + 1) % k)
+        self.bank_len.fill_(min(k, int(self.bank_len) + 1))
+
+    def _all(self, *xs: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.gather(x) for x in xs) if self.gather is not None else xs
+
+    @torch.no_grad()
+    def update(
+        self,
+        img: Tensor,
+        img_mask: Tensor,
+        txt: Tensor,
+        txt_mask: Tensor,
+        image_ids: Tensor | None = None,
+        feedback: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None,
+    ) -> None:
+        """One iterative-construction step, after the optimiser step, under no_grad.
+
+        (img[b], txt[b]) are the batch's matched pairs. ``feedback`` is an optional
+        held-out batch (img, img_mask, txt, txt_mask, image_ids) the optimiser has not seen;
+        with ``feedback_source="heldout"`` it is used to measure the gains Δ, else the
+        current batch is.
+        """
+        c = self.config
+        self.steps += 1
+        if not self.active:
+            return
+        img, img_mask, txt, txt_mask = self._all(
+            img.detach().float(), img_mask, txt.detach().float(), txt_mask
+        )
+        if image_ids is None:
+            image_ids = torch.arange(img.shape[0])
+        else:
+            (image_ids,) = self._all(image_ids)
+        p_tilde = semantic_probability(
+            img,
+            img_mask,
+            txt,
+            txt_mask,
+            estimator=c.estimator,
+            positives=c.positives,
+            transform=c.transform,
+        )
+        self._push(1 - p_tilde)
+        n = int(self.bank_len)
+        bank = self.bank[:n]
+        if c.feedback and n > 1:
+            fb = (img, img_mask, txt, txt_mask, image_ids)
+            if c.feedback_source == "heldout" and feedback is not None:
+                fb = self._all(
+                    *(x.detach().float() if x.is_floating_point() else x for x in feedback)
+                )
+            gains = self._gains(bank, *fb)
+            omega = feedback_weights(gains, c.tau, c.gain_normalize)
+        else:
+            gains = torch.zeros(n)
+            omega = torch.full((n,), 1.0 / n)
+        self.gains.zero_()
+        self.omega.zero_()
+        self.gains[:n] = gains
+        self.omega[:n] = omega
+        p_new = 1 - (omega.unsqueeze(1) * bank).sum(0)
+        self.p.mul_(1 - c.momentum).add_(c.momentum * p_new)
+
+    def _gains(
+        self,
+        bank: Tensor,
+        img: Tensor,
+        img_mask: Tensor,
+        txt: Tensor,
+        txt_mask: Tensor,
+        image_ids: Tensor,
+    ) -> Tensor:
+        """Δ_k = r(1 − π_k) − r(p) on the feedback batch (first ``feedback_size`` pairs)."""
+        c = self.config
+        m = c.feedback_size
+        img, img_mask, txt, txt_mask, image_ids = (
+            x[:m] for x in (img, img_mask, txt, txt_mask, image_ids)
+        )
+
+        def r(weights: Tensor) -> Tensor:
+            s = fine_grained_scores(img, img_mask, txt, txt_mask, weights, validate=False)
+            return retrieval_score(s, image_ids, c.feedback_metric)
+
+        base = r(self.as_weights(self.p))
+        return torch.stack([r(self.as_weights(1 - proto)) - base for proto in bank])
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"dim={c.dim}, reading={c.reading}, K={c.bank_size}, tau={c.tau}, "
+            f"train_score={c.train_score}, eval_score={c.eval_score}"
+        )
+
+
+def ddp_all_gather(x: Tensor) -> Tensor:
+    """All-gather along dim 0 across torch.distributed ranks (no gradient): the ``gather``
+    hook for PICO under DDP, so every rank computes identical statistics and p."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)

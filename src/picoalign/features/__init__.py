@@ -1,0 +1,13 @@
+"""Backbone token features of a dataset: encoding them once, and the on-disk cache."""
+
+from picoalign.features.encode import default_cache_dir, encode_dataset
+from picoalign.features.store import FeatureSet, TokenFeatures, load_features, save_features
+
+__all__ = [
+    "FeatureSet",
+    "TokenFeatures",
+    "default_cache_dir",
+    "encode_dataset",
+    "load_features",
+    "save_features",
+]

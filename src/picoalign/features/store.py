@@ -1,0 +1,240 @@
+"""Token-feature containers and their safetensors files.
+
+:class:`TokenFeatures` and :class:`FeatureSet` are what every consumer (heads, losses,
+evaluation) reads; the files here are written atomically (temp file + ``os.replace``) so a
+killed run never leaves a half-written file that a later run would trust. The cache logic lives
+in :mod:`picoalign.features.encode`, which re-exports everything public from this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+FORMAT = "picoalign-features"
+FORMAT_VERSION = 1
+Rows = Sequence[int] | torch.Tensor | np.ndarray
+
+
+@dataclass
+class TokenFeatures:
+    """Token features of N rows: ``tokens (N, T, C)`` (float16, CPU) and ``mask (N, T)`` bool."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.tokens.dim() != 3 or self.mask.shape != self.tokens.shape[:2]:
+            raise ValueError(
+                f"tokens must be (N, T, C) and mask (N, T); got {tuple(self.tokens.shape)} "
+                f"and {tuple(self.mask.shape)}"
+            )
+        self.mask = self.mask.bool()
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.tokens.shape[2]
+
+    def subset(self, rows: Rows) -> TokenFeatures:
+        idx = _as_index(rows, len(self))
+        return TokenFeatures(self.tokens[idx], self.mask[idx])
+
+    def pooled(self) -> torch.Tensor:
+        """Masked mean over tokens, float32 ``(N, C)``."""
+        m = self.mask.unsqueeze(-1).float()
+        return (self.tokens.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    @staticmethod
+    def concat(parts: Sequence[tuple[torch.Tensor, torch.Tensor]], dim: int) -> TokenFeatures:
+        """Stack batches of different widths: pad to the global max T with mask False."""
+        width = max((t.shape[1] for t, _ in parts), default=1)
+        n = sum(t.shape[0] for t, _ in parts)
+        tokens = torch.zeros(n, width, dim, dtype=torch.float16)
+        mask = torch.zeros(n, width, dtype=torch.bool)
+        row = 0
+        for t, m in parts:
+            tokens[row : row + t.shape[0], : t.shape[1]] = t
+            mask[row : row + t.shape[0], : t.shape[1]] = m
+            row += t.shape[0]
+        return TokenFeatures(tokens, mask)
+
+
+@dataclass
+class FeatureSet:
+    """Image and caption token features of one dataset, aligned with its items.
+
+    ``images`` has one row per item (item order); ``texts`` one row per caption (items'
+    captions in order); ``caption_image[j]`` is the image row of caption ``j``.
+    ``image_splits`` / ``image_groups`` (per image, optional) support :meth:`split`.
+    """
+
+    images: TokenFeatures
+    texts: TokenFeatures
+    caption_image: torch.Tensor
+    image_keys: list[str]
+    captions: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    image_splits: list[str] = field(default_factory=list)
+    image_groups: list[str] = field(default_factory=list)
+    # key -> RGB image, where the images are files (not saved; kept by subsets): what image-
+    # backbone fine-tuning reads instead of the cached image features
+    image_source: Callable[[str], Image.Image] | None = field(default=None, repr=False)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def n_captions(self) -> int:
+        return len(self.texts)
+
+    def subset(self, image_rows: Rows) -> FeatureSet:
+        """The given images (in the given order) with their captions; ``caption_image`` remapped."""
+        idx = _as_index(image_rows, self.n_images)
+        new_row = torch.full((self.n_images,), -1, dtype=torch.long)
+        new_row[idx] = torch.arange(len(idx))
+        mapped = new_row[self.caption_image]
+        keep = torch.nonzero(mapped >= 0).squeeze(1)
+        keep = keep[torch.argsort(mapped[keep], stable=True)]  # group by new image order
+        pick = idx.tolist()
+        return FeatureSet(
+            images=self.images.subset(idx),
+            texts=self.texts.subset(keep),
+            caption_image=mapped[keep],
+            image_keys=[self.image_keys[i] for i in pick],
+            captions=[self.captions[j] for j in keep.tolist()],
+            meta=dict(self.meta),
+            image_splits=[self.image_splits[i] for i in pick] if self.image_splits else [],
+            image_groups=[self.image_groups[i] for i in pick] if self.image_groups else [],
+            image_source=self.image_source,
+        )
+
+    def split(self, name: str) -> FeatureSet:
+        """Images of one split (``train``/``val``/``test``) and their captions."""
+        if not self.image_splits:
+            raise ValueError("this FeatureSet has no split labels (image_splits is empty)")
+        return self.subset([i for i, s in enumerate(self.image_splits) if s == name])
+
+
+def _as_index(rows: Rows, n: int) -> torch.Tensor:
+    idx = torch.as_tensor(np.asarray(rows) if not isinstance(rows, torch.Tensor) else rows)
+    if idx.dtype == torch.bool:
+        if idx.shape != (n,):
+            raise ValueError(f"boolean row mask must have shape ({n},), got {tuple(idx.shape)}")
+        return torch.nonzero(idx).squeeze(1)
+    return idx.long().reshape(-1)
+
+
+# ---------------------------------------------------------------------------- safetensors I/O
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> None:
+    """Write to a temp file in the target folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        save_file(tensors, tmp, metadata={"picoalign": json.dumps(meta)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("picoalign", "{}"))
+        return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118
+
+
+def to_half(tokens: torch.Tensor, what: str) -> torch.Tensor:
+    """float16 CPU copy; refuses values that overflow float16 rather than storing inf."""
+    out = tokens.detach().to("cpu", torch.float16)
+    if not torch.isfinite(out).all():
+        raise ValueError(f"{what}: features are non-finite or overflow float16 (|x| > 65504)")
+    return out
+
+
+# ---------------------------------------------------------------------------- user files
+
+
+def save_features(fs: FeatureSet, path: str | Path) -> None:
+    """Write a whole FeatureSet to one safetensors file (atomically)."""
+    tensors = {
+        "image_tokens": fs.images.tokens,
+        "image_mask": fs.images.mask,
+        "text_tokens": fs.texts.tokens,
+        "text_mask": fs.texts.mask,
+        "caption_image": fs.caption_image.long(),
+    }
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": "featureset",
+        "image_keys": fs.image_keys,
+        "captions": fs.captions,
+        "meta": fs.meta,
+        "image_splits": fs.image_splits,
+        "image_groups": fs.image_groups,
+    }
+    atomic_save(tensors, meta, Path(path))
+
+
+def load_features(path: str | Path) -> FeatureSet:
+    """Read a FeatureSet written by :func:`save_features`."""
+    tensors, meta = read_safetensors(Path(path))
+    if meta.get("kind") != "featureset":
+        raise ValueError(f"{path}: not a picoalign FeatureSet file (use load_token_features)")
+    return FeatureSet(
+        images=TokenFeatures(tensors["image_tokens"], tensors["image_mask"]),
+        texts=TokenFeatures(tensors["text_tokens"], tensors["text_mask"]),
+        caption_image=tensors["caption_image"],
+        image_keys=list(meta["image_keys"]),
+        captions=list(meta["captions"]),
+        meta=dict(meta.get("meta", {})),
+        image_splits=list(meta.get("image_splits", [])),
+        image_groups=list(meta.get("image_groups", [])),
+    )
+
+
+def load_token_features(path: str | Path) -> TokenFeatures:
+    """Token features computed elsewhere: ``.npy`` ``(N, T, C)`` or ``(N, C)``, or ``.npz`` /
+    ``.safetensors`` with ``tokens`` and optional ``mask``. Without a mask, all-zero token rows
+    are padding. Stored as float16 like the cache."""
+    p = Path(path)
+    if p.suffix == ".npy":
+        arrays: dict[str, Any] = {"tokens": np.load(p)}
+    elif p.suffix == ".npz":
+        with np.load(p) as z:
+            arrays = {k: z[k] for k in z.files}
+    elif p.suffix == ".safetensors":
+        arrays = read_safetensors(p)[0]
+    else:
+        raise ValueError(f"{path}: expected .npy, .npz or .safetensors")
+    if "tokens" not in arrays:
+        raise ValueError(f"{path}: no 'tokens' array (found {sorted(arrays)})")
+    tokens = torch.as_tensor(np.asarray(arrays["tokens"]), dtype=torch.float32)
+    if tokens.dim() == 2:
+        tokens = tokens.unsqueeze(1)
+    mask = arrays.get("mask")
+    mask_t = tokens.ne(0).any(-1) if mask is None else torch.as_tensor(np.asarray(mask)).bool()
+    return TokenFeatures(to_half(tokens, str(path)), mask_t)

@@ -1,0 +1,6 @@
+"""Serving retrieval over a gallery: the two-stage index, its on-disk folder, contact sheets."""
+
+from picoalign.retrieval.index import GalleryIndex, Hit, build_index
+from picoalign.retrieval.sheet import contact_sheet
+
+__all__ = ["GalleryIndex", "Hit", "build_index", "contact_sheet"]

@@ -1,0 +1,393 @@
+"""Gallery retrieval: embed a gallery once, search it in two stages.
+
+An index (a folder written atomically by :mod:`picoalign.retrieval.store`) holds the gallery's
+embedded D-dim tokens (float16/bfloat16), masks, pooled embeddings (masked mean, L2-normalised),
+a FAISS inner-product index over them — ``flat`` (exact), ``ivf`` (nlist ≈ √N, ``nprobe``) or
+``hnsw`` (M = 32) — and a manifest: model hashes (checkpoint file, tensors, PICO's p), dataset
+spec and fingerprint, keys, sources, encoders, dims, dtype. It refuses any other model.
+
+Stage 1 asks FAISS for ``candidates`` rows by pooled inner product (the pooled query times the
+model's ``eval_weights`` when PICO scores weighted); stage 2 re-ranks them with the model's own
+evaluation rule, ``model.scores``. ``rerank=False`` returns stage 1; ``exhaustive=True`` applies
+the rule to the whole gallery in memory-bounded chunks. An index holds one ``kind``: ``images``
+(searched by text, :meth:`GalleryIndex.search_text`) or ``captions`` (searched by image,
+:meth:`GalleryIndex.search_image`; ``build_index(..., kind="captions")``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from picoalign.core.similarity import pool_tokens
+from picoalign.retrieval import store
+from picoalign.retrieval.sheet import contact_sheet, dataset_image_loader
+from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
+
+__all__ = ["DTYPES", "FIRST_STAGES", "KINDS", "GalleryIndex", "Hit", "build_index", "contact_sheet"]
+
+# (img, img_mask, txt, txt_mask, *, memory_budget_mb) -> (N_img, N_txt), e.g. model.scores
+ScoreFn = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: gallery ``row``, item ``key`` and ``source``, ``score`` (stage-2 score, or
+    the pooled inner product with ``rerank=False``); ``caption`` for caption indexes."""
+
+    row: int
+    key: str
+    source: str
+    score: float
+    caption: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class GalleryIndex:
+    """Embedded gallery tokens + FAISS first stage + manifest. Build with :func:`build_index`
+    (or :meth:`from_embeddings` for tokens you embedded yourself); open with :meth:`load`."""
+
+    def __init__(
+        self,
+        tokens: Tensor,
+        mask: Tensor,
+        pooled: Tensor,
+        faiss_index: Any,
+        manifest: dict[str, Any],
+        path: Path | None = None,
+    ) -> None:
+        self.tokens, self.mask, self.pooled = tokens, mask.bool(), pooled.float()
+        self.faiss_index, self.manifest, self.path = faiss_index, manifest, path
+        self.checkpoint: str | None = manifest.get("checkpoint")
+        self._verified: weakref.WeakSet = weakref.WeakSet()
+
+    n = property(lambda self: int(self.tokens.shape[0]))
+    kind = property(lambda self: self.manifest["kind"])
+    keys = property(lambda self: self.manifest["keys"])
+    sources = property(lambda self: self.manifest["sources"])
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        tokens: Tensor,
+        mask: Tensor,
+        *,
+        keys: Sequence[str] | None = None,
+        sources: Sequence[str] | None = None,
+        pooled: Tensor | None = None,
+        kind: str = "images",
+        dtype: str = "float16",
+        first_stage: str = "flat",
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        **manifest: Any,
+    ) -> GalleryIndex:
+        """An in-memory index of embedded tokens (N, T, D); ``manifest`` extras are stored."""
+        store.check_options(kind, dtype, first_stage)
+        n, t, d = tokens.shape
+        if pooled is None:
+            pooled = store.pooled_embeddings(tokens, mask)
+        keys = list(keys) if keys is not None else [str(i) for i in range(n)]
+        sources = list(sources) if sources is not None else [""] * n
+        if not len(keys) == len(sources) == n:
+            raise ValueError(f"{n} rows but {len(keys)} keys and {len(sources)} sources")
+        settings = store.first_stage_settings(first_stage, n, nlist, nprobe)
+        dims = {"n": n, "tokens": t, "embed_dim": d}
+        man = store.new_manifest(kind, dims, dtype, settings, keys, sources, manifest)
+        index = store.build_first_stage(pooled.numpy(), settings)
+        return cls(tokens.to(DTYPES[dtype]), mask, pooled, index, man)
+
+    def save(self, out: str | Path) -> Path:
+        """Write the index folder (atomically; a previous index at ``out`` is replaced)."""
+        tensors = {"tokens": self.tokens, "mask": self.mask, "pooled": self.pooled}
+        store.write_folder(tensors, self.faiss_index, self.manifest, Path(out))
+        self.path = Path(out)
+        return self.path
+
+    @classmethod
+    def load(
+        cls, path: str | Path, model: Any = None, checkpoint: str | Path | None = None
+    ) -> GalleryIndex:
+        """Open an index. Given ``checkpoint`` (its ``model.safetensors`` hash, and it replaces
+        the recorded checkpoint) or ``model`` (its tensors' hash), refuse any model other than
+        the one that built it. ValueError for a missing or corrupt manifest or files."""
+        path = Path(path)
+        arrays, index, man = store.read_folder(path)
+        if checkpoint is not None:
+            store.check_checkpoint(man, path, checkpoint)
+        out = cls(arrays["tokens"], arrays["mask"], arrays["pooled"], index, man, path)
+        if checkpoint is not None:
+            out.checkpoint = str(checkpoint)
+        if model is not None:
+            out.verify_model(model)
+        return out
+
+    def verify_model(self, model: Any) -> None:
+        """ValueError unless ``model`` has exactly the weights (and p) the index was built with."""
+        expect = self.manifest.get("model")
+        if expect is None or model in self._verified:
+            return
+        got = store.model_identity(model)
+        if got["weights_sha256"] != expect["weights_sha256"]:
+            what = store.identity_difference(got, expect)
+            raise ValueError(
+                f"index {self.path or '(in memory)'} was built with another model ({what}; "
+                f"built from {self.manifest.get('checkpoint')}): rebuild it with `picoalign index`"
+            )
+        self._verified.add(model)
+
+    def load_model(self) -> Any:
+        """The model of :attr:`checkpoint` (the manifest's, or the override given to ``load``)."""
+        from picoalign.model import PicoAligner
+
+        if not self.checkpoint:
+            raise ValueError("this index records no checkpoint: pass one (--checkpoint)")
+        ckpt = Path(self.checkpoint)
+        if not ckpt.exists():
+            raise FileNotFoundError(
+                f"{ckpt}: checkpoint of index {self.path} not found (moved? pass --checkpoint)"
+            )
+        store.check_checkpoint(self.manifest, self.path, ckpt)
+        model = PicoAligner.load(store.model_dir(ckpt)).eval()
+        self.verify_model(model)
+        return model
+
+    def image_loader(self) -> Callable[[Hit], Any]:
+        """``hit -> PIL image`` through the manifest's dataset spec (works for rendered data)."""
+        return dataset_image_loader(self.manifest.get("dataset") or {})
+
+    # -- search -----------------------------------------------------------------------
+    def search_text(
+        self, model: Any, queries: Sequence[str], k: int = 10, **kw: Any
+    ) -> list[list[Hit]]:
+        """Top-``k`` gallery images per text query (image index); ``kw``: see
+        :meth:`search_tokens` (candidates=100, rerank=True, exhaustive=False, nprobe)."""
+        if self.kind != "images":
+            raise ValueError(
+                "this index holds captions: search it by image, or build an image "
+                "index (picoalign index --kind images)"
+            )
+        if isinstance(queries, str) or not queries or not all(isinstance(x, str) for x in queries):
+            raise ValueError("queries must be a non-empty list of strings")
+        self.verify_model(model)
+        q, qm = model.encode_texts(list(queries))
+        return self.search_tokens(q, qm, model.scores, weights=model.eval_weights, k=k, **kw)
+
+    def search_image(
+        self, model: Any, images: Sequence[Any], k: int = 10, **kw: Any
+    ) -> list[list[Hit]]:
+        """Top-``k`` captions per query image (PIL image or path) of a caption index."""
+        if self.kind != "captions":
+            raise ValueError(
+                "this index holds images: search it by text, or build a caption "
+                "index (picoalign index --kind captions)"
+            )
+        if isinstance(images, (str, Path)) or not images:
+            raise ValueError("images must be a non-empty list of PIL images or paths")
+        for x in images:
+            if isinstance(x, (str, Path)) and not Path(x).is_file():
+                raise FileNotFoundError(f"{x}: image not found")
+        self.verify_model(model)
+        q, qm = model.encode_images(list(images))
+        return self.search_tokens(q, qm, model.scores, weights=model.eval_weights, k=k, **kw)
+
+    @torch.no_grad()
+    def search_tokens(
+        self,
+        q: Tensor,
+        q_mask: Tensor,
+        score_fn: ScoreFn,
+        *,
+        weights: Tensor | None = None,
+        k: int = 10,
+        candidates: int = 100,
+        rerank: bool = True,
+        exhaustive: bool = False,
+        nprobe: int | None = None,
+        memory_budget_mb: float = 64.0,
+    ) -> list[list[Hit]]:
+        """Search with embedded query tokens ``q`` (Q, T, D) and mask. ``score_fn`` is the
+        stage-2 rule, called as (images, mask, captions, mask, memory_budget_mb=) ->
+        (N_img, N_txt); ``weights`` (D,) weight the pooled query of stage 1."""
+        if k < 1 or candidates < 1:
+            raise ValueError(f"k and candidates must be >= 1 (got {k}, {candidates})")
+        q, k = q.float(), min(k, self.n)
+        if exhaustive:
+            scores, rows = self._exhaustive(q, q_mask, score_fn, k, memory_budget_mb)
+        else:
+            pooled = pool_tokens(q, q_mask)
+            if weights is not None:
+                pooled = pooled * weights.float()
+            c = min(self.n, max(candidates, k)) if rerank else k
+            scores, rows = self.first_stage(pooled, c, nprobe=nprobe)
+            if rerank:
+                scores, rows = self._rerank(q, q_mask, rows, score_fn, k, memory_budget_mb)
+        return [
+            [self._hit(int(r), float(s)) for s, r in zip(srow[:k], rrow[:k], strict=True) if r >= 0]
+            for srow, rrow in zip(scores.tolist(), rows.tolist(), strict=True)
+        ]
+
+    def first_stage(
+        self, pooled: Tensor, c: int, *, nprobe: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """FAISS top-``c`` (scores, rows) per pooled query; rows are -1 where fewer exist."""
+        store.set_search_params(self.faiss_index, self.manifest["first_stage"], c, nprobe)
+        s, r = self.faiss_index.search(np.ascontiguousarray(pooled.numpy(), np.float32), c)
+        return torch.from_numpy(s), torch.from_numpy(r)
+
+    def _score(
+        self, rows: slice | Tensor, q: Tensor, qm: Tensor, fn: ScoreFn, budget: float
+    ) -> Tensor:
+        """Stage-2 scores (n_rows, Q) of gallery ``rows`` against the queries."""
+        g, gm = self.tokens[rows].float(), self.mask[rows]
+        if self.kind == "images":
+            return fn(g, gm, q, qm, memory_budget_mb=budget)
+        return fn(q, qm, g, gm, memory_budget_mb=budget).T
+
+    def _rerank(
+        self, q: Tensor, qm: Tensor, cand: Tensor, fn: ScoreFn, k: int, budget: float
+    ) -> tuple[Tensor, Tensor]:
+        """Per query: its candidates (a few MB) scored on one thread. Small products gain
+        nothing from intra-op threads and lose much to their barriers on a loaded machine."""
+        out_s = torch.full((len(q), k), -math.inf)
+        out_r = torch.full((len(q), k), -1, dtype=torch.long)
+        with _torch_threads(1 if cand.shape[1] <= 2048 else torch.get_num_threads()):
+            for i in range(len(q)):
+                rows = np.sort(cand[i][cand[i] >= 0].numpy())  # row order: deterministic blocking
+                s = self._score(torch.from_numpy(rows), q[i : i + 1], qm[i : i + 1], fn, budget)
+                order = np.lexsort((rows, -s[:, 0].numpy()))[:k]  # score desc, then row
+                out_s[i, : len(order)] = s[order, 0]
+                out_r[i, : len(order)] = torch.from_numpy(rows[order])
+        return out_s, out_r
+
+    def _exhaustive(
+        self, q: Tensor, qm: Tensor, fn: ScoreFn, k: int, budget: float
+    ) -> tuple[Tensor, Tensor]:
+        """The rule over the whole gallery, in chunks of ≈ 4 × budget MB of fp32 tokens."""
+        _, t, d = self.tokens.shape
+        chunk = max(1, int(4 * budget * 2**20 // (t * d * 4)))
+        best_s, best_r = torch.empty(len(q), 0), torch.empty(len(q), 0, dtype=torch.long)
+        for c0 in range(0, self.n, chunk):
+            c1 = min(self.n, c0 + chunk)
+            s = self._score(slice(c0, c1), q, qm, fn, budget).T  # (Q, chunk)
+            cat_s = torch.cat([best_s, s], 1)
+            cat_r = torch.cat([best_r, torch.arange(c0, c1).expand(len(q), -1)], 1)
+            top = cat_s.topk(min(k, cat_s.shape[1]), dim=1)
+            best_s, best_r = top.values, cat_r.gather(1, top.indices)
+        return best_s, best_r
+
+    def _hit(self, row: int, score: float) -> Hit:
+        captions = self.manifest.get("captions")
+        return Hit(
+            row, self.keys[row], self.sources[row], score, captions[row] if captions else None
+        )
+
+
+@torch.no_grad()
+def build_index(
+    model: Any,
+    fs: Any,
+    *,
+    dataset_spec: str,
+    checkpoint: str | Path,
+    out: str | Path,
+    dtype: str = "float16",
+    first_stage: str = "flat",
+    kind: str = "images",
+    split: str = "all",
+    seed: int = 0,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    dataset: Any = None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> GalleryIndex:
+    """Embed the images (or, ``kind="captions"``, the captions) of FeatureSet ``fs`` once with
+    ``model``'s heads and save a :class:`GalleryIndex` folder at ``out``.
+
+    ``model`` must equal ``checkpoint``'s model (the index records both hashes);
+    ``dataset_spec``/``seed`` are recorded so images can be reloaded by key; ``dataset`` (the
+    loaded dataset, for item sources) is loaded from the spec when not given."""
+    store.check_options(kind, dtype, first_stage)  # before the expensive part
+    ident = store.checkpoint_identity(model, checkpoint)
+    feats = fs.images if kind == "images" else fs.texts
+    embed = model.embed_images if kind == "images" else model.embed_texts
+    want = model.config.image_dim if kind == "images" else model.config.text_dim
+    if feats.dim != want:
+        raise ValueError(
+            f"features have {feats.dim} channels but the model's {kind[:-1]} head "
+            f"expects {want}: were they made with the model's encoders?"
+        )
+    if len(feats) == 0:
+        raise ValueError(f"nothing to index: the feature set has no {kind}")
+    n, t = feats.tokens.shape[:2]
+    tokens = torch.empty(n, t, model.config.embed_dim, dtype=DTYPES[dtype])
+    pooled = torch.empty(n, model.config.embed_dim)
+    was = model.training
+    model.eval()
+    try:
+        for i in tqdm(range(0, n, batch_size), desc=f"index {kind}", disable=not progress):
+            m = feats.mask[i : i + batch_size]
+            e = embed(feats.tokens[i : i + batch_size], m)
+            tokens[i : i + batch_size], pooled[i : i + batch_size] = e, pool_tokens(e, m)
+    finally:
+        model.train(was)
+    if dataset is None:
+        from picoalign.data import load_dataset
+
+        dataset = load_dataset(dataset_spec, seed=seed)
+    by_key = {it.key: it.source for it in dataset.items}
+    img_rows = fs.caption_image.tolist() if kind == "captions" else range(fs.n_images)
+    keys = [fs.image_keys[r] for r in img_rows]
+    extra = {"captions": list(fs.captions)} if kind == "captions" else {}
+    index = GalleryIndex.from_embeddings(
+        tokens,
+        feats.mask,
+        keys=keys,
+        sources=[by_key.get(k, "") for k in keys],
+        pooled=pooled,
+        kind=kind,
+        dtype=dtype,
+        first_stage=first_stage,
+        nlist=nlist,
+        nprobe=nprobe,
+        checkpoint=str(Path(checkpoint).resolve()),
+        model=ident,
+        dataset={
+            "spec": dataset_spec,
+            "seed": seed,
+            "split": split,
+            "name": fs.meta.get("dataset", getattr(dataset, "name", "")),
+            "fingerprint": fs.meta.get("fingerprint", getattr(dataset, "fingerprint", "")),
+        },
+        encoders={
+            "image": model.config.image_encoder,
+            "text": model.config.text_encoder,
+            **{k: v for k, v in fs.meta.items() if k.endswith("cache_key")},
+        },
+        **extra,
+    )
+    index.save(out)
+    return index
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,107 @@
+"""Contact sheets: the top-k retrieved images of each query in one PNG grid, and reloading a
+gallery's images by key through its dataset spec (rendered datasets have no file path)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import textwrap
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def contact_sheet(
+    hits: Sequence[Sequence[Any]],
+    load_image_fn: Callable[[Any], Any],
+    out_png: str | Path,
+    title: str | None = None,
+    *,
+    row_labels: Sequence[str] | None = None,
+    thumb: float = 1.5,
+) -> Path:
+    """One row per query, one column per rank: the image with ``#rank score`` and key under it.
+
+    ``hits[q]`` are :class:`picoalign.retrieval.index.Hit` (anything with ``key`` and ``score``);
+    ``load_image_fn(hit)`` returns a PIL image (a failure shows an empty cell with the reason).
+    ``row_labels`` (e.g. the query texts) label the rows. Written to a temp file, then renamed.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = len(hits)
+    cols = max((len(h) for h in hits), default=0)
+    if rows == 0 or cols == 0:
+        raise ValueError("contact sheet: no hits to draw")
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(f"contact sheet: {rows} rows but {len(row_labels)} row labels")
+    fig = Figure(figsize=(cols * thumb + 1.2, rows * (thumb + 0.55) + (0.5 if title else 0.1)))
+    FigureCanvasAgg(fig)
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(hits[r]):
+                ax.axis("off")
+                continue
+            hit = hits[r][c]
+            try:
+                ax.imshow(np.asarray(load_image_fn(hit).convert("RGB")))
+            except Exception as e:  # one unreadable image must not lose the sheet
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"unavailable\n{type(e).__name__}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    transform=ax.transAxes,
+                )
+            ax.set_xlabel(f"#{c + 1}  {hit.score:.3f}\n{_short(hit.key, 22)}", fontsize=7)
+        if row_labels is not None:
+            axes[r, 0].set_ylabel(textwrap.fill(_short(row_labels[r], 60), 18), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=110)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return out
+
+
+def dataset_image_loader(dataset: dict[str, Any]) -> Callable[[Any], Any]:
+    """``hit -> PIL image`` for a manifest's ``dataset`` entry (``spec``, ``seed``,
+    ``fingerprint``): the dataset is loaded once and each hit's item is found by key."""
+    from picoalign.data import load_dataset
+
+    if not dataset.get("spec"):
+        raise ValueError("this index records no dataset spec: its images cannot be reloaded")
+    ds = load_dataset(dataset["spec"], seed=int(dataset.get("seed", 0)))
+    if dataset.get("fingerprint") and ds.fingerprint != dataset["fingerprint"]:
+        warnings.warn(f"dataset {dataset['spec']} changed since the index was built", stacklevel=2)
+    items = {it.key: it for it in ds.items}
+
+    def load(hit: Any) -> Any:
+        if hit.key not in items:
+            raise ValueError(f"item {hit.key!r} is no longer in dataset {dataset['spec']}")
+        return ds.load(items[hit.key])
+
+    return load
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"

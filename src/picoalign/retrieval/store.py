@@ -1,0 +1,300 @@
+"""Storage layer of gallery indexes (:mod:`picoalign.retrieval.index`): the FAISS first stage, model
+identity hashes, and the index folder — written into a temp folder and renamed into place (each
+file temp + rename as well), so an interrupted build leaves nothing half-written.
+
+Folder layout: ``tokens.safetensors`` (``tokens`` (N, T, D) float16/bfloat16, ``mask`` (N, T),
+``pooled`` (N, D) float32), ``faiss.index``, ``manifest.json`` (written last).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from picoalign.core.similarity import pool_tokens
+from picoalign.fileio import atomic_write_json, atomic_write_safetensors
+
+FORMAT, FORMAT_VERSION = "picoalign-gallery", 1
+KINDS = ("images", "captions")
+FIRST_STAGES = ("flat", "ivf", "hnsw")
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 256
+IVF_NPROBE = 32
+REQUIRED = ("format", "format_version", "kind", "dims", "dtype", "first_stage", "keys", "sources")
+
+
+def check_options(kind: str, dtype: str, first_stage: str) -> None:
+    for name, value, allowed in (
+        ("kind", kind, KINDS),
+        ("dtype", dtype, tuple(DTYPES)),
+        ("first stage", first_stage, FIRST_STAGES),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+# ---------------------------------------------------------------------------- identity
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    """Content hash of named tensors (names, dtypes, shapes, bytes): file-format independent."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_dir(checkpoint: str | Path) -> Path:
+    """The model folder of a checkpoint (a run folder resolves to its ``best/``)."""
+    path = Path(checkpoint)
+    if (path / "best" / "config.json").is_file():
+        path = path / "best"
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{path}: no model.safetensors (not a picoalign checkpoint)")
+    return path
+
+
+def model_identity(model: Any) -> dict[str, Any]:
+    """Hashes of a model's tensors (all; heads only) and of PICO's p, for the manifest and
+    the refusal check (which names what differs)."""
+    state = model.state_dict()
+    return {
+        "weights_sha256": tensors_sha256(state),
+        "heads_sha256": tensors_sha256({k: v for k, v in state.items() if "head" in k}),
+        "p_sha256": tensors_sha256({"p": model.pico.p.float()}),
+        "method": model.config.method,
+        "weighted_first_stage": model.eval_weights is not None,
+    }
+
+
+def identity_difference(got: dict[str, Any], expect: dict[str, Any]) -> str:
+    if got["heads_sha256"] != expect.get("heads_sha256"):
+        return "weights differ"
+    return "PICO's p differs" if got["p_sha256"] != expect["p_sha256"] else "PICO state differs"
+
+
+def checkpoint_identity(model: Any, checkpoint: str | Path) -> dict[str, Any]:
+    """``model_identity`` plus the checkpoint file's sha256; ValueError if they disagree."""
+    mdir = model_dir(checkpoint)
+    ident = model_identity(model)
+    if tensors_sha256(load_file(str(mdir / "model.safetensors"))) != ident["weights_sha256"]:
+        raise ValueError(f"the model differs from checkpoint {mdir}: save it before indexing")
+    return {**ident, "model_sha256": file_sha256(mdir / "model.safetensors")}
+
+
+def check_checkpoint(manifest: dict[str, Any], path: Any, checkpoint: str | Path) -> None:
+    """ValueError unless ``checkpoint``'s model file is the one the index was built with."""
+    expect = (manifest.get("model") or {}).get("model_sha256")
+    got = file_sha256(model_dir(checkpoint) / "model.safetensors")
+    if expect and got != expect:
+        raise ValueError(
+            f"index {path} was built with another model (checkpoint "
+            f"{manifest.get('checkpoint')}, sha256 {expect[:12]}…); {checkpoint} has sha256 "
+            f"{got[:12]}…: rebuild the index with `picoalign index`"
+        )
+
+
+# ---------------------------------------------------------------------------- first stage
+def faiss_module() -> Any:
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover - faiss-cpu is a dependency
+        raise ImportError("gallery indexes need faiss: pip install faiss-cpu") from e
+    return faiss
+
+
+def first_stage_settings(
+    kind: str, n: int, nlist: int | None = None, nprobe: int | None = None
+) -> dict[str, Any]:
+    """Manifest entry of a first stage: IVF nlist ≈ √N, nprobe; HNSW M and efSearch (raised
+    to 5 × candidates at search time: clustered galleries need a wide beam)."""
+    if kind not in FIRST_STAGES:
+        raise ValueError(f"first stage must be one of {FIRST_STAGES}, got {kind!r}")
+    if kind == "ivf":
+        nlist = max(1, min(n, nlist or round(math.sqrt(n))))
+        return {"type": kind, "nlist": nlist, "nprobe": min(nlist, nprobe or IVF_NPROBE)}
+    if kind == "hnsw":
+        return {"type": kind, "m": HNSW_M, "ef_search": HNSW_EF_SEARCH}
+    return {"type": kind}
+
+
+def build_first_stage(pooled: np.ndarray, settings: dict[str, Any]) -> Any:
+    """A FAISS inner-product index over ``pooled`` (N, D) float32."""
+    faiss = faiss_module()
+    x = np.ascontiguousarray(pooled, dtype=np.float32)
+    d = x.shape[1]
+    if settings["type"] == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif settings["type"] == "ivf":
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, settings["nlist"], faiss.METRIC_INNER_PRODUCT)
+        index.cp.min_points_per_centroid = 1  # small galleries: no warning spam
+        index.train(x)
+    else:
+        index = faiss.IndexHNSWFlat(d, settings["m"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index.add(x)
+    return index
+
+
+def set_search_params(index: Any, settings: dict[str, Any], c: int, nprobe: int | None) -> None:
+    if settings["type"] == "ivf":
+        faiss_module().extract_index_ivf(index).nprobe = nprobe or settings["nprobe"]
+    elif settings["type"] == "hnsw":
+        index.hnsw.efSearch = max(5 * c, settings["ef_search"])  # ≈ flat's top-c
+
+
+# ---------------------------------------------------------------------------- the folder
+def pooled_embeddings(tokens: Tensor, mask: Tensor, chunk: int = 4096) -> Tensor:
+    """Masked mean of each row's tokens, L2-normalised, float32 (N, D); chunked for memory."""
+    parts = [
+        pool_tokens(tokens[i : i + chunk].float(), mask[i : i + chunk])
+        for i in range(0, len(tokens), chunk)
+    ]
+    return torch.cat(parts) if parts else torch.empty(0, tokens.shape[-1])
+
+
+def new_manifest(
+    kind: str,
+    dims: dict[str, int],
+    dtype: str,
+    first_stage: dict[str, Any],
+    keys: list[str],
+    sources: list[str],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest of a new index; ``extra`` (model, dataset, encoders, ...) goes in as is."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": None,
+        **extra,
+        "dims": dims,
+        "dtype": dtype,
+        "first_stage": first_stage,
+        "keys": keys,
+        "sources": sources,
+    }
+
+
+def write_folder(
+    tensors: dict[str, Tensor], faiss_index: Any, manifest: dict[str, Any], out: Path
+) -> None:
+    """Write an index folder at ``out``; an existing index there is replaced, anything else
+    refused. Interrupted writes leave neither a folder at ``out`` nor temp files."""
+    if out.exists() and not (
+        out.is_dir() and (not any(out.iterdir()) or (out / "manifest.json").is_file())
+    ):
+        raise ValueError(f"{out}: exists and is not a picoalign gallery index")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _write_tokens(tensors, tmp / "tokens.safetensors")
+        _write_faiss(faiss_index, tmp / "faiss.index")
+        atomic_write_json(manifest, tmp / "manifest.json")  # last: marks a complete index
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_folder(path: Path) -> tuple[dict[str, Tensor], Any, dict[str, Any]]:
+    """(tensors, faiss index, manifest) of an index folder; ValueError if missing/corrupt."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: gallery index not found")
+    man = read_manifest(path)
+    for name in ("tokens.safetensors", "faiss.index"):
+        if not (path / name).is_file():
+            raise ValueError(f"{path / name}: missing (incomplete index; rebuild it)")
+    try:
+        arrays = load_file(str(path / "tokens.safetensors"))
+        index = faiss_module().read_index(str(path / "faiss.index"))
+        tokens = arrays["tokens"]
+        _ = arrays["mask"], arrays["pooled"]
+    except Exception as e:
+        raise ValueError(f"{path}: corrupt index files ({type(e).__name__}: {e})") from e
+    dims = man["dims"]
+    shape = (dims["n"], dims["tokens"], dims["embed_dim"])
+    if (
+        tuple(tokens.shape) != shape
+        or tokens.dtype != DTYPES.get(man["dtype"])
+        or index.ntotal != dims["n"]
+        or len(man["keys"]) != dims["n"]
+    ):
+        raise ValueError(f"{path}: index files disagree with manifest.json (corrupt index)")
+    return arrays, index, man
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    f = path / "manifest.json"
+    if not f.is_file():
+        raise ValueError(f"{path}: not a picoalign gallery index (no manifest.json)")
+    try:
+        man = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{f}: corrupt manifest ({e})") from e
+    if not isinstance(man, dict) or man.get("format") != FORMAT:
+        raise ValueError(f"{f}: not a picoalign gallery manifest")
+    version = man.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{f}: format version {version!r} is not supported (this picoalign reads "
+            f"<= {FORMAT_VERSION}; upgrade picoalign or rebuild the index)"
+        )
+    missing = [k for k in REQUIRED if k not in man]
+    if missing:
+        raise ValueError(f"{f}: corrupt manifest (missing {', '.join(missing)})")
+    return man
+
+
+def _write_tokens(tensors: dict[str, Tensor], path: Path) -> None:
+    atomic_write_safetensors(tensors, path)
+
+
+def _write_faiss(index: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        faiss_module().write_index(index, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished temp folder to ``out``, replacing an existing index there."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

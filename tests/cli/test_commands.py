@@ -1,0 +1,268 @@
+"""``picoalign`` end to end on a tiny jsonl dataset with the download-free test encoders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli_runner import run_cli
+from picoalign import __version__
+from picoalign.cli.commands import main
+from picoalign.config import load_config
+from picoalign.model import PicoAligner
+
+ENCODERS = ["--image-encoder", "random-conv", "--text-encoder", "hash-text"]
+N_ITEMS = 24  # the jsonl_dataset fixture (conftest)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, write_jsonl_dataset):
+    """One 2-epoch training run through the CLI, shared by the tests of this module."""
+    tmp = tmp_path_factory.mktemp("cli")
+    data = write_jsonl_dataset(tmp / "data")
+    cache = tmp / "cache"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: thread hand-offs dominate on a loaded CPU
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PICOALIGN_CACHE", str(cache))
+            result = run_cli(
+                "train",
+                "--data",
+                f"jsonl:{data}",
+                *ENCODERS,
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                "--no-progress",
+                "--set",
+                "model.embed_dim=16",
+                "--out",
+                str(tmp / "run"),
+            )
+    finally:
+        torch.set_num_threads(threads)
+    return {"data": data, "cache": cache, "run": tmp / "run", "result": result}
+
+
+@pytest.fixture(autouse=True)
+def env(trained, monkeypatch):
+    """Every test uses the shared feature cache (never ~/.cache) and one torch thread."""
+    monkeypatch.setenv("PICOALIGN_CACHE", str(trained["cache"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------- train
+
+
+def test_train_writes_a_run_and_caches_features_in_picoalign_cache(trained) -> None:
+    rc, out, err = trained["result"]
+    assert rc == 0, err
+    assert "epoch   1" in out and "epoch   2" in out and "best val rSum" in out
+    run = trained["run"]
+    assert f"model saved in {run}/best" in out
+    assert {p.name for p in run.iterdir()} >= {
+        "config.yaml",
+        "metrics.jsonl",
+        "metrics.csv",
+        "last",
+        "best",
+    }
+    cfg = load_config(run / "config.yaml")
+    assert cfg.model.embed_dim == 16 and cfg.epochs == 2 and cfg.batch_size == 8
+    assert (cfg.model.image_encoder, cfg.model.text_encoder) == ("random-conv", "hash-text")
+    assert cfg.data == f"jsonl:{trained['data']}"
+    model = PicoAligner.load(run / "best")
+    assert model.config.embed_dim == 16 and model.config.method == "pico"
+    # features went to $PICOALIGN_CACHE/features: one image file, one text file
+    cached = sorted(p.name for p in (trained["cache"] / "features").iterdir())
+    assert len(cached) == 2, cached
+    assert any("-images-" in n for n in cached) and any("-texts-" in n for n in cached)
+
+
+def test_train_then_resume_one_more_epoch(trained, tmp_path: Path) -> None:
+    common = ["--data", f"jsonl:{trained['data']}", *ENCODERS, "--batch-size", "8"]
+    common += ["--no-progress", "--set", "model.embed_dim=8", "--method", "baseline"]
+    out_dir = str(tmp_path / "run")
+    rc, out, err = run_cli("train", *common, "--epochs", "1", "--out", out_dir)
+    assert rc == 0, err
+    rc, out, err = run_cli("train", *common, "--epochs", "2", "--out", out_dir, "--resume")
+    assert rc == 0, err
+    assert "epoch   1" not in out and "epoch   2" in out  # continued, not restarted
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+    # the feature cache was reused, not duplicated
+    assert len(list((trained["cache"] / "features").iterdir())) == 2
+
+
+def test_train_with_a_config_file(trained, tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"data: jsonl:{trained['data']}\nout: {tmp_path / 'run'}\nepochs: 1\nbatch_size: 8\n"
+        "progress: false\nmodel:\n  image_encoder: random-conv\n  text_encoder: hash-text\n"
+        "  embed_dim: 8\n  method: global\n"
+    )
+    rc, out, err = run_cli("train", "--config", str(cfg), "--set", "eval_split=test")
+    assert rc == 0, err
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.model.method == "global" and saved.eval_split == "test" and saved.epochs == 1
+    assert "best test rSum" in out
+
+
+# ---------------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_json(trained) -> None:
+    rc, out, err = run_cli("evaluate", "--checkpoint", str(trained["run"]), "--json")
+    assert rc == 0, err
+    metrics = json.loads(out)
+    assert {"i2t", "t2i", "rsum", "n_images", "n_captions"} <= set(metrics)
+    assert metrics["n_images"] == 4 and metrics["n_captions"] == 8  # the test split
+    assert {"r1", "r5", "r10"} <= set(metrics["i2t"]) and {"r1", "r5", "r10"} <= set(metrics["t2i"])
+    assert 0 <= metrics["rsum"] <= 600
+
+
+def test_evaluate_model_folder_other_split_and_table(trained) -> None:
+    best = str(trained["run"] / "best")
+    rc, out, err = run_cli("evaluate", "--checkpoint", best, "--split", "all", "--json")
+    assert rc == 0, err
+    metrics = json.loads(out)
+    assert (metrics["n_images"], metrics["n_captions"]) == (N_ITEMS, 2 * N_ITEMS)
+    rc, out, err = run_cli(
+        "evaluate", "--checkpoint", best, "--data", f"jsonl:{trained['data']}", "--split", "val"
+    )
+    assert rc == 0, err
+    assert "pico (jsonl:" in out and "val" in out  # the human-readable table
+
+
+# ---------------------------------------------------------------------------------- others
+
+
+def test_datasets_lists_the_builtin_ones() -> None:
+    rc, out, _ = run_cli("datasets")
+    assert rc == 0
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert "twemoji" in names and "jsonl:PATH" in names
+
+
+@pytest.mark.parametrize(
+    "command", ["train", "evaluate", "index", "search", "datasets", "demo", None]
+)
+def test_help_of_every_command(command: str | None, capsys) -> None:
+    argv = [command, "--help"] if command else ["--help"]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: picoalign {command or ''}".rstrip())
+    if command is None:
+        for name in ("train", "evaluate", "index", "search", "datasets", "demo"):
+            assert name in out
+        assert "jsonl:PATH" in out  # the data-spec epilog
+
+
+def test_no_command_prints_help_and_returns_2(capsys) -> None:
+    assert main([]) == 2
+    assert "usage: picoalign" in capsys.readouterr().out
+
+
+def test_version_via_python_dash_m() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "picoalign", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"picoalign {__version__}"
+
+
+# ---------------------------------------------------------------------------------- errors
+
+
+def bad_jsonl(tmp: Path, trained) -> str:
+    path = tmp / "bad.jsonl"
+    good = trained["data"].read_text().splitlines()[:3]
+    path.write_text("\n".join([*good, "{not json"]) + "\n")
+    for i in range(3):  # the images next to the file
+        (tmp / f"img{i}.png").write_bytes((trained["data"].parent / f"img{i}.png").read_bytes())
+    return f"jsonl:{path}"
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("missing-data", "file not found"),
+        ("bad-line", "line 4"),
+        ("unknown-image-encoder", "unknown image encoder 'bogus'"),
+        ("unknown-text-encoder", "unknown text encoder 'bogus'"),
+        ("unknown-set-key", "no_such_option"),
+        ("bad-set-section", "model"),
+        ("bad-config-file", "invalid YAML"),
+        ("bad-checkpoint", "checkpoint not found"),
+        ("not-a-checkpoint", "config.json: not found"),
+        ("bad-device", "--device"),
+    ],
+)
+def test_user_errors_print_one_line_and_return_2(
+    case: str, expect: str, trained, tmp_path: Path
+) -> None:
+    data = f"jsonl:{trained['data']}"
+    train = ["train", "--no-progress", "--epochs", "1", "--out", str(tmp_path / "run")]
+    argv = {
+        "missing-data": [*train, "--data", f"jsonl:{tmp_path / 'nope.jsonl'}", *ENCODERS],
+        "bad-line": [*train, "--data", bad_jsonl(tmp_path, trained), *ENCODERS],
+        "unknown-image-encoder": [*train, "--data", data, "--image-encoder", "bogus"],
+        "unknown-text-encoder": [
+            *train,
+            "--data",
+            data,
+            "--image-encoder",
+            "random-conv",
+            "--text-encoder",
+            "bogus",
+        ],
+        "unknown-set-key": [*train, "--data", data, *ENCODERS, "--set", "no_such_option=1"],
+        "bad-set-section": [*train, "--data", data, *ENCODERS, "--set", "model=3"],
+        "bad-config-file": [*train, "--config", str(tmp_path / "c.yaml")],
+        "bad-checkpoint": ["evaluate", "--checkpoint", str(tmp_path / "nope")],
+        "not-a-checkpoint": ["evaluate", "--checkpoint", str(tmp_path), "--data", data],
+        "bad-device": [*train, "--data", data, *ENCODERS, "--device", "quantum"],
+    }[case]
+    (tmp_path / "c.yaml").write_text("epochs: [1\n")
+    rc, out, err = run_cli(*argv)
+    assert rc == 2, (out, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("picoalign: error: ")
+    assert expect in lines[0], lines[0]
+
+
+def test_debug_reraises(trained, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        main(["--debug", "evaluate", "--checkpoint", str(tmp_path / "nope")])
+    argv = ["--debug", "train", "--data", f"jsonl:{trained['data']}", "--image-encoder", "bogus"]
+    with pytest.raises(KeyError, match="bogus"):  # UnknownEncoderError is a KeyError
+        main([*argv, "--out", str(tmp_path / "run")])
+
+
+def test_programming_errors_are_not_hidden(monkeypatch) -> None:
+    """Only user errors become one-line messages; a bug keeps its traceback."""
+    import picoalign.cli.commands as cli
+
+    def broken(args) -> int:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_datasets", broken)
+    with pytest.raises(ZeroDivisionError):
+        main(["datasets"])

@@ -1,0 +1,358 @@
+"""Gallery retrieval: index build/load, model refusal, two-stage vs exhaustive, sheets, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from picoalign.cli.retrieval import add_parsers, format_hits
+from picoalign.data import load_dataset
+from picoalign.features.encode import encode_dataset
+from picoalign.model import ModelConfig, PicoAligner
+from picoalign.retrieval import store as index_store
+from picoalign.retrieval.index import GalleryIndex, Hit, build_index, contact_sheet
+
+COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
+SHAPES = ["circle", "square"]
+QUERIES = ["a red circle", "a blue square on white", "green"]
+
+
+def _write_dataset(root: Path, n: int = 12) -> str:
+    lines = []
+    for i in range(n):
+        color, shape = COLORS[i % 6], SHAPES[(i // 6) % 2]
+        img = Image.new("RGB", (40, 36), "white")
+        box = (4 + i % 3, 5, 30 + i % 4, 31)
+        draw = ImageDraw.Draw(img)
+        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=color)
+        img.save(root / f"img{i}.png")
+        caps = [f"a {color} {shape}", f"{shape} number {i} in {color}"]
+        split = "test" if i % 3 == 0 else "train"
+        lines.append(json.dumps({"image": f"img{i}.png", "captions": caps, "split": split}))
+    (root / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return f"jsonl:{root / 'data.jsonl'}"
+
+
+def _model(seed: int = 0, weighted: bool = True) -> PicoAligner:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        image_encoder="random-conv",
+        text_encoder="hash-text",
+        image_dim=32,
+        text_dim=32,
+        embed_dim=16,
+        method="pico",
+    )
+    cfg.pico.reading = "global"  # a global p, so the first stage is weighted too
+    cfg.pico.eval_score = "weighted" if weighted else "plain"
+    model = PicoAligner(cfg).eval()
+    gen = torch.Generator().manual_seed(seed + 100)
+    model.pico.p.copy_(torch.rand(16, generator=gen) + 0.05)  # a non-uniform, active p
+    model.pico.steps.fill_(1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrieval")
+    spec = _write_dataset(root)
+    model = _model()
+    assert model.eval_weights is not None  # PICO-weighted scoring: stage 1 uses the weights
+    model.save(root / "ckpt")
+    fs = encode_dataset(
+        load_dataset(spec), "random-conv", "hash-text", cache_dir=root / "cache", progress=False
+    )
+    return {"root": root, "spec": spec, "model": model, "fs": fs, "ckpt": root / "ckpt"}
+
+
+def _build(tiny, out: Path, **kw) -> GalleryIndex:
+    kw.setdefault("progress", False)
+    return build_index(
+        tiny["model"], tiny["fs"], dataset_spec=tiny["spec"], checkpoint=tiny["ckpt"], out=out, **kw
+    )
+
+
+def _rows(hits: list[list[Hit]]) -> list[list[int]]:
+    return [[h.row for h in hs] for hs in hits]
+
+
+def _reference_rows(tiny, index: GalleryIndex, queries: list[str]) -> torch.Tensor:
+    """Ranking by model.scores over the whole gallery, computed directly (float32 tokens)."""
+    model = tiny["model"]
+    q, qm = model.encode_texts(queries)
+    scores = model.scores(index.tokens.float(), index.mask, q, qm)  # (N, Q)
+    return scores.T.argsort(dim=1, descending=True, stable=True)
+
+
+# ---------------------------------------------------------------------------- build / load
+@pytest.mark.parametrize(
+    ("dtype", "first_stage"), [("float16", "flat"), ("bfloat16", "ivf"), ("float16", "hnsw")]
+)
+def test_build_load_round_trip(tiny, tmp_path, dtype, first_stage):
+    out = tmp_path / "idx"
+    built = _build(tiny, out, dtype=dtype, first_stage=first_stage)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "faiss.index",
+        "manifest.json",
+        "tokens.safetensors",
+    ]
+    fs, model = tiny["fs"], tiny["model"]
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["format"] == "picoalign-gallery" and man["format_version"] == 1
+    assert man["model"]["model_sha256"] == index_store.file_sha256(
+        tiny["ckpt"] / "model.safetensors"
+    )
+    assert man["model"]["p_sha256"] == index_store.tensors_sha256({"p": model.pico.p.float()})
+    assert man["dataset"]["spec"] == tiny["spec"] and man["dataset"]["fingerprint"]
+    assert man["keys"] == fs.image_keys
+    assert all(Path(s).is_file() for s in man["sources"])
+    assert man["dims"] == {"n": 12, "tokens": 16, "embed_dim": 16}
+    assert man["dtype"] == dtype and man["first_stage"]["type"] == first_stage
+    assert man["checkpoint"] == str(tiny["ckpt"].resolve())
+
+    loaded = GalleryIndex.load(out, model=model, checkpoint=tiny["ckpt"])
+    assert loaded.tokens.dtype == index_store.DTYPES[dtype]
+    assert torch.equal(loaded.tokens, built.tokens) and torch.equal(loaded.mask, built.mask)
+    emb = model.embed_images(fs.images.tokens, fs.images.mask)
+    assert torch.allclose(loaded.tokens.float(), emb, atol=1e-2)
+    assert loaded.faiss_index.ntotal == 12
+    kw = {"k": 5, "candidates": 8}
+    assert loaded.search_text(model, QUERIES, **kw) == built.search_text(model, QUERIES, **kw)
+    assert loaded.load_model().state_dict().keys() == model.state_dict().keys()
+
+
+def test_split_gallery_and_overwrite(tiny, tmp_path):
+    out = tmp_path / "idx"
+    _build(tiny, out)
+    test = tiny["fs"].split("test")
+    index = build_index(
+        tiny["model"],
+        test,
+        dataset_spec=tiny["spec"],
+        checkpoint=tiny["ckpt"],
+        out=out,
+        split="test",
+        progress=False,
+    )
+    assert GalleryIndex.load(out).keys == test.image_keys and index.n == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a picoalign gallery index"):
+        _build(tiny, tmp_path / "other")
+
+
+def test_refuses_other_model(tiny, tmp_path):
+    out = tmp_path / "idx"
+    _build(tiny, out)
+    other = _model(seed=1)
+    other.save(tmp_path / "other")
+    with pytest.raises(ValueError, match="another model"):
+        GalleryIndex.load(out, checkpoint=tmp_path / "other")
+    with pytest.raises(ValueError, match="weights differ"):
+        GalleryIndex.load(out, model=other)
+    p_only = _model()
+    p_only.pico.p.mul_(2.0)
+    with pytest.raises(ValueError, match="PICO's p differs"):
+        GalleryIndex.load(out, model=p_only)
+    index = GalleryIndex.load(out)  # no model given: opens, then refuses at search time
+    with pytest.raises(ValueError, match="another model"):
+        index.search_text(other, ["a red circle"])
+    with pytest.raises(ValueError, match="differs from checkpoint"):
+        build_index(
+            other,
+            tiny["fs"],
+            dataset_spec=tiny["spec"],
+            checkpoint=tiny["ckpt"],
+            out=tmp_path / "idx2",
+            progress=False,
+        )
+    assert not (tmp_path / "idx2").exists()
+
+
+def test_refuses_missing_or_corrupt(tiny, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        GalleryIndex.load(tmp_path / "nope")
+    out = tmp_path / "idx"
+    _build(tiny, out)
+    manifest = out / "manifest.json"
+    good = manifest.read_text()
+    manifest.write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt manifest"):
+        GalleryIndex.load(out)
+    manifest.write_text(json.dumps({**json.loads(good), "format_version": 99}))
+    with pytest.raises(ValueError, match="not supported"):
+        GalleryIndex.load(out)
+    man = json.loads(good)
+    del man["keys"]
+    manifest.write_text(json.dumps(man))
+    with pytest.raises(ValueError, match="missing keys"):
+        GalleryIndex.load(out)
+    manifest.write_text(json.dumps({**json.loads(good), "keys": ["a"]}))
+    with pytest.raises(ValueError, match="disagree"):
+        GalleryIndex.load(out)
+    manifest.write_text(good)
+    (out / "tokens.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt index files"):
+        GalleryIndex.load(out)
+    manifest.unlink()
+    with pytest.raises(ValueError, match=r"no manifest\.json"):
+        GalleryIndex.load(out)
+
+
+def test_interrupted_build_leaves_nothing(tiny, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(index_store, "_write_faiss", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _build(tiny, tmp_path / "idx")
+    assert list(tmp_path.iterdir()) == []  # no index, no temp folder
+    monkeypatch.undo()
+    first = _build(tiny, tmp_path / "idx")  # an interrupted rebuild keeps the old index
+    monkeypatch.setattr(index_store, "_write_tokens", boom)
+    with pytest.raises(RuntimeError):
+        _build(tiny, tmp_path / "idx", first_stage="hnsw")
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+    assert GalleryIndex.load(tmp_path / "idx").manifest == first.manifest
+
+
+# ---------------------------------------------------------------------------- search
+@pytest.mark.parametrize("first_stage", ["flat", "ivf", "hnsw"])
+def test_all_candidates_equals_exhaustive(tiny, tmp_path, first_stage):
+    index = _build(tiny, tmp_path / "idx", first_stage=first_stage)
+    model = tiny["model"]
+    two = index.search_text(model, QUERIES, k=12, candidates=12)
+    full = index.search_text(model, QUERIES, k=12, exhaustive=True)
+    assert _rows(two) == _rows(full) == _reference_rows(tiny, index, QUERIES).tolist()
+    for a, b in zip(two, full, strict=True):
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+        assert [h.key for h in a] == [tiny["fs"].image_keys[h.row] for h in a]
+    # exhaustive in many tiny chunks (memory-bounded path) gives the same top-k
+    q, qm = model.encode_texts(QUERIES)
+    tiny_chunks = index.search_tokens(
+        q, qm, model.scores, k=4, exhaustive=True, memory_budget_mb=0.001
+    )
+    assert _rows(tiny_chunks) == [r[:4] for r in _rows(full)]
+
+
+def test_flat_first_stage_and_agreement(tiny, tmp_path):
+    index = _build(tiny, tmp_path / "idx")
+    model = tiny["model"]
+    # rerank=False: exact pooled inner product, query pooled embedding weighted by eval_weights
+    q, qm = model.encode_texts(QUERIES)
+    from picoalign.core.similarity import pool_tokens
+
+    pooled = pool_tokens(q, qm) * model.eval_weights
+    ref = (pooled @ index.pooled.T).argsort(dim=1, descending=True)[:, :5]
+    stage1 = index.search_text(model, QUERIES, k=5, rerank=False)
+    assert _rows(stage1) == ref.tolist()
+    # two-stage top-3 agrees with exhaustive top-3 whenever the first stage kept them
+    two = index.search_text(model, QUERIES, k=3, candidates=10)
+    full = index.search_text(model, QUERIES, k=3, exhaustive=True)
+    cand = (pooled @ index.pooled.T).argsort(dim=1, descending=True)[:, :10].tolist()
+    for t, f, c in zip(_rows(two), _rows(full), cand, strict=True):
+        if set(f) <= set(c):
+            assert t == f
+    with pytest.raises(ValueError, match=">= 1"):
+        index.search_text(model, QUERIES, k=0)
+    with pytest.raises(ValueError, match="non-empty list"):
+        index.search_text(model, "a red circle")
+    with pytest.raises(ValueError, match="search it by text"):
+        index.search_image(model, [tiny["root"] / "img0.png"])
+
+
+def test_caption_index_search_image(tiny, tmp_path):
+    index = _build(tiny, tmp_path / "caps", kind="captions", first_stage="ivf")
+    fs, model = tiny["fs"], tiny["model"]
+    assert index.n == fs.n_captions and index.manifest["captions"] == fs.captions
+    images = [tiny["root"] / "img0.png", Image.open(tiny["root"] / "img4.png")]
+    hits = index.search_image(model, images, k=24, candidates=24)
+    full = index.search_image(model, images, k=24, exhaustive=True)
+    assert _rows(hits) == _rows(full)
+    img, im = model.encode_images(images)
+    ref = model.scores(img, im, index.tokens.float(), index.mask)
+    assert _rows(hits) == ref.argsort(dim=1, descending=True, stable=True).tolist()
+    top = hits[0][0]
+    assert top.caption == fs.captions[top.row]
+    assert top.key == fs.image_keys[int(fs.caption_image[top.row])]
+    with pytest.raises(ValueError, match="search it by image"):
+        index.search_text(model, ["a red circle"])
+    with pytest.raises(FileNotFoundError, match="image not found"):
+        index.search_image(model, [tiny["root"] / "missing.png"])
+
+
+def test_contact_sheet(tiny, tmp_path):
+    index = _build(tiny, tmp_path / "idx")
+    hits = index.search_text(tiny["model"], QUERIES[:2], k=4)
+    out = contact_sheet(
+        hits, index.image_loader(), tmp_path / "sheet.png", "test", row_labels=QUERIES[:2]
+    )
+    with Image.open(out) as png:
+        png.verify()
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.size[0] > 200 and png.size[1] > 150
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "sheet.png"]  # no temp files
+    with pytest.raises(ValueError, match="no hits"):
+        contact_sheet([], index.image_loader(), tmp_path / "empty.png", "x")
+
+
+def test_format_hits_aligned():
+    hits = [Hit(0, "a.png", "/data/a.png", 1.25), Hit(7, "longer_key.png", "", -0.5)]
+    lines = format_hits(hits).splitlines()
+    assert lines[0].split() == ["rank", "score", "key", "source"]
+    assert lines[1].index("a.png") == lines[2].index("longer_key.png") == lines[0].index("key")
+    assert lines[1].split()[:2] == ["1", "1.2500"]
+
+
+# ---------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="picoalign")
+    add_parsers(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_cli_index_and_search(tiny, tmp_path, monkeypatch, capsys):
+    pytest.importorskip(
+        "picoalign.evaluation.pipeline", reason="picoalign.evaluation.pipeline unavailable"
+    )
+    monkeypatch.setenv("PICOALIGN_CACHE", str(tmp_path / "cache"))
+    parser = _parser()
+    out = tmp_path / "idx"
+    argv = ["index", "--checkpoint", str(tiny["ckpt"]), "--data", tiny["spec"], "--out", str(out)]
+    args = parser.parse_args(
+        [*argv, "--first-stage", "hnsw", "--dtype", "bfloat16", "--no-progress"]
+    )
+    assert args.func(args) == 0
+    assert "indexed 12 images" in capsys.readouterr().out
+
+    sheet = tmp_path / "sheet.png"
+    argv = ["search", "--index", str(out), "--text", "a red circle", "--text", "blue", "--json"]
+    args = parser.parse_args([*argv, "--top-k", "3", "--sheet", str(sheet)])
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["query"] for r in result] == ["a red circle", "blue"]
+    assert [h["rank"] for h in result[0]["hits"]] == [1, 2, 3]
+    assert set(result[0]["hits"][0]) == {"rank", "row", "key", "source", "score"}
+    assert sheet.is_file()
+
+    args = parser.parse_args(["search", "--index", str(out), "--text", "red", "--exhaustive"])
+    assert args.func(args) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("query: red") and "rank" in table and "score" in table
+
+    args = parser.parse_args(["search", "--index", str(out), "--image", "x.png"])
+    with pytest.raises(ValueError, match="search it by text"):
+        args.func(args)
+    args = parser.parse_args(["search", "--index", str(tmp_path / "nope"), "--text", "x"])
+    with pytest.raises(FileNotFoundError, match="not found"):
+        args.func(args)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["search", "--index", str(out), "--text", "x", "--top-k", "0"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["search", "--index", str(out), "--text", "x", "--image", "y"])

@@ -1,0 +1,261 @@
+"""Data-parallel training: 2 CPU processes with gloo hold identical weights and p, and match
+one process on the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from picoalign.config import load_config
+from picoalign.model import ModelConfig, PicoAligner
+from picoalign.training.distributed import DistContext, _pad_to, state_digest
+from picoalign.training.loop import train
+
+PICO = {
+    "model.method": "pico",
+    "model.embed_dim": 16,
+    "model.pico.feedback_size": 8,
+    "pico_warmup_epochs": 0,
+    "triplet_warmup_epochs": 1,
+}
+
+# Gradient arithmetic on its own: DDP + gather(keep_grad) + the summing hook must give each
+# rank exactly the one-process gradient of a loss with cross-sample terms (like in-batch
+# negatives). Adam hides a constant gradient scale, so the training tests alone could not.
+GRAD_WORKER = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from picoalign.training.devices import resolve_device
+    from picoalign.training.distributed import init_distributed, shutdown, wrap_ddp
+
+    torch.manual_seed(0)
+    x = torch.randn(7, 5)
+    net = torch.nn.Linear(5, 3)
+    ref = torch.nn.Linear(5, 3)
+    ref.load_state_dict(net.state_dict())
+    y = ref(x)
+    (torch.logsumexp(y @ y.T, dim=1).sum() + y.pow(3).sum()).backward()
+
+    ctx = init_distributed(resolve_device("cpu"))
+    ddp = wrap_ddp(net, resolve_device("cpu"), ctx)
+    sizes = ctx.shard_sizes(7)
+    g = ctx.gather(ddp(x[ctx.shard(torch.arange(7))]), sizes, keep_grad=True)
+    (torch.logsumexp(g @ g.T, dim=1).sum() + g.pow(3).sum()).backward()
+    for a, b in ((net.weight, ref.weight), (net.bias, ref.bias)):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5)
+    # a file per rank, not stdout: the ranks' prints may interleave in the shared pipe
+    open(f"{sys.argv[1]}/grad-ok-{ctx.rank}", "w").close()
+    ctx.barrier()  # leave together: a rank exiting with the group alive can abort the others
+    shutdown(ctx)
+    """
+)
+
+WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    from picoalign.config import load_config
+    from picoalign.training.loop import train
+
+    torch.set_num_threads(1)
+    features, overrides, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    fs = torch.load(features, weights_only=False)  # written by the test itself
+    cfg = load_config(None, {**overrides, "out": out, "progress": False})
+    result = train(cfg, fs)
+    rank = int(os.environ["RANK"])
+    torch.save(result.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# ------------------------------------------------------------------------ pure helpers
+
+
+def test_one_process_context_is_a_no_op() -> None:
+    ctx = DistContext()
+    idx = torch.arange(7)
+    assert not ctx.enabled and ctx.is_main
+    assert torch.equal(ctx.shard(idx), idx)
+    x = torch.randn(3, 4)
+    assert ctx.gather(x, [3]) is x
+
+
+def test_shards_cover_the_global_batch_in_order() -> None:
+    idx = torch.arange(11)
+    shards = [DistContext(rank=r, world_size=3).shard(idx) for r in range(3)]
+    assert torch.equal(torch.cat(shards), idx)
+    assert DistContext(world_size=3).shard_sizes(11) == [len(s) for s in shards] == [4, 4, 3]
+
+
+def test_pad_to_pads_rows_and_token_width_with_zeros() -> None:
+    x = torch.ones(2, 3, 4)
+    y = _pad_to(x, 5, 6)
+    assert y.shape == (5, 6, 4)
+    assert y[:2, :3].eq(1).all() and y.sum() == x.sum()
+    mask = _pad_to(torch.ones(2, 3, dtype=torch.bool), 3, 4)
+    assert mask.dtype == torch.bool and mask.sum() == 6
+
+
+def test_state_digest_sees_a_one_bit_change_in_pico_state() -> None:
+    model = PicoAligner(ModelConfig(image_dim=4, text_dim=4, embed_dim=8))
+    before = state_digest(model)
+    assert state_digest(model) == before
+    model.pico.p[3] = torch.nextafter(model.pico.p[3], torch.tensor(2.0))
+    assert state_digest(model) != before
+
+
+# ------------------------------------------------------------------ two gloo processes
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, make_feature_set):
+    """2 gloo ranks and one process, same data, config and global batch of 16 captions."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    fs = make_feature_set(n=48)
+    torch.save(fs, tmp / "features.pt")
+    (tmp / "worker.py").write_text(WORKER)
+    overrides = {**PICO, "epochs": 3, "batch_size": 16, "lr_steps": [2]}
+    proc = torchrun(
+        str(tmp / "worker.py"), str(tmp / "features.pt"), json.dumps(overrides), str(tmp / "out")
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = train(load_config(None, {**overrides, "progress": False}), fs, write=False)
+    finally:
+        torch.set_num_threads(threads)
+    return {"out": tmp / "out", "single": single.model.state_dict()}
+
+
+def test_ranks_hold_identical_weights_and_p(ddp_run) -> None:
+    r0 = torch.load(ddp_run["out"] / "rank0.pt", weights_only=True)
+    r1 = torch.load(ddp_run["out"] / "rank1.pt", weights_only=True)
+    assert r0.keys() == r1.keys()
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    assert int(r0["pico.steps"]) > 0 and not torch.equal(
+        r0["pico.p"], torch.ones_like(r0["pico.p"])
+    )
+
+
+def test_two_ranks_match_one_process_on_the_same_global_batch(ddp_run) -> None:
+    r0 = torch.load(ddp_run["out"] / "rank0.pt", weights_only=True)
+    single = ddp_run["single"]
+    assert int(r0["pico.steps"]) == int(single["pico.steps"])
+    for k, v in single.items():
+        if v.is_floating_point():
+            # only the summation order differs (two partial gradient sums instead of one)
+            torch.testing.assert_close(r0[k], v, atol=2e-4, rtol=2e-4, msg=k)
+
+
+def test_only_rank_zero_writes_the_run_folder(ddp_run) -> None:
+    out = ddp_run["out"]
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
+    assert (out / "last" / "state.pt").is_file() and (out / "best" / "config.json").is_file()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_rank_local_loss_with_a_learnable_temperature_stays_in_sync(
+    tmp_path: Path, make_feature_set
+) -> None:
+    """``gather_negatives=false``: each rank's loss sees its own shard; the InfoNCE
+    temperature (a parameter outside DDP) is reduced by hand — ranks must still agree."""
+    torch.save(make_feature_set(n=48), tmp_path / "features.pt")
+    (tmp_path / "worker.py").write_text(WORKER)
+    overrides = {
+        **PICO,
+        "epochs": 2,
+        "batch_size": 16,
+        "loss": "infonce",
+        "gather_negatives": False,
+    }
+    proc = torchrun(
+        str(tmp_path / "worker.py"),
+        str(tmp_path / "features.pt"),
+        json.dumps(overrides),
+        str(tmp_path / "out"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "out" / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "out" / "rank1.pt", weights_only=True)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    state = torch.load(tmp_path / "out" / "last" / "state.pt", weights_only=True)
+    assert state["loss"], "the InfoNCE temperature is saved with the run"
+
+
+def test_gradients_equal_the_one_process_gradient(tmp_path: Path) -> None:
+    (tmp_path / "grad.py").write_text(GRAD_WORKER)
+    proc = torchrun(str(tmp_path / "grad.py"), str(tmp_path), nproc=3)  # shards: 3, 2, 2
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("grad-ok-*")) == [
+        "grad-ok-0",
+        "grad-ok-1",
+        "grad-ok-2",
+    ]
+
+
+def test_torchrun_cli_trains_and_resumes(tmp_path: Path, write_jsonl_dataset) -> None:
+    """``torchrun -m picoalign train`` end to end, then ``--resume`` under torchrun."""
+    data = write_jsonl_dataset(tmp_path / "data")
+    args = [
+        "-m",
+        "picoalign",
+        "train",
+        "--data",
+        f"jsonl:{data}",
+        "--image-encoder",
+        "random-conv",
+        "--text-encoder",
+        "hash-text",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--set",
+        "model.embed_dim=16",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    os.environ["PICOALIGN_CACHE"] = str(tmp_path / "cache")
+    try:
+        first = torchrun(*args, "--epochs", "1")
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert first.stdout.count("best val rSum") == 1  # printed by rank 0 only
+        again = torchrun(*args, "--epochs", "2", "--resume")
+        assert again.returncode == 0, again.stderr[-3000:]
+    finally:
+        del os.environ["PICOALIGN_CACHE"]
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+    assert PicoAligner.load(tmp_path / "run" / "best").config.embed_dim == 16

@@ -1,0 +1,417 @@
+"""The training loop on a synthetic FeatureSet: learning, data order, resume, failures, files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from math import comb
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from picoalign.config import TrainConfig, load_config
+from picoalign.features.encode import FeatureSet, TokenFeatures
+from picoalign.fileio import safe_torch_load
+from picoalign.model import PicoAligner
+from picoalign.training.devices import resolve_device
+from picoalign.training.loop import TrainingError, batch_order, learning_rate, train
+
+# tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a loaded CPU
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def make_cfg(out: Path, **overrides: Any) -> TrainConfig:
+    base: dict[str, Any] = {
+        "data": "synthetic",
+        "out": str(out),
+        "epochs": 4,
+        "batch_size": 16,
+        "lr": 5e-3,
+        "device": "cpu",
+        "amp": False,
+        "progress": False,
+        "model.embed_dim": 16,
+        "model.image_encoder": "random-conv",
+        "model.text_encoder": "hash-text",
+        "model.pico.feedback_size": 16,
+    }
+    return load_config(None, {**base, **overrides})
+
+
+def chance_rsum(n_images: int, captions_per_image: int) -> float:
+    """Expected rSum (R@1/5/10 both ways, %) of random scores."""
+    n_cap = n_images * captions_per_image
+    t2i = sum(min(k, n_images) / n_images for k in (1, 5, 10))
+    i2t = sum(
+        1 - comb(n_cap - captions_per_image, k) / comb(n_cap, k) if k <= n_cap else 1.0
+        for k in (1, 5, 10)
+    )
+    return 100 * (t2i + i2t)
+
+
+def state_of(path: Path) -> dict[str, torch.Tensor]:
+    return PicoAligner.load(path).state_dict()
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].shape == b[k].shape, k
+        torch.testing.assert_close(a[k].double(), b[k].double(), atol=atol, rtol=0, msg=k)
+
+
+def without_time(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+# ---------------------------------------------------------------------------------- learning
+
+
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("global", {}),
+        ("baseline", {}),
+        ("pico", {"model.pico.reading": "global"}),  # reading A, plain evaluation
+        ("pico", {}),  # the defaults: reading B as a training rule, plain evaluation
+        ("pico", {"model.pico.reading": "pair", "model.pico.eval_score": "weighted"}),
+    ],
+    ids=["global", "baseline", "pico-global", "pico-default", "pico-pair"],
+)
+def test_training_learns_the_planted_signal(make_feature_set, method: str, extra: dict) -> None:
+    fs = make_feature_set()
+    cfg = make_cfg(
+        Path("unused"),
+        epochs=5,
+        triplet_warmup_epochs=0,  # the same loss every epoch, so losses are comparable
+        margin=0.2,  # a margin the tiny synthetic problem can satisfy: the loss must halve
+        **{"model.method": method},
+        **extra,
+    )
+    result = train(cfg, fs, write=False)
+    hist = result.history
+    assert [row["epoch"] for row in hist] == [1, 2, 3, 4, 5]
+    assert all(math.isfinite(row["loss"]) for row in hist)
+    assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
+    val = fs.split("val")
+    chance = chance_rsum(val.n_images, 2)
+    assert hist[-1]["val_n_images"] == val.n_images
+    assert hist[-1]["val_rsum"] > chance + 150, (hist[-1]["val_rsum"], chance)
+    assert result.best["rsum"] == max(row["val_rsum"] for row in hist)
+    if method == "pico":
+        p = torch.tensor(hist[-1]["p"])
+        assert p.shape == (16,) and (p >= 0).all() and (p <= 1 + 1e-6).all()
+        assert hist[-1]["p_min"] < 1.0  # PICO's state moved after warm-up
+        assert int(result.model.pico.steps) > 0
+    else:
+        assert "p" not in hist[-1]
+    assert result.out is None  # write=False: nothing on disk
+
+
+def test_batch_order_is_a_pure_function_of_seed_and_epoch() -> None:
+    a = batch_order(50, 8, seed=3, epoch=2)
+    b = batch_order(50, 8, seed=3, epoch=2)
+    assert [x.tolist() for x in a] == [x.tolist() for x in b]
+    assert torch.cat(a).tolist() != torch.cat(batch_order(50, 8, seed=3, epoch=3)).tolist()
+    assert torch.cat(a).tolist() != torch.cat(batch_order(50, 8, seed=4, epoch=2)).tolist()
+    # global torch RNG state plays no part
+    torch.manual_seed(123)
+    c = batch_order(50, 8, seed=3, epoch=2)
+    assert [x.tolist() for x in a] == [x.tolist() for x in c]
+
+
+@pytest.mark.parametrize("n, bs", [(50, 8), (48, 16), (7, 128), (2, 2), (34, 16)])
+def test_batch_order_covers_every_caption_once(n: int, bs: int) -> None:
+    for epoch in range(3):
+        batches = batch_order(n, bs, seed=0, epoch=epoch)
+        flat = torch.cat(batches)
+        assert sorted(flat.tolist()) == list(range(n))
+        assert all(2 <= len(x) <= bs for x in batches)
+
+
+def test_batch_order_drops_only_a_single_leftover_caption() -> None:
+    # a batch of one has no negatives: it is dropped (a different caption each epoch)
+    dropped = set()
+    for epoch in range(6):
+        flat = torch.cat(batch_order(33, 16, seed=0, epoch=epoch)).tolist()
+        assert len(flat) == len(set(flat)) == 32
+        dropped |= set(range(33)) - set(flat)
+    assert len(dropped) > 1
+
+
+def test_learning_rate_step_schedule(tmp_path: Path, make_feature_set) -> None:
+    cfg = make_cfg(tmp_path, lr=0.01, lr_steps=[1, 3], lr_gamma=0.5)
+    assert [learning_rate(cfg, e) for e in range(4)] == pytest.approx([0.01, 0.005, 0.005, 0.0025])
+    cfg = make_cfg(tmp_path / "run", epochs=3, lr=0.01, lr_steps=[2], lr_gamma=0.1)
+    cfg.model.method = "baseline"
+    hist = train(cfg, make_feature_set(n=24)).history
+    assert [row["lr"] for row in hist] == pytest.approx([0.01, 0.01, 0.001])
+    state = safe_torch_load(tmp_path / "run" / "last" / "state.pt")
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001)
+
+
+# ---------------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model.method": "pico"},  # PICO buffers, heldout feedback, triplet warm-up switch
+        {"model.method": "baseline", "loss": "infonce", "lr_steps": [3]},  # loss parameters
+    ],
+    ids=["pico-triplet", "baseline-infonce"],
+)
+@pytest.mark.parametrize("delete_best", [False, True], ids=["keep-best", "delete-best"])
+def test_resume_equals_an_uninterrupted_run(
+    tmp_path: Path, make_feature_set, overrides: dict, delete_best: bool
+) -> None:
+    fs = make_feature_set(n=40)
+    full = train(make_cfg(tmp_path / "full", **overrides), fs)
+
+    part = tmp_path / "part"
+    first = train(make_cfg(part, epochs=2, **overrides), fs)
+    assert len(first.history) == 2
+    if delete_best:
+        shutil.rmtree(part / "best")
+    resumed = train(make_cfg(part, **overrides), fs, resume=True)
+
+    assert without_time(resumed.history) == without_time(full.history)
+    assert_same_state(resumed.model.state_dict(), full.model.state_dict(), atol=1e-6)
+    assert_same_state(state_of(part / "last"), state_of(tmp_path / "full" / "last"), atol=1e-6)
+    assert len((part / "metrics.jsonl").read_text().splitlines()) == 4
+    assert load_config(part / "config.yaml").epochs == 4
+    # best/ exists and agrees with result.best
+    assert (part / "best" / "model.safetensors").is_file()
+    if not delete_best or full.best["epoch"] > 2:
+        assert resumed.best == full.best
+        assert_same_state(state_of(part / "best"), state_of(tmp_path / "full" / "best"), 1e-6)
+    else:  # the lost best epoch cannot be restored: best of the epochs trained after resuming
+        assert resumed.best["epoch"] > 2
+    if resumed.best["epoch"] == 4:
+        assert_same_state(state_of(part / "best"), state_of(part / "last"), atol=0)
+
+
+def test_resume_after_deleting_best_names_the_model_it_saves(
+    tmp_path: Path, make_feature_set
+) -> None:
+    """With best/ gone and no later epoch beating the lost one, best/ and result.best must
+    still describe the same model (not the lost epoch's metrics with another model's weights)."""
+    fs = make_feature_set(n=24)
+    over = {"model.method": "baseline"}
+    train(make_cfg(tmp_path, epochs=2, **over), fs)
+    shutil.rmtree(tmp_path / "best")
+    # a vanishing learning rate: epoch 3 cannot beat epoch 2
+    resumed = train(make_cfg(tmp_path, epochs=3, lr=1e-12, **over), fs, resume=True)
+    assert resumed.best["epoch"] == 3
+    assert resumed.best["rsum"] == resumed.history[-1]["val_rsum"]
+    assert_same_state(state_of(tmp_path / "best"), state_of(tmp_path / "last"), atol=0)
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path: Path, make_feature_set) -> None:
+    with pytest.raises(FileNotFoundError, match="last"):
+        train(make_cfg(tmp_path / "empty"), make_feature_set(n=24), resume=True)
+
+
+def test_resume_of_a_finished_run_trains_nothing(tmp_path: Path, make_feature_set) -> None:
+    fs = make_feature_set(n=24)
+    cfg = make_cfg(tmp_path, epochs=2, **{"model.method": "baseline"})
+    done = train(cfg, fs)
+    again = train(make_cfg(tmp_path, epochs=2, **{"model.method": "baseline"}), fs, resume=True)
+    assert again.history == done.history
+    assert_same_state(again.model.state_dict(), done.model.state_dict(), atol=0)
+
+
+# ---------------------------------------------------------------------------------- failures
+
+
+def with_nan_caption(fs: FeatureSet, caption: int) -> FeatureSet:
+    tokens = fs.texts.tokens.clone()
+    tokens[caption, 0, 0] = float("nan")  # a real token (every caption has >= 2)
+    return FeatureSet(
+        images=fs.images,
+        texts=TokenFeatures(tokens, fs.texts.mask),
+        caption_image=fs.caption_image,
+        image_keys=fs.image_keys,
+        captions=fs.captions,
+        meta=fs.meta,
+        image_splits=fs.image_splits,
+        image_groups=fs.image_groups,
+    )
+
+
+def test_nan_features_raise_training_error_and_keep_last_checkpoint(
+    tmp_path: Path, make_feature_set
+) -> None:
+    fs = make_feature_set(n=24)
+    over = {"model.method": "pico"}
+    train(make_cfg(tmp_path, epochs=2, **over), fs)
+    good = state_of(tmp_path / "last")
+    good_state = safe_torch_load(tmp_path / "last" / "state.pt")
+
+    bad_caption = 5  # a train caption (the first half of the images are train)
+    bad = with_nan_caption(fs, bad_caption)
+    cfg = make_cfg(tmp_path, epochs=4, **over)
+    batches = batch_order(bad.split("train").n_captions, cfg.batch_size, cfg.seed, epoch=2)
+    step = next(i for i, b in enumerate(batches) if bad_caption in b.tolist()) + 1
+    with pytest.raises(TrainingError) as info:
+        train(cfg, bad, resume=True)
+    msg = str(info.value)
+    assert f"epoch 3, step {step}" in msg and "non-finite loss" in msg
+    assert str(tmp_path / "last") in msg
+    # the last good checkpoint is untouched and loadable
+    assert_same_state(state_of(tmp_path / "last"), good, atol=0)
+    position = safe_torch_load(tmp_path / "last" / "state.pt")["position"]
+    assert position == good_state["position"] == [2, 0, 0]  # the start of epoch 3
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    PicoAligner.load(tmp_path / "best")
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_nan_in_the_first_epoch_names_epoch_one(tmp_path: Path, make_feature_set) -> None:
+    bad = with_nan_caption(make_feature_set(n=24), 0)
+    with pytest.raises(TrainingError, match=r"epoch 1, step \d+"):
+        train(make_cfg(tmp_path, epochs=2, **{"model.method": "baseline"}), bad)
+
+
+def test_too_few_train_captions_is_a_value_error(make_feature_set) -> None:
+    fs = make_feature_set(n=8).subset([0, 1, 2, 7])
+    fs.image_splits = ["val", "val", "val", "train"]  # one train image, two captions: enough
+    train(make_cfg(Path("unused"), epochs=1), fs, write=False)
+    fs.image_splits = ["val", "val", "val", "test"]
+    with pytest.raises(ValueError, match="fewer than 2 captions"):
+        train(make_cfg(Path("unused"), epochs=1), fs, write=False)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="--device"):
+        resolve_device("quantum")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+# ---------------------------------------------------------------------------------- run folder
+
+
+def test_run_folder_metrics_and_config(tmp_path: Path, make_feature_set) -> None:
+    fs = make_feature_set(n=24)
+    cfg = make_cfg(tmp_path, epochs=3, eval_every=2, **{"model.method": "pico"})
+    seen: list[dict] = []
+    result = train(cfg, fs, on_epoch=seen.append)
+    assert result.out == tmp_path
+    assert seen == result.history
+
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == result.history
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert "val_rsum" not in rows[0] and "val_rsum" in rows[1] and "val_rsum" in rows[2]
+    assert all(isinstance(r["p"], list) and len(r["p"]) == 16 for r in rows)
+
+    with (tmp_path / "metrics.csv").open(newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 3
+    assert {"epoch", "loss", "lr", "val_rsum", "val_i2t_r1", "p_mean"} <= set(table[0])
+    assert "p" not in table[0] and "omega" not in table[0]  # lists stay in the jsonl
+    assert [int(r["epoch"]) for r in table] == [1, 2, 3]
+    assert float(table[2]["loss"]) == pytest.approx(rows[2]["loss"])
+    assert table[0]["val_rsum"] == ""  # not evaluated that epoch
+
+    # config.yaml is the full config of the run (dims filled in from the features)
+    saved = load_config(tmp_path / "config.yaml")
+    assert saved == cfg
+    assert (saved.model.image_dim, saved.model.text_dim) == (16, 12)
+    for sub in ("last", "best"):
+        assert {p.name for p in (tmp_path / sub).iterdir()} >= {"config.json", "model.safetensors"}
+    assert (tmp_path / "last" / "state.pt").is_file()
+    assert PicoAligner.load(tmp_path / "best").config == result.model.config
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+# ------------------------------------------------------------ image-backbone fine-tuning
+
+
+@pytest.fixture
+def image_data(tmp_path: Path, write_jsonl_dataset, monkeypatch) -> str:
+    monkeypatch.setenv("PICOALIGN_CACHE", str(tmp_path / "cache"))
+    return f"jsonl:{write_jsonl_dataset(tmp_path / 'data')}"
+
+
+def test_image_backbone_fine_tuning_trains_saves_and_evaluates_on_raw_images(
+    tmp_path: Path, image_data: str
+) -> None:
+    from picoalign.evaluation.pipeline import SourceImages, dataset_features, embed_features
+
+    cfg = make_cfg(
+        tmp_path / "run",
+        data=image_data,
+        epochs=2,
+        batch_size=8,
+        **{"model.finetune_image": True, "model.method": "baseline"},
+    )
+    fs = dataset_features(image_data, "random-conv", "hash-text", progress=False)
+    before = PicoAligner(cfg.model).image_backbone.state_dict()  # same seeded init
+    result = train(cfg, fs)
+    after = result.model.image_backbone.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the backbone learned
+
+    loaded = PicoAligner.load(tmp_path / "run" / "last")
+    for k, v in after.items():
+        assert torch.equal(loaded.image_backbone.state_dict()[k], v)
+    # evaluation re-encodes the images with the trained backbone, not the cached features
+    test = fs.split("test")
+    img, im, _, _ = embed_features(loaded, test)
+    want, want_m = loaded.encode_images(SourceImages(test))
+    torch.testing.assert_close(img, want)
+    assert torch.equal(im, want_m)
+    stale = loaded.embed_images(test.images.tokens.float(), test.images.mask)
+    assert not torch.allclose(img, stale, atol=1e-3)
+
+
+def test_image_fine_tuning_without_image_files_is_a_clear_error(
+    tmp_path: Path, make_feature_set
+) -> None:
+    cfg = make_cfg(tmp_path, **{"model.finetune_image": True})
+    with pytest.raises(ValueError, match="image backbone can be fine-tuned only"):
+        train(cfg, make_feature_set(n=24))
+
+
+def test_pixel_batches_follow_caption_order_and_decode_each_image_once(
+    image_data: str,
+) -> None:
+    from picoalign.evaluation.pipeline import PixelBatches, dataset_features
+    from picoalign.model import ModelConfig
+
+    fs = dataset_features(image_data, "random-conv", "hash-text", progress=False)
+    calls: list[str] = []
+    source = fs.image_source
+    fs.image_source = lambda key: calls.append(key) or source(key)
+    model = PicoAligner(ModelConfig(image_encoder="random-conv", text_encoder="hash-text"))
+    batches = PixelBatches(model, fs)
+    idx = torch.tensor([5, 0, 1, 4])  # captions 0,1 share image 0; 4,5 share image 2
+    batches.prefetch(idx)
+    got = batches.get(idx, torch.device("cpu"))
+    batches.close()
+    enc = model.backbone("image")
+    for row, c in enumerate(idx.tolist()):
+        key = fs.image_keys[int(fs.caption_image[c])]
+        assert torch.equal(got[row], enc.preprocess([source(key)])[0])
+    assert sorted(calls) == sorted({fs.image_keys[int(fs.caption_image[c])] for c in idx})
+
+
+def test_fine_tuned_cnn_keeps_batchnorm_statistics_frozen() -> None:
+    from picoalign.model import ModelConfig
+
+    model = PicoAligner(
+        ModelConfig(image_encoder="random-conv", text_encoder="hash-text", finetune_image=True)
+    )
+    model.image_backbone.net.append(torch.nn.BatchNorm2d(4))
+    model.train()
+    assert model.training and model.image_head.training
+    assert not model.image_backbone.net[-1].training
+    assert model.image_backbone.net[0].training

@@ -1,0 +1,158 @@
+"""Never lose work: a run killed (SIGKILL) at any point resumes to exactly the weights and
+metrics of an uninterrupted run; mid-epoch checkpoints keep the data order and RNG state."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from picoalign.cli.commands import main
+from picoalign.model import ModelConfig, PicoAligner
+from picoalign.training.state import Position, restore_last, save_last
+
+# Runs the CLI with os.replace patched to SIGKILL the process on the K-th rename whose target
+# is named NAME: every checkpoint file and folder lands through os.replace, so this kills the
+# run at a chosen instant of its checkpointing — the worst moments for a crash.
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    name, k = sys.argv[1], int(sys.argv[2])
+    real, seen = os.replace, [0]
+
+    def replace(src, dst):
+        if os.path.basename(dst) == name:
+            seen[0] += 1
+            if seen[0] == k:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(src, dst)
+
+    os.replace = replace
+    from picoalign.cli.commands import main
+    sys.exit(main(sys.argv[3:]))
+    """
+)
+
+
+def train_args(data: Path, out: Path, epochs: int = 3) -> list[str]:
+    return [
+        "train",
+        "--data",
+        f"jsonl:{data}",
+        "--image-encoder",
+        "random-conv",
+        "--text-encoder",
+        "hash-text",
+        "--batch-size",
+        "4",  # 32 train captions: 8 steps per epoch
+        "--epochs",
+        str(epochs),
+        "--lr",
+        "0.01",
+        "--no-progress",
+        "--set",
+        "model.embed_dim=16",
+        "--set",
+        "save_every_steps=3",
+        "--set",
+        "pico_warmup_epochs=0",
+        "--out",
+        str(out),
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, write_jsonl_dataset):
+    """The uninterrupted run (one thread, like the killed and resumed ones)."""
+    tmp = tmp_path_factory.mktemp("kill")
+    data = write_jsonl_dataset(tmp / "data")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PICOALIGN_CACHE", str(tmp / "cache"))
+            assert main(train_args(data, tmp / "ref")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return {"tmp": tmp, "data": data, "run": tmp / "ref"}
+
+
+@pytest.mark.parametrize(
+    ("name", "k", "where"),
+    [
+        ("state.pt", 2, "mid-epoch 1, writing the second step checkpoint"),
+        ("last", 4, "between the two renames of a folder swap (old out, new not yet in)"),
+        ("metrics.jsonl", 2, "after epoch 2's checkpoint, before its metrics"),
+    ],
+)
+def test_killed_run_resumes_to_the_uninterrupted_result(
+    reference, tmp_path: Path, name: str, k: int, where: str
+) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "PICOALIGN_CACHE": str(reference["tmp"] / "cache"), "OMP_NUM_THREADS": "1"}
+    (tmp_path / "killer.py").write_text(KILLER)
+    argv = train_args(reference["data"], out)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "killer.py"), name, str(k), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == -9, f"not killed ({where}): {proc.stderr[-2000:]}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PICOALIGN_CACHE", str(reference["tmp"] / "cache"))
+            assert main([*argv, "--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+    ref = reference["run"]
+    for folder in ("last", "best"):
+        got = load_file(str(out / folder / "model.safetensors"))
+        want = load_file(str(ref / folder / "model.safetensors"))
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), f"{folder}/{key} differs after a kill {where}"
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    want_rows = [json.loads(r) for r in (ref / "metrics.jsonl").read_text().splitlines()]
+    strip = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in rows] == [
+        {k: v for k, v in r.items() if k not in strip} for r in want_rows
+    ]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no debris
+
+
+def test_mid_epoch_checkpoint_restores_position_and_rng(tmp_path: Path) -> None:
+    model = PicoAligner(ModelConfig(image_dim=4, text_dim=4, embed_dim=8))
+    opt = torch.optim.AdamW(model.parameters())
+    loss = torch.nn.Module()
+    torch.manual_seed(123)
+    history = [{"epoch": 1, "loss": 0.5}]
+    save_last(tmp_path, model, opt, loss, Position(1, 5, 2.5, 40), history, {"epoch": 1})
+    expected = torch.rand(3)  # what the run would have drawn next
+    torch.manual_seed(999)  # a fresh process starts elsewhere
+    fresh = PicoAligner(ModelConfig(image_dim=4, text_dim=4, embed_dim=8))
+    pos, hist, best = restore_last(tmp_path, fresh, torch.optim.AdamW(fresh.parameters()), loss)
+    assert pos == Position(1, 5, 2.5, 40)
+    assert hist == history and best == {}  # best/ was never written: nothing to name
+    assert torch.equal(torch.rand(3), expected)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value)
+
+
+def test_restore_without_checkpoint_names_the_folder(tmp_path: Path) -> None:
+    model = PicoAligner(ModelConfig(image_dim=4, text_dim=4, embed_dim=8))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "last")):
+        restore_last(tmp_path, model, torch.optim.AdamW(model.parameters()), torch.nn.Module())
