@@ -35,9 +35,8 @@ import torch
 
 from picoalign.cli.plots import plot_training
 from picoalign.config import load_config
-from picoalign.evaluation.metrics import recall_metrics
-from picoalign.evaluation.pipeline import dataset_features, embed_features
-from picoalign.features.encode import FeatureSet
+from picoalign.evaluation import evaluate
+from picoalign.features import FeatureSet, dataset_features
 from picoalign.model import PicoAligner
 from picoalign.training.loop import train
 
@@ -106,23 +105,10 @@ def run_id(family: str, margin: float, train_set: str, seed: int) -> str:
 
 
 def evaluate_rules(model: PicoAligner, fs: FeatureSet, rules: list[str]) -> dict[str, Any]:
-    """Test metrics of one trained model under each scoring rule."""
-    img, im, txt, tm = embed_features(model, fs)
-    out = {}
-    c = model.config.pico
-    saved = (c.eval_score, c.renormalize)
-    try:
-        for rule in rules:
-            if model.config.method != "pico":
-                scores = model.scores(img, im, txt, tm)
-            else:
-                c.eval_score = "plain" if rule == "plain" else "weighted"
-                c.renormalize = rule != "raw"
-                scores = model.scores(img, im, txt, tm)
-            out[rule] = recall_metrics(scores, fs.caption_image)
-    finally:
-        c.eval_score, c.renormalize = saved
-    return out
+    """Test metrics of one trained model under each scoring rule (a baseline has only one)."""
+    if model.config.method != "pico":
+        return {rule: evaluate(model, fs) for rule in rules}
+    return {rule: evaluate(model, fs, rule=rule) for rule in rules}
 
 
 def one_run(

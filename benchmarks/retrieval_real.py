@@ -36,7 +36,8 @@ import torch
 from picoalign.config import load_config
 from picoalign.core.similarity import pool_tokens
 from picoalign.data import list_datasets
-from picoalign.evaluation.pipeline import dataset_features, embed_features
+from picoalign.evaluation import embed_features
+from picoalign.features import dataset_features
 from picoalign.features.encode import FeatureSet
 from picoalign.model import PicoAligner
 from picoalign.retrieval.index import GalleryIndex

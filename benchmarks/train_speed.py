@@ -49,15 +49,15 @@ def make_step(
     state: dict[str, float] = {}
 
     def step() -> None:
-        img = model.embed_images(img_t, img_m)
-        txt = model.embed_texts(txt_t, txt_m)
-        loss = triplet_loss(model.training_scores(img, img_m, txt, txt_m, ids), ids, margin=0.8)
+        img, im = model.embed_images(img_t, img_m)
+        txt, tm = model.embed_texts(txt_t, txt_m)
+        loss = triplet_loss(model.training_scores(img, im, txt, tm, ids), ids, margin=0.8)
         opt.zero_grad()
         loss.backward()
         opt.step()
         t0 = time.perf_counter()
-        feedback = (img.detach(), img_m, txt.detach(), txt_m, ids) if method == "pico" else fb
-        model.after_step(img.detach(), img_m, txt.detach(), txt_m, ids, feedback=feedback)
+        feedback = (img.detach(), im, txt.detach(), tm, ids) if method == "pico" else fb
+        model.after_step(img.detach(), im, txt.detach(), tm, ids, feedback=feedback)
         state["update"] = time.perf_counter() - t0
 
     return step, lambda: state.get("update", 0.0)

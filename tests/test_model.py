@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from picoalign.core.pico import PICOConfig
-from picoalign.core.similarity import fine_grained_scores, global_scores
+from picoalign.core.similarity import fine_grained_scores, global_scores, l2_normalize
 from picoalign.model import LinearHead, MLPHead, ModelConfig, PicoAligner
 
 # tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a loaded CPU
@@ -54,7 +54,7 @@ def raw_batch(n_img: int = 5, n_txt: int = 7, seed: int = 1):
 def embedded(model: PicoAligner, seed: int = 1, n_img: int = 5, n_txt: int = 7):
     img, im, txt, tm = raw_batch(n_img, n_txt, seed)
     with torch.no_grad():
-        return model.embed_images(img, im), im, model.embed_texts(txt, tm), tm
+        return (*model.embed_images(img, im), *model.embed_texts(txt, tm))
 
 
 def activate_pico(model: PicoAligner, steps: int = 4) -> None:
@@ -90,7 +90,8 @@ def test_heads_shape_unit_norm_and_zero_padding(head: str) -> None:
     model = make_model("baseline", head)
     assert isinstance(model.image_head, LinearHead if head == "linear" else MLPHead)
     img, im, txt, tm = raw_batch()
-    ei, et = model.embed_images(img, im), model.embed_texts(txt, tm)
+    (ei, eim), (et, etm) = model.embed_images(img, im), model.embed_texts(txt, tm)
+    assert torch.equal(eim, im) and torch.equal(etm, tm)  # fine-grained: every token scored
     assert ei.shape == (5, 6, D) and et.shape == (7, 4, D)
     assert ei.dtype == torch.float32 and et.dtype == torch.float32
     torch.testing.assert_close(ei[im].norm(dim=-1), torch.ones(int(im.sum())))
@@ -98,9 +99,9 @@ def test_heads_shape_unit_norm_and_zero_padding(head: str) -> None:
     assert torch.all(ei[~im] == 0) and torch.all(et[~tm] == 0)
     # a real token's embedding does not depend on what sits in the padding positions
     img2 = torch.where(im.unsqueeze(-1), img, torch.zeros_like(img))
-    torch.testing.assert_close(model.embed_images(img2, im), ei)
+    torch.testing.assert_close(model.embed_images(img2, im)[0], ei)
     # half-precision inputs (the feature cache stores float16) are accepted
-    torch.testing.assert_close(model.embed_images(img.half(), im), ei, atol=2e-3, rtol=0)
+    torch.testing.assert_close(model.embed_images(img.half(), im)[0], ei, atol=2e-3, rtol=0)
 
 
 def test_mlp_head_starts_as_its_linear_projection() -> None:
@@ -116,9 +117,15 @@ def test_mlp_head_starts_as_its_linear_projection() -> None:
 
 
 def test_global_method_scores_pooled_cosine() -> None:
-    model = make_model("global")
+    model = make_model("global")  # the legacy spelling of method baseline, scorer global
+    assert (model.config.method, model.config.scorer) == ("baseline", "global")
+    raw_img, raw_im, raw_txt, raw_tm = raw_batch()
+    with torch.no_grad():  # the heads' token embeddings, before the scorer pools them
+        vi = l2_normalize(model.image_head(raw_img)) * raw_im.unsqueeze(-1)
+        vt = l2_normalize(model.text_head(raw_txt)) * raw_tm.unsqueeze(-1)
+    expect = global_scores(vi, raw_im, vt, raw_tm)
     img, im, txt, tm = embedded(model)
-    expect = global_scores(img, im, txt, tm)
+    assert img.shape == (5, 1, D) and bool(im.all())  # one pooled token per sample
     torch.testing.assert_close(model.scores(img, im, txt, tm), expect)
     torch.testing.assert_close(model.training_scores(img, im, txt, tm, torch.arange(5)), expect)
     assert model.eval_weights is None

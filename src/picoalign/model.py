@@ -1,23 +1,25 @@
-"""``PicoAligner``: the one object a user holds — heads, scoring rule and PICO state.
+"""``PicoAligner``: the one object a user holds — heads, scorer, method and PICO state.
 
 Backbones (EfficientNet-Lite0, MiniLM, ViT/BERT via ``hf:``) produce token features; the
-aligner projects them to a shared D-dimensional space with one head per modality and scores
-them with the method's rule:
+aligner projects them to a shared D-dimensional space with one head per modality, reduces them
+to the token sets its **scorer** scores (``fine_grained``: every patch and word; ``global``:
+the mean; ``gpo``: VSE∞'s learnt pooling — :mod:`picoalign.core.scorers`) and scores them with
+its **method**, independent of the scorer:
 
-- ``global``   — cosine of mean-pooled tokens (the global baseline);
-- ``baseline`` — fine-grained max-mean score, p ≡ 1;
-- ``pico``     — fine-grained with PICO's training and scoring rules (see ``PICOConfig``).
+- ``baseline`` — the scorer's plain score, p ≡ 1;
+- ``pico``     — PICO's training and scoring rules on that scorer (see ``PICOConfig``).
 
-``save(dir)``/``PicoAligner.load(dir)`` round-trip through safetensors + ``config.json``;
-loading never executes code. Backbones are built lazily and only when raw images or texts
-are encoded (training on cached features never loads them).
+All scoring decisions are made in one place, :meth:`PicoAligner.scores` /
+:meth:`PicoAligner.training_scores`. ``save(dir)``/``PicoAligner.load(dir)`` round-trip through
+safetensors + ``config.json``; loading never executes code. Backbones are built lazily and only
+when raw images or texts are encoded (training on cached features never loads them).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,11 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from picoalign.core.pico import PICO, PICOConfig
-from picoalign.core.similarity import fine_grained_scores, global_scores, l2_normalize
+from picoalign.core.scorers import SCORERS, create_scorer
+from picoalign.core.similarity import fine_grained_scores, l2_normalize
 
-METHODS = ("global", "baseline", "pico")
+METHODS = ("baseline", "pico")
+RULES = ("plain", "weighted", "raw")  # raw: reading A's p without renormalisation
 
 
 @dataclass
@@ -47,19 +51,42 @@ class ModelConfig:
     finetune_text: bool = False  # train the text backbone too (its weights are then saved)
     # train the image backbone on raw images (the GPU recipe; needs a dataset of image files)
     finetune_image: bool = False
-    method: str = "pico"
+    scorer: str = "fine_grained"  # what is scored: see picoalign.core.scorers
+    method: str = "pico"  # "baseline" | "pico", on any scorer
+    # PICO's options; its ``dim`` is always ``embed_dim``
     pico: PICOConfig = field(default_factory=PICOConfig)
 
     def __post_init__(self) -> None:
+        # parsing, not run-time mutation: a nested dict from JSON/YAML becomes its dataclass,
+        # and checkpoints of the time before scorers (method "global") keep loading
         if isinstance(self.pico, dict):
             self.pico = PICOConfig(**self.pico)
+        if not isinstance(self.pico, PICOConfig):
+            raise ValueError(f"pico must be a mapping of PICO options, got {self.pico!r}")
+        # PICO weights the columns of the shared space, so its dim *is* embed_dim: a fresh
+        # copy with that dim (the caller's PICOConfig object is never modified)
+        self.pico = replace(self.pico, dim=self.embed_dim)
+        if self.method == "global":
+            if self.scorer not in ("fine_grained", "global"):
+                raise ValueError(f"method 'global' (legacy) contradicts scorer {self.scorer!r}")
+            self.method, self.scorer = "baseline", "global"
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {sorted(SCORERS)}, got {self.scorer!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {sorted(HEADS)}, got {self.head!r}")
-        self.pico.dim = self.embed_dim
-        if self.text_encoder == "glove-gru":  # a randomly initialised GRU must be trained
-            self.finetune_text = True
+
+    @property
+    def trains_text(self) -> bool:
+        """Whether the text backbone is trained: asked for, or a randomly initialised GRU
+        (``glove-gru``), which is useless untrained."""
+        return self.finetune_text or self.text_encoder == "glove-gru"
+
+    @property
+    def label(self) -> str:
+        """``method`` on ``scorer``, as tables and progress bars name a model."""
+        return self.method if self.scorer == "fine_grained" else f"{self.method}-{self.scorer}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,9 +130,10 @@ class PicoAligner(nn.Module):
         c = self.config
         self.image_head = HEADS[c.head](c.image_dim, c.embed_dim)
         self.text_head = HEADS[c.head](c.text_dim, c.embed_dim)
-        self.pico = PICO(c.pico)
+        self.scorer = create_scorer(c.scorer, c.embed_dim)
+        self.pico = PICO(c.pico)  # buffers always present: one state-dict layout
         self._backbones: dict[str, nn.Module] = {}  # lazily built, never saved
-        if c.finetune_text:  # a real submodule: trained, saved and loaded with the heads
+        if c.trains_text:  # a real submodule: trained, saved and loaded with the heads
             from picoalign.encoders import create_text_encoder
 
             self.text_backbone = create_text_encoder(c.text_encoder)
@@ -126,12 +154,15 @@ class PicoAligner(nn.Module):
         return self
 
     # -- projection -------------------------------------------------------------------
-    def embed_images(self, tokens: Tensor, mask: Tensor) -> Tensor:
-        """Backbone image tokens (N, T, C) → unit-norm D tokens (padding rows zeroed)."""
-        return l2_normalize(self.image_head(tokens.float())) * mask.unsqueeze(-1)
+    def embed_images(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Backbone image tokens (N, T, C) and mask → the scored token set and its mask:
+        unit-norm D tokens (padding rows zeroed) reduced by the scorer (one token each for a
+        pooled scorer)."""
+        return self.scorer(l2_normalize(self.image_head(tokens.float())) * mask.unsqueeze(-1), mask)
 
-    def embed_texts(self, tokens: Tensor, mask: Tensor) -> Tensor:
-        return l2_normalize(self.text_head(tokens.float())) * mask.unsqueeze(-1)
+    def embed_texts(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """As :meth:`embed_images`, for word tokens."""
+        return self.scorer(l2_normalize(self.text_head(tokens.float())) * mask.unsqueeze(-1), mask)
 
     def forward(
         self,
@@ -153,24 +184,18 @@ class PicoAligner(nn.Module):
             txt_tokens, txt_mask = self.text_tokens(captions)
         if pixels is not None:
             img_tokens, img_mask = self.image_backbone(pixels)
-        return (
-            self.embed_images(img_tokens, img_mask),
-            img_mask,
-            self.embed_texts(txt_tokens, txt_mask),
-            txt_mask,
-        )
+        return (*self.embed_images(img_tokens, img_mask), *self.embed_texts(txt_tokens, txt_mask))
 
-    # -- scoring ----------------------------------------------------------------------
+    # -- scoring: the one place that decides how a pair is scored ------------------------
     def training_scores(
         self, img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor, image_ids: Tensor
     ) -> Tensor:
-        """In-batch (B, B) scores of embedded tokens, for the loss."""
-        method = self.config.method
-        if method == "global":
-            return global_scores(img, img_mask, txt, txt_mask, validate=False)
-        if method == "baseline":
-            return fine_grained_scores(img, img_mask, txt, txt_mask, validate=False)
-        return self.pico.training_scores(img, img_mask, txt, txt_mask, image_ids)
+        """In-batch (B, B) scores of embedded tokens, for the loss (the training rule)."""
+        if self.config.method == "pico":
+            s = self.pico.training_scores(img, img_mask, txt, txt_mask, image_ids)
+        else:
+            s = fine_grained_scores(img, img_mask, txt, txt_mask, validate=False)
+        return s * self.scorer.scale
 
     @torch.no_grad()
     def scores(
@@ -180,30 +205,44 @@ class PicoAligner(nn.Module):
         txt: Tensor,
         txt_mask: Tensor,
         *,
+        rule: str | None = None,
         memory_budget_mb: float = 64.0,
         compute_dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        """Evaluation scores (N_img, N_txt) of embedded tokens with the model's rule."""
-        method = self.config.method
-        if method == "global":
-            return global_scores(img.float(), img_mask, txt.float(), txt_mask)
-        if method == "baseline":
-            return fine_grained_scores(
-                img.float(),
+        """Evaluation scores (N_img, N_txt) of embedded tokens.
+
+        ``rule``: ``"plain"`` (p ≡ 1), ``"weighted"`` (PICO's weighting, for a PICO model) or
+        ``"raw"`` (reading A's p without renormalisation); None = the model's own
+        (``pico.eval_score`` for PICO, plain otherwise). Passing the rule here, rather than
+        editing the config, is how a study scores one model several ways.
+        """
+        if rule is not None and rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        if rule is None:
+            rule = self.config.pico.eval_score if self.config.method == "pico" else "plain"
+        if rule != "plain" and self.config.method != "pico":
+            raise ValueError(f"rule {rule!r} needs a PICO model (method 'pico')")
+        img, txt = img.float(), txt.float()
+        if rule != "plain":
+            s = self.pico.scores(
+                img,
                 img_mask,
-                txt.float(),
+                txt,
+                txt_mask,
+                rule=rule,
+                memory_budget_mb=memory_budget_mb,
+                compute_dtype=compute_dtype,
+            )
+        else:
+            s = fine_grained_scores(
+                img,
+                img_mask,
+                txt,
                 txt_mask,
                 memory_budget_mb=memory_budget_mb,
                 compute_dtype=compute_dtype,
             )
-        return self.pico.scores(
-            img.float(),
-            img_mask,
-            txt.float(),
-            txt_mask,
-            memory_budget_mb=memory_budget_mb,
-            compute_dtype=compute_dtype,
-        )
+        return s * self.scorer.scale
 
     @property
     def eval_weights(self) -> Tensor | None:
@@ -231,7 +270,7 @@ class PicoAligner(nn.Module):
     def backbone(self, kind: str) -> nn.Module:
         """The image or text backbone: the trained submodule when fine-tuned, else the frozen
         one built on first use from the registry."""
-        if kind == "text" and self.config.finetune_text:
+        if kind == "text" and self.config.trains_text:
             return self.text_backbone
         if kind == "image" and self.config.finetune_image:
             return self.image_backbone
@@ -270,8 +309,8 @@ class PicoAligner(nn.Module):
                 for x in images[i : i + batch_size]
             ]
             t, m = enc(self.image_pixels(batch))
-            t, m = t.to(self._device), m.to(self._device)
-            toks.append(self.embed_images(t, m))
+            t, m = self.embed_images(t.to(self._device), m.to(self._device))
+            toks.append(t)
             masks.append(m)
         return _pad_cat(toks, masks)
 
@@ -284,11 +323,11 @@ class PicoAligner(nn.Module):
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> tuple[Tensor, Tensor]:
-        """Captions → embedded tokens (N, T, D) and mask."""
+        """Captions → embedded tokens (N, T, D) and mask, ready for ``scores``."""
         toks, masks = [], []
         for i in range(0, len(texts), batch_size):
-            t, m = self.text_tokens(texts[i : i + batch_size])
-            toks.append(self.embed_texts(t, m))
+            t, m = self.embed_texts(*self.text_tokens(texts[i : i + batch_size]))
+            toks.append(t)
             masks.append(m)
         return _pad_cat(toks, masks)
 
@@ -304,8 +343,13 @@ class PicoAligner(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path) -> PicoAligner:
-        """Load a saved model; raises ``FileNotFoundError``/``ValueError`` with the path."""
+        """Load a saved model folder, or a training run folder (its ``best/`` model, as the
+        CLI accepts); raises ``FileNotFoundError``/``ValueError`` naming the path."""
         d = Path(directory)
+        if not d.exists():
+            raise FileNotFoundError(f"{d}: checkpoint not found (no {d / 'config.json'})")
+        if (d / "best" / "config.json").is_file():
+            d = d / "best"
         cfg_path, weights_path = d / "config.json", d / "model.safetensors"
         for p in (cfg_path, weights_path):
             if not p.is_file():

@@ -114,7 +114,9 @@ def test_train_with_a_config_file(trained, tmp_path: Path) -> None:
     rc, out, err = run_cli("train", "--config", str(cfg), "--set", "eval_split=test")
     assert rc == 0, err
     saved = load_config(tmp_path / "run" / "config.yaml")
-    assert saved.model.method == "global" and saved.eval_split == "test" and saved.epochs == 1
+    # the legacy spelling "method: global" reads as the global scorer with the plain score
+    assert (saved.model.method, saved.model.scorer) == ("baseline", "global")
+    assert saved.eval_split == "test" and saved.epochs == 1
     assert "best test rSum" in out
 
 
@@ -142,6 +144,49 @@ def test_evaluate_model_folder_other_split_and_table(trained) -> None:
     )
     assert rc == 0, err
     assert "pico (jsonl:" in out and "val" in out  # the human-readable table
+
+
+@pytest.mark.parametrize("scorer", ["global", "gpo"])
+def test_pico_on_a_pooled_scorer_trains_evaluates_both_rules_indexes_and_searches(
+    trained, tmp_path: Path, scorer: str
+) -> None:
+    data = f"jsonl:{trained['data']}"
+    run = tmp_path / "run"
+    rc, out, err = run_cli(
+        "train", "--data", data, *ENCODERS, "--epochs", "2", "--batch-size", "8",
+        "--no-progress", "--scorer", scorer, "--method", "pico", "--out", str(run),
+        "--set", "model.embed_dim=16", "--set", "pico_warmup_epochs=0",
+    )  # fmt: skip
+    assert rc == 0, err
+    model = PicoAligner.load(run)
+    assert (model.config.scorer, model.config.method) == (scorer, "pico")
+    got = {}
+    for rule in ("plain", "weighted"):
+        rc, out, err = run_cli("evaluate", "--checkpoint", str(run), "--rule", rule, "--json")
+        assert rc == 0, err
+        got[rule] = json.loads(out)["rsum"]
+    rc, out, err = run_cli("evaluate", "--checkpoint", str(run))
+    assert rc == 0 and f"pico-{scorer} (" in out, err
+    index = tmp_path / "idx"
+    rc, out, err = run_cli(
+        "index", "--checkpoint", str(run), "--data", data, "--out", str(index), "--no-progress"
+    )
+    assert rc == 0, err
+    rc, out, err = run_cli("search", "--index", str(index), "--text", "a red circle", "--json")
+    assert rc == 0, err
+    assert len(json.loads(out)[0]["hits"]) > 0
+
+
+def test_evaluate_rejects_the_weighted_rule_for_a_baseline(trained, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    rc, _, err = run_cli(
+        "train", "--data", f"jsonl:{trained['data']}", *ENCODERS, "--epochs", "1",
+        "--batch-size", "8", "--no-progress", "--method", "baseline", "--out", str(run),
+        "--set", "model.embed_dim=16",
+    )  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = run_cli("evaluate", "--checkpoint", str(run), "--rule", "weighted")
+    assert rc == 2 and "needs a PICO model" in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------------- others

@@ -118,7 +118,7 @@ def test_build_load_round_trip(tiny, tmp_path, dtype, first_stage):
     loaded = GalleryIndex.load(out, model=model, checkpoint=tiny["ckpt"])
     assert loaded.tokens.dtype == index_store.DTYPES[dtype]
     assert torch.equal(loaded.tokens, built.tokens) and torch.equal(loaded.mask, built.mask)
-    emb = model.embed_images(fs.images.tokens, fs.images.mask)
+    emb, _ = model.embed_images(fs.images.tokens, fs.images.mask)
     assert torch.allclose(loaded.tokens.float(), emb, atol=1e-2)
     assert loaded.faiss_index.ntotal == 12
     kw = {"k": 5, "candidates": 8}
@@ -318,9 +318,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def test_cli_index_and_search(tiny, tmp_path, monkeypatch, capsys):
-    pytest.importorskip(
-        "picoalign.evaluation.pipeline", reason="picoalign.evaluation.pipeline unavailable"
-    )
+    pytest.importorskip("picoalign.features", reason="picoalign.features unavailable")
     monkeypatch.setenv("PICOALIGN_CACHE", str(tmp_path / "cache"))
     parser = _parser()
     out = tmp_path / "idx"

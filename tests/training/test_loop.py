@@ -322,10 +322,12 @@ def test_run_folder_metrics_and_config(tmp_path: Path, make_feature_set) -> None
     assert float(table[2]["loss"]) == pytest.approx(rows[2]["loss"])
     assert table[0]["val_rsum"] == ""  # not evaluated that epoch
 
-    # config.yaml is the full config of the run (dims filled in from the features)
+    # config.yaml is the run's config as given (training never writes into it); what the run
+    # derives (dims from the features, PICO's warm-up steps) is in the model's own config
     saved = load_config(tmp_path / "config.yaml")
     assert saved == cfg
-    assert (saved.model.image_dim, saved.model.text_dim) == (16, 12)
+    model_cfg = PicoAligner.load(tmp_path / "best").config
+    assert (model_cfg.image_dim, model_cfg.text_dim) == (16, 12)
     for sub in ("last", "best"):
         assert {p.name for p in (tmp_path / sub).iterdir()} >= {"config.json", "model.safetensors"}
     assert (tmp_path / "last" / "state.pt").is_file()
@@ -345,7 +347,8 @@ def image_data(tmp_path: Path, write_jsonl_dataset, monkeypatch) -> str:
 def test_image_backbone_fine_tuning_trains_saves_and_evaluates_on_raw_images(
     tmp_path: Path, image_data: str
 ) -> None:
-    from picoalign.evaluation.pipeline import SourceImages, dataset_features, embed_features
+    from picoalign.evaluation import embed_features
+    from picoalign.features import SourceImages, dataset_features
 
     cfg = make_cfg(
         tmp_path / "run",
@@ -369,7 +372,7 @@ def test_image_backbone_fine_tuning_trains_saves_and_evaluates_on_raw_images(
     want, want_m = loaded.encode_images(SourceImages(test))
     torch.testing.assert_close(img, want)
     assert torch.equal(im, want_m)
-    stale = loaded.embed_images(test.images.tokens.float(), test.images.mask)
+    stale, _ = loaded.embed_images(test.images.tokens.float(), test.images.mask)
     assert not torch.allclose(img, stale, atol=1e-3)
 
 
@@ -384,8 +387,9 @@ def test_image_fine_tuning_without_image_files_is_a_clear_error(
 def test_pixel_batches_follow_caption_order_and_decode_each_image_once(
     image_data: str,
 ) -> None:
-    from picoalign.evaluation.pipeline import PixelBatches, dataset_features
+    from picoalign.features import dataset_features
     from picoalign.model import ModelConfig
+    from picoalign.training.pixels import PixelBatches
 
     fs = dataset_features(image_data, "random-conv", "hash-text", progress=False)
     calls: list[str] = []

@@ -7,6 +7,7 @@ traceback; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from picoalign import __version__
+from picoalign.core.scorers import list_scorers
+from picoalign.evaluation.metrics import PROTOCOLS
 
 EPILOG = """\
 data specs (--data):
@@ -42,7 +45,7 @@ def _set_value(text: str) -> tuple[str, Any]:
 def _add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
-        help="train a global, fine-grained baseline or PICO model",
+        help="train a baseline or PICO model on any scorer (global, gpo, fine_grained)",
         description="Train one method on cached frozen features. Options: defaults < --config "
         "FILE < flags < --set KEY=VALUE (dotted keys reach nested options, e.g. "
         "--set model.pico.tau=0.5).",
@@ -50,8 +53,22 @@ def _add_train(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", help="dataset spec (see below); default twemoji")
-    p.add_argument("--method", choices=["global", "baseline", "pico"], help="default pico")
-    p.add_argument("--out", help="run folder for checkpoints and metrics (default runs/METHOD)")
+    p.add_argument(
+        "--method",
+        choices=["baseline", "pico", "global"],
+        help="baseline (the scorer's plain score) or pico (default); 'global' is the legacy "
+        "spelling of --method baseline --scorer global",
+    )
+    p.add_argument(
+        "--scorer",
+        dest="model.scorer",
+        choices=list_scorers(),
+        help="what is scored: fine_grained (every patch and word, default), global (mean "
+        "pooled), gpo (VSE∞'s learnt pooling); PICO applies to each",
+    )
+    p.add_argument(
+        "--out", help="run folder for checkpoints and metrics (default runs/METHOD[-SCORER])"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int, dest="batch_size")
@@ -101,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides.update(dict(args.set))
     cfg = load_config(args.config, overrides)
     if args.out is None and "out" not in overrides and args.config is None:
-        cfg.out = f"runs/{cfg.model.method}"
+        cfg = dataclasses.replace(cfg, out=f"runs/{cfg.model.label}")
     result = train(cfg, resume=args.resume, on_epoch=_print_epoch)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
         return 0
@@ -124,6 +141,7 @@ _TRAIN_FLAGS = {
     "loss",
     "model.image_encoder",
     "model.text_encoder",
+    "model.scorer",
     "device",
     "skip_bad",
     "progress",
@@ -153,8 +171,15 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument(
         "--protocol",
         default="full",
-        choices=["full", "1k"],
-        help="full: all images of the split; 1k: mean of 1,000-image folds (COCO 1K)",
+        choices=list(PROTOCOLS),
+        help="; ".join(f"{k}: {v}" for k, v in PROTOCOLS.items()),
+    )
+    p.add_argument(
+        "--rule",
+        choices=["plain", "weighted"],
+        default=None,
+        help="scoring rule: plain (p = 1) or weighted (PICO's weighting; PICO models only); "
+        "default: the model's own",
     )
     p.add_argument("--json", action="store_true", help="print a machine-readable result")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in splits")
@@ -170,10 +195,11 @@ def _add_evaluate(sub: Any) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from picoalign.evaluation.metrics import blocked_recall_metrics, coco_1k_folds, format_table
-    from picoalign.evaluation.pipeline import dataset_features, embed_features, load_model
+    from picoalign.evaluation import evaluate, format_table
+    from picoalign.features import dataset_features
+    from picoalign.model import PicoAligner
 
-    model = load_model(args.checkpoint)
+    model = PicoAligner.load(args.checkpoint)
     data = args.data or _trained_on(args.checkpoint)
     fs = dataset_features(
         data,
@@ -188,21 +214,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--data {data}: split {args.split!r} has no images")
     if not args.memory_mb > 0:
         raise ValueError(f"--memory-mb must be positive, got {args.memory_mb}")
-    img, im, txt, tm = embed_features(model, fs)
-
-    def scores_fn(rows: Any, cols: Any) -> Any:
-        return model.scores(img[rows], im[rows], txt[cols], tm[cols])
-
-    if args.protocol == "1k":
-        metrics = coco_1k_folds(scores_fn, fs.n_images, fs.caption_image)
-    else:
-        metrics = blocked_recall_metrics(
-            scores_fn, fs.n_images, fs.caption_image, memory_mb=args.memory_mb
-        )
+    metrics = evaluate(model, fs, args.protocol, args.rule, memory_mb=args.memory_mb)
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(format_table({f"{model.config.method} ({data}, {args.split})": metrics}))
+        print(format_table({f"{model.config.label} ({data}, {args.split})": metrics}))
     return 0
 
 

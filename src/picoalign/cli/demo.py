@@ -17,9 +17,9 @@ import torch
 
 from picoalign.cli.plots import plot_training
 from picoalign.config import TrainConfig, load_config
-from picoalign.evaluation.metrics import format_table, recall_metrics
-from picoalign.evaluation.pipeline import dataset_features, embed_features
-from picoalign.features.encode import FeatureSet
+from picoalign.evaluation import embed_features, evaluate, format_table
+from picoalign.features import FeatureSet, dataset_features
+from picoalign.model import PicoAligner
 from picoalign.training.loop import train
 
 # The demo's recipe; docs/results.md says how it was chosen. Both methods share everything
@@ -89,9 +89,7 @@ def run_demo(
         print(f"\n== training {method} ({cfg.epochs} epochs, seed {seed}) ==")
         run = train(cfg, fs, on_epoch=lambda r, m=method: _line(m, r))
         runs[method] = run
-        best = run.model.__class__.load(run.out / "best")
-        img, im, txt, tm = embed_features(best, test)
-        results[method] = recall_metrics(best.scores(img, im, txt, tm), test.caption_image)
+        results[method] = evaluate(PicoAligner.load(run.out), test)
 
     print("\n" + format_table({f"{m} (test)": r for m, r in results.items()}))
     delta = results["pico"]["rsum"] - results["baseline"]["rsum"]
@@ -102,7 +100,7 @@ def run_demo(
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_path = plot_training({m: r.history for m, r in runs.items()}, out / "training.png")
     print(f"plots: {plot_path}")
-    _searches(runs["pico"].model.__class__.load(runs["pico"].out / "best"), test)
+    _searches(PicoAligner.load(runs["pico"].out), test)
     return 0
 
 

@@ -89,10 +89,11 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from picoalign.evaluation.pipeline import dataset_features, load_model
+    from picoalign.features import dataset_features
+    from picoalign.model import PicoAligner
     from picoalign.retrieval.index import build_index
 
-    model = load_model(args.checkpoint)
+    model = PicoAligner.load(args.checkpoint)
     fs = dataset_features(
         args.data,
         model.config.image_encoder,

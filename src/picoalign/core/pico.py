@@ -189,40 +189,41 @@ class PICO(nn.Module):
         txt: Tensor,
         txt_mask: Tensor,
         *,
+        rule: str | None = None,
         memory_budget_mb: float = 64.0,
         compute_dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        """Evaluation scores (N_img, N_txt) with the configured scoring rule."""
+        """Evaluation scores (N_img, N_txt): ``rule`` "plain", "weighted" (with the configured
+        reading) or "raw" (reading A's p without renormalisation); None = ``eval_score``.
+        During warm-up p ≡ 1, so every rule is plain."""
         c = self.config
-        if c.eval_score == "plain" or not self.active:
-            return fine_grained_scores(
+        rule = c.eval_score if rule is None else rule
+        if rule not in ("plain", "weighted", "raw"):
+            raise ValueError(f"rule must be 'plain', 'weighted' or 'raw', got {rule!r}")
+        if rule == "raw" and c.reading != "global":
+            raise ValueError("rule 'raw' is reading A's (reading='global') raw p")
+        if rule == "weighted" and self.active and c.reading == "pair":
+            return pair_adaptive_scores(
                 img,
                 img_mask,
                 txt,
                 txt_mask,
-                None,
+                prior=self._prior(),
+                lam=c.lam,
+                scale=float(self.pair_scale),
                 memory_budget_mb=memory_budget_mb,
-                compute_dtype=compute_dtype,
             )
-        if c.reading == "global":
-            return fine_grained_scores(
-                img,
-                img_mask,
-                txt,
-                txt_mask,
-                self.weights,
-                memory_budget_mb=memory_budget_mb,
-                compute_dtype=compute_dtype,
-            )
-        return pair_adaptive_scores(
+        weights = None
+        if self.active and rule != "plain":
+            weights = self.p if rule == "raw" else self.weights
+        return fine_grained_scores(
             img,
             img_mask,
             txt,
             txt_mask,
-            prior=self._prior(),
-            lam=c.lam,
-            scale=float(self.pair_scale),
+            weights,
             memory_budget_mb=memory_budget_mb,
+            compute_dtype=compute_dtype,
         )
 
     # -- update -----------------------------------------------------------------------

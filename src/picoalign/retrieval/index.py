@@ -333,15 +333,18 @@ def build_index(
     if len(feats) == 0:
         raise ValueError(f"nothing to index: the feature set has no {kind}")
     n, t = feats.tokens.shape[:2]
-    tokens = torch.empty(n, t, model.config.embed_dim, dtype=DTYPES[dtype])
+    width = 1 if model.scorer.pooled else t  # the scorer's token set: one for pooled scorers
+    tokens = torch.empty(n, width, model.config.embed_dim, dtype=DTYPES[dtype])
+    masks = torch.empty(n, width, dtype=torch.bool)
     pooled = torch.empty(n, model.config.embed_dim)
+    device = next(model.parameters()).device
     was = model.training
     model.eval()
     try:
         for i in tqdm(range(0, n, batch_size), desc=f"index {kind}", disable=not progress):
-            m = feats.mask[i : i + batch_size]
-            e = embed(feats.tokens[i : i + batch_size], m)
-            tokens[i : i + batch_size], pooled[i : i + batch_size] = e, pool_tokens(e, m)
+            rows = slice(i, i + batch_size)
+            e, m = embed(feats.tokens[rows].to(device), feats.mask[rows].to(device))
+            tokens[rows], masks[rows], pooled[rows] = e.cpu(), m.cpu(), pool_tokens(e, m).cpu()
     finally:
         model.train(was)
     if dataset is None:
@@ -354,7 +357,7 @@ def build_index(
     extra = {"captions": list(fs.captions)} if kind == "captions" else {}
     index = GalleryIndex.from_embeddings(
         tokens,
-        feats.mask,
+        masks,
         keys=keys,
         sources=[by_key.get(k, "") for k in keys],
         pooled=pooled,

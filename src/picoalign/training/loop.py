@@ -1,8 +1,10 @@
-"""One training loop for every method (``global`` | ``baseline`` | ``pico``) on cached features.
+"""One training loop for every scorer and method (``baseline`` | ``pico``) on cached features.
 
 Why one loop: the methods differ only in the scoring rule (``PicoAligner.training_scores``)
 and in PICO's post-step update (``PicoAligner.after_step``); copying the loop per variant is
-how research code drifts apart. Data order is a pure function of (seed, epoch), so a resumed
+how research code drifts apart. It reads as a sequence: :func:`_setup`, then per epoch
+:func:`_train_epoch` (each batch one :func:`_train_step`) and :func:`_evaluate_and_save`.
+Data order is a pure function of (seed, epoch), so a resumed
 run sees exactly the batches an uninterrupted one would.
 
 Run folder layout::
@@ -18,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,10 @@ from tqdm.auto import tqdm
 
 from picoalign.config import TrainConfig, dump_config
 from picoalign.core.losses import create_loss
-from picoalign.evaluation.pipeline import PixelBatches, dataset_features, evaluate_model
-from picoalign.features.encode import FeatureSet
+from picoalign.evaluation import evaluate
+from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_replace_dir, atomic_write_text
-from picoalign.model import PicoAligner
+from picoalign.model import ModelConfig, PicoAligner
 from picoalign.training.devices import autocast, resolve_device
 from picoalign.training.distributed import (
     DistContext,
@@ -42,6 +44,7 @@ from picoalign.training.distributed import (
     shutdown,
     wrap_ddp,
 )
+from picoalign.training.pixels import PixelBatches
 from picoalign.training.state import Position, restore_last, save_last, write_metrics
 
 
@@ -112,172 +115,241 @@ def train(
     write: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train ``cfg.model.method`` on ``cfg.data`` (or on given ``features``); see module doc.
+    """Train ``cfg.model`` on ``cfg.data`` (or on given ``features``); see module doc.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the job and trains data-parallel with
     one-process semantics (:mod:`picoalign.training.distributed`); only rank 0 writes.
+    ``cfg`` is read, never written: what a run derives (dimensions, warm-up steps) lives in
+    the model's own config.
     """
     device = resolve_device(cfg.device)
     owns_group = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(device)
     try:
-        return _train(cfg, features, ctx, local_device(device, ctx), resume, write, on_epoch)
+        run = _setup(cfg, features, ctx, local_device(device, ctx), resume, write)
+        for epoch in range(run.start.epoch, cfg.epochs):
+            row = _train_epoch(run, epoch)
+            _evaluate_and_save(run, epoch, row)
+            if on_epoch is not None and ctx.is_main:
+                on_epoch(row)
+            ctx.barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
+        if run.out is not None and not (run.out / "best").exists():
+            atomic_replace_dir(run.out / "best", run.model.save)
+        return run.result
     finally:
+        if "run" in locals() and run.pixels is not None:
+            run.pixels.close()
         if owns_group:
             shutdown(ctx)
 
 
-def _train(
+@dataclass
+class _Run:
+    """Everything one training run holds, built once by :func:`_setup`."""
+
+    cfg: TrainConfig
+    ctx: DistContext
+    device: torch.device
+    train_fs: FeatureSet
+    eval_fs: FeatureSet
+    model: PicoAligner
+    net: torch.nn.Module  # the model, DDP-wrapped when distributed (forward only)
+    loss_fn: torch.nn.Module
+    opt: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    pixels: PixelBatches | None
+    out: Path | None  # where this rank writes (rank 0 only)
+    result: TrainResult
+    start: Position
+
+
+def model_config_for(cfg: TrainConfig, fs: FeatureSet, steps_per_epoch: int) -> ModelConfig:
+    """The model's config for a run on ``fs``: feature widths from the data, PICO's warm-up
+    = ``pico_warmup_epochs`` epochs plus any ``model.pico.warmup_steps`` (both honoured)."""
+    warmup = cfg.pico_warmup_epochs * steps_per_epoch + cfg.model.pico.warmup_steps
+    return replace(
+        cfg.model,
+        image_dim=fs.images.dim,
+        text_dim=fs.texts.dim,
+        pico=replace(cfg.model.pico, warmup_steps=warmup),
+    )
+
+
+def _setup(
     cfg: TrainConfig,
     features: FeatureSet | None,
     ctx: DistContext,
     device: torch.device,
     resume: bool,
     write: bool,
-    on_epoch: Callable[[dict[str, Any]], None] | None,
-) -> TrainResult:
+) -> _Run:
+    """Data, model, loss, optimiser and (on resume) the state to continue from."""
     torch.manual_seed(cfg.seed)
     fs = features if features is not None else ctx.main_first(lambda: _load_features(cfg))
     train_fs = fs.split("train")
     eval_fs = fs.split(cfg.eval_split) if cfg.eval_split != "train" else train_fs
     if train_fs.n_captions < 2:
         raise ValueError(f"--data {cfg.data}: the train split has fewer than 2 captions")
-    cfg.model.image_dim, cfg.model.text_dim = fs.images.dim, fs.texts.dim
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
-    cfg.model.pico.warmup_steps = cfg.pico_warmup_epochs * steps_per_epoch
-
-    model = PicoAligner(cfg.model).to(device)
-    finetune = cfg.model.finetune_text or cfg.model.finetune_image
+    model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch)).to(device)
+    finetune = model.config.trains_text or model.config.finetune_image
     net = wrap_ddp(model, device, ctx, find_unused=finetune)  # forward via DDP, rest via model
-    pixels = PixelBatches(model, train_fs) if cfg.model.finetune_image else None
+    pixels = PixelBatches(model, train_fs) if model.config.finetune_image else None
     loss_fn = create_loss(cfg.loss, **({"margin": cfg.margin} if cfg.loss == "triplet" else {}))
     loss_fn.to(device)
     params = [p for p in (*model.parameters(), *loss_fn.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(
+        _param_groups(model, params, cfg.backbone_lr_mult), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    out = Path(cfg.out) if write and ctx.is_main else None
+    result = TrainResult(model=model, out=Path(cfg.out) if write else None)
+    start = Position()
+    if write and resume:
+        # rank 0 first: it repairs a folder swap a kill cut short before others read it
+        start, result.history, result.best = ctx.main_first(
+            lambda: restore_last(Path(cfg.out), model, opt, loss_fn)
+        )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(dump_config(cfg), out / "config.yaml")
+    return _Run(
+        cfg, ctx, device, train_fs, eval_fs, model, net, loss_fn, opt, params, pixels, out,
+        result, start,
+    )  # fmt: skip
+
+
+def _param_groups(
+    model: PicoAligner, params: list[torch.nn.Parameter], backbone_lr_mult: float
+) -> list[dict[str, Any]]:
+    """Heads (and the loss) at the base lr; fine-tuned backbones slower (METHOD.md §7: ×0.1)."""
     backbone = {
         id(p)
         for n, p in model.named_parameters()
         if n.startswith(("text_backbone.", "image_backbone."))
     }
     groups = [{"params": [p for p in params if id(p) not in backbone], "lr_mult": 1.0}]
-    if backbone:  # fine-tuned backbones learn slower (METHOD.md §7: ×0.1)
+    if backbone:
         groups.append(
-            {"params": [p for p in params if id(p) in backbone], "lr_mult": cfg.backbone_lr_mult}
+            {"params": [p for p in params if id(p) in backbone], "lr_mult": backbone_lr_mult}
         )
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return groups
 
-    out = Path(cfg.out) if write and ctx.is_main else None
-    result = TrainResult(model=model, out=Path(cfg.out) if write else None)
-    pos = Position()
-    if write:
-        if resume:
-            # rank 0 first: it repairs a folder swap a kill cut short before others read it
-            pos, result.history, result.best = ctx.main_first(
-                lambda: restore_last(Path(cfg.out), model, opt, loss_fn)
-            )
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(dump_config(cfg), out / "config.yaml")
 
-    for epoch in range(pos.epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        lr = learning_rate(cfg, epoch)
-        for group in opt.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)
-        loss_fn.hardest = epoch >= cfg.triplet_warmup_epochs
-        batches = batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, epoch)
-        first = pos.step if epoch == pos.epoch else 0
-        total, count = (pos.total, pos.count) if first else (0.0, 0)
-        model.train()
-        bar = tqdm(
-            range(first, len(batches)),
-            desc=f"{cfg.model.method} epoch {epoch + 1}/{cfg.epochs}",
-            unit="batch",
-            disable=not (cfg.progress and ctx.is_main),
-            leave=False,
-            initial=first,
-            total=len(batches),
+def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """One pass over the training captions (from the resumed step, if any) → its log row."""
+    cfg, ctx = run.cfg, run.ctx
+    t0 = time.perf_counter()
+    lr = learning_rate(cfg, epoch)
+    for group in run.opt.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+    run.loss_fn.hardest = epoch >= cfg.triplet_warmup_epochs
+    batches = batch_order(run.train_fs.n_captions, cfg.batch_size, cfg.seed, epoch)
+    first = run.start.step if epoch == run.start.epoch else 0
+    total, count = (run.start.total, run.start.count) if first else (0.0, 0)
+    run.model.train()
+    bar = tqdm(
+        range(first, len(batches)),
+        desc=f"{run.model.config.label} epoch {epoch + 1}/{cfg.epochs}",
+        unit="batch",
+        disable=not (cfg.progress and ctx.is_main),
+        leave=False,
+        initial=first,
+        total=len(batches),
+    )
+    for step in bar:
+        loss = _train_step(run, batches, step, epoch)
+        total += float(loss) * len(batches[step])
+        count += len(batches[step])
+        bar.set_postfix(loss=f"{total / count:.4f}")
+        every = cfg.save_every_steps
+        if run.out is not None and every and (step + 1) % every == 0 and step + 1 < len(batches):
+            here = Position(epoch, step + 1, total, count)
+            r = run.result
+            save_last(run.out, run.model, run.opt, run.loss_fn, here, r.history, r.best)
+    assert_in_sync(ctx, run.model, run.loss_fn)
+    return {
+        "epoch": epoch + 1,
+        "loss": total / max(count, 1),
+        "lr": lr,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _train_step(run: _Run, batches: list[Tensor], step: int, epoch: int) -> Tensor:
+    """Forward, loss, backward, optimiser step and PICO's update for batch ``step``.
+    Returns the loss per pair (comparable across batch sizes), detached."""
+    cfg, ctx, model = run.cfg, run.ctx, run.model
+    idx = batches[step]
+    sizes = ctx.shard_sizes(len(idx))
+    if run.pixels is not None and step + 1 < len(batches):  # decode ahead
+        run.pixels.prefetch(ctx.shard(batches[step + 1]))
+    img, img_m, txt, txt_m, ids = _forward(run, run.net, ctx.shard(idx))
+    # every rank sees the whole global batch: the loss's negatives and PICO's statistics
+    g_img, g_img_m, g_txt, g_txt_m, g_ids = (
+        ctx.gather(x, sizes, keep_grad=cfg.gather_negatives) for x in (img, img_m, txt, txt_m, ids)
+    )
+    if cfg.gather_negatives:
+        loss = run.loss_fn(model.training_scores(g_img, g_img_m, g_txt, g_txt_m, g_ids), g_ids)
+    else:  # each rank's own shard; the summed gradients then average the rank losses
+        loss = run.loss_fn(model.training_scores(img, img_m, txt, txt_m, ids), ids)
+        loss = _mean_over_ranks(loss, ctx)
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
+            f"the last good checkpoint is kept in {Path(cfg.out) / 'last'}. "
+            "Try a lower --lr or check the input features for NaN."
         )
-        for step in bar:
-            idx = batches[step]
-            sizes = ctx.shard_sizes(len(idx))
-            if pixels is not None and step + 1 < len(batches):  # decode ahead
-                pixels.prefetch(ctx.shard(batches[step + 1]))
-            img, img_m, txt, txt_m, ids = _forward(
-                net, train_fs, ctx.shard(idx), device, cfg, pixels
-            )
-            # every rank sees the whole global batch: the loss's negatives and PICO's statistics
-            g_img, g_img_m, g_txt, g_txt_m, g_ids = (
-                ctx.gather(x, sizes, keep_grad=cfg.gather_negatives)
-                for x in (img, img_m, txt, txt_m, ids)
-            )
-            if cfg.gather_negatives:
-                scores = model.training_scores(g_img, g_img_m, g_txt, g_txt_m, g_ids)
-                loss = loss_fn(scores, g_ids)
-            else:  # each rank's own shard; the summed gradients then average the rank losses
-                loss = loss_fn(model.training_scores(img, img_m, txt, txt_m, ids), ids)
-                loss = _mean_over_ranks(loss, ctx)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                    f"the last good checkpoint is kept in {Path(cfg.out) / 'last'}. "
-                    "Try a lower --lr or check the input features for NaN."
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if not cfg.gather_negatives:
-                _sync_rank_local_state(model, loss_fn, ctx)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            feedback = None
-            if (
-                cfg.model.method == "pico"
-                and model.pico.config.feedback_source == "heldout"
-                and step + 1 < len(batches)
-            ):
-                # the next batch's first feedback_size pairs (all the gains look at)
-                nxt = batches[step + 1][: model.pico.config.feedback_size]
-                with torch.no_grad():
-                    fb = _forward(model, train_fs, ctx.shard(nxt), device, cfg, pixels)
-                feedback = tuple(ctx.gather(x, ctx.shard_sizes(len(nxt))) for x in fb)
-            model.after_step(
-                g_img.detach(), g_img_m, g_txt.detach(), g_txt_m, g_ids, feedback=feedback
-            )
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-            bar.set_postfix(loss=f"{total / count:.3f}")
-            every = cfg.save_every_steps
-            if out is not None and every and (step + 1) % every == 0 and step + 1 < len(batches):
-                here = Position(epoch, step + 1, total, count)
-                save_last(out, model, opt, loss_fn, here, result.history, result.best)
-        assert_in_sync(ctx, model, loss_fn)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if not cfg.gather_negatives:
+        _sync_rank_local_state(model, run.loss_fn, ctx)
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
+    run.opt.step()
+    model.after_step(
+        g_img.detach(),
+        g_img_m,
+        g_txt.detach(),
+        g_txt_m,
+        g_ids,
+        feedback=_feedback(run, batches, step),
+    )
+    per_pair = loss.detach() / len(idx) if getattr(run.loss_fn, "sums", False) else loss.detach()
+    return per_pair
 
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": total / max(count, 1),
-            "lr": lr,
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-        if ctx.is_main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            metrics = evaluate_model(model, eval_fs)
-            row.update({f"{cfg.eval_split}_{k}": v for k, v in _flat(metrics).items()})
-            if metrics["rsum"] > result.best_rsum:
-                result.best = {"epoch": epoch + 1, **metrics}
-                if out is not None:
-                    atomic_replace_dir(out / "best", model.save)
-        row.update(_p_stats(model))
-        result.history.append(row)
-        if out is not None:
-            save_last(out, model, opt, loss_fn, Position(epoch + 1), result.history, result.best)
-            write_metrics(out, result.history)
-        if on_epoch is not None and ctx.is_main:
-            on_epoch(row)
-        ctx.barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
-    if out is not None and not (out / "best").exists():
-        atomic_replace_dir(out / "best", model.save)
-    if pixels is not None:
-        pixels.close()
-    return result
+
+def _feedback(run: _Run, batches: list[Tensor], step: int) -> tuple[Tensor, ...] | None:
+    """PICO's held-out feedback batch: the first ``feedback_size`` pairs of the next batch,
+    which the optimiser has not seen yet (METHOD.md §6); None where it is not used."""
+    model, ctx = run.model, run.ctx
+    c = model.pico.config
+    if model.config.method != "pico" or c.feedback_source != "heldout":
+        return None
+    if step + 1 >= len(batches):
+        return None
+    nxt = batches[step + 1][: c.feedback_size]
+    with torch.no_grad():
+        fb = _forward(run, model, ctx.shard(nxt))
+    return tuple(ctx.gather(x, ctx.shard_sizes(len(nxt))) for x in fb)
+
+
+def _evaluate_and_save(run: _Run, epoch: int, row: dict[str, Any]) -> None:
+    """Validation (rank 0, every ``eval_every`` epochs and at the end), ``best/`` when it
+    improves, PICO's p/ω statistics, and the resumable ``last/`` state with the metrics."""
+    cfg, result = run.cfg, run.result
+    if run.ctx.is_main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+        metrics = evaluate(run.model, run.eval_fs)
+        row.update({f"{cfg.eval_split}_{k}": v for k, v in _flat(metrics).items()})
+        if metrics["rsum"] > result.best_rsum:
+            result.best = {"epoch": epoch + 1, **metrics}
+            if run.out is not None:
+                atomic_replace_dir(run.out / "best", run.model.save)
+    row.update(_p_stats(run.model))
+    result.history.append(row)
+    if run.out is not None:
+        here = Position(epoch + 1)
+        save_last(run.out, run.model, run.opt, run.loss_fn, here, result.history, result.best)
+        write_metrics(run.out, result.history)
 
 
 def _load_features(cfg: TrainConfig) -> FeatureSet:
@@ -292,20 +364,14 @@ def _load_features(cfg: TrainConfig) -> FeatureSet:
     )
 
 
-def _forward(
-    net: torch.nn.Module,
-    fs: FeatureSet,
-    idx: Tensor,
-    device: torch.device,
-    cfg: TrainConfig,
-    pixels: PixelBatches | None,
-) -> tuple[Tensor, ...]:
+def _forward(run: _Run, net: torch.nn.Module, idx: Tensor) -> tuple[Tensor, ...]:
     """Embed the captions ``idx`` and their images (through DDP when distributed); fine-tuned
     backbones read the raw captions / images instead of the cached features."""
+    fs, device, mc = run.train_fs, run.device, run.model.config
     img_t, img_m, txt_t, txt_m, ids = _batch(fs, idx, device)
-    captions = [fs.captions[i] for i in idx.tolist()] if cfg.model.finetune_text else None
-    px = pixels.get(idx, device) if pixels is not None else None
-    with autocast(device, cfg.amp):
+    captions = [fs.captions[i] for i in idx.tolist()] if mc.trains_text else None
+    px = run.pixels.get(idx, device) if run.pixels is not None else None
+    with autocast(device, run.cfg.amp):
         img, img_m, txt, txt_m = net(img_t, img_m, txt_t, txt_m, captions, px)
     return img.float(), img_m, txt.float(), txt_m, ids
 

@@ -1,0 +1,156 @@
+"""Scorers: what set of tokens of a sample is scored, registered by name (like timm's models).
+
+Every scorer is one small class that *reduces* a sample's embedded tokens (N, T, D) to the
+token set it scores, and the score is always the max-mean of METHOD.md §2 over those sets
+(times the scorer's ``scale``). Why one score for all: PICO's column weighting, its sign
+statistics (§4), the prototype bank (§5) and reading B (§6b) are defined on token pairs, so a
+pooled scorer that reduces each sample to *one* token gets all of PICO for free —
+
+    one token each:  max-mean = s + s = 2 Σ_d p_d v̄_d t̄_d ,   ``scale`` = ½ → the cosine
+
+and the sign statistic of its positives is the share of matched pairs with v̄_d t̄_d > 0,
+exactly the pooled reading of the PICO-on-every-scorer issue. There is then one scoring
+dispatch (``PicoAligner``), not one per scorer.
+
+- ``fine_grained``: every patch and word (LAPS' max-mean); ``scale`` 1.
+- ``global``: the masked mean of the tokens, L2-normalised (the global baseline).
+- ``gpo``: VSE∞'s generalized pooling operator (Chen et al., CVPR 2021), learnt.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from picoalign.core.similarity import l2_normalize, pool_tokens
+
+SCORERS: dict[str, type[Scorer]] = {}
+
+
+def register_scorer(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator: make a scorer available by its ``name`` (``--scorer NAME``)."""
+    if cls.name in SCORERS:
+        raise ValueError(f"scorer {cls.name!r} is registered twice")
+    SCORERS[cls.name] = cls
+    return cls
+
+
+def list_scorers() -> list[str]:
+    return sorted(SCORERS)
+
+
+def create_scorer(name: str, dim: int) -> Scorer:
+    """The scorer ``name`` for D = ``dim`` embeddings; a typo names the choices."""
+    if name not in SCORERS:
+        raise ValueError(f"unknown scorer {name!r}; choose one of {list_scorers()}")
+    return SCORERS[name](dim)
+
+
+class Scorer(nn.Module):
+    """Reduces embedded tokens to the scored token set. Subclasses set ``name``, ``pooled``
+    and ``scale`` and implement :meth:`reduce`; parameters (GPO's) are trained and saved with
+    the model."""
+
+    name: ClassVar[str]
+    pooled: ClassVar[bool]  # one token per sample (scores are cosines, indexable by faiss)
+    scale: ClassVar[float]  # multiplies the max-mean so pooled scores are cosines
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def reduce(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        return self.reduce(tokens, mask)
+
+
+@register_scorer
+class FineGrained(Scorer):
+    """Every patch and every word: the tokens as they are."""
+
+    name, pooled, scale = "fine_grained", False, 1.0
+
+    def reduce(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        return tokens, mask
+
+
+def _one_token(vectors: Tensor) -> tuple[Tensor, Tensor]:
+    return vectors.unsqueeze(1), torch.ones(
+        vectors.shape[0], 1, dtype=torch.bool, device=vectors.device
+    )
+
+
+@register_scorer
+class GlobalPool(Scorer):
+    """The mean of the real tokens, L2-normalised: one token per sample."""
+
+    name, pooled, scale = "global", True, 0.5
+
+    def reduce(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        return _one_token(pool_tokens(tokens, mask))
+
+
+@register_scorer
+class GPO(Scorer):
+    """Generalized pooling (VSE∞): per column, sort the sample's token values in descending
+    order and take Σ_k θ_k · value_k, with weights θ over the ranks k generated from the
+    positions and the number of tokens n by a small bidirectional GRU over sinusoidal codes.
+
+    It can learn anything between max-pooling (θ on k = 1) and mean-pooling (θ uniform), per
+    sequence length — which is why VSE∞ found it the strongest simple pooling. The output
+    layer starts at zero, so training starts from mean pooling (the ``global`` scorer).
+    """
+
+    name, pooled, scale = "gpo", True, 0.5
+    pe_dim, hidden, temperature = 32, 32, 0.1
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.gru = nn.GRU(self.pe_dim, self.hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(2 * self.hidden, 1, bias=False)
+        nn.init.zeros_(self.out.weight)
+
+    def _codes(self, n: int, device: torch.device) -> Tensor:
+        """Sinusoidal position codes (n, pe_dim), as in the Transformer."""
+        pos = torch.arange(n, dtype=torch.float32, device=device).unsqueeze(1)
+        freq = torch.exp(
+            torch.arange(0, self.pe_dim, 2, dtype=torch.float32, device=device)
+            * (-math.log(10000.0) / self.pe_dim)
+        )
+        pe = torch.zeros(n, self.pe_dim, device=device)
+        pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+        return pe
+
+    def rank_weights(self, lengths: Tensor, width: int) -> Tensor:
+        """θ (N, width): softmax over the first ``lengths[i]`` ranks, zero beyond.
+
+        The GRU runs once per distinct length (a batch has few), all lengths in one packed
+        call, so the cost does not grow with the batch.
+        """
+        device = lengths.device
+        distinct, which = torch.unique(lengths, return_inverse=True)
+        codes = self._codes(width, device).expand(len(distinct), width, self.pe_dim)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            codes, distinct.cpu(), batch_first=True, enforce_sorted=False
+        )
+        hidden, _ = self.gru(packed)
+        hidden, _ = nn.utils.rnn.pad_packed_sequence(hidden, batch_first=True, total_length=width)
+        logits = self.out(hidden).squeeze(-1) / self.temperature  # (U, width)
+        valid = torch.arange(width, device=device).unsqueeze(0) < distinct.unsqueeze(1)
+        theta = logits.masked_fill(~valid, float("-inf")).softmax(dim=1)
+        return theta[which]
+
+    def reduce(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        width = tokens.shape[1]
+        lengths = mask.sum(dim=1)
+        ranked = tokens.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        ranked = ranked.sort(dim=1, descending=True).values  # padding sorts last
+        real = torch.arange(width, device=tokens.device).unsqueeze(0) < lengths.unsqueeze(1)
+        ranked = ranked.masked_fill(~real.unsqueeze(-1), 0.0)
+        theta = self.rank_weights(lengths, width).to(tokens.dtype)
+        return _one_token(l2_normalize((theta.unsqueeze(-1) * ranked).sum(dim=1)))

@@ -1,0 +1,58 @@
+"""A dataset spec → its cached backbone features, and lazy access to its raw images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from picoalign.data import load_dataset
+from picoalign.features.encode import encode_dataset
+from picoalign.features.store import FeatureSet
+
+
+def dataset_features(
+    data: str,
+    image_encoder: str = "efficientnet-lite0",
+    text_encoder: str = "minilm",
+    *,
+    seed: int = 0,
+    skip_bad: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> FeatureSet:
+    """Backbone token features of a dataset spec (``twemoji``, ``jsonl:PATH`` …), cached."""
+    dataset = load_dataset(data, seed=seed, skip_bad=skip_bad)
+    if skip_bad:  # bad image files are found only by decoding them
+        dataset = dataset.drop_undecodable(progress=progress)
+    if dataset.skipped:
+        print(f"skipped {len(dataset.skipped)} bad entries of {data}:")
+        for where, why in dataset.skipped[:20]:
+            print(f"  {where}: {why}")
+    if not dataset.items:
+        raise ValueError(f"--data {data}: the dataset has no usable items")
+    if getattr(dataset, "features", None) is not None:
+        image_encoder = "precomputed"
+    return encode_dataset(
+        dataset, image_encoder, text_encoder, cache_dir=cache_dir, progress=progress
+    )
+
+
+class SourceImages(Sequence[Any]):
+    """The images of ``fs``, decoded lazily slice by slice (never all at once)."""
+
+    def __init__(self, fs: FeatureSet) -> None:
+        if fs.image_source is None:
+            raise ValueError(
+                f"{fs.meta.get('dataset', 'this dataset')}: no image files to read (precomputed "
+                "features?); an image backbone can be fine-tuned only on a dataset of images"
+            )
+        self.keys, self.load = fs.image_keys, fs.image_source
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self.load(k) for k in self.keys[i]]
+        return self.load(self.keys[i])
