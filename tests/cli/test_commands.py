@@ -67,7 +67,7 @@ def env(trained, monkeypatch):
 def test_train_writes_a_run_and_caches_features_in_picoalign_cache(trained) -> None:
     rc, out, err = trained["result"]
     assert rc == 0, err
-    assert "epoch   1" in out and "epoch   2" in out and "best val rSum" in out
+    assert "epoch   1" in out and "epoch   2" in out and "selected epoch 2 (last): val rSum" in out
     run = trained["run"]
     assert f"model saved in {run}/best" in out
     assert {p.name for p in run.iterdir()} >= {
@@ -117,7 +117,7 @@ def test_train_with_a_config_file(trained, tmp_path: Path) -> None:
     # the legacy spelling "method: global" reads as the global scorer with the plain score
     assert (saved.model.method, saved.model.scorer) == ("baseline", "global")
     assert saved.eval_split == "test" and saved.epochs == 1
-    assert "best test rSum" in out
+    assert "selected epoch 1 (last): test rSum" in out
 
 
 # ---------------------------------------------------------------------------------- evaluate

@@ -31,6 +31,10 @@ def make_cfg(out: Path, **overrides: Any) -> TrainConfig:
         "epochs": 4,
         "batch_size": 16,
         "lr": 5e-3,
+        # epoch numbers, not fractions: a run cut short by ``epochs=2`` and resumed to 4 then
+        # follows the same schedule as an uninterrupted one
+        "lr_steps": [8],
+        "pico_warmup_epochs": 1,
         "device": "cpu",
         "amp": False,
         "progress": False,
@@ -141,6 +145,31 @@ def test_batch_order_drops_only_a_single_leftover_caption() -> None:
         assert len(flat) == len(set(flat)) == 32
         dropped |= set(range(33)) - set(flat)
     assert len(dropped) > 1
+
+
+def test_lr_steps_as_fractions_keep_the_schedule_shape_when_epochs_change(tmp_path) -> None:
+    for epochs, steps in ((20, [12, 17]), (40, [24, 34]), (10, [6, 8])):
+        cfg = make_cfg(tmp_path, epochs=epochs, lr=1.0, lr_steps=[0.6, 0.85], lr_gamma=0.5)
+        assert cfg.lr_step_epochs() == steps
+        lrs = [learning_rate(cfg, e) for e in range(epochs)]
+        assert lrs.index(0.5) == steps[0] and lrs.index(0.25) == steps[1]
+    with pytest.raises(ValueError, match="lr_steps"):
+        make_cfg(tmp_path, lr_steps=[0.5, -1])
+
+
+@pytest.mark.parametrize("select", ["last", "val"])
+def test_select_decides_which_epoch_best_holds(tmp_path: Path, make_feature_set, select) -> None:
+    cfg = make_cfg(tmp_path, epochs=3, select=select, **{"model.method": "baseline"})
+    result = train(cfg, make_feature_set(n=24))
+    rsums = [row["val_rsum"] for row in result.history]
+    want = 3 if select == "last" else 1 + rsums.index(max(rsums))
+    assert result.best["epoch"] == want and result.best["rsum"] == rsums[want - 1]
+    saved = PicoAligner.load(tmp_path / "best")
+    if select == "last":  # the final weights, bit for bit
+        for k, v in result.model.state_dict().items():
+            assert torch.equal(saved.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="select"):
+        make_cfg(tmp_path, select="best")
 
 
 def test_learning_rate_step_schedule(tmp_path: Path, make_feature_set) -> None:
@@ -419,3 +448,20 @@ def test_fine_tuned_cnn_keeps_batchnorm_statistics_frozen() -> None:
     assert model.training and model.image_head.training
     assert not model.image_backbone.net[-1].training
     assert model.image_backbone.net[0].training
+
+
+def test_the_data_split_follows_split_seed_not_the_training_seed(
+    tmp_path: Path, make_feature_set, monkeypatch
+) -> None:
+    import picoalign.training.loop as loop
+
+    seen = []
+
+    def fake_features(data, image_encoder, text_encoder, *, seed, **kw):
+        seen.append(seed)
+        return make_feature_set(n=24)
+
+    monkeypatch.setattr(loop, "dataset_features", fake_features)
+    for seed in (0, 5):
+        train(make_cfg(tmp_path / f"s{seed}", epochs=1, seed=seed, split_seed=3), write=False)
+    assert seen == [3, 3]  # seeds vary only the training; every seed sees the same split

@@ -70,7 +70,14 @@ def _add_train(sub: Any) -> None:
         "--out", help="run folder for checkpoints and metrics (default runs/METHOD[-SCORER])"
     )
     p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="training seed (initialisation, data order)")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        dest="split_seed",
+        help="seed of the built-in datasets' train/val/test split (default 0), apart from "
+        "the training seed",
+    )
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--lr", type=float)
     p.add_argument("--margin", type=float, help="triplet margin (tune it for every method)")
@@ -123,8 +130,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
         return 0
     print(
-        f"best {cfg.eval_split} rSum {result.best.get('rsum', float('nan')):.1f} "
-        f"at epoch {result.best.get('epoch')}; model saved in {result.out}/best"
+        f"selected epoch {result.best.get('epoch')} ({cfg.select}): {cfg.eval_split} rSum "
+        f"{result.best.get('rsum', float('nan')):.1f}; model saved in {result.out}/best"
     )
     return 0
 
@@ -135,6 +142,7 @@ _TRAIN_FLAGS = {
     "out",
     "epochs",
     "seed",
+    "split_seed",
     "batch_size",
     "lr",
     "margin",
@@ -182,7 +190,14 @@ def _add_evaluate(sub: Any) -> None:
         "default: the model's own",
     )
     p.add_argument("--json", action="store_true", help="print a machine-readable result")
-    p.add_argument("--seed", type=int, default=0, help="seed of the built-in splits")
+    p.add_argument(
+        "--split-seed",
+        "--seed",
+        type=int,
+        dest="seed",
+        default=None,
+        help="seed of the built-in datasets' split (default: the run's split_seed, else 0)",
+    )
     p.add_argument(
         "--memory-mb",
         type=float,
@@ -200,12 +215,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from picoalign.model import PicoAligner
 
     model = PicoAligner.load(args.checkpoint)
-    data = args.data or _trained_on(args.checkpoint)
+    run = _run_config(args.checkpoint)
+    if args.data is None and run is None:
+        raise ValueError(f"--checkpoint {args.checkpoint}: no config.yaml found; pass --data")
+    data = args.data or str(run.get("data", "twemoji"))
+    split_seed = args.seed if args.seed is not None else int((run or {}).get("split_seed", 0))
     fs = dataset_features(
         data,
         model.config.image_encoder,
         model.config.text_encoder,
-        seed=args.seed,
+        seed=split_seed,
         progress=not args.json,
     )
     if args.split != "all":
@@ -222,15 +241,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trained_on(checkpoint: str) -> str:
+def _run_config(checkpoint: str) -> dict[str, Any] | None:
+    """The training config.yaml of a run folder (or of the run a model folder sits in)."""
     from pathlib import Path
 
     import yaml
 
     for cand in (Path(checkpoint) / "config.yaml", Path(checkpoint).parent / "config.yaml"):
         if cand.is_file():
-            return str(yaml.safe_load(cand.read_text()).get("data", "twemoji"))
-    raise ValueError(f"--checkpoint {checkpoint}: no config.yaml found; pass --data")
+            return yaml.safe_load(cand.read_text()) or {}
+    return None
 
 
 def _add_datasets(sub: Any) -> None:

@@ -12,7 +12,8 @@ Run folder layout::
     OUT/config.yaml        the full TrainConfig (reproduce with --config OUT/config.yaml)
     OUT/metrics.jsonl/.csv one row per epoch: loss, lr, validation R@K, p and ω statistics
     OUT/last/              model.safetensors + config.json + state.pt (optimiser, epoch)
-    OUT/best/              the model with the best validation rSum
+    OUT/best/              the selected model: the last epoch (``select="last"``, the default)
+                           or the one with the best validation rSum (``select="val"``)
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class TrainResult:
+    """The trained model, one row per epoch, and the selected epoch's validation metrics
+    (``best``: the last epoch, or the best by validation — ``TrainConfig.select``)."""
+
     model: PicoAligner
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=dict)
@@ -76,7 +80,8 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    return cfg.lr * cfg.lr_gamma ** sum(epoch >= s for s in cfg.lr_steps)
+    """The learning rate of 0-based ``epoch``: step decays at ``cfg.lr_step_epochs()``."""
+    return cfg.lr * cfg.lr_gamma ** sum(epoch >= s for s in cfg.lr_step_epochs())
 
 
 def _batch(fs: FeatureSet, idx: Tensor, device: torch.device) -> tuple[Tensor, ...]:
@@ -337,10 +342,13 @@ def _evaluate_and_save(run: _Run, epoch: int, row: dict[str, Any]) -> None:
     """Validation (rank 0, every ``eval_every`` epochs and at the end), ``best/`` when it
     improves, PICO's p/ω statistics, and the resumable ``last/`` state with the metrics."""
     cfg, result = run.cfg, run.result
-    if run.ctx.is_main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+    last = epoch + 1 == cfg.epochs
+    if run.ctx.is_main and ((epoch + 1) % cfg.eval_every == 0 or last):
         metrics = evaluate(run.model, run.eval_fs)
         row.update({f"{cfg.eval_split}_{k}": v for k, v in _flat(metrics).items()})
-        if metrics["rsum"] > result.best_rsum:
+        if (cfg.select == "last" and last) or (
+            cfg.select == "val" and metrics["rsum"] > result.best_rsum
+        ):
             result.best = {"epoch": epoch + 1, **metrics}
             if run.out is not None:
                 atomic_replace_dir(run.out / "best", run.model.save)
@@ -357,7 +365,7 @@ def _load_features(cfg: TrainConfig) -> FeatureSet:
         cfg.data,
         cfg.model.image_encoder,
         cfg.model.text_encoder,
-        seed=cfg.seed,
+        seed=cfg.split_seed,
         skip_bad=cfg.skip_bad,
         cache_dir=cfg.cache_dir,
         progress=cfg.progress,
