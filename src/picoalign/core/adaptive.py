@@ -22,7 +22,8 @@ import math
 import torch
 from torch import Tensor
 
-from picoalign.core.estimators import interaction_counts
+from picoalign.core.estimators import interaction_counts, probability_from_q
+from picoalign.core.losses import positive_mask
 from picoalign.core.similarity import pair_scores
 
 
@@ -107,28 +108,87 @@ def pair_adaptive_training_scores(
     the plain score) are replaced by their B-scores, rescaled by one batch constant so the
     matched pairs keep their plain scale (mean over positives; no gradient through it).
     Returns (scores, scale) — the scale is kept by PICO for weighted evaluation.
+
+    How it stays cheap (≤ 1.6× a plain step, ``benchmarks/train_speed.py``): the chosen pairs
+    are grouped by image, C slots per image (C = the most pairs any image has), and p(V,T)
+    weights the *caption* side. Each image's tokens then enter one GEMM against its C
+    weighted captions, and no (pairs × patches × D) copy of the image tokens is ever made,
+    forward or backward. Finding C is this function's one host sync (the selection is
+    data-dependent).
     """
     b = plain.shape[0]
-    pos = image_ids.unsqueeze(0) == image_ids.unsqueeze(1)
+    device = plain.device
+    pos = positive_mask(image_ids)
+    eye = torch.eye(b, dtype=torch.bool, device=device)
     k = min(hard_negatives, b - 1)
-    chosen = torch.eye(b, dtype=torch.bool)  # other positives are masked by the loss anyway
+    chosen = eye.clone()  # other positives are masked by the loss anyway
     if k > 0:
         masked = plain.detach().masked_fill(pos, float("-inf"))
         chosen.scatter_(1, masked.topk(k, dim=1).indices, True)
         chosen.scatter_(0, masked.topk(k, dim=0).indices, True)
-        chosen &= ~pos | torch.eye(b, dtype=torch.bool)  # topk may pick -inf when k ≥ #negs
-    ia, tb = chosen.nonzero(as_tuple=True)
-    # index_select, not img[ia]: the backward of advanced indexing with repeated rows adds
-    # with float atomics across threads on CPU, so training would not be bit-reproducible
-    s_b = pair_adaptive_pair_scores(
-        img.index_select(0, ia),
-        img_mask.index_select(0, ia),
-        txt.index_select(0, tb),
-        txt_mask.index_select(0, tb),
-        prior=prior,
-        lam=lam,
-    )
-    diag = ia == tb
-    scale = plain.diagonal().detach().mean() / s_b[diag].detach().mean().clamp_min(1e-6)
-    scores = plain.index_put((ia, tb), s_b * scale)
-    return scores, scale.detach()
+        chosen &= ~pos | eye  # topk may pick -inf when k ≥ #negs
+    counts = chosen.sum(1)
+    c = int(counts.max())  # the one host sync: the padded width of the grouped layout
+    # slot j of image a holds its j-th chosen caption (in column order); -1 = empty slot
+    order = torch.where(chosen, torch.arange(b, device=device), b).sort(dim=1).values[:, :c]
+    valid = order < b
+    cols = order.clamp_max(b - 1)  # empty slots read caption b-1 and are masked out
+    flat = cols.reshape(-1)
+    t_g = txt.index_select(0, flat).view(b, c, *txt.shape[1:])  # (B, C, n_t, D)
+    tm_g = txt_mask.index_select(0, flat).view(b, c, -1) & valid.unsqueeze(-1)
+    with torch.no_grad():
+        p = _grouped_probability(img.detach(), img_mask, t_g.detach(), tm_g, prior, lam)
+    s_b = _grouped_maxmean(img, img_mask, t_g * p.unsqueeze(2), tm_g)  # (B, C)
+    s_b = s_b.masked_fill(~valid, 0.0)
+    diag_slot = (cols == torch.arange(b, device=device).unsqueeze(1)) & valid
+    diag = (s_b.detach() * diag_slot).sum(1)
+    scale = plain.diagonal().detach().mean() / diag.mean().clamp_min(1e-6)
+    dense = torch.zeros_like(plain).scatter_add(1, cols, s_b * scale)  # empty slots add 0 …
+    return torch.where(chosen, dense, plain), scale.detach()  # … and are never chosen
+
+
+def _grouped_sims(img: Tensor, t_g: Tensor) -> Tensor:
+    """(B, n_v, D) images × (B, C, n_t, D) their grouped captions → (B, n_v, C, n_t)."""
+    bsz, c, n_t, d = t_g.shape
+    return torch.bmm(img, t_g.reshape(bsz, c * n_t, d).transpose(1, 2)).view(bsz, -1, c, n_t)
+
+
+def _grouped_maxmean(img: Tensor, img_mask: Tensor, t_g: Tensor, tm_g: Tensor) -> Tensor:
+    """Max-mean score of every (image, slot) pair of the grouped layout → (B, C)."""
+    sims = _grouped_sims(img, t_g)
+    both = img_mask[:, :, None, None] & tm_g[:, None, :, :]
+    sims = sims.masked_fill(~both, torch.finfo(sims.dtype).min)
+    im = img_mask.to(sims.dtype)
+    tm = tm_g.to(sims.dtype)
+    i2t = (sims.amax(3).clamp_min(-1e4) * im[:, :, None]).sum(1) / im.sum(1, keepdim=True)
+    t2i = (sims.amax(1).clamp_min(-1e4) * tm).sum(2) / tm.sum(2).clamp_min(1.0)
+    return i2t + t2i
+
+
+def _grouped_probability(
+    img: Tensor, img_mask: Tensor, t_g: Tensor, tm_g: Tensor, prior: Tensor, lam: float
+) -> Tensor:
+    """p(V,T) of every (image, slot) pair → (B, C, D), from the signs of its aligned token
+    pairs (each word's best patch, each patch's best word): the statistic of
+    ``interaction_counts(positives="aligned")``, computed without a (pairs × tokens × D)
+    tensor. With M_ij the number of times (patch i, word j) is aligned (0, 1 or 2) and signs
+    s = ±1, the count of agreeing signs in column d is Σ M_ij [s_id s_jd > 0] =
+    ½ (Σ M_ij + Σ_j s_jd (Mᵀ s_v)_jd): one GEMM per image. (It assumes no real token has an
+    exact 0.0 component, which a linear head's normalised output does not have.)"""
+    bsz, c, n_t, d = t_g.shape
+    n_v = img.shape[1]
+    sims = _grouped_sims(img, t_g)  # (B, n_v, C, n_t)
+    both = img_mask[:, :, None, None] & tm_g[:, None, :, :]
+    sims = sims.masked_fill(~both, float("-inf"))
+    m = torch.zeros(bsz, c, n_t, n_v, dtype=img.dtype, device=img.device)
+    # each real word with its best patch ...
+    m.scatter_(3, sims.argmax(1).unsqueeze(-1), tm_g.unsqueeze(-1).to(img.dtype))
+    # ... and each real patch with its best word (of a real slot)
+    patch_ok = img_mask.unsqueeze(1) & tm_g.any(2, keepdim=True)  # (B, C, n_v)
+    best_word = sims.argmax(3).transpose(1, 2).unsqueeze(2)  # (B, C, 1, n_v)
+    m.scatter_add_(2, best_word, patch_ok.unsqueeze(2).to(img.dtype))
+    agree = torch.bmm(m.view(bsz, c * n_t, n_v), torch.sign(img)).view(bsz, c, n_t, d)
+    den = m.sum((2, 3))  # (B, C): aligned pairs of each pair
+    num = 0.5 * (den.unsqueeze(-1) + (torch.sign(t_g) * agree).sum(2))
+    q = num / den.clamp_min(1.0).unsqueeze(-1)
+    return lam * probability_from_q(q) + (1 - lam) * prior.to(q.dtype)
