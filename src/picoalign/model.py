@@ -51,6 +51,14 @@ class ModelConfig:
     finetune_text: bool = False  # train the text backbone too (its weights are then saved)
     # train the image backbone on raw images (the GPU recipe; needs a dataset of image files)
     finetune_image: bool = False
+    # input options (docs/results.md measures each on both arms): per-channel standardisation
+    # of the frozen backbone features (statistics of the training split, saved with the model
+    # and applied in embed_*, so index and search see the same), the caption template, and
+    # the text encoder's token options (None = the encoder's own default)
+    standardize: bool = False
+    prompt: str = "{}"
+    text_max_tokens: int | None = None
+    text_special_tokens: bool | None = None  # True keeps [CLS]/[SEP] as word tokens
     scorer: str = "fine_grained"  # what is scored: see picoalign.core.scorers
     method: str = "pico"  # "baseline" | "pico", on any scorer
     # PICO's options; its ``dim`` is always ``embed_dim``
@@ -76,6 +84,29 @@ class ModelConfig:
             raise ValueError(f"scorer must be one of {sorted(SCORERS)}, got {self.scorer!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {sorted(HEADS)}, got {self.head!r}")
+        if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
+            raise ValueError(f"prompt must hold '{{}}' once (the caption), got {self.prompt!r}")
+        if self.text_max_tokens is not None and self.text_max_tokens < 1:
+            raise ValueError(f"text_max_tokens must be >= 1, got {self.text_max_tokens}")
+
+    def make_text_encoder(self) -> Any:
+        """The pretrained text encoder with this config's options and prompt: what the
+        cached text features, search queries and a fine-tuned text backbone start from."""
+        from picoalign.encoders import create_text_encoder
+
+        kwargs: dict[str, Any] = {}
+        if self.text_max_tokens is not None:
+            kwargs["max_length"] = self.text_max_tokens
+        if self.text_special_tokens is not None:
+            kwargs["drop_special"] = not self.text_special_tokens
+        try:
+            enc = create_text_encoder(self.text_encoder, **kwargs)
+        except TypeError as e:
+            raise ValueError(
+                f"text encoder {self.text_encoder!r} takes no option {sorted(kwargs)} ({e})"
+            ) from e
+        enc.prompt = self.prompt
+        return enc
 
     @property
     def trains_text(self) -> bool:
@@ -133,10 +164,12 @@ class PicoAligner(nn.Module):
         self.scorer = create_scorer(c.scorer, c.embed_dim)
         self.pico = PICO(c.pico)  # buffers always present: one state-dict layout
         self._backbones: dict[str, nn.Module] = {}  # lazily built, never saved
+        if c.standardize:  # per-channel statistics of the backbone features (fit_standardization)
+            for side, dim in (("image", c.image_dim), ("text", c.text_dim)):
+                self.register_buffer(f"{side}_mean", torch.zeros(dim))
+                self.register_buffer(f"{side}_std", torch.ones(dim))
         if c.trains_text:  # a real submodule: trained, saved and loaded with the heads
-            from picoalign.encoders import create_text_encoder
-
-            self.text_backbone = create_text_encoder(c.text_encoder)
+            self.text_backbone = c.make_text_encoder()
         if c.finetune_image:
             from picoalign.encoders import create_image_encoder
 
@@ -158,11 +191,41 @@ class PicoAligner(nn.Module):
         """Backbone image tokens (N, T, C) and mask → the scored token set and its mask:
         unit-norm D tokens (padding rows zeroed) reduced by the scorer (one token each for a
         pooled scorer)."""
-        return self.scorer(l2_normalize(self.image_head(tokens.float())) * mask.unsqueeze(-1), mask)
+        x = self._standardized("image", tokens.float())
+        return self.scorer(l2_normalize(self.image_head(x)) * mask.unsqueeze(-1), mask)
 
     def embed_texts(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """As :meth:`embed_images`, for word tokens."""
-        return self.scorer(l2_normalize(self.text_head(tokens.float())) * mask.unsqueeze(-1), mask)
+        x = self._standardized("text", tokens.float())
+        return self.scorer(l2_normalize(self.text_head(x)) * mask.unsqueeze(-1), mask)
+
+    def _standardized(self, side: str, x: Tensor) -> Tensor:
+        if not self.config.standardize:
+            return x
+        return (x - getattr(self, f"{side}_mean")) / getattr(self, f"{side}_std")
+
+    @torch.no_grad()
+    def fit_standardization(self, images: Any, texts: Any, chunk: int = 1024) -> None:
+        """Set the per-channel mean and std of the real tokens of cached backbone features
+        (``TokenFeatures`` of the training split), in float64 chunk by chunk."""
+        if not self.config.standardize:
+            raise ValueError("fit_standardization needs a model with standardize=True")
+        for side, feats in (("image", images), ("text", texts)):
+            total = torch.zeros(feats.dim, dtype=torch.float64)
+            sq = torch.zeros(feats.dim, dtype=torch.float64)
+            n = 0
+            for i in range(0, len(feats.tokens), chunk):
+                m = feats.mask[i : i + chunk]
+                x = feats.tokens[i : i + chunk][m].double()
+                total += x.sum(0)
+                sq += (x * x).sum(0)
+                n += len(x)
+            if n < 2:
+                raise ValueError(f"standardize: the training split has {n} {side} tokens")
+            mean = total / n
+            std = (sq / n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
+            getattr(self, f"{side}_mean").copy_(mean.float())
+            getattr(self, f"{side}_std").copy_(std.float())
 
     def forward(
         self,
@@ -275,11 +338,11 @@ class PicoAligner(nn.Module):
         if kind == "image" and self.config.finetune_image:
             return self.image_backbone
         if kind not in self._backbones:
-            from picoalign.encoders import create_image_encoder, create_text_encoder
+            from picoalign.encoders import create_image_encoder
 
-            make = create_image_encoder if kind == "image" else create_text_encoder
-            spec = self.config.image_encoder if kind == "image" else self.config.text_encoder
-            self._backbones[kind] = make(spec).eval()
+            c = self.config
+            enc = create_image_encoder(c.image_encoder) if kind == "image" else None
+            self._backbones[kind] = (enc or c.make_text_encoder()).eval()
         return self._backbones[kind]
 
     def image_pixels(self, images: Sequence[Image.Image]) -> Tensor:
@@ -317,7 +380,7 @@ class PicoAligner(nn.Module):
     def text_tokens(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Backbone word tokens of raw captions, with gradient when fine-tuning."""
         enc = self.backbone("text")
-        batch = {k: v.to(enc.device) for k, v in enc.tokenize(list(captions)).items()}
+        batch = {k: v.to(enc.device) for k, v in enc.tokenize(enc.prepare(captions)).items()}
         t, m = enc(**batch)
         return t.to(self._device), m.to(self._device)
 

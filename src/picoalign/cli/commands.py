@@ -223,7 +223,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     fs = dataset_features(
         data,
         model.config.image_encoder,
-        model.config.text_encoder,
+        model.config.make_text_encoder,  # built once the data is known to load
         seed=split_seed,
         progress=not args.json,
     )

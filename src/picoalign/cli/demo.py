@@ -69,7 +69,7 @@ def run_demo(
         else dataset_features(
             data,
             base_cfg.model.image_encoder,
-            base_cfg.model.text_encoder,
+            base_cfg.model.make_text_encoder,  # built once the data is known to load
             seed=seed,
             progress=progress,
         )

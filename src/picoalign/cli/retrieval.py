@@ -97,7 +97,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     fs = dataset_features(
         args.data,
         model.config.image_encoder,
-        model.config.text_encoder,
+        model.config.make_text_encoder,  # built once the data is known to load
         seed=args.seed,
         progress=args.progress,
     )

@@ -143,9 +143,26 @@ class ImageEncoder(Encoder):
 
 
 class TextEncoder(Encoder):
-    """Text encoder: ``tokenize(list[str]) -> batch``; ``forward(**batch) -> (tokens, mask)``."""
+    """Text encoder: ``tokenize(list[str]) -> batch``; ``forward(**batch) -> (tokens, mask)``.
+
+    ``prompt`` is the caption template (``"an emoji of {}"``): every caller encodes
+    ``prepare(texts)``, so training captions, cached features and search queries all see the
+    same text, and the template is part of the cache key.
+    """
 
     max_length: int = 32
+    prompt: str = "{}"
+
+    def prepare(self, texts: Sequence[str]) -> list[str]:
+        """The texts as the encoder reads them: each put into ``prompt``."""
+        if self.prompt == "{}":
+            return list(texts)
+        return [self.prompt.replace("{}", t) for t in texts]
+
+    @property
+    def cache_config(self) -> str:
+        base = super().cache_config
+        return base if self.prompt == "{}" else f"{base}|prompt={self.prompt}"
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -155,7 +172,7 @@ class TextEncoder(Encoder):
 
     def pooled(self, texts: Sequence[str]) -> torch.Tensor:
         """One vector per text: masked mean of the word tokens (``(B, C)``)."""
-        tokens, mask = self(**self.tokenize(texts))
+        tokens, mask = self(**self.tokenize(self.prepare(texts)))
         return masked_mean(tokens, mask)
 
 

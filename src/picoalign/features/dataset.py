@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from picoalign.data import load_dataset
+from picoalign.encoders import ImageEncoder, TextEncoder, create_image_encoder
 from picoalign.features.encode import encode_dataset
 from picoalign.features.store import FeatureSet
 
 
 def dataset_features(
     data: str,
-    image_encoder: str = "efficientnet-lite0",
-    text_encoder: str = "minilm",
+    image_encoder: str | ImageEncoder = "efficientnet-lite0",
+    text_encoder: str | TextEncoder | Callable[[], TextEncoder] = "minilm",
     *,
     seed: int = 0,
     skip_bad: bool = False,
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> FeatureSet:
-    """Backbone token features of a dataset spec (``twemoji``, ``jsonl:PATH`` …), cached."""
+    """Backbone token features of a dataset spec (``twemoji``, ``jsonl:PATH`` …), cached.
+
+    Encoders are registry specs or instances; ``text_encoder`` may also be a factory (a model
+    config's ``make_text_encoder``, with its prompt and token options), called only once the
+    data has loaded and the image encoder's spec is known to be good, so a typo in either is
+    reported before any weights load."""
     dataset = load_dataset(data, seed=seed, skip_bad=skip_bad)
     if skip_bad:  # bad image files are found only by decoding them
         dataset = dataset.drop_undecodable(progress=progress)
@@ -33,6 +39,9 @@ def dataset_features(
         raise ValueError(f"--data {data}: the dataset has no usable items")
     if getattr(dataset, "features", None) is not None:
         image_encoder = "precomputed"
+    image_encoder = create_image_encoder(image_encoder)
+    if callable(text_encoder) and not isinstance(text_encoder, TextEncoder):
+        text_encoder = text_encoder()
     return encode_dataset(
         dataset, image_encoder, text_encoder, cache_dir=cache_dir, progress=progress
     )

@@ -127,7 +127,7 @@ def encode_texts(
     with bar, _evaluating(encoder, device):
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
-            tokens, mask = encoder(**encoder.tokenize(batch))
+            tokens, mask = encoder(**encoder.tokenize(encoder.prepare(batch)))
             parts.append((to_half(tokens, encoder.name), mask.cpu()))
             bar.update(len(batch))
     return TokenFeatures.concat(parts, encoder.dim)

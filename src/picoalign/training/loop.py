@@ -196,7 +196,10 @@ def _setup(
     if train_fs.n_captions < 2:
         raise ValueError(f"--data {cfg.data}: the train split has fewer than 2 captions")
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
-    model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch)).to(device)
+    model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
+    if model.config.standardize:  # training-split statistics, saved with the model
+        model.fit_standardization(train_fs.images, train_fs.texts)
+    model.to(device)
     finetune = model.config.trains_text or model.config.finetune_image
     net = wrap_ddp(model, device, ctx, find_unused=finetune)  # forward via DDP, rest via model
     pixels = PixelBatches(model, train_fs) if model.config.finetune_image else None
@@ -364,7 +367,7 @@ def _load_features(cfg: TrainConfig) -> FeatureSet:
     return dataset_features(
         cfg.data,
         cfg.model.image_encoder,
-        cfg.model.text_encoder,
+        cfg.model.make_text_encoder,  # built once the data is known to load
         seed=cfg.split_seed,
         skip_bad=cfg.skip_bad,
         cache_dir=cfg.cache_dir,
