@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from picoalign.data import builtin, formats
+from picoalign.data import builtin, formats, scenes
 from picoalign.data.base import ImageCaptionDataset
 
 Builder = Callable[[list[str], int, bool], ImageCaptionDataset]
@@ -30,10 +30,13 @@ class DatasetEntry:
     build: Builder  # (args, seed, skip_bad) -> dataset
     installed: Callable[[], bool] = lambda: True
     install_hint: str = ""
+    # Shown after the required arguments, e.g. "[:size=N]": any number of further
+    # non-empty arguments is then accepted and the builder validates them.
+    options: str = ""
 
     @property
     def spelling(self) -> str:
-        return ":".join((self.name, *self.args))
+        return ":".join((self.name, *self.args)) + self.options
 
 
 def _path(s: str) -> Path:
@@ -82,6 +85,19 @@ REGISTRY: dict[str, DatasetEntry] = {
             "install two of the built-in datasets",
         ),
         DatasetEntry(
+            "scenes",
+            ("PROTOCOL",),
+            "compositional scenes of 2-4 Twemoji/Noto objects, 5 captions each, look-alike "
+            "siblings; PROTOCOL: twemoji, noto, style (Twemoji->Noto), caption (held-back "
+            "phrasing), both, unseen (test concepts unseen); options size=N (7000), seed=S, "
+            "held=list|relations|counts|tags, concepts=shared|unseen; the data seed is seed=S "
+            "only, not --seed (docs/scenes.md)",
+            lambda a, seed, skip: scenes.from_spec(a),
+            builtin.twemoji_installed,
+            builtin.TWEMOJI_HINT + "; Noto protocols also: " + builtin.NOTO_HINT,
+            options="[:KEY=VALUE...]",
+        ),
+        DatasetEntry(
             "jsonl",
             ("PATH",),
             'your data: one {"image": ..., "captions": [...], "split"?: ...} per line',
@@ -117,10 +133,12 @@ def parse_spec(spec: str) -> tuple[DatasetEntry, list[str]]:
     if entry is None:
         known = ", ".join(e.spelling for e in REGISTRY.values())
         raise ValueError(f"unknown dataset {name!r}; known: {known}")
-    if len(args) != len(entry.args) or any(not a for a in args):
+    n = len(entry.args)
+    if (len(args) < n if entry.options else len(args) != n) or any(not a for a in args):
         raise ValueError(
             f"dataset {spec!r} must be spelled {entry.spelling!r} "
-            f"({len(entry.args)} non-empty ':'-separated argument(s), got {len(args)})"
+            f"({n}{'+' if entry.options else ''} non-empty ':'-separated argument(s), "
+            f"got {len(args)})"
         )
     return entry, args
 

@@ -1,0 +1,222 @@
+"""Baselines on the ``scenes`` benchmark (docs/scenes.md): global vs fine-grained.
+
+Both methods share frozen encoders (EfficientNet-Lite0 + MiniLM, cached features), the
+scenes data, seeds, margin 0.8 and the training budget of benchmarks/quality.py. Each
+(method, seed) model is trained on ``scenes:twemoji`` and tested on its test split
+(in-style) and on the same test scenes drawn with Noto (``scenes:style``: image-style
+shift). ``--caption`` adds the caption-style shift (``scenes:caption``, held family
+``tags``): same images, hence the same cached image features, other captions.
+
+Besides R@K / rSum it reports *sibling accuracy*: the share of test captions whose own image
+outscores its 1–2 siblings (same objects, other arrangement or count). Chance is ≈ 0.42
+(a family of 2 gives 1/2, of 3 gives 1/3); a bag of objects cannot beat it.
+
+    python benchmarks/scenes_baselines.py                  # 7,000 images, 3 seeds
+    python benchmarks/scenes_baselines.py --caption        # + caption-style shift
+    python benchmarks/scenes_baselines.py --quick          # smoke run (size 700, 1 seed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from picoalign.config import load_config
+from picoalign.data import load_dataset
+from picoalign.encoders import create_text_encoder
+from picoalign.evaluation.metrics import recall_metrics
+from picoalign.evaluation.pipeline import dataset_features, embed_features
+from picoalign.features.encode import _cached, default_cache_dir, encode_dataset, encode_texts
+from picoalign.features.store import FeatureSet
+from picoalign.model import PicoAligner
+from picoalign.training.loop import train
+
+ROOT = Path(__file__).resolve().parent
+BASE: dict[str, Any] = {"epochs": 6, "lr_steps": [4], "batch_size": 128, "lr": 1e-3}
+METHODS = {"global": {"model.method": "global"}, "fine_grained": {"model.method": "baseline"}}
+MARGIN = 0.8
+
+
+def sibling_accuracy(scores: torch.Tensor, fs: FeatureSet) -> float:
+    """Share of captions whose image scores highest among the images of its family."""
+    groups = fs.image_groups
+    hits = 0
+    for j, i in enumerate(fs.caption_image.tolist()):
+        fam = [k for k, g in enumerate(groups) if g == groups[i]]
+        hits += int(max(fam, key=lambda k: float(scores[k, j])) == i)
+    return 100.0 * hits / len(fs.caption_image)
+
+
+def evaluate(model: PicoAligner, fs: FeatureSet) -> dict[str, Any]:
+    img, im, txt, tm = embed_features(model, fs)
+    scores = model.scores(img, im, txt, tm)
+    return {**recall_metrics(scores, fs.caption_image), "sibling_acc": sibling_accuracy(scores, fs)}
+
+
+def caption_features(base: FeatureSet, spec: str) -> FeatureSet:
+    """``spec``'s captions with ``base``'s image features: valid because the two datasets
+    hold the same images under the same keys (checked), so no image is re-encoded."""
+    ds = load_dataset(spec)
+    if [it.key for it in ds.items] != base.image_keys:
+        raise SystemExit(f"{spec}: images differ from {base.meta.get('dataset')}")
+    captions = [c for it in ds.items for c in it.captions]
+    enc = create_text_encoder("minilm")
+    texts, _ = _cached(
+        "texts",
+        ds,
+        enc,
+        captions,
+        default_cache_dir(),
+        lambda: encode_texts(captions, enc, progress=True),
+    )
+    counts = torch.tensor([len(it.captions) for it in ds.items])
+    return FeatureSet(
+        images=base.images,
+        texts=texts,
+        caption_image=torch.repeat_interleave(torch.arange(len(ds.items)), counts),
+        image_keys=base.image_keys,
+        captions=captions,
+        meta={**base.meta, "dataset": ds.name, "fingerprint": ds.fingerprint},
+        image_splits=base.image_splits,
+        image_groups=base.image_groups,
+    )
+
+
+def one_run(
+    method: str,
+    seed: int,
+    train_fs: FeatureSet,
+    tests: dict[str, FeatureSet],
+    base: dict[str, Any],
+    data: str,
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="picoalign-scenes-") as tmp:
+        cfg = load_config(
+            None,
+            {
+                **base,
+                **METHODS[method],
+                "margin": MARGIN,
+                "seed": seed,
+                "data": data,
+                "progress": False,
+                "out": tmp,
+            },
+        )
+        t0 = time.perf_counter()
+        result = train(cfg, train_fs)
+        seconds = time.perf_counter() - t0
+        model = PicoAligner.load(Path(tmp) / "best")  # best epoch by validation rSum
+    return {
+        "method": method,
+        "seed": seed,
+        "val_rsum": result.best.get("rsum"),
+        "seconds": round(seconds, 1),
+        "tests": {name: evaluate(model, fs) for name, fs in tests.items()},
+    }
+
+
+def _ms(xs: list[float]) -> str:
+    return (
+        f"{xs[0]:.1f}" if len(xs) < 2 else f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}"
+    )
+
+
+def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [
+        f"scenes size={meta['size']} (train/val/test images {meta['splits']}), seeds {seeds}, "
+        f"margin {MARGIN}, {BASE['epochs'] if not meta['quick'] else 2} epochs; mean ± std\n",
+        "| protocol | method | R@1 i→t | R@1 t→i | R@5 i→t | R@5 t→i | rSum | sibling acc |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for proto in meta["protocols"]:
+        for method in METHODS:
+            ms = [r["tests"][proto] for r in rows if r["method"] == method and proto in r["tests"]]
+            if not ms:
+                continue
+            cells = [_ms([m[d][k] for m in ms]) for k in ("r1", "r5") for d in ("i2t", "t2i")]
+            lines.append(
+                f"| {proto} | {method} | "
+                + " | ".join(cells)
+                + f" | {_ms([m['rsum'] for m in ms])} | {_ms([m['sibling_acc'] for m in ms])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--size", type=int, help="images per glyph set (default 7000; --quick: 700)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--caption", action="store_true", help="add the caption-style shift")
+    ap.add_argument("--quick", action="store_true", help="size 700, 1 seed, 2 epochs")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "scenes_baselines.json")
+    args = ap.parse_args(argv)
+    base = dict(BASE)
+    if args.quick:
+        args.size, args.seeds = args.size or 700, args.seeds[:1]
+        base.update(epochs=2, lr_steps=[])
+        args.out = args.out.with_name("scenes_baselines-quick.json")
+    args.size = args.size or 7000
+    start = time.perf_counter()
+    data = f"scenes:twemoji:size={args.size}"
+    tw = dataset_features(data, progress=True)
+    noto = load_dataset(f"scenes:noto:size={args.size}").split("test")
+    tests = {
+        "twemoji (in-style)": tw.split("test"),
+        "style (Twemoji→Noto)": encode_dataset(noto, "efficientnet-lite0", "minilm").split("test"),
+    }
+    print(f"features ready after {time.perf_counter() - start:.0f} s", flush=True)
+    rows = []
+    for method in METHODS:
+        for seed in args.seeds:
+            rows.append(one_run(method, seed, tw, tests, base, data))
+            print(
+                f"{method} seed {seed}: "
+                + ", ".join(
+                    f"{k} rSum {v['rsum']:.1f} sib {v['sibling_acc']:.1f}"
+                    for k, v in rows[-1]["tests"].items()
+                )
+                + f" ({rows[-1]['seconds']:.0f} s)",
+                flush=True,
+            )
+    if args.caption:
+        name = "caption (held: tags)"
+        spec = f"scenes:caption:size={args.size}"
+        cap = caption_features(tw, spec)
+        for method in METHODS:
+            for seed in args.seeds:
+                row = one_run(method, seed, cap, {name: cap.split("test")}, base, spec)
+                row["protocol"] = "caption"
+                rows.append(row)
+                print(f"{method} seed {seed}: {name} rSum {row['tests'][name]['rsum']:.1f}")
+    splits = "/".join(str(sum(s == x for s in tw.image_splits)) for x in ("train", "val", "test"))
+    protocols = list(tests) + (["caption (held: tags)"] if args.caption else [])
+    meta = {
+        "size": args.size,
+        "splits": splits,
+        "quick": args.quick,
+        "protocols": protocols,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    text = report(rows, meta)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"wall time {meta['seconds']:.0f} s; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
