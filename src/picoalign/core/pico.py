@@ -310,12 +310,17 @@ class PICO(nn.Module):
             x[:m] for x in (img, img_mask, txt, txt_mask, image_ids)
         )
 
-        def r(weights: Tensor) -> Tensor:
-            s = fine_grained_scores(img, img_mask, txt, txt_mask, weights, validate=False)
-            return retrieval_score(s, image_ids, c.feedback_metric)
-
-        base = r(self.as_weights(self.p))
-        return torch.stack([r(self.as_weights(1 - proto)) - base for proto in bank])
+        # every weighting (p, then each prototype's 1 − π_k) at once: the weights go on the
+        # caption side, the K + 1 weighted copies of the m captions are one column block,
+        # so the K + 1 score matrices come from one blocked call instead of K + 1
+        weights = torch.stack([self.as_weights(self.p), *(self.as_weights(1 - pr) for pr in bank)])
+        n = weights.shape[0]
+        stacked = (txt.unsqueeze(0) * weights[:, None, None, :]).reshape(-1, *txt.shape[1:])
+        s = fine_grained_scores(img, img_mask, stacked, txt_mask.repeat(n, 1), validate=False).view(
+            len(img), n, len(txt)
+        )
+        r = torch.stack([retrieval_score(s[:, k], image_ids, c.feedback_metric) for k in range(n)])
+        return r[1:] - r[0]
 
     def extra_repr(self) -> str:
         c = self.config
