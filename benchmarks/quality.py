@@ -1,20 +1,22 @@
-"""Quality study: does PICO align better than the same model without it? (docs/results.md)
+"""Quality study: does PICO align better than the best baseline? (docs/results.md)
 
 Every method shares encoders (EfficientNet-Lite0 + MiniLM, frozen, cached features), data,
-seeds and budget. Training sets: twemoji, noto-emoji, tuxpaint; test sets: each one's test
-split (concepts never seen in training) and, for the emoji styles, the *other* style's test
-split (style shift: train Twemoji → test Noto and the reverse).
+seeds and the product's default recipe (trained until validation levels off: 20 epochs, lr
+steps at 60% and 85%, the last epoch scored). Training sets: twemoji, noto-emoji, tuxpaint
+and two protocols of the compositional ``scenes`` set; test sets: each one's test split and
+the style-shift partners (train Twemoji → test Noto and the reverse; scenes drawn with Noto).
 
-Fair comparison (METHOD.md §6b–7): the baseline gets at least PICO's tuning budget (margins
-0.2, 0.8 and 1.2; PICO 0.8 and 1.2), every family's margin is picked on the validation split
-(mean over seeds), and each trained PICO
-model is scored both ways (plain and weighted) so a gain that only a margin or a rescaling
-reproduces is visible as such. Results are appended to a JSONL file as runs finish, so an
-interrupted study resumes where it stopped (``--resume``).
+Fair comparison (METHOD.md §6b–7): every scorer (global, gpo, fine_grained) has a baseline
+and a PICO family; baselines tune margins 0.2, 0.8 and 1.2, PICO 0.8 and 1.2; every
+family's margin is picked on the validation rSum of the first seed, and the other seeds run
+at that margin. The headline compares the default PICO with the *best* tuned baseline of
+every scorer (picked on validation). Each trained PICO model is scored both ways (plain and
+weighted). Results are appended to a JSONL file as runs finish, so an interrupted study
+resumes where it stopped (``--resume``).
 
-    python benchmarks/quality.py                 # the full study (126 runs, 1 h 14 min measured)
-    python benchmarks/quality.py --core          # the first study only (90 runs, ≈ 45 min)
-    python benchmarks/quality.py --quick         # smoke run (< 5 min)
+    python benchmarks/quality.py                 # the full study
+    python benchmarks/quality.py --core          # baselines + default PICO on every scorer
+    python benchmarks/quality.py --quick         # smoke run (minutes)
     python benchmarks/quality.py --report-only   # re-aggregate benchmarks/results/quality.jsonl
 """
 
@@ -41,62 +43,72 @@ from picoalign.model import PicoAligner
 from picoalign.training.loop import train
 
 ROOT = Path(__file__).resolve().parent
+SCENES = "scenes:{}:size=2100"  # 1,500 / 300 / 300 images: a study-sized scenes set
 TRAIN_SETS = {
     "twemoji": ["twemoji", "noto-emoji"],
     "noto-emoji": ["noto-emoji", "twemoji"],
     "tuxpaint": ["tuxpaint"],
+    # compositional scenes: in-style, image-style shift (same test scenes drawn with Noto) and
+    # caption-style shift (train on three phrasing families, test on the held-back one)
+    SCENES.format("twemoji"): [SCENES.format("twemoji"), SCENES.format("style")],
+    SCENES.format("caption"): [SCENES.format("caption")],
 }
-BASE: dict[str, Any] = {"epochs": 6, "lr_steps": [4], "batch_size": 128, "lr": 1e-3}
+# The product's default recipe (TrainConfig: 20 epochs, lr 5e-4, steps at 60% / 85%, PICO
+# warm-up 2 epochs, the last epoch scored) for every method alike.
+BASE: dict[str, Any] = {}
+SCORERS = ("global", "gpo", "fine_grained")
 # Every family names its reading (and λ) explicitly: a later change of picoalign's defaults
 # must not silently change what a family measures.
 PICO: dict[str, Any] = {
     "model.method": "pico",
     "model.pico.feedback_size": 32,
-    "model.pico.reading": "global",
+    "model.pico.reading": "pair",
+    "model.pico.lam": 0.25,
+    "model.pico.train_score": "weighted",
+    "model.pico.eval_score": "plain",
 }
 
-# name -> (training overrides, margins to tune over, evaluation rules)
-# Evaluation rules: "plain" (p ≡ 1), "weighted" (the model's own p / p(V,T)), "raw" (global p
-# without renormalisation, reading A only).
+# name -> (training overrides, margins to tune over, evaluation rules). "plain" (p ≡ 1),
+# "weighted" (the model's own p / p(V,T)), "raw" (global p without renormalisation, reading A).
 FAMILIES: dict[str, tuple[dict[str, Any], list[float], list[str]]] = {
-    "global": ({"model.method": "global"}, [0.2], ["plain"]),
-    "baseline": ({"model.method": "baseline"}, [0.2, 0.8, 1.2], ["plain"]),
-    "pico-A": ({**PICO}, [0.8, 1.2], ["plain", "weighted", "raw"]),
-    "pico-B": (
-        {**PICO, "model.pico.reading": "pair", "model.pico.lam": 0.5},
-        [0.8, 1.2],
-        ["plain", "weighted"],
-    ),
-    # λ of reading B (p(V,T) = λ p̃(V,T) + (1−λ) prior) picked on validation at margin 0.8
+    # every scorer's baseline, and PICO's default recipe on every scorer
     **{
-        f"pico-B-lam{lam}": (
-            {**PICO, "model.pico.reading": "pair", "model.pico.lam": lam},
-            [0.8],
-            ["plain", "weighted"],
-        )
-        for lam in (0.25, 1.0)
+        s: ({"model.method": "baseline", "model.scorer": s}, [0.2, 0.8, 1.2], ["plain"])
+        for s in SCORERS
+    },
+    **{
+        f"pico-{s}": ({**PICO, "model.scorer": s}, [0.8, 1.2], ["plain", "weighted"])
+        for s in SCORERS
+    },
+    # the other readings on the fine-grained scorer (not in --core)
+    "pico-A": (
+        {**PICO, "model.pico.reading": "global", "model.pico.lam": 0.0},
+        [0.8, 1.2],
+        ["plain", "weighted", "raw"],
+    ),
+    **{
+        f"pico-B-lam{lam}": ({**PICO, "model.pico.lam": lam}, [0.8], ["plain", "weighted"])
+        for lam in (0.5, 1.0)
     },
 }
-# Ablations of METHOD.md and sweeps of our constants on pico-A (margin 0.8), Twemoji only,
-# scored with each rule.
+CORE = {*SCORERS, *(f"pico-{s}" for s in SCORERS)}
+DEFAULT_PICO = "pico-fine_grained"  # the product's default: PICO on the default scorer
+# Ablations of METHOD.md and sweeps of our constants on the default PICO (margin 0.8),
+# Twemoji only, scored with each rule.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "abl-batch-only-p": {"model.pico.bank_size": 1},
     "abl-uniform-bank": {"model.pico.feedback": False},
     "abl-feedback-current-batch": {"model.pico.feedback_source": "batch"},
     "abl-magnitude": {"model.pico.estimator": "magnitude"},
     "abl-all-positives": {"model.pico.positives": "all"},
-    "abl-raw-p-training": {"model.pico.renormalize": False},
+    "abl-train-plain": {"model.pico.train_score": "plain"},
     # sweeps of the reconstructed constants (validation decides; Twemoji, 3 seeds)
     "sweep-tau0.25": {"model.pico.tau": 0.25},
     "sweep-tau4": {"model.pico.tau": 4.0},
     "sweep-K2": {"model.pico.bank_size": 2},
     "sweep-K32": {"model.pico.bank_size": 32},
     "sweep-momentum0.9": {"model.pico.momentum": 0.9},
-    "sweep-B-prior-global": {
-        "model.pico.reading": "pair",
-        "model.pico.lam": 0.25,
-        "model.pico.prior": "global",
-    },
+    "sweep-B-prior-global": {"model.pico.prior": "global"},
 }
 
 
@@ -138,7 +150,7 @@ def one_run(
         t0 = time.perf_counter()
         result = train(cfg, feats[train_set])
         seconds = time.perf_counter() - t0
-        model = PicoAligner.load(Path(tmp) / "best")  # best epoch by validation rSum
+        model = PicoAligner.load(Path(tmp))  # the selected epoch: the last (TrainConfig.select)
     tests = {}
     for test_set in TRAIN_SETS[train_set]:
         tests[test_set] = evaluate_rules(model, feats[test_set].split("test"), rules)
@@ -162,24 +174,42 @@ def one_run(
 
 
 def plan(
-    quick: bool, seeds: list[int], train_sets: list[str], ablations: bool, ablation_seeds: list[int]
-):
-    for family, (overrides, margins, rules) in FAMILIES.items():
-        for margin in margins[-1:] if quick else margins:
-            for ts in train_sets:
-                for seed in seeds:
-                    yield family, overrides, margin, ts, seed, rules
-    if ablations:
-        for name, extra in ABLATIONS.items():
-            for seed in ablation_seeds:
-                yield (
-                    name,
-                    {**FAMILIES["pico-A"][0], **extra},
-                    0.8,
-                    train_sets[0],
-                    seed,
-                    ["plain", "weighted"],
-                )
+    families: list[str],
+    margins_of: dict[tuple[str, str], list[float]],
+    seeds: list[int],
+    train_sets: list[str],
+) -> list[tuple[str, dict[str, Any], float, str, int, list[str]]]:
+    """Runs of ``families`` on ``train_sets``: every margin of ``margins_of[(family, set)]``
+    for every seed given."""
+    return [
+        (fam, FAMILIES[fam][0], margin, ts, seed, FAMILIES[fam][2])
+        for fam in families
+        for ts in train_sets
+        for margin in margins_of[(fam, ts)]
+        for seed in seeds
+    ]
+
+
+def pick_margin(rows: list[dict[str, Any]], family: str, train_set: str, tune_seed: int) -> float:
+    """The margin with the best validation rSum of the tuning seed (the study's one rule for
+    every family: tuned on validation, never on test)."""
+    cands = [
+        (r["val_rsum"], -r["margin"], r["margin"])
+        for r in rows
+        if r["family"] == family and r["train_set"] == train_set and r["seed"] == tune_seed
+    ]
+    if not cands:
+        raise ValueError(f"no tuning run of {family} on {train_set} (seed {tune_seed})")
+    return max(cands)[2]
+
+
+def ablation_plan(seeds: list[int], train_set: str) -> list[tuple]:
+    """The ablations and sweeps of the default PICO (margin 0.8) on one training set."""
+    return [
+        (name, {**FAMILIES[DEFAULT_PICO][0], **extra}, 0.8, train_set, seed, ["plain", "weighted"])
+        for name, extra in ABLATIONS.items()
+        for seed in seeds
+    ]
 
 
 # ---------------------------------------------------------------------------- report
@@ -201,62 +231,93 @@ def _paired(a: list[float], b: list[float]) -> str:
     return f"{m:+.1f} [{m - half:+.1f}, {m + half:+.1f}]"
 
 
-def report(rows: list[dict[str, Any]]) -> str:
-    """Markdown: validation rSum of every configuration (what the defaults are picked on),
-    then per test set each family at its validation-picked margin, with each scoring rule."""
+def report(rows: list[dict[str, Any]], tune_seed: int = 0) -> str:
+    """Markdown: the headline (default PICO against the best tuned baseline of every scorer,
+    both picked on validation), the validation rSum of every configuration (what the margins
+    are picked on), then per test set each family at its picked margin with each rule."""
     by = defaultdict(list)
     for r in rows:
         by[(r["family"], r["margin"], r["train_set"])].append(r)
-    sets = sorted({t for _, _, t in by})
+    train_sets = sorted({t for _, _, t in by})
+    picked = {
+        (fam, ts): pick_margin(rows, fam, ts, tune_seed)
+        for fam, _, ts in by
+        if any(r["seed"] == tune_seed for r in by[(fam, _, ts)])
+    }
+
+    def runs(fam: str, ts: str) -> list[dict[str, Any]]:
+        return sorted(by.get((fam, picked.get((fam, ts)), ts), []), key=lambda r: r["seed"])
+
+    def rsums(fam: str, ts: str, test: str, rule: str) -> list[float]:
+        return [r["tests"][test][rule]["rsum"] for r in runs(fam, ts)]
+
     lines = [
-        "### validation rSum (mean ± std over seeds; selection is made on these)\n",
-        "| configuration | " + " | ".join(sets) + " | seconds/run |",
-        "|---|" + "---|" * (len(sets) + 1),
+        f"### headline: default PICO ({DEFAULT_PICO}, plain scoring) vs the best tuned baseline\n",
+        "The best baseline is the scorer (global, gpo, fine_grained) and margin with the best "
+        f"validation rSum of seed {tune_seed}; Δ is paired by seed, with a 95% t interval.\n",
+        "| train → test | best baseline (val-picked) | baseline rSum | PICO rSum "
+        "| Δ rSum [95% CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for ts in train_sets:
+        bases = [f for f in SCORERS if (f, ts) in picked]
+        if (DEFAULT_PICO, ts) not in picked or not bases:
+            continue
+
+        def val(fam: str, ts: str = ts) -> float:
+            return next(r["val_rsum"] for r in runs(fam, ts) if r["seed"] == tune_seed)
+
+        best = max(bases, key=val)
+        for test in runs(best, ts)[0]["tests"]:
+            b, p = rsums(best, ts, test, "plain"), rsums(DEFAULT_PICO, ts, test, "plain")
+            cell = _paired(p, b) if len(p) == len(b) else "seeds differ"
+            lines.append(
+                f"| {ts} → {test} | {best} (m={picked[(best, ts)]}) | {_ms(b)} | {_ms(p)} | "
+                f"{cell} |"
+            )
+    lines += [
+        f"\n### validation rSum (mean ± std over seeds; margins are picked on seed {tune_seed})\n",
+        "| configuration | " + " | ".join(train_sets) + " | seconds/run |",
+        "|---|" + "---|" * (len(train_sets) + 1),
     ]
     for fam, margin in sorted({(f, m) for f, m, _ in by}):
-        cells = [_ms([x["val_rsum"] for x in by.get((fam, margin, t), [])]) for t in sets]
-        secs = [x["seconds"] for t in sets for x in by.get((fam, margin, t), [])]
+        cells = [_ms([x["val_rsum"] for x in by.get((fam, margin, t), [])]) for t in train_sets]
+        secs = [x["seconds"] for t in train_sets for x in by.get((fam, margin, t), [])]
         lines.append(
             f"| {fam} m={margin} | " + " | ".join(cells) + f" | {statistics.mean(secs):.0f} |"
         )
-    test_sets = sorted({(r["train_set"], t) for r in rows for t in r["tests"]})
-    for train_set, test_set in test_sets:
-        shift = "in-style" if train_set == test_set else "style shift"
-        lines += [
-            f"\n### train {train_set} → test {test_set} ({shift})\n",
-            "| method (margin picked on val) | rule | R@1 i→t | R@1 t→i | R@5 i→t | "
-            "R@5 t→i | rSum | Δ rSum vs tuned baseline [95% CI] |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        picked = {}
-        for fam in {f for f, _, t in by if t == train_set}:
-            cands = [
-                (statistics.mean(x["val_rsum"] for x in v), m)
-                for (f, m, t), v in by.items()
-                if f == fam and t == train_set
+    for ts in train_sets:
+        fams = sorted({f for f, t in picked if t == ts}, key=lambda f: (f.startswith("pico"), f))
+        base = "fine_grained" if ("fine_grained", ts) in picked else None
+        for test in runs(fams[0], ts)[0]["tests"] if fams else []:
+            shift = "in-style" if test == ts else "shift"
+            lines += [
+                f"\n### train {ts} → test {test} ({shift})\n",
+                "| method (margin picked on val) | rule | R@1 i→t | R@1 t→i | R@5 i→t | "
+                "R@5 t→i | rSum | Δ rSum vs tuned fine_grained [95% CI] |",
+                "|---|---|---|---|---|---|---|---|",
             ]
-            picked[fam] = max(cands)[1]
-        base_runs = sorted(
-            by.get(("baseline", picked.get("baseline"), train_set), []), key=lambda r: r["seed"]
-        )
-        base_rsum = [r["tests"][test_set]["plain"]["rsum"] for r in base_runs]
-        for fam in sorted(picked, key=lambda f: (not f.startswith(("global", "base")), f)):
-            runs = sorted(by[(fam, picked[fam], train_set)], key=lambda r: r["seed"])
-            for rule in runs[0]["tests"][test_set]:
-                ms = [r["tests"][test_set][rule] for r in runs]
-                rs = [m["rsum"] for m in ms]
-                cell = (
-                    _paired(rs, base_rsum)
-                    if fam != "baseline" and len(rs) == len(base_rsum)
-                    else ""
-                )
-                lines.append(
-                    f"| {fam} (m={picked[fam]}) | {rule} | "
-                    f"{_ms([m['i2t']['r1'] for m in ms])} | {_ms([m['t2i']['r1'] for m in ms])} | "
-                    f"{_ms([m['i2t']['r5'] for m in ms])} | {_ms([m['t2i']['r5'] for m in ms])} | "
-                    f"{_ms(rs)} | {cell} |"
-                )
+            base_rsum = rsums(base, ts, test, "plain") if base else []
+            for fam in fams:
+                rs_runs = runs(fam, ts)
+                for rule in rs_runs[0]["tests"][test]:
+                    ms = [r["tests"][test][rule] for r in rs_runs]
+                    rs = [m["rsum"] for m in ms]
+                    same = fam != base and len(rs) == len(base_rsum) > 0
+                    lines.append(
+                        f"| {fam} (m={picked[(fam, ts)]}) | {rule} | "
+                        f"{_ms([m['i2t']['r1'] for m in ms])} | "
+                        f"{_ms([m['t2i']['r1'] for m in ms])} | "
+                        f"{_ms([m['i2t']['r5'] for m in ms])} | "
+                        f"{_ms([m['t2i']['r5'] for m in ms])} | "
+                        f"{_ms(rs)} | {_paired(rs, base_rsum) if same else ''} |"
+                    )
     return "\n".join(lines) + "\n"
+
+
+def _first_of_each_split(fs: FeatureSet, n: int) -> list[int]:
+    rows = [[i for i, x in enumerate(fs.image_splits) if x == s] for s in ("train", "val", "test")]
+    return [i for r in rows for i in r[:n]]
 
 
 def _clock(seconds: float) -> str:
@@ -274,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--core",
         action="store_true",
-        help="only the first study (90 runs, ≈ 45 min): no λ families, no sweeps",
+        help="only every scorer's baseline and default PICO: no other readings, no ablations",
     )
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "quality.jsonl")
@@ -302,42 +363,48 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()  # the study's wall time includes loading cached features
         needed = {t for ts in args.train_sets for t in TRAIN_SETS[ts]}
         feats = {name: dataset_features(name, progress=True) for name in sorted(needed)}
+        if args.quick:  # a few hundred images of each split
+            feats = {k: v.subset(_first_of_each_split(v, 120)) for k, v in feats.items()}
+        families = [f for f in FAMILIES if not args.core or f in CORE]
         if args.quick:
-            from picoalign.cli.demo import _small
+            families = ["fine_grained", DEFAULT_PICO]
+        tune, rest = args.seeds[0], args.seeds[1:]
 
-            feats = {k: _small(v) for k, v in feats.items()}
-        extra = ("pico-B-lam", "sweep-")  # the second session's additions
-        todo = [
-            p
-            for p in plan(
-                args.quick, args.seeds, args.train_sets, not args.no_ablations, args.ablation_seeds
-            )
-            if run_id(p[0], p[2], p[3], p[4]) not in done
-            and not (args.core and p[0].startswith(extra))
-        ]
-        print(f"{len(todo)} runs to do ({len(done)} already done)", flush=True)
-        for i, (fam, ov, margin, ts, seed, rules) in enumerate(todo, 1):
-            row = one_run(
-                fam, ov, margin, ts, seed, rules, feats, base, None if args.quick else args.plots
-            )
-            done[row["id"]] = row
-            with args.results.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            main_rule = next(iter(row["tests"][ts]))
-            print(
-                f"[{i}/{len(todo)}] {row['id']:42s} val {row['val_rsum']:.1f} test "
-                f"{row['tests'][ts][main_rule]['rsum']:.1f} ({row['seconds']:.0f}s; "
-                f"elapsed {_clock(time.perf_counter() - start)})",
-                flush=True,
-            )
-        print(f"study wall time: {_clock(time.perf_counter() - start)} for {len(todo)} runs")
-    text = report(list(done.values()))
+        def run_all(todo: list[tuple]) -> None:
+            todo = [p for p in todo if run_id(p[0], p[2], p[3], p[4]) not in done]
+            print(f"{len(todo)} runs to do ({len(done)} already done)", flush=True)
+            for i, (fam, ov, margin, ts, seed, rules) in enumerate(todo, 1):
+                plots = None if args.quick else args.plots
+                row = one_run(fam, ov, margin, ts, seed, rules, feats, base, plots)
+                done[row["id"]] = row
+                with args.results.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                main_rule = next(iter(row["tests"][ts]))
+                print(
+                    f"[{i}/{len(todo)}] {row['id']:42s} val {row['val_rsum']:.1f} test "
+                    f"{row['tests'][ts][main_rule]['rsum']:.1f} ({row['seconds']:.0f}s; "
+                    f"elapsed {_clock(time.perf_counter() - start)})",
+                    flush=True,
+                )
+
+        # stage 1: every margin on the tuning seed; stage 2: the other seeds at the margin
+        # validation picked (the same rule for every family)
+        every = {(f, t): FAMILIES[f][1][-1:] if args.quick else FAMILIES[f][1]
+                 for f in families for t in args.train_sets}  # fmt: skip
+        run_all(plan(families, every, [tune], args.train_sets))
+        rows = list(done.values())
+        chosen = {k: [pick_margin(rows, *k, tune)] for k in every}
+        run_all(plan(families, chosen, rest, args.train_sets))
+        if not args.no_ablations and not args.core and not args.quick:
+            run_all(ablation_plan(args.ablation_seeds, args.train_sets[0]))
+        print(f"study wall time: {_clock(time.perf_counter() - start)}")
+    text = report(list(done.values()), args.seeds[0])
     args.report.write_text(text)
     print(text)
     if not args.quick and not args.report_only:
         for ts in args.train_sets:
             hist = {}
-            for fam, m in (("baseline", 0.8), ("pico-A", 0.8), ("pico-B", 0.8)):
+            for fam, m in (("fine_grained", 0.8), ("global", 0.8), (DEFAULT_PICO, 0.8)):
                 p = args.plots / "histories" / f"{fam}-m{m}-{ts}.json"
                 if p.exists():
                     hist[fam] = json.loads(p.read_text())
