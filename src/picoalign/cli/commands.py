@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from picoalign import __version__
+from picoalign.cli.data_flags import add_data_flags, data_kwargs
 
 EPILOG = """\
 data specs (--data):
@@ -86,6 +87,7 @@ def _add_train(sub: Any) -> None:
         default=None,
         help="skip bad data entries (reported) instead of stopping",
     )
+    add_data_flags(p, skip_bad=False)
     p.add_argument("--no-progress", action="store_false", dest="progress", default=None)
     p.set_defaults(func=cmd_train)
 
@@ -126,6 +128,7 @@ _TRAIN_FLAGS = {
     "model.text_encoder",
     "device",
     "skip_bad",
+    "max_image_pixels",
     "progress",
 }
 
@@ -166,10 +169,12 @@ def _add_evaluate(sub: Any) -> None:
         help="most MB of scores held at once; a larger matrix is scored in two blocked passes "
         "(COCO 5K x 25K needs 500; default 1024)",
     )
+    add_data_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from picoalign.data.check import report_to_stderr
     from picoalign.evaluation.metrics import blocked_recall_metrics, coco_1k_folds, format_table
     from picoalign.evaluation.pipeline import dataset_features, embed_features, load_model
 
@@ -181,6 +186,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model.config.text_encoder,
         seed=args.seed,
         progress=not args.json,
+        need_splits=(args.split,),
+        report=report_to_stderr if args.json else print,
+        **data_kwargs(args),
     )
     if args.split != "all":
         fs = fs.split(args.split)

@@ -3,14 +3,16 @@ and the benchmarks, so each of them is a few lines and none re-implements the ot
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from picoalign.data import load_dataset
+from picoalign.data.base import DataProblems
+from picoalign.data.check import prepare_dataset
 from picoalign.evaluation.metrics import blocked_recall_metrics
 from picoalign.features.encode import FeatureSet, encode_dataset
 from picoalign.model import PicoAligner
@@ -25,17 +27,31 @@ def dataset_features(
     skip_bad: bool = False,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    max_image_pixels: int | None = None,
+    need_splits: Sequence[str] = (),
+    report: Callable[[str], None] = print,
 ) -> FeatureSet:
-    """Backbone token features of a dataset spec (``twemoji``, ``jsonl:PATH`` …), cached."""
-    dataset = load_dataset(data, seed=seed, skip_bad=skip_bad)
-    if skip_bad:  # bad image files are found only by decoding them
-        dataset = dataset.drop_undecodable(progress=progress)
-    if dataset.skipped:
-        print(f"skipped {len(dataset.skipped)} bad entries of {data}:")
-        for where, why in dataset.skipped[:20]:
-            print(f"  {where}: {why}")
-    if not dataset.items:
-        raise ValueError(f"--data {data}: the dataset has no usable items")
+    """Backbone token features of a dataset spec (``twemoji``, ``jsonl:PATH`` …), cached.
+
+    The whole dataset is checked first (:func:`picoalign.data.check.prepare_dataset`): bad
+    entries are all reported at once (or dropped with ``skip_bad``), a missing val split is
+    carved from train, and each of ``need_splits`` must be non-empty — before any encoding.
+    """
+    try:
+        dataset = prepare_dataset(
+            data,
+            seed=seed,
+            skip_bad=skip_bad,
+            max_image_pixels=max_image_pixels,
+            need_splits=need_splits,
+            progress=progress,
+            report=report,
+        )
+    except DataProblems as e:
+        if len(e.problems) > 1:  # the CLI prints one line: list them all above it
+            for where, why in e.problems:
+                print(f"  {where}: {why}", file=sys.stderr)
+        raise
     if getattr(dataset, "features", None) is not None:
         image_encoder = "precomputed"
     return encode_dataset(

@@ -8,6 +8,7 @@ run sees exactly the batches an uninterrupted one would.
 Run folder layout::
 
     OUT/config.yaml        the full TrainConfig (reproduce with --config OUT/config.yaml)
+    OUT/data.json          what it trained on: dataset fingerprint, caches, val carve, skips
     OUT/metrics.jsonl/.csv one row per epoch: loss, lr, validation R@K, p and ω statistics
     OUT/last/              model.safetensors + config.json + state.pt (optimiser, epoch)
     OUT/best/              the model with the best validation rSum
@@ -15,6 +16,7 @@ Run folder layout::
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -142,6 +144,8 @@ def _train(
     eval_fs = fs.split(cfg.eval_split) if cfg.eval_split != "train" else train_fs
     if train_fs.n_captions < 2:
         raise ValueError(f"--data {cfg.data}: the train split has fewer than 2 captions")
+    if eval_fs.n_images == 0:  # else evaluation would crash after the first epoch
+        raise ValueError(f"--data {cfg.data}: the {cfg.eval_split} split (eval_split) is empty")
     cfg.model.image_dim, cfg.model.text_dim = fs.images.dim, fs.texts.dim
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
     cfg.model.pico.warmup_steps = cfg.pico_warmup_epochs * steps_per_epoch
@@ -177,6 +181,7 @@ def _train(
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(dump_config(cfg), out / "config.yaml")
+            atomic_write_text(json.dumps(fs.meta, indent=2, default=str), out / "data.json")
 
     for epoch in range(pos.epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -289,6 +294,8 @@ def _load_features(cfg: TrainConfig) -> FeatureSet:
         skip_bad=cfg.skip_bad,
         cache_dir=cfg.cache_dir,
         progress=cfg.progress,
+        max_image_pixels=cfg.max_image_pixels,
+        need_splits=("train", cfg.eval_split),
     )
 
 
