@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from picoalign.config import TrainConfig, dump_config
-from picoalign.core.losses import create_loss
+from picoalign.core.losses import TripletLoss, create_loss
 from picoalign.evaluation.pipeline import PixelBatches, dataset_features, evaluate_model
 from picoalign.features.encode import FeatureSet
 from picoalign.fileio import atomic_replace_dir, atomic_write_text
@@ -146,6 +147,12 @@ def _train(
         raise ValueError(f"--data {cfg.data}: the train split has fewer than 2 captions")
     if eval_fs.n_images == 0:  # else evaluation would crash after the first epoch
         raise ValueError(f"--data {cfg.data}: the {cfg.eval_split} split (eval_split) is empty")
+    if cfg.batch_size > train_fs.n_captions and ctx.is_main:
+        print(
+            f"warning: batch size {cfg.batch_size} > {train_fs.n_captions} training captions: "
+            "every step sees the whole train split",
+            file=sys.stderr,
+        )
     cfg.model.image_dim, cfg.model.text_dim = fs.images.dim, fs.texts.dim
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
     cfg.model.pico.warmup_steps = cfg.pico_warmup_epochs * steps_per_epoch
@@ -248,7 +255,7 @@ def _train(
             model.after_step(
                 g_img.detach(), g_img_m, g_txt.detach(), g_txt_m, g_ids, feedback=feedback
             )
-            total += float(loss.detach()) * len(idx)
+            total += _per_pair(loss, loss_fn, len(idx), ctx, cfg) * len(idx)
             count += len(idx)
             bar.set_postfix(loss=f"{total / count:.3f}")
             every = cfg.save_every_steps
@@ -315,6 +322,20 @@ def _forward(
     with autocast(device, cfg.amp):
         img, img_m, txt, txt_m = net(img_t, img_m, txt_t, txt_m, captions, px)
     return img.float(), img_m, txt.float(), txt_m, ids
+
+
+def _per_pair(
+    loss: Tensor, loss_fn: torch.nn.Module, pairs: int, ctx: DistContext, cfg: TrainConfig
+) -> float:
+    """The batch loss per pair, for logging only: the triplet loss is a sum over the batch
+    (its margin's scale), so its logged value would grow with the batch size; InfoNCE is
+    already a mean. The optimised loss is unchanged."""
+    value = float(loss.detach())
+    if not isinstance(loss_fn, TripletLoss):
+        return value
+    if ctx.enabled and not cfg.gather_negatives:  # mean over ranks of per-shard sums
+        return value * ctx.world_size / pairs
+    return value / pairs
 
 
 def _mean_over_ranks(loss: Tensor, ctx: DistContext) -> Tensor:
