@@ -93,6 +93,7 @@ def test_every_bad_line_and_image_is_reported_at_once(tmp_path: Path) -> None:
     rc, out, err = train(f"jsonl:{path}", tmp_path / "run", "--skip-bad")
     assert rc == 0, err
     assert "skipped 4 bad entries" in out and "cut.png" in out
+    assert json.loads((tmp_path / "run" / "data.json").read_text())["data"]["skipped"] == 4
 
 
 def test_single_problem_is_one_line_with_the_hint(tmp_path: Path) -> None:
@@ -209,6 +210,7 @@ def test_empty_eval_split_given_to_train_directly_is_an_error(tmp_path: Path) ->
 # ------------------------------------------------------------------------- large images
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_168_megapixel_clip_art_loads_downscaled(tmp_path: Path) -> None:
     p = tmp_path / "clipart.png"
     im = Image.new("1", (12000, 14000), 1)

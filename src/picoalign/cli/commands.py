@@ -28,6 +28,8 @@ data specs (--data):
   laps:DIR:IMAGE_ROOT          LAPS / VSE∞ layout ({split}_ids.txt, {split}_caps.txt,
                                id_mapping.json)
   precomp:DIR                  precomputed image token features ({split}_ims.npy + {split}_caps.txt)
+  options after the arguments: SPEC:val=auto|0.2|strict (carve a missing val split from
+  train, or refuse), jsonl:PATH:default-split=train|seeded (lines without "split"); docs/data.md
 """
 
 

@@ -82,6 +82,11 @@ def prepare_dataset(
             report(f"  {where}: {why}")
         if len(dataset.skipped) > 20:
             report(f"  ... and {len(dataset.skipped) - 20} more")
+        dataset.notes = {  # a copy made above: recorded in the run's data.json
+            **dataset.notes,
+            "skipped": len(dataset.skipped),
+            "skipped_first": [f"{w}: {y}" for w, y in dataset.skipped[:100]],
+        }
     if not dataset.items:
         raise DataError(f"--data {spec}: the dataset has no usable items")
     if val != "strict":
