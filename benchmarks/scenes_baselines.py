@@ -32,8 +32,9 @@ import torch
 from picoalign.config import load_config
 from picoalign.data import load_dataset
 from picoalign.encoders import create_text_encoder
+from picoalign.evaluation import embed_features
 from picoalign.evaluation.metrics import recall_metrics
-from picoalign.evaluation.pipeline import dataset_features, embed_features
+from picoalign.features import dataset_features
 from picoalign.features.encode import _cached, default_cache_dir, encode_dataset, encode_texts
 from picoalign.features.store import FeatureSet
 from picoalign.model import PicoAligner

@@ -62,6 +62,9 @@ class TrainConfig:
     gather_negatives: bool = True
     cache_dir: str | None = None
     skip_bad: bool = False
+    # refuse images with more pixels than this (None: Pillow's own bomb limit, 2x
+    # PIL.Image.MAX_IMAGE_PIXELS = 179 MP); larger images are decoded downscaled
+    max_image_pixels: int | None = None
     progress: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -96,6 +99,8 @@ class TrainConfig:
             and all(isinstance(x, (int, float)) and x > 0 for x in self.lr_steps),
             "eval_every": self.eval_every >= 1,
             "save_every_steps": self.save_every_steps >= 0,
+            "max_image_pixels": self.max_image_pixels is None
+            or (isinstance(self.max_image_pixels, int) and self.max_image_pixels >= 1),
         }
         for name, ok in checks.items():
             if not ok:

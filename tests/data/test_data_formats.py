@@ -54,7 +54,7 @@ def test_jsonl_happy_path(images: Path) -> None:
             {"image": absolute, "caption": "c", "split": "dev"},
         ],
     )
-    ds = jsonl(p)
+    ds = jsonl(p, default_split="seeded")
     assert [it.key for it in ds.items] == ["imgs/a.png", "imgs/b.png", absolute]
     a, b, c = ds.items
     assert a.captions == ("a red square", "red") and a.split == "train"
@@ -70,11 +70,14 @@ def test_jsonl_seeded_split_is_deterministic_and_seed_dependent(tmp_path: Path) 
         write_png(tmp_path / f"{i}.png")
         lines.append({"image": f"{i}.png", "captions": [f"image {i}"]})
     p = write_jsonl(tmp_path / "d.jsonl", lines)
-    s0 = [it.split for it in jsonl(p, seed=0).items]
-    assert s0 == [it.split for it in jsonl(p, seed=0).items]
-    assert s0 != [it.split for it in jsonl(p, seed=1).items]
+    s0 = [it.split for it in jsonl(p, seed=0, default_split="seeded").items]
+    assert s0 == [it.split for it in jsonl(p, seed=0, default_split="seeded").items]
+    assert s0 != [it.split for it in jsonl(p, seed=1, default_split="seeded").items]
     assert s0 == [seeded_split(f"{i}.png", 0) for i in range(40)]
-    assert jsonl(p, seed=0).fingerprint != jsonl(p, seed=1).fingerprint
+    assert (
+        jsonl(p, seed=0, default_split="seeded").fingerprint
+        != jsonl(p, seed=1, default_split="seeded").fingerprint
+    )
 
 
 BAD_LINES = [
@@ -101,7 +104,7 @@ def test_jsonl_bad_line_names_file_and_line(images: Path, line: str | bytes, why
     good = {"image": "imgs/b.png", "captions": ["fine"]}
     p = write_jsonl(images / "data.jsonl", [good, "", line])
     with pytest.raises(DataError, match=rf"data\.jsonl line 3: .*{why}"):
-        jsonl(p)
+        jsonl(p, default_split="train")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -111,19 +114,21 @@ def test_jsonl_any_unicode_caption_roundtrips(tmp_path_factory, captions: list[s
     write_png(d / "a.png")
     rec = {"image": "a.png", "captions": captions}
     (d / "d.jsonl").write_text(json.dumps(rec, ensure_ascii=False) + "\n", encoding="utf-8")
-    assert jsonl(d / "d.jsonl").items[0].captions == tuple(" ".join(c.split()) for c in captions)
+    assert jsonl(d / "d.jsonl", default_split="train").items[0].captions == tuple(
+        " ".join(c.split()) for c in captions
+    )
 
 
 def test_jsonl_duplicate_image(images: Path) -> None:
     rec = {"image": "imgs/a.png", "captions": ["x"]}
     p = write_jsonl(images / "data.jsonl", [rec, {**rec, "image": "./imgs/a.png"}])
     with pytest.raises(DataError, match=r"data\.jsonl line 2: duplicate image.*line 1"):
-        jsonl(p)
+        jsonl(p, default_split="train")
 
 
 def test_jsonl_skip_bad_collects(images: Path) -> None:
     lines = [line for line, _ in BAD_LINES] + [{"image": "imgs/a.png", "captions": ["ok"]}]
-    ds = jsonl(write_jsonl(images / "data.jsonl", lines), skip_bad=True)
+    ds = jsonl(write_jsonl(images / "data.jsonl", lines), skip_bad=True, default_split="train")
     assert [it.key for it in ds.items] == ["imgs/a.png"]
     assert len(ds.skipped) == len(BAD_LINES)
     for n, ((where, why), (_, expected)) in enumerate(zip(ds.skipped, BAD_LINES, strict=True)):
@@ -149,7 +154,7 @@ def test_jsonl_decoding_is_lazy_and_errors_name_the_line(images: Path) -> None:
             {"image": "imgs/broken.png", "captions": ["b"]},
         ],
     )
-    ds = jsonl(p)  # builds: the zero-byte file exists
+    ds = jsonl(p, default_split="train")  # builds: the zero-byte file exists
     with pytest.raises(DataError, match=r"data\.jsonl line 2: image .*broken\.png: empty file"):
         ds.load(ds.items[1])
 
@@ -158,9 +163,9 @@ def test_jsonl_root_option(tmp_path: Path) -> None:
     write_png(tmp_path / "root" / "x.png")
     (tmp_path / "meta").mkdir()
     p = write_jsonl(tmp_path / "meta" / "d.jsonl", [{"image": "x.png", "captions": ["x"]}])
-    assert len(jsonl(p, root=tmp_path / "root")) == 1
+    assert len(jsonl(p, root=tmp_path / "root", default_split="train")) == 1
     with pytest.raises(DataError, match="image file not found"):
-        jsonl(p)
+        jsonl(p, default_split="train")
 
 
 def test_split_view_keeps_fields(images: Path) -> None:
@@ -168,7 +173,7 @@ def test_split_view_keeps_fields(images: Path) -> None:
         images / "data.jsonl",
         [{"image": f"imgs/{n}.png", "captions": [n], "split": "test"} for n in "abc"],
     )
-    ds = jsonl(p)
+    ds = jsonl(p, default_split="train")
     test = ds.split("test")
     assert len(test) == 3 and len(ds.split("train")) == 0 and test.root == ds.root
     assert test.fingerprint != ds.fingerprint and test.load(test.items[0]).size == (4, 4)
@@ -176,7 +181,7 @@ def test_split_view_keeps_fields(images: Path) -> None:
 
 def test_datasets_pickle_for_worker_processes(images: Path) -> None:
     p = write_jsonl(images / "data.jsonl", [{"image": "imgs/a.png", "captions": ["a"]}])
-    ds = pickle.loads(pickle.dumps(jsonl(p)))
+    ds = pickle.loads(pickle.dumps(jsonl(p, default_split="train")))
     assert ds.load(ds.items[0]).size == (4, 4)
 
 
@@ -354,4 +359,4 @@ def test_precomp_corrupt_npy(tmp_path: Path) -> None:
 def test_image_dataset_has_no_features(images: Path) -> None:
     p = write_jsonl(images / "data.jsonl", [{"image": "imgs/a.png", "captions": ["a"]}])
     with pytest.raises(DataError, match="has images, not precomputed features"):
-        jsonl(p).image_features(["imgs/a.png"])
+        jsonl(p, default_split="train").image_features(["imgs/a.png"])

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from picoalign.data import DataError, load_image, to_rgb, to_square
+from picoalign.data.images import probe_image
 
 
 def png_with_header_size(path: Path, w: int, h: int) -> Path:
@@ -127,12 +128,27 @@ def test_not_an_image(tmp_path: Path) -> None:
         load_image(p)
 
 
-@pytest.mark.parametrize("w,h", [(20000, 20000), (13000, 10), (7000, 7000)])
-def test_huge_header_refused_before_decoding(tmp_path: Path, w: int, h: int) -> None:
-    # 20000² trips PIL's own bomb guard, 13000 our side limit, 7000² (49 MP) our pixel limit.
+@pytest.mark.parametrize(
+    "w,h,limit", [(20000, 20000, None), (13000, 10, 100_000), (7000, 7000, 40e6)]
+)
+def test_huge_header_refused_before_decoding(tmp_path: Path, w: int, h: int, limit) -> None:
+    # 20000² (400 MP) trips Pillow's own bomb guard (2 x MAX_IMAGE_PIXELS); the others are
+    # refused only by an explicit max_pixels (--max-image-pixels), read from the header.
     p = png_with_header_size(tmp_path / f"big{w}.png", w, h)
-    with pytest.raises(DataError, match=rf"big{w}\.png.*too large"):
+    for check in (load_image, probe_image):
+        kw = {} if limit is None else {"max_pixels": int(limit)}
+        with pytest.raises(DataError, match=rf"big{w}\.png.*too large"):
+            check(p, **kw)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("w,h", [(13000, 10), (7000, 7000), (12000, 14000)])
+def test_large_header_is_not_too_large_by_default(tmp_path: Path, w: int, h: int) -> None:
+    # under Pillow's bomb limit (179 MP): refused only because this fake file has no pixels
+    p = png_with_header_size(tmp_path / f"big{w}.png", w, h)
+    with pytest.raises(DataError, match=r"truncated or corrupt") as e:
         load_image(p)
+    assert "too large" not in str(e.value)
 
 
 def test_svg_is_rasterised_at_fixed_size(tmp_path: Path) -> None:

@@ -50,11 +50,10 @@ def test_file_formats_through_spec(tmp_path: Path) -> None:
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
     lines = [{"image": "a.png", "captions": ["a"]}, "not json"]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    ds = load_dataset(f"jsonl:{tmp_path / 'd.jsonl'}", seed=0, skip_bad=True)
+    spec = f"jsonl:{tmp_path / 'd.jsonl'}:default-split=seeded"  # split by a seeded hash
+    ds = load_dataset(spec, seed=0, skip_bad=True)
     assert len(ds) == 1 and len(ds.skipped) == 1
-    assert load_dataset(f"jsonl:{tmp_path / 'd.jsonl'}", seed=5, skip_bad=True).fingerprint != (
-        ds.fingerprint
-    )
+    assert load_dataset(spec, seed=5, skip_bad=True).fingerprint != ds.fingerprint
 
     data = {"images": [{"filename": "a.png", "split": "test", "sentences": [{"raw": "a"}]}]}
     (tmp_path / "k.json").write_text(json.dumps(data))

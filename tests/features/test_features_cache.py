@@ -241,3 +241,69 @@ def test_load_user_token_features(tmp_path):
         load_token_features(tmp_path / "t.txt")
     pooled = tf.pooled()
     assert pooled.shape == (4, 8) and pooled.dtype == torch.float32
+
+
+# ------------------------------------------------------------------ chunked writes, resume
+
+
+class Stop(Exception):
+    """Stands for a run stopped during encoding (Ctrl-C, a lost machine)."""
+
+
+def stopping_after(encoder, n_calls: int):
+    """Make ``encoder.forward`` raise after ``n_calls`` calls; returns the call counter."""
+    calls = {"n": 0, "stop": n_calls}
+    inner = encoder.forward
+
+    def forward(*args, **kwargs):
+        if calls["n"] >= calls["stop"]:
+            raise Stop
+        calls["n"] += 1
+        return inner(*args, **kwargs)
+
+    encoder.forward = forward
+    return calls
+
+
+def test_stopped_encoding_resumes_with_only_the_missing_chunks(toy_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "CHUNK_BATCHES", 1)  # one batch (3 images) per chunk: 3 chunks
+    ref = _encode(toy_dataset, RandomConvEncoder(), HashTextEncoder(), False)
+
+    img = RandomConvEncoder()
+    calls = stopping_after(img, 2)  # two chunks stored, the third batch "crashes"
+    with pytest.raises(Stop):
+        _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
+    (parts,) = [p for p in (tmp_path / "features").iterdir() if p.name.endswith(".parts")]
+    assert sorted(p.name for p in parts.iterdir()) == [
+        "000000000-000000003.safetensors",
+        "000000003-000000006.safetensors",
+    ]
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+    img = RandomConvEncoder()
+    calls = counting(img)
+    fs = _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
+    assert calls["n"] == 1  # only the last chunk (item 6) was encoded again
+    assert torch.equal(fs.images.tokens, ref.images.tokens)
+    assert torch.equal(fs.images.mask, ref.images.mask)
+    assert torch.equal(fs.texts.tokens, ref.texts.tokens)
+    # joined into the one cache file; the chunks are gone; the next run is a plain hit
+    assert not parts.exists() and not any(
+        p.name.endswith(".parts") for p in (tmp_path / "features").iterdir()
+    )
+    calls = counting(img := RandomConvEncoder())
+    again = _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
+    assert calls["n"] == 0 and torch.equal(again.images.tokens, ref.images.tokens)
+
+
+def test_chunks_of_other_content_are_not_reused(toy_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "CHUNK_BATCHES", 1)
+    img = RandomConvEncoder()
+    stopping_after(img, 2)
+    with pytest.raises(Stop):
+        _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
+    # same file name (same fingerprint), other item keys: every chunk's metadata differs
+    items = [replace(it, key=it.key + "-renamed") for it in toy_dataset.items]
+    calls = counting(img := RandomConvEncoder())
+    _encode(replace(toy_dataset, items=items), img, HashTextEncoder(), tmp_path)
+    assert calls["n"] == 3  # 7 images in batches of 3: all encoded, no stale chunk trusted

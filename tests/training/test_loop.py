@@ -465,3 +465,28 @@ def test_the_data_split_follows_split_seed_not_the_training_seed(
     for seed in (0, 5):
         train(make_cfg(tmp_path / f"s{seed}", epochs=1, seed=seed, split_seed=3), write=False)
     assert seen == [3, 3]  # seeds vary only the training; every seed sees the same split
+
+
+# ------------------------------------------------------------------- loss scale, batch size
+
+
+def test_logged_loss_is_per_pair_whatever_the_batch_size(make_feature_set) -> None:
+    fs = make_feature_set()
+    loss = {}
+    for b in (4, 32):
+        cfg = make_cfg(Path("unused"), epochs=1, batch_size=b, triplet_warmup_epochs=0)
+        loss[b] = train(cfg, fs, write=False).history[0]["loss"]
+    # hardest-negative hinge, both ways, cosine scores: per pair at most 2 * (margin + 2);
+    # the old per-batch sum of a batch of 32 was ~32x that scale
+    assert 0 < loss[32] <= 2 * (cfg.margin + 2)
+    assert 0.25 < loss[32] / loss[4] < 4
+
+
+def test_batch_larger_than_the_train_split_warns_in_one_line(make_feature_set, capsys) -> None:
+    fs = make_feature_set()
+    n = fs.split("train").n_captions
+    train(make_cfg(Path("unused"), epochs=1, batch_size=n + 1), fs, write=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(lines) == 1 and f"batch size {n + 1} > {n} training captions" in lines[0]
+    train(make_cfg(Path("unused"), epochs=1, batch_size=n), fs, write=False)
+    assert "warning" not in capsys.readouterr().err

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from picoalign import __version__
+from picoalign.cli.data_flags import add_data_flags, data_kwargs
 from picoalign.core.scorers import list_scorers
 from picoalign.evaluation.metrics import PROTOCOLS
 
@@ -30,6 +31,8 @@ data specs (--data):
   laps:DIR:IMAGE_ROOT          LAPS / VSE∞ layout ({split}_ids.txt, {split}_caps.txt,
                                id_mapping.json)
   precomp:DIR                  precomputed image token features ({split}_ims.npy + {split}_caps.txt)
+  options after the arguments: SPEC:val=auto|0.2|strict (carve a missing val split from
+  train, or refuse), jsonl:PATH:default-split=train|seeded (lines without "split"); docs/data.md
 """
 
 
@@ -110,6 +113,7 @@ def _add_train(sub: Any) -> None:
         default=None,
         help="skip bad data entries (reported) instead of stopping",
     )
+    add_data_flags(p, skip_bad=False)
     p.add_argument("--no-progress", action="store_false", dest="progress", default=None)
     p.set_defaults(func=cmd_train)
 
@@ -152,6 +156,7 @@ _TRAIN_FLAGS = {
     "model.scorer",
     "device",
     "skip_bad",
+    "max_image_pixels",
     "progress",
 }
 
@@ -206,10 +211,12 @@ def _add_evaluate(sub: Any) -> None:
         help="most MB of scores held at once; a larger matrix is scored in two blocked passes "
         "(COCO 5K x 25K needs 500; default 1024)",
     )
+    add_data_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from picoalign.data.check import report_to_stderr
     from picoalign.evaluation import evaluate, format_table
     from picoalign.features import dataset_features
     from picoalign.model import PicoAligner
@@ -226,6 +233,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model.config.make_text_encoder,  # built once the data is known to load
         seed=split_seed,
         progress=not args.json,
+        need_splits=(args.split,),
+        report=report_to_stderr if args.json else print,
+        **data_kwargs(args),
     )
     if args.split != "all":
         fs = fs.split(args.split)

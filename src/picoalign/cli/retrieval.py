@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from picoalign.cli.data_flags import add_data_flags, data_kwargs
 from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
 
 
@@ -64,6 +65,7 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--nprobe", type=_positive_int, help="IVF lists searched (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in splits")
+    add_data_flags(p)
     p.add_argument("--no-progress", action="store_false", dest="progress")
     p.set_defaults(func=cmd_index)
 
@@ -100,6 +102,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         model.config.make_text_encoder,  # built once the data is known to load
         seed=args.seed,
         progress=args.progress,
+        need_splits=(args.split,),
+        **data_kwargs(args),
     )
     if args.split != "all":
         fs = fs.split(args.split)

@@ -66,8 +66,6 @@ def infonce_loss(scores: Tensor, image_ids: Tensor, logit_scale: Tensor | float)
 class TripletLoss(nn.Module):
     """Hinge triplet with a warm-up: all negatives until ``hardest`` is switched on."""
 
-    sums = True  # the value is a sum over the batch: divide by B for a per-pair loss
-
     def __init__(self, margin: float = 0.2) -> None:
         super().__init__()
         self.margin = margin
@@ -79,8 +77,6 @@ class TripletLoss(nn.Module):
 
 class InfoNCELoss(nn.Module):
     """Symmetric InfoNCE with a learnable temperature (log-parametrised, clamped as CLIP)."""
-
-    sums = False  # already a mean over the batch
 
     def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0) -> None:
         super().__init__()

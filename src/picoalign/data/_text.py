@@ -1,13 +1,16 @@
 """Line-oriented reading shared by the file formats: exact line numbers in every message,
 strict UTF-8 (a wrong encoding is reported, not silently turned into mojibake captions), and
-one place that decides between "raise" and "skip and record" (``skip_bad``)."""
+one place that decides between "raise" and "skip and record" (``skip_bad``).
+
+Bad records are always collected, never raised one by one: a file with five bad lines reports
+all five in one :class:`DataProblems` (``Problems.finish``), so one rerun fixes them all."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-from picoalign.data.base import DataError
+from picoalign.data.base import DataError, DataProblems, ImageCaptionDataset
 
 # Canonical split -> file prefixes, first found wins. ``dev`` is the VSE/SCAN name for val;
 # COCO's ``testall`` (5K) contains ``test`` (1K), so reading both would duplicate images.
@@ -19,19 +22,27 @@ SPLIT_PREFIXES: dict[str, tuple[str, ...]] = {
 
 
 class Problems:
-    """Collects bad records: raises at the first one, or (``skip_bad``) records (where, why)."""
+    """Collects bad records as (where, why); :meth:`finish` raises them all at once unless
+    ``skip_bad``, in which case they stay listed in the dataset's ``skipped``."""
 
     def __init__(self, skip_bad: bool) -> None:
         self.skip_bad = skip_bad
         self.skipped: list[tuple[str, str]] = []
 
     def add(self, where: str, why: str) -> None:
-        if not self.skip_bad:
-            raise DataError(f"{where}: {why}")
         self.skipped.append((where, why))
+
+    def finish(self, dataset: ImageCaptionDataset) -> ImageCaptionDataset:
+        """``dataset`` (its ``skipped`` set) or, unless ``skip_bad``, DataProblems of all."""
+        dataset.skipped = list(self.skipped)
+        if self.skipped and not self.skip_bad:
+            raise DataProblems(self.skipped, partial=dataset)
+        return dataset
 
     def empty(self, what: str) -> None:
         """Raise for a dataset that ended up with no items, saying why."""
+        if self.skipped and not self.skip_bad:
+            raise DataProblems(self.skipped)
         msg = f"{what}: no usable items"
         if self.skipped:
             where, why = self.skipped[0]

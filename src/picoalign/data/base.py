@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -21,6 +21,38 @@ SPLITS = ("train", "val", "test")
 
 class DataError(ValueError):
     """Bad input data. The message names the file (and line) and what was expected."""
+
+
+SKIP_HINT = "--skip-bad"
+
+
+class DataProblems(DataError):
+    """Every bad entry of a dataset at once, found before any work.
+
+    Why all at once: fixing a 100k-line scrape one error per run is hours of reruns. The
+    first line of the message is a complete one-line summary (file, line, why, count, and
+    the ``--skip-bad`` hint, what the CLI prints); each problem follows on its own line.
+    ``partial`` is the dataset of the good entries, so that a later check (image headers)
+    can add its problems to the same report.
+    """
+
+    def __init__(
+        self, problems: Sequence[tuple[str, str]], partial: ImageCaptionDataset | None = None
+    ) -> None:
+        if not problems:
+            raise ValueError("DataProblems needs at least one problem")
+        self.problems = list(problems)
+        self.partial = partial
+        super().__init__("\n".join([self.summary(), *(f"  {w}: {y}" for w, y in self.problems)]))
+
+    def summary(self) -> str:
+        where, why = self.problems[0]
+        if len(self.problems) == 1:
+            return f"{where}: {why} (1 bad entry; fix it, or pass {SKIP_HINT} to drop it)"
+        return (
+            f"{len(self.problems)} bad entries, first {where}: {why} (all listed above); "
+            f"fix them, or pass {SKIP_HINT} to drop and list them"
+        )
 
 
 @dataclass(frozen=True)
@@ -63,6 +95,9 @@ class ImageCaptionDataset:
     fingerprint: str
     root: Path | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, why) under skip_bad
+    # What was done to the data on the way in (val carved from train, entries dropped): copied
+    # into the FeatureSet's meta, hence into the run folder, so a run says what it trained on.
+    notes: dict[str, Any] = field(default_factory=dict)
     # Set only for precomputed-feature datasets (``precomp:DIR``): their items have no image.
     features: ImageFeatures | None = None
 
@@ -92,49 +127,6 @@ class ImageCaptionDataset:
         if self.features is None:
             raise DataError(f"dataset {self.name!r} has images, not precomputed features")
         return self.features(keys)
-
-    def drop_undecodable(self, progress: bool = False) -> ImageCaptionDataset:
-        """Decode every image once and drop the items whose image fails (``--skip-bad``).
-
-        Why up front: images are decoded lazily during encoding, where dropping an item
-        would leave the image and caption features out of step. The failures join
-        ``skipped``; the fingerprint changes only if something was dropped.
-        """
-        from concurrent.futures import ThreadPoolExecutor
-
-        from tqdm.auto import tqdm
-
-        if self.features is not None or not self.items:
-            return self
-
-        def check(item: Item) -> tuple[str, str] | None:
-            try:
-                self.load(item)
-            except DataError as e:
-                return (item.source or item.key, str(e))
-            return None
-
-        with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes without the GIL
-            results = list(
-                tqdm(
-                    pool.map(check, self.items),
-                    total=len(self.items),
-                    desc="checking images",
-                    unit="img",
-                    disable=not progress,
-                    leave=False,
-                )
-            )
-        bad = [r for r in results if r is not None]
-        if not bad:
-            return self
-        items = [it for it, r in zip(self.items, results, strict=True) if r is None]
-        return replace(
-            self,
-            items=items,
-            fingerprint=digest(self.fingerprint, "decodable", *(k for k, _ in bad)),
-            skipped=[*self.skipped, *bad],
-        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -168,10 +160,15 @@ def items_fingerprint(*parts: str, items: Iterable[Item] = ()) -> str:
     return h.hexdigest()[:16]
 
 
+def group_unit(group: str, seed: int = 0) -> float:
+    """A seeded hash of ``group`` mapped to [0, 1): the coin behind :func:`seeded_split`."""
+    return int(hashlib.sha1(f"{seed}:{group}".encode()).hexdigest()[:12], 16) / float(1 << 48)
+
+
 def seeded_split(group: str, seed: int = 0, fractions: tuple[float, float] = (0.7, 0.1)) -> str:
     """Assign a group to train/val/test by a seeded hash: stable across runs, machines and
     datasets (so Twemoji and Noto put the same concept in the same split)."""
-    u = int(hashlib.sha1(f"{seed}:{group}".encode()).hexdigest()[:12], 16) / float(1 << 48)
+    u = group_unit(group, seed)
     if u < fractions[0]:
         return "train"
     if u < fractions[0] + fractions[1]:

@@ -4,8 +4,13 @@
 
       {"image": "imgs/dog.png", "captions": ["a dog", "a brown dog"], "split": "train"}
 
-  ``split`` is optional (default: seeded split by ``group``); ``group`` is optional (default:
-  the image path; give images of one concept the same group to keep them in one split).
+  ``split`` is required (``train``, ``val``/``dev``, ``test``): a line without one is an
+  error, because silently guessing where an image goes decides what is tested. Say what
+  lines without a split are with ``default_split`` (spec option ``default-split=``):
+  ``"train"`` (everything is training data; a val split is then carved from it, see
+  :mod:`picoalign.data.check`) or ``"seeded"`` (a seeded split by ``group``, 70/10/20).
+  ``group`` is optional (default: the image path; give images of one concept the same group
+  to keep them in one split).
   ``caption`` (a string) is accepted instead of ``captions``. Relative paths are resolved
   against ``root`` (default: the file's folder) and may not leave it.
 * :func:`karpathy` — ``dataset_flickr30k.json`` / ``dataset_coco.json`` (restval → train).
@@ -16,10 +21,12 @@
   ``tokens, mask = dataset.image_features(keys)`` (float32 B x T x C, bool B x T). Details in
   :mod:`picoalign.data.precomp`.
 
-Every problem is reported as ``DataError("FILE line N: what is wrong")``. File existence is
-checked when the dataset is built (a cheap ``stat``); decoding happens lazily in ``load``.
-With ``skip_bad=True`` bad records are dropped and listed in ``dataset.skipped`` instead, so a
-scrape with a few broken lines can still be used while its defects stay visible.
+Every problem is reported as ``FILE line N: what is wrong``, all of a file's problems at once
+(:class:`~picoalign.data.base.DataProblems`). File existence is checked when the dataset is
+built (a cheap ``stat``); image headers are checked by :mod:`picoalign.data.check`, decoding
+happens lazily in ``load``. With ``skip_bad=True`` bad records are dropped and listed in
+``dataset.skipped`` instead, so a scrape with a few broken lines can still be used while its
+defects stay visible.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from picoalign.data.precomp import precomp
 __all__ = ["jsonl", "karpathy", "laps", "precomp"]
 
 SPLIT_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "restval": "train"}
+DEFAULT_SPLITS = ("train", "seeded")  # what a JSONL line without "split" may be declared
 
 
 def _split_value(value: Any) -> str:
@@ -94,7 +102,7 @@ def _text_list(value: Any, what: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- jsonl
 
 
-def _jsonl_record(text: str, base: Path, seed: int) -> Item:
+def _jsonl_record(text: str, base: Path, seed: int, default_split: str | None) -> Item:
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as e:
@@ -116,14 +124,36 @@ def _jsonl_record(text: str, base: Path, seed: int) -> Item:
     if not isinstance(group, str) or not group:
         raise DataError('"group" must be a non-empty string')
     split = rec.get("split")
-    split = seeded_split(group, seed) if split is None else _split_value(split)
-    return Item(key, captions, split, group, str(full))
+    if split is not None:
+        split = _split_value(split)
+    elif default_split == "seeded":
+        split = seeded_split(group, seed)
+    elif default_split is not None:
+        split = default_split
+    return Item(key, captions, split or "", group, str(full))
+
+
+def _missing_split() -> str:
+    return (
+        f'missing key "split" (expected one of {", ".join(SPLITS)}; if lines without one are '
+        "training data, spell the dataset jsonl:PATH:default-split=train)"
+    )
 
 
 def jsonl(
-    path: Path | str, *, seed: int = 0, skip_bad: bool = False, root: Path | str | None = None
+    path: Path | str,
+    *,
+    seed: int = 0,
+    skip_bad: bool = False,
+    root: Path | str | None = None,
+    default_split: str | None = None,
 ) -> ImageCaptionDataset:
-    """Load a JSON-lines dataset (format in the module docstring). Blank lines are ignored."""
+    """Load a JSON-lines dataset (format in the module docstring). Blank lines are ignored.
+
+    ``default_split`` (None, ``"train"`` or ``"seeded"``): the split of lines without one;
+    None makes such a line an error."""
+    if default_split not in (None, *DEFAULT_SPLITS):
+        raise ValueError(f"default_split must be one of {DEFAULT_SPLITS}, got {default_split!r}")
     path = Path(path)
     base = Path(root) if root is not None else path.parent
     problems = Problems(skip_bad)
@@ -135,10 +165,13 @@ def jsonl(
             continue  # blank, or not UTF-8 (already reported by read_lines)
         where = f"{path} line {n}"
         try:
-            item = _jsonl_record(text, base, seed)
+            item = _jsonl_record(text, base, seed, default_split)
             if item.key in where_of:
                 raise DataError(f"duplicate image {item.key!r} (first at {where_of[item.key]})")
-            stats.append(_stat_image(Path(item.source)))
+            stat = _stat_image(Path(item.source))
+            if not item.split:  # checked last: a missing file is the more useful message
+                raise DataError(_missing_split())
+            stats.append(stat)
         except DataError as e:
             problems.add(where, str(e))
             continue
@@ -149,8 +182,8 @@ def jsonl(
     fp = items_fingerprint(
         "jsonl", str(path.resolve()), str(base.resolve()), str(seed), *stats, items=items
     )
-    return ImageCaptionDataset(
-        path.stem, items, FileLoader(where_of=where_of), fp, root=base, skipped=problems.skipped
+    return problems.finish(
+        ImageCaptionDataset(path.stem, items, FileLoader(where_of=where_of), fp, root=base)
     )
 
 
@@ -224,13 +257,10 @@ def karpathy(
     fp = items_fingerprint(
         "karpathy", str(json_path.resolve()), str(image_root.resolve()), *stats, items=items
     )
-    return ImageCaptionDataset(
-        json_path.stem,
-        items,
-        FileLoader(where_of=where_of),
-        fp,
-        root=image_root,
-        skipped=problems.skipped,
+    return problems.finish(
+        ImageCaptionDataset(
+            json_path.stem, items, FileLoader(where_of=where_of), fp, root=image_root
+        )
     )
 
 
@@ -318,11 +348,8 @@ def laps(
     fp = items_fingerprint(
         "laps", str(data_dir.resolve()), str(image_root.resolve()), *stats, items=items
     )
-    return ImageCaptionDataset(
-        data_dir.name,
-        items,
-        FileLoader(where_of=where_of),
-        fp,
-        root=image_root,
-        skipped=problems.skipped,
+    return problems.finish(
+        ImageCaptionDataset(
+            data_dir.name, items, FileLoader(where_of=where_of), fp, root=image_root
+        )
     )

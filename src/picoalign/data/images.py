@@ -7,6 +7,14 @@ gigantic size. One function turns all of them into a plain RGB image or a :class
 whose message names the file (and the dataset line that referenced it), so that one bad file
 in 100k reports where it is instead of crashing a training run with a bare PIL traceback.
 
+Size: the limit is Pillow's own (``Image.MAX_IMAGE_PIXELS``; like Pillow, images above twice
+it are refused as decompression bombs, read from the header before any pixel is decoded), or
+``max_pixels`` (``--max-image-pixels``). Legitimate large images (168 MP clip art, 48 MP
+photos) are decoded *downscaled* to a longer side of at least :data:`DECODE_SIDE`: the
+encoders look at 224 x 224, so full-resolution RGB would cost gigabytes for nothing. JPEG
+decodes at 1/2..1/8 scale directly (``Image.draft``); other formats decode at full size in
+their own compact mode (1-bit, palette) and are box-reduced band by band.
+
 Transparent pixels are composited onto white (not black): icons, emoji and stamps are drawn
 for a light background, and black would turn a black outline into an invisible one.
 """
@@ -14,6 +22,7 @@ for a light background, and black would turn a black outline into an invisible o
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from io import BytesIO
 from pathlib import Path
@@ -23,10 +32,41 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from picoalign.data.base import DataError, Item
 
-MAX_PIXELS = 40_000_000  # 40 MP: larger than any camera photo in the benchmarks, far below RAM
-MAX_SIDE = 12_000
+# Longer side large images are decoded down to (at least; integer reduction factors): 4x the
+# encoders' 224 input, so downscaling to 224 afterwards is unchanged for practical purposes.
+DECODE_SIDE = 1024
+# How images are decoded, for the feature cache: features made by another decoding are stale.
+DECODING = f"reduce>={DECODE_SIDE}"
+BAND_ROWS = 1024  # rows converted to RGB at once when reducing a large non-JPEG image
 SVG_SIZE = 512  # longer side of a rasterised SVG: their declared sizes are often ~70 px
 WHITE = (255, 255, 255)
+
+
+# We check the pixel count ourselves from the header (``pixel_limit``); Pillow's warning for
+# images between 1x and 2x its limit would only repeat that check as noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def pixel_limit(max_pixels: int | None = None) -> int:
+    """The most pixels an image may have: ``max_pixels``, else Pillow's bomb threshold
+    (twice ``Image.MAX_IMAGE_PIXELS``, read now so a program that changed it is obeyed)."""
+    if max_pixels is not None:
+        if max_pixels < 1:
+            raise ValueError(f"max image pixels must be positive, got {max_pixels}")
+        return max_pixels
+    pil = Image.MAX_IMAGE_PIXELS
+    return 2 * pil if pil else sys.maxsize
+
+
+def allow_pixels(max_pixels: int | None) -> None:
+    """Make Pillow accept images up to ``max_pixels`` (``--max-image-pixels`` above Pillow's
+    own bomb threshold); our header check then applies the user's limit instead."""
+    if (
+        max_pixels is not None
+        and Image.MAX_IMAGE_PIXELS
+        and max_pixels > 2 * Image.MAX_IMAGE_PIXELS
+    ):
+        Image.MAX_IMAGE_PIXELS = (max_pixels + 1) // 2
 
 
 def _label(path: Path, where: str | None) -> str:
@@ -37,16 +77,18 @@ def load_image(
     path: Path | str,
     *,
     where: str | None = None,
-    max_pixels: int = MAX_PIXELS,
-    max_side: int = MAX_SIDE,
+    max_pixels: int | None = None,
     svg_size: int = SVG_SIZE,
+    decode_side: int | None = DECODE_SIDE,
 ) -> Image.Image:
     """Load ``path`` as an RGB image, or raise :class:`DataError` naming the file and ``where``.
 
-    The size bound is checked from the header *before* pixels are decoded, so a 20000x20000
-    file costs a few bytes of reading, not gigabytes. EXIF orientation is applied so photos
-    appear upright as a person (and a caption writer) saw them. ``.svg`` files are rasterised
-    with cairosvg so that their longer side is ``svg_size``.
+    The size bound (:func:`pixel_limit`) is checked from the header *before* pixels are
+    decoded, so a 20000x20000 bomb costs a few bytes of reading, not gigabytes. An image whose
+    longer side exceeds ``2 * decode_side`` is decoded downscaled by an integer factor to a
+    longer side of at least ``decode_side`` (None: full size). EXIF orientation is applied so
+    photos appear upright as a person (and a caption writer) saw them. ``.svg`` files are
+    rasterised with cairosvg so that their longer side is ``svg_size``.
     """
     path = Path(path)
     label = _label(path, where)
@@ -61,16 +103,18 @@ def load_image(
     if size == 0:
         raise DataError(f"{label}: empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            # PIL only *warns* between 89 MP and 179 MP; make that an error too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                _check_size(im.size, label, max_pixels, max_side)
-                im.load()
-                return to_rgb(_upright(im))
+        with Image.open(path) as im:
+            _check_size(im.size, label, pixel_limit(max_pixels))
+            factor = _factor(im.size, decode_side)
+            if factor > 1 and im.format == "JPEG":
+                w, h = im.size
+                im.draft(None, (-(-w // factor), -(-h // factor)))  # 1/2..1/8 scale decode
+                factor = _factor(im.size, decode_side)
+            im.load()
+            return _reduce(_upright(im), factor) if factor > 1 else to_rgb(_upright(im))
     except DataError as e:
         raise DataError(str(e) if str(e).startswith(label) else f"{label}: {e}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise DataError(f"{label}: image too large to decode safely ({e})") from None
     except UnidentifiedImageError:
         raise DataError(f"{label}: not an image file in a format Pillow can read") from None
@@ -99,24 +143,104 @@ class FileLoader:
     the dataset line that named the file; otherwise errors say ``"{label} {key}"``.
     """
 
-    def __init__(self, label: str = "", where_of: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        label: str = "",
+        where_of: dict[str, str] | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
         self.label = label
         self.where_of = where_of or {}
+        self.max_pixels = max_pixels
+
+    def where(self, item: Item) -> str:
+        return self.where_of.get(item.key) or f"{self.label} {item.key}".strip()
 
     def __call__(self, item: Item) -> Image.Image:
-        where = self.where_of.get(item.key) or f"{self.label} {item.key}".strip()
-        return load_image(Path(item.source), where=where)
+        return load_image(Path(item.source), where=self.where(item), max_pixels=self.max_pixels)
+
+    def probe(self, item: Item) -> None:
+        """Check the item's image header (see :func:`probe_image`)."""
+        probe_image(Path(item.source), where=self.where(item), max_pixels=self.max_pixels)
 
 
-def _check_size(size: tuple[int, int], label: str, max_pixels: int, max_side: int) -> None:
+def _check_size(size: tuple[int, int], label: str, limit: int) -> None:
     w, h = size
     if w <= 0 or h <= 0:
         raise DataError(f"{label}: invalid image size {w}x{h}")
-    if w > max_side or h > max_side or w * h > max_pixels:
+    if w * h > limit:
         raise DataError(
-            f"{label}: image too large ({w}x{h}; limits: side <= {max_side}, "
-            f"<= {max_pixels / 1e6:.0f} megapixels); downscale it first"
+            f"{label}: image too large ({w}x{h} = {w * h / 1e6:.0f} megapixels; limit "
+            f"{limit / 1e6:.0f}); downscale it, or raise the limit with --max-image-pixels"
         )
+
+
+def _factor(size: tuple[int, int], decode_side: int | None) -> int:
+    """Integer reduction keeping the longer side >= ``decode_side`` (1 = full size)."""
+    return max(1, max(size) // decode_side) if decode_side else 1
+
+
+def _reduce(im: Image.Image, factor: int) -> Image.Image:
+    """RGB of ``im`` box-reduced by ``factor``, converted band by band: a 168 MP palette PNG
+    never exists as 500 MB of RGB. Bands are multiples of ``factor`` rows, so the result is
+    the same as reducing the whole image at once."""
+    if im.mode == "F":  # min-max normalised over the whole image: convert it whole
+        return to_rgb(im).reduce(factor)
+    w, h = im.size
+    out = Image.new("RGB", (-(-w // factor), -(-h // factor)), WHITE)
+    step = max(1, BAND_ROWS // factor) * factor
+    for top in range(0, h, step):
+        band = to_rgb(im.crop((0, top, w, min(h, top + step))))
+        out.paste(band.reduce(factor), (0, top // factor))
+    return out
+
+
+def probe_image(
+    path: Path | str, *, where: str | None = None, max_pixels: int | None = None
+) -> None:
+    """Check ``path`` without decoding its pixels: readable header, size within the limit,
+    and an intact file structure (PNG chunk checksums through ``verify``; a JPEG's end
+    marker, else a 1/8-scale decode). Raises :class:`DataError` like :func:`load_image`.
+
+    Why: run over every image before encoding, it reports all bad files at once in seconds,
+    instead of the first one after minutes of encoding.
+    """
+    path = Path(path)
+    label = _label(path, where)
+    if path.suffix.lower() == ".svg":
+        if not path.is_file():
+            raise DataError(f"{label}: file not found")
+        if path.stat().st_size == 0:
+            raise DataError(f"{label}: empty file (0 bytes)")
+        return
+    try:
+        if path.stat().st_size == 0:
+            raise DataError(f"{label}: empty file (0 bytes)")
+        with Image.open(path) as im:
+            _check_size(im.size, label, pixel_limit(max_pixels))
+            if im.format == "JPEG":
+                if not _jpeg_ends(path):
+                    im.draft(None, (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+                    im.load()
+            else:
+                im.verify()
+    except FileNotFoundError:
+        raise DataError(f"{label}: file not found") from None
+    except DataError as e:
+        raise DataError(str(e) if str(e).startswith(label) else f"{label}: {e}") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{label}: image too large to decode safely ({e})") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{label}: not an image file in a format Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
+        raise DataError(f"{label}: truncated or corrupt image ({type(e).__name__}: {e})") from None
+
+
+def _jpeg_ends(path: Path) -> bool:
+    """Whether the last KiB holds a JPEG end-of-image marker (a cut download does not)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - 1024))
+        return b"\xff\xd9" in f.read()
 
 
 def to_rgb(im: Image.Image, fill: tuple[int, int, int] = WHITE) -> Image.Image:

@@ -183,12 +183,6 @@ def precomp(data_dir: Path | str, *, skip_bad: bool = False) -> ImageCaptionData
     if not items:
         problems.empty(str(data_dir))
     fp = items_fingerprint("precomp", str(data_dir.resolve()), *stats, items=items)
-    return ImageCaptionDataset(
-        data_dir.name,
-        items,
-        _no_image,
-        fp,
-        root=data_dir,
-        skipped=problems.skipped,
-        features=features,
+    return problems.finish(
+        ImageCaptionDataset(data_dir.name, items, _no_image, fp, root=data_dir, features=features)
     )

@@ -1,4 +1,4 @@
-"""The one spelling of a dataset on the command line: ``NAME[:ARG[:ARG]]``.
+"""The one spelling of a dataset on the command line: ``NAME[:ARG[:ARG]][:KEY=VALUE...]``.
 
 Every command (train, eval, bench, ``picoalign datasets``) goes through :func:`load_dataset`,
 so a dataset added to :data:`REGISTRY` is available everywhere with its help text and its
@@ -6,6 +6,12 @@ so a dataset added to :data:`REGISTRY` is available everywhere with its help tex
 
 Arguments are separated by ``:``, so a path that contains ``:`` cannot be spelled here; call
 the Python function (:mod:`picoalign.data.formats`) directly for such paths.
+
+Options follow the positional arguments as ``KEY=VALUE`` (the arity is fixed, so a path with
+``=`` in it is still a path). Options are part of the spelling on purpose: the spec is what a
+run's ``config.yaml`` records and what ``evaluate``/``index`` reuse, so a run's split choices
+travel with it. Every dataset takes ``val=`` (:data:`COMMON_OPTIONS`, applied by
+:mod:`picoalign.data.check`); ``jsonl`` also takes ``default-split=train|seeded``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,13 @@ from pathlib import Path
 from picoalign.data import builtin, formats, scenes
 from picoalign.data.base import ImageCaptionDataset
 
-Builder = Callable[[list[str], int, bool], ImageCaptionDataset]
+Builder = Callable[[list[str], int, bool, dict[str, str]], ImageCaptionDataset]
+
+# Options every dataset accepts (handled after loading, by ``data.check.prepare_dataset``).
+COMMON_OPTIONS: dict[str, str] = {
+    "val": "auto (default: carve 10% of train's groups when there is no val split), "
+    "a fraction such as 0.2 (carve that much), or strict (the file's own splits only)",
+}
 
 
 @dataclass(frozen=True)
@@ -27,16 +39,14 @@ class DatasetEntry:
     name: str
     args: tuple[str, ...]  # placeholder names of the ':'-separated arguments
     description: str
-    build: Builder  # (args, seed, skip_bad) -> dataset
+    build: Builder  # (args, seed, skip_bad, options) -> dataset
     installed: Callable[[], bool] = lambda: True
     install_hint: str = ""
-    # Shown after the required arguments, e.g. "[:size=N]": any number of further
-    # non-empty arguments is then accepted and the builder validates them.
-    options: str = ""
+    options: tuple[str, ...] = ()  # format-specific KEY=VALUE options (besides COMMON_OPTIONS)
 
     @property
     def spelling(self) -> str:
-        return ":".join((self.name, *self.args)) + self.options
+        return ":".join((self.name, *self.args))
 
 
 def _path(s: str) -> Path:
@@ -55,7 +65,7 @@ REGISTRY: dict[str, DatasetEntry] = {
             "twemoji",
             (),
             "Twemoji 72x72 emoji, CLDR names as captions (1,918 pairs; CC-BY 4.0)",
-            lambda a, seed, skip: builtin.twemoji(seed=seed),
+            lambda a, seed, skip, opts: builtin.twemoji(seed=seed),
             builtin.twemoji_installed,
             builtin.TWEMOJI_HINT,
         ),
@@ -63,7 +73,7 @@ REGISTRY: dict[str, DatasetEntry] = {
             "noto-emoji",
             (),
             "Noto Color Emoji rendered (~1,400 single-code-point emoji; OFL-1.1)",
-            lambda a, seed, skip: builtin.noto_emoji(seed=seed),
+            lambda a, seed, skip, opts: builtin.noto_emoji(seed=seed),
             builtin.noto_installed,
             builtin.NOTO_HINT,
         ),
@@ -71,7 +81,7 @@ REGISTRY: dict[str, DatasetEntry] = {
             "tuxpaint",
             (),
             "Tux Paint stamps: photos and drawings, one English sentence each (~1,044; GPL-2)",
-            lambda a, seed, skip: builtin.tuxpaint(seed=seed),
+            lambda a, seed, skip, opts: builtin.tuxpaint(seed=seed),
             builtin.tuxpaint_installed,
             builtin.TUXPAINT_HINT,
         ),
@@ -80,7 +90,7 @@ REGISTRY: dict[str, DatasetEntry] = {
             ("TRAIN", "TEST"),
             "train/val from built-in style TRAIN, test from style TEST, shared concepts only "
             "(e.g. cross:twemoji:noto-emoji)",
-            lambda a, seed, skip: builtin.cross_style(a[0], a[1], seed=seed),
+            lambda a, seed, skip, opts: builtin.cross_style(a[0], a[1], seed=seed),
             _installed_pair,
             "install two of the built-in datasets",
         ),
@@ -92,55 +102,83 @@ REGISTRY: dict[str, DatasetEntry] = {
             "phrasing), both, unseen (test concepts unseen); options size=N (7000), seed=S, "
             "held=list|relations|counts|tags, concepts=shared|unseen; the data seed is seed=S "
             "only, not --seed (docs/scenes.md)",
-            lambda a, seed, skip: scenes.from_spec(a),
+            lambda a, seed, skip, opts: scenes.from_spec(
+                [a[0], *(f"{k}={v}" for k, v in opts.items() if k not in COMMON_OPTIONS)]
+            ),
             builtin.twemoji_installed,
             builtin.TWEMOJI_HINT + "; Noto protocols also: " + builtin.NOTO_HINT,
-            options="[:KEY=VALUE...]",
+            options=("size", "seed", "held", "concepts"),
         ),
         DatasetEntry(
             "jsonl",
             ("PATH",),
-            'your data: one {"image": ..., "captions": [...], "split"?: ...} per line',
-            lambda a, seed, skip: formats.jsonl(_path(a[0]), seed=seed, skip_bad=skip),
+            'your data: one {"image": ..., "captions": [...], "split": ...} per line '
+            "(default-split=train|seeded: the split of lines without one)",
+            lambda a, seed, skip, opts: formats.jsonl(
+                _path(a[0]), seed=seed, skip_bad=skip, default_split=opts.get("default-split")
+            ),
+            options=("default-split",),
         ),
         DatasetEntry(
             "karpathy",
             ("JSON", "IMAGE_ROOT"),
             "Karpathy split JSON (dataset_flickr30k.json, dataset_coco.json) + image folder",
-            lambda a, seed, skip: formats.karpathy(_path(a[0]), _path(a[1]), skip_bad=skip),
+            lambda a, seed, skip, opts: formats.karpathy(_path(a[0]), _path(a[1]), skip_bad=skip),
         ),
         DatasetEntry(
             "laps",
             ("DIR", "IMAGE_ROOT"),
             "LAPS / VSE-infinity layout: DIR/precomp/{split}_{ids,caps}.txt, id_mapping.json",
-            lambda a, seed, skip: formats.laps(_path(a[0]), _path(a[1]), skip_bad=skip),
+            lambda a, seed, skip, opts: formats.laps(_path(a[0]), _path(a[1]), skip_bad=skip),
         ),
         DatasetEntry(
             "precomp",
             ("DIR",),
             "precomputed image features (SCAN/VSE): {split}_ims.npy|.safetensors + _caps.txt",
-            lambda a, seed, skip: formats.precomp(_path(a[0]), skip_bad=skip),
+            lambda a, seed, skip, opts: formats.precomp(_path(a[0]), skip_bad=skip),
         ),
     )
 }
 
 
 def parse_spec(spec: str) -> tuple[DatasetEntry, list[str]]:
-    """Split ``spec`` into its registry entry and arguments, or raise ValueError that shows
-    the known names or the expected spelling."""
-    name, *args = spec.strip().split(":")
+    """Split ``spec`` into its registry entry and positional arguments, or raise ValueError
+    that shows the known names or the expected spelling (options: :func:`spec_options`)."""
+    entry, args, _ = parse_spec_options(spec)
+    return entry, args
+
+
+def spec_options(spec: str) -> dict[str, str]:
+    """The ``KEY=VALUE`` options of ``spec`` (validated)."""
+    return parse_spec_options(spec)[2]
+
+
+def parse_spec_options(spec: str) -> tuple[DatasetEntry, list[str], dict[str, str]]:
+    """``(entry, positional arguments, options)`` of ``spec``; ValueError on any misspelling."""
+    name, *parts = spec.strip().split(":")
     entry = REGISTRY.get(name)
     if entry is None:
         known = ", ".join(e.spelling for e in REGISTRY.values())
         raise ValueError(f"unknown dataset {name!r}; known: {known}")
-    n = len(entry.args)
-    if (len(args) < n if entry.options else len(args) != n) or any(not a for a in args):
+    args, rest = parts[: len(entry.args)], parts[len(entry.args) :]
+    # a surplus part without "=" is a surplus argument (arity error), not a bad option
+    if len(args) != len(entry.args) or not all(args) or any("=" not in r for r in rest):
+        n = len(parts) - sum("=" in r for r in rest)
         raise ValueError(
             f"dataset {spec!r} must be spelled {entry.spelling!r} "
-            f"({n}{'+' if entry.options else ''} non-empty ':'-separated argument(s), "
-            f"got {len(args)})"
+            f"({len(entry.args)} non-empty ':'-separated argument(s), got {n})"
         )
-    return entry, args
+    allowed = (*COMMON_OPTIONS, *entry.options)
+    options: dict[str, str] = {}
+    for part in rest:
+        key, eq, value = part.partition("=")
+        if not eq or key not in allowed or not value:
+            raise ValueError(
+                f"dataset {spec!r}: {part!r} is not an option of {name} "
+                f"(expected KEY=VALUE after {entry.spelling!r}, KEY one of {', '.join(allowed)})"
+            )
+        options[key] = value
+    return entry, args, options
 
 
 def load_dataset(spec: str, *, seed: int = 0, skip_bad: bool = False) -> ImageCaptionDataset:
@@ -148,9 +186,11 @@ def load_dataset(spec: str, *, seed: int = 0, skip_bad: bool = False) -> ImageCa
 
     ``seed`` drives the concept-level split of datasets without their own splits;
     ``skip_bad`` applies to file formats (built-in datasets are never partially bad).
+    Common options (``val=``) are applied by :func:`picoalign.data.check.prepare_dataset`,
+    the entry point of the CLI; this function builds the dataset as its files say.
     """
-    entry, args = parse_spec(spec)
-    return entry.build(args, seed, skip_bad)
+    entry, args, options = parse_spec_options(spec)
+    return entry.build(args, seed, skip_bad, options)
 
 
 def list_datasets() -> list[tuple[str, str, bool]]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from picoalign.data import load_dataset
+from picoalign.data.base import DataProblems
+from picoalign.data.check import prepare_dataset
 from picoalign.encoders import ImageEncoder, TextEncoder, create_image_encoder
 from picoalign.features.encode import encode_dataset
 from picoalign.features.store import FeatureSet
@@ -21,22 +23,35 @@ def dataset_features(
     skip_bad: bool = False,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    max_image_pixels: int | None = None,
+    need_splits: Sequence[str] = (),
+    report: Callable[[str], None] = print,
 ) -> FeatureSet:
     """Backbone token features of a dataset spec (``twemoji``, ``jsonl:PATH`` …), cached.
+
+    The whole dataset is checked first (:func:`picoalign.data.check.prepare_dataset`): bad
+    entries are all reported at once (or dropped with ``skip_bad``), a missing val split is
+    carved from train, and each of ``need_splits`` must be non-empty — before any encoding.
 
     Encoders are registry specs or instances; ``text_encoder`` may also be a factory (a model
     config's ``make_text_encoder``, with its prompt and token options), called only once the
     data has loaded and the image encoder's spec is known to be good, so a typo in either is
     reported before any weights load."""
-    dataset = load_dataset(data, seed=seed, skip_bad=skip_bad)
-    if skip_bad:  # bad image files are found only by decoding them
-        dataset = dataset.drop_undecodable(progress=progress)
-    if dataset.skipped:
-        print(f"skipped {len(dataset.skipped)} bad entries of {data}:")
-        for where, why in dataset.skipped[:20]:
-            print(f"  {where}: {why}")
-    if not dataset.items:
-        raise ValueError(f"--data {data}: the dataset has no usable items")
+    try:
+        dataset = prepare_dataset(
+            data,
+            seed=seed,
+            skip_bad=skip_bad,
+            max_image_pixels=max_image_pixels,
+            need_splits=need_splits,
+            progress=progress,
+            report=report,
+        )
+    except DataProblems as e:
+        if len(e.problems) > 1:  # the CLI prints one line: list them all above it
+            for where, why in e.problems:
+                print(f"  {where}: {why}", file=sys.stderr)
+        raise
     if getattr(dataset, "features", None) is not None:
         image_encoder = "precomputed"
     image_encoder = create_image_encoder(image_encoder)

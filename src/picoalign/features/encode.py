@@ -11,6 +11,12 @@ records the encoder's full ``cache_key`` (library versions included), preprocess
 A file whose key, versions or counts differ from the current run is rebuilt in place, because
 features from other library versions are not bitwise comparable (docs/ASSETS.md). Writes go to
 a temp file then ``os.replace``: a killed run never leaves a half-written cache behind.
+
+While encoding, features are written in *chunks* (``NAME.parts/START-END.safetensors``, each
+with the same metadata plus its row range) every :data:`CHUNK_BATCHES` batches: a run stopped
+during encoding (Ctrl-C, a bad image found late, a lost machine) resumes by encoding only the
+chunks that are missing. Chunks are whole batches, so the joined result is bit-identical to
+one uninterrupted encode; once complete they are joined into the one cache file and removed.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from picoalign.data.base import ImageCaptionDataset, digest
+from picoalign.data.images import DECODING
 from picoalign.encoders import ImageEncoder, TextEncoder, create_image_encoder, create_text_encoder
 from picoalign.features.store import (
     FORMAT,
@@ -54,6 +63,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+CHUNK_BATCHES = 16  # batches per cache chunk: at most this much work is lost to a stop
 
 
 def default_cache_dir() -> Path:
@@ -85,8 +96,11 @@ def encode_images(
     batch_size: int = 64,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    bar: Any = None,
 ) -> TokenFeatures:
     """Encode every item's image (no cache), loading images batch by batch.
+
+    ``bar``: an open tqdm bar to advance instead of a new one (chunked cache writes).
 
     A precomputed-feature dataset (``dataset.features`` set) has no images: its stored tokens
     go through the encoder's ``from_features`` (the ``precomputed`` encoder) instead.
@@ -100,8 +114,14 @@ def encode_images(
         )
     parts = []
     items = dataset.items
-    bar = tqdm(total=len(items), desc=f"images [{encoder.name}]", unit="img", disable=not progress)
-    with bar, _evaluating(encoder, device):
+    own = bar is None
+    if bar is None:
+        bar = tqdm(
+            total=len(items), desc=f"images [{encoder.name}]", unit="img", disable=not progress
+        )
+    with _evaluating(encoder, device), contextlib.ExitStack() as stack:
+        if own:
+            stack.enter_context(bar)
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
             if precomp:
@@ -120,11 +140,18 @@ def encode_texts(
     batch_size: int = 64,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    bar: Any = None,
 ) -> TokenFeatures:
     """Encode captions (no cache); batches are padded to their own max, then to the global max."""
     parts = []
-    bar = tqdm(total=len(texts), desc=f"texts [{encoder.name}]", unit="cap", disable=not progress)
-    with bar, _evaluating(encoder, device):
+    own = bar is None
+    if bar is None:
+        bar = tqdm(
+            total=len(texts), desc=f"texts [{encoder.name}]", unit="cap", disable=not progress
+        )
+    with _evaluating(encoder, device), contextlib.ExitStack() as stack:
+        if own:
+            stack.enter_context(bar)
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
             tokens, mask = encoder(**encoder.tokenize(encoder.prepare(batch)))
@@ -139,9 +166,13 @@ def _cached(
     encoder: ImageEncoder | TextEncoder,
     content: Sequence[str],
     cache_dir: Path | None,
-    compute: Callable[[], TokenFeatures],
+    compute: Callable[[int, int, Any], TokenFeatures],
+    *,
+    chunk: int,
+    progress: bool = True,
 ) -> tuple[TokenFeatures, str | None]:
-    """Load ``kind`` features from the cache if valid for this run, else compute and store."""
+    """``kind`` features from the cache if valid for this run, else computed chunk by chunk
+    (``compute(start, end, bar)`` encodes rows start..end), resuming from stored chunks."""
     expect = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -152,8 +183,13 @@ def _cached(
         "count": len(content),
         "content_sha1": digest(*content),
     }
+    if kind == "images" and dataset.features is None:
+        expect["decoding"] = DECODING  # how images were decoded (downscaling) is part of them
+    unit = "img" if kind == "images" else "cap"
+    bar = tqdm(total=len(content), desc=f"{kind} [{encoder.name}]", unit=unit, disable=not progress)
     if cache_dir is None or not getattr(encoder, "cacheable", True):
-        return compute(), None
+        with bar:
+            return compute(0, len(content), bar), None
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.name)[:40]
     enc_id = digest(encoder.cache_config)
     path = cache_dir / "features" / f"{safe_name}-{dataset.fingerprint}-{kind}-{enc_id}.safetensors"
@@ -163,11 +199,29 @@ def _cached(
             stale = [k for k, v in expect.items() if meta.get(k) != v]
             if not stale:
                 log.info("feature cache hit: %s", path)
+                bar.close()
                 return TokenFeatures(tensors["tokens"], tensors["mask"]), str(path)
             log.warning("rebuilding feature cache %s: %s changed", path.name, ", ".join(stale))
         except Exception as e:  # unreadable or truncated file: rebuild it
             log.warning("rebuilding unreadable feature cache %s: %s", path.name, e)
-    feats = compute()
+    parts_dir = path.with_name(path.name.removesuffix(".safetensors") + ".parts")
+    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    with bar, _tidy(parts_dir):
+        for start in range(0, len(content), chunk):
+            end = min(len(content), start + chunk)
+            part = parts_dir / f"{start:09d}-{end:09d}.safetensors"
+            feats = _read_part(part, {**expect, "rows": [start, end]})
+            if feats is None:
+                feats = compute(start, end, bar)
+                atomic_save(
+                    {"tokens": feats.tokens, "mask": feats.mask},
+                    {**expect, "rows": [start, end]},
+                    part,
+                )
+            else:
+                bar.update(end - start)
+            parts.append((feats.tokens, feats.mask))
+    feats = TokenFeatures.concat(parts, encoder.dim)
     meta = {
         **expect,
         "dataset": dataset.name,
@@ -178,7 +232,33 @@ def _cached(
         "dim": feats.dim,
     }
     atomic_save({"tokens": feats.tokens, "mask": feats.mask}, meta, path)
+    shutil.rmtree(parts_dir, ignore_errors=True)
     return feats, str(path)
+
+
+@contextlib.contextmanager
+def _tidy(parts_dir: Path) -> Iterator[None]:
+    """On a stop before the first chunk is stored, leave no empty chunk folder behind."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            parts_dir.rmdir()  # only if empty: stored chunks are the point
+        raise
+
+
+def _read_part(path: Path, expect: dict[str, Any]) -> TokenFeatures | None:
+    """A stored chunk if it belongs to this exact run (same metadata and rows), else None."""
+    if not path.exists():
+        return None
+    try:
+        tensors, meta = read_safetensors(path)
+        if all(meta.get(k) == v for k, v in expect.items()):
+            log.info("feature cache chunk reused: %s", path)
+            return TokenFeatures(tensors["tokens"], tensors["mask"])
+    except Exception as e:  # unreadable chunk: encode it again
+        log.warning("re-encoding unreadable feature cache chunk %s: %s", path.name, e)
+    return None
 
 
 def encode_dataset(
@@ -206,12 +286,21 @@ def encode_dataset(
     keys = [it.key for it in items]
     captions = [c for it in items for c in it.captions]
     counts = torch.tensor([len(it.captions) for it in items], dtype=torch.long)
-    kw: dict[str, Any] = {"batch_size": batch_size, "progress": progress, "device": device}
+    kw: dict[str, Any] = {"batch_size": batch_size, "progress": False, "device": device}
+    chunk = batch_size * CHUNK_BATCHES  # whole batches: chunked = one-shot, bit for bit
+
+    def images_of(start: int, end: int, bar: Any) -> TokenFeatures:
+        part = replace(dataset, items=items[start:end])
+        return encode_images(part, img_enc, bar=bar, **kw)
+
+    def texts_of(start: int, end: int, bar: Any) -> TokenFeatures:
+        return encode_texts(captions[start:end], txt_enc, bar=bar, **kw)
+
     images, img_path = _cached(
-        "images", dataset, img_enc, keys, root, lambda: encode_images(dataset, img_enc, **kw)
+        "images", dataset, img_enc, keys, root, images_of, chunk=chunk, progress=progress
     )
     texts, txt_path = _cached(
-        "texts", dataset, txt_enc, captions, root, lambda: encode_texts(captions, txt_enc, **kw)
+        "texts", dataset, txt_enc, captions, root, texts_of, chunk=chunk, progress=progress
     )
     meta = {
         "dataset": dataset.name,
@@ -222,6 +311,7 @@ def encode_dataset(
         "text_cache_key": txt_enc.cache_key,
         "image_cache": img_path,
         "text_cache": txt_path,
+        "data": dict(dataset.notes),  # what was done to the data (val carve, skips)
     }
     return FeatureSet(
         images=images,

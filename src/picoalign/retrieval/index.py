@@ -350,7 +350,7 @@ def build_index(
     if dataset is None:
         from picoalign.data import load_dataset
 
-        dataset = load_dataset(dataset_spec, seed=seed)
+        dataset = load_dataset(dataset_spec, seed=seed, skip_bad=True)  # keys -> sources only
     by_key = {it.key: it.source for it in dataset.items}
     img_rows = fs.caption_image.tolist() if kind == "captions" else range(fs.n_images)
     keys = [fs.image_keys[r] for r in img_rows]
@@ -373,7 +373,9 @@ def build_index(
             "seed": seed,
             "split": split,
             "name": fs.meta.get("dataset", getattr(dataset, "name", "")),
-            "fingerprint": fs.meta.get("fingerprint", getattr(dataset, "fingerprint", "")),
+            # as load_dataset gives it (before a val carve or skips): what the sheet checks
+            "fingerprint": fs.meta.get("data", {}).get("source_fingerprint")
+            or fs.meta.get("fingerprint", getattr(dataset, "fingerprint", "")),
         },
         encoders={
             "image": model.config.image_encoder,

@@ -90,7 +90,7 @@ def dataset_image_loader(dataset: dict[str, Any]) -> Callable[[Any], Any]:
 
     if not dataset.get("spec"):
         raise ValueError("this index records no dataset spec: its images cannot be reloaded")
-    ds = load_dataset(dataset["spec"], seed=int(dataset.get("seed", 0)))
+    ds = load_dataset(dataset["spec"], seed=int(dataset.get("seed", 0)), skip_bad=True)
     if dataset.get("fingerprint") and ds.fingerprint != dataset["fingerprint"]:
         warnings.warn(f"dataset {dataset['spec']} changed since the index was built", stacklevel=2)
     items = {it.key: it for it in ds.items}

@@ -10,6 +10,7 @@ run sees exactly the batches an uninterrupted one would.
 Run folder layout::
 
     OUT/config.yaml        the full TrainConfig (reproduce with --config OUT/config.yaml)
+    OUT/data.json          what it trained on: dataset fingerprint, caches, val carve, skips
     OUT/metrics.jsonl/.csv one row per epoch: loss, lr, validation R@K, p and ω statistics
     OUT/last/              model.safetensors + config.json + state.pt (optimiser, epoch)
     OUT/best/              the selected model: the last epoch (``select="last"``, the default)
@@ -18,7 +19,9 @@ Run folder layout::
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -31,7 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from picoalign.config import TrainConfig, dump_config
-from picoalign.core.losses import create_loss
+from picoalign.core.losses import TripletLoss, create_loss
 from picoalign.evaluation import evaluate
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_replace_dir, atomic_write_text
@@ -195,6 +198,14 @@ def _setup(
     eval_fs = fs.split(cfg.eval_split) if cfg.eval_split != "train" else train_fs
     if train_fs.n_captions < 2:
         raise ValueError(f"--data {cfg.data}: the train split has fewer than 2 captions")
+    if eval_fs.n_images == 0:  # else evaluation would crash after the first epoch
+        raise ValueError(f"--data {cfg.data}: the {cfg.eval_split} split (eval_split) is empty")
+    if cfg.batch_size > train_fs.n_captions and ctx.is_main:
+        print(
+            f"warning: batch size {cfg.batch_size} > {train_fs.n_captions} training captions: "
+            "every step sees the whole train split",
+            file=sys.stderr,
+        )
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
     model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
     if model.config.standardize:  # training-split statistics, saved with the model
@@ -220,6 +231,7 @@ def _setup(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(dump_config(cfg), out / "config.yaml")
+        atomic_write_text(json.dumps(fs.meta, indent=2, default=str), out / "data.json")
     return _Run(
         cfg, ctx, device, train_fs, eval_fs, model, net, loss_fn, opt, params, pixels, out,
         result, start,
@@ -266,7 +278,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     )
     for step in bar:
         loss = _train_step(run, batches, step, epoch)
-        total += float(loss) * len(batches[step])
+        total += _per_pair(loss, run.loss_fn, len(batches[step]), ctx, cfg) * len(batches[step])
         count += len(batches[step])
         bar.set_postfix(loss=f"{total / count:.4f}")
         every = cfg.save_every_steps
@@ -285,7 +297,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
 
 def _train_step(run: _Run, batches: list[Tensor], step: int, epoch: int) -> Tensor:
     """Forward, loss, backward, optimiser step and PICO's update for batch ``step``.
-    Returns the loss per pair (comparable across batch sizes), detached."""
+    Returns the (detached) loss as the loss function gives it."""
     cfg, ctx, model = run.cfg, run.ctx, run.model
     idx = batches[step]
     sizes = ctx.shard_sizes(len(idx))
@@ -322,8 +334,7 @@ def _train_step(run: _Run, batches: list[Tensor], step: int, epoch: int) -> Tens
         g_ids,
         feedback=_feedback(run, batches, step),
     )
-    per_pair = loss.detach() / len(idx) if getattr(run.loss_fn, "sums", False) else loss.detach()
-    return per_pair
+    return loss.detach()
 
 
 def _feedback(run: _Run, batches: list[Tensor], step: int) -> tuple[Tensor, ...] | None:
@@ -372,6 +383,8 @@ def _load_features(cfg: TrainConfig) -> FeatureSet:
         skip_bad=cfg.skip_bad,
         cache_dir=cfg.cache_dir,
         progress=cfg.progress,
+        max_image_pixels=cfg.max_image_pixels,
+        need_splits=("train", cfg.eval_split),
     )
 
 
@@ -385,6 +398,20 @@ def _forward(run: _Run, net: torch.nn.Module, idx: Tensor) -> tuple[Tensor, ...]
     with autocast(device, run.cfg.amp):
         img, img_m, txt, txt_m = net(img_t, img_m, txt_t, txt_m, captions, px)
     return img.float(), img_m, txt.float(), txt_m, ids
+
+
+def _per_pair(
+    loss: Tensor, loss_fn: torch.nn.Module, pairs: int, ctx: DistContext, cfg: TrainConfig
+) -> float:
+    """The batch loss per pair, for logging only: the triplet loss is a sum over the batch
+    (its margin's scale), so its logged value would grow with the batch size; InfoNCE is
+    already a mean. The optimised loss is unchanged."""
+    value = float(loss.detach())
+    if not isinstance(loss_fn, TripletLoss):
+        return value
+    if ctx.enabled and not cfg.gather_negatives:  # mean over ranks of per-shard sums
+        return value * ctx.world_size / pairs
+    return value / pairs
 
 
 def _mean_over_ranks(loss: Tensor, ctx: DistContext) -> Tensor:

@@ -1,0 +1,251 @@
+"""Data is checked whole before any work (issue 14): every bad line and image at once, a
+required split, a carved val split, large images, and the data flags of every command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli_runner import run_cli
+from picoalign.data import DataError
+from picoalign.data.base import DataProblems, Item
+from picoalign.data.check import carve_val, prepare_dataset
+from picoalign.data.images import _reduce, load_image, probe_image
+
+ENCODERS = ["--image-encoder", "random-conv", "--text-encoder", "hash-text"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("PICOALIGN_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_data(root: Path, splits: list[str | None], extra: list[str] = ()) -> Path:
+    """``len(splits)`` 16x16 images, two captions each; a None split omits the key."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, split in enumerate(splits):
+        Image.new("RGB", (16, 16), (20 * i % 255, 100, 200)).save(root / f"img{i}.png")
+        rec = {"image": f"img{i}.png", "captions": [f"picture {i}", f"image number {i}"]}
+        if split is not None:
+            rec["split"] = split
+        lines.append(json.dumps(rec))
+    path = root / "data.jsonl"
+    path.write_text("\n".join([*lines, *extra]) + "\n")
+    return path
+
+
+def train(data: str, out: Path, *extra: str) -> tuple[int, str, str]:
+    return run_cli(
+        "train", "--data", data, *ENCODERS, "--epochs", "1", "--batch-size", "4",
+        "--no-progress", "--set", "model.embed_dim=8", "--out", str(out), *extra,
+    )  # fmt: skip
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.startswith("picoalign: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == lines[0]
+    return lines[0]
+
+
+# ----------------------------------------------------------------- all problems at once
+
+SPLITS = ["train"] * 8 + ["val", "val", "test", "test"]
+
+
+def test_every_bad_line_and_image_is_reported_at_once(tmp_path: Path) -> None:
+    bad = [
+        "{not json",  # line 13
+        json.dumps({"image": "img0.png", "captions": []}),  # line 14
+        json.dumps({"image": "nope.png", "captions": ["x"], "split": "train"}),  # line 15
+        json.dumps({"image": "cut.png", "captions": ["x"], "split": "train"}),  # line 16
+    ]
+    path = write_data(tmp_path / "d", SPLITS, bad)
+    good = tmp_path / "d" / "img1.png"
+    (tmp_path / "d" / "cut.png").write_bytes(good.read_bytes()[:60])  # a cut download
+    with pytest.raises(DataProblems) as e:
+        prepare_dataset(f"jsonl:{path}")
+    wheres = [w for w, _ in e.value.problems]
+    assert wheres == [f"{path} line {n}" for n in (13, 14, 15, 16)]
+    assert "cut.png" in e.value.problems[3][1]  # the image header check found the 4th
+    summary = str(e.value).splitlines()[0]
+    assert summary.startswith("4 bad entries, first") and "line 13" in summary
+    assert summary.endswith("--skip-bad to drop and list them")
+
+    rc, out, err = train(f"jsonl:{path}", tmp_path / "run")
+    assert rc == 2
+    line = one_error_line(err)
+    assert "4 bad entries" in line and "--skip-bad" in line
+    for n in (13, 14, 15, 16):  # each listed, with file and line, above the error
+        assert f"data.jsonl line {n}:" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()  # no work
+
+    rc, out, err = train(f"jsonl:{path}", tmp_path / "run", "--skip-bad")
+    assert rc == 0, err
+    assert "skipped 4 bad entries" in out and "cut.png" in out
+    assert json.loads((tmp_path / "run" / "data.json").read_text())["data"]["skipped"] == 4
+
+
+def test_single_problem_is_one_line_with_the_hint(tmp_path: Path) -> None:
+    path = write_data(tmp_path / "d", SPLITS, ["{oops"])
+    _, _, err = train(f"jsonl:{path}", tmp_path / "run")
+    line = one_error_line(err)
+    assert err.strip() == line  # nothing else on stderr
+    assert "data.jsonl line 13: invalid JSON" in line and line.endswith("--skip-bad to drop it)")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "index"])
+def test_evaluate_and_index_accept_the_data_flags(tmp_path: Path, command: str) -> None:
+    path = write_data(tmp_path / "d", SPLITS, ["{oops"])
+    assert train(f"jsonl:{path}", tmp_path / "run", "--skip-bad")[0] == 0
+    extra = ["--out", str(tmp_path / "gallery")] if command == "index" else []
+    argv = [command, "--checkpoint", str(tmp_path / "run"), "--data", f"jsonl:{path}", *extra]
+    rc, out, err = run_cli(*argv, "--no-progress" if command == "index" else "--json")
+    assert rc == 2 and "line 13" in one_error_line(err)
+    rc, out, err = run_cli(*argv, "--skip-bad", "--max-image-pixels", "50M")
+    assert rc == 0, err
+    assert "skipped 1 bad entries" in out
+
+
+def test_max_image_pixels_flag_refuses_before_work(tmp_path: Path) -> None:
+    path = write_data(tmp_path / "d", SPLITS)
+    _, _, err = train(f"jsonl:{path}", tmp_path / "run", "--max-image-pixels", "100")
+    line = one_error_line(err)
+    assert "12 bad entries" in line and "too large" in line and "--max-image-pixels" in line
+    assert not (tmp_path / "cache").exists()
+
+
+# ------------------------------------------------------------------------ missing split
+
+
+def test_missing_split_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    path = write_data(tmp_path / "d", ["train", None, "test", "val"])
+    with pytest.raises(DataError, match=r'data\.jsonl line 2: missing key "split".*train'):
+        prepare_dataset(f"jsonl:{path}")
+    ds = prepare_dataset(f"jsonl:{path}:default-split=train")
+    assert [it.split for it in ds.items] == ["train", "train", "test", "val"]
+    with pytest.raises(ValueError, match="not an option of jsonl"):
+        prepare_dataset(f"jsonl:{path}:all-train=yes")
+
+
+# ------------------------------------------------------------------------- no val split
+
+
+def test_no_val_split_is_carved_from_train_by_group(tmp_path: Path) -> None:
+    path = write_data(tmp_path / "d", ["train"] * 30 + ["test"] * 4)
+    notes: list[str] = []
+    ds = prepare_dataset(f"jsonl:{path}", seed=3, report=notes.append)
+    val = [it for it in ds.items if it.split == "val"]
+    assert 0 < len(val) < 30 and sum(it.split == "test" for it in ds.items) == 4
+    assert ds.notes["val"]["images"] == len(val) and ds.notes["val"]["seed"] == 3
+    assert any("no val split: carved" in n for n in notes)
+    again = prepare_dataset(f"jsonl:{path}", seed=3, report=notes.append)
+    assert [it.split for it in again.items] == [it.split for it in ds.items]  # seeded
+    assert again.fingerprint == ds.fingerprint != ds.notes["source_fingerprint"]
+
+
+def test_carve_keeps_groups_whole_and_leaves_some_train() -> None:
+    from picoalign.data.base import ImageCaptionDataset
+
+    items = [Item(f"k{i}", ("c",), "train", f"g{i % 3}") for i in range(9)]
+    ds = carve_val(ImageCaptionDataset("t", items, lambda it: None, "fp"), fraction=0.1)
+    by_group = {}
+    for it in ds.items:
+        by_group.setdefault(it.group, set()).add(it.split)
+    assert all(len(s) == 1 for s in by_group.values())  # no group straddles train/val
+    assert {"train", "val"} == set().union(*by_group.values())
+
+
+def test_train_and_test_only_trains_and_records_the_carve(tmp_path: Path) -> None:
+    path = write_data(tmp_path / "d", ["train"] * 10 + ["test"] * 3)
+    rc, out, err = train(f"jsonl:{path}", tmp_path / "run")
+    assert rc == 0, err
+    assert "no val split: carved" in out
+    meta = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert meta["data"]["val"]["carved_from"] == "train" and meta["data"]["val"]["images"] >= 1
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_strict_splits_refuse_before_any_work(tmp_path: Path) -> None:
+    path = write_data(tmp_path / "d", ["train"] * 10 + ["test"] * 3)
+    _, _, err = train(f"jsonl:{path}:val=strict", tmp_path / "run")
+    line = one_error_line(err)
+    assert "split 'val' is empty" in line and "val=strict" in line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    # an explicitly chosen eval split that exists is fine under strict
+    rc, _, err = train(f"jsonl:{path}:val=strict", tmp_path / "run", "--set", "eval_split=test")
+    assert rc == 0, err
+
+
+def test_empty_test_split_is_an_early_error_for_evaluate(tmp_path: Path) -> None:
+    path = write_data(tmp_path / "d", ["train"] * 8 + ["val"] * 2)
+    assert train(f"jsonl:{path}", tmp_path / "run")[0] == 0
+    _, _, err = run_cli("evaluate", "--checkpoint", str(tmp_path / "run"), "--json")
+    assert "split 'test' is empty" in one_error_line(err)
+
+
+def test_empty_eval_split_given_to_train_directly_is_an_error(tmp_path: Path) -> None:
+    from picoalign.config import load_config
+    from picoalign.features import dataset_features
+    from picoalign.training.loop import train as train_fn
+
+    path = write_data(tmp_path / "d", ["train"] * 6 + ["test"] * 2)
+    fs = dataset_features(f"jsonl:{path}:val=strict", "random-conv", "hash-text", progress=False)
+    cfg = load_config(None, {"out": str(tmp_path / "run"), "epochs": 1, "progress": False})
+    with pytest.raises(ValueError, match=r"val split .* is empty"):
+        train_fn(cfg, fs)
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------- large images
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_168_megapixel_clip_art_loads_downscaled(tmp_path: Path) -> None:
+    p = tmp_path / "clipart.png"
+    im = Image.new("1", (12000, 14000), 1)
+    im.paste(0, (0, 0, 6000, 14000))  # left half black
+    im.save(p, optimize=True)
+    assert p.stat().st_size < 2_000_000  # tiny on disk, 168 MP in the header
+    probe_image(p)  # not refused, not decoded
+    img = load_image(p)
+    assert img.mode == "RGB" and 1024 <= max(img.size) < 2048
+    assert img.getpixel((10, 10)) == (0, 0, 0) and img.getpixel((img.width - 10, 10)) == (
+        255,
+        255,
+        255,
+    )
+    with pytest.raises(DataError, match=r"clipart\.png.*too large.*--max-image-pixels"):
+        load_image(p, max_pixels=100_000_000)
+
+
+def test_large_jpeg_decodes_at_reduced_scale(tmp_path: Path) -> None:
+    p = tmp_path / "photo.jpg"
+    Image.new("RGB", (4800, 3200), (200, 30, 30)).save(p, quality=50)
+    img = load_image(p)
+    assert 1024 <= max(img.size) < 2048 and img.size[0] / img.size[1] == pytest.approx(1.5, 0.01)
+    assert load_image(p, decode_side=None).size == (4800, 3200)
+    (tmp_path / "cut.jpg").write_bytes(p.read_bytes()[:2000])
+    with pytest.raises(DataError, match=r"cut\.jpg.*truncated or corrupt"):
+        probe_image(tmp_path / "cut.jpg")
+
+
+def test_band_reduction_equals_whole_reduction(monkeypatch) -> None:
+    import picoalign.data.images as images
+
+    im = Image.new("P", (37, 53))
+    im.putpalette([(i * 7) % 256 for i in range(768)])
+    im.putdata([(x * 13 + y * 7) % 256 for y in range(53) for x in range(37)])
+    monkeypatch.setattr(images, "BAND_ROWS", 8)
+    whole = im.convert("RGB").reduce(3)
+    assert np.array_equal(np.asarray(_reduce(im, 3)), np.asarray(whole))
