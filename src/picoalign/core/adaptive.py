@@ -58,14 +58,15 @@ def pair_adaptive_scores(
     *,
     prior: Tensor,
     lam: float = 0.5,
-    scale: float = 1.0,
+    scale: float | Tensor = 1.0,
     memory_budget_mb: float = 64.0,
 ) -> Tensor:
     """Every image against every caption with its own p(V,T): (N_img, N_txt), fp32.
 
     Blocks of b_i images × b_t captions are expanded into b_i·b_t explicit pairs; the block
     is sized so the expanded tokens and the per-pair n_v × n_t products fit the budget.
-    ``scale`` multiplies the result (the matched-pair rescaling learnt in training).
+    ``scale`` multiplies the result (the matched-pair rescaling learnt in training; a 0-d
+    tensor is taken as it is, so reading it costs no device sync).
     """
     n_img, n_v, d = img.shape
     n_txt, n_t, _ = txt.shape
@@ -73,7 +74,7 @@ def pair_adaptive_scores(
     pairs = max(1, int(memory_budget_mb * 2**20 / per_pair))
     b_t = min(n_txt, max(1, int(math.sqrt(pairs))))
     b_i = min(n_img, max(1, pairs // b_t))
-    out = torch.empty(n_img, n_txt, dtype=torch.float32)
+    out = torch.empty(n_img, n_txt, dtype=torch.float32, device=img.device)
     with torch.no_grad():
         for i0 in range(0, n_img, b_i):
             i1 = min(n_img, i0 + b_i)
@@ -111,13 +112,7 @@ def pair_adaptive_training_scores(
     b = plain.shape[0]
     pos = image_ids.unsqueeze(0) == image_ids.unsqueeze(1)
     k = min(hard_negatives, b - 1)
-    chosen = torch.eye(b, dtype=torch.bool)  # other positives are masked by the loss anyway
-    if k > 0:
-        masked = plain.detach().masked_fill(pos, float("-inf"))
-        chosen.scatter_(1, masked.topk(k, dim=1).indices, True)
-        chosen.scatter_(0, masked.topk(k, dim=0).indices, True)
-        chosen &= ~pos | torch.eye(b, dtype=torch.bool)  # topk may pick -inf when k ≥ #negs
-    ia, tb = chosen.nonzero(as_tuple=True)
+    ia, tb, keep = _chosen_pairs(plain.detach(), pos, k)
     # index_select, not img[ia]: the backward of advanced indexing with repeated rows adds
     # with float atomics across threads on CPU, so training would not be bit-reproducible
     s_b = pair_adaptive_pair_scores(
@@ -128,7 +123,45 @@ def pair_adaptive_training_scores(
         prior=prior,
         lam=lam,
     )
-    diag = ia == tb
-    scale = plain.diagonal().detach().mean() / s_b[diag].detach().mean().clamp_min(1e-6)
-    scores = plain.index_put((ia, tb), s_b * scale)
+    flat = ia * b + tb
+
+    def dense(values: Tensor) -> Tensor:
+        """(b, b) with each kept candidate's value at its entry: duplicates and discarded
+        candidates add an exact 0 (and get a zero gradient); index_add on CPU is a
+        sequential, deterministic sum."""
+        return torch.zeros_like(plain).view(-1).index_add(0, flat, values * keep).view(b, b)
+
+    # the matched pairs' B-scores in row order: the same mean as over s_b[ia == tb]
+    s_diag = dense(s_b.detach()).diagonal().contiguous().mean()
+    scale = plain.diagonal().detach().mean() / s_diag.clamp_min(1e-6)
+    ones = torch.ones_like(flat, dtype=torch.int32)
+    chosen = torch.zeros_like(plain, dtype=torch.int32).view(-1).index_add(0, flat, ones * keep)
+    scores = torch.where(chosen.view(b, b) > 0, dense(s_b * scale), plain)
     return scores, scale.detach()
+
+
+def _chosen_pairs(plain: Tensor, pos: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The candidate (row, column) pairs to B-score, in row-major order, with a keep mask.
+
+    The positives (the diagonal) and each row's and column's ``k`` hardest negatives. A fixed
+    number b·(2k + 1) of candidates instead of ``nonzero()`` of a chosen-mask: a
+    data-dependent shape would force a device sync every step. Duplicates (a pair hardest for
+    its row and its column) and picks that are other positives (topk takes −inf entries when
+    k ≥ #negatives) get keep = False. Sorting by the flat index gives the kept pairs the order
+    ``nonzero()`` had, so the gradients are summed in the same order as before.
+    """
+    b = plain.shape[0]
+    rows = torch.arange(b, device=plain.device)
+    ia, tb = [rows], [rows]  # the diagonal: matched pairs (other positives: the loss masks)
+    if k > 0:
+        masked = plain.masked_fill(pos, float("-inf"))
+        by_row = masked.topk(k, dim=1).indices  # (b, k) columns
+        by_col = masked.topk(k, dim=0).indices  # (k, b) rows
+        ia += [rows.repeat_interleave(k), by_col.reshape(-1)]
+        tb += [by_row.reshape(-1), rows.repeat(k)]
+    flat = torch.sort(torch.cat(ia) * b + torch.cat(tb), stable=True).values
+    first = torch.ones_like(flat, dtype=torch.bool)
+    first[1:] = flat[1:] != flat[:-1]
+    ia_s, tb_s = flat // b, flat % b
+    keep = first & ((ia_s == tb_s) | ~pos.view(-1)[flat])
+    return ia_s, tb_s, keep
