@@ -40,7 +40,9 @@ class TrainConfig:
     pico_warmup_epochs: int = 1  # p ≡ 1 for these epochs
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # autocast where the device supports it (bf16 on CPU with AMX, CUDA)
+    # bf16 autocast of the encoders and heads: "auto" = on for CUDA, off for CPU; true on a CPU
+    # is honoured only with AMX/AVX512-BF16, else fp32 with a warning (docs/performance.md)
+    amp: bool | str = "auto"
     eval_split: str = "val"
     eval_every: int = 1
     # also checkpoint every N steps inside an epoch (0 = at epoch ends only): a killed run
@@ -83,6 +85,9 @@ class TrainConfig:
             "eval_every": self.eval_every >= 1,
             "save_every_steps": self.save_every_steps >= 0,
         }
+        if isinstance(self.amp, str) and self.amp.lower() in ("true", "false"):
+            self.amp = self.amp.lower() == "true"  # --set amp=true reads as a string
+        checks["amp"] = self.amp in (True, False, "auto")
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
