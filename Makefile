@@ -11,7 +11,7 @@ STAMP := $(VENV)/.picoalign-installed
 QUIET := { grep -v "is ignored: it is neither" || true; }
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install system-data demo test lint bench clean
+.PHONY: install system-data demo test lint bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench: install system-data
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/similarity_speed.py
 	$(BIN)/python benchmarks/train_speed.py
+
+# GPU paths, measured (benchmarks/results/gpu_check.json); says so and exits 0 without CUDA
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

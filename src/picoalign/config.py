@@ -51,7 +51,9 @@ class TrainConfig:
     # too noisy to pick an epoch: best-by-val scored up to 16 rSum below the last epoch on test
     select: str = "last"
     device: str = "auto"
-    amp: bool = True  # autocast where the device supports it (bf16 on CPU with AMX, CUDA)
+    # bf16 autocast of the encoders and heads: "auto" = on for CUDA, off for CPU; true on a CPU
+    # is honoured only with AMX/AVX512-BF16, else fp32 with a warning (docs/performance.md)
+    amp: bool | str = "auto"
     eval_split: str = "val"
     eval_every: int = 1
     # also checkpoint every N steps inside an epoch (0 = at epoch ends only): a killed run
@@ -102,6 +104,9 @@ class TrainConfig:
             "max_image_pixels": self.max_image_pixels is None
             or (isinstance(self.max_image_pixels, int) and self.max_image_pixels >= 1),
         }
+        if isinstance(self.amp, str) and self.amp.lower() in ("true", "false"):
+            self.amp = self.amp.lower() == "true"  # --set amp=true reads as a string
+        checks["amp"] = self.amp in (True, False, "auto")
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r}")

@@ -187,3 +187,25 @@ def test_training_scores_gradient_is_bit_reproducible_with_threads(make_tokens):
         torch.set_num_threads(before)
     for a_grad, t_grad in grads[1:]:
         assert torch.equal(a_grad, grads[0][0]) and torch.equal(t_grad, grads[0][1])
+
+
+@pytest.mark.parametrize("ids", [torch.arange(12), torch.tensor([0, 0, 1, 2, 2, 3] * 2)])
+@pytest.mark.parametrize("k", [0, 3, 20])
+def test_grouped_and_pairs_layouts_agree(make_tokens, ids, k):
+    """The CPU default (grouped by image) and the sync-free accelerator default (explicit
+    candidate pairs) are two layouts of one rule: same scores, scale and gradients."""
+    img, im, txt, tm = make_tokens(12, 6, 12, 5, D, seed=11)
+    prior = _prior(12)
+    out = {}
+    for layout in ("grouped", "pairs"):
+        a_, t_ = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
+        plain = fine_grained_scores(a_, im, t_, tm)
+        scores, scale = pair_adaptive_training_scores(
+            plain, a_, im, t_, tm, ids, prior=prior, lam=0.5, hard_negatives=k, layout=layout
+        )
+        (scores * torch.linspace(-1, 1, scores.numel()).view_as(scores)).sum().backward()
+        out[layout] = (scores.detach(), scale, a_.grad, t_.grad)
+    for g, p in zip(out["grouped"], out["pairs"], strict=True):
+        torch.testing.assert_close(g, p, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="layout"):
+        pair_adaptive_training_scores(plain, img, im, txt, tm, ids, prior=prior, layout="x")

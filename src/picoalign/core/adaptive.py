@@ -59,14 +59,15 @@ def pair_adaptive_scores(
     *,
     prior: Tensor,
     lam: float = 0.5,
-    scale: float = 1.0,
+    scale: float | Tensor = 1.0,
     memory_budget_mb: float = 64.0,
 ) -> Tensor:
     """Every image against every caption with its own p(V,T): (N_img, N_txt), fp32.
 
     Blocks of b_i images × b_t captions are expanded into b_i·b_t explicit pairs; the block
     is sized so the expanded tokens and the per-pair n_v × n_t products fit the budget.
-    ``scale`` multiplies the result (the matched-pair rescaling learnt in training).
+    ``scale`` multiplies the result (the matched-pair rescaling learnt in training; a 0-d
+    tensor is taken as it is, so reading it costs no device sync).
     """
     n_img, n_v, d = img.shape
     n_txt, n_t, _ = txt.shape
@@ -74,7 +75,7 @@ def pair_adaptive_scores(
     pairs = max(1, int(memory_budget_mb * 2**20 / per_pair))
     b_t = min(n_txt, max(1, int(math.sqrt(pairs))))
     b_i = min(n_img, max(1, pairs // b_t))
-    out = torch.empty(n_img, n_txt, dtype=torch.float32)
+    out = torch.empty(n_img, n_txt, dtype=torch.float32, device=img.device)
     with torch.no_grad():
         for i0 in range(0, n_img, b_i):
             i1 = min(n_img, i0 + b_i)
@@ -101,6 +102,7 @@ def pair_adaptive_training_scores(
     prior: Tensor,
     lam: float = 0.5,
     hard_negatives: int = 10,
+    layout: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The in-batch matrix for the loss under reading B's training rule.
 
@@ -113,14 +115,36 @@ def pair_adaptive_training_scores(
     are grouped by image, C slots per image (C = the most pairs any image has), and p(V,T)
     weights the *caption* side. Each image's tokens then enter one GEMM against its C
     weighted captions, and no (pairs × patches × D) copy of the image tokens is ever made,
-    forward or backward. Finding C is this function's one host sync (the selection is
-    data-dependent).
+    forward or backward. Finding C is a host sync (the selection is data-dependent), so off
+    the CPU the default ``layout`` is ``"pairs"``: a fixed b·(2k + 1) explicit candidate
+    pairs, sync-free, at more memory traffic. Both give the same scores (tests).
     """
+    pos = positive_mask(image_ids)
+    k = min(hard_negatives, plain.shape[0] - 1)
+    if layout is None:
+        layout = "grouped" if plain.device.type == "cpu" else "pairs"
+    if layout == "grouped":
+        return _grouped_training_scores(plain, img, img_mask, txt, txt_mask, pos, k, prior, lam)
+    if layout != "pairs":
+        raise ValueError(f"layout must be 'grouped' or 'pairs', got {layout!r}")
+    return _pairs_training_scores(plain, img, img_mask, txt, txt_mask, pos, k, prior, lam)
+
+
+def _grouped_training_scores(
+    plain: Tensor,
+    img: Tensor,
+    img_mask: Tensor,
+    txt: Tensor,
+    txt_mask: Tensor,
+    pos: Tensor,
+    k: int,
+    prior: Tensor,
+    lam: float,
+) -> tuple[Tensor, Tensor]:
+    """The grouped layout (see :func:`pair_adaptive_training_scores`)."""
     b = plain.shape[0]
     device = plain.device
-    pos = positive_mask(image_ids)
     eye = torch.eye(b, dtype=torch.bool, device=device)
-    k = min(hard_negatives, b - 1)
     chosen = eye.clone()  # other positives are masked by the loss anyway
     if k > 0:
         masked = plain.detach().masked_fill(pos, float("-inf"))
@@ -145,6 +169,74 @@ def pair_adaptive_training_scores(
     scale = plain.diagonal().detach().mean() / diag.mean().clamp_min(1e-6)
     dense = torch.zeros_like(plain).scatter_add(1, cols, s_b * scale)  # empty slots add 0 …
     return torch.where(chosen, dense, plain), scale.detach()  # … and are never chosen
+
+
+def _pairs_training_scores(
+    plain: Tensor,
+    img: Tensor,
+    img_mask: Tensor,
+    txt: Tensor,
+    txt_mask: Tensor,
+    pos: Tensor,
+    k: int,
+    prior: Tensor,
+    lam: float,
+) -> tuple[Tensor, Tensor]:
+    """The pairs layout: a fixed number b·(2k + 1) of explicit candidate pairs, no sync."""
+    b = plain.shape[0]
+    ia, tb, keep = _chosen_pairs(plain.detach(), pos, k)
+    # index_select, not img[ia]: the backward of advanced indexing with repeated rows adds
+    # with float atomics across threads on CPU, so training would not be bit-reproducible
+    s_b = pair_adaptive_pair_scores(
+        img.index_select(0, ia),
+        img_mask.index_select(0, ia),
+        txt.index_select(0, tb),
+        txt_mask.index_select(0, tb),
+        prior=prior,
+        lam=lam,
+    )
+    flat = ia * b + tb
+
+    def dense(values: Tensor) -> Tensor:
+        """(b, b) with each kept candidate's value at its entry: duplicates and discarded
+        candidates add an exact 0 (and get a zero gradient); index_add on CPU is a
+        sequential, deterministic sum."""
+        return torch.zeros_like(plain).view(-1).index_add(0, flat, values * keep).view(b, b)
+
+    # the matched pairs' B-scores in row order: the same mean as over s_b[ia == tb]
+    s_diag = dense(s_b.detach()).diagonal().contiguous().mean()
+    scale = plain.diagonal().detach().mean() / s_diag.clamp_min(1e-6)
+    ones = torch.ones_like(flat, dtype=torch.int32)
+    chosen = torch.zeros_like(plain, dtype=torch.int32).view(-1).index_add(0, flat, ones * keep)
+    scores = torch.where(chosen.view(b, b) > 0, dense(s_b * scale), plain)
+    return scores, scale.detach()
+
+
+def _chosen_pairs(plain: Tensor, pos: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The candidate (row, column) pairs to B-score, in row-major order, with a keep mask.
+
+    The positives (the diagonal) and each row's and column's ``k`` hardest negatives. A fixed
+    number b·(2k + 1) of candidates instead of ``nonzero()`` of a chosen-mask: a
+    data-dependent shape would force a device sync every step. Duplicates (a pair hardest for
+    its row and its column) and picks that are other positives (topk takes −inf entries when
+    k ≥ #negatives) get keep = False. Sorting by the flat index gives the kept pairs the order
+    ``nonzero()`` had, so the gradients are summed in the same order as before.
+    """
+    b = plain.shape[0]
+    rows = torch.arange(b, device=plain.device)
+    ia, tb = [rows], [rows]  # the diagonal: matched pairs (other positives: the loss masks)
+    if k > 0:
+        masked = plain.masked_fill(pos, float("-inf"))
+        by_row = masked.topk(k, dim=1).indices  # (b, k) columns
+        by_col = masked.topk(k, dim=0).indices  # (k, b) rows
+        ia += [rows.repeat_interleave(k), by_col.reshape(-1)]
+        tb += [by_row.reshape(-1), rows.repeat(k)]
+    flat = torch.sort(torch.cat(ia) * b + torch.cat(tb), stable=True).values
+    first = torch.ones_like(flat, dtype=torch.bool)
+    first[1:] = flat[1:] != flat[:-1]
+    ia_s, tb_s = flat // b, flat % b
+    keep = first & ((ia_s == tb_s) | ~pos.view(-1)[flat])
+    return ia_s, tb_s, keep
 
 
 def _grouped_sims(img: Tensor, t_g: Tensor) -> Tensor:

@@ -51,6 +51,6 @@ def retrieval_score(scores: Tensor, image_ids: Tensor, metric: str = "mrr") -> T
     if metric == "mrr":
         return 0.5 * ((1.0 / (r_it + 1)).mean() + (1.0 / (r_ti + 1)).mean())
     if metric == "rsum":
-        ks = torch.tensor([1, 5, 10])
+        ks = torch.tensor([1, 5, 10], device=scores.device)
         return 100 * sum(((r < ks.unsqueeze(1)).float().mean(1)).sum() for r in (r_it, r_ti))
     raise ValueError(f"metric must be 'rsum', 'mrr' or 'neg_loss', got {metric!r}")

@@ -134,19 +134,63 @@ class PICO(nn.Module):
         self.register_buffer("gains", torch.zeros(c.bank_size))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("pair_scale", torch.ones(()))
+        self._host: dict[str, tuple[Tensor, int, int]] = {}  # see _count
+        for name in ("steps", "bank_len", "bank_pos"):
+            self._set_count(name, 0)
+
+    # -- weights ----------------------------------------------------------------------
+    # -- host mirrors of the counters -------------------------------------------------
+    def _count(self, name: str) -> int:
+        """The integer buffer ``name`` (steps, bank_len, bank_pos) as a Python int, without a
+        device sync on every step.
+
+        The counters decide control flow and shapes (warm-up, which bank slots are filled),
+        so they are needed on the host; reading a CUDA buffer with ``int()`` would stall the
+        GPU at every step. Their values only change through :meth:`_set_count` (which
+        records them) or from outside (``load_state_dict``, ``fill_``): the record is keyed
+        by the tensor's identity and its in-place version counter, so any outside change is
+        noticed and read once (one sync after a checkpoint load, none per step).
+        """
+        t = getattr(self, name)
+        known = self._host.get(name)
+        if known is not None and known[0] is t and known[1] == t._version:
+            return known[2]
+        value = int(t)
+        self._host[name] = (t, t._version, value)
+        return value
+
+    def _set_count(self, name: str, value: int) -> None:
+        t = getattr(self, name)
+        t.fill_(value)  # a kernel launch, not a sync
+        self._host[name] = (t, t._version, value)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PICO:
+        """``.to(device)`` replaces the buffers: carry the known counter values over."""
+        known = {
+            n: v[2]
+            for n, v in self._host.items()
+            if v[0] is getattr(self, n) and v[1] == v[0]._version
+        }
+        out = super()._apply(fn, recurse)
+        for name, value in known.items():
+            t = getattr(self, name)
+            self._host[name] = (t, t._version, value)
+        return out
 
     # -- weights ----------------------------------------------------------------------
     @property
     def active(self) -> bool:
         """False during warm-up (p ≡ 1: sign statistics of a random model mean nothing)."""
-        return int(self.steps) > self.config.warmup_steps
+        return self._count("steps") > self.config.warmup_steps
 
     def as_weights(self, p: Tensor) -> Tensor:
-        """The column weights used in scoring: p, renormalised to mean 1 if configured."""
+        """The column weights used in scoring: p, renormalised to mean 1 if configured.
+
+        A ``torch.where``, not an ``if`` on the sum: no device sync (same values)."""
         if not self.config.renormalize:
             return p
         total = p.sum()
-        return p * (p.numel() / total) if float(total) > 1e-6 else torch.ones_like(p)
+        return torch.where(total > 1e-6, p * (p.numel() / total), torch.ones_like(p))
 
     @property
     def weights(self) -> Tensor:
@@ -210,7 +254,7 @@ class PICO(nn.Module):
                 txt_mask,
                 prior=self._prior(),
                 lam=c.lam,
-                scale=float(self.pair_scale),
+                scale=self.pair_scale,
                 memory_budget_mb=memory_budget_mb,
             )
         weights = None
@@ -228,10 +272,10 @@ class PICO(nn.Module):
 
     # -- update -----------------------------------------------------------------------
     def _push(self, prototype: Tensor) -> None:
-        k = self.config.bank_size
-        self.bank[int(self.bank_pos)] = prototype
-        self.bank_pos.fill_((int(self.bank_pos) + 1) % k)
-        self.bank_len.fill_(min(k, int(self.bank_len) + 1))
+        k, pos = self.config.bank_size, self._count("bank_pos")
+        self.bank[pos] = prototype
+        self._set_count("bank_pos", (pos + 1) % k)
+        self._set_count("bank_len", min(k, self._count("bank_len") + 1))
 
     def _all(self, *xs: Tensor) -> tuple[Tensor, ...]:
         return tuple(self.gather(x) for x in xs) if self.gather is not None else xs
@@ -254,14 +298,14 @@ class PICO(nn.Module):
         current batch is.
         """
         c = self.config
-        self.steps += 1
+        self._set_count("steps", self._count("steps") + 1)
         if not self.active:
             return
         img, img_mask, txt, txt_mask = self._all(
             img.detach().float(), img_mask, txt.detach().float(), txt_mask
         )
         if image_ids is None:
-            image_ids = torch.arange(img.shape[0])
+            image_ids = torch.arange(img.shape[0], device=img.device)
         else:
             (image_ids,) = self._all(image_ids)
         p_tilde = semantic_probability(
@@ -274,7 +318,7 @@ class PICO(nn.Module):
             transform=c.transform,
         )
         self._push(1 - p_tilde)
-        n = int(self.bank_len)
+        n = self._count("bank_len")
         bank = self.bank[:n]
         if c.feedback and n > 1:
             fb = (img, img_mask, txt, txt_mask, image_ids)
@@ -285,8 +329,8 @@ class PICO(nn.Module):
             gains = self._gains(bank, *fb)
             omega = feedback_weights(gains, c.tau, c.gain_normalize)
         else:
-            gains = torch.zeros(n)
-            omega = torch.full((n,), 1.0 / n)
+            gains = torch.zeros_like(bank[:, 0])
+            omega = torch.full_like(bank[:, 0], 1.0 / n)
         self.gains.zero_()
         self.omega.zero_()
         self.gains[:n] = gains

@@ -130,9 +130,13 @@ class GPO(Scorer):
         """θ (N, width): softmax over the first ``lengths[i]`` ranks, zero beyond.
 
         The GRU runs once per distinct length (a batch has few), all lengths in one packed
-        call, so the cost does not grow with the batch.
+        call, so the cost does not grow with the batch. That needs the lengths on the host;
+        on an accelerator, where reading them is a device sync every step, every length
+        1..width is computed instead (:meth:`_all_lengths_rank_weights`).
         """
         device = lengths.device
+        if device.type != "cpu":
+            return self._all_lengths_rank_weights(width, device).index_select(0, lengths - 1)
         distinct, which = torch.unique(lengths, return_inverse=True)
         codes = self._codes(width, device).expand(len(distinct), width, self.pe_dim)
         packed = nn.utils.rnn.pack_padded_sequence(
@@ -144,6 +148,30 @@ class GPO(Scorer):
         valid = torch.arange(width, device=device).unsqueeze(0) < distinct.unsqueeze(1)
         theta = logits.masked_fill(~valid, float("-inf")).softmax(dim=1)
         return theta[which]
+
+    def _all_lengths_rank_weights(self, width: int, device: torch.device) -> Tensor:
+        """θ (width, width): row L − 1 for sequences of L tokens, without packing.
+
+        The position codes are the same for every sample, so the forward direction at
+        position i does not depend on L: one right-padded run gives it for all L. The backward
+        direction of length L starts at position L − 1: left-padding sequence L (its codes at
+        width − L … width − 1) makes the unpacked backward run start there. No lengths are
+        read on the host, so nothing syncs (and the meta-device tests can run it).
+        """
+        codes = self._codes(width, device)
+        pos = torch.arange(width, device=device)
+        length = pos.unsqueeze(1) + 1  # (width, 1): row r holds sequences of r + 1 tokens
+        shift = (pos.unsqueeze(0) - (width - length)) % width  # left-padded row r
+        left = codes.index_select(0, shift.reshape(-1)).view(width, width, self.pe_dim)
+        fwd, _ = self.gru(codes.unsqueeze(0))  # (1, width, 2h): forward half valid
+        bwd, _ = self.gru(left)  # (width, width, 2h): backward half valid at the tail
+        back = (pos.unsqueeze(0) + (width - length)).clamp_max(width - 1)  # position i → tail
+        index = back.unsqueeze(-1).expand(-1, -1, self.hidden)
+        bwd = torch.gather(bwd[..., self.hidden :], 1, index)
+        hidden = torch.cat((fwd[..., : self.hidden].expand(width, -1, -1), bwd), dim=-1)
+        logits = self.out(hidden).squeeze(-1) / self.temperature
+        valid = pos.unsqueeze(0) < length
+        return logits.masked_fill(~valid, float("-inf")).softmax(dim=1)
 
     def reduce(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         width = tokens.shape[1]

@@ -106,7 +106,7 @@ def _fill_padding(x: Tensor, mask: Tensor) -> Tensor:
     weight padded positions by 0. Gather is differentiable, so gradients of duplicates flow
     back to the real token they copy, and padded inputs get none.
     """
-    if bool(mask.all()):
+    if mask.device.type == "cpu" and bool(mask.all()):  # a shortcut; elsewhere a device sync
         return x
     first = mask.to(torch.uint8).argmax(dim=1, keepdim=True)  # first True of every row
     idx = torch.where(mask, torch.arange(mask.shape[1], device=mask.device), first)
@@ -231,7 +231,7 @@ def fine_grained_scores(
     # coarse workers only where they help and are safe: CPU, no graph, OpenMP thread settings
     coarse = not track_grad and img.device.type == "cpu" and _openmp_backend()
     workers = max(1, torch.get_num_threads()) if coarse else 1
-    itemsize = torch.empty((), dtype=dt).element_size()
+    itemsize = dt.itemsize
     b_img, b_txt = _block_sizes(n_img, n_v, n_txt, n_t, memory_budget_mb / workers, itemsize)
     img_real, txt_real = img_mask.to(torch.float32), txt_mask.to(torch.float32)
     img_w = img_real / img_real.sum(dim=1, keepdim=True)

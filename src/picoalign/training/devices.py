@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,12 +41,42 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast where it is fast (CUDA, or a CPU with bf16 units); else a no-op."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if enabled and device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+def amp_enabled(device: torch.device, amp: bool | str = "auto") -> bool:
+    """The AMP policy: whether bf16 autocast is used for ``amp`` on ``device``.
+
+    ``"auto"``: on for CUDA, off elsewhere — on a CPU a run's numbers must not depend on which
+    CPU it lands on. An explicit ``True`` on a CPU is honoured only where the CPU has bf16
+    units (AMX, AVX512-BF16); elsewhere bf16 is emulated (~50× slower than fp32), so it runs
+    fp32 and warns once. Only the encoders and heads run under autocast: the max-mean
+    reductions, the loss and PICO's statistics are computed in fp32 outside it (the training
+    loop casts the embeddings back to fp32), because bf16 there changes rankings.
+    """
+    if amp == "auto":
+        return device.type == "cuda"
+    if not amp:
+        return False
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return True
+    _warn_no_bf16(device.type)
+    return False
+
+
+@functools.cache
+def _warn_no_bf16(device_type: str) -> None:
+    warnings.warn(
+        f"amp=true on {device_type}: this {device_type} has no bf16 units (AMX/AVX512-BF16), "
+        "so training runs in fp32",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def autocast(device: torch.device, amp: bool | str = "auto") -> contextlib.AbstractContextManager:
+    """bf16 autocast where :func:`amp_enabled` says so; else a no-op."""
+    if amp_enabled(device, amp):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

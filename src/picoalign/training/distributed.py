@@ -107,11 +107,10 @@ class DistContext:
 def _pad_to(x: Tensor, rows: int, width: int) -> Tensor:
     """Zero-pad ``x`` to ``rows`` along dim 0 and (if it has one) ``width`` along dim 1."""
     if x.dim() > 1 and x.shape[1] < width:
-        pad = torch.zeros(x.shape[0], width - x.shape[1], *x.shape[2:], dtype=x.dtype)
-        x = torch.cat([x, pad.to(x.device)], dim=1)
+        pad = x.new_zeros(x.shape[0], width - x.shape[1], *x.shape[2:])  # x's device: NCCL
+        x = torch.cat([x, pad], dim=1)
     if x.shape[0] < rows:
-        pad = torch.zeros(rows - x.shape[0], *x.shape[1:], dtype=x.dtype)
-        x = torch.cat([x, pad.to(x.device)], dim=0)
+        x = torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])], dim=0)
     return x
 
 

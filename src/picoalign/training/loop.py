@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from picoalign.config import TrainConfig, dump_config
 from picoalign.core.losses import TripletLoss, create_loss
+from picoalign.core.similarity import check_tokens
 from picoalign.evaluation import evaluate
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_replace_dir, atomic_write_text
@@ -51,9 +52,47 @@ from picoalign.training.distributed import (
 from picoalign.training.pixels import PixelBatches
 from picoalign.training.state import Position, restore_last, save_last, write_metrics
 
+LOSS_CHECK_EVERY = 25
+"""Steps between reads of the loss on the host (the NaN check, the running mean): reading a
+CUDA scalar waits for the GPU, so doing it every step would serialise the host and the
+device. A non-finite loss is still reported with its exact step; nothing is saved between
+the bad step and the check (checkpoints check first)."""
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class _LossLog:
+    """The epoch's running loss, with the per-step values kept on the device until
+    :meth:`settle` reads them all in one sync (same float arithmetic as reading each)."""
+
+    def __init__(self, total: float, count: int, epoch: int, last: Path) -> None:
+        self.total, self.count, self.epoch, self.last = total, count, epoch, last
+        self.pending: list[tuple[int, Tensor, int]] = []
+
+    def add(self, step: int, loss: Tensor, n: int) -> None:
+        self.pending.append((step, loss, n))
+
+    def settle(self) -> None:
+        """Read the pending losses; raise :class:`TrainingError` at the first non-finite."""
+        if not self.pending:
+            return
+        values = torch.stack([loss for _, loss, _ in self.pending]).tolist()
+        for (step, _, n), value in zip(self.pending, values, strict=True):
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"non-finite loss ({value}) at epoch {self.epoch + 1}, step {step + 1}; "
+                    f"the last good checkpoint is kept in {self.last}. "
+                    "Try a lower --lr or check the input features for NaN."
+                )
+            self.total += value * n
+            self.count += n
+        self.pending.clear()
+
+    @property
+    def mean(self) -> float:
+        return self.total / max(self.count, 1)
 
 
 @dataclass
@@ -169,6 +208,7 @@ class _Run:
     out: Path | None  # where this rank writes (rank 0 only)
     result: TrainResult
     start: Position
+    validated: bool = False  # the first batch's tokens were checked (see _validate)
 
 
 def model_config_for(cfg: TrainConfig, fs: FeatureSet, steps_per_epoch: int) -> ModelConfig:
@@ -266,6 +306,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     batches = batch_order(run.train_fs.n_captions, cfg.batch_size, cfg.seed, epoch)
     first = run.start.step if epoch == run.start.epoch else 0
     total, count = (run.start.total, run.start.count) if first else (0.0, 0)
+    log = _LossLog(total, count, epoch, Path(cfg.out) / "last")
     run.model.train()
     bar = tqdm(
         range(first, len(batches)),
@@ -278,18 +319,24 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     )
     for step in bar:
         loss = _train_step(run, batches, step, epoch)
-        total += _per_pair(loss, run.loss_fn, len(batches[step]), ctx, cfg) * len(batches[step])
-        count += len(batches[step])
-        bar.set_postfix(loss=f"{total / count:.4f}")
+        log.add(
+            step, _per_pair(loss, run.loss_fn, len(batches[step]), ctx, cfg), len(batches[step])
+        )
         every = cfg.save_every_steps
-        if run.out is not None and every and (step + 1) % every == 0 and step + 1 < len(batches):
-            here = Position(epoch, step + 1, total, count)
+        save = run.out is not None and every and (step + 1) % every == 0
+        if save and step + 1 < len(batches):
+            log.settle()  # never checkpoint weights a non-finite loss has touched
+            here = Position(epoch, step + 1, log.total, log.count)
             r = run.result
             save_last(run.out, run.model, run.opt, run.loss_fn, here, r.history, r.best)
+        if (step + 1) % LOSS_CHECK_EVERY == 0:
+            log.settle()
+            bar.set_postfix(loss=f"{log.mean:.4f}")
+    log.settle()
     assert_in_sync(ctx, run.model, run.loss_fn)
     return {
         "epoch": epoch + 1,
-        "loss": total / max(count, 1),
+        "loss": log.mean,
         "lr": lr,
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -304,6 +351,9 @@ def _train_step(run: _Run, batches: list[Tensor], step: int, epoch: int) -> Tens
     if run.pixels is not None and step + 1 < len(batches):  # decode ahead
         run.pixels.prefetch(ctx.shard(batches[step + 1]))
     img, img_m, txt, txt_m, ids = _forward(run, run.net, ctx.shard(idx))
+    if not run.validated:  # once per run: check_tokens reads values (a device sync)
+        _validate(img, img_m, txt, txt_m, epoch, step)
+        run.validated = True
     # every rank sees the whole global batch: the loss's negatives and PICO's statistics
     g_img, g_img_m, g_txt, g_txt_m, g_ids = (
         ctx.gather(x, sizes, keep_grad=cfg.gather_negatives) for x in (img, img_m, txt, txt_m, ids)
@@ -313,12 +363,6 @@ def _train_step(run: _Run, batches: list[Tensor], step: int, epoch: int) -> Tens
     else:  # each rank's own shard; the summed gradients then average the rank losses
         loss = run.loss_fn(model.training_scores(img, img_m, txt, txt_m, ids), ids)
         loss = _mean_over_ranks(loss, ctx)
-    if not torch.isfinite(loss):
-        raise TrainingError(
-            f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-            f"the last good checkpoint is kept in {Path(cfg.out) / 'last'}. "
-            "Try a lower --lr or check the input features for NaN."
-        )
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     if not cfg.gather_negatives:
@@ -335,6 +379,19 @@ def _train_step(run: _Run, batches: list[Tensor], step: int, epoch: int) -> Tens
         feedback=_feedback(run, batches, step),
     )
     return loss.detach()
+
+
+def _validate(
+    img: Tensor, img_m: Tensor, txt: Tensor, txt_m: Tensor, epoch: int, step: int
+) -> None:
+    """Shapes, masks (every sample has a real token) and finiteness of the first embedded
+    batch; later steps skip it (``validate=False`` in the scorers) to stay sync-free."""
+    try:
+        check_tokens(img, img_m, txt, txt_m)
+    except ValueError as e:
+        if "NaN" not in str(e):
+            raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: bad batch: {e}") from e
+        # a NaN is left to the loss check, which reports it with the step and the checkpoint
 
 
 def _feedback(run: _Run, batches: list[Tensor], step: int) -> tuple[Tensor, ...] | None:
@@ -402,11 +459,11 @@ def _forward(run: _Run, net: torch.nn.Module, idx: Tensor) -> tuple[Tensor, ...]
 
 def _per_pair(
     loss: Tensor, loss_fn: torch.nn.Module, pairs: int, ctx: DistContext, cfg: TrainConfig
-) -> float:
+) -> Tensor:
     """The batch loss per pair, for logging only: the triplet loss is a sum over the batch
     (its margin's scale), so its logged value would grow with the batch size; InfoNCE is
-    already a mean. The optimised loss is unchanged."""
-    value = float(loss.detach())
+    already a mean. The optimised loss is unchanged. Stays on the device (no sync)."""
+    value = loss.detach()
     if not isinstance(loss_fn, TripletLoss):
         return value
     if ctx.enabled and not cfg.gather_negatives:  # mean over ranks of per-shard sums
