@@ -135,24 +135,24 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> TrainConfig:
         raise ValueError(f"{where}: {e}") from e
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    base: str | Path | None = None,
+) -> TrainConfig:
     """Defaults, then the YAML file (if any), then ``overrides`` (dotted keys allowed:
-    ``{"model.pico.tau": 0.5}``)."""
+    ``{"model.pico.tau": 0.5}``). ``base`` (a run's ``config.yaml``, for ``--resume``) comes
+    between the defaults and the file."""
     data: dict[str, Any] = {}
     where = "defaults"
+    if base is not None:
+        data = _read_yaml(Path(base))
+        where = str(base)
     if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{p}: invalid YAML ({e})") from e
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{p}: expected a mapping of options at the top level")
-        _check_tree(loaded, where)  # an unknown key in the file is reported against the file
-        data = loaded
+        loaded = _read_yaml(Path(path))
+        where = str(path)
+        data = _merge(data, loaded)
     for key, value in (overrides or {}).items():
         node = data
         *parents, leaf = key.split(".")
@@ -166,6 +166,32 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     if overrides:  # a key or value problem now may come from the overrides
         where = "overrides" if path is None else f"{where} + overrides"
     return config_from_dict(data, where)
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    """A config file as nested dicts; its unknown keys are reported against the file."""
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: config file not found")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: invalid YAML ({e})") from e
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{p}: expected a mapping of options at the top level")
+    _check_tree(loaded, str(p))
+    return loaded
+
+
+def _merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    """``high`` over ``low``, section by section (a file's ``model.pico.tau`` keeps the
+    base's other ``model.pico`` options)."""
+    out = dict(low)
+    for k, v in high.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -1,0 +1,231 @@
+"""``picoalign train``: one run folder per run, never lost.
+
+Why its own module: the command decides what a run folder may become — a new run, the same
+run continued (``--resume``, on the run's own ``config.yaml``), or a replaced one
+(``--overwrite``) — and that policy must be visible in one place, with its messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from picoalign.core.scorers import list_scorers
+
+# what a resumed run may change: how long, how often it saves/evaluates and how it reports;
+# everything else (data, model, optimiser, seed, ...) would make it another run
+RESUMABLE = frozenset(
+    {"epochs", "progress", "save_every_steps", "eval_every", "device", "cache_dir", "out"}
+)
+
+# dotted option -> the flag that sets it (for messages that name what the user typed)
+FLAGS = {
+    "data": "--data",
+    "model.method": "--method",
+    "model.scorer": "--scorer",
+    "out": "--out",
+    "epochs": "--epochs",
+    "seed": "--seed",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "margin": "--margin",
+    "loss": "--loss",
+    "model.image_encoder": "--image-encoder",
+    "model.text_encoder": "--text-encoder",
+    "device": "--device",
+    "skip_bad": "--skip-bad",
+    "progress": "--no-progress",
+}
+
+
+def add_train(sub: Any, epilog: str, set_value: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a baseline or PICO model on any scorer (global, gpo, fine_grained)",
+        description="Train one method on cached frozen features. Options: defaults < --config "
+        "FILE < flags < --set KEY=VALUE (dotted keys reach nested options, e.g. "
+        "--set model.pico.tau=0.5). An existing run folder is never replaced silently: "
+        "continue it with --resume or replace it with --overwrite.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", help="dataset spec (see below) (default: twemoji)")
+    p.add_argument(
+        "--method",
+        choices=["baseline", "pico", "global"],
+        help="baseline (the scorer's plain score) or pico; 'global' is the legacy "
+        "spelling of --method baseline --scorer global (default: pico)",
+    )
+    p.add_argument(
+        "--scorer",
+        dest="model.scorer",
+        choices=list_scorers(),
+        help="what is scored: fine_grained (every patch and word), global (mean "
+        "pooled), gpo (VSE∞'s learnt pooling); PICO applies to each (default: fine_grained)",
+    )
+    p.add_argument("--out", help="run folder for checkpoints and metrics (default: runs/LABEL)")
+    p.add_argument("--epochs", type=int, help="(default: 12)")
+    p.add_argument("--seed", type=int, help="(default: 0)")
+    p.add_argument("--batch-size", type=int, dest="batch_size", help="(default: 128)")
+    p.add_argument("--lr", type=float, help="(default: 0.001)")
+    p.add_argument("--margin", type=float, help="triplet margin, tune it per method (default: 0.8)")
+    p.add_argument("--loss", choices=["triplet", "infonce"], help="(default: triplet)")
+    p.add_argument(
+        "--image-encoder",
+        dest="model.image_encoder",
+        help="efficientnet-lite0, hf:NAME_OR_PATH, ... (default: efficientnet-lite0)",
+    )
+    p.add_argument(
+        "--text-encoder",
+        dest="model.text_encoder",
+        help="minilm, glove-gru, hf:NAME_OR_PATH, ... (default: minilm)",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    p.add_argument("--config", help="YAML file of TrainConfig options (default: none)")
+    p.add_argument(
+        "--set",
+        type=set_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any option, e.g. model.pico.reading=pair; values are YAML and typed "
+        "(a wrong type or choice is an error naming the key)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from OUT/last, on the run's own config.yaml; only "
+        "--epochs, --no-progress, --device, save_every_steps, eval_every may change",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (the old one is deleted after the new run's first "
+        "checkpoint, and restored if the new run stops before)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        dest="skip_bad",
+        default=None,
+        help="skip bad data entries (reported) instead of stopping",
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_false",
+        dest="progress",
+        default=None,
+        help="no progress bars",
+    )
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from picoalign.training.loop import train
+
+    cfg = train_config(args)
+    try:
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite, on_epoch=_print_epoch)
+    except KeyboardInterrupt:
+        _interrupted(Path(cfg.out))
+        return 130
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
+        return 0
+    print(
+        f"best {cfg.eval_split} rSum {result.best.get('rsum', float('nan')):.1f} "
+        f"at epoch {result.best.get('epoch')}; model saved in {result.out}/best"
+    )
+    return 0
+
+
+def train_config(args: argparse.Namespace) -> Any:
+    """The run's TrainConfig: defaults < --config < flags < --set, or with ``--resume`` the
+    run's own ``config.yaml`` < those, refusing a change that would make it another run."""
+    from picoalign.config import load_config
+
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue or replace")
+    overrides = _overrides(args)
+    cfg = load_config(args.config, overrides)
+    if args.out is None and "out" not in overrides and args.config is None:
+        overrides["out"] = f"runs/{cfg.model.label}"
+        cfg = load_config(args.config, overrides)
+    if not args.resume:
+        return cfg
+    saved_path = Path(cfg.out) / "config.yaml"
+    if not saved_path.is_file():
+        raise FileNotFoundError(
+            f"--resume: {saved_path} not found (no run to continue in --out {cfg.out})"
+        )
+    saved = load_config(saved_path)
+    cfg = load_config(args.config, overrides, base=saved_path)
+    conflicts = _conflicts(saved, cfg, set(dict(args.set)))
+    if conflicts:
+        raise ValueError(
+            f"--resume: {'; '.join(conflicts)} (a resumed run keeps its data, model and "
+            "optimiser; train a new run into another --out instead)"
+        )
+    return cfg
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    overrides = {k: given[k] for k in (*FLAGS, "method") if k in given}
+    method = overrides.pop("method", None)
+    if method:
+        overrides["model.method"] = method
+    overrides.update(dict(args.set))
+    return overrides
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _conflicts(saved: Any, new: Any, set_keys: set[str]) -> list[str]:
+    """What ``new`` changes of the run's ``saved`` config that a resume may not change."""
+    from picoalign.config.paths import with_absolute_paths
+
+    old_f = _flat(with_absolute_paths(saved).to_dict())
+    new_f = _flat(with_absolute_paths(new).to_dict())
+    found = []
+    for key, value in new_f.items():
+        if key in RESUMABLE or old_f.get(key) == value:
+            continue
+        flag = f"--set {key}" if key in set_keys or key not in FLAGS else FLAGS[key]
+        if flag.startswith("--set"):
+            found.append(f"{flag}={value} differs from the run's {old_f.get(key)}")
+        else:
+            found.append(f"{flag} {value} differs from the run's {old_f.get(key)}")
+    return found
+
+
+def _interrupted(out: Path) -> None:
+    """Ctrl-C: say how to continue (the last checkpoint is a complete folder swap)."""
+    if (out / "last" / "state.pt").is_file():
+        print(
+            f"picoalign: interrupted; continue with: picoalign train --out {out} --resume",
+            file=sys.stderr,
+        )
+    else:
+        msg = "picoalign: interrupted before the first checkpoint (nothing to resume)"
+        print(msg, file=sys.stderr)
+
+
+def _print_epoch(row: dict[str, Any]) -> None:
+    keys = [k for k in row if k.endswith("rsum")]
+    extra = f"  {keys[0]} {row[keys[0]]:.1f}" if keys else ""
+    p = f"  p mean {row['p_mean']:.3f}" if "p_mean" in row else ""
+    print(
+        f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  lr {row['lr']:.2e}{extra}{p}  "
+        f"({row['seconds']:.1f}s)"
+    )
