@@ -183,3 +183,24 @@ def test_resume_refuses_a_change_that_makes_another_run(ref, tmp_path, flags, ex
 def test_resume_without_a_run_names_the_folder(tmp_path) -> None:
     rc, _, err = run_cli("train", "--out", str(tmp_path / "none"), "--resume")
     assert rc == 2 and "config.yaml not found" in one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    "setting, expect",
+    [
+        ("model.pico.feedback=maybe", "--set model.pico.feedback=maybe: Input should be a valid"),
+        ("model.pico.lam=high", "--set model.pico.lam=high: Input should be a valid number"),
+        ("lr_steps=8", "--set lr_steps=8: Input should be a valid list (write a list"),
+        ("model.image_dim=64", "--set model.image_dim=64: not settable"),
+    ],
+    ids=["bool", "number", "list", "derived"],
+)
+def test_typed_set_values_fail_in_one_line_before_anything_is_written(
+    ref, tmp_path, setting, expect
+) -> None:
+    """The user reports: feedback=maybe was saved into the checkpoint, lam=high and
+    lr_steps=8 crashed with tracebacks."""
+    run = tmp_path / "run"
+    rc, _, err = run_cli(*train_argv(ref["data"], run, 1, "--set", setting))
+    assert rc == 2 and expect in one_error_line(err)
+    assert not run.exists()

@@ -3,6 +3,7 @@ overwrite; an overwrite that fails before its first checkpoint puts the old run 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,22 @@ def test_replacement_commit_deletes_and_abort_restores(tmp_path: Path) -> None:
     aside = r.aside
     r.commit()
     assert aside is not None and not aside.exists()
+
+
+def test_pico_warmup_steps_are_added_to_the_warmup_epochs(tmp_path: Path, make_feature_set) -> None:
+    """Issue 14: ``--set model.pico.warmup_steps=5`` used to be overwritten by the trainer;
+    it is honoured, on top of ``pico_warmup_epochs`` × steps per epoch (docs/cli.md)."""
+    fs = make_feature_set(n=16)  # 8 train images x 2 captions, batch 8: 2 steps per epoch
+    over = {"model.method": "pico", "pico_warmup_epochs": 1, "model.pico.warmup_steps": 5}
+    result = train(cfg(tmp_path, **over), fs)
+    assert result.model.config.pico.warmup_steps == 1 * 2 + 5
+    assert load_config(tmp_path / "config.yaml").model.pico.warmup_steps == 5  # as given
+
+
+def test_a_feature_width_set_in_python_is_checked_not_overwritten(
+    tmp_path: Path, make_feature_set
+) -> None:
+    with pytest.raises(ValueError, match=r"model\.image_dim=99 differs from the features"):
+        c = cfg(tmp_path)
+        c = dataclasses.replace(c, model=dataclasses.replace(c.model, image_dim=99))
+        train(c, make_feature_set(n=16), write=False)

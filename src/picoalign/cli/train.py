@@ -149,10 +149,12 @@ def train_config(args: argparse.Namespace) -> Any:
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue or replace")
     overrides = _overrides(args)
-    cfg = load_config(args.config, overrides)
+    origins = {k: FLAGS.get(k, "--set") for k in overrides}
+    origins.update({k: "--set" for k, _ in args.set})
+    cfg = load_config(args.config, overrides, origins=origins)
     if args.out is None and "out" not in overrides and args.config is None:
         overrides["out"] = f"runs/{cfg.model.label}"
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, origins=origins)
     if not args.resume:
         return cfg
     saved_path = Path(cfg.out) / "config.yaml"
@@ -161,7 +163,7 @@ def train_config(args: argparse.Namespace) -> Any:
             f"--resume: {saved_path} not found (no run to continue in --out {cfg.out})"
         )
     saved = load_config(saved_path)
-    cfg = load_config(args.config, overrides, base=saved_path)
+    cfg = load_config(args.config, overrides, base=saved_path, origins=origins)
     conflicts = _conflicts(saved, cfg, set(dict(args.set)))
     if conflicts:
         raise ValueError(

@@ -3,16 +3,17 @@ checkpoint so a run can always be reproduced from its own folder.
 
 Precedence: defaults < ``--config FILE`` < command-line flags. Nested sections ``model`` and
 ``pico`` map to :class:`~picoalign.model.ModelConfig` and :class:`~picoalign.core.pico.PICOConfig`;
-an unknown key is an error naming the file and the key (a typo must not silently do nothing).
+an unknown key is an error naming the file and the key (a typo must not silently do nothing),
+and every value is validated against its field's type (:mod:`picoalign.config.typed`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -34,14 +35,14 @@ class TrainConfig:
     lr_steps: list[int] = field(default_factory=lambda: [8])  # epochs where lr ×= lr_gamma
     lr_gamma: float = 0.3
     grad_clip: float = 2.0
-    loss: str = "triplet"  # "triplet" | "infonce"
+    loss: Literal["triplet", "infonce"] = "triplet"
     margin: float = 0.8  # best mean validation rSum for the baseline (docs/results.md)
     triplet_warmup_epochs: int = 1  # sum over all negatives before switching to hardest
     pico_warmup_epochs: int = 1  # p ≡ 1 for these epochs
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # autocast where the device supports it (bf16 on CPU with AMX, CUDA)
-    eval_split: str = "val"
+    eval_split: Literal["train", "val", "test"] = "val"
     eval_every: int = 1
     # also checkpoint every N steps inside an epoch (0 = at epoch ends only): a killed run
     # resumes from the last such step with the same data order and RNG state
@@ -55,13 +56,10 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
+        # range checks; types are validated by load_config (picoalign.config.typed), these
+        # few isinstance checks keep direct Python construction from failing obscurely
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
-        for f in dataclasses.fields(self):  # YAML reads 1e-3 (no dot) as a string
-            value = getattr(self, f.name)
-            if f.type == "float" and isinstance(value, str):
-                with contextlib.suppress(ValueError):
-                    setattr(self, f.name, float(value))
         for name in (
             "epochs",
             "batch_size",
@@ -121,18 +119,20 @@ def _check_tree(d: dict[str, Any], where: str) -> None:
     _check_keys(pico, PICOConfig, f"{where}: model.pico")
 
 
-def config_from_dict(d: dict[str, Any], where: str = "config") -> TrainConfig:
-    """Build a TrainConfig from nested dicts, rejecting unknown keys at every level."""
+def config_from_dict(
+    d: dict[str, Any], where: str = "config", origins: Mapping[str, str] | None = None
+) -> TrainConfig:
+    """Build a TrainConfig from nested dicts, rejecting unknown keys at every level and any
+    value of the wrong type; ``origins`` maps dotted keys to the flag that set them."""
+    from picoalign.config.typed import validate
+
     d = dict(d)
     _check_keys(d, TrainConfig, where)
     model = _section(d.pop("model", None), f"{where}: model")
     _check_keys(model, ModelConfig, f"{where}: model")
     pico = _section(model.pop("pico", None), f"{where}: model.pico")
     _check_keys(pico, PICOConfig, f"{where}: model.pico")
-    try:
-        return TrainConfig(**d, model=ModelConfig(**model, pico=PICOConfig(**pico)))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: {e}") from e
+    return validate({**d, "model": {**model, "pico": pico}}, where, origins)
 
 
 def load_config(
@@ -140,10 +140,12 @@ def load_config(
     overrides: dict[str, Any] | None = None,
     *,
     base: str | Path | None = None,
+    origins: Mapping[str, str] | None = None,
 ) -> TrainConfig:
     """Defaults, then the YAML file (if any), then ``overrides`` (dotted keys allowed:
     ``{"model.pico.tau": 0.5}``). ``base`` (a run's ``config.yaml``, for ``--resume``) comes
-    between the defaults and the file."""
+    between the defaults and the file. ``origins`` names where an override came from
+    (``{"model.pico.tau": "--set", "lr": "--lr"}``) for error messages."""
     data: dict[str, Any] = {}
     where = "defaults"
     if base is not None:
@@ -165,7 +167,7 @@ def load_config(
         node[leaf] = value
     if overrides:  # a key or value problem now may come from the overrides
         where = "overrides" if path is None else f"{where} + overrides"
-    return config_from_dict(data, where)
+    return config_from_dict(data, where, origins)
 
 
 def _read_yaml(p: Path) -> dict[str, Any]:
@@ -195,4 +197,10 @@ def _merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
 
 
 def dump_config(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    """The config as plain YAML, without what a run derives (feature widths, PICO's dim):
+    those are not options (:data:`picoalign.config.typed.DERIVED`)."""
+    d = cfg.to_dict()
+    for key in ("image_dim", "text_dim"):
+        d["model"].pop(key, None)
+    d["model"]["pico"].pop("dim", None)
+    return yaml.safe_dump(d, sort_keys=False)

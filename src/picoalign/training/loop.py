@@ -185,6 +185,11 @@ class _Run:
 def model_config_for(cfg: TrainConfig, fs: FeatureSet, steps_per_epoch: int) -> ModelConfig:
     """The model's config for a run on ``fs``: feature widths from the data, PICO's warm-up
     = ``pico_warmup_epochs`` epochs plus any ``model.pico.warmup_steps`` (both honoured)."""
+    default = ModelConfig()
+    for name, width in (("image_dim", fs.images.dim), ("text_dim", fs.texts.dim)):
+        given = getattr(cfg.model, name)
+        if given not in (getattr(default, name), width):  # never silently overwritten
+            raise ValueError(f"model.{name}={given} differs from the features' width {width}")
     warmup = cfg.pico_warmup_epochs * steps_per_epoch + cfg.model.pico.warmup_steps
     return replace(
         cfg.model,
