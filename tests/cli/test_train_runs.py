@@ -204,3 +204,40 @@ def test_typed_set_values_fail_in_one_line_before_anything_is_written(
     rc, _, err = run_cli(*train_argv(ref["data"], run, 1, "--set", setting))
     assert rc == 2 and expect in one_error_line(err)
     assert not run.exists()
+
+
+def test_runs_and_indexes_store_absolute_paths_and_work_from_another_folder(
+    ref, tmp_path, monkeypatch
+) -> None:
+    """The user report: `evaluate --checkpoint ../runs/a` from another folder failed with
+    `shapes/data.jsonl: file not found` (config.yaml stored the path as typed)."""
+    import shutil
+
+    work, other = tmp_path / "work", tmp_path / "other"
+    shutil.copytree(ref["data"].parent, work / "shapes")
+    other.mkdir()
+    monkeypatch.chdir(work)
+    rc, _, err = run_cli(
+        "train", "--data", "jsonl:shapes/data.jsonl", *ENCODERS, "--epochs", "1",
+        "--batch-size", "8", "--no-progress", "--set", "model.embed_dim=16",
+        "--set", "cache_dir=cache", "--out", "runs/a",
+    )  # fmt: skip
+    assert rc == 0, err
+    saved = load_config(work / "runs" / "a" / "config.yaml")
+    assert saved.data == f"jsonl:{work / 'shapes' / 'data.jsonl'}"
+    assert saved.out == str(work / "runs" / "a") and saved.cache_dir == str(work / "cache")
+    rc, _, err = run_cli(
+        "index", "--checkpoint", "runs/a", "--data", "jsonl:shapes/data.jsonl",
+        "--out", "gallery", "--no-progress",
+    )  # fmt: skip
+    assert rc == 0, err
+    manifest = json.loads((work / "gallery" / "manifest.json").read_text())
+    assert manifest["dataset"]["spec"] == saved.data
+    assert all(Path(s).is_absolute() for s in manifest["sources"])
+
+    monkeypatch.chdir(other)
+    rc, out, err = run_cli("evaluate", "--checkpoint", "../work/runs/a", "--json")
+    assert rc == 0, err
+    assert "rsum" in json.loads(out)
+    rc, out, err = run_cli("search", "--index", "../work/gallery", "--text", "a red circle")
+    assert rc == 0, err

@@ -35,6 +35,12 @@ def absolute_spec(spec: str) -> str:
     return ":".join((entry.name, *fixed))
 
 
+def absolute_source(source: str) -> str:
+    """An item's source (index manifests): a file path made absolute; a rendered item's
+    opaque string (not a file) unchanged."""
+    return absolute_path(source) if source and Path(source).is_file() else source
+
+
 def with_absolute_paths(cfg: Any) -> Any:
     """A copy of a TrainConfig whose ``data`` paths, ``out`` and ``cache_dir`` are absolute."""
     changes: dict[str, Any] = {"data": absolute_spec(cfg.data), "out": absolute_path(cfg.out)}

@@ -30,6 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from picoalign.config import TrainConfig, dump_config
+from picoalign.config.paths import with_absolute_paths
 from picoalign.core.losses import create_loss
 from picoalign.evaluation import evaluate
 from picoalign.features import FeatureSet, dataset_features
@@ -125,6 +126,7 @@ def train(
     the model's own config. A folder that already holds a run is refused unless ``resume``
     (continue it) or ``overwrite`` (replace it once this run writes its first checkpoint).
     """
+    cfg = with_absolute_paths(cfg)  # config.yaml then works from any folder
     if write:  # every rank, before any of them joins the job (so none has written yet)
         check_run_folder(Path(cfg.out), resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.device)
