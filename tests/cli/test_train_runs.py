@@ -149,6 +149,19 @@ def test_ctrl_c_prints_the_resume_command_and_out_resume_alone_is_bit_identical(
     assert rows(run) == rows(ref["run"])
     assert same_weights(run / "last", ref["run"] / "last")
     assert same_weights(run / "best", ref["run"] / "best")
+    assert (run / "training.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_plotting_problem_warns_and_the_run_still_succeeds(ref, tmp_path, monkeypatch) -> None:
+    from picoalign.cli import plots
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display backend")
+
+    monkeypatch.setattr(plots, "plot_training", broken)
+    rc, out, err = run_cli(*train_argv(ref["data"], tmp_path / "run", 1))
+    assert rc == 0 and "model saved in" in out
+    assert "warning:" in err and "training.png not written" in err and "Traceback" not in err
 
 
 def test_resume_may_add_epochs(ref, tmp_path) -> None:

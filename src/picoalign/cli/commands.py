@@ -49,7 +49,12 @@ def _add_evaluate(sub: Any) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="run folder (uses best/) or model folder")
     p.add_argument("--data", default=None, help="dataset spec (default: the one it trained on)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test", "all"],
+        help="the split to score",
+    )
     p.add_argument(
         "--protocol",
         default="full",
@@ -138,12 +143,16 @@ def _add_demo(sub: Any) -> None:
         description="Train the fine-grained baseline and PICO with the same seed and budget on "
         "the built-in data, evaluate both, print the table, write plots, run a few searches.",
     )
-    p.add_argument("--data", default="twemoji")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="twemoji", help="dataset spec (see picoalign train -h)")
+    p.add_argument(
+        "--out", default="runs/demo", help="folder of both runs, results.json and the plots"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs per method (default: the CPU recipe's)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of both runs and of the splits")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
-    p.add_argument("--no-progress", action="store_false", dest="progress")
+    p.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
 
@@ -160,15 +169,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilogs' layout and appends ``(default: …)`` to every option that has a
+    meaningful default and does not already say it (None means "unset"; on/off flags are
+    described by their help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or any(default is unset for unset in (None, False, argparse.SUPPRESS))
+            or (default == [] and action.option_strings)
+            or not action.option_strings
+            or action.nargs == 0  # on/off flags: their help says what they switch
+        ):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+DEBUG_HELP = "show tracebacks on errors (accepted before or after the command)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="picoalign",
         description="Reliable image–text alignment and retrieval with PICO.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"picoalign {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_train(sub, EPILOG, _set_value)
     _add_evaluate(sub)
@@ -180,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_parsers(sub)
     _add_datasets(sub)
     _add_demo(sub)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
+        # SUPPRESS: absent after the command, the value before it (or False) stands
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+        )
     return parser
 
 

@@ -134,11 +134,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
         return 0
+    _plot(cfg.model.label, result.history, Path(cfg.out) / "training.png")
     print(
         f"best {cfg.eval_split} rSum {result.best.get('rsum', float('nan')):.1f} "
         f"at epoch {result.best.get('epoch')}; model saved in {result.out}/best"
     )
     return 0
+
+
+def _plot(label: str, history: list[dict[str, Any]], path: Path) -> None:
+    """``OUT/training.png``; a plotting problem warns and never fails a finished run."""
+    try:
+        from picoalign.cli.plots import plot_training
+
+        plot_training({label: history}, path)
+    except (ImportError, OSError, RuntimeError, ValueError) as e:  # no/broken matplotlib, disk
+        print(f"picoalign: warning: {path} not written ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def train_config(args: argparse.Namespace) -> Any:
