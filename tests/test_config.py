@@ -149,9 +149,7 @@ def test_dump_then_load_round_trip(tmp_path: Path) -> None:
         model=ModelConfig(
             image_encoder="random-conv",
             text_encoder="hash-text",
-            image_dim=16,
-            text_dim=12,
-            embed_dim=24,
+            embed_dim=24,  # image_dim/text_dim are derived from the features: not options
             head="linear",
             method="pico",
             pico=PICOConfig(reading="pair", tau=0.25, warmup_steps=9, eval_score="weighted"),
@@ -173,3 +171,86 @@ def test_exponent_floats_from_yaml_are_numbers(tmp_path: Path) -> None:
     assert isinstance(cfg.lr, float)
     with pytest.raises(ValueError, match="lr"):
         load_config(None, {"lr": "fast"})
+
+
+# ------------------------------------------------------------ typed options (issue 14)
+
+
+@pytest.mark.parametrize(
+    "key, value, expect",
+    [
+        ("model.pico.feedback", "maybe", "valid boolean"),
+        ("model.pico.lam", "high", "valid number"),
+        ("lr_steps", 8, "write a list, e.g. lr_steps=[8]"),
+        ("model.pico.reading", "diagonal", "'pair' or 'global'"),
+        ("loss", "hinge", "'triplet' or 'infonce'"),
+        ("model.head", "deep", "'linear' or 'mlp'"),
+        ("model.pico.feedback_metric", 3, "'mrr', 'rsum' or 'neg_loss'"),
+        ("progress", "perhaps", "valid boolean"),
+        ("epochs", 2.5, "valid integer"),
+        ("data", 7, "valid string"),
+        ("lr_steps", ["x"], "lr_steps.0=x: Input should be a valid number"),
+    ],
+)
+def test_every_option_is_typed_and_the_error_names_key_value_and_origin(
+    key: str, value: object, expect: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        load_config(None, {key: value}, origins={key: "--set"})
+    msg = str(info.value)
+    assert f"--set {key}" in msg and expect in msg, msg
+    assert str(value if not isinstance(value, list) else value[0]) in msg
+    assert "\n" not in msg
+
+
+def test_a_typed_error_in_a_file_names_the_file_the_key_and_the_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "model:\n  pico:\n    lam: high\n")
+    with pytest.raises(ValueError) as info:
+        load_config(path)
+    assert f"{path}: model.pico.lam = 'high': Input should be a valid number" in str(info.value)
+
+
+def test_a_range_check_still_names_the_option() -> None:
+    with pytest.raises(ValueError, match=r"PICOConfig.lam must be in \[0, 1\], got 2"):
+        load_config(None, {"model.pico.lam": 2})
+
+
+def test_the_documented_coercions() -> None:
+    cfg = load_config(
+        None, {"model.pico.feedback": "no", "epochs": "3", "lr": "2e-3", "progress": 0}
+    )
+    assert cfg.model.pico.feedback is False and cfg.epochs == 3 and cfg.lr == 2e-3
+    assert cfg.progress is False
+
+
+@pytest.mark.parametrize(
+    "key, value, expect",
+    [
+        ("model.image_dim", 16, "taken from the image features' width"),
+        ("model.text_dim", 16, "taken from the text features' width"),
+        ("model.pico.dim", 64, "always model.embed_dim (256)"),
+    ],
+)
+def test_derived_options_are_refused_not_silently_overwritten(
+    key: str, value: int, expect: str
+) -> None:
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")) as info:
+        load_config(None, {key: value}, origins={key: "--set"})
+    assert expect in str(info.value)
+
+
+def test_derived_options_at_their_value_still_load(tmp_path: Path) -> None:
+    """config.yaml files written before they were dropped store the values used anyway."""
+    path = write(
+        tmp_path,
+        "model:\n  image_dim: 1280\n  text_dim: 384\n  embed_dim: 32\n  pico:\n    dim: 32\n",
+    )
+    assert load_config(path).model.pico.dim == 32
+    assert "image_dim" not in dump_config(load_config(path))
+
+
+def test_python_construction_keeps_working() -> None:
+    assert PICOConfig(dim=512).dim == 512
+    with pytest.raises(ValueError, match="reading"):
+        PICOConfig(reading="diagonal")
+    assert ModelConfig(method="global").scorer == "global"

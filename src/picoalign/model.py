@@ -21,7 +21,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -47,7 +47,7 @@ class ModelConfig:
     # D and the head are the CPU recipe (the heads dominate a CPU step); the paper's GPU
     # setting is embed_dim=512 with head="mlp".
     embed_dim: int = 256  # D, the shared space PICO weights column by column
-    head: str = "linear"  # "linear" | "mlp" (linear + residual 2-layer MLP, as VSE∞/LAPS)
+    head: Literal["linear", "mlp"] = "linear"  # mlp: linear + residual 2-layer MLP (VSE∞)
     finetune_text: bool = False  # train the text backbone too (its weights are then saved)
     # train the image backbone on raw images (the GPU recipe; needs a dataset of image files)
     finetune_image: bool = False
@@ -60,7 +60,8 @@ class ModelConfig:
     text_max_tokens: int | None = None
     text_special_tokens: bool | None = None  # True keeps [CLS]/[SEP] as word tokens
     scorer: str = "fine_grained"  # what is scored: see picoalign.core.scorers
-    method: str = "pico"  # "baseline" | "pico", on any scorer
+    # on any scorer; "global" is the legacy spelling of baseline on the global scorer
+    method: Literal["baseline", "pico", "global"] = "pico"
     # PICO's options; its ``dim`` is always ``embed_dim``
     pico: PICOConfig = field(default_factory=PICOConfig)
 

@@ -85,3 +85,14 @@ def test_read_history_round_trips_metrics_jsonl(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist) + "\n")
     assert read_history(tmp_path) == hist
     assert_png(plot_training({"pico": read_history(tmp_path)}, tmp_path / "p.png"))
+
+
+@pytest.mark.parametrize(
+    "data, claims", [("synthetic", False), ("jsonl:/x.jsonl", False), ("twemoji", True)]
+)
+def test_demo_claims_unseen_concepts_only_for_concept_split_data(
+    tmp_path: Path, make_feature_set, capsys, data: str, claims: bool
+) -> None:
+    fs = make_feature_set(n=24)
+    assert run_demo(data=data, out=tmp_path, quick=True, features=fs, progress=False) == 0
+    assert ("concepts unseen in training" in capsys.readouterr().out) is claims

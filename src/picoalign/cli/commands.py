@@ -7,16 +7,14 @@ traceback; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from picoalign import __version__
 from picoalign.cli.data_flags import add_data_flags, data_kwargs
-from picoalign.core.scorers import list_scorers
+from picoalign.cli.train import add_train
 from picoalign.evaluation.metrics import PROTOCOLS
 
 EPILOG = """\
@@ -45,132 +43,6 @@ def _set_value(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw)
 
 
-def _add_train(sub: Any) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a baseline or PICO model on any scorer (global, gpo, fine_grained)",
-        description="Train one method on cached frozen features. Options: defaults < --config "
-        "FILE < flags < --set KEY=VALUE (dotted keys reach nested options, e.g. "
-        "--set model.pico.tau=0.5).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--data", help="dataset spec (see below); default twemoji")
-    p.add_argument(
-        "--method",
-        choices=["baseline", "pico", "global"],
-        help="baseline (the scorer's plain score) or pico (default); 'global' is the legacy "
-        "spelling of --method baseline --scorer global",
-    )
-    p.add_argument(
-        "--scorer",
-        dest="model.scorer",
-        choices=list_scorers(),
-        help="what is scored: fine_grained (every patch and word, default), global (mean "
-        "pooled), gpo (VSE∞'s learnt pooling); PICO applies to each",
-    )
-    p.add_argument(
-        "--out", help="run folder for checkpoints and metrics (default runs/METHOD[-SCORER])"
-    )
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int, help="training seed (initialisation, data order)")
-    p.add_argument(
-        "--split-seed",
-        type=int,
-        dest="split_seed",
-        help="seed of the built-in datasets' train/val/test split (default 0), apart from "
-        "the training seed",
-    )
-    p.add_argument("--batch-size", type=int, dest="batch_size")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--margin", type=float, help="triplet margin (tune it for every method)")
-    p.add_argument("--loss", choices=["triplet", "infonce"])
-    p.add_argument(
-        "--image-encoder",
-        dest="model.image_encoder",
-        help="efficientnet-lite0 (default), hf:NAME_OR_PATH, ...",
-    )
-    p.add_argument(
-        "--text-encoder",
-        dest="model.text_encoder",
-        help="minilm (default), glove-gru, hf:NAME_OR_PATH, ...",
-    )
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
-    p.add_argument("--config", help="YAML file of TrainConfig options")
-    p.add_argument(
-        "--set",
-        type=_set_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any option, e.g. model.pico.reading=pair",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
-    p.add_argument(
-        "--skip-bad",
-        action="store_true",
-        dest="skip_bad",
-        default=None,
-        help="skip bad data entries (reported) instead of stopping",
-    )
-    add_data_flags(p, skip_bad=False)
-    p.add_argument("--no-progress", action="store_false", dest="progress", default=None)
-    p.set_defaults(func=cmd_train)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from picoalign.config import load_config
-    from picoalign.training.loop import train
-
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k in _TRAIN_FLAGS}
-    method = overrides.pop("method", None)
-    if method:
-        overrides["model.method"] = method
-    overrides.update(dict(args.set))
-    cfg = load_config(args.config, overrides)
-    if args.out is None and "out" not in overrides and args.config is None:
-        cfg = dataclasses.replace(cfg, out=f"runs/{cfg.model.label}")
-    result = train(cfg, resume=args.resume, on_epoch=_print_epoch)
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
-        return 0
-    print(
-        f"selected epoch {result.best.get('epoch')} ({cfg.select}): {cfg.eval_split} rSum "
-        f"{result.best.get('rsum', float('nan')):.1f}; model saved in {result.out}/best"
-    )
-    return 0
-
-
-_TRAIN_FLAGS = {
-    "data",
-    "method",
-    "out",
-    "epochs",
-    "seed",
-    "split_seed",
-    "batch_size",
-    "lr",
-    "margin",
-    "loss",
-    "model.image_encoder",
-    "model.text_encoder",
-    "model.scorer",
-    "device",
-    "skip_bad",
-    "max_image_pixels",
-    "progress",
-}
-
-
-def _print_epoch(row: dict[str, Any]) -> None:
-    keys = [k for k in row if k.endswith("rsum")]
-    extra = f"  {keys[0]} {row[keys[0]]:.1f}" if keys else ""
-    p = f"  p mean {row['p_mean']:.3f}" if "p_mean" in row else ""
-    print(
-        f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  lr {row['lr']:.2e}{extra}{p}  "
-        f"({row['seconds']:.1f}s)"
-    )
-
-
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -180,7 +52,12 @@ def _add_evaluate(sub: Any) -> None:
     )
     p.add_argument("--checkpoint", required=True, help="run folder (uses best/) or model folder")
     p.add_argument("--data", default=None, help="dataset spec (default: the one it trained on)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test", "all"],
+        help="the split to score",
+    )
     p.add_argument(
         "--protocol",
         default="full",
@@ -286,12 +163,16 @@ def _add_demo(sub: Any) -> None:
         description="Train the fine-grained baseline and PICO with the same seed and budget on "
         "the built-in data, evaluate both, print the table, write plots, run a few searches.",
     )
-    p.add_argument("--data", default="twemoji")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="twemoji", help="dataset spec (see picoalign train -h)")
+    p.add_argument(
+        "--out", default="runs/demo", help="folder of both runs, results.json and the plots"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs per method (default: the CPU recipe's)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of both runs and of the splits")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
-    p.add_argument("--no-progress", action="store_false", dest="progress")
+    p.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
 
@@ -308,17 +189,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilogs' layout and appends ``(default: …)`` to every option that has a
+    meaningful default and does not already say it (None means "unset"; on/off flags are
+    described by their help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or any(default is unset for unset in (None, False, argparse.SUPPRESS))
+            or (default == [] and action.option_strings)
+            or not action.option_strings
+            or action.nargs == 0  # on/off flags: their help says what they switch
+        ):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+DEBUG_HELP = "show tracebacks on errors (accepted before or after the command)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="picoalign",
         description="Reliable image–text alignment and retrieval with PICO.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"picoalign {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_train(sub)
+    add_train(sub, EPILOG, _set_value)
     _add_evaluate(sub)
     try:
         from picoalign.cli.retrieval import add_parsers
@@ -328,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_parsers(sub)
     _add_datasets(sub)
     _add_demo(sub)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
+        # SUPPRESS: absent after the command, the value before it (or False) stands
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+        )
     return parser
 
 

@@ -28,6 +28,10 @@ DEMO_OVERRIDES: dict[str, Any] = {}  # the default recipe, which is the study's
 QUICK_OVERRIDES: dict[str, Any] = {"epochs": 2, "batch_size": 64}
 
 
+# the built-in datasets whose splits are made by concept (picoalign.data.builtin)
+CONCEPT_SPLIT = frozenset({"twemoji", "noto-emoji", "tuxpaint", "cross"})
+
+
 def demo_config(
     method: str, data: str, out: Path, seed: int, epochs: int | None, quick: bool, progress: bool
 ) -> TrainConfig:
@@ -77,9 +81,11 @@ def run_demo(
     if quick:
         fs = _small(fs)
     test = fs.split("test")
+    # only the built-in datasets split by concept; a user's JSONL/Karpathy split may not
+    unseen = " (concepts unseen in training)" if data.split(":")[0] in CONCEPT_SPLIT else ""
     print(
         f"{fs.n_images} images / {fs.n_captions} captions; test split: {test.n_images} "
-        f"images, {test.n_captions} captions (concepts unseen in training)"
+        f"images, {test.n_captions} captions{unseen}"
     )
 
     results: dict[str, dict[str, Any]] = {}
@@ -87,7 +93,8 @@ def run_demo(
     for method in ("baseline", "pico"):
         cfg = demo_config(method, data, out, seed, epochs, quick, progress)
         print(f"\n== training {method} ({cfg.epochs} epochs, seed {seed}) ==")
-        run = train(cfg, fs, on_epoch=lambda r, m=method: _line(m, r))
+        # the demo owns OUT/baseline and OUT/pico: a rerun replaces them
+        run = train(cfg, fs, overwrite=True, on_epoch=lambda r, m=method: _line(m, r))
         runs[method] = run
         results[method] = evaluate(PicoAligner.load(run.out), test)
 

@@ -66,7 +66,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--nprobe", type=_positive_int, help="IVF lists searched (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in splits")
     add_data_flags(p)
-    p.add_argument("--no-progress", action="store_false", dest="progress")
+    p.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
     p.set_defaults(func=cmd_index)
 
     s = sub.add_parser(
@@ -79,7 +79,7 @@ def add_parsers(sub: Any) -> None:
     q = s.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", action="append", help="a text query (repeat for several)")
     q.add_argument("--image", action="append", help="an image query (caption index; repeatable)")
-    s.add_argument("--top-k", dest="top_k", type=_positive_int, default=5)
+    s.add_argument("--top-k", dest="top_k", type=_positive_int, default=5, help="results per query")
     s.add_argument("--candidates", type=_positive_int, default=100, help="stage-1 candidates")
     s.add_argument("--no-rerank", action="store_false", dest="rerank", help="stage 1 only")
     s.add_argument("--exhaustive", action="store_true", help="fine-grained over all items")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -53,25 +54,29 @@ class PICOConfig:
     dim: int = 512
     estimator: Estimator = "sign"
     positives: Positives = "aligned"
-    transform: str = "2q-1"  # or "raw"
+    transform: Literal["2q-1", "raw"] = "2q-1"
     bank_size: int = 8  # K; 1 = batch-only p (no bank)
     feedback: bool = True  # False = bank with uniform weights
     tau: float = 1.0
-    gain_normalize: str = "zscore"  # or "none"
-    feedback_metric: str = "mrr"  # "rsum" | "mrr" | "neg_loss"
-    feedback_source: str = "heldout"  # "batch" (the trained batch) | "heldout" (unseen batch)
+    gain_normalize: Literal["zscore", "none"] = "zscore"
+    feedback_metric: Literal["mrr", "rsum", "neg_loss"] = "mrr"
+    # "batch" (the trained batch) | "heldout" (an unseen batch)
+    feedback_source: Literal["heldout", "batch"] = "heldout"
     feedback_size: int = 32  # pairs of the feedback batch used (bounds the cost)
     momentum: float = 0.5  # m in p ← (1−m) p + m p_new; 1 = no momentum
-    warmup_steps: int = 0  # p ≡ 1 for these many updates
+    # p ≡ 1 for these many updates; in training they come on top of pico_warmup_epochs'
+    # steps (picoalign.training.loop.model_config_for)
+    warmup_steps: int = 0
     renormalize: bool = True  # weights = p · D / Σp (scores keep their range)
-    reading: str = "pair"  # "pair" (B, pair-adaptive; best PICO on validation) | "global" (A)
+    # "pair" (B, pair-adaptive; best PICO on validation) | "global" (A)
+    reading: Literal["pair", "global"] = "pair"
     # reading B: p(V,T) = λ p̃(V,T) + (1−λ) prior; 0.25 had the best mean validation rSum of
     # {0.25, 0.5, 1} at margin 0.8 (docs/results.md) — less PICO scored better
     lam: float = 0.25
-    prior: str = "ones"  # reading B prior: "ones" | "global" (the bank's p)
+    prior: Literal["ones", "global"] = "ones"  # reading B prior: "global" = the bank's p
     hard_negatives: int = 10  # reading B training: per row/column B-scored negatives
-    train_score: str = "weighted"  # "weighted" | "plain"
-    eval_score: str = "plain"  # "weighted" | "plain"
+    train_score: Literal["weighted", "plain"] = "weighted"
+    eval_score: Literal["weighted", "plain"] = "plain"
 
     def __post_init__(self) -> None:
         choices = {

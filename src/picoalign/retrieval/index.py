@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from picoalign.config.paths import absolute_source, absolute_spec
 from picoalign.core.similarity import pool_tokens
 from picoalign.retrieval import store
 from picoalign.retrieval.sheet import contact_sheet, dataset_image_loader
@@ -359,7 +360,7 @@ def build_index(
         tokens,
         masks,
         keys=keys,
-        sources=[by_key.get(k, "") for k in keys],
+        sources=[absolute_source(by_key.get(k, "")) for k in keys],
         pooled=pooled,
         kind=kind,
         dtype=dtype,
@@ -369,7 +370,7 @@ def build_index(
         checkpoint=str(Path(checkpoint).resolve()),
         model=ident,
         dataset={
-            "spec": dataset_spec,
+            "spec": absolute_spec(dataset_spec),  # the index works from any folder
             "seed": seed,
             "split": split,
             "name": fs.meta.get("dataset", getattr(dataset, "name", "")),

@@ -34,6 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from picoalign.config import TrainConfig, dump_config
+from picoalign.config.paths import with_absolute_paths
 from picoalign.core.losses import TripletLoss, create_loss
 from picoalign.core.similarity import check_tokens
 from picoalign.evaluation import evaluate
@@ -50,6 +51,7 @@ from picoalign.training.distributed import (
     wrap_ddp,
 )
 from picoalign.training.pixels import PixelBatches
+from picoalign.training.runs import Replacement, check_run_folder
 from picoalign.training.state import Position, restore_last, save_last, write_metrics
 
 LOSS_CHECK_EVERY = 25
@@ -159,6 +161,7 @@ def train(
     features: FeatureSet | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     write: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
@@ -167,8 +170,12 @@ def train(
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the job and trains data-parallel with
     one-process semantics (:mod:`picoalign.training.distributed`); only rank 0 writes.
     ``cfg`` is read, never written: what a run derives (dimensions, warm-up steps) lives in
-    the model's own config.
+    the model's own config. A folder that already holds a run is refused unless ``resume``
+    (continue it) or ``overwrite`` (replace it once this run writes its first checkpoint).
     """
+    cfg = with_absolute_paths(cfg)  # config.yaml then works from any folder
+    if write:  # every rank, before any of them joins the job (so none has written yet)
+        check_run_folder(Path(cfg.out), resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.device)
     owns_group = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(device)
@@ -183,6 +190,10 @@ def train(
         if run.out is not None and not (run.out / "best").exists():
             atomic_replace_dir(run.out / "best", run.model.save)
         return run.result
+    except BaseException:
+        if "run" in locals() and run.replacing is not None:
+            run.replacing.abort()  # no checkpoint of the new run yet: the old run comes back
+        raise
     finally:
         if "run" in locals() and run.pixels is not None:
             run.pixels.close()
@@ -209,11 +220,26 @@ class _Run:
     result: TrainResult
     start: Position
     validated: bool = False  # the first batch's tokens were checked (see _validate)
+    replacing: Replacement | None = None  # the old run an --overwrite moves aside
+
+    def save_last(self, pos: Position) -> None:
+        """The resumable checkpoint at ``pos``; the first one lets a replaced run go."""
+        assert self.out is not None
+        r = self.result
+        save_last(self.out, self.model, self.opt, self.loss_fn, pos, r.history, r.best)
+        if self.replacing is not None:
+            self.replacing.commit()
+            self.replacing = None
 
 
 def model_config_for(cfg: TrainConfig, fs: FeatureSet, steps_per_epoch: int) -> ModelConfig:
     """The model's config for a run on ``fs``: feature widths from the data, PICO's warm-up
     = ``pico_warmup_epochs`` epochs plus any ``model.pico.warmup_steps`` (both honoured)."""
+    default = ModelConfig()
+    for name, width in (("image_dim", fs.images.dim), ("text_dim", fs.texts.dim)):
+        given = getattr(cfg.model, name)
+        if given not in (getattr(default, name), width):  # never silently overwritten
+            raise ValueError(f"model.{name}={given} differs from the features' width {width}")
     warmup = cfg.pico_warmup_epochs * steps_per_epoch + cfg.model.pico.warmup_steps
     return replace(
         cfg.model,
@@ -268,13 +294,16 @@ def _setup(
         start, result.history, result.best = ctx.main_first(
             lambda: restore_last(Path(cfg.out), model, opt, loss_fn)
         )
+    replacing = Replacement(out) if out is not None and not resume else None
     if out is not None:
+        if replacing is not None:
+            replacing.begin()  # only now, with the data loaded and the model built
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(dump_config(cfg), out / "config.yaml")
         atomic_write_text(json.dumps(fs.meta, indent=2, default=str), out / "data.json")
     return _Run(
         cfg, ctx, device, train_fs, eval_fs, model, net, loss_fn, opt, params, pixels, out,
-        result, start,
+        result, start, replacing=replacing,
     )  # fmt: skip
 
 
@@ -326,9 +355,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
         save = run.out is not None and every and (step + 1) % every == 0
         if save and step + 1 < len(batches):
             log.settle()  # never checkpoint weights a non-finite loss has touched
-            here = Position(epoch, step + 1, log.total, log.count)
-            r = run.result
-            save_last(run.out, run.model, run.opt, run.loss_fn, here, r.history, r.best)
+            run.save_last(Position(epoch, step + 1, log.total, log.count))
         if (step + 1) % LOSS_CHECK_EVERY == 0:
             log.settle()
             bar.set_postfix(loss=f"{log.mean:.4f}")
@@ -426,8 +453,7 @@ def _evaluate_and_save(run: _Run, epoch: int, row: dict[str, Any]) -> None:
     row.update(_p_stats(run.model))
     result.history.append(row)
     if run.out is not None:
-        here = Position(epoch + 1)
-        save_last(run.out, run.model, run.opt, run.loss_fn, here, result.history, result.best)
+        run.save_last(Position(epoch + 1))
         write_metrics(run.out, result.history)
 
 

@@ -3,16 +3,17 @@ checkpoint so a run can always be reproduced from its own folder.
 
 Precedence: defaults < ``--config FILE`` < command-line flags. Nested sections ``model`` and
 ``pico`` map to :class:`~picoalign.model.ModelConfig` and :class:`~picoalign.core.pico.PICOConfig`;
-an unknown key is an error naming the file and the key (a typo must not silently do nothing).
+an unknown key is an error naming the file and the key (a typo must not silently do nothing),
+and every value is validated against its field's type (:mod:`picoalign.config.typed`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -38,7 +39,7 @@ class TrainConfig:
     lr_steps: list[float] = field(default_factory=lambda: [0.6, 0.85])
     lr_gamma: float = 0.3
     grad_clip: float = 2.0
-    loss: str = "triplet"  # "triplet" | "infonce"
+    loss: Literal["triplet", "infonce"] = "triplet"
     margin: float = 0.8  # best mean validation rSum for the baseline (docs/results.md)
     triplet_warmup_epochs: int = 1  # sum over all negatives before switching to hardest
     pico_warmup_epochs: int = 2  # p ≡ 1 for these epochs
@@ -49,12 +50,12 @@ class TrainConfig:
     # which model OUT/best holds: "last" (the final epoch of the convergent schedule) or
     # "val" (the epoch with the best validation rSum). Validation sets of 127–172 images are
     # too noisy to pick an epoch: best-by-val scored up to 16 rSum below the last epoch on test
-    select: str = "last"
+    select: Literal["last", "val"] = "last"
     device: str = "auto"
     # bf16 autocast of the encoders and heads: "auto" = on for CUDA, off for CPU; true on a CPU
     # is honoured only with AMX/AVX512-BF16, else fp32 with a warning (docs/performance.md)
-    amp: bool | str = "auto"
-    eval_split: str = "val"
+    amp: bool | Literal["auto"] = "auto"
+    eval_split: Literal["train", "val", "test"] = "val"
     eval_every: int = 1
     # also checkpoint every N steps inside an epoch (0 = at epoch ends only): a killed run
     # resumes from the last such step with the same data order and RNG state
@@ -71,13 +72,15 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
+        # range checks; types are validated by load_config (picoalign.config.typed), these
+        # few isinstance checks keep direct Python construction from failing obscurely
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
-        for f in dataclasses.fields(self):  # YAML reads 1e-3 (no dot) as a string
-            value = getattr(self, f.name)
-            if f.type == "float" and isinstance(value, str):
-                with contextlib.suppress(ValueError):
-                    setattr(self, f.name, float(value))
+        if isinstance(self.lr_steps, list):  # epoch numbers stay integers (8, not 8.0)
+            self.lr_steps = [
+                int(x) if isinstance(x, float) and x >= 1 and x.is_integer() else x
+                for x in self.lr_steps
+            ]
         for name in (
             "epochs",
             "batch_size",
@@ -149,38 +152,42 @@ def _check_tree(d: dict[str, Any], where: str) -> None:
     _check_keys(pico, PICOConfig, f"{where}: model.pico")
 
 
-def config_from_dict(d: dict[str, Any], where: str = "config") -> TrainConfig:
-    """Build a TrainConfig from nested dicts, rejecting unknown keys at every level."""
+def config_from_dict(
+    d: dict[str, Any], where: str = "config", origins: Mapping[str, str] | None = None
+) -> TrainConfig:
+    """Build a TrainConfig from nested dicts, rejecting unknown keys at every level and any
+    value of the wrong type; ``origins`` maps dotted keys to the flag that set them."""
+    from picoalign.config.typed import validate
+
     d = dict(d)
     _check_keys(d, TrainConfig, where)
     model = _section(d.pop("model", None), f"{where}: model")
     _check_keys(model, ModelConfig, f"{where}: model")
     pico = _section(model.pop("pico", None), f"{where}: model.pico")
     _check_keys(pico, PICOConfig, f"{where}: model.pico")
-    try:
-        return TrainConfig(**d, model=ModelConfig(**model, pico=PICOConfig(**pico)))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: {e}") from e
+    return validate({**d, "model": {**model, "pico": pico}}, where, origins)
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    base: str | Path | None = None,
+    origins: Mapping[str, str] | None = None,
+) -> TrainConfig:
     """Defaults, then the YAML file (if any), then ``overrides`` (dotted keys allowed:
-    ``{"model.pico.tau": 0.5}``)."""
+    ``{"model.pico.tau": 0.5}``). ``base`` (a run's ``config.yaml``, for ``--resume``) comes
+    between the defaults and the file. ``origins`` names where an override came from
+    (``{"model.pico.tau": "--set", "lr": "--lr"}``) for error messages."""
     data: dict[str, Any] = {}
     where = "defaults"
+    if base is not None:
+        data = _read_yaml(Path(base))
+        where = str(base)
     if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{p}: invalid YAML ({e})") from e
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{p}: expected a mapping of options at the top level")
-        _check_tree(loaded, where)  # an unknown key in the file is reported against the file
-        data = loaded
+        loaded = _read_yaml(Path(path))
+        where = str(path)
+        data = _merge(data, loaded)
     for key, value in (overrides or {}).items():
         node = data
         *parents, leaf = key.split(".")
@@ -193,8 +200,40 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         node[leaf] = value
     if overrides:  # a key or value problem now may come from the overrides
         where = "overrides" if path is None else f"{where} + overrides"
-    return config_from_dict(data, where)
+    return config_from_dict(data, where, origins)
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    """A config file as nested dicts; its unknown keys are reported against the file."""
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: config file not found")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: invalid YAML ({e})") from e
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{p}: expected a mapping of options at the top level")
+    _check_tree(loaded, str(p))
+    return loaded
+
+
+def _merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    """``high`` over ``low``, section by section (a file's ``model.pico.tau`` keeps the
+    base's other ``model.pico`` options)."""
+    out = dict(low)
+    for k, v in high.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
 
 
 def dump_config(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    """The config as plain YAML, without what a run derives (feature widths, PICO's dim):
+    those are not options (:data:`picoalign.config.typed.DERIVED`)."""
+    d = cfg.to_dict()
+    for key in ("image_dim", "text_dim"):
+        d["model"].pop(key, None)
+    d["model"]["pico"].pop("dim", None)
+    return yaml.safe_dump(d, sort_keys=False)

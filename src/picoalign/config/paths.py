@@ -1,0 +1,50 @@
+"""Absolute paths in what a run stores, so a run folder works from any working directory.
+
+Why: ``config.yaml`` and index manifests are read later, often from another folder
+(``picoalign evaluate --checkpoint ../runs/a``); a relative ``jsonl:shapes/data.jsonl`` stored
+as typed then points nowhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+# the placeholder names of dataset-spec arguments that are paths (picoalign.data.spec)
+PATH_ARGS = frozenset({"PATH", "JSON", "IMAGE_ROOT", "DIR"})
+
+
+def absolute_path(path: str) -> str:
+    """``path`` with ``~`` expanded, made absolute against the current folder."""
+    return str(Path(path).expanduser().absolute())
+
+
+def absolute_spec(spec: str) -> str:
+    """A dataset spec with its path arguments absolute (``jsonl:d.jsonl`` →
+    ``jsonl:/cwd/d.jsonl``); built-in names and specs that do not parse stay as they are
+    (loading them reports the problem)."""
+    from picoalign.data.spec import parse_spec_options
+
+    try:
+        entry, args, options = parse_spec_options(spec)
+    except ValueError:
+        return spec
+    pairs = zip(entry.args, args, strict=True)
+    fixed = [absolute_path(a) if n in PATH_ARGS else a for n, a in pairs]
+    # KEY=VALUE options (val=strict, size=N, ...) are part of the run's data: kept as given
+    return ":".join((entry.name, *fixed, *(f"{k}={v}" for k, v in options.items())))
+
+
+def absolute_source(source: str) -> str:
+    """An item's source (index manifests): a file path made absolute; a rendered item's
+    opaque string (not a file) unchanged."""
+    return absolute_path(source) if source and Path(source).is_file() else source
+
+
+def with_absolute_paths(cfg: Any) -> Any:
+    """A copy of a TrainConfig whose ``data`` paths, ``out`` and ``cache_dir`` are absolute."""
+    changes: dict[str, Any] = {"data": absolute_spec(cfg.data), "out": absolute_path(cfg.out)}
+    if cfg.cache_dir is not None:
+        changes["cache_dir"] = absolute_path(cfg.cache_dir)
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,84 @@
+"""Run folders are never destroyed by accident.
+
+Training into a folder that already holds a run (``config.yaml``, ``last/``, ``best/`` or
+metrics) is refused unless the caller asks to continue it (``resume``) or to replace it
+(``overwrite``). Why not just overwrite: a forgotten ``--out`` used to replace ``best/`` and the
+metrics of a run that took hours, with no way back.
+
+``overwrite`` replaces only once the new run really writes: :class:`Replacement` moves the old
+folder aside (one atomic rename) when the new run starts writing, deletes it after the new
+run's first checkpoint, and puts it back if the new run stops before that (an error, Ctrl-C).
+A ``kill -9`` in between leaves the old run in the aside folder, named when it was moved.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+RUN_MARKERS = ("config.yaml", "last", "best", "metrics.jsonl", "metrics.csv")
+
+
+class RunExistsError(ValueError):
+    """The output folder holds a run and neither resume nor overwrite was asked for."""
+
+
+def run_markers(out: Path) -> list[str]:
+    """The entries of ``out`` that make it a run folder (empty: not a run)."""
+    return [m for m in RUN_MARKERS if (out / m).exists()]
+
+
+def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into an existing run unless ``resume`` or ``overwrite``."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue or replace")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    found = run_markers(out)
+    if found and not (resume or overwrite):
+        raise RunExistsError(
+            f"--out {out}: already holds a run ({', '.join(found)}); continue it with --resume "
+            "or replace it with --overwrite"
+        )
+
+
+class Replacement:
+    """Moves an existing run out of the way when the new run starts writing (see module doc).
+
+    ``begin()`` before the first write, ``commit()`` after each checkpoint (the first one
+    deletes the old run), ``abort()`` when training stops before any checkpoint.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.aside: Path | None = None
+
+    def begin(self) -> None:
+        if not run_markers(self.out):
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.out.with_name(f".{self.out.name}.replaced-{stamp}-{os.getpid()}")
+        os.replace(self.out, aside)
+        self.aside = aside
+        print(
+            f"picoalign: --overwrite: replacing the run in {self.out} (the old one is kept in "
+            f"{aside} until the new run's first checkpoint)",
+            file=sys.stderr,
+        )
+
+    def commit(self) -> None:
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self.aside = None
+
+    def abort(self) -> None:
+        """Put the old run back: the new one stopped before writing any checkpoint."""
+        if self.aside is None:
+            return
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        os.replace(self.aside, self.out)
+        self.aside = None

@@ -1,0 +1,265 @@
+"""Issue 14, run side: a run folder is never lost — refused without --resume/--overwrite,
+--resume continues on the run's own config.yaml, Ctrl-C says how to resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cli_runner import run_cli
+from picoalign.config import TrainConfig, load_config
+from picoalign.training import loop
+
+ENCODERS = ["--image-encoder", "random-conv", "--text-encoder", "hash-text"]
+
+
+def train_argv(data: Path, out: Path, epochs: int = 2, *extra: str) -> list[str]:
+    return [
+        "train", "--data", f"jsonl:{data}", *ENCODERS, "--epochs", str(epochs),
+        "--batch-size", "8", "--no-progress", "--set", "model.embed_dim=16",
+        "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory, write_jsonl_dataset):
+    """An uninterrupted 2-epoch run (the reference of the resume tests)."""
+    tmp = tmp_path_factory.mktemp("runs")
+    data = write_jsonl_dataset(tmp / "data")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PICOALIGN_CACHE", str(tmp / "cache"))
+            rc, _, err = run_cli(*train_argv(data, tmp / "ref"))
+            assert rc == 0, err
+    finally:
+        torch.set_num_threads(threads)
+    return {"tmp": tmp, "data": data, "run": tmp / "ref"}
+
+
+@pytest.fixture(autouse=True)
+def env(ref, monkeypatch):
+    monkeypatch.setenv("PICOALIGN_CACHE", str(ref["tmp"] / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def rows(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in lines]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def one_error_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("picoalign: error: "), err
+    return lines[0]
+
+
+def interrupt_after_epoch(monkeypatch, n: int) -> None:
+    """Ctrl-C right after epoch ``n``'s checkpoint (as a user pressing it then would)."""
+    real = loop._evaluate_and_save
+
+    def save_then_interrupt(run, epoch, row):
+        real(run, epoch, row)
+        if epoch + 1 == n:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_evaluate_and_save", save_then_interrupt)
+
+
+def test_train_into_an_existing_run_is_refused_and_leaves_it_intact(ref, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert run_cli(*train_argv(ref["data"], run, 1))[0] == 0
+    before = (run / "metrics.jsonl").read_text()
+    rc, _, err = run_cli(*train_argv(ref["data"], run, 2))
+    line = one_error_line(err)
+    assert rc == 2 and "already holds a run" in line
+    assert "--resume" in line and "--overwrite" in line and str(run) in line
+    assert (run / "metrics.jsonl").read_text() == before
+    assert load_config(run / "config.yaml").epochs == 1
+
+
+def test_overwrite_replaces_the_run_after_saying_so(ref, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert run_cli(*train_argv(ref["data"], run, 1, "--set", "seed=3"))[0] == 0
+    rc, _, err = run_cli(*train_argv(ref["data"], run, 2, "--overwrite"))
+    assert rc == 0, err
+    assert "replacing the run in" in err
+    assert load_config(run / "config.yaml").seed == 0
+    assert len(rows(run)) == 2
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # old run gone
+    assert same_weights(run / "last", ref["run"] / "last")
+
+
+def test_overwrite_stopped_before_its_first_checkpoint_keeps_the_old_run(
+    ref, tmp_path, monkeypatch
+) -> None:
+    run = tmp_path / "run"
+    assert run_cli(*train_argv(ref["data"], run, 1))[0] == 0
+    before = (run / "metrics.jsonl").read_text()
+
+    def interrupted(run_, epoch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_train_epoch", interrupted)
+    rc, _, err = run_cli(*train_argv(ref["data"], run, 2, "--overwrite"))
+    assert rc == 130 and "Traceback" not in err
+    assert (run / "metrics.jsonl").read_text() == before
+    assert load_config(run / "config.yaml").epochs == 1
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_resume_and_overwrite_exclude_each_other(ref, tmp_path) -> None:
+    rc, _, err = run_cli(*train_argv(ref["data"], tmp_path / "r", 1, "--resume", "--overwrite"))
+    assert rc == 2 and "exclude each other" in one_error_line(err)
+
+
+def test_ctrl_c_prints_the_resume_command_and_out_resume_alone_is_bit_identical(
+    ref, tmp_path, monkeypatch
+) -> None:
+    """The user report: `train --out RUN --resume` without the other flags resumed on the
+    defaults (Twemoji, 12 epochs). Now it continues on the run's config.yaml, exactly."""
+    run = tmp_path / "run"
+    interrupt_after_epoch(monkeypatch, 1)
+    rc, _, err = run_cli(*train_argv(ref["data"], run, 2))
+    assert rc == 130 and "Traceback" not in err
+    assert f"picoalign train --out {run} --resume" in err
+    assert len(rows(run)) == 1
+    monkeypatch.undo()
+    monkeypatch.setenv("PICOALIGN_CACHE", str(ref["tmp"] / "cache"))
+
+    rc, _, err = run_cli("train", "--out", str(run), "--resume", "--no-progress")
+    assert rc == 0, err
+    saved = load_config(run / "config.yaml")
+    assert saved.data == f"jsonl:{ref['data']}" and saved.epochs == 2
+    assert saved.model.embed_dim == 16 and saved.model.image_encoder == "random-conv"
+    assert rows(run) == rows(ref["run"])
+    assert same_weights(run / "last", ref["run"] / "last")
+    assert same_weights(run / "best", ref["run"] / "best")
+    assert (run / "training.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_plotting_problem_warns_and_the_run_still_succeeds(ref, tmp_path, monkeypatch) -> None:
+    from picoalign.cli import plots
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display backend")
+
+    monkeypatch.setattr(plots, "plot_training", broken)
+    rc, out, err = run_cli(*train_argv(ref["data"], tmp_path / "run", 1))
+    assert rc == 0 and "model saved in" in out
+    assert "warning:" in err and "training.png not written" in err and "Traceback" not in err
+
+
+def test_resume_may_add_epochs(ref, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert run_cli(*train_argv(ref["data"], run, 1))[0] == 0
+    rc, _, err = run_cli("train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress")
+    assert rc == 0, err
+    assert rows(run) == rows(ref["run"])
+    assert load_config(run / "config.yaml").epochs == 2
+
+
+@pytest.mark.parametrize(
+    "flags, expect",
+    [
+        (["--data", "twemoji"], "--data twemoji differs from the run's jsonl:"),
+        (["--lr", "0.5"], f"--lr 0.5 differs from the run's {TrainConfig().lr}"),
+        (["--scorer", "gpo"], "--scorer gpo differs from the run's fine_grained"),
+        (["--batch-size", "4"], "--batch-size 4 differs from the run's 8"),
+        (["--set", "model.embed_dim=32"], "--set model.embed_dim=32 differs from the run's 16"),
+    ],
+    ids=["data", "lr", "scorer", "batch-size", "set"],
+)
+def test_resume_refuses_a_change_that_makes_another_run(ref, tmp_path, flags, expect) -> None:
+    run = tmp_path / "run"
+    assert run_cli(*train_argv(ref["data"], run, 1))[0] == 0
+    before = (run / "config.yaml").read_text()
+    rc, _, err = run_cli("train", "--out", str(run), "--resume", *flags)
+    assert rc == 2 and expect in one_error_line(err)
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_resume_without_a_run_names_the_folder(tmp_path) -> None:
+    rc, _, err = run_cli("train", "--out", str(tmp_path / "none"), "--resume")
+    assert rc == 2 and "config.yaml not found" in one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    "setting, expect",
+    [
+        ("model.pico.feedback=maybe", "--set model.pico.feedback=maybe: Input should be a valid"),
+        ("model.pico.lam=high", "--set model.pico.lam=high: Input should be a valid number"),
+        ("lr_steps=8", "--set lr_steps=8: Input should be a valid list (write a list"),
+        ("model.image_dim=64", "--set model.image_dim=64: not settable"),
+    ],
+    ids=["bool", "number", "list", "derived"],
+)
+def test_typed_set_values_fail_in_one_line_before_anything_is_written(
+    ref, tmp_path, setting, expect
+) -> None:
+    """The user reports: feedback=maybe was saved into the checkpoint, lam=high and
+    lr_steps=8 crashed with tracebacks."""
+    run = tmp_path / "run"
+    rc, _, err = run_cli(*train_argv(ref["data"], run, 1, "--set", setting))
+    assert rc == 2 and expect in one_error_line(err)
+    assert not run.exists()
+
+
+def test_runs_and_indexes_store_absolute_paths_and_work_from_another_folder(
+    ref, tmp_path, monkeypatch
+) -> None:
+    """The user report: `evaluate --checkpoint ../runs/a` from another folder failed with
+    `shapes/data.jsonl: file not found` (config.yaml stored the path as typed)."""
+    import shutil
+
+    work, other = tmp_path / "work", tmp_path / "other"
+    shutil.copytree(ref["data"].parent, work / "shapes")
+    other.mkdir()
+    monkeypatch.chdir(work)
+    rc, _, err = run_cli(
+        "train", "--data", "jsonl:shapes/data.jsonl", *ENCODERS, "--epochs", "1",
+        "--batch-size", "8", "--no-progress", "--set", "model.embed_dim=16",
+        "--set", "cache_dir=cache", "--out", "runs/a",
+    )  # fmt: skip
+    assert rc == 0, err
+    saved = load_config(work / "runs" / "a" / "config.yaml")
+    assert saved.data == f"jsonl:{work / 'shapes' / 'data.jsonl'}"
+    assert saved.out == str(work / "runs" / "a") and saved.cache_dir == str(work / "cache")
+    rc, _, err = run_cli(
+        "index", "--checkpoint", "runs/a", "--data", "jsonl:shapes/data.jsonl",
+        "--out", "gallery", "--no-progress",
+    )  # fmt: skip
+    assert rc == 0, err
+    manifest = json.loads((work / "gallery" / "manifest.json").read_text())
+    assert manifest["dataset"]["spec"] == saved.data
+    assert all(Path(s).is_absolute() for s in manifest["sources"])
+
+    monkeypatch.chdir(other)
+    rc, out, err = run_cli("evaluate", "--checkpoint", "../work/runs/a", "--json")
+    assert rc == 0, err
+    assert "rsum" in json.loads(out)
+    rc, out, err = run_cli("search", "--index", "../work/gallery", "--text", "a red circle")
+    assert rc == 0, err
+
+
+def test_absolute_data_specs_keep_their_options(tmp_path, monkeypatch) -> None:
+    from picoalign.config.paths import absolute_spec
+
+    monkeypatch.chdir(tmp_path)
+    got = absolute_spec("jsonl:d/data.jsonl:val=strict:default-split=train")
+    assert got == f"jsonl:{tmp_path}/d/data.jsonl:val=strict:default-split=train"
+    assert absolute_spec("scenes:twemoji:size=100") == "scenes:twemoji:size=100"

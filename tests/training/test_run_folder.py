@@ -1,0 +1,100 @@
+"""The run-folder guard of the library: train() refuses an existing run unless resume or
+overwrite; an overwrite that fails before its first checkpoint puts the old run back."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from picoalign.config import load_config
+from picoalign.training.loop import TrainingError, train
+from picoalign.training.runs import Replacement, RunExistsError, check_run_folder
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def cfg(out: Path, **over):
+    base = {
+        "out": str(out), "epochs": 1, "batch_size": 8, "device": "cpu", "amp": False,
+        "progress": False, "model.embed_dim": 8, "model.method": "baseline",
+    }  # fmt: skip
+    return load_config(None, {**base, **over})
+
+
+def test_train_api_refuses_an_existing_run(tmp_path: Path, make_feature_set) -> None:
+    fs = make_feature_set(n=16)
+    train(cfg(tmp_path), fs)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(RunExistsError, match="already holds a run"):
+        train(cfg(tmp_path), fs)
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    train(cfg(tmp_path, epochs=2), fs, overwrite=True)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_failed_overwrite_restores_the_old_run(tmp_path: Path, make_feature_set) -> None:
+    run = tmp_path / "run"
+    fs = make_feature_set(n=16)
+    train(cfg(run, seed=5), fs)
+    bad = make_feature_set(n=16)
+    bad.texts.tokens[:] = float("nan")
+    with pytest.raises(TrainingError):
+        train(cfg(run), bad, overwrite=True)
+    assert load_config(run / "config.yaml").seed == 5
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("marker", ["config.yaml", "last", "best", "metrics.jsonl"])
+def test_every_run_marker_makes_a_run_folder(tmp_path: Path, marker: str) -> None:
+    (tmp_path / marker).mkdir() if "." not in marker else (tmp_path / marker).write_text("")
+    with pytest.raises(RunExistsError, match=marker):
+        check_run_folder(tmp_path, resume=False, overwrite=False)
+    check_run_folder(tmp_path, resume=True, overwrite=False)
+    check_run_folder(tmp_path, resume=False, overwrite=True)
+
+
+def test_a_folder_without_a_run_is_fine_and_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    check_run_folder(tmp_path, resume=False, overwrite=False)
+    r = Replacement(tmp_path)
+    r.begin()
+    assert r.aside is None and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_replacement_commit_deletes_and_abort_restores(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("old")
+    r = Replacement(run)
+    r.begin()
+    assert not run.exists() and r.aside is not None and r.aside.is_dir()
+    run.mkdir()
+    (run / "config.yaml").write_text("new")
+    r.abort()
+    assert (run / "config.yaml").read_text() == "old"
+    r = Replacement(run)
+    r.begin()
+    aside = r.aside
+    r.commit()
+    assert aside is not None and not aside.exists()
+
+
+def test_pico_warmup_steps_are_added_to_the_warmup_epochs(tmp_path: Path, make_feature_set) -> None:
+    """Issue 14: ``--set model.pico.warmup_steps=5`` used to be overwritten by the trainer;
+    it is honoured, on top of ``pico_warmup_epochs`` × steps per epoch (docs/cli.md)."""
+    fs = make_feature_set(n=16)  # 8 train images x 2 captions, batch 8: 2 steps per epoch
+    over = {"model.method": "pico", "pico_warmup_epochs": 1, "model.pico.warmup_steps": 5}
+    result = train(cfg(tmp_path, **over), fs)
+    assert result.model.config.pico.warmup_steps == 1 * 2 + 5
+    assert load_config(tmp_path / "config.yaml").model.pico.warmup_steps == 5  # as given
+
+
+def test_a_feature_width_set_in_python_is_checked_not_overwritten(
+    tmp_path: Path, make_feature_set
+) -> None:
+    with pytest.raises(ValueError, match=r"model\.image_dim=99 differs from the features"):
+        c = cfg(tmp_path)
+        c = dataclasses.replace(c, model=dataclasses.replace(c.model, image_dim=99))
+        train(c, make_feature_set(n=16), write=False)
