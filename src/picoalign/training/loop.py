@@ -42,7 +42,9 @@ from picoalign.training.distributed import (
     assert_in_sync,
     init_distributed,
     local_device,
+    mean_over_ranks,
     shutdown,
+    sync_rank_local_state,
     wrap_ddp,
 )
 from picoalign.training.pixels import PixelBatches
@@ -319,7 +321,7 @@ def _train_step(run: _Run, batches: list[Tensor], step: int, epoch: int) -> Tens
         loss = run.loss_fn(model.training_scores(g_img, g_img_m, g_txt, g_txt_m, g_ids), g_ids)
     else:  # each rank's own shard; the summed gradients then average the rank losses
         loss = run.loss_fn(model.training_scores(img, img_m, txt, txt_m, ids), ids)
-        loss = _mean_over_ranks(loss, ctx)
+        loss = mean_over_ranks(loss, ctx)
     if not torch.isfinite(loss):
         raise TrainingError(
             f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
@@ -329,7 +331,7 @@ def _train_step(run: _Run, batches: list[Tensor], step: int, epoch: int) -> Tens
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     if not cfg.gather_negatives:
-        _sync_rank_local_state(model, run.loss_fn, ctx)
+        sync_rank_local_state(model, run.loss_fn, ctx)
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
     run.opt.step()
@@ -400,32 +402,6 @@ def _forward(run: _Run, net: torch.nn.Module, idx: Tensor) -> tuple[Tensor, ...]
     with autocast(device, run.cfg.amp):
         img, img_m, txt, txt_m = net(img_t, img_m, txt_t, txt_m, captions, px)
     return img.float(), img_m, txt.float(), txt_m, ids
-
-
-def _mean_over_ranks(loss: Tensor, ctx: DistContext) -> Tensor:
-    """Scale a rank-local loss so the summed gradients average the ranks; the returned value
-    (for logging and the NaN check) is the mean of every rank's loss."""
-    if not ctx.enabled:
-        return loss
-    mean = loss.detach().clone()
-    dist.all_reduce(mean)
-    mean /= ctx.world_size
-    return loss / ctx.world_size + (mean - loss.detach() / ctx.world_size)
-
-
-def _sync_rank_local_state(model: PicoAligner, loss_fn: torch.nn.Module, ctx: DistContext) -> None:
-    """With rank-local losses, what the loss side computed differs per rank: the gradients of
-    the loss's own parameters (InfoNCE temperature; outside DDP) are summed, and reading B's
-    matched-pair scale (an EMA updated while scoring) is averaged — the EMA of the mean."""
-    if not ctx.enabled:
-        return
-    for p in loss_fn.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-    if model.config.method == "pico":
-        scale = model.pico.pair_scale
-        dist.all_reduce(scale)
-        scale /= ctx.world_size
 
 
 def _flat(metrics: dict[str, Any]) -> dict[str, float]:
