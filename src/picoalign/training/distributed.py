@@ -21,7 +21,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -206,3 +206,29 @@ def assert_in_sync(ctx: DistContext, *modules: nn.Module) -> None:
 def shutdown(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def mean_over_ranks(loss: Tensor, ctx: DistContext) -> Tensor:
+    """Scale a rank-local loss so the summed gradients average the ranks; the returned value
+    (for logging and the NaN check) is the mean of every rank's loss."""
+    if not ctx.enabled:
+        return loss
+    mean = loss.detach().clone()
+    dist.all_reduce(mean)
+    mean /= ctx.world_size
+    return loss / ctx.world_size + (mean - loss.detach() / ctx.world_size)
+
+
+def sync_rank_local_state(model: Any, loss_fn: torch.nn.Module, ctx: DistContext) -> None:
+    """With rank-local losses, what the loss side computed differs per rank: the gradients of
+    the loss's own parameters (InfoNCE temperature; outside DDP) are summed, and reading B's
+    matched-pair scale (an EMA updated while scoring) is averaged — the EMA of the mean."""
+    if not ctx.enabled:
+        return
+    for p in loss_fn.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+    if model.config.method == "pico":
+        scale = model.pico.pair_scale
+        dist.all_reduce(scale)
+        scale /= ctx.world_size

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from picoalign.config import TrainConfig, dump_config
 from picoalign.config.paths import with_absolute_paths
-from picoalign.core.losses import TripletLoss, create_loss
+from picoalign.core.losses import create_loss
 from picoalign.core.similarity import check_tokens
 from picoalign.evaluation import evaluate
 from picoalign.features import FeatureSet, dataset_features
@@ -47,54 +47,16 @@ from picoalign.training.distributed import (
     assert_in_sync,
     init_distributed,
     local_device,
+    mean_over_ranks,
     shutdown,
+    sync_rank_local_state,
     wrap_ddp,
 )
+from picoalign.training.losslog import LOSS_CHECK_EVERY, LossLog, TrainingError, per_pair
 from picoalign.training.pixels import PixelBatches
 from picoalign.training.runs import Replacement, check_run_folder
+from picoalign.training.schedule import batch_order, learning_rate
 from picoalign.training.state import Position, restore_last, save_last, write_metrics
-
-LOSS_CHECK_EVERY = 25
-"""Steps between reads of the loss on the host (the NaN check, the running mean): reading a
-CUDA scalar waits for the GPU, so doing it every step would serialise the host and the
-device. A non-finite loss is still reported with its exact step; nothing is saved between
-the bad step and the check (checkpoints check first)."""
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
-
-
-class _LossLog:
-    """The epoch's running loss, with the per-step values kept on the device until
-    :meth:`settle` reads them all in one sync (same float arithmetic as reading each)."""
-
-    def __init__(self, total: float, count: int, epoch: int, last: Path) -> None:
-        self.total, self.count, self.epoch, self.last = total, count, epoch, last
-        self.pending: list[tuple[int, Tensor, int]] = []
-
-    def add(self, step: int, loss: Tensor, n: int) -> None:
-        self.pending.append((step, loss, n))
-
-    def settle(self) -> None:
-        """Read the pending losses; raise :class:`TrainingError` at the first non-finite."""
-        if not self.pending:
-            return
-        values = torch.stack([loss for _, loss, _ in self.pending]).tolist()
-        for (step, _, n), value in zip(self.pending, values, strict=True):
-            if not math.isfinite(value):
-                raise TrainingError(
-                    f"non-finite loss ({value}) at epoch {self.epoch + 1}, step {step + 1}; "
-                    f"the last good checkpoint is kept in {self.last}. "
-                    "Try a lower --lr or check the input features for NaN."
-                )
-            self.total += value * n
-            self.count += n
-        self.pending.clear()
-
-    @property
-    def mean(self) -> float:
-        return self.total / max(self.count, 1)
 
 
 @dataclass
@@ -110,22 +72,6 @@ class TrainResult:
     @property
     def best_rsum(self) -> float:
         return float(self.best.get("rsum", -math.inf))
-
-
-def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
-    """Shuffled caption indices for one epoch, a pure function of (seed, epoch)."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    return [
-        perm[i : i + batch_size]
-        for i in range(0, n, batch_size)
-        if len(perm[i : i + batch_size]) >= 2
-    ]
-
-
-def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of 0-based ``epoch``: step decays at ``cfg.lr_step_epochs()``."""
-    return cfg.lr * cfg.lr_gamma ** sum(epoch >= s for s in cfg.lr_step_epochs())
 
 
 def _batch(fs: FeatureSet, idx: Tensor, device: torch.device) -> tuple[Tensor, ...]:
@@ -335,7 +281,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     batches = batch_order(run.train_fs.n_captions, cfg.batch_size, cfg.seed, epoch)
     first = run.start.step if epoch == run.start.epoch else 0
     total, count = (run.start.total, run.start.count) if first else (0.0, 0)
-    log = _LossLog(total, count, epoch, Path(cfg.out) / "last")
+    log = LossLog(total, count, epoch, Path(cfg.out) / "last")
     run.model.train()
     bar = tqdm(
         range(first, len(batches)),
@@ -348,9 +294,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     )
     for step in bar:
         loss = _train_step(run, batches, step, epoch)
-        log.add(
-            step, _per_pair(loss, run.loss_fn, len(batches[step]), ctx, cfg), len(batches[step])
-        )
+        log.add(step, per_pair(loss, run.loss_fn, len(batches[step]), ctx, cfg), len(batches[step]))
         every = cfg.save_every_steps
         save = run.out is not None and every and (step + 1) % every == 0
         if save and step + 1 < len(batches):
@@ -389,11 +333,11 @@ def _train_step(run: _Run, batches: list[Tensor], step: int, epoch: int) -> Tens
         loss = run.loss_fn(model.training_scores(g_img, g_img_m, g_txt, g_txt_m, g_ids), g_ids)
     else:  # each rank's own shard; the summed gradients then average the rank losses
         loss = run.loss_fn(model.training_scores(img, img_m, txt, txt_m, ids), ids)
-        loss = _mean_over_ranks(loss, ctx)
+        loss = mean_over_ranks(loss, ctx)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     if not cfg.gather_negatives:
-        _sync_rank_local_state(model, run.loss_fn, ctx)
+        sync_rank_local_state(model, run.loss_fn, ctx)
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
     run.opt.step()
@@ -481,46 +425,6 @@ def _forward(run: _Run, net: torch.nn.Module, idx: Tensor) -> tuple[Tensor, ...]
     with autocast(device, run.cfg.amp):
         img, img_m, txt, txt_m = net(img_t, img_m, txt_t, txt_m, captions, px)
     return img.float(), img_m, txt.float(), txt_m, ids
-
-
-def _per_pair(
-    loss: Tensor, loss_fn: torch.nn.Module, pairs: int, ctx: DistContext, cfg: TrainConfig
-) -> Tensor:
-    """The batch loss per pair, for logging only: the triplet loss is a sum over the batch
-    (its margin's scale), so its logged value would grow with the batch size; InfoNCE is
-    already a mean. The optimised loss is unchanged. Stays on the device (no sync)."""
-    value = loss.detach()
-    if not isinstance(loss_fn, TripletLoss):
-        return value
-    if ctx.enabled and not cfg.gather_negatives:  # mean over ranks of per-shard sums
-        return value * ctx.world_size / pairs
-    return value / pairs
-
-
-def _mean_over_ranks(loss: Tensor, ctx: DistContext) -> Tensor:
-    """Scale a rank-local loss so the summed gradients average the ranks; the returned value
-    (for logging and the NaN check) is the mean of every rank's loss."""
-    if not ctx.enabled:
-        return loss
-    mean = loss.detach().clone()
-    dist.all_reduce(mean)
-    mean /= ctx.world_size
-    return loss / ctx.world_size + (mean - loss.detach() / ctx.world_size)
-
-
-def _sync_rank_local_state(model: PicoAligner, loss_fn: torch.nn.Module, ctx: DistContext) -> None:
-    """With rank-local losses, what the loss side computed differs per rank: the gradients of
-    the loss's own parameters (InfoNCE temperature; outside DDP) are summed, and reading B's
-    matched-pair scale (an EMA updated while scoring) is averaged — the EMA of the mean."""
-    if not ctx.enabled:
-        return
-    for p in loss_fn.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-    if model.config.method == "pico":
-        scale = model.pico.pair_scale
-        dist.all_reduce(scale)
-        scale /= ctx.world_size
 
 
 def _flat(metrics: dict[str, Any]) -> dict[str, float]:
