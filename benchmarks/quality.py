@@ -203,6 +203,22 @@ def pick_margin(rows: list[dict[str, Any]], family: str, train_set: str, tune_se
     return max(cands)[2]
 
 
+def best_baseline(rows: list[dict[str, Any]], train_set: str, tune_seed: int) -> str:
+    """The scorer baseline (at its picked margin) with the best validation rSum of the
+    tuning seed: the baseline PICO is compared with."""
+
+    def val(fam: str) -> float:
+        m = pick_margin(rows, fam, train_set, tune_seed)
+        return next(
+            r["val_rsum"]
+            for r in rows
+            if (r["family"], r["train_set"], r["seed"], r["margin"])
+            == (fam, train_set, tune_seed, m)
+        )
+
+    return max((f for f in SCORERS if any(r["family"] == f for r in rows)), key=val)
+
+
 def ablation_plan(seeds: list[int], train_set: str) -> list[tuple]:
     """The ablations and sweeps of the default PICO (margin 0.8) on one training set."""
     return [
@@ -342,7 +358,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", type=Path, default=ROOT / "results" / "quality.md")
     ap.add_argument("--plots", type=Path, default=ROOT.parent / "docs" / "img")
     ap.add_argument("--resume", action="store_true", help="skip runs already in --results")
+    ap.add_argument("--overwrite", action="store_true", help="start --results over")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument(
+        "--confirm",
+        type=Path,
+        default=None,
+        metavar="STUDY_JSONL",
+        help="the pre-registered confirmation (docs/results.md): on --seeds (fresh ones), run "
+        "only the default PICO and the best baseline, at the margins and baseline that "
+        "STUDY_JSONL's tuning seed picked on validation; no tuning here",
+    )
     args = ap.parse_args(argv)
     base = dict(BASE)
     if args.quick:
@@ -350,13 +376,20 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.train_sets = args.seeds[:1], args.train_sets[:1]
         args.results = args.results.with_name("quality-quick.jsonl")
         args.report = args.report.with_name("quality-quick.md")
+    if args.confirm is not None and args.results == ap.get_default("results"):
+        args.results = args.results.with_name("quality-confirm.jsonl")
+        args.report = args.report.with_name("quality-confirm.md")
+    if args.confirm is not None and args.results.resolve() == args.confirm.resolve():
+        ap.error("--results must not be the study being confirmed (--confirm)")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     done = {}
     if args.results.exists() and (args.resume or args.report_only):
         for line in args.results.read_text().splitlines():
             row = json.loads(line)
             done[row["id"]] = row
-    elif args.results.exists():
+    elif args.results.exists():  # a study's rows are never lost silently
+        if not args.overwrite:
+            ap.error(f"{args.results} exists: --resume to continue it, --overwrite to start over")
         args.results.unlink()
     if not args.report_only:
         torch.set_num_threads(torch.get_num_threads())
@@ -389,14 +422,23 @@ def main(argv: list[str] | None = None) -> int:
 
         # stage 1: every margin on the tuning seed; stage 2: the other seeds at the margin
         # validation picked (the same rule for every family)
-        every = {(f, t): FAMILIES[f][1][-1:] if args.quick else FAMILIES[f][1]
-                 for f in families for t in args.train_sets}  # fmt: skip
-        run_all(plan(families, every, [tune], args.train_sets))
-        rows = list(done.values())
-        chosen = {k: [pick_margin(rows, *k, tune)] for k in every}
-        run_all(plan(families, chosen, rest, args.train_sets))
-        if not args.no_ablations and not args.core and not args.quick:
-            run_all(ablation_plan(args.ablation_seeds, args.train_sets[0]))
+        if args.confirm is not None:  # choices fixed by the study: nothing is tuned here
+            study = [json.loads(x) for x in args.confirm.read_text().splitlines() if x]
+            tuned = {r["seed"] for r in study}
+            t0 = min(tuned)
+            for ts in args.train_sets:
+                best = best_baseline(study, ts, t0)
+                picks = {(f, ts): [pick_margin(study, f, ts, t0)] for f in (best, DEFAULT_PICO)}
+                run_all(plan([best, DEFAULT_PICO], picks, args.seeds, [ts]))
+        else:
+            every = {(f, t): FAMILIES[f][1][-1:] if args.quick else FAMILIES[f][1]
+                     for f in families for t in args.train_sets}  # fmt: skip
+            run_all(plan(families, every, [tune], args.train_sets))
+            rows = list(done.values())
+            chosen = {k: [pick_margin(rows, *k, tune)] for k in every}
+            run_all(plan(families, chosen, rest, args.train_sets))
+            if not args.no_ablations and not args.core and not args.quick:
+                run_all(ablation_plan(args.ablation_seeds, args.train_sets[0]))
         print(f"study wall time: {_clock(time.perf_counter() - start)}")
     text = report(list(done.values()), args.seeds[0])
     args.report.write_text(text)
