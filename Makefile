@@ -35,10 +35,18 @@ test: install system-data
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
+# Every benchmark, quickest first (hours in all on 2 cores: the quality study dominates).
+# Left out: gpu_check.py (its own target, needs CUDA) and scenes_sheet.py (draws the docs
+# picture, measures nothing).
 bench: install system-data
-	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/similarity_speed.py
 	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/eval_memory.py
+	$(BIN)/python benchmarks/retrieval_scale.py
+	$(BIN)/python benchmarks/retrieval_real.py
+	$(BIN)/python benchmarks/zeroshot.py
+	$(BIN)/python benchmarks/scenes_baselines.py
+	$(BIN)/python benchmarks/quality.py --resume
 
 # GPU paths, measured (benchmarks/results/gpu_check.json); says so and exits 0 without CUDA
 gpu-check: install

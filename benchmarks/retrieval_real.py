@@ -25,7 +25,6 @@ Without ``--checkpoint`` a model is trained first with picoalign's defaults (the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from _common import recall_at_k, write_json
 from picoalign.config import load_config
 from picoalign.core.similarity import pool_tokens
 from picoalign.data import list_datasets
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return [[h.row for h in hs] for hs in hits], time.perf_counter() - start
 
     def recall(rows: list[list[int]], k: int) -> float:
-        return 100 * sum(t in r[:k] for r, t in zip(rows, target, strict=True)) / len(target)
+        return recall_at_k(rows, target, k)
 
     weights = model.eval_weights  # stage 1's query weighting, as in search_tokens
     pooled_q = pool_tokens(q, qm) * (weights.float() if weights is not None else 1.0)
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['overlap']:7.1f}% {lost:>6} {row['qps']:10.1f} {row['speedup']:8.1f}x"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        write_json(args.json, out)
     return 0
 
 

@@ -34,7 +34,6 @@ the first stage's candidates. Stage 2 runs ``fine_grained_scores``' input checks
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -44,6 +43,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from _common import recall_at_k, write_json
 from picoalign.core.similarity import fine_grained_scores, l2_normalize, pool_tokens
 from picoalign.retrieval.index import GalleryIndex
 from picoalign.retrieval.store import pooled_embeddings
@@ -104,9 +104,8 @@ def make_queries(
 
 
 def recall(rows: list[list[int]], target: Tensor, k: int) -> float:
-    return sum(int(t) in r[:k] for r, t in zip(rows, target.tolist(), strict=True)) / max(
-        1, len(rows)
-    )
+    """Share (0–1) of queries whose target is in the top ``k``."""
+    return recall_at_k(rows, target.tolist(), k) / 100
 
 
 def run_size(n: int, args: argparse.Namespace) -> list[dict]:
@@ -343,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(rows, args.plot)
         print(f"plot: {args.plot}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        write_json(args.json, rows)
     return 0
 
 

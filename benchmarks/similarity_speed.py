@@ -35,23 +35,17 @@ import contextlib
 import ctypes
 import json
 import os
-import platform
 import resource
 import statistics
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from picoalign.core.similarity import (
-    DEFAULT_BUDGET_MB,
-    _gemm_dtype,
-    fine_grained_scores,
-    l2_normalize,
-)
+from _common import machine, timed, write_json
+from picoalign.core.similarity import DEFAULT_BUDGET_MB, fine_grained_scores, l2_normalize
 from picoalign.evaluation.metrics import recall_metrics
 
 NOISE = 9.0  # norm of a word's noise vs 1 for its patch: R@1 well below 100% at 1K × 1K
@@ -176,35 +170,10 @@ def matmul_peak(repeat: int, quick: bool) -> dict[str, float]:
     ):
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         a @ b  # warm-up
-        best = min(_timed(lambda a=a, b=b: a @ b) for _ in range(repeat))
+        best = min(timed(lambda a=a, b=b: a @ b) for _ in range(repeat))
         out[f"{name}_gflops"] = 2 * n**3 / best / 1e9
         out[f"{name}_size"] = n
     return out
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def machine() -> dict[str, object]:
-    model = "unknown"
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu_model": model or platform.processor(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cores": os.cpu_count(),
-        "bf16_gemm": "native"
-        if not _gemm_dtype(torch.bfloat16, torch.device("cpu"))[1]
-        else "none: bf16-rounded operands, fp32 GEMM",
-    }
 
 
 def load() -> list[float]:
@@ -383,7 +352,7 @@ def main() -> None:
     res = run_scaling(args) if args.scaling else run_shape(args)
     res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
+        write_json(args.json, res)
         print(f"results written to {args.json}")
 
 

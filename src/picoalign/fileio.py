@@ -20,12 +20,19 @@ import torch
 from safetensors.torch import save_file
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, fsync it, then rename it over
+    ``path``: the one way picoalign writes a file. The fsync makes the rename durable as well
+    as atomic (after a power cut the file is the old one or the whole new one); on any error
+    the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -33,24 +40,26 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def atomic_write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def atomic_write_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(data, tmp))
+    atomic_write(path, lambda tmp: save_file(data, tmp, metadata=metadata))
 
 
 def atomic_write_json(obj: Any, path: Path) -> None:
     def write(tmp: str) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def atomic_write_text(text: str, path: Path) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def safe_torch_load(path: Path) -> Any:
@@ -67,6 +76,26 @@ def safe_torch_load(path: Path) -> Any:
         raise ValueError(f"{path}: not a readable picoalign training state ({first})") from e
 
 
+def swap_in_dir(
+    tmp: Path, target: Path, *, restore_on: type[BaseException] = BaseException
+) -> None:
+    """Rename the finished folder ``tmp`` to ``target``, replacing a folder there: the old
+    one is moved aside (``.NAME.old``) first, put back if the second rename fails with
+    ``restore_on``, then deleted. Otherwise it stays for :func:`recover_dir`."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except restore_on:
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def atomic_replace_dir(target: Path, write: Callable[[Path], None]) -> None:
     """Fill a fresh sibling folder with ``write(folder)``, then swap it in for ``target``.
 
@@ -77,19 +106,15 @@ def atomic_replace_dir(target: Path, write: Callable[[Path], None]) -> None:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    old = target.with_name(f".{target.name}.old")
     try:
         write(tmp)
         tmp.chmod(0o755)
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
+        # an exit (a kill, SystemExit) between the renames leaves .NAME.old for recover_dir,
+        # which resume runs; an ordinary error puts the old folder back at once
+        swap_in_dir(tmp, target, restore_on=Exception)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def recover_dir(target: Path) -> None:
@@ -109,3 +134,12 @@ def remove_stale_temps(folder: Path) -> None:
     for stale in folder.glob(".*.*.tmp"):
         if stale.is_file():
             stale.unlink(missing_ok=True)
+
+
+def model_dir(checkpoint: str | Path) -> Path:
+    """The model folder of a checkpoint: a model folder itself, or a training run folder's
+    ``best/`` (the run's selected model) — the one rule every command and ``load`` use."""
+    path = Path(checkpoint)
+    if (path / "best" / "config.json").is_file():
+        return path / "best"
+    return path

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from picoalign.core.pico import PICO, PICOConfig
 from picoalign.core.scorers import SCORERS, create_scorer
-from picoalign.core.similarity import fine_grained_scores, l2_normalize
+from picoalign.core.similarity import fine_grained_scores, l2_normalize, pad_cat
 
 METHODS = ("baseline", "pico")
 RULES = ("plain", "weighted", "raw")  # raw: reading A's p without renormalisation
@@ -376,7 +376,7 @@ class PicoAligner(nn.Module):
             t, m = self.embed_images(t.to(self._device), m.to(self._device))
             toks.append(t)
             masks.append(m)
-        return _pad_cat(toks, masks)
+        return pad_cat(toks, masks)
 
     def text_tokens(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Backbone word tokens of raw captions, with gradient when fine-tuning."""
@@ -393,7 +393,7 @@ class PicoAligner(nn.Module):
             t, m = self.embed_texts(*self.text_tokens(texts[i : i + batch_size]))
             toks.append(t)
             masks.append(m)
-        return _pad_cat(toks, masks)
+        return pad_cat(toks, masks)
 
     # -- persistence ------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -409,11 +409,13 @@ class PicoAligner(nn.Module):
     def load(cls, directory: str | Path) -> PicoAligner:
         """Load a saved model folder, or a training run folder (its ``best/`` model, as the
         CLI accepts); raises ``FileNotFoundError``/``ValueError`` naming the path."""
-        d = Path(directory)
-        if not d.exists():
-            raise FileNotFoundError(f"{d}: checkpoint not found (no {d / 'config.json'})")
-        if (d / "best" / "config.json").is_file():
-            d = d / "best"
+        from picoalign.fileio import model_dir
+
+        if not Path(directory).exists():
+            raise FileNotFoundError(
+                f"{directory}: checkpoint not found (no {Path(directory) / 'config.json'})"
+            )
+        d = model_dir(directory)
         cfg_path, weights_path = d / "config.json", d / "model.safetensors"
         for p in (cfg_path, weights_path):
             if not p.is_file():
@@ -428,10 +430,3 @@ class PicoAligner(nn.Module):
         except Exception as e:  # SafetensorError (corrupt file), RuntimeError (shape mismatch)
             raise ValueError(f"{weights_path}: cannot load the model weights ({e})") from e
         return model
-
-
-def _pad_cat(toks: list[Tensor], masks: list[Tensor]) -> tuple[Tensor, Tensor]:
-    width = max(t.shape[1] for t in toks)
-    toks = [nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) for t in toks]
-    masks = [nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]
-    return torch.cat(toks), torch.cat(masks)

@@ -10,9 +10,9 @@ from picoalign.core.similarity import (
     fine_grained_scores,
     global_scores,
     l2_normalize,
-    naive_fine_grained_scores,
     pair_scores,
 )
+from reference_scores import naive_fine_grained_scores
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

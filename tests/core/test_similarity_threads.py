@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from picoalign.core.similarity import fine_grained_scores, l2_normalize, naive_fine_grained_scores
+from picoalign.core.similarity import fine_grained_scores, l2_normalize
+from reference_scores import naive_fine_grained_scores
 
 
 @pytest.fixture

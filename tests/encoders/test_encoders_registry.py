@@ -32,6 +32,44 @@ def test_builtin_encoders_are_registered():
         assert n in names["text"]
 
 
+# what each registered name needs to be built here: prefix families take a hub name or a
+# folder (tested with a local model in test_encoders_hf.py); the others build offline
+_IMAGE_INPUT = {"precomputed": None}  # no pixels: it maps stored features (tested below)
+
+
+@pytest.mark.parametrize("name", list_encoders()["image"])
+def test_every_registered_image_encoder_encodes_a_batch(name: str) -> None:
+    if name.endswith(":"):
+        pytest.skip(f"{name} is a prefix family: it needs NAME_OR_PATH (test_encoders_hf.py)")
+    if name in _IMAGE_INPUT:
+        pytest.skip(f"{name} encodes stored features, not pixels")
+    try:
+        enc = create_image_encoder(name)
+    except ImportError as e:
+        pytest.skip(f"{name}: its package is not installed ({e})")
+    images = [Image.new("RGB", (40, 30), "red"), Image.new("RGB", (20, 50), "blue")]
+    with torch.no_grad():
+        tokens, mask = enc.eval()(enc.preprocess(images))
+    assert tokens.shape[0] == 2 and tokens.shape[-1] == enc.dim and tokens.dim() == 3
+    assert mask.shape == tokens.shape[:2] and mask.dtype == torch.bool and bool(mask.any(1).all())
+    assert bool(torch.isfinite(tokens).all())
+
+
+@pytest.mark.parametrize("name", list_encoders()["text"])
+def test_every_registered_text_encoder_encodes_a_batch(name: str) -> None:
+    if name.endswith(":"):
+        pytest.skip(f"{name} is a prefix family: it needs NAME_OR_PATH (test_encoders_hf.py)")
+    try:
+        enc = create_text_encoder(name)
+    except ImportError as e:
+        pytest.skip(f"{name}: its package is not installed ({e})")
+    with torch.no_grad():
+        tokens, mask = enc.eval()(**enc.tokenize(enc.prepare(["a red circle", ""])))
+    assert tokens.shape[0] == 2 and tokens.shape[-1] == enc.dim and tokens.dim() == 3
+    assert mask.shape == tokens.shape[:2] and bool(mask.any(1).all())  # empty: one token kept
+    assert bool(torch.isfinite(tokens).all())
+
+
 def test_unknown_spec_lists_available_names():
     with pytest.raises(UnknownEncoderError, match=r"unknown image encoder 'nope'.*random-conv"):
         create_image_encoder("nope")

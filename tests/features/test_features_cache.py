@@ -149,7 +149,7 @@ def test_failed_write_leaves_no_temp_file(toy_dataset, tmp_path, monkeypatch):
             f.write(b"partial")
         raise KeyboardInterrupt  # as if the run were killed mid-write
 
-    monkeypatch.setattr("picoalign.features.store.save_file", half_written)
+    monkeypatch.setattr("picoalign.fileio.save_file", half_written)
     with pytest.raises(KeyboardInterrupt):
         _encode(toy_dataset, RandomConvEncoder(), HashTextEncoder(), tmp_path)
     assert _files(tmp_path) == []

@@ -215,7 +215,7 @@ def test_interrupted_build_leaves_nothing(tiny, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no index, no temp folder
     monkeypatch.undo()
     first = _build(tiny, tmp_path / "idx")  # an interrupted rebuild keeps the old index
-    monkeypatch.setattr(index_store, "_write_tokens", boom)
+    monkeypatch.setattr(index_store, "atomic_write_safetensors", boom)
     with pytest.raises(RuntimeError):
         _build(tiny, tmp_path / "idx", first_stage="hnsw")
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from picoalign.cli.plots import plot_training
+from picoalign.cli.progress import epoch_line
 from picoalign.config import TrainConfig, load_config
 from picoalign.evaluation import embed_features, evaluate, format_table
 from picoalign.features import FeatureSet, dataset_features
@@ -94,7 +95,7 @@ def run_demo(
         cfg = demo_config(method, data, out, seed, epochs, quick, progress)
         print(f"\n== training {method} ({cfg.epochs} epochs, seed {seed}) ==")
         # the demo owns OUT/baseline and OUT/pico: a rerun replaces them
-        run = train(cfg, fs, overwrite=True, on_epoch=lambda r, m=method: _line(m, r))
+        run = train(cfg, fs, overwrite=True, on_epoch=lambda r, m=method: print(epoch_line(r, m)))
         runs[method] = run
         results[method] = evaluate(PicoAligner.load(run.out), test)
 
@@ -109,13 +110,6 @@ def run_demo(
     print(f"plots: {plot_path}")
     _searches(PicoAligner.load(runs["pico"].out), test)
     return 0
-
-
-def _line(method: str, row: dict[str, Any]) -> None:
-    rsum = row.get("val_rsum")
-    p = f"  p mean {row['p_mean']:.3f} ω max {row['omega_max']:.2f}" if "p_mean" in row else ""
-    val = f"  val rSum {rsum:.1f}" if rsum is not None else ""
-    print(f"  {method:8s} epoch {row['epoch']:2d}  loss {row['loss']:.3f}{val}{p}")
 
 
 def _small(fs: FeatureSet) -> FeatureSet:

@@ -4,7 +4,6 @@ training. Inputs are the per-epoch rows of ``metrics.jsonl`` so any run can be r
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from picoalign.fileio import atomic_write
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -58,9 +59,8 @@ def plot_training(histories: dict[str, list[dict[str, Any]]], out: str | Path) -
         for a in axes[1:]:
             a.set_visible(False)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    finally:
+        plt.close(fig)
     return out

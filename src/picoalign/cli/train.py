@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from picoalign.cli.data_flags import add_data_flags
+from picoalign.cli.progress import epoch_line
 from picoalign.core.scorers import list_scorers
 
 # what a resumed run may change: how long, how often it saves/evaluates and how it reports;
@@ -253,10 +254,4 @@ def _interrupted(out: Path) -> None:
 
 
 def _print_epoch(row: dict[str, Any]) -> None:
-    keys = [k for k in row if k.endswith("rsum")]
-    extra = f"  {keys[0]} {row[keys[0]]:.1f}" if keys else ""
-    p = f"  p mean {row['p_mean']:.3f}" if "p_mean" in row else ""
-    print(
-        f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  lr {row['lr']:.2e}{extra}{p}  "
-        f"({row['seconds']:.1f}s)"
-    )
+    print(epoch_line(row))

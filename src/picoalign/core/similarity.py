@@ -35,13 +35,14 @@ each, 2.1× the loop. Emulated bf16: 54 GFLOP/s, same rSum, top-1 agreement with
 
 from __future__ import annotations
 
-import functools
 import math
-import threading
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from picoalign.core._threads import openmp_backend, run_tiles
+from picoalign.core.hardware import gemm_dtype
 
 DEFAULT_BUDGET_MB = 64.0
 """Scores in flight. Without autograd it is split between the worker threads, and the block
@@ -132,27 +133,6 @@ def _block_sizes(
     return b_img, b_txt
 
 
-@functools.cache
-def _native_low_precision(dtype: torch.dtype) -> bool:
-    """Whether this CPU multiplies ``dtype`` matrices natively (AVX512-BF16/FP16, AMX)."""
-    probe = {
-        torch.bfloat16: "_is_mkldnn_bf16_supported",
-        torch.float16: "_is_mkldnn_fp16_supported",
-    }.get(dtype)
-    try:
-        return bool(getattr(torch.ops.mkldnn, probe)()) if probe else False
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _gemm_dtype(compute_dtype: torch.dtype, device: torch.device) -> tuple[torch.dtype, bool]:
-    """(dtype of the GEMM, whether operands are first rounded to ``compute_dtype``)."""
-    low = compute_dtype in (torch.bfloat16, torch.float16)
-    if low and device.type == "cpu" and not _native_low_precision(compute_dtype):
-        return torch.float32, True
-    return compute_dtype, False
-
-
 def _side(
     x: Tensor,
     mask: Tensor,
@@ -223,13 +203,13 @@ def fine_grained_scores(
             raise ValueError(f"weights must have shape ({img.shape[-1]},), got {_shape(weights)}")
     n_img, n_v, _ = img.shape
     n_txt, n_t, _ = txt.shape
-    dt, rounded = _gemm_dtype(compute_dtype, img.device)
+    dt, rounded = gemm_dtype(compute_dtype, img.device)
     round_to = compute_dtype if rounded else None
     track_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (img, txt, weights)
     )
     # coarse workers only where they help and are safe: CPU, no graph, OpenMP thread settings
-    coarse = not track_grad and img.device.type == "cpu" and _openmp_backend()
+    coarse = not track_grad and img.device.type == "cpu" and openmp_backend()
     workers = max(1, torch.get_num_threads()) if coarse else 1
     itemsize = dt.itemsize
     b_img, b_txt = _block_sizes(n_img, n_v, n_txt, n_t, memory_budget_mb / workers, itemsize)
@@ -255,72 +235,16 @@ def fine_grained_scores(
         return torch.cat(rows, dim=0)
 
     out = torch.empty(n_img, n_txt, dtype=torch.float32, device=img.device)
-    tiles = iter([(i0, j0) for j0 in j_starts for i0 in i_starts])  # caption-block-major
-    lock, abort = threading.Lock(), threading.Event()
 
-    inference = torch.is_inference_mode_enabled()  # thread-local: hand it to the workers
+    def do(tile: tuple[int, int], state: dict[str, Any]) -> None:
+        i0, j0 = tile
+        j1 = min(n_txt, j0 + b_txt)
+        if state.get("j0") != j0:  # each worker keeps its current caption block
+            state["j0"], state["cap"] = j0, caption_block(j0, j1)
+        out[i0 : min(n_img, i0 + b_img), j0:j1] = block(i0, min(n_img, i0 + b_img), state["cap"])
 
-    def work(single_threaded: bool) -> None:
-        if single_threaded:  # per-thread setting (OpenMP ICV, MKL local): the caller keeps its
-            torch.set_num_threads(1)
-        with torch.inference_mode(inference), torch.no_grad():
-            _work()
-
-    def _work() -> None:
-        cached: tuple[int, tuple[Tensor, Tensor]] | None = None
-        while True:
-            with lock:
-                tile = next(tiles, None)
-            if tile is None or abort.is_set():
-                return
-            i0, j0 = tile
-            j1 = min(n_txt, j0 + b_txt)
-            if cached is None or cached[0] != j0:
-                cached = (j0, caption_block(j0, j1))
-            out[i0 : min(n_img, i0 + b_img), j0:j1] = block(i0, min(n_img, i0 + b_img), cached[1])
-
-    workers = min(workers, len(i_starts) * len(j_starts))
-    if workers == 1:
-        work(False)
-    else:
-        _run_workers(work, workers, abort)
+    run_tiles([(i0, j0) for j0 in j_starts for i0 in i_starts], do, workers)  # caption-major
     return out
-
-
-@functools.cache
-def _openmp_backend() -> bool:
-    """Per-thread ``set_num_threads`` is safe only with the OpenMP backend (libgomp/iomp ICVs
-    are per thread); the native thread pool would be resized for the whole process."""
-    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
-
-
-def _run_workers(work: Callable[[bool], None], workers: int, abort: threading.Event) -> None:
-    """Run ``work(True)`` in ``workers`` threads; on an error set ``abort`` (the others stop
-    at their next block) and re-raise it here; restore the caller's thread count.
-
-    ``set_num_threads`` also records the count new threads inherit, so the caller's value is
-    stored again afterwards.
-    """
-    caller_threads = torch.get_num_threads()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work(True)
-        except BaseException as exc:
-            errors.append(exc)
-            abort.set()
-
-    threads = [threading.Thread(target=run, daemon=True) for _ in range(workers)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        torch.set_num_threads(caller_threads)
-    if errors:
-        raise errors[0]
 
 
 def pair_scores(
@@ -358,10 +282,24 @@ def pair_scores(
     return i2t + t2i
 
 
+def pad_cat(tokens: list[Tensor], masks: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Concatenate batches of token sets of different widths (N_k, T_k, D): each is padded
+    to the widest T with zero tokens and False mask entries."""
+    width = max((t.shape[1] for t in tokens), default=1)
+    tokens = [torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) for t in tokens]
+    masks = [torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]
+    return torch.cat(tokens), torch.cat(masks)
+
+
+def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the real tokens; rows without any give zeros instead of NaN."""
+    m = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
 def pool_tokens(tokens: Tensor, mask: Tensor) -> Tensor:
     """Masked mean of tokens, L2-normalised: the global embedding of each sample."""
-    m = mask.to(tokens.dtype).unsqueeze(-1)
-    return l2_normalize((tokens * m).sum(1) / m.sum(1).clamp_min(1.0))
+    return l2_normalize(masked_mean(tokens, mask))
 
 
 def global_scores(
@@ -371,18 +309,3 @@ def global_scores(
     if validate:
         check_tokens(img, img_mask, txt, txt_mask)
     return pool_tokens(img, img_mask) @ pool_tokens(txt, txt_mask).T
-
-
-def naive_fine_grained_scores(
-    img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor, weights: Tensor | None = None
-) -> Tensor:
-    """Reference implementation, one pair at a time in float64. For tests only: slow."""
-    w = torch.ones(img.shape[-1], dtype=torch.float64) if weights is None else weights.double()
-    out = torch.empty(img.shape[0], txt.shape[0], dtype=torch.float64)
-    for a in range(img.shape[0]):
-        v = img[a][img_mask[a]].double()
-        for b in range(txt.shape[0]):
-            t = txt[b][txt_mask[b]].double()
-            s = (v * w) @ t.T
-            out[a, b] = s.max(1).values.mean() + s.max(0).values.mean()
-    return out

@@ -115,13 +115,6 @@ class ImageCaptionDataset:
             skipped=[],
         )
 
-    def filter_groups(self, groups: Sequence[str] | set[str]) -> ImageCaptionDataset:
-        keep = set(groups)
-        items = [it for it in self.items if it.group in keep]
-        return replace(
-            self, items=items, fingerprint=digest(self.fingerprint, *sorted(keep)), skipped=[]
-        )
-
     def image_features(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Precomputed ``(tokens, mask)`` for ``keys``; DataError if this dataset has images."""
         if self.features is None:

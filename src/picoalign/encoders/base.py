@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from picoalign.core.similarity import masked_mean
 from picoalign.data.images import (  # one RGB and padding rule for data and encoders
     pad_to_square,
     to_rgb,
@@ -174,12 +175,6 @@ class TextEncoder(Encoder):
         """One vector per text: masked mean of the word tokens (``(B, C)``)."""
         tokens, mask = self(**self.tokenize(self.prepare(texts)))
         return masked_mean(tokens, mask)
-
-
-def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over valid tokens; rows without any valid token give zeros instead of NaN."""
-    m = mask.to(tokens.dtype).unsqueeze(-1)
-    return (tokens * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 def images_to_pixels(

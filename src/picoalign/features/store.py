@@ -8,10 +8,7 @@ in :mod:`picoalign.features.encode`, which re-exports everything public from thi
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from picoalign.core.similarity import masked_mean, pad_cat
+from picoalign.fileio import atomic_write_safetensors
 
 FORMAT = "picoalign-features"
 FORMAT_VERSION = 1
@@ -56,21 +55,16 @@ class TokenFeatures:
 
     def pooled(self) -> torch.Tensor:
         """Masked mean over tokens, float32 ``(N, C)``."""
-        m = self.mask.unsqueeze(-1).float()
-        return (self.tokens.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return masked_mean(self.tokens.float(), self.mask)
 
     @staticmethod
     def concat(parts: Sequence[tuple[torch.Tensor, torch.Tensor]], dim: int) -> TokenFeatures:
         """Stack batches of different widths: pad to the global max T with mask False."""
-        width = max((t.shape[1] for t, _ in parts), default=1)
-        n = sum(t.shape[0] for t, _ in parts)
-        tokens = torch.zeros(n, width, dim, dtype=torch.float16)
-        mask = torch.zeros(n, width, dtype=torch.bool)
-        row = 0
-        for t, m in parts:
-            tokens[row : row + t.shape[0], : t.shape[1]] = t
-            mask[row : row + t.shape[0], : t.shape[1]] = m
-            row += t.shape[0]
+        if not parts:
+            return TokenFeatures(
+                torch.zeros(0, 1, dim, dtype=torch.float16), torch.zeros(0, 1, dtype=torch.bool)
+            )
+        tokens, mask = pad_cat([t.to(torch.float16) for t, _ in parts], [m for _, m in parts])
         return TokenFeatures(tokens, mask)
 
 
@@ -144,20 +138,8 @@ def _as_index(rows: Rows, n: int) -> torch.Tensor:
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> None:
-    """Write to a temp file in the target folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(tensors, tmp, metadata={"picoalign": json.dumps(meta)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """A feature file: safetensors with picoalign's metadata, written atomically."""
+    atomic_write_safetensors(tensors, path, metadata={"picoalign": json.dumps(meta)})
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

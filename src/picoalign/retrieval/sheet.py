@@ -3,9 +3,6 @@ gallery's images by key through its dataset spec (rendered datasets have no file
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import textwrap
 import warnings
 from collections.abc import Callable, Sequence
@@ -13,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from picoalign.fileio import atomic_write
 
 
 def contact_sheet(
@@ -70,16 +69,7 @@ def contact_sheet(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     return out
 
 

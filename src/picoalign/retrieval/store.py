@@ -8,11 +8,9 @@ Folder layout: ``tokens.safetensors`` (``tokens`` (N, T, D) float16/bfloat16, ``
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -24,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from picoalign import fileio
 from picoalign.core.similarity import pool_tokens
 from picoalign.fileio import atomic_write_json, atomic_write_safetensors
 
@@ -66,10 +65,8 @@ def tensors_sha256(tensors: dict[str, Tensor]) -> str:
 
 
 def model_dir(checkpoint: str | Path) -> Path:
-    """The model folder of a checkpoint (a run folder resolves to its ``best/``)."""
-    path = Path(checkpoint)
-    if (path / "best" / "config.json").is_file():
-        path = path / "best"
+    """The model folder of a checkpoint (:func:`picoalign.fileio.model_dir`), checked."""
+    path = fileio.model_dir(checkpoint)
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"{path}: no model.safetensors (not a picoalign checkpoint)")
     return path
@@ -212,10 +209,10 @@ def write_folder(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        _write_tokens(tensors, tmp / "tokens.safetensors")
+        atomic_write_safetensors(tensors, tmp / "tokens.safetensors")
         _write_faiss(faiss_index, tmp / "faiss.index")
         atomic_write_json(manifest, tmp / "manifest.json")  # last: marks a complete index
-        _swap_in(tmp, out)
+        fileio.swap_in_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -270,31 +267,5 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return man
 
 
-def _write_tokens(tensors: dict[str, Tensor], path: Path) -> None:
-    atomic_write_safetensors(tensors, path)
-
-
 def _write_faiss(index: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        faiss_module().write_index(index, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename the finished temp folder to ``out``, replacing an existing index there."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    fileio.atomic_write(path, lambda tmp: faiss_module().write_index(index, tmp))

@@ -5,23 +5,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from pathlib import Path
 
 import torch
 
+from picoalign.core.hardware import native_low_precision
 
-@functools.cache
+
 def cpu_has_fast_bf16() -> bool:
-    """True where the CPU multiplies bf16 in hardware (AMX or AVX512-BF16).
-
-    Elsewhere (e.g. AVX2-only CPUs) bf16 matmuls are emulated and several times *slower* than
-    fp32, so bf16 autocast and ``compute_dtype=bfloat16`` only pay off where this is True.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    """True where the CPU multiplies bf16 in hardware (AMX or AVX512-BF16): the core's one
+    probe. Elsewhere (e.g. AVX2-only CPUs) bf16 matmuls are emulated and several times
+    *slower* than fp32, so bf16 autocast only pays off where this is True."""
+    return native_low_precision(torch.bfloat16)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -78,10 +72,3 @@ def autocast(device: torch.device, amp: bool | str = "auto") -> contextlib.Abstr
     if amp_enabled(device, amp):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def fast_compute_dtype(device: torch.device) -> torch.dtype:
-    """The matmul dtype for scoring: bf16 on CUDA or bf16-capable CPUs, else fp32."""
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
-        return torch.bfloat16
-    return torch.float32

@@ -1,0 +1,59 @@
+"""What every benchmark script shares: the machine header its figures are read against, a
+timer, R@K of ranked rows, and writing results as JSON (one way, so every script's output
+reads the same)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from picoalign.core.hardware import native_low_precision
+
+
+def machine() -> dict[str, object]:
+    """CPU model and capability, torch version, threads, cores, bf16 GEMM support, load."""
+    model = "unknown"
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu_model": model or platform.processor(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cores": os.cpu_count(),
+        "bf16_gemm": "native"
+        if native_low_precision(torch.bfloat16)
+        else "none: bf16-rounded operands, fp32 GEMM",
+        "load": list(os.getloadavg()),
+    }
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds ``fn()`` took (one call)."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def recall_at_k(rows: Sequence[Sequence[int]], target: Sequence[int], k: int) -> float:
+    """% of queries whose target is among the first ``k`` of its ranked ``rows``."""
+    hits = sum(int(t) in list(r)[:k] for r, t in zip(rows, target, strict=True))
+    return 100.0 * hits / max(1, len(rows))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """``obj`` as indented JSON at ``path`` (parent folders made)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1) + "\n")
+    return path

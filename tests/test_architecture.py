@@ -1,0 +1,103 @@
+"""The package's layering (README "Architecture"), checked on the source: every import,
+module-level or inside a function, must go down the layers."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "picoalign"
+
+# layer -> the picoalign layers it may import (besides itself). Top-level modules are layers
+# of their own name (model, fileio, config, __init__, __main__).
+LOWER = {"core", "model", "features", "data", "encoders", "fileio", "config", "evaluation"}
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),
+    "fileio": set(),
+    "data": {"fileio"},
+    "encoders": {"core", "data"},
+    "features": {"core", "data", "encoders", "fileio"},
+    "model": {"core", "encoders", "data", "fileio"},
+    "config": {"core", "model", "data"},
+    "evaluation": {"core", "model", "features"},
+    "retrieval": {"core", "model", "features", "data", "fileio", "evaluation", "config"},
+    "training": LOWER,
+    "cli": {*LOWER, "retrieval", "training", "__init__"},
+    "__init__": {"core", "model"},
+    "__main__": {"cli"},
+}
+
+
+def layer(module: str) -> str:
+    """``picoalign.core.pico`` → ``core``; ``picoalign`` → ``__init__``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """Every picoalign module ``path`` imports (line, module), relative imports resolved."""
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    package = list(rel.parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # from .x import y / from . import y
+                base = package[: len(package) - node.level + 1]
+                name = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                name = node.module or ""
+            if name == "picoalign":  # from picoalign import x: x is a module or a name
+                found += [(node.lineno, f"picoalign.{a.name}") for a in node.names]
+            else:
+                found.append((node.lineno, name))
+    return [(line, m) for line, m in found if m == "picoalign" or m.startswith("picoalign.")]
+
+
+def violations() -> list[str]:
+    out = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        own = layer(".".join(rel.parts))
+        for line, module in imports(path):
+            other = layer(module)
+            if other == "__version__" or other == own:
+                continue
+            if other not in ALLOWED.get(own, set()):
+                out.append(f"{path.relative_to(SRC.parent)}:{line}: {own} imports {module}")
+    return out
+
+
+def test_every_import_goes_down_the_layers() -> None:
+    assert violations() == []
+
+
+def test_the_rules_catch_an_upward_import(tmp_path, monkeypatch) -> None:
+    """The check itself can fail: a core module importing the CLI is reported."""
+    fake = tmp_path / "picoalign"
+    (fake / "core").mkdir(parents=True)
+    (fake / "core" / "bad.py").write_text(
+        "def f():\n    from picoalign.cli.commands import main\n    return main\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "SRC", fake)
+    assert violations() == ["picoalign/core/bad.py:2: core imports picoalign.cli.commands"]
+
+
+@pytest.mark.parametrize("package", ["picoalign.core"])
+def test_importing_the_core_loads_nothing_above_it(package: str) -> None:
+    code = (
+        f"import sys, {package}; "
+        "print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('picoalign.')}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    loaded = set(eval(out))  # a printed list of names
+    # (the package's own __init__ re-exports PicoAligner, so ``model`` comes along)
+    above = {"data", "encoders", "features", "evaluation", "training", "retrieval", "cli"}
+    assert not loaded & above, loaded
