@@ -156,14 +156,18 @@ def _ms(xs: list[float]) -> str:
 
 def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     seeds = sorted({r["seed"] for r in rows})
+    protocols = meta.get("protocols") or list(dict.fromkeys(t for r in rows for t in r["tests"]))
+    epochs = 2 if meta.get("quick") else BASE["epochs"]
     lines = [
-        f"scenes size={meta['size']} (train/val/test images {meta['splits']}), seeds {seeds}, "
-        f"margin {MARGIN}, {BASE['epochs'] if not meta['quick'] else 2} epochs; mean ± std\n",
+        f"scenes size={meta.get('size', '?')} (train/val/test images {meta.get('splits', '?')}), "
+        f"seeds {seeds}, margin {MARGIN}, {epochs} epochs; mean ± std over seeds"
+        + (" (PARTIAL: study interrupted)" if meta.get("partial") else "")
+        + "\n",
         "| protocol | method | R@1 i→t | R@1 t→i | R@5 i→t | R@5 t→i | rSum | sibling acc "
         "| vs swapped sibling | vs count sibling |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for proto in meta["protocols"]:
+    for proto in protocols:
         for method in METHODS:
             ms = [r["tests"][proto] for r in rows if r["method"] == method and proto in r["tests"]]
             if not ms:
@@ -193,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--caption", action="store_true", help="add the caption-style shift")
     ap.add_argument("--quick", action="store_true", help="size 700, 1 seed, 2 epochs")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "scenes_baselines.json")
+    ap.add_argument("--report-only", action="store_true", help="re-print the table of --out")
     args = ap.parse_args(argv)
+    if args.report_only:
+        saved = json.loads(args.out.read_text())
+        print(report(saved["runs"], saved["meta"]))
+        return 0
     base = dict(BASE)
     if args.quick:
         args.size, args.seeds = args.size or 700, args.seeds[:1]
@@ -210,11 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     counts = object_counts(data) | object_counts(f"scenes:noto:size={args.size}")
     print(f"features ready after {time.perf_counter() - start:.0f} s", flush=True)
-    rows = []
+    splits = "/".join(str(sum(s == x for s in tw.image_splits)) for x in ("train", "val", "test"))
+    protocols = list(tests) + (["caption (held: tags)"] if args.caption else [])
+    meta = {"size": args.size, "splits": splits, "quick": args.quick, "protocols": protocols}
+    rows: list[dict[str, Any]] = []
     for method in METHODS:
         for seed in args.seeds:
             rows.append(one_run(method, seed, tw, tests, base, data, counts))
-            _save(args.out, {"partial": True}, rows)  # an interrupted study keeps its runs
+            _save(args.out, {**meta, "partial": True}, rows)  # interrupted: keep the runs
             print(
                 f"{method} seed {seed}: "
                 + ", ".join(
@@ -233,17 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                 row = one_run(method, seed, cap, {name: cap.split("test")}, base, spec, counts)
                 row["protocol"] = "caption"
                 rows.append(row)
-                _save(args.out, {"partial": True}, rows)
+                _save(args.out, {**meta, "partial": True}, rows)
                 print(f"{method} seed {seed}: {name} rSum {row['tests'][name]['rsum']:.1f}")
-    splits = "/".join(str(sum(s == x for s in tw.image_splits)) for x in ("train", "val", "test"))
-    protocols = list(tests) + (["caption (held: tags)"] if args.caption else [])
-    meta = {
-        "size": args.size,
-        "splits": splits,
-        "quick": args.quick,
-        "protocols": protocols,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    meta["seconds"] = round(time.perf_counter() - start, 1)
     text = report(rows, meta)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     _save(args.out, meta, rows)
