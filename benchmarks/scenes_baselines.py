@@ -31,6 +31,7 @@ import torch
 
 from picoalign.config import load_config
 from picoalign.data import load_dataset
+from picoalign.data.scenes import decode_source
 from picoalign.encoders import create_text_encoder
 from picoalign.evaluation import embed_features
 from picoalign.evaluation.metrics import recall_metrics
@@ -44,22 +45,44 @@ ROOT = Path(__file__).resolve().parent
 BASE: dict[str, Any] = {"epochs": 6, "lr_steps": [4], "batch_size": 128, "lr": 1e-3}
 METHODS = {"global": {"model.method": "global"}, "fine_grained": {"model.method": "baseline"}}
 MARGIN = 0.8
+SIB_KEYS = ("sibling_acc", "pair_arrangement", "pair_count")
 
 
-def sibling_accuracy(scores: torch.Tensor, fs: FeatureSet) -> float:
-    """Share of captions whose image scores highest among the images of its family."""
-    groups = fs.image_groups
-    hits = 0
+def sibling_metrics(scores: torch.Tensor, fs: FeatureSet, counts: dict[str, Any]) -> dict:
+    """``sibling_acc``: share of captions whose image scores highest in its family (chance
+    ≈ 42 %). ``pair_arrangement`` / ``pair_count``: share of (caption, sibling) pairs where the
+    caption's own image outscores a sibling with the same counts (objects swapped) or with
+    other counts (ties count half; chance 50 %). ``counts``: image key → its object counts."""
+    groups, keys = fs.image_groups, fs.image_keys
+    family: dict[str, list[int]] = {}
+    for k, g in enumerate(groups):
+        family.setdefault(g, []).append(k)
+    best = 0
+    pairs: dict[str, list[float]] = {"arrangement": [], "count": []}
     for j, i in enumerate(fs.caption_image.tolist()):
-        fam = [k for k, g in enumerate(groups) if g == groups[i]]
-        hits += int(max(fam, key=lambda k: float(scores[k, j])) == i)
-    return 100.0 * hits / len(fs.caption_image)
+        fam = family[groups[i]]
+        best += int(max(fam, key=lambda k: float(scores[k, j])) == i)
+        for s in fam:
+            if s != i:
+                kind = "arrangement" if counts[keys[s]] == counts[keys[i]] else "count"
+                a, b = float(scores[i, j]), float(scores[s, j])
+                pairs[kind].append(1.0 if a > b else 0.5 if a == b else 0.0)
+    out = {"sibling_acc": 100.0 * best / len(fs.caption_image)}
+    for kind, wins in pairs.items():
+        out[f"pair_{kind}"] = 100.0 * sum(wins) / max(1, len(wins))
+    return out
 
 
-def evaluate(model: PicoAligner, fs: FeatureSet) -> dict[str, Any]:
+def object_counts(spec: str) -> dict[str, Any]:
+    """image key → sorted (concept, count) pairs of ``spec``'s scenes."""
+    ds = load_dataset(spec)
+    return {it.key: tuple(sorted(decode_source(it.source)[1].counts().items())) for it in ds.items}
+
+
+def evaluate(model: PicoAligner, fs: FeatureSet, counts: dict[str, Any]) -> dict[str, Any]:
     img, im, txt, tm = embed_features(model, fs)
     scores = model.scores(img, im, txt, tm)
-    return {**recall_metrics(scores, fs.caption_image), "sibling_acc": sibling_accuracy(scores, fs)}
+    return {**recall_metrics(scores, fs.caption_image), **sibling_metrics(scores, fs, counts)}
 
 
 def caption_features(base: FeatureSet, spec: str) -> FeatureSet:
@@ -98,6 +121,7 @@ def one_run(
     tests: dict[str, FeatureSet],
     base: dict[str, Any],
     data: str,
+    counts: dict[str, Any],
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="picoalign-scenes-") as tmp:
         cfg = load_config(
@@ -121,7 +145,7 @@ def one_run(
         "seed": seed,
         "val_rsum": result.best.get("rsum"),
         "seconds": round(seconds, 1),
-        "tests": {name: evaluate(model, fs) for name, fs in tests.items()},
+        "tests": {name: evaluate(model, fs, counts) for name, fs in tests.items()},
     }
 
 
@@ -133,13 +157,18 @@ def _ms(xs: list[float]) -> str:
 
 def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     seeds = sorted({r["seed"] for r in rows})
+    protocols = meta.get("protocols") or list(dict.fromkeys(t for r in rows for t in r["tests"]))
+    epochs = 2 if meta.get("quick") else BASE["epochs"]
     lines = [
-        f"scenes size={meta['size']} (train/val/test images {meta['splits']}), seeds {seeds}, "
-        f"margin {MARGIN}, {BASE['epochs'] if not meta['quick'] else 2} epochs; mean ± std\n",
-        "| protocol | method | R@1 i→t | R@1 t→i | R@5 i→t | R@5 t→i | rSum | sibling acc |",
-        "|---|---|---|---|---|---|---|---|",
+        f"scenes size={meta.get('size', '?')} (train/val/test images {meta.get('splits', '?')}), "
+        f"seeds {seeds}, margin {MARGIN}, {epochs} epochs; mean ± std over seeds"
+        + (" (PARTIAL: study interrupted)" if meta.get("partial") else "")
+        + "\n",
+        "| protocol | method | R@1 i→t | R@1 t→i | R@5 i→t | R@5 t→i | rSum | sibling acc "
+        "| vs swapped sibling | vs count sibling |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for proto in meta["protocols"]:
+    for proto in protocols:
         for method in METHODS:
             ms = [r["tests"][proto] for r in rows if r["method"] == method and proto in r["tests"]]
             if not ms:
@@ -148,9 +177,16 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(
                 f"| {proto} | {method} | "
                 + " | ".join(cells)
-                + f" | {_ms([m['rsum'] for m in ms])} | {_ms([m['sibling_acc'] for m in ms])} |"
+                + f" | {_ms([m['rsum'] for m in ms])} | "
+                + " | ".join(_ms([m[k] for m in ms]) for k in SIB_KEYS)
+                + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _save(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--caption", action="store_true", help="add the caption-style shift")
     ap.add_argument("--quick", action="store_true", help="size 700, 1 seed, 2 epochs")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "scenes_baselines.json")
+    ap.add_argument("--report-only", action="store_true", help="re-print the table of --out")
     args = ap.parse_args(argv)
+    if args.report_only:
+        saved = json.loads(args.out.read_text())
+        print(report(saved["runs"], saved["meta"]))
+        return 0
     base = dict(BASE)
     if args.quick:
         args.size, args.seeds = args.size or 700, args.seeds[:1]
@@ -177,11 +218,16 @@ def main(argv: list[str] | None = None) -> int:
         "twemoji (in-style)": tw.split("test"),
         "style (Twemoji→Noto)": encode_dataset(noto, "efficientnet-lite0", "minilm").split("test"),
     }
+    counts = object_counts(data) | object_counts(f"scenes:noto:size={args.size}")
     print(f"features ready after {time.perf_counter() - start:.0f} s", flush=True)
-    rows = []
+    splits = "/".join(str(sum(s == x for s in tw.image_splits)) for x in ("train", "val", "test"))
+    protocols = list(tests) + (["caption (held: tags)"] if args.caption else [])
+    meta = {"size": args.size, "splits": splits, "quick": args.quick, "protocols": protocols}
+    rows: list[dict[str, Any]] = []
     for method in METHODS:
         for seed in args.seeds:
-            rows.append(one_run(method, seed, tw, tests, base, data))
+            rows.append(one_run(method, seed, tw, tests, base, data, counts))
+            _save(args.out, {**meta, "partial": True}, rows)  # interrupted: keep the runs
             print(
                 f"{method} seed {seed}: "
                 + ", ".join(
@@ -197,22 +243,15 @@ def main(argv: list[str] | None = None) -> int:
         cap = caption_features(tw, spec)
         for method in METHODS:
             for seed in args.seeds:
-                row = one_run(method, seed, cap, {name: cap.split("test")}, base, spec)
+                row = one_run(method, seed, cap, {name: cap.split("test")}, base, spec, counts)
                 row["protocol"] = "caption"
                 rows.append(row)
+                _save(args.out, {**meta, "partial": True}, rows)
                 print(f"{method} seed {seed}: {name} rSum {row['tests'][name]['rsum']:.1f}")
-    splits = "/".join(str(sum(s == x for s in tw.image_splits)) for x in ("train", "val", "test"))
-    protocols = list(tests) + (["caption (held: tags)"] if args.caption else [])
-    meta = {
-        "size": args.size,
-        "splits": splits,
-        "quick": args.quick,
-        "protocols": protocols,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    meta["seconds"] = round(time.perf_counter() - start, 1)
     text = report(rows, meta)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
+    _save(args.out, meta, rows)
     args.out.with_suffix(".md").write_text(text)
     print(text)
     print(f"wall time {meta['seconds']:.0f} s; wrote {args.out}")

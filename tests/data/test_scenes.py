@@ -249,3 +249,14 @@ def test_dataset_captions_are_claims_true_of_the_rendered_layout(twemoji_scenes)
             for text, claims in caps:
                 assert all(holds(c, layout) for c in claims), text
                 _check_text(text, claims, names)
+
+
+@needs_twemoji
+@needs_noto
+def test_every_concept_has_a_noto_twin() -> None:
+    from picoalign.data.scenes import VOCAB_SIZE, glyph, vocabulary
+
+    names = vocabulary()
+    assert len(names) == VOCAB_SIZE
+    for concept in names:  # raises DataError if the font has no glyph
+        assert glyph("noto", concept).size[0] > 8 and glyph("twemoji", concept).size[0] > 8
