@@ -36,7 +36,13 @@ from picoalign.encoders import create_text_encoder
 from picoalign.evaluation import embed_features
 from picoalign.evaluation.metrics import recall_metrics
 from picoalign.features import dataset_features
-from picoalign.features.encode import _cached, default_cache_dir, encode_dataset, encode_texts
+from picoalign.features.encode import (
+    CHUNK_BATCHES,
+    cached_features,
+    default_cache_dir,
+    encode_dataset,
+    encode_texts,
+)
 from picoalign.features.store import FeatureSet
 from picoalign.model import PicoAligner
 from picoalign.training.loop import train
@@ -93,13 +99,14 @@ def caption_features(base: FeatureSet, spec: str) -> FeatureSet:
         raise SystemExit(f"{spec}: images differ from {base.meta.get('dataset')}")
     captions = [c for it in ds.items for c in it.captions]
     enc = create_text_encoder("minilm")
-    texts, _ = _cached(
+    texts, _ = cached_features(
         "texts",
         ds,
         enc,
         captions,
         default_cache_dir(),
-        lambda: encode_texts(captions, enc, progress=True),
+        lambda start, end, bar: encode_texts(captions[start:end], enc, bar=bar),
+        chunk=CHUNK_BATCHES * 64,
     )
     counts = torch.tensor([len(it.captions) for it in ds.items])
     return FeatureSet(

@@ -160,7 +160,7 @@ def encode_texts(
     return TokenFeatures.concat(parts, encoder.dim)
 
 
-def _cached(
+def cached_features(
     kind: Literal["images", "texts"],
     dataset: ImageCaptionDataset,
     encoder: ImageEncoder | TextEncoder,
@@ -296,10 +296,10 @@ def encode_dataset(
     def texts_of(start: int, end: int, bar: Any) -> TokenFeatures:
         return encode_texts(captions[start:end], txt_enc, bar=bar, **kw)
 
-    images, img_path = _cached(
+    images, img_path = cached_features(
         "images", dataset, img_enc, keys, root, images_of, chunk=chunk, progress=progress
     )
-    texts, txt_path = _cached(
+    texts, txt_path = cached_features(
         "texts", dataset, txt_enc, captions, root, texts_of, chunk=chunk, progress=progress
     )
     meta = {
