@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ from picoalign.training.loop import train
 
 RESULTS = Path(__file__).parent / "results" / "gpu_check.json"
 NO_GPU = "no CUDA device: nothing measured; these paths are untested"
+DDP_TIMEOUT_S = 300  # two toy ranks take seconds; this only bounds a hang
 
 # (GPU size, dry-run size) of every measurement
 SIZES = {
@@ -251,7 +253,10 @@ def _ddp_worker(rank: int, world: int, backend: str, init: str, out_dir: str) ->
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # two ranks share the host's cores
-    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
+    # a bounded rendezvous: a rank that never arrives fails the check instead of hanging it
+    dist.init_process_group(
+        backend, init_method=init, rank=rank, world_size=world, timeout=timedelta(seconds=120)
+    )
     try:
         device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
         if backend == "nccl":
@@ -296,10 +301,21 @@ def ddp(dry: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         init = f"file://{Path(tmp) / 'rendezvous'}"
         t0 = time.perf_counter()
-        # fork in a dry run: no CUDA to protect, and no re-import of torch per rank (seconds)
-        method = "fork" if dry else "spawn"
+        # spawn, also in a dry run: a forked child of a parent whose OpenMP pool has run
+        # can deadlock in its first parallel region (a CI run hung here with fork)
         args = (2, backend, init, tmp)
-        mp.start_processes(_ddp_worker, args=args, nprocs=2, join=True, start_method=method)
+        ctx = mp.start_processes(_ddp_worker, args=args, nprocs=2, join=False, start_method="spawn")
+        deadline = time.monotonic() + DDP_TIMEOUT_S
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                for proc in ctx.processes:
+                    proc.kill()
+                return {
+                    "backend": backend,
+                    "ranks": 2,
+                    "in_sync": False,
+                    "error": f"ranks still running after {DDP_TIMEOUT_S} s: killed",
+                }
         p = [Path(tmp, f"rank{r}.ok").read_text() for r in range(2)]
     return {
         "backend": backend,
