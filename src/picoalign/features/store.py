@@ -97,6 +97,18 @@ class FeatureSet:
     def n_captions(self) -> int:
         return len(self.texts)
 
+    def batch(self, caption_idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Training inputs of captions ``caption_idx``: their images' tokens and mask (one row
+        per caption), the captions' tokens and mask, and the image rows (the positives' ids)."""
+        img_rows = self.caption_image[caption_idx]
+        return (
+            self.images.tokens[img_rows].to(device, torch.float32),
+            self.images.mask[img_rows].to(device),
+            self.texts.tokens[caption_idx].to(device, torch.float32),
+            self.texts.mask[caption_idx].to(device),
+            img_rows.to(device),
+        )
+
     def subset(self, image_rows: Rows) -> FeatureSet:
         """The given images (in the given order) with their captions; ``caption_image`` remapped."""
         idx = _as_index(image_rows, self.n_images)

@@ -52,6 +52,7 @@ from picoalign.training.distributed import (
     sync_rank_local_state,
     wrap_ddp,
 )
+from picoalign.training.history import flat_metrics, pico_stats
 from picoalign.training.losslog import LOSS_CHECK_EVERY, LossLog, TrainingError, per_pair
 from picoalign.training.pixels import PixelBatches
 from picoalign.training.runs import Replacement, check_run_folder
@@ -72,34 +73,6 @@ class TrainResult:
     @property
     def best_rsum(self) -> float:
         return float(self.best.get("rsum", -math.inf))
-
-
-def _batch(fs: FeatureSet, idx: Tensor, device: torch.device) -> tuple[Tensor, ...]:
-    img_rows = fs.caption_image[idx]
-    return (
-        fs.images.tokens[img_rows].to(device, torch.float32),
-        fs.images.mask[img_rows].to(device),
-        fs.texts.tokens[idx].to(device, torch.float32),
-        fs.texts.mask[idx].to(device),
-        img_rows.to(device),
-    )
-
-
-def _p_stats(model: PicoAligner) -> dict[str, Any]:
-    if model.config.method != "pico":
-        return {}
-    pico = model.pico
-    n = int(pico.bank_len)
-    omega = pico.omega[:n]
-    return {
-        "p_mean": float(pico.p.mean()),
-        "p_min": float(pico.p.min()),
-        "p_max": float(pico.p.max()),
-        "omega_max": float(omega.max()) if n else 0.0,
-        "omega_spread": float(omega.max() - omega.min()) if n else 0.0,
-        "p": [round(float(x), 5) for x in pico.p],
-        "omega": [round(float(x), 5) for x in omega],
-    }
 
 
 def train(
@@ -387,14 +360,14 @@ def _evaluate_and_save(run: _Run, epoch: int, row: dict[str, Any]) -> None:
     last = epoch + 1 == cfg.epochs
     if run.ctx.is_main and ((epoch + 1) % cfg.eval_every == 0 or last):
         metrics = evaluate(run.model, run.eval_fs)
-        row.update({f"{cfg.eval_split}_{k}": v for k, v in _flat(metrics).items()})
+        row.update({f"{cfg.eval_split}_{k}": v for k, v in flat_metrics(metrics).items()})
         if (cfg.select == "last" and last) or (
             cfg.select == "val" and metrics["rsum"] > result.best_rsum
         ):
             result.best = {"epoch": epoch + 1, **metrics}
             if run.out is not None:
                 atomic_replace_dir(run.out / "best", run.model.save)
-    row.update(_p_stats(run.model))
+    row.update(pico_stats(run.model))
     result.history.append(row)
     if run.out is not None:
         run.save_last(Position(epoch + 1))
@@ -419,19 +392,9 @@ def _forward(run: _Run, net: torch.nn.Module, idx: Tensor) -> tuple[Tensor, ...]
     """Embed the captions ``idx`` and their images (through DDP when distributed); fine-tuned
     backbones read the raw captions / images instead of the cached features."""
     fs, device, mc = run.train_fs, run.device, run.model.config
-    img_t, img_m, txt_t, txt_m, ids = _batch(fs, idx, device)
+    img_t, img_m, txt_t, txt_m, ids = fs.batch(idx, device)
     captions = [fs.captions[i] for i in idx.tolist()] if mc.trains_text else None
     px = run.pixels.get(idx, device) if run.pixels is not None else None
     with autocast(device, run.cfg.amp):
         img, img_m, txt, txt_m = net(img_t, img_m, txt_t, txt_m, captions, px)
     return img.float(), img_m, txt.float(), txt_m, ids
-
-
-def _flat(metrics: dict[str, Any]) -> dict[str, float]:
-    flat: dict[str, float] = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            flat.update({f"{k}_{kk}": vv for kk, vv in v.items()})
-        elif isinstance(v, (int, float)):
-            flat[k] = v
-    return flat
