@@ -1,0 +1,77 @@
+"""Did every family's validation curve level off? (issue 12: train until it does)
+
+Reads the study's seed-0 histories (``docs/img/histories/``, written by
+``benchmarks/quality.py``) and, for every family at its validation-picked margin, prints the
+validation rSum at epochs 5, 10, 15 and 20 and the change over the last five epochs, then
+plots one panel per training set (``docs/img/curves.png``).
+
+    python benchmarks/curves.py            # after benchmarks/quality.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+import quality as q
+from picoalign.fileio import atomic_write
+
+ROOT = Path(__file__).resolve().parent
+
+
+def val_curve(hist: list[dict]) -> list[tuple[int, float]]:
+    key = next(k for k in hist[-1] if k.endswith("_rsum"))
+    return [(r["epoch"], r[key]) for r in hist if key in r]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--results", type=Path, default=ROOT / "results" / "quality.jsonl")
+    ap.add_argument("--histories", type=Path, default=ROOT.parent / "docs" / "img" / "histories")
+    ap.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "img" / "curves.png")
+    ap.add_argument("--tune-seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    rows = [json.loads(x) for x in args.results.read_text().splitlines() if x]
+    sets = list(dict.fromkeys(r["train_set"] for r in rows))
+    fams = list(dict.fromkeys(r["family"] for r in rows))
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6), squeeze=False)
+    print("| train set | family (margin) | val@5 | val@10 | val@15 | val@20 | Δ last 5 epochs |")
+    print("|---|---|---|---|---|---|---|")
+    for ax, ts in zip(axes[0], sets, strict=True):
+        for fam in fams:
+            try:
+                m = q.pick_margin(rows, fam, ts, args.tune_seed)
+            except ValueError:
+                continue
+            path = args.histories / f"{fam}-m{m}-{ts}.json"
+            if not path.exists():
+                continue
+            curve = dict(val_curve(json.loads(path.read_text())))
+            last = max(curve)
+            at = [curve.get(e) for e in (5, 10, 15, 20)]
+            cells = " | ".join("–" if v is None else f"{v:.1f}" for v in at)
+            tail = curve[last] - curve.get(last - 5, float("nan"))
+            print(f"| {ts} | {fam} (m={m}) | {cells} | {tail:+.1f} |")
+            style = "--" if fam.startswith("pico") else "-"
+            ax.plot(list(curve), list(curve.values()), style, label=f"{fam} m={m}")
+        ax.set(title=ts, xlabel="epoch", ylabel="validation rSum (seed 0)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
