@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 m = q.pick_margin(rows, fam, ts, args.tune_seed)
             except ValueError:
                 continue
-            path = args.histories / f"{fam}-m{m}-{ts}.json"
+            path = q.history_path(args.histories.parent, fam, m, ts)
             if not path.exists():
                 continue
             curve = dict(val_curve(json.loads(path.read_text())))

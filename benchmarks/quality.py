@@ -115,6 +115,17 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 
+def slug(name: str) -> str:
+    """A dataset spec as a file-name part (``scenes:twemoji:size=1400`` has characters some
+    file systems refuse)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def history_path(plot_dir: Path, family: str, margin: float, train_set: str) -> Path:
+    """Where the study keeps seed 0's per-epoch history of one configuration."""
+    return plot_dir / "histories" / f"{family}-m{margin}-{slug(train_set)}.json"
+
+
 def run_id(family: str, margin: float, train_set: str, seed: int) -> str:
     return f"{family}|m{margin}|{train_set}|s{seed}"
 
@@ -158,8 +169,8 @@ def one_run(
     for test_set in TRAIN_SETS[train_set]:
         tests[test_set] = evaluate_rules(model, feats[test_set].split("test"), rules)
     if plot_dir is not None and seed == 0:
-        (plot_dir / "histories").mkdir(parents=True, exist_ok=True)
-        path = plot_dir / "histories" / f"{family}-m{margin}-{train_set}.json"
+        path = history_path(plot_dir, family, margin, train_set)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result.history))
     return {
         "id": run_id(family, margin, train_set, seed),
@@ -466,15 +477,25 @@ def main(argv: list[str] | None = None) -> int:
     text = report(list(done.values()), args.seeds[0])
     args.report.write_text(text)
     print(text)
-    if not args.quick and not args.report_only:
+    if not args.quick:  # the plots read the histories only: --report-only redraws them
+        rows, t0 = list(done.values()), args.seeds[0]
         for ts in args.train_sets:
+            sub = [r for r in rows if r["train_set"] == ts and r["family"] in FAMILIES]
+            try:
+                shown = {best_baseline(sub, ts, t0), "fine_grained", best_pico(sub, ts, t0)}
+            except ValueError:  # this set has not run
+                continue
             hist = {}
-            for fam, m in (("fine_grained", 0.8), ("global", 0.8), (DEFAULT_PICO, 0.8)):
-                p = args.plots / "histories" / f"{fam}-m{m}-{ts}.json"
+            for fam in sorted(shown | {DEFAULT_PICO}):
+                try:
+                    m = pick_margin(sub, fam, ts, t0)
+                except ValueError:
+                    continue
+                p = history_path(args.plots, fam, m, ts)
                 if p.exists():
-                    hist[fam] = json.loads(p.read_text())
+                    hist[f"{fam} m={m}"] = json.loads(p.read_text())
             if hist:
-                plot_training(hist, args.plots / f"training-{ts}.png")
+                plot_training(hist, args.plots / f"training-{slug(ts)}.png")
     return 0
 
 
