@@ -386,6 +386,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only every scorer's baseline and default PICO: no other readings, no ablations",
     )
+    ap.add_argument(
+        "--margins",
+        type=float,
+        nargs="+",
+        default=None,
+        help="one margin grid for every family instead of FAMILIES' (a budget probe: with one "
+        "margin nothing is tuned, say so when reporting it)",
+    )
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "quality.jsonl")
     ap.add_argument("--report", type=Path, default=ROOT / "results" / "quality.md")
@@ -465,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_all(plan(pair, picks, args.seeds, [ts]))
         else:  # one training set at a time, so that a cut-short study has whole sets
             for ts in args.train_sets:
-                every = {(f, ts): FAMILIES[f][1][-1:] if args.quick else FAMILIES[f][1]
+                grid = {f: args.margins or FAMILIES[f][1] for f in families}
+                every = {(f, ts): grid[f][-1:] if args.quick else grid[f]
                          for f in families}  # fmt: skip
                 run_all(plan(families, every, [tune], [ts]))
                 rows = list(done.values())
