@@ -287,6 +287,7 @@ def _ddp_worker(rank: int, world: int, backend: str, init: str, out_dir: str) ->
             model.after_step(*(x.detach() for x in gathered))
         assert_in_sync(ctx, model)  # raises on a rank whose weights or PICO state differ
         Path(out_dir, f"rank{rank}.ok").write_text(str(model.pico.p.sum().item()))
+        dist.barrier()  # no rank tears gloo down while its peer still talks (a CI run aborted)
     finally:
         dist.destroy_process_group()
 

@@ -97,6 +97,14 @@ def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.Compl
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def _report(proc: subprocess.CompletedProcess) -> str:
+    """What a failed torchrun printed: every rank's own error lines first (one rank's failure
+    makes the other's collective fail, and its traceback would bury the cause), then the tail."""
+    lines = (proc.stdout + proc.stderr).splitlines()
+    own = [x for x in lines if "error" in x.lower() and "Traceback" not in x][:20]
+    return "\n".join([*own, "---", *lines[-40:]])
+
+
 # ------------------------------------------------------------------------ pure helpers
 
 
@@ -250,10 +258,10 @@ def test_torchrun_cli_trains_and_resumes(tmp_path: Path, write_jsonl_dataset) ->
     os.environ["PICOALIGN_CACHE"] = str(tmp_path / "cache")
     try:
         first = torchrun(*args, "--epochs", "1")
-        assert first.returncode == 0, first.stderr[-3000:]
+        assert first.returncode == 0, _report(first)
         assert first.stdout.count("selected epoch") == 1  # printed by rank 0 only
         again = torchrun(*args, "--epochs", "2", "--resume")
-        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.returncode == 0, _report(again)
     finally:
         del os.environ["PICOALIGN_CACHE"]
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
