@@ -21,9 +21,11 @@ for a light background, and black would turn a black outline into an invisible o
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import warnings
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -103,7 +105,7 @@ def load_image(
     if size == 0:
         raise DataError(f"{label}: empty file (0 bytes)")
     try:
-        with Image.open(path) as im:
+        with _pillow_errors(label), Image.open(path) as im:
             _check_size(im.size, label, pixel_limit(max_pixels))
             factor = _factor(im.size, decode_side)
             if factor > 1 and im.format == "JPEG":
@@ -112,6 +114,18 @@ def load_image(
                 factor = _factor(im.size, decode_side)
             im.load()
             return _reduce(_upright(im), factor) if factor > 1 else to_rgb(_upright(im))
+    except MemoryError:
+        raise DataError(f"{label}: out of memory while decoding the image") from None
+
+
+@contextlib.contextmanager
+def _pillow_errors(label: str) -> Iterator[None]:
+    """Whatever Pillow raises on a bad file, as a :class:`DataError` that names it: the one
+    translation shared by decoding (:func:`load_image`) and checking (:func:`probe_image`)."""
+    try:
+        yield
+    except FileNotFoundError:  # before OSError: a file gone since it was listed
+        raise DataError(f"{label}: file not found") from None
     except DataError as e:
         raise DataError(str(e) if str(e).startswith(label) else f"{label}: {e}") from None
     except Image.DecompressionBombError as e:
@@ -122,8 +136,6 @@ def load_image(
         # PIL reports truncation as OSError ("image file is truncated"), broken chunks as
         # SyntaxError/ValueError, and some corrupt headers as struct errors (ValueError).
         raise DataError(f"{label}: truncated or corrupt image ({type(e).__name__}: {e})") from None
-    except MemoryError:
-        raise DataError(f"{label}: out of memory while decoding the image") from None
 
 
 def _upright(im: Image.Image) -> Image.Image:
@@ -213,7 +225,7 @@ def probe_image(
         if path.stat().st_size == 0:
             raise DataError(f"{label}: empty file (0 bytes)")
         return
-    try:
+    with _pillow_errors(label):
         if path.stat().st_size == 0:
             raise DataError(f"{label}: empty file (0 bytes)")
         with Image.open(path) as im:
@@ -224,16 +236,6 @@ def probe_image(
                     im.load()
             else:
                 im.verify()
-    except FileNotFoundError:
-        raise DataError(f"{label}: file not found") from None
-    except DataError as e:
-        raise DataError(str(e) if str(e).startswith(label) else f"{label}: {e}") from None
-    except Image.DecompressionBombError as e:
-        raise DataError(f"{label}: image too large to decode safely ({e})") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{label}: not an image file in a format Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
-        raise DataError(f"{label}: truncated or corrupt image ({type(e).__name__}: {e})") from None
 
 
 def _jpeg_ends(path: Path) -> bool:

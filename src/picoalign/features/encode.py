@@ -76,6 +76,17 @@ def default_cache_dir() -> Path:
 
 
 @contextlib.contextmanager
+def _progress(bar: Any, total: int, desc: str, unit: str, show: bool) -> Iterator[Any]:
+    """The caller's progress bar (shared across calls, closed by its owner), or a new one
+    that closes when the encoding ends."""
+    if bar is not None:
+        yield bar
+        return
+    with tqdm(total=total, desc=desc, unit=unit, disable=not show) as own:
+        yield own
+
+
+@contextlib.contextmanager
 def _evaluating(encoder: torch.nn.Module, device: str | torch.device) -> Iterator[None]:
     """Run ``encoder`` in eval mode on ``device``; restore its mode and device afterwards."""
     params = list(encoder.parameters())
@@ -114,14 +125,10 @@ def encode_images(
         )
     parts = []
     items = dataset.items
-    own = bar is None
-    if bar is None:
-        bar = tqdm(
-            total=len(items), desc=f"images [{encoder.name}]", unit="img", disable=not progress
-        )
-    with _evaluating(encoder, device), contextlib.ExitStack() as stack:
-        if own:
-            stack.enter_context(bar)
+    with (
+        _evaluating(encoder, device),
+        _progress(bar, len(items), f"images [{encoder.name}]", "img", progress) as bar,
+    ):
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
             if precomp:
@@ -144,14 +151,10 @@ def encode_texts(
 ) -> TokenFeatures:
     """Encode captions (no cache); batches are padded to their own max, then to the global max."""
     parts = []
-    own = bar is None
-    if bar is None:
-        bar = tqdm(
-            total=len(texts), desc=f"texts [{encoder.name}]", unit="cap", disable=not progress
-        )
-    with _evaluating(encoder, device), contextlib.ExitStack() as stack:
-        if own:
-            stack.enter_context(bar)
+    with (
+        _evaluating(encoder, device),
+        _progress(bar, len(texts), f"texts [{encoder.name}]", "cap", progress) as bar,
+    ):
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
             tokens, mask = encoder(**encoder.tokenize(encoder.prepare(batch)))
