@@ -7,12 +7,13 @@ and two protocols of the compositional ``scenes`` set; test sets: each one's tes
 the style-shift partners (train Twemoji → test Noto and the reverse; scenes drawn with Noto).
 
 Fair comparison (METHOD.md §6b–7): every scorer (global, gpo, fine_grained) has a baseline
-and a PICO family; baselines tune margins 0.2, 0.8 and 1.2, PICO 0.8 and 1.2; every
-family's margin is picked on the validation rSum of the first seed, and the other seeds run
-at that margin. The headline compares the default PICO with the *best* tuned baseline of
-every scorer (picked on validation). Each trained PICO model is scored both ways (plain and
-weighted). Results are appended to a JSONL file as runs finish, so an interrupted study
-resumes where it stopped (``--resume``).
+and a PICO family; every family tunes margins 0.2, 0.8 and 1.2, picked on the validation
+rSum of the first seed, and the other seeds run at that margin. The headlines compare the
+best PICO family and the default PICO with the *best* tuned baseline of every scorer (both
+picked on validation). Each trained PICO model is scored both ways (plain and weighted).
+Results are appended to a JSONL file as runs finish, so an interrupted study resumes where
+it stopped (``--resume``); ``--families`` runs a subset first (the costly ones, say) and a
+later ``--resume`` adds the rest.
 
     python benchmarks/quality.py                 # the full study
     python benchmarks/quality.py --core          # baselines + default PICO on every scorer
@@ -394,6 +395,15 @@ def main(argv: list[str] | None = None) -> int:
         help="one margin grid for every family instead of FAMILIES' (a budget probe: with one "
         "margin nothing is tuned, say so when reporting it)",
     )
+    ap.add_argument(
+        "--families",
+        nargs="+",
+        choices=list(FAMILIES),
+        default=None,
+        metavar="FAMILY",
+        help="run only these families, in this order (with --resume, a study in parts); the "
+        f"report compares whatever has run. Choices: {', '.join(FAMILIES)}",
+    )
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "quality.jsonl")
     ap.add_argument("--report", type=Path, default=ROOT / "results" / "quality.md")
@@ -440,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:  # a few hundred images of each split
             feats = {k: v.subset(_first_of_each_split(v, 120)) for k, v in feats.items()}
         families = [f for f in FAMILIES if not args.core or f in CORE]
+        if args.families:
+            families = [f for f in args.families if f in families]
         if args.quick:
             families = ["fine_grained", DEFAULT_PICO]
         tune, rest = args.seeds[0], args.seeds[1:]
@@ -486,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     text = report(list(done.values()), args.seeds[0])
     args.report.write_text(text)
     print(text)
-    if not args.quick:  # the plots read the histories only: --report-only redraws them
+    # the plots read seed 0's histories only (--report-only redraws them); a confirmation has
+    # no such seed and two families, so it leaves the study's plots alone
+    if not args.quick and args.confirm is None:
         rows, t0 = list(done.values()), args.seeds[0]
         for ts in args.train_sets:
             sub = [r for r in rows if r["train_set"] == ts and r["family"] in FAMILIES]

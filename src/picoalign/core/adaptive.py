@@ -24,7 +24,8 @@ from torch import Tensor
 
 from picoalign.core.estimators import interaction_counts, probability_from_q
 from picoalign.core.losses import positive_mask
-from picoalign.core.similarity import pair_scores
+from picoalign.core.maxmean import maxmean
+from picoalign.core.similarity import Alignment, _fill_padding, fine_grained_scores, pair_scores
 
 
 def _pair_probability(
@@ -103,6 +104,7 @@ def pair_adaptive_training_scores(
     lam: float = 0.5,
     hard_negatives: int = 10,
     layout: str | None = None,
+    alignment: Alignment | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The in-batch matrix for the loss under reading B's training rule.
 
@@ -111,20 +113,30 @@ def pair_adaptive_training_scores(
     matched pairs keep their plain scale (mean over positives; no gradient through it).
     Returns (scores, scale) — the scale is kept by PICO for weighted evaluation.
 
-    How it stays cheap (≤ 1.6× a plain step, ``benchmarks/train_speed.py``): the chosen pairs
-    are grouped by image, C slots per image (C = the most pairs any image has), and p(V,T)
-    weights the *caption* side. Each image's tokens then enter one GEMM against its C
-    weighted captions, and no (pairs × patches × D) copy of the image tokens is ever made,
-    forward or backward. Finding C is a host sync (the selection is data-dependent), so off
-    the CPU the default ``layout`` is ``"pairs"``: a fixed b·(2k + 1) explicit candidate
-    pairs, sync-free, at more memory traffic. Both give the same scores (tests).
+    How it stays cheap (``benchmarks/train_speed.py``): the chosen pairs are grouped by
+    image, C slots per image (C = the most pairs any image has), and p(V,T) weights the
+    *caption* side. Each image's tokens then enter one GEMM against its C weighted captions,
+    and no (pairs × patches × D) copy of the image tokens is ever made, forward or backward.
+    p(V,T) needs each pair's aligned tokens: ``alignment`` is the plain matrix's own
+    (``fine_grained_scores(..., return_alignment=True)``), so they cost nothing here; without
+    it they are recomputed (one no-grad plain scoring). Finding C is a host sync (the
+    selection is data-dependent), so off the CPU the default ``layout`` is ``"pairs"``: a
+    fixed b·(2k + 1) explicit candidate pairs, sync-free, at more memory traffic. Both give
+    the same scores (tests).
     """
     pos = positive_mask(image_ids)
     k = min(hard_negatives, plain.shape[0] - 1)
     if layout is None:
         layout = "grouped" if plain.device.type == "cpu" else "pairs"
     if layout == "grouped":
-        return _grouped_training_scores(plain, img, img_mask, txt, txt_mask, pos, k, prior, lam)
+        if alignment is None:
+            with torch.no_grad():
+                _, alignment = fine_grained_scores(
+                    img.detach(), img_mask, txt.detach(), txt_mask, return_alignment=True
+                )
+        return _grouped_training_scores(
+            plain, img, img_mask, txt, txt_mask, pos, k, prior, lam, alignment
+        )
     if layout != "pairs":
         raise ValueError(f"layout must be 'grouped' or 'pairs', got {layout!r}")
     return _pairs_training_scores(plain, img, img_mask, txt, txt_mask, pos, k, prior, lam)
@@ -140,9 +152,10 @@ def _grouped_training_scores(
     k: int,
     prior: Tensor,
     lam: float,
+    alignment: Alignment,
 ) -> tuple[Tensor, Tensor]:
     """The grouped layout (see :func:`pair_adaptive_training_scores`)."""
-    b = plain.shape[0]
+    b, n_t = txt.shape[:2]
     device = plain.device
     eye = torch.eye(b, dtype=torch.bool, device=device)
     chosen = eye.clone()  # other positives are masked by the loss anyway
@@ -157,12 +170,23 @@ def _grouped_training_scores(
     order = torch.where(chosen, torch.arange(b, device=device), b).sort(dim=1).values[:, :c]
     valid = order < b
     cols = order.clamp_max(b - 1)  # empty slots read caption b-1 and are masked out
-    flat = cols.reshape(-1)
-    t_g = txt.index_select(0, flat).view(b, c, *txt.shape[1:])  # (B, C, n_t, D)
-    tm_g = txt_mask.index_select(0, flat).view(b, c, -1) & valid.unsqueeze(-1)
+    # word-major caption rows of every image's slots: row j·C + s is word j of slot s
+    rows = cols.unsqueeze(1) * n_t + torch.arange(n_t, device=device).view(1, n_t, 1)
+    filled = _fill_padding(txt, txt_mask).reshape(b * n_t, -1)
+    t_g = filled.index_select(0, rows.reshape(-1)).view(b, n_t, c, -1)  # (B, n_t, C, D)
+    real = txt_mask.T[:, cols] & valid.unsqueeze(0)  # (n_t, B, C): real words of real slots
+    real = real.permute(1, 0, 2)  # (B, n_t, C)
     with torch.no_grad():
-        p = _grouped_probability(img.detach(), img_mask, t_g.detach(), tm_g, prior, lam)
-    s_b = _grouped_maxmean(img, img_mask, t_g * p.unsqueeze(2), tm_g)  # (B, C)
+        p = _grouped_probability(img.detach(), img_mask, t_g.detach(), real, cols, alignment)
+        p = lam * p + (1 - lam) * prior.to(p.dtype)  # (B, C, D)
+    im = img_mask.to(img.dtype)
+    word_w = real.to(img.dtype) / real.sum(1, keepdim=True).clamp_min(1)
+    s_b, _, _ = maxmean(
+        _fill_padding(img, img_mask),
+        im / im.sum(1, keepdim=True),
+        (t_g * p.unsqueeze(1)).view(b, n_t * c, -1),
+        word_w,
+    )  # (B, C)
     s_b = s_b.masked_fill(~valid, 0.0)
     diag_slot = (cols == torch.arange(b, device=device).unsqueeze(1)) & valid
     diag = (s_b.detach() * diag_slot).sum(1)
@@ -239,48 +263,30 @@ def _chosen_pairs(plain: Tensor, pos: Tensor, k: int) -> tuple[Tensor, Tensor, T
     return ia_s, tb_s, keep
 
 
-def _grouped_sims(img: Tensor, t_g: Tensor) -> Tensor:
-    """(B, n_v, D) images × (B, C, n_t, D) their grouped captions → (B, n_v, C, n_t)."""
-    bsz, c, n_t, d = t_g.shape
-    return torch.bmm(img, t_g.reshape(bsz, c * n_t, d).transpose(1, 2)).view(bsz, -1, c, n_t)
-
-
-def _grouped_maxmean(img: Tensor, img_mask: Tensor, t_g: Tensor, tm_g: Tensor) -> Tensor:
-    """Max-mean score of every (image, slot) pair of the grouped layout → (B, C)."""
-    sims = _grouped_sims(img, t_g)
-    both = img_mask[:, :, None, None] & tm_g[:, None, :, :]
-    sims = sims.masked_fill(~both, torch.finfo(sims.dtype).min)
-    im = img_mask.to(sims.dtype)
-    tm = tm_g.to(sims.dtype)
-    i2t = (sims.amax(3).clamp_min(-1e4) * im[:, :, None]).sum(1) / im.sum(1, keepdim=True)
-    t2i = (sims.amax(1).clamp_min(-1e4) * tm).sum(2) / tm.sum(2).clamp_min(1.0)
-    return i2t + t2i
-
-
 def _grouped_probability(
-    img: Tensor, img_mask: Tensor, t_g: Tensor, tm_g: Tensor, prior: Tensor, lam: float
+    img: Tensor, img_mask: Tensor, t_g: Tensor, real: Tensor, cols: Tensor, align: Alignment
 ) -> Tensor:
-    """p(V,T) of every (image, slot) pair → (B, C, D), from the signs of its aligned token
-    pairs (each word's best patch, each patch's best word): the statistic of
-    ``interaction_counts(positives="aligned")``, computed without a (pairs × tokens × D)
+    """p̃(V,T) of every (image, slot) pair → (B, C, D), from the signs of its aligned token
+    pairs (each word's best patch, each patch's best word, read off ``align``): the statistic
+    of ``interaction_counts(positives="aligned")``, computed without a (pairs × tokens × D)
     tensor. With M_ij the number of times (patch i, word j) is aligned (0, 1 or 2) and signs
     s = ±1, the count of agreeing signs in column d is Σ M_ij [s_id s_jd > 0] =
-    ½ (Σ M_ij + Σ_j s_jd (Mᵀ s_v)_jd): one GEMM per image. (It assumes no real token has an
-    exact 0.0 component, which a linear head's normalised output does not have.)"""
-    bsz, c, n_t, d = t_g.shape
+    ½ (Σ M_ij + Σ_j s_jd (M s_v)_jd): one GEMM per image. (It assumes no real token has an
+    exact 0.0 component, which a linear head's normalised output does not have.)
+
+    t_g (B, n_t, C, D): the slots' caption tokens, word-major; real (B, n_t, C): their real
+    words; cols (B, C): each slot's caption."""
+    bsz, n_t, c, d = t_g.shape
     n_v = img.shape[1]
-    sims = _grouped_sims(img, t_g)  # (B, n_v, C, n_t)
-    both = img_mask[:, :, None, None] & tm_g[:, None, :, :]
-    sims = sims.masked_fill(~both, float("-inf"))
-    m = torch.zeros(bsz, c, n_t, n_v, dtype=img.dtype, device=img.device)
+    best_patch = align.best_patch.gather(2, cols.unsqueeze(1).expand(-1, n_t, -1))  # (B,n_t,C)
+    best_word = align.best_word.gather(2, cols.unsqueeze(1).expand(-1, n_v, -1))  # (B,n_v,C)
+    m = torch.zeros(bsz, n_t, c, n_v, dtype=img.dtype, device=img.device)
     # each real word with its best patch ...
-    m.scatter_(3, sims.argmax(1).unsqueeze(-1), tm_g.unsqueeze(-1).to(img.dtype))
+    m.scatter_(3, best_patch.unsqueeze(-1), real.unsqueeze(-1).to(img.dtype))
     # ... and each real patch with its best word (of a real slot)
-    patch_ok = img_mask.unsqueeze(1) & tm_g.any(2, keepdim=True)  # (B, C, n_v)
-    best_word = sims.argmax(3).transpose(1, 2).unsqueeze(2)  # (B, C, 1, n_v)
-    m.scatter_add_(2, best_word, patch_ok.unsqueeze(2).to(img.dtype))
-    agree = torch.bmm(m.view(bsz, c * n_t, n_v), torch.sign(img)).view(bsz, c, n_t, d)
-    den = m.sum((2, 3))  # (B, C): aligned pairs of each pair
-    num = 0.5 * (den.unsqueeze(-1) + (torch.sign(t_g) * agree).sum(2))
-    q = num / den.clamp_min(1.0).unsqueeze(-1)
-    return lam * probability_from_q(q) + (1 - lam) * prior.to(q.dtype)
+    patch_ok = img_mask.unsqueeze(1) & real.any(1, keepdim=True).transpose(1, 2)  # (B, C, n_v)
+    m.scatter_add_(1, best_word.transpose(1, 2).unsqueeze(1), patch_ok.unsqueeze(1).to(img.dtype))
+    agree = torch.bmm(m.view(bsz, n_t * c, n_v), torch.sign(img)).view(bsz, n_t, c, d)
+    den = m.sum((1, 3))  # (B, C): aligned pairs of each pair
+    num = 0.5 * (den.unsqueeze(-1) + (torch.sign(t_g) * agree).sum(1))
+    return probability_from_q(num / den.clamp_min(1.0).unsqueeze(-1))

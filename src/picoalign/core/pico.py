@@ -213,21 +213,26 @@ class PICO(nn.Module):
         c = self.config
         weighted = c.train_score == "weighted" and self.active
         w = self.weights if weighted and c.reading == "global" else None
-        scores = fine_grained_scores(img, img_mask, txt, txt_mask, w, validate=False)
-        if weighted and c.reading == "pair":
-            scores, scale = pair_adaptive_training_scores(
-                scores,
-                img,
-                img_mask,
-                txt,
-                txt_mask,
-                image_ids,
-                prior=self._prior(),
-                lam=c.lam,
-                hard_negatives=c.hard_negatives,
-            )
-            with torch.no_grad():
-                self.pair_scale.mul_(0.9).add_(0.1 * scale)
+        if not (weighted and c.reading == "pair"):
+            return fine_grained_scores(img, img_mask, txt, txt_mask, w, validate=False)
+        # reading B re-uses the plain matrix's alignment: its candidates' aligned tokens
+        scores, alignment = fine_grained_scores(
+            img, img_mask, txt, txt_mask, validate=False, return_alignment=True
+        )
+        scores, scale = pair_adaptive_training_scores(
+            scores,
+            img,
+            img_mask,
+            txt,
+            txt_mask,
+            image_ids,
+            prior=self._prior(),
+            lam=c.lam,
+            hard_negatives=c.hard_negatives,
+            alignment=alignment,
+        )
+        with torch.no_grad():
+            self.pair_scale.mul_(0.9).add_(0.1 * scale)
         return scores
 
     @torch.no_grad()

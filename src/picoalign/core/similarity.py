@@ -23,6 +23,12 @@ How it is made fast (measured on a 2-core AVX2 EPYC; ``benchmarks/similarity_spe
   Python threads each take whole blocks and run them single-threaded. Many small ops with an
   OpenMP barrier each collapse when other processes load the cores (a descheduled thread
   stalls its partner at every barrier); whole-block workers do not, and need no barrier.
+* **Backward from indices.** With autograd, a block runs through
+  :class:`picoalign.core.maxmean.MaxMean`, which keeps each patch's best word and each word's
+  best patch instead of the block's scores, and builds the gradient from them (B = 128
+  training step: 1.2–1.5× faster than autograd through ``amax``; ``benchmarks/train_speed.py``
+  before/after in docs/performance.md). The same indices are the :class:`Alignment` that
+  reading B's training step reuses.
 * **bf16 without native support.** Where the CPU has no bf16/fp16 matrix unit (AVX2-only
   CPUs: torch then emulates the low-precision GEMM ~100× slower than fp32), operands are
   rounded to the low precision and multiplied in fp32: the numerics of a native bf16 GEMM
@@ -36,19 +42,30 @@ each, 2.1× the loop. Emulated bf16: 54 GFLOP/s, same rSum, top-1 agreement with
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from picoalign.core._threads import openmp_backend, run_tiles
 from picoalign.core.hardware import gemm_dtype
+from picoalign.core.maxmean import maxmean
 
 DEFAULT_BUDGET_MB = 64.0
 """Scores in flight. Without autograd it is split between the worker threads, and the block
-size barely matters (2–32 MB per worker measured within noise). With autograd it matters:
-the graph keeps every block anyway, so small blocks save no memory and cost time (a 128 × 128
-training batch: 16 MB blocks ran 2.7× slower than 64 MB)."""
+size barely matters (2–32 MB per worker measured within noise). With autograd, small blocks
+cost time (a 128 × 128 training batch: 16 MB blocks ran 2.7× slower than 64 MB), and the
+graph keeps only each block's alignment indices (:mod:`picoalign.core.maxmean`)."""
+
+
+class Alignment(NamedTuple):
+    """Which tokens the max-mean aligned, for every (image, caption) pair, as indices of
+    *real* tokens: ``best_word`` (N_img, n_v, N_txt) is each patch's best word,
+    ``best_patch`` (N_img, n_t, N_txt) each word's best patch. Entries of padded positions
+    point at a real token and carry weight 0 in the score."""
+
+    best_word: Tensor
+    best_patch: Tensor
 
 
 def check_tokens(
@@ -100,6 +117,13 @@ def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
+def _fill_index(mask: Tensor) -> Tensor:
+    """(N, T) position of the token each position holds after :func:`_fill_padding`: its
+    own for a real token, the sample's first real token for padding."""
+    first = mask.to(torch.uint8).argmax(dim=1, keepdim=True)  # first True of every row
+    return torch.where(mask, torch.arange(mask.shape[1], device=mask.device), first)
+
+
 def _fill_padding(x: Tensor, mask: Tensor) -> Tensor:
     """Replace every padded token by the sample's first real token (see module docstring).
 
@@ -109,8 +133,7 @@ def _fill_padding(x: Tensor, mask: Tensor) -> Tensor:
     """
     if mask.device.type == "cpu" and bool(mask.all()):  # a shortcut; elsewhere a device sync
         return x
-    first = mask.to(torch.uint8).argmax(dim=1, keepdim=True)  # first True of every row
-    idx = torch.where(mask, torch.arange(mask.shape[1], device=mask.device), first)
+    idx = _fill_index(mask)
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
@@ -180,7 +203,8 @@ def fine_grained_scores(
     compute_dtype: torch.dtype = torch.float32,
     memory_budget_mb: float = DEFAULT_BUDGET_MB,
     validate: bool = True,
-) -> Tensor:
+    return_alignment: bool = False,
+) -> Tensor | tuple[Tensor, Alignment]:
     """Max-mean fine-grained score of every image against every caption.
 
     Args:
@@ -194,8 +218,11 @@ def fine_grained_scores(
             operands are rounded to it and multiplied in fp32 (same numerics, fp32 speed).
             Reductions and the returned scores are fp32.
         memory_budget_mb: bound on the words × patches scores in flight (all worker threads
-            together; with autograd, per block — the graph keeps every block for backward).
-    Returns: (N_img, N_txt) fp32 scores. Differentiable when inputs require grad.
+            together; with autograd, per block).
+        return_alignment: also return the :class:`Alignment` (which tokens each pair's
+            max-mean aligned): reading B's training step reuses it.
+    Returns: (N_img, N_txt) fp32 scores, differentiable when inputs require grad; with
+        ``return_alignment``, (scores, alignment).
     """
     if validate:
         check_tokens(img, img_mask, txt, txt_mask, weights)
@@ -208,6 +235,8 @@ def fine_grained_scores(
     track_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (img, txt, weights)
     )
+    # the index-saving max-mean where its indices are needed: for backward, or returned
+    indexed = track_grad or return_alignment
     # coarse workers only where they help and are safe: CPU, no graph, OpenMP thread settings
     coarse = not track_grad and img.device.type == "cpu" and openmp_backend()
     workers = max(1, torch.get_num_threads()) if coarse else 1
@@ -216,35 +245,52 @@ def fine_grained_scores(
     img_real, txt_real = img_mask.to(torch.float32), txt_mask.to(torch.float32)
     img_w = img_real / img_real.sum(dim=1, keepdim=True)
     txt_w = txt_real / txt_real.sum(dim=1, keepdim=True)
+    out = torch.empty(n_img, n_txt, dtype=torch.float32, device=img.device)
+    if return_alignment:
+        words = torch.empty(n_img, n_v, n_txt, dtype=torch.long, device=img.device)
+        patches = torch.empty(n_img, n_t, n_txt, dtype=torch.long, device=img.device)
 
     def caption_block(j0: int, j1: int) -> tuple[Tensor, Tensor]:
         t = _side(txt[j0:j1], txt_mask[j0:j1], None, normalize, dt, round_to)
         return t.transpose(0, 1).reshape(n_t * (j1 - j0), -1), txt_w[j0:j1].T
 
-    def block(i0: int, i1: int, cap: tuple[Tensor, Tensor]) -> Tensor:
+    def block(i0: int, i1: int, j0: int, j1: int, cap: tuple[Tensor, Tensor]) -> Tensor:
         v = _side(img[i0:i1], img_mask[i0:i1], weights, normalize, dt, round_to)
-        return _maxmean_block(v, img_w[i0:i1], *cap)
+        if not indexed:
+            return _maxmean_block(v, img_w[i0:i1], *cap)
+        scores, word, patch = maxmean(v, img_w[i0:i1], *cap)
+        if return_alignment:
+            words[i0:i1, :, j0:j1], patches[i0:i1, :, j0:j1] = word, patch
+        return scores
 
     i_starts, j_starts = range(0, n_img, b_img), range(0, n_txt, b_txt)
     if track_grad:  # one thread, blocks kept in the graph
         rows = []
-        caps = [caption_block(j0, min(n_txt, j0 + b_txt)) for j0 in j_starts]
+        j_ends = [min(n_txt, j0 + b_txt) for j0 in j_starts]
+        caps = [caption_block(j0, j1) for j0, j1 in zip(j_starts, j_ends, strict=True)]
         for i0 in i_starts:
             i1 = min(n_img, i0 + b_img)
-            rows.append(torch.cat([block(i0, i1, c) for c in caps], dim=1))
-        return torch.cat(rows, dim=0)
+            cells = [
+                block(i0, i1, j0, j1, c) for j0, j1, c in zip(j_starts, j_ends, caps, strict=True)
+            ]
+            rows.append(torch.cat(cells, dim=1))
+        out = torch.cat(rows, dim=0)
+    else:
 
-    out = torch.empty(n_img, n_txt, dtype=torch.float32, device=img.device)
+        def do(tile: tuple[int, int], state: dict[str, Any]) -> None:
+            i0, j0 = tile
+            i1, j1 = min(n_img, i0 + b_img), min(n_txt, j0 + b_txt)
+            if state.get("j0") != j0:  # each worker keeps its current caption block
+                state["j0"], state["cap"] = j0, caption_block(j0, j1)
+            out[i0:i1, j0:j1] = block(i0, i1, j0, j1, state["cap"])
 
-    def do(tile: tuple[int, int], state: dict[str, Any]) -> None:
-        i0, j0 = tile
-        j1 = min(n_txt, j0 + b_txt)
-        if state.get("j0") != j0:  # each worker keeps its current caption block
-            state["j0"], state["cap"] = j0, caption_block(j0, j1)
-        out[i0 : min(n_img, i0 + b_img), j0:j1] = block(i0, min(n_img, i0 + b_img), state["cap"])
-
-    run_tiles([(i0, j0) for j0 in j_starts for i0 in i_starts], do, workers)  # caption-major
-    return out
+        run_tiles([(i0, j0) for j0 in j_starts for i0 in i_starts], do, workers)  # caption-major
+    if not return_alignment:
+        return out
+    # indices into the filled blocks → indices of the real tokens they copy
+    txt_fill = _fill_index(txt_mask).T.unsqueeze(0).expand(n_img, n_t, n_txt)
+    img_fill = _fill_index(img_mask).unsqueeze(2).expand(n_img, n_v, n_txt)
+    return out, Alignment(txt_fill.gather(1, words), img_fill.gather(1, patches))
 
 
 def pair_scores(

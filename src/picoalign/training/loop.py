@@ -41,6 +41,7 @@ from picoalign.evaluation import evaluate
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_replace_dir, atomic_write_text
 from picoalign.model import ModelConfig, PicoAligner
+from picoalign.training.allocator import keep_freed_memory
 from picoalign.training.devices import autocast, resolve_device
 from picoalign.training.distributed import (
     DistContext,
@@ -93,6 +94,7 @@ def train(
     (continue it) or ``overwrite`` (replace it once this run writes its first checkpoint).
     """
     cfg = with_absolute_paths(cfg)  # config.yaml then works from any folder
+    keep_freed_memory()  # CPU steps stop paying page faults for their temporaries
     if write:  # every rank, before any of them joins the job (so none has written yet)
         check_run_folder(Path(cfg.out), resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.device)
