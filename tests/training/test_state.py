@@ -156,3 +156,17 @@ def test_restore_without_checkpoint_names_the_folder(tmp_path: Path) -> None:
     model = PicoAligner(ModelConfig(image_dim=4, text_dim=4, embed_dim=8))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "last")):
         restore_last(tmp_path, model, torch.optim.AdamW(model.parameters()), torch.nn.Module())
+
+
+def test_only_the_repairing_rank_touches_temporary_files(tmp_path: Path) -> None:
+    """Under torchrun every rank restores, but only rank 0 (``repair``) cleans up: another
+    rank deleting ``.NAME.*.tmp`` could remove rank 0's in-flight atomic write."""
+    model = PicoAligner(ModelConfig(image_dim=4, text_dim=4, embed_dim=8))
+    opt = torch.optim.AdamW(model.parameters())
+    save_last(tmp_path, model, opt, torch.nn.Module(), Position(1), [{"epoch": 1}], {})
+    in_flight = tmp_path / ".config.yaml.abc123.tmp"  # what atomic_write_text has open
+    in_flight.write_text("half")
+    restore_last(tmp_path, model, opt, torch.nn.Module(), repair=False)
+    assert in_flight.exists()
+    restore_last(tmp_path, model, opt, torch.nn.Module())  # the writer, at start-up
+    assert not in_flight.exists()

@@ -211,9 +211,9 @@ def _setup(
     result = TrainResult(model=model, out=Path(cfg.out) if write else None)
     start = Position()
     if write and resume:
-        # rank 0 first: it repairs a folder swap a kill cut short before others read it
+        # rank 0 first, and only rank 0 repairs what a kill left: the others just read
         start, result.history, result.best = ctx.main_first(
-            lambda: restore_last(Path(cfg.out), model, opt, loss_fn)
+            lambda: restore_last(Path(cfg.out), model, opt, loss_fn, repair=ctx.is_main)
         )
     replacing = Replacement(out) if out is not None and not resume else None
     if out is not None:

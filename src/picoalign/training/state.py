@@ -72,12 +72,21 @@ def restore_last(
     model: PicoAligner,
     opt: torch.optim.Optimizer,
     loss_fn: torch.nn.Module,
+    *,
+    repair: bool = True,
 ) -> tuple[Position, list[dict[str, Any]], dict[str, Any]]:
     """Load ``OUT/last`` into the fresh model/optimiser; return where training goes on, the
-    metrics history and the best-epoch record."""
-    recover_dir(out / "last")
-    recover_dir(out / "best")
-    remove_stale_temps(out)
+    metrics history and the best-epoch record.
+
+    ``repair`` first undoes what a killed run left (a half-swapped folder, stale temporary
+    files). Only the writing rank may do that: another rank's cleanup, running while the
+    writer has moved on to its first atomic write, deleted the writer's temporary file
+    (a ``--resume`` under torchrun failed on rank 0 that way).
+    """
+    if repair:
+        recover_dir(out / "last")
+        recover_dir(out / "best")
+        remove_stale_temps(out)
     if not (out / "last" / "state.pt").is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {out / 'last'}")
     state = safe_torch_load(out / "last" / "state.pt")
