@@ -22,7 +22,11 @@ import math
 import torch
 from torch import Tensor
 
-from picoalign.core.estimators import interaction_counts, probability_from_q
+from picoalign.core.estimators import (
+    aligned_sign_counts,
+    interaction_counts,
+    probability_from_q,
+)
 from picoalign.core.losses import positive_mask
 from picoalign.core.maxmean import maxmean
 from picoalign.core.similarity import Alignment, _fill_padding, fine_grained_scores, pair_scores
@@ -268,25 +272,20 @@ def _grouped_probability(
 ) -> Tensor:
     """p̃(V,T) of every (image, slot) pair → (B, C, D), from the signs of its aligned token
     pairs (each word's best patch, each patch's best word, read off ``align``): the statistic
-    of ``interaction_counts(positives="aligned")``, computed without a (pairs × tokens × D)
-    tensor. With M_ij the number of times (patch i, word j) is aligned (0, 1 or 2) and signs
-    s = ±1, the count of agreeing signs in column d is Σ M_ij [s_id s_jd > 0] =
-    ½ (Σ M_ij + Σ_j s_jd (M s_v)_jd): one GEMM per image. (It assumes no real token has an
-    exact 0.0 component, which a linear head's normalised output does not have.)
+    of ``interaction_counts(positives="aligned")`` by :func:`aligned_sign_counts`, one GEMM
+    per image, taking no real token to have an exact 0.0 component (``exact=False``).
 
     t_g (B, n_t, C, D): the slots' caption tokens, word-major; real (B, n_t, C): their real
     words; cols (B, C): each slot's caption."""
-    bsz, n_t, c, d = t_g.shape
-    n_v = img.shape[1]
-    best_patch = align.best_patch.gather(2, cols.unsqueeze(1).expand(-1, n_t, -1))  # (B,n_t,C)
-    best_word = align.best_word.gather(2, cols.unsqueeze(1).expand(-1, n_v, -1))  # (B,n_v,C)
-    m = torch.zeros(bsz, n_t, c, n_v, dtype=img.dtype, device=img.device)
-    # each real word with its best patch ...
-    m.scatter_(3, best_patch.unsqueeze(-1), real.unsqueeze(-1).to(img.dtype))
-    # ... and each real patch with its best word (of a real slot)
+    n_t, n_v = t_g.shape[1], img.shape[1]
     patch_ok = img_mask.unsqueeze(1) & real.any(1, keepdim=True).transpose(1, 2)  # (B, C, n_v)
-    m.scatter_add_(1, best_word.transpose(1, 2).unsqueeze(1), patch_ok.unsqueeze(1).to(img.dtype))
-    agree = torch.bmm(m.view(bsz, n_t * c, n_v), torch.sign(img)).view(bsz, n_t, c, d)
-    den = m.sum((1, 3))  # (B, C): aligned pairs of each pair
-    num = 0.5 * (den.unsqueeze(-1) + (torch.sign(t_g) * agree).sum(1))
+    num, den = aligned_sign_counts(
+        torch.sign(img),
+        patch_ok,
+        torch.sign(t_g),
+        real,
+        align.best_patch.gather(2, cols.unsqueeze(1).expand(-1, n_t, -1)),  # (B, n_t, C)
+        align.best_word.gather(2, cols.unsqueeze(1).expand(-1, n_v, -1)),  # (B, n_v, C)
+        exact=False,
+    )
     return probability_from_q(num / den.clamp_min(1.0).unsqueeze(-1))

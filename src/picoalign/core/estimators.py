@@ -34,28 +34,58 @@ def _aligned_products(v: Tensor, vm: Tensor, t: Tensor, tm: Tensor) -> tuple[Ten
     return e, torch.cat((tm, vm), dim=1)
 
 
-def _aligned_sign_counts(v: Tensor, vm: Tensor, t: Tensor, tm: Tensor) -> tuple[Tensor, Tensor]:
-    """The sign counts of the aligned token pairs without building their (P, n, D) products.
+def aligned_sign_counts(
+    sign_v: Tensor,
+    patch_real: Tensor,
+    sign_t: Tensor,
+    word_real: Tensor,
+    best_patch: Tensor,
+    best_word: Tensor,
+    *,
+    exact: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Sign counts of aligned token pairs without building their (pairs × tokens × D)
+    products: the one implementation behind the batch estimator and reading B's candidates.
 
-    With M_ij the number of times (patch i, word j) is aligned (0, 1 or 2) and s = sign,
-    the count of positive products in column d is Σ M_ij [s_id s_jd > 0] =
-    ½ Σ_j (s_jd (M s_v)_jd + |s_jd| (M |s_v|)_jd): one small GEMM per pair instead of a
-    gather, a product and a comparison over (pairs × (n_v + n_t) × D). Counts are small
-    integers, so the result equals the direct count exactly (zeros included: a product with
-    a 0 factor is not positive, and both terms then vanish).
+    Layout: G images, each with C captions. ``sign_v`` (G, n_v, D), ``patch_real`` (G, C, n_v);
+    ``sign_t`` (G, n_t, C, D), ``word_real`` (G, n_t, C); ``best_patch`` (G, n_t, C) is each
+    word's best patch, ``best_word`` (G, n_v, C) each patch's best word. With M_ij the number
+    of times (patch i, word j) is aligned (0, 1 or 2), the count of positive products in
+    column d is Σ M_ij [s_id s_jd > 0] = ½ Σ_j (s_jd (M s_v)_jd + |s_jd| (M |s_v|)_jd): one
+    GEMM per image. Counts are small integers, so this equals the direct count exactly,
+    zeros included. ``exact=False`` takes |s| = 1 (no real token has an exact 0.0 component,
+    as a linear head's normalised output does not), which halves the GEMM.
+    Returns num (G, C, D) and den (G, C).
     """
-    p, n_v, d = v.shape
-    n_t = t.shape[1]
+    g, n_t, c, _ = sign_t.shape
+    n_v, d = sign_v.shape[1:]
+    dt = sign_v.dtype
+    m = torch.zeros(g, n_t, c, n_v, dtype=dt, device=sign_v.device)
+    m.scatter_(3, best_patch.unsqueeze(-1), word_real.unsqueeze(-1).to(dt))  # word → patch
+    m.scatter_add_(1, best_word.transpose(1, 2).unsqueeze(1), patch_real.unsqueeze(1).to(dt))
+    rhs = torch.cat((sign_v, sign_v.abs()), dim=-1) if exact else sign_v
+    agree = torch.bmm(m.view(g, n_t * c, n_v), rhs).view(g, n_t, c, -1)
+    den = m.sum((1, 3))  # (G, C): aligned pairs of each pair
+    num = (sign_t * agree[..., :d]).sum(1)
+    if exact:
+        return 0.5 * (num + (sign_t.abs() * agree[..., d:]).sum(1)), den
+    return 0.5 * (den.unsqueeze(-1) + num), den
+
+
+def _aligned_sign_counts(v: Tensor, vm: Tensor, t: Tensor, tm: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-pair sign counts of the aligned token pairs (pair b: img[b] with txt[b])."""
+    d = v.shape[-1]
     sims = torch.bmm(v, t.transpose(1, 2))  # (P, n_v, n_t)
     sims = sims.masked_fill(~(vm.unsqueeze(2) & tm.unsqueeze(1)), float("-inf"))
-    m = torch.zeros(p, n_t, n_v, dtype=v.dtype, device=v.device)
-    m.scatter_(2, sims.argmax(1).unsqueeze(-1), tm.unsqueeze(-1).to(v.dtype))  # word → patch
-    m.scatter_add_(1, sims.argmax(2).unsqueeze(1), vm.unsqueeze(1).to(v.dtype))  # patch → word
-    sv = torch.sign(v)
-    agree = torch.bmm(m, torch.cat((sv, sv.abs()), dim=-1))  # (P, n_t, 2D)
-    st = torch.sign(t)
-    num = 0.5 * ((st * agree[..., :d]).sum(1) + (st.abs() * agree[..., d:]).sum(1))
-    return num, m.sum((1, 2)).unsqueeze(-1).expand(-1, d)
+    num, den = aligned_sign_counts(
+        torch.sign(v),
+        vm.unsqueeze(1),
+        torch.sign(t).unsqueeze(2),
+        tm.unsqueeze(2),
+        sims.argmax(1).unsqueeze(2),
+        sims.argmax(2).unsqueeze(2),
+    )
+    return num.squeeze(1), den.expand(-1, d)
 
 
 def interaction_counts(
