@@ -28,6 +28,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from picoalign.core.heads import HEADS
 from picoalign.core.pico import PICO, PICOConfig
 from picoalign.core.scorers import SCORERS, create_scorer
 from picoalign.core.similarity import fine_grained_scores, l2_normalize, pad_cat
@@ -122,35 +123,6 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class LinearHead(nn.Module):
-    """Token-wise linear projection C → D."""
-
-    def __init__(self, in_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(in_dim, out_dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x)
-
-
-class MLPHead(nn.Module):
-    """Linear projection plus a residual two-layer MLP: enough capacity to re-mix columns,
-    which matters because PICO weights columns of the projected space."""
-
-    def __init__(self, in_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(in_dim, out_dim)
-        self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x) + self.mlp(x)
-
-
-HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "mlp": MLPHead}
 
 
 class PicoAligner(nn.Module):

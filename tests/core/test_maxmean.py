@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from picoalign.core.maxmean import maxmean
-from picoalign.core.similarity import _fill_padding, fine_grained_scores
+from picoalign.core.similarity import fill_padding, fine_grained_scores
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -82,7 +82,7 @@ def test_padding_duplicates_get_the_amax_gradient(make_tokens):
     out = []
     for use_maxmean in (True, False):
         a_, t_ = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
-        v, t = _fill_padding(a_, im), _fill_padding(t_, tm)
+        v, t = fill_padding(a_, im), fill_padding(t_, tm)
         iw = im.double() / im.sum(1, keepdim=True)
         tw = (tm.double() / tm.sum(1, keepdim=True)).T
         rows = t.transpose(0, 1).reshape(-1, t.shape[-1])

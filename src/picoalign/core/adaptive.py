@@ -29,7 +29,7 @@ from picoalign.core.estimators import (
 )
 from picoalign.core.losses import positive_mask
 from picoalign.core.maxmean import maxmean
-from picoalign.core.similarity import Alignment, _fill_padding, fine_grained_scores, pair_scores
+from picoalign.core.similarity import Alignment, fill_padding, fine_grained_scores, pair_scores
 
 
 def _pair_probability(
@@ -176,7 +176,7 @@ def _grouped_training_scores(
     cols = order.clamp_max(b - 1)  # empty slots read caption b-1 and are masked out
     # word-major caption rows of every image's slots: row j·C + s is word j of slot s
     rows = cols.unsqueeze(1) * n_t + torch.arange(n_t, device=device).view(1, n_t, 1)
-    filled = _fill_padding(txt, txt_mask).reshape(b * n_t, -1)
+    filled = fill_padding(txt, txt_mask).reshape(b * n_t, -1)
     t_g = filled.index_select(0, rows.reshape(-1)).view(b, n_t, c, -1)  # (B, n_t, C, D)
     real = txt_mask.T[:, cols] & valid.unsqueeze(0)  # (n_t, B, C): real words of real slots
     real = real.permute(1, 0, 2)  # (B, n_t, C)
@@ -186,7 +186,7 @@ def _grouped_training_scores(
     im = img_mask.to(img.dtype)
     word_w = real.to(img.dtype) / real.sum(1, keepdim=True).clamp_min(1)
     s_b, _, _ = maxmean(
-        _fill_padding(img, img_mask),
+        fill_padding(img, img_mask),
         im / im.sum(1, keepdim=True),
         (t_g * p.unsqueeze(1)).view(b, n_t * c, -1),
         word_w,

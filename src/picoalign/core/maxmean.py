@@ -13,7 +13,7 @@ with two scatters, and multiplies it back through the two GEMM operands.
 
 Ties: ``max`` gives the whole gradient to the first maximal token, ``amax`` splits it
 evenly. Both are subgradients; with padding filled by a duplicate of the first real token
-(:func:`picoalign.core.similarity._fill_padding`) the first maximal token is the real one,
+(:func:`picoalign.core.similarity.fill_padding`) the first maximal token is the real one,
 so the gradient reaching each real token is the same.
 
 The indices are also what reading B needs (each candidate pair's aligned token pairs,

@@ -118,13 +118,13 @@ def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 def _fill_index(mask: Tensor) -> Tensor:
-    """(N, T) position of the token each position holds after :func:`_fill_padding`: its
+    """(N, T) position of the token each position holds after :func:`fill_padding`: its
     own for a real token, the sample's first real token for padding."""
     first = mask.to(torch.uint8).argmax(dim=1, keepdim=True)  # first True of every row
     return torch.where(mask, torch.arange(mask.shape[1], device=mask.device), first)
 
 
-def _fill_padding(x: Tensor, mask: Tensor) -> Tensor:
+def fill_padding(x: Tensor, mask: Tensor) -> Tensor:
     """Replace every padded token by the sample's first real token (see module docstring).
 
     Why this is exact: max_j over a set with a duplicated member is unchanged, and the means
@@ -169,7 +169,7 @@ def _side(
         x = l2_normalize(x)
     if w is not None:
         x = x * w.to(x.dtype)
-    x = _fill_padding(x, mask)
+    x = fill_padding(x, mask)
     if round_to is not None:
         x = x.to(round_to)
     return x.to(dt)
