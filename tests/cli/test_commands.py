@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_runner import run_cli
+from cli_runner import TOY_ENCODERS, one_thread_with_cache, run_cli, toy_train_argv
 from picoalign import __version__
 from picoalign.cli.commands import main
 from picoalign.config import load_config
 from picoalign.model import PicoAligner
 
-ENCODERS = ["--image-encoder", "random-conv", "--text-encoder", "hash-text"]
+ENCODERS = list(TOY_ENCODERS)
 N_ITEMS = 24  # the jsonl_dataset fixture (conftest)
 
 
@@ -26,28 +26,8 @@ def trained(tmp_path_factory, write_jsonl_dataset):
     tmp = tmp_path_factory.mktemp("cli")
     data = write_jsonl_dataset(tmp / "data")
     cache = tmp / "cache"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: thread hand-offs dominate on a loaded CPU
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("PICOALIGN_CACHE", str(cache))
-            result = run_cli(
-                "train",
-                "--data",
-                f"jsonl:{data}",
-                *ENCODERS,
-                "--epochs",
-                "2",
-                "--batch-size",
-                "8",
-                "--no-progress",
-                "--set",
-                "model.embed_dim=16",
-                "--out",
-                str(tmp / "run"),
-            )
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread_with_cache(cache):  # tiny tensors: thread hand-offs dominate
+        result = run_cli(*toy_train_argv(data, tmp / "run"))
     return {"data": data, "cache": cache, "run": tmp / "run", "result": result}
 
 

@@ -10,19 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_runner import run_cli
+from cli_runner import TOY_ENCODERS, one_thread_with_cache, run_cli, toy_train_argv
 from picoalign.config import TrainConfig, load_config
 from picoalign.training import loop
 
-ENCODERS = ["--image-encoder", "random-conv", "--text-encoder", "hash-text"]
+ENCODERS = list(TOY_ENCODERS)
 
 
 def train_argv(data: Path, out: Path, epochs: int = 2, *extra: str) -> list[str]:
-    return [
-        "train", "--data", f"jsonl:{data}", *ENCODERS, "--epochs", str(epochs),
-        "--batch-size", "8", "--no-progress", "--set", "model.embed_dim=16",
-        "--out", str(out), *extra,
-    ]  # fmt: skip
+    return toy_train_argv(data, out, *extra, epochs=epochs)
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +26,9 @@ def ref(tmp_path_factory, write_jsonl_dataset):
     """An uninterrupted 2-epoch run (the reference of the resume tests)."""
     tmp = tmp_path_factory.mktemp("runs")
     data = write_jsonl_dataset(tmp / "data")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("PICOALIGN_CACHE", str(tmp / "cache"))
-            rc, _, err = run_cli(*train_argv(data, tmp / "ref"))
-            assert rc == 0, err
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread_with_cache(tmp / "cache"):
+        rc, _, err = run_cli(*train_argv(data, tmp / "ref"))
+        assert rc == 0, err
     return {"tmp": tmp, "data": data, "run": tmp / "ref"}
 
 

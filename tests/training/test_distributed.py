@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_runner import toy_train_argv
 from picoalign.config import load_config
 from picoalign.model import ModelConfig, PicoAligner
 from picoalign.training.distributed import DistContext, _pad_to, state_digest
@@ -237,24 +238,7 @@ def test_gradients_equal_the_one_process_gradient(tmp_path: Path) -> None:
 def test_torchrun_cli_trains_and_resumes(tmp_path: Path, write_jsonl_dataset) -> None:
     """``torchrun -m picoalign train`` end to end, then ``--resume`` under torchrun."""
     data = write_jsonl_dataset(tmp_path / "data")
-    args = [
-        "-m",
-        "picoalign",
-        "train",
-        "--data",
-        f"jsonl:{data}",
-        "--image-encoder",
-        "random-conv",
-        "--text-encoder",
-        "hash-text",
-        "--batch-size",
-        "8",
-        "--no-progress",
-        "--set",
-        "model.embed_dim=16",
-        "--out",
-        str(tmp_path / "run"),
-    ]
+    args = ["-m", "picoalign", *toy_train_argv(data, tmp_path / "run")]  # --epochs: last wins
     os.environ["PICOALIGN_CACHE"] = str(tmp_path / "cache")
     try:
         first = torchrun(*args, "--epochs", "1")

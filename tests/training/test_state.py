@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cli_runner import one_thread_with_cache, toy_train_argv
 from picoalign.cli.commands import main
 from picoalign.model import ModelConfig, PicoAligner
 from picoalign.training.state import Position, restore_last, save_last
@@ -44,30 +45,8 @@ KILLER = textwrap.dedent(
 
 
 def train_args(data: Path, out: Path, epochs: int = 3) -> list[str]:
-    return [
-        "train",
-        "--data",
-        f"jsonl:{data}",
-        "--image-encoder",
-        "random-conv",
-        "--text-encoder",
-        "hash-text",
-        "--batch-size",
-        "4",  # 32 train captions: 8 steps per epoch
-        "--epochs",
-        str(epochs),
-        "--lr",
-        "0.01",
-        "--no-progress",
-        "--set",
-        "model.embed_dim=16",
-        "--set",
-        "save_every_steps=3",
-        "--set",
-        "pico_warmup_epochs=0",
-        "--out",
-        str(out),
-    ]
+    extra = ("--lr", "0.01", "--set", "save_every_steps=3", "--set", "pico_warmup_epochs=0")
+    return toy_train_argv(data, out, *extra, epochs=epochs, batch_size=4)  # 8 steps/epoch
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +54,8 @@ def reference(tmp_path_factory, write_jsonl_dataset):
     """The uninterrupted run (one thread, like the killed and resumed ones)."""
     tmp = tmp_path_factory.mktemp("kill")
     data = write_jsonl_dataset(tmp / "data")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("PICOALIGN_CACHE", str(tmp / "cache"))
-            assert main(train_args(data, tmp / "ref")) == 0
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread_with_cache(tmp / "cache"):
+        assert main(train_args(data, tmp / "ref")) == 0
     return {"tmp": tmp, "data": data, "run": tmp / "ref"}
 
 
@@ -109,14 +82,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(
         env=env,
     )
     assert proc.returncode == -9, f"not killed ({where}): {proc.stderr[-2000:]}"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("PICOALIGN_CACHE", str(reference["tmp"] / "cache"))
-            assert main([*argv, "--resume"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread_with_cache(reference["tmp"] / "cache"):
+        assert main([*argv, "--resume"]) == 0
 
     ref = reference["run"]
     for folder in ("last", "best"):
