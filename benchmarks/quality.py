@@ -248,6 +248,19 @@ def best_pico(rows: list[dict[str, Any]], train_set: str, tune_seed: int) -> str
     return best_of(rows, [f"pico-{s}" for s in SCORERS], train_set, tune_seed)
 
 
+def confirm_plan(study: list[dict[str, Any]], train_set: str, seeds: list[int]) -> list[tuple]:
+    """The pre-registered confirmation's runs on ``train_set``: the best baseline and the best
+    PICO family, each at its margin, all three as the study's tuning seed (its smallest)
+    picked them on validation; run on the fresh ``seeds``. Nothing is tuned on them."""
+    sub = [r for r in study if r["train_set"] == train_set]
+    if not sub:
+        raise ValueError(f"the study has no runs on {train_set}: nothing to confirm")
+    t0 = min(r["seed"] for r in sub)
+    pair = [best_baseline(sub, train_set, t0), best_pico(sub, train_set, t0)]
+    picks = {(f, train_set): [pick_margin(sub, f, train_set, t0)] for f in pair}
+    return plan(pair, picks, seeds, [train_set])
+
+
 def ablation_plan(seeds: list[int], train_set: str) -> list[tuple]:
     """The ablations and sweeps of the default PICO (margin 0.8) on one training set."""
     return [
@@ -477,12 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         # validation picked (the same rule for every family)
         if args.confirm is not None:  # choices fixed by the study: nothing is tuned here
             study = [json.loads(x) for x in args.confirm.read_text().splitlines() if x]
-            t0 = min(r["seed"] for r in study)
             for ts in args.train_sets:
-                sub = [r for r in study if r["train_set"] == ts]
-                pair = [best_baseline(sub, ts, t0), best_pico(sub, ts, t0)]
-                picks = {(f, ts): [pick_margin(sub, f, ts, t0)] for f in pair}
-                run_all(plan(pair, picks, args.seeds, [ts]))
+                run_all(confirm_plan(study, ts, args.seeds))
         else:  # one training set at a time, so that a cut-short study has whole sets
             for ts in args.train_sets:
                 grid = {f: args.margins or FAMILIES[f][1] for f in families}

@@ -1,0 +1,120 @@
+"""``benchmarks/quality.py``'s decisions, on synthetic rows: which margin, which baseline and
+which PICO family the study picks (on validation only, never on test), what the registered
+confirmation runs, and the paired interval its rule reads. These choices decide what
+docs/results.md claims, so they are tested like product code."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+TS = "twemoji"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("quality_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(family: str, margin: float, seed: int, val: float, test: float, ts: str = TS) -> dict:
+    """One study row as ``one_run`` writes it (only the fields the decisions read)."""
+    rules = {"plain": {"rsum": test, "i2t": {"r1": 1, "r5": 2}, "t2i": {"r1": 1, "r5": 2}}}
+    return {
+        "id": f"{family}|m{margin}|{ts}|s{seed}",
+        "family": family,
+        "margin": margin,
+        "train_set": ts,
+        "seed": seed,
+        "val_rsum": val,
+        "seconds": 1.0,
+        "tests": {ts: rules},
+    }
+
+
+def study() -> list[dict[str, Any]]:
+    """A tuning seed 0 where test would pick differently from validation everywhere."""
+    return [
+        # baselines: gpo has the best validation; global has the best test (must not matter)
+        row("global", 0.2, 0, val=200, test=260),
+        row("global", 0.8, 0, val=210, test=250),
+        row("gpo", 0.2, 0, val=220, test=200),
+        row("gpo", 0.8, 0, val=215, test=255),
+        row("fine_grained", 0.8, 0, val=205, test=240),
+        # PICO: pico-fine_grained has the best validation at margin 0.2
+        row("pico-global", 0.8, 0, val=211, test=270),
+        row("pico-fine_grained", 0.2, 0, val=230, test=230),
+        row("pico-fine_grained", 0.8, 0, val=225, test=280),
+        # another seed with a better validation elsewhere: not the tuning seed
+        row("global", 1.2, 1, val=300, test=300),
+    ]
+
+
+def test_the_margin_is_picked_on_the_tuning_seeds_validation(quality) -> None:
+    rows = study()
+    assert quality.pick_margin(rows, "global", TS, 0) == 0.8  # not 0.2 (test), not 1.2 (seed 1)
+    assert quality.pick_margin(rows, "gpo", TS, 0) == 0.2
+    assert quality.pick_margin(rows, "global", TS, 1) == 1.2
+    with pytest.raises(ValueError, match="no tuning run of gpo"):
+        quality.pick_margin(rows, "gpo", TS, 1)
+
+
+def test_a_validation_tie_goes_to_the_smaller_margin(quality) -> None:
+    rows = [row("global", 1.2, 0, val=210, test=0), row("global", 0.8, 0, val=210, test=0)]
+    assert quality.pick_margin(rows, "global", TS, 0) == 0.8
+
+
+def test_best_baseline_and_best_pico_are_picked_on_validation(quality) -> None:
+    rows = study()
+    assert quality.best_baseline(rows, TS, 0) == "gpo"  # global wins on test only
+    assert quality.best_pico(rows, TS, 0) == "pico-fine_grained"
+    with pytest.raises(ValueError, match="none of"):
+        quality.best_of(rows, ["pico-gpo"], TS, 0)
+
+
+def test_the_confirmation_runs_the_picked_pair_at_their_margins_on_the_fresh_seeds(
+    quality,
+) -> None:
+    runs = quality.confirm_plan(study(), TS, [10, 11, 12])
+    got = sorted((fam, margin, ts, seed) for fam, _, margin, ts, seed, _ in runs)
+    want = sorted(
+        (fam, m, TS, s)
+        for fam, m in (("gpo", 0.2), ("pico-fine_grained", 0.2))
+        for s in (10, 11, 12)
+    )
+    assert got == want
+    # each run carries its family's own training overrides and evaluation rules
+    for fam, overrides, *_, rules in runs:
+        assert (overrides, rules) == (quality.FAMILIES[fam][0], quality.FAMILIES[fam][2])
+    with pytest.raises(ValueError, match="no runs on noto-emoji"):
+        quality.confirm_plan(study(), "noto-emoji", [10])
+
+
+def test_the_paired_interval_is_a_t_interval_of_the_per_seed_differences(quality) -> None:
+    # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2 df) = 4.303
+    half = 4.303 / math.sqrt(3)
+    assert quality._paired([11, 12, 13], [10, 10, 10]) == f"+2.0 [{2 - half:+.1f}, {2 + half:+.1f}]"
+    assert quality._paired([5.0], [7.5]) == "-2.5"  # one seed: no interval
+    with pytest.raises(ValueError):  # unpaired seeds are an error, not a silent zip
+        quality._paired([1, 2], [1])
+
+
+def test_the_report_headline_compares_the_validation_picks(quality) -> None:
+    rows = study()
+    rows += [
+        row("gpo", 0.2, 1, val=0, test=210),
+        row("pico-fine_grained", 0.2, 1, val=0, test=215),
+        row("fine_grained", 0.8, 1, val=0, test=0),
+    ]
+    text = quality.report(rows, tune_seed=0)
+    best = next(line for line in text.splitlines() if line.startswith(f"| {TS} → {TS} | gpo"))
+    # gpo (m=0.2) tests 200, 210; pico-fine_grained (m=0.2) tests 230, 215: Δ = +30, +5
+    assert "| gpo (m=0.2) | 205.0 ± 7.1 | pico-fine_grained (m=0.2) | 222.5 ± 10.6 |" in best
+    assert best.split("|")[6].strip().startswith("+17.5 [")
