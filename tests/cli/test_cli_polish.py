@@ -49,6 +49,18 @@ def test_every_option_has_help_and_every_help_shows_its_default(command: str, ca
     assert "--debug" in text
 
 
+def test_the_help_lists_every_dataset_spec(capsys) -> None:
+    """``picoalign --help`` names every spec that ``picoalign datasets`` lists (scenes was
+    once missing from it)."""
+    from picoalign.data import list_datasets
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = capsys.readouterr().out
+    for name, _, _ in list_datasets():
+        assert f"  {name} " in shown, f"--help does not list {name}"
+
+
 def test_train_help_names_the_run_folder_flags(capsys) -> None:
     text = subparsers()["train"].format_help()
     assert (

@@ -24,6 +24,9 @@ data specs (--data):
   tuxpaint                     Tux Paint stamps with their sentences (Debian)
   cross:TRAIN:TEST             train/val on one style, test on the other
                                (e.g. cross:twemoji:noto-emoji)
+  scenes:PROTOCOL              compositional scenes of 2-4 emoji objects, 5 captions each;
+                               PROTOCOL twemoji|noto|style|caption|both|unseen, options
+                               size=N, seed=S (docs/scenes.md)
   jsonl:PATH                   your data: one {"image":..., "captions":[...], "split":...} per line
   karpathy:JSON:IMAGE_ROOT     Flickr30K / COCO Karpathy split JSON + image folder
   laps:DIR:IMAGE_ROOT          LAPS / VSE∞ layout ({split}_ids.txt, {split}_caps.txt,
