@@ -18,7 +18,13 @@ from picoalign.features.encode import FeatureSet, TokenFeatures
 from picoalign.fileio import safe_torch_load
 from picoalign.model import PicoAligner
 from picoalign.training.devices import resolve_device
-from picoalign.training.loop import TrainingError, batch_order, learning_rate, train
+from picoalign.training.loop import (
+    SMALL_EVAL_SPLIT,
+    TrainingError,
+    batch_order,
+    learning_rate,
+    train,
+)
 
 # tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a loaded CPU
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -486,7 +492,28 @@ def test_batch_larger_than_the_train_split_warns_in_one_line(make_feature_set, c
     fs = make_feature_set()
     n = fs.split("train").n_captions
     train(make_cfg(Path("unused"), epochs=1, batch_size=n + 1), fs, write=False)
-    lines = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    lines = [line for line in capsys.readouterr().err.splitlines() if "batch size" in line]
     assert len(lines) == 1 and f"batch size {n + 1} > {n} training captions" in lines[0]
+    assert lines[0].startswith("warning: ")
     train(make_cfg(Path("unused"), epochs=1, batch_size=n), fs, write=False)
-    assert "warning" not in capsys.readouterr().err
+    assert "batch size" not in capsys.readouterr().err
+
+
+def test_a_small_evaluation_split_warns_that_its_recall_is_coarse(make_feature_set, capsys) -> None:
+    small = make_feature_set(n=60)  # 15 val images: R@1 moves in steps of 6.7 points
+    train(make_cfg(Path("unused"), epochs=1), small, write=False)
+    err = capsys.readouterr().err
+    assert "warning: the val split has 15 images" in err and "steps of 6.7 points" in err
+    big = make_feature_set(n=4 * SMALL_EVAL_SPLIT, n_v=3, n_t=2)
+    train(make_cfg(Path("unused"), epochs=1), big, write=False)
+    assert "split has" not in capsys.readouterr().err
+
+
+def test_data_json_records_every_splits_size(tmp_path: Path, make_feature_set) -> None:
+    fs = make_feature_set(n=24, captions=2)  # 12 / 6 / 6 images
+    train(make_cfg(tmp_path, epochs=1), fs)
+    meta = json.loads((tmp_path / "data.json").read_text())
+    assert meta["dataset"] == "synthetic"
+    assert list(meta["splits"]) == ["train", "val", "test"]
+    assert meta["splits"]["train"] == {"images": 12, "captions": 24}
+    assert meta["splits"]["test"] == {"images": 6, "captions": 12}

@@ -37,6 +37,7 @@ from picoalign.config import TrainConfig, dump_config
 from picoalign.config.paths import with_absolute_paths
 from picoalign.core.losses import create_loss
 from picoalign.core.similarity import check_tokens
+from picoalign.data.base import SPLITS
 from picoalign.evaluation import evaluate
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_replace_dir, atomic_write_text
@@ -59,6 +60,9 @@ from picoalign.training.pixels import PixelBatches
 from picoalign.training.runs import Replacement, check_run_folder
 from picoalign.training.schedule import batch_order, learning_rate
 from picoalign.training.state import Position, restore_last, save_last, write_metrics
+
+# below this many evaluation images R@1 moves in steps of > 1 point: train() warns
+SMALL_EVAL_SPLIT = 100
 
 
 @dataclass
@@ -170,6 +174,14 @@ def model_config_for(cfg: TrainConfig, fs: FeatureSet, steps_per_epoch: int) -> 
     )
 
 
+def split_sizes(fs: FeatureSet) -> dict[str, dict[str, int]]:
+    """Images and captions of every split (what ``data.json`` records a run trained on)."""
+    present = set(fs.image_splits)
+    names = [n for n in SPLITS if n in present] + sorted(present - set(SPLITS))
+    parts = {name: fs.split(name) for name in names}
+    return {n: {"images": p.n_images, "captions": p.n_captions} for n, p in parts.items()}
+
+
 def _setup(
     cfg: TrainConfig,
     features: FeatureSet | None,
@@ -191,6 +203,13 @@ def _setup(
         print(
             f"warning: batch size {cfg.batch_size} > {train_fs.n_captions} training captions: "
             "every step sees the whole train split",
+            file=sys.stderr,
+        )
+    if eval_fs.n_images < SMALL_EVAL_SPLIT and ctx.is_main:
+        print(
+            f"warning: the {cfg.eval_split} split has {eval_fs.n_images} images: its R@K moves "
+            f"in steps of {100 / eval_fs.n_images:.2g} points, too coarse to compare models or "
+            "to pick an epoch (select=last scores the last one)",
             file=sys.stderr,
         )
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
@@ -221,7 +240,8 @@ def _setup(
             replacing.begin()  # only now, with the data loaded and the model built
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(dump_config(cfg), out / "config.yaml")
-        atomic_write_text(json.dumps(fs.meta, indent=2, default=str), out / "data.json")
+        meta = {**fs.meta, "splits": split_sizes(fs)}
+        atomic_write_text(json.dumps(meta, indent=2, default=str), out / "data.json")
     return _Run(
         cfg, ctx, device, train_fs, eval_fs, model, net, loss_fn, opt, params, pixels, out,
         result, start, replacing=replacing,
