@@ -155,6 +155,15 @@ def test_pico_on_a_pooled_scorer_trains_evaluates_both_rules_indexes_and_searche
     rc, out, err = run_cli("search", "--index", str(index), "--text", "a red circle", "--json")
     assert rc == 0, err
     assert len(json.loads(out)[0]["hits"]) > 0
+    # an existing index is never replaced silently: --overwrite, or a one-line refusal
+    argv = ["index", "--checkpoint", str(run), "--data", data, "--out", str(index), "--no-progress"]
+    before = (index / "manifest.json").read_bytes()
+    rc, _, err = run_cli(*argv, "--kind", "captions")
+    assert rc == 2 and "holds a gallery index; pass --overwrite" in err
+    assert (index / "manifest.json").read_bytes() == before
+    rc, out, err = run_cli(*argv, "--kind", "captions", "--overwrite")
+    assert rc == 0 and "indexed" in out, err
+    assert json.loads((index / "manifest.json").read_text())["kind"] == "captions"
 
 
 def test_evaluate_rejects_the_weighted_rule_for_a_baseline(trained, tmp_path: Path) -> None:

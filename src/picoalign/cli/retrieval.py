@@ -48,7 +48,12 @@ def add_parsers(sub: Any) -> None:
         choices=["train", "val", "test", "all"],
         help="which items form the gallery (default: all)",
     )
-    p.add_argument("--out", required=True, help="index folder to write (replaced if an index)")
+    p.add_argument("--out", required=True, help="index folder to write (a new or empty folder)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the index already at --out (never anything else)",
+    )
     p.add_argument(
         "--kind",
         default="images",
@@ -95,6 +100,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     from picoalign.model import PicoAligner
     from picoalign.retrieval.index import build_index
 
+    out = Path(args.out)
+    if (out / "manifest.json").is_file() and not args.overwrite:  # checked before any work
+        raise ValueError(f"--out {out}: holds a gallery index; pass --overwrite to replace it")
     model = PicoAligner.load(args.checkpoint)
     fs = dataset_features(
         args.data,
