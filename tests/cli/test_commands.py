@@ -111,6 +111,8 @@ def test_evaluate_json(trained) -> None:
     assert metrics["n_images"] == 4 and metrics["n_captions"] == 8  # the test split
     assert {"r1", "r5", "r10"} <= set(metrics["i2t"]) and {"r1", "r5", "r10"} <= set(metrics["t2i"])
     assert 0 <= metrics["rsum"] <= 600
+    # 4 test images: stdout stays pure JSON, the warning goes to stderr
+    assert "warning: the test split has 4 images" in err and "steps of 25 points" in err
 
 
 def test_evaluate_model_folder_other_split_and_table(trained) -> None:

@@ -239,3 +239,13 @@ def test_evaluate_protocol_full_uses_the_memory_bound() -> None:
     small = evaluate_protocol("full", scores_fn, 20, cap_img, memory_mb=1e-3)
     assert small == {**recall_metrics(scores, cap_img), "protocol": "full"}
     assert max(r * c for r, c in shapes) <= 1e-3 * 2**20 / 4
+
+
+def test_a_split_too_small_to_compare_models_is_named_with_its_step() -> None:
+    from picoalign.evaluation import SMALL_SPLIT, coarse_split_warning
+
+    assert coarse_split_warning("val", SMALL_SPLIT) is None
+    assert coarse_split_warning("val", 0) is None  # empty: an error elsewhere, not a warning
+    got = coarse_split_warning("val", 40)
+    assert got is not None and got.startswith("warning: the val split has 40 images")
+    assert "steps of 2.5 points" in got

@@ -14,17 +14,12 @@ import pytest
 import torch
 
 from picoalign.config import TrainConfig, load_config
+from picoalign.evaluation import SMALL_SPLIT
 from picoalign.features.encode import FeatureSet, TokenFeatures
 from picoalign.fileio import safe_torch_load
 from picoalign.model import PicoAligner
 from picoalign.training.devices import resolve_device
-from picoalign.training.loop import (
-    SMALL_EVAL_SPLIT,
-    TrainingError,
-    batch_order,
-    learning_rate,
-    train,
-)
+from picoalign.training.loop import TrainingError, batch_order, learning_rate, train
 
 # tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a loaded CPU
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -504,7 +499,7 @@ def test_a_small_evaluation_split_warns_that_its_recall_is_coarse(make_feature_s
     train(make_cfg(Path("unused"), epochs=1), small, write=False)
     err = capsys.readouterr().err
     assert "warning: the val split has 15 images" in err and "steps of 6.7 points" in err
-    big = make_feature_set(n=4 * SMALL_EVAL_SPLIT, n_v=3, n_t=2)
+    big = make_feature_set(n=4 * SMALL_SPLIT, n_v=3, n_t=2)
     train(make_cfg(Path("unused"), epochs=1), big, write=False)
     assert "split has" not in capsys.readouterr().err
 

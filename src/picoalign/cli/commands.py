@@ -97,7 +97,7 @@ def _add_evaluate(sub: Any) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from picoalign.data.check import report_to_stderr
-    from picoalign.evaluation import evaluate, format_table
+    from picoalign.evaluation import coarse_split_warning, evaluate, format_table
     from picoalign.features import dataset_features
     from picoalign.model import PicoAligner
 
@@ -123,6 +123,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--data {data}: split {args.split!r} has no images")
     if not args.memory_mb > 0:
         raise ValueError(f"--memory-mb must be positive, got {args.memory_mb}")
+    coarse = coarse_split_warning(args.split, fs.n_images)
+    if coarse is not None:
+        print(f"picoalign: {coarse}", file=sys.stderr)
     metrics = evaluate(model, fs, args.protocol, args.rule, memory_mb=args.memory_mb)
     if args.json:
         print(json.dumps(metrics))

@@ -4,7 +4,9 @@ front-end, :func:`evaluate`, that the CLI, the demo, training and the benchmarks
 from picoalign.evaluation.evaluate import embed_features, evaluate
 from picoalign.evaluation.metrics import (
     PROTOCOLS,
+    SMALL_SPLIT,
     blocked_recall_metrics,
+    coarse_split_warning,
     coco_1k_folds,
     format_table,
     recall_metrics,
@@ -12,7 +14,9 @@ from picoalign.evaluation.metrics import (
 
 __all__ = [
     "PROTOCOLS",
+    "SMALL_SPLIT",
     "blocked_recall_metrics",
+    "coarse_split_warning",
     "coco_1k_folds",
     "embed_features",
     "evaluate",

@@ -301,6 +301,23 @@ def evaluate_protocol(
     return {**result, "protocol": name}
 
 
+# below this many images a split's R@1 moves in steps of more than one point
+SMALL_SPLIT = 100
+
+
+def coarse_split_warning(split: str, n_images: int) -> str | None:
+    """The one-line warning ``train`` and ``evaluate`` print for a split too small for its
+    R@K to tell two models apart (None when it is large enough). Why warn rather than
+    refuse: a small split is fine for a smoke run, but its rSum must not be read as a
+    comparison."""
+    if n_images >= SMALL_SPLIT or n_images <= 0:
+        return None
+    return (
+        f"warning: the {split} split has {n_images} images: its R@K moves in steps of "
+        f"{100 / n_images:.2g} points, too coarse to compare models or to pick an epoch"
+    )
+
+
 def format_table(results: dict[str, dict[str, object]], digits: int = 1) -> str:
     """Side-by-side text table: one row per method, R@K both ways and rSum.
 

@@ -38,7 +38,7 @@ from picoalign.config.paths import with_absolute_paths
 from picoalign.core.losses import create_loss
 from picoalign.core.similarity import check_tokens
 from picoalign.data.base import SPLITS
-from picoalign.evaluation import evaluate
+from picoalign.evaluation import coarse_split_warning, evaluate
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_replace_dir, atomic_write_text
 from picoalign.model import ModelConfig, PicoAligner
@@ -60,9 +60,6 @@ from picoalign.training.pixels import PixelBatches
 from picoalign.training.runs import Replacement, check_run_folder
 from picoalign.training.schedule import batch_order, learning_rate
 from picoalign.training.state import Position, restore_last, save_last, write_metrics
-
-# below this many evaluation images R@1 moves in steps of > 1 point: train() warns
-SMALL_EVAL_SPLIT = 100
 
 
 @dataclass
@@ -205,13 +202,9 @@ def _setup(
             "every step sees the whole train split",
             file=sys.stderr,
         )
-    if eval_fs.n_images < SMALL_EVAL_SPLIT and ctx.is_main:
-        print(
-            f"warning: the {cfg.eval_split} split has {eval_fs.n_images} images: its R@K moves "
-            f"in steps of {100 / eval_fs.n_images:.2g} points, too coarse to compare models or "
-            "to pick an epoch (select=last scores the last one)",
-            file=sys.stderr,
-        )
+    coarse = coarse_split_warning(cfg.eval_split, eval_fs.n_images)
+    if coarse is not None and ctx.is_main:
+        print(f"{coarse} (select=last scores the last one)", file=sys.stderr)
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
     model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
     if model.config.standardize:  # training-split statistics, saved with the model
