@@ -263,6 +263,8 @@ def test_flat_first_stage_and_agreement(tiny, tmp_path):
         index.search_text(model, QUERIES, k=0)
     with pytest.raises(ValueError, match="non-empty list"):
         index.search_text(model, "a red circle")
+    with pytest.raises(ValueError, match="text query 2 is empty"):
+        index.search_text(model, ["a red circle", "  "])
     with pytest.raises(ValueError, match="search it by text"):
         index.search_image(model, [tiny["root"] / "img0.png"])
 

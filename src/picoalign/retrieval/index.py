@@ -182,6 +182,9 @@ class GalleryIndex:
             )
         if isinstance(queries, str) or not queries or not all(isinstance(x, str) for x in queries):
             raise ValueError("queries must be a non-empty list of strings")
+        blank = [i for i, x in enumerate(queries) if not x.strip()]
+        if blank:  # it would still rank the gallery, by the empty caption's special tokens
+            raise ValueError(f"text query {blank[0] + 1} is empty: nothing to search for")
         self.verify_model(model)
         q, qm = model.encode_texts(list(queries))
         return self.search_tokens(q, qm, model.scores, weights=model.eval_weights, k=k, **kw)
