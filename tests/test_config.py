@@ -84,6 +84,29 @@ def test_unknown_override_key_is_named(key: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("key", "meant"),
+    [("epoch", "epochs"), ("model.pico.lamda", "lam"), ("model.embed_dims", "embed_dim")],
+)
+def test_a_mistyped_key_gets_the_close_one_suggested(key: str, meant: str) -> None:
+    with pytest.raises(ValueError, match=f"did you mean {meant} for {key.rsplit('.', 1)[-1]}"):
+        load_config(None, {key: 1})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"epochs": -1}, "invalid epochs: -1 (expected an integer >= 1)"),
+        ({"batch_size": 1}, "invalid batch_size: 1 (expected an integer >= 2)"),
+        ({"eval_every": 0}, "invalid eval_every: 0 (expected an integer >= 1)"),
+    ],
+)
+def test_an_invalid_value_says_what_was_expected(overrides: dict, expected: str) -> None:
+    with pytest.raises(ValueError) as info:
+        load_config(None, overrides)
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
     "overrides", [{"model": 3}, {"model.pico": "x"}, {"epochs.sub": 1}, {"model.head.x": 1}]
 )
 def test_override_into_a_non_section_is_a_value_error(overrides: dict) -> None:

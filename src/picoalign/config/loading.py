@@ -10,6 +10,7 @@ and every value is validated against its field's type (:mod:`picoalign.config.ty
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,27 +93,33 @@ class TrainConfig:
         for name in ("lr", "margin"):
             if not isinstance(getattr(self, name), (int, float)):
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r} (expected a number)")
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 2,
-            "lr": self.lr > 0,
-            "margin": self.margin >= 0,
-            "loss": self.loss in ("triplet", "infonce"),
-            "eval_split": self.eval_split in ("train", "val", "test"),
-            "select": self.select in ("last", "val"),
-            "lr_steps": isinstance(self.lr_steps, list)
-            and all(isinstance(x, (int, float)) and x > 0 for x in self.lr_steps),
-            "eval_every": self.eval_every >= 1,
-            "save_every_steps": self.save_every_steps >= 0,
-            "max_image_pixels": self.max_image_pixels is None
-            or (isinstance(self.max_image_pixels, int) and self.max_image_pixels >= 1),
+        checks = {  # name -> (valid, what was expected)
+            "epochs": (self.epochs >= 1, "an integer >= 1"),
+            "batch_size": (self.batch_size >= 2, "an integer >= 2"),
+            "lr": (self.lr > 0, "a number > 0"),
+            "margin": (self.margin >= 0, "a number >= 0"),
+            "loss": (self.loss in ("triplet", "infonce"), "triplet or infonce"),
+            "eval_split": (self.eval_split in ("train", "val", "test"), "train, val or test"),
+            "select": (self.select in ("last", "val"), "last or val"),
+            "lr_steps": (
+                isinstance(self.lr_steps, list)
+                and all(isinstance(x, (int, float)) and x > 0 for x in self.lr_steps),
+                "a list of epochs >= 1 or fractions of training in (0, 1)",
+            ),
+            "eval_every": (self.eval_every >= 1, "an integer >= 1"),
+            "save_every_steps": (self.save_every_steps >= 0, "an integer >= 0 (0 = off)"),
+            "max_image_pixels": (
+                self.max_image_pixels is None
+                or (isinstance(self.max_image_pixels, int) and self.max_image_pixels >= 1),
+                "an integer >= 1, or null for Pillow's limit",
+            ),
         }
         if isinstance(self.amp, str) and self.amp.lower() in ("true", "false"):
             self.amp = self.amp.lower() == "true"  # --set amp=true reads as a string
-        checks["amp"] = self.amp in (True, False, "auto")
-        for name, ok in checks.items():
+        checks["amp"] = (self.amp in (True, False, "auto"), "true, false or auto")
+        for name, (ok, expected) in checks.items():
             if not ok:
-                raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
+                raise ValueError(f"invalid {name}: {getattr(self, name)!r} (expected {expected})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,10 +134,15 @@ def _known(cls: type) -> set[str]:
 
 
 def _check_keys(d: dict[str, Any], cls: type, where: str) -> None:
-    unknown = sorted(set(d) - _known(cls))
+    known = _known(cls)
+    unknown = sorted(set(d) - known)
     if unknown:
+        close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        hint = "; ".join(f"did you mean {c[0]} for {k}?" for k, c in close.items() if c)
         raise ValueError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_known(cls)))}"
+            f"{where}: unknown key(s) {', '.join(unknown)}"
+            + (f" ({hint})" if hint else "")
+            + f"; known: {', '.join(sorted(known))}"
         )
 
 

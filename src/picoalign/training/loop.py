@@ -196,15 +196,15 @@ def _setup(
         raise ValueError(f"--data {cfg.data}: the train split has fewer than 2 captions")
     if eval_fs.n_images == 0:  # else evaluation would crash after the first epoch
         raise ValueError(f"--data {cfg.data}: the {cfg.eval_split} split (eval_split) is empty")
-    if cfg.batch_size > train_fs.n_captions and ctx.is_main:
-        print(
+    notes = []  # printed once the run is set up: a run that fails to start shows its error
+    if cfg.batch_size > train_fs.n_captions:
+        notes.append(
             f"warning: batch size {cfg.batch_size} > {train_fs.n_captions} training captions: "
-            "every step sees the whole train split",
-            file=sys.stderr,
+            "every step sees the whole train split"
         )
     coarse = coarse_split_warning(cfg.eval_split, eval_fs.n_images)
-    if coarse is not None and ctx.is_main:
-        print(f"{coarse} (select=last scores the last one)", file=sys.stderr)
+    if coarse is not None:
+        notes.append(f"{coarse} (select=last scores the last one)")
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
     model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
     if model.config.standardize:  # training-split statistics, saved with the model
@@ -235,6 +235,8 @@ def _setup(
         atomic_write_text(dump_config(cfg), out / "config.yaml")
         meta = {**fs.meta, "splits": split_sizes(fs)}
         atomic_write_text(json.dumps(meta, indent=2, default=str), out / "data.json")
+    for line in notes if ctx.is_main else []:
+        print(line, file=sys.stderr)
     return _Run(
         cfg, ctx, device, train_fs, eval_fs, model, net, loss_fn, opt, params, pixels, out,
         result, start, replacing=replacing,
