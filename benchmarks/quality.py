@@ -417,6 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these families, in this order (with --resume, a study in parts); the "
         f"report compares whatever has run. Choices: {', '.join(FAMILIES)}",
     )
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="another budget for every family instead of the recipe's (lr steps stay at the "
+        "same fractions of training); needs its own --results, --report and --plots",
+    )
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "quality.jsonl")
     ap.add_argument("--report", type=Path, default=ROOT / "results" / "quality.md")
@@ -435,6 +442,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     base = dict(BASE)
+    if args.epochs is not None:  # a budget probe must not mix with the study's own files
+        if args.epochs < 1:
+            ap.error(f"--epochs must be >= 1, got {args.epochs}")
+        for name in ("results", "report", "plots"):
+            if getattr(args, name) == ap.get_default(name):
+                ap.error(f"--epochs changes the recipe: give its own --{name}")
+        base["epochs"] = args.epochs
     if args.quick:
         base.update(epochs=2, lr_steps=[], pico_warmup_epochs=0)
         args.seeds, args.train_sets = args.seeds[:1], args.train_sets[:1]

@@ -118,3 +118,9 @@ def test_the_report_headline_compares_the_validation_picks(quality) -> None:
     # gpo (m=0.2) tests 200, 210; pico-fine_grained (m=0.2) tests 230, 215: Δ = +30, +5
     assert "| gpo (m=0.2) | 205.0 ± 7.1 | pico-fine_grained (m=0.2) | 222.5 ± 10.6 |" in best
     assert best.split("|")[6].strip().startswith("+17.5 [")
+
+
+def test_another_budget_never_writes_into_the_studys_files(quality, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        quality.main(["--epochs", "6", "--results", str(tmp_path / "r.jsonl")])
+    assert info.value.code == 2 and "give its own --report" in capsys.readouterr().err
