@@ -99,9 +99,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     from picoalign.features import dataset_features
     from picoalign.model import PicoAligner
     from picoalign.retrieval.index import build_index
+    from picoalign.retrieval.store import holds_index
 
     out = Path(args.out)
-    if (out / "manifest.json").is_file() and not args.overwrite:  # checked before any work
+    if holds_index(out) and not args.overwrite:  # checked before any work
         raise ValueError(f"--out {out}: holds a gallery index; pass --overwrite to replace it")
     model = PicoAligner.load(args.checkpoint)
     fs = dataset_features(

@@ -245,7 +245,6 @@ def fine_grained_scores(
     img_real, txt_real = img_mask.to(torch.float32), txt_mask.to(torch.float32)
     img_w = img_real / img_real.sum(dim=1, keepdim=True)
     txt_w = txt_real / txt_real.sum(dim=1, keepdim=True)
-    out = torch.empty(n_img, n_txt, dtype=torch.float32, device=img.device)
     if return_alignment:
         words = torch.empty(n_img, n_v, n_txt, dtype=torch.long, device=img.device)
         patches = torch.empty(n_img, n_t, n_txt, dtype=torch.long, device=img.device)
@@ -276,6 +275,7 @@ def fine_grained_scores(
             rows.append(torch.cat(cells, dim=1))
         out = torch.cat(rows, dim=0)
     else:
+        out = torch.empty(n_img, n_txt, dtype=torch.float32, device=img.device)
 
         def do(tile: tuple[int, int], state: dict[str, Any]) -> None:
             i0, j0 = tile

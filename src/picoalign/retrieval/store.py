@@ -197,14 +197,18 @@ def new_manifest(
     }
 
 
+def holds_index(path: Path) -> bool:
+    """Whether ``path`` holds a gallery index (its manifest is written last, so a folder
+    with one is a complete index or a damaged one, never a half-built write)."""
+    return (path / "manifest.json").is_file()
+
+
 def write_folder(
     tensors: dict[str, Tensor], faiss_index: Any, manifest: dict[str, Any], out: Path
 ) -> None:
     """Write an index folder at ``out``; an existing index there is replaced, anything else
     refused. Interrupted writes leave neither a folder at ``out`` nor temp files."""
-    if out.exists() and not (
-        out.is_dir() and (not any(out.iterdir()) or (out / "manifest.json").is_file())
-    ):
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or holds_index(out))):
         raise ValueError(f"{out}: exists and is not a picoalign gallery index")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))

@@ -23,6 +23,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -173,10 +174,10 @@ def model_config_for(cfg: TrainConfig, fs: FeatureSet, steps_per_epoch: int) -> 
 
 def split_sizes(fs: FeatureSet) -> dict[str, dict[str, int]]:
     """Images and captions of every split (what ``data.json`` records a run trained on)."""
-    present = set(fs.image_splits)
-    names = [n for n in SPLITS if n in present] + sorted(present - set(SPLITS))
-    parts = {name: fs.split(name) for name in names}
-    return {n: {"images": p.n_images, "captions": p.n_captions} for n, p in parts.items()}
+    images = Counter(fs.image_splits)  # counted, not split: a split copies its features
+    captions = Counter(fs.image_splits[i] for i in fs.caption_image.tolist())
+    names = [n for n in SPLITS if n in images] + sorted(set(images) - set(SPLITS))
+    return {n: {"images": images[n], "captions": captions[n]} for n in names}
 
 
 def _setup(
