@@ -2,8 +2,8 @@
 
 Reads the study's seed-0 histories (``docs/img/histories/``, written by
 ``benchmarks/quality.py``) and, for every family at its validation-picked margin, prints the
-validation rSum at epochs 5, 10, 15 and 20 and the change over the last five epochs, then
-plots one panel per training set (``docs/img/curves.png``).
+validation rSum at epochs 5, 10, 15 and 20, the change over the last five epochs and the peak,
+then plots one panel per training set (``docs/img/curves.png``).
 
     python benchmarks/curves.py            # after benchmarks/quality.py
 """
@@ -44,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     sets = list(dict.fromkeys(r["train_set"] for r in rows))
     fams = list(dict.fromkeys(r["family"] for r in rows))
     fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6), squeeze=False)
-    print("| train set | family (margin) | val@5 | val@10 | val@15 | val@20 | Δ last 5 epochs |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| train set | family (margin) | val@5 | val@10 | val@15 | val@20 | Δ last 5 epochs "
+        "| peak (epoch) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for ax, ts in zip(axes[0], sets, strict=True):
         for fam in fams:
             try:
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             at = [curve.get(e) for e in (5, 10, 15, 20)]
             cells = " | ".join("–" if v is None else f"{v:.1f}" for v in at)
             tail = curve[last] - curve.get(last - 5, float("nan"))
-            print(f"| {ts} | {fam} (m={m}) | {cells} | {tail:+.1f} |")
+            peak = max(curve, key=lambda e: (curve[e], -e))  # the first epoch at the maximum
+            print(f"| {ts} | {fam} (m={m}) | {cells} | {tail:+.1f} | {curve[peak]:.1f} ({peak}) |")
             style = "--" if fam.startswith("pico") else "-"
             ax.plot(list(curve), list(curve.values()), style, label=f"{fam} m={m}")
         ax.set(title=ts, xlabel="epoch", ylabel="validation rSum (seed 0)")
