@@ -56,6 +56,7 @@ GRAD_WORKER = textwrap.dedent(
     # a file per rank, not stdout: the ranks' prints may interleave in the shared pipe
     open(f"{sys.argv[1]}/grad-ok-{ctx.rank}", "w").close()
     ctx.barrier()  # leave together: a rank exiting with the group alive can abort the others
+    del ddp, g  # as train() does: no DDP wrapper may outlive the group (see shutdown)
     shutdown(ctx)
     """
 )
@@ -69,10 +70,24 @@ WORKER = textwrap.dedent(
 
     torch.set_num_threads(1)
     features, overrides, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    rank = int(os.environ["RANK"])
+
+    # how many DDP wrappers are alive when the group is destroyed (each one keeps the group
+    # for the interpreter's teardown, where gloo can abort the process: see shutdown)
+    destroy = torch.distributed.destroy_process_group
+    def counting_destroy(*args, **kwargs):
+        import gc
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        gc.collect()
+        alive = sum(isinstance(o, DDP) for o in gc.get_objects())
+        with open(os.path.join(out, f"ddp-alive-{rank}"), "w") as f:
+            f.write(str(alive))
+        return destroy(*args, **kwargs)
+    torch.distributed.destroy_process_group = counting_destroy
+
     fs = torch.load(features, weights_only=False)  # written by the test itself
     cfg = load_config(None, {**overrides, "out": out, "progress": False})
     result = train(cfg, fs)
-    rank = int(os.environ["RANK"])
     torch.save(result.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     """
 )
@@ -175,6 +190,11 @@ def test_ranks_hold_identical_weights_and_p(ddp_run) -> None:
     assert int(r0["pico.steps"]) > 0 and not torch.equal(
         r0["pico.p"], torch.ones_like(r0["pico.p"])
     )
+
+
+def test_no_ddp_wrapper_outlives_the_process_group(ddp_run) -> None:
+    alive = [(ddp_run["out"] / f"ddp-alive-{r}").read_text() for r in (0, 1)]
+    assert alive == ["0", "0"]
 
 
 def test_two_ranks_match_one_process_on_the_same_global_batch(ddp_run) -> None:

@@ -489,7 +489,7 @@ def test_batch_larger_than_the_train_split_warns_in_one_line(make_feature_set, c
     train(make_cfg(Path("unused"), epochs=1, batch_size=n + 1), fs, write=False)
     lines = [line for line in capsys.readouterr().err.splitlines() if "batch size" in line]
     assert len(lines) == 1 and f"batch size {n + 1} > {n} training captions" in lines[0]
-    assert lines[0].startswith("warning: ")
+    assert lines[0].startswith("picoalign: warning: ")
     train(make_cfg(Path("unused"), epochs=1, batch_size=n), fs, write=False)
     assert "batch size" not in capsys.readouterr().err
 
@@ -498,7 +498,11 @@ def test_a_small_evaluation_split_warns_that_its_recall_is_coarse(make_feature_s
     small = make_feature_set(n=60)  # 15 val images: R@1 moves in steps of 6.7 points
     train(make_cfg(Path("unused"), epochs=1), small, write=False)
     err = capsys.readouterr().err
-    assert "warning: the val split has 15 images" in err and "steps of 6.7 points" in err
+    assert "picoalign: warning: the val split has 15 images" in err and "steps of 6.7" in err
+    assert "select=last: the run keeps its last epoch" in err
+    train(make_cfg(Path("unused"), epochs=1, select="val"), small, write=False)
+    err = capsys.readouterr().err
+    assert "select=val picks the kept epoch on it" in err and "keeps its last" not in err
     big = make_feature_set(n=4 * SMALL_SPLIT, n_v=3, n_t=2)
     train(make_cfg(Path("unused"), epochs=1), big, write=False)
     assert "split has" not in capsys.readouterr().err

@@ -17,6 +17,7 @@ rank, so their gradients are already identical and equal to the one-process grad
 from __future__ import annotations
 
 import datetime
+import gc
 import hashlib
 import os
 from collections.abc import Callable
@@ -204,7 +205,12 @@ def assert_in_sync(ctx: DistContext, *modules: nn.Module) -> None:
 
 
 def shutdown(ctx: DistContext) -> None:
+    """Leave the job. Drop every DDP wrapper first: one that outlives this call keeps the
+    process group alive until the interpreter's own teardown, and gloo's worker threads then
+    release Python objects with the interpreter half gone, which can abort the process
+    (SIGABRT, "terminate called without an active exception") after a run that succeeded."""
     if ctx.enabled and dist.is_initialized():
+        gc.collect()  # wrappers in reference cycles go now, not at interpreter exit
         dist.destroy_process_group()
 
 

@@ -118,8 +118,10 @@ def train(
             run.replacing.abort()  # no checkpoint of the new run yet: the old run comes back
         raise
     finally:
-        if "run" in locals() and run.pixels is not None:
-            run.pixels.close()
+        if "run" in locals():
+            if run.pixels is not None:
+                run.pixels.close()
+            run.net = run.model  # the DDP wrapper must go before its process group (shutdown)
         if owns_group:
             shutdown(ctx)
 
@@ -205,7 +207,11 @@ def _setup(
         )
     coarse = coarse_split_warning(cfg.eval_split, eval_fs.n_images)
     if coarse is not None:
-        notes.append(f"{coarse} (select=last scores the last one)")
+        notes.append(
+            f"{coarse} (select=last: the run keeps its last epoch)"
+            if cfg.select == "last"
+            else f"{coarse}; select=val picks the kept epoch on it: select=last is safer"
+        )
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
     model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
     if model.config.standardize:  # training-split statistics, saved with the model
@@ -237,7 +243,7 @@ def _setup(
         meta = {**fs.meta, "splits": split_sizes(fs)}
         atomic_write_text(json.dumps(meta, indent=2, default=str), out / "data.json")
     for line in notes if ctx.is_main else []:
-        print(line, file=sys.stderr)
+        print(f"picoalign: {line}", file=sys.stderr)  # as every command's own warnings
     return _Run(
         cfg, ctx, device, train_fs, eval_fs, model, net, loss_fn, opt, params, pixels, out,
         result, start, replacing=replacing,
