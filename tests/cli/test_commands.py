@@ -128,6 +128,31 @@ def test_evaluate_model_folder_other_split_and_table(trained) -> None:
     assert "pico (jsonl:" in out and "val" in out  # the human-readable table
 
 
+def test_the_checkpoint_and_the_index_may_be_given_without_their_flag(
+    trained, tmp_path: Path, capsys
+) -> None:
+    run = str(trained["run"])
+    rc, out, err = run_cli("evaluate", run, "--json")
+    assert rc == 0, err
+    assert json.loads(out) == json.loads(run_cli("evaluate", "--checkpoint", run, "--json")[1])
+    index = tmp_path / "idx"
+    rc, _, err = run_cli(
+        "index", run, "--data", f"jsonl:{trained['data']}", "--out", str(index), "--no-progress"
+    )
+    assert rc == 0, err
+    rc, out, err = run_cli("search", str(index), "--text", "a red circle", "--json")
+    assert rc == 0 and json.loads(out)[0]["hits"], err
+    for argv, why in (
+        (["evaluate", run, "--checkpoint", str(tmp_path)], "two checkpoints given"),
+        (["evaluate"], "a checkpoint is required: CHECKPOINT or --checkpoint"),
+        (["search", "--text", "x"], "an index is required: INDEX or --index"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(argv)  # not run_cli: argparse's own exit, its message on the real stderr
+        assert e.value.code == 2
+        assert why in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("scorer", ["global", "gpo"])
 def test_pico_on_a_pooled_scorer_trains_evaluates_both_rules_indexes_and_searches(
     trained, tmp_path: Path, scorer: str

@@ -138,6 +138,28 @@ def test_missing_split_is_an_error_naming_the_line(tmp_path: Path) -> None:
         prepare_dataset(f"jsonl:{path}:all-train=yes")
 
 
+def test_a_file_without_any_split_gets_one_message_naming_both_fixes(tmp_path: Path) -> None:
+    path = write_data(tmp_path / "d", [None] * 5)
+    with pytest.raises(DataError) as e:
+        prepare_dataset(f"jsonl:{path}")
+    msg = str(e.value)
+    assert msg.startswith(f'{path}: none of its 5 lines has a "split" key') and "line 1" not in msg
+    assert f"jsonl:{path}:default-split=seeded" in msg and "default-split=train" in msg
+    with pytest.raises(DataError, match="none of its 5 lines"):  # --skip-bad would drop them all
+        prepare_dataset(f"jsonl:{path}", skip_bad=True)
+    assert prepare_dataset(f"jsonl:{path}:default-split=seeded").items
+
+
+def test_a_file_without_splits_and_other_problems_lists_both(tmp_path: Path) -> None:
+    path = write_data(tmp_path / "d", [None] * 4)
+    path.write_text(path.read_text() + "{not json\n")
+    with pytest.raises(DataError) as e:
+        prepare_dataset(f"jsonl:{path}")
+    lines = str(e.value).splitlines()
+    assert "2 bad entries" in lines[0] and "none of its 4 lines" in lines[0]
+    assert "line 5: invalid JSON" in lines[2]
+
+
 # ------------------------------------------------------------------------- no val split
 
 

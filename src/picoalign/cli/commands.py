@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from picoalign import __version__
-from picoalign.cli.data_flags import add_data_flags, data_kwargs
+from picoalign.cli.data_flags import (
+    add_checkpoint,
+    add_data_flags,
+    data_kwargs,
+    resolve_folder_args,
+)
 from picoalign.cli.train import add_train
 from picoalign.evaluation.metrics import PROTOCOLS
 
@@ -53,7 +58,7 @@ def _add_evaluate(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="run folder (uses best/) or model folder")
+    add_checkpoint(p)
     p.add_argument("--data", default=None, help="dataset spec (default: the one it trained on)")
     p.add_argument(
         "--split",
@@ -254,6 +259,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    resolve_folder_args(args)
     if args.command is None:
         parser.print_help()
         return 2

@@ -1,5 +1,5 @@
-"""The data flags shared by ``train``, ``evaluate`` and ``index``, defined once so the three
-commands spell and document them identically (``docs/data.md``)."""
+"""The flags shared by ``train``, ``evaluate`` and ``index`` (data options, the checkpoint),
+defined once so the commands spell and document them identically (``docs/data.md``)."""
 
 from __future__ import annotations
 
@@ -50,3 +50,36 @@ def data_kwargs(args: Any) -> dict[str, Any]:
         "skip_bad": bool(getattr(args, "skip_bad", False)),
         "max_image_pixels": getattr(args, "max_image_pixels", None),
     }
+
+
+CHECKPOINT_HELP = "run folder (uses best/) or model folder"
+
+
+def add_folder_arg(p: argparse.ArgumentParser, name: str, help: str) -> None:
+    """A required folder, given as ``NAME`` or ``--NAME NAME``: a user types ``picoalign
+    evaluate runs/pico`` or ``picoalign search my-index --text ...`` first, and that should
+    just work. :func:`resolve_folder_args` merges the two spellings after parsing."""
+    p.add_argument(f"{name}_pos", nargs="?", metavar=name.upper(), help=help)
+    p.add_argument(f"--{name}", default=None, help="the same, as a flag")
+    p.set_defaults(_folder_args=[*(p.get_default("_folder_args") or []), (name, p)])
+
+
+def add_checkpoint(p: argparse.ArgumentParser) -> None:
+    add_folder_arg(p, "checkpoint", CHECKPOINT_HELP)
+
+
+def resolve_folder_args(args: argparse.Namespace) -> None:
+    """Each :func:`add_folder_arg` value from its positional or its flag (a parser error if
+    neither, or two that differ); commands without one are left alone."""
+    for name, p in getattr(args, "_folder_args", None) or []:
+        pos, flag = getattr(args, f"{name}_pos"), getattr(args, name)
+        if pos is not None and flag is not None and pos != flag:
+            p.error(f"two {name}s given: {pos} and --{name} {flag}; give one")
+        value = flag if flag is not None else pos
+        if value is None:
+            article = "an" if name[0] in "aeiou" else "a"
+            p.error(f"{article} {name} is required: {name.upper()} or --{name} {name.upper()}")
+        setattr(args, name, value)
+        delattr(args, f"{name}_pos")
+    if hasattr(args, "_folder_args"):
+        del args._folder_args

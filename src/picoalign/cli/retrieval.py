@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from picoalign.cli.data_flags import add_data_flags, data_kwargs
+from picoalign.cli.data_flags import add_checkpoint, add_data_flags, add_folder_arg, data_kwargs
 from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
 
 
@@ -40,7 +40,7 @@ def add_parsers(sub: Any) -> None:
         "model and write a gallery index folder: token features, a FAISS first stage over "
         "pooled embeddings, and a manifest tying it to the model and the data.",
     )
-    p.add_argument("--checkpoint", required=True, help="run folder (uses best/) or model folder")
+    add_checkpoint(p)
     p.add_argument("--data", required=True, help="dataset spec, e.g. twemoji or jsonl:PATH")
     p.add_argument(
         "--split",
@@ -80,7 +80,7 @@ def add_parsers(sub: Any) -> None:
         description="Two-stage search: FAISS over pooled embeddings returns --candidates, the "
         "model's fine-grained scoring rule re-ranks them.",
     )
-    s.add_argument("--index", required=True, help="index folder written by `picoalign index`")
+    add_folder_arg(s, "index", "index folder written by `picoalign index`")
     q = s.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", action="append", help="a text query (repeat for several)")
     q.add_argument("--image", action="append", help="an image query (caption index; repeatable)")

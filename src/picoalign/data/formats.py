@@ -140,6 +140,17 @@ def _missing_split() -> str:
     )
 
 
+def _no_split_at_all(path: Path, n: int) -> str:
+    """The one message for a file none of whose lines has a split: a file-wide choice the
+    user has not made, not ``n`` separate mistakes (and ``--skip-bad`` would drop them all)."""
+    return (
+        f'{path}: none of its {n} lines has a "split" key (expected one of '
+        f"{', '.join(SPLITS)} on each line). For data without splits, spell the dataset "
+        f"jsonl:{path}:default-split=seeded (a seeded 70/10/20 split by group) or "
+        f"jsonl:{path}:default-split=train (every line trains; val is carved from it)"
+    )
+
+
 def jsonl(
     path: Path | str,
     *,
@@ -160,6 +171,7 @@ def jsonl(
     items: list[Item] = []
     where_of: dict[str, str] = {}
     stats: list[str] = []
+    no_split: list[tuple[str, str]] = []
     for n, text in read_lines(path, problems):
         if text is None or not text.strip():
             continue  # blank, or not UTF-8 (already reported by read_lines)
@@ -170,13 +182,20 @@ def jsonl(
                 raise DataError(f"duplicate image {item.key!r} (first at {where_of[item.key]})")
             stat = _stat_image(Path(item.source))
             if not item.split:  # checked last: a missing file is the more useful message
-                raise DataError(_missing_split())
+                no_split.append((where, _missing_split()))
+                raise DataError(no_split[-1][1])
             stats.append(stat)
         except DataError as e:
             problems.add(where, str(e))
             continue
         where_of[item.key] = where
         items.append(item)
+    if no_split and not items:  # no line has a split: one message for the file
+        if len(no_split) == len(problems.skipped):
+            raise DataError(_no_split_at_all(path, len(no_split)))
+        first = problems.skipped.index(no_split[0])
+        problems.skipped = [p for p in problems.skipped if p not in no_split]
+        problems.skipped.insert(first, (str(path), _no_split_at_all(path, len(no_split))))
     if not items:
         problems.empty(str(path))
     fp = items_fingerprint(
