@@ -304,6 +304,25 @@ def test_contact_sheet(tiny, tmp_path):
         contact_sheet([], index.image_loader(), tmp_path / "empty.png", "x")
 
 
+def test_contact_sheet_replaces_only_an_earlier_sheet(tiny, tmp_path):
+    index = _build(tiny, tmp_path / "idx")
+    hits = index.search_text(tiny["model"], QUERIES[:1], k=2)
+    sheet = tmp_path / "sheet.png"
+    contact_sheet(hits, index.image_loader(), sheet)
+    contact_sheet(hits, index.image_loader(), sheet)  # a re-run updates its own sheet
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(photo)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for theirs in (photo, notes):
+        before = theirs.read_bytes()
+        with pytest.raises(ValueError, match="exists and is not a sheet picoalign wrote"):
+            contact_sheet(hits, index.image_loader(), theirs)
+        assert theirs.read_bytes() == before
+    with pytest.raises(ValueError, match="is a folder"):
+        contact_sheet(hits, index.image_loader(), tmp_path / "idx")
+
+
 def test_format_hits_aligned():
     hits = [Hit(0, "a.png", "/data/a.png", 1.25), Hit(7, "longer_key.png", "", -0.5)]
     lines = format_hits(hits).splitlines()
@@ -340,6 +359,12 @@ def test_cli_index_and_search(tiny, tmp_path, monkeypatch, capsys):
     assert [h["rank"] for h in result[0]["hits"]] == [1, 2, 3]
     assert set(result[0]["hits"][0]) == {"rank", "row", "key", "source", "score"}
     assert sheet.is_file()
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    args = parser.parse_args([*argv, "--sheet", str(photo)])
+    with pytest.raises(ValueError, match="not a sheet picoalign wrote"):
+        args.func(args)  # refused before the search
+    assert capsys.readouterr().out == ""
 
     args = parser.parse_args(["search", "--index", str(out), "--text", "red", "--exhaustive"])
     assert args.func(args) == 0

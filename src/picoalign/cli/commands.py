@@ -101,6 +101,7 @@ def _add_evaluate(sub: Any) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    resolve_folder_args(args)
     from picoalign.data.check import report_to_stderr
     from picoalign.evaluation import coarse_split_warning, evaluate, format_table
     from picoalign.features import dataset_features
@@ -259,7 +260,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    resolve_folder_args(args)
     if args.command is None:
         parser.print_help()
         return 2

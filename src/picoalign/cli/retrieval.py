@@ -17,7 +17,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from picoalign.cli.data_flags import add_checkpoint, add_data_flags, add_folder_arg, data_kwargs
+from picoalign.cli.data_flags import (
+    add_checkpoint,
+    add_data_flags,
+    add_folder_arg,
+    data_kwargs,
+    resolve_folder_args,
+)
 from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
 
 
@@ -90,12 +96,17 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--exhaustive", action="store_true", help="fine-grained over all items")
     s.add_argument("--nprobe", type=_positive_int, help="IVF lists searched (default: index's)")
     s.add_argument("--checkpoint", help="model to use instead of the one the index records")
-    s.add_argument("--sheet", help="write a PNG contact sheet of the results (image index)")
+    s.add_argument(
+        "--sheet",
+        help="write a PNG contact sheet of the results (image index); replaces only an "
+        "earlier sheet, never another file",
+    )
     s.add_argument("--json", action="store_true", help="print machine-readable results")
     s.set_defaults(func=cmd_search)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    resolve_folder_args(args)
     from picoalign.features import dataset_features
     from picoalign.model import PicoAligner
     from picoalign.retrieval.index import build_index
@@ -141,11 +152,15 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    resolve_folder_args(args)
     from picoalign.retrieval.index import GalleryIndex, contact_sheet
+    from picoalign.retrieval.sheet import check_sheet_path
 
     index = GalleryIndex.load(args.index, checkpoint=args.checkpoint)
     if args.sheet and index.kind != "images":
         raise ValueError("--sheet draws retrieved images: it needs an image index")
+    if args.sheet:
+        check_sheet_path(args.sheet)  # before the search: never over a user's own file
     model = index.load_model()
     kw = {
         "k": args.top_k,

@@ -13,6 +13,33 @@ import numpy as np
 
 from picoalign.fileio import atomic_write
 
+# what a sheet's PNG records as its "Software": the mark that lets a later search replace it
+SHEET_SOFTWARE = "picoalign contact sheet"
+
+
+def check_sheet_path(path: str | Path) -> Path:
+    """``path`` if a contact sheet may be written there: a new file, or a sheet picoalign
+    wrote before (re-running a search updates its sheet). Anything else, say a photo given
+    by a slip of the keyboard, is refused: a user's file is never overwritten."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = Path(path)
+    if not out.exists():
+        return out
+    if out.is_dir():
+        raise ValueError(f"contact sheet {out}: is a folder, expected a .png file path")
+    try:
+        with Image.open(out) as png:
+            ours = png.info.get("Software") == SHEET_SOFTWARE
+    except (OSError, UnidentifiedImageError):
+        ours = False
+    if not ours:
+        raise ValueError(
+            f"contact sheet {out}: the file exists and is not a sheet picoalign wrote; "
+            "give another path or delete it"
+        )
+    return out
+
 
 def contact_sheet(
     hits: Sequence[Sequence[Any]],
@@ -27,11 +54,13 @@ def contact_sheet(
 
     ``hits[q]`` are :class:`picoalign.retrieval.index.Hit` (anything with ``key`` and ``score``);
     ``load_image_fn(hit)`` returns a PIL image (a failure shows an empty cell with the reason).
-    ``row_labels`` (e.g. the query texts) label the rows. Written to a temp file, then renamed.
+    ``row_labels`` (e.g. the query texts) label the rows. Written to a temp file, then renamed;
+    an existing file is replaced only if it is an earlier sheet (:func:`check_sheet_path`).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    check_sheet_path(out_png)  # before drawing: a refusal costs nothing
     rows = len(hits)
     cols = max((len(h) for h in hits), default=0)
     if rows == 0 or cols == 0:
@@ -68,8 +97,9 @@ def contact_sheet(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(out_png)
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    out = check_sheet_path(out_png)
+    meta = {"Software": SHEET_SOFTWARE}
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata=meta))
     return out
 
 
