@@ -142,4 +142,9 @@ def model_dir(checkpoint: str | Path) -> Path:
     path = Path(checkpoint)
     if (path / "best" / "config.json").is_file():
         return path / "best"
+    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: a training run with no model saved yet (no {path / 'best'}); a run "
+            "saves one after its first evaluated epoch"
+        )
     return path

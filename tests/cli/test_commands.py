@@ -271,6 +271,7 @@ def bad_jsonl(tmp: Path, trained) -> str:
         ("bad-config-file", "invalid YAML"),
         ("bad-checkpoint", "checkpoint not found"),
         ("not-a-checkpoint", "config.json: not found"),
+        ("run-without-model", "a training run with no model saved yet"),
         ("bad-device", "--device"),
     ],
 )
@@ -297,9 +298,12 @@ def test_user_errors_print_one_line_and_return_2(
         "bad-config-file": [*train, "--config", str(tmp_path / "c.yaml")],
         "bad-checkpoint": ["evaluate", "--checkpoint", str(tmp_path / "nope")],
         "not-a-checkpoint": ["evaluate", "--checkpoint", str(tmp_path), "--data", data],
+        "run-without-model": ["evaluate", str(tmp_path)],  # a config.yaml and no best/
         "bad-device": [*train, "--data", data, *ENCODERS, "--device", "quantum"],
     }[case]
     (tmp_path / "c.yaml").write_text("epochs: [1\n")
+    if case == "run-without-model":
+        (tmp_path / "config.yaml").write_text("epochs: 1\n")
     rc, out, err = run_cli(*argv)
     assert rc == 2, (out, err)
     assert "Traceback" not in err and "Traceback" not in out
