@@ -252,3 +252,25 @@ def test_load_corrupt_or_mismatched_weights_names_the_file(tmp_path: Path) -> No
     weights.write_bytes((tmp_path / "o" / "model.safetensors").read_bytes())
     with pytest.raises(ValueError, match=re.escape(str(weights))):
         PicoAligner.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize("scorer", ["fine_grained", "global", "gpo"])
+def test_encode_takes_one_item_or_none_and_scores_them(scorer: str) -> None:
+    """encode() just works: a bare caption or image is one item, an empty list no items."""
+    from PIL import Image
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_encoder="random-conv", text_encoder="hash-text", image_dim=32,
+                      text_dim=32, embed_dim=16, scorer=scorer)  # fmt: skip
+    model = PicoAligner(cfg).eval()
+    one, one_m = model.encode_texts("a red circle")
+    two, two_m = model.encode_texts(["a red circle", "a blue square"])
+    n = int(one_m.sum())
+    assert one.shape[0] == 1 and torch.allclose(one[0, :n], two[0, :n], atol=1e-5)
+    img, img_m = model.encode_images(Image.new("RGB", (32, 32), (200, 10, 10)))
+    assert img.shape[0] == 1
+    none, none_m = model.encode_texts([])
+    assert none.shape == (0, 0, 16) and none_m.shape == (0, 0) and none_m.dtype == torch.bool
+    assert model.scores(img, img_m, none, none_m).shape == (1, 0)
+    no_img, no_img_m = model.encode_images([])
+    assert model.scores(no_img, no_img_m, two, two_m).shape == (0, 2)

@@ -337,6 +337,8 @@ class PicoAligner(nn.Module):
         """
         from picoalign.data.images import load_image
 
+        if isinstance(images, (str, Path, Image.Image)):  # one image, not a sequence of them
+            images = [images]
         enc = self.backbone("image")
         toks, masks = [], []
         for i in range(0, len(images), batch_size):
@@ -348,7 +350,7 @@ class PicoAligner(nn.Module):
             t, m = self.embed_images(t.to(self._device), m.to(self._device))
             toks.append(t)
             masks.append(m)
-        return pad_cat(toks, masks)
+        return pad_cat(toks, masks, dim=self.config.embed_dim, device=self._device)
 
     def text_tokens(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Backbone word tokens of raw captions, with gradient when fine-tuning."""
@@ -358,14 +360,17 @@ class PicoAligner(nn.Module):
         return t.to(self._device), m.to(self._device)
 
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> tuple[Tensor, Tensor]:
-        """Captions → embedded tokens (N, T, D) and mask, ready for ``scores``."""
+    def encode_texts(
+        self, texts: str | Sequence[str], batch_size: int = 64
+    ) -> tuple[Tensor, Tensor]:
+        """Captions (or one caption) → embedded tokens (N, T, D) and mask, for ``scores``."""
+        texts = [texts] if isinstance(texts, str) else texts
         toks, masks = [], []
         for i in range(0, len(texts), batch_size):
             t, m = self.embed_texts(*self.text_tokens(texts[i : i + batch_size]))
             toks.append(t)
             masks.append(m)
-        return pad_cat(toks, masks)
+        return pad_cat(toks, masks, dim=self.config.embed_dim, device=self._device)
 
     # -- persistence ------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:

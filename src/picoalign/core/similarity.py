@@ -230,6 +230,10 @@ def fine_grained_scores(
             raise ValueError(f"weights must have shape ({img.shape[-1]},), got {_shape(weights)}")
     n_img, n_v, _ = img.shape
     n_txt, n_t, _ = txt.shape
+    if n_img == 0 or n_txt == 0:  # an empty gallery or query list: nothing to score
+        if return_alignment:
+            raise ValueError("fine_grained_scores: no images or no captions to align")
+        return torch.zeros(n_img, n_txt, device=img.device)
     dt, rounded = gemm_dtype(compute_dtype, img.device)
     round_to = compute_dtype if rounded else None
     track_grad = torch.is_grad_enabled() and any(
@@ -328,9 +332,17 @@ def pair_scores(
     return i2t + t2i
 
 
-def pad_cat(tokens: list[Tensor], masks: list[Tensor]) -> tuple[Tensor, Tensor]:
+def pad_cat(
+    tokens: list[Tensor], masks: list[Tensor], *, dim: int | None = None, device: Any = None
+) -> tuple[Tensor, Tensor]:
     """Concatenate batches of token sets of different widths (N_k, T_k, D): each is padded
-    to the widest T with zero tokens and False mask entries."""
+    to the widest T with zero tokens and False mask entries. No batches at all give
+    (0, 0, ``dim``) tokens, so that encoding an empty list is not an error."""
+    if not tokens:
+        if dim is None:
+            raise ValueError("pad_cat: no batches, and no dim for an empty result")
+        empty = torch.zeros(0, 0, dim, device=device)
+        return empty, torch.zeros(0, 0, dtype=torch.bool, device=device)
     width = max((t.shape[1] for t in tokens), default=1)
     tokens = [torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) for t in tokens]
     masks = [torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]
