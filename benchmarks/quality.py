@@ -1,8 +1,9 @@
 """Quality study: does PICO align better than the best baseline? (docs/results.md)
 
 Every method shares encoders (EfficientNet-Lite0 + MiniLM, frozen, cached features), data,
-seeds and the product's default recipe (trained until validation levels off: 20 epochs, lr
-steps at 60% and 85%, the last epoch scored). Training sets: twemoji, noto-emoji, tuxpaint
+seeds and the product's default recipe (trained until validation levels off: epochs=auto, which
+is 20 with one caption per image and 6 on scenes' five, lr steps at 60% and 85%, the last
+epoch scored). Training sets: twemoji, noto-emoji, tuxpaint
 and two protocols of the compositional ``scenes`` set; test sets: each one's test split and
 the style-shift partners (train Twemoji → test Noto and the reverse; scenes drawn with Noto).
 
@@ -42,6 +43,7 @@ from picoalign.evaluation import evaluate
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.model import PicoAligner
 from picoalign.training.loop import train
+from picoalign.training.schedule import auto_epochs
 
 ROOT = Path(__file__).resolve().parent
 SCENES = "scenes:{}:size=1400"  # 1,002 / 201 / 201 images: a study-sized scenes set
@@ -54,7 +56,7 @@ TRAIN_SETS = {
     SCENES.format("twemoji"): [SCENES.format("twemoji"), SCENES.format("style")],
     SCENES.format("caption"): [SCENES.format("caption")],
 }
-# The product's default recipe (TrainConfig: 20 epochs, lr 5e-4, steps at 60% / 85%, PICO
+# The product's default recipe (TrainConfig: epochs=auto, lr 5e-4, steps at 60% / 85%, PICO
 # warm-up 2 epochs, the last epoch scored) for every method alike.
 BASE: dict[str, Any] = {}
 SCORERS = ("global", "gpo", "fine_grained")
@@ -181,6 +183,7 @@ def one_run(
         "seed": seed,
         "val_rsum": result.best.get("rsum"),
         "best_epoch": result.best.get("epoch"),
+        "epochs": result.config.epochs if result.config is not None else None,
         "seconds": round(seconds, 1),
         "tests": tests,
         "p_mean": float(model.pico.p.mean()),
@@ -378,6 +381,32 @@ def report(rows: list[dict[str, Any]], tune_seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+def planned_epochs(base: dict[str, Any], fs: FeatureSet) -> int:
+    """How many epochs every run on ``fs`` trains: ``base``'s, or the recipe's ``auto``."""
+    epochs = load_config(None, base).epochs
+    if epochs != "auto":
+        return int(epochs)
+    train_fs = fs.split("train")
+    return auto_epochs(train_fs.n_images, train_fs.n_captions)
+
+
+def row_epochs(row: dict[str, Any]) -> int | None:
+    """The epochs a result row trained. Rows written before rows recorded it scored their
+    last epoch (select=last), so their ``best_epoch`` is that number."""
+    return row.get("epochs") or row.get("best_epoch")
+
+
+def check_budget(rows: list[dict[str, Any]], epochs: int, where: str) -> str | None:
+    """Why ``rows`` cannot stand for runs of ``epochs`` epochs (None: they can)."""
+    other = sorted({row_epochs(r) for r in rows} - {epochs}, key=str)
+    if not other:
+        return None
+    return (
+        f"{where} holds runs of {', '.join(map(str, other))} epochs, this run trains {epochs}: "
+        "give --epochs to match it, or its own --results"
+    )
+
+
 def _first_of_each_split(fs: FeatureSet, n: int) -> list[int]:
     rows = [[i for i, x in enumerate(fs.image_splits) if x == s] for s in ("train", "val", "test")]
     return [i for r in rows for i in r[:n]]
@@ -425,9 +454,15 @@ def main(argv: list[str] | None = None) -> int:
         "same fractions of training); needs its own --results, --report and --plots",
     )
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--results", type=Path, default=ROOT / "results" / "quality.jsonl")
-    ap.add_argument("--report", type=Path, default=ROOT / "results" / "quality.md")
-    ap.add_argument("--plots", type=Path, default=ROOT.parent / "docs" / "img")
+    # None = not given (then these defaults): --epochs needs all three given
+    defaults = {
+        "results": ROOT / "results" / "quality.jsonl",
+        "report": ROOT / "results" / "quality.md",
+        "plots": ROOT.parent / "docs" / "img",
+    }
+    ap.add_argument("--results", type=Path, help=f"(default: {defaults['results']})")
+    ap.add_argument("--report", type=Path, help=f"(default: {defaults['report']})")
+    ap.add_argument("--plots", type=Path, help=f"(default: {defaults['plots']})")
     ap.add_argument("--resume", action="store_true", help="skip runs already in --results")
     ap.add_argument("--overwrite", action="store_true", help="start --results over")
     ap.add_argument("--report-only", action="store_true")
@@ -446,15 +481,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.epochs < 1:
             ap.error(f"--epochs must be >= 1, got {args.epochs}")
         for name in ("results", "report", "plots"):
-            if getattr(args, name) == ap.get_default(name):
+            if getattr(args, name) is None:
                 ap.error(f"--epochs changes the recipe: give its own --{name}")
         base["epochs"] = args.epochs
+    for name, path in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, path)
     if args.quick:
         base.update(epochs=2, lr_steps=[], pico_warmup_epochs=0)
         args.seeds, args.train_sets = args.seeds[:1], args.train_sets[:1]
         args.results = args.results.with_name("quality-quick.jsonl")
         args.report = args.report.with_name("quality-quick.md")
-    if args.confirm is not None and args.results == ap.get_default("results"):
+    if args.confirm is not None and args.results == defaults["results"]:
         args.results = args.results.with_name("quality-confirm.jsonl")
         args.report = args.report.with_name("quality-confirm.md")
     if args.confirm is not None and args.results.resolve() == args.confirm.resolve():
@@ -482,8 +520,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             families = ["fine_grained", DEFAULT_PICO]
         tune, rest = args.seeds[0], args.seeds[1:]
+        budget = {ts: planned_epochs(base, feats[ts]) for ts in args.train_sets}
 
         def run_all(todo: list[tuple]) -> None:
+            for ts in {p[3] for p in todo}:  # a resumed study must not mix budgets
+                ids = {run_id(p[0], p[2], p[3], p[4]) for p in todo if p[3] == ts}
+                why = check_budget([done[i] for i in ids & set(done)], budget[ts], args.results)
+                if why:
+                    ap.error(why)
             todo = [p for p in todo if run_id(p[0], p[2], p[3], p[4]) not in done]
             print(f"{len(todo)} runs to do ({len(done)} already done)", flush=True)
             for i, (fam, ov, margin, ts, seed, rules) in enumerate(todo, 1):
@@ -504,7 +548,11 @@ def main(argv: list[str] | None = None) -> int:
         # validation picked (the same rule for every family)
         if args.confirm is not None:  # choices fixed by the study: nothing is tuned here
             study = [json.loads(x) for x in args.confirm.read_text().splitlines() if x]
-            for ts in args.train_sets:
+            for ts in args.train_sets:  # its picks were made at this budget, or not at all
+                why = check_budget([r for r in study if r["train_set"] == ts], budget[ts],
+                                   args.confirm)  # fmt: skip
+                if why:
+                    ap.error(why)
                 run_all(confirm_plan(study, ts, args.seeds))
         else:  # one training set at a time, so that a cut-short study has whole sets
             for ts in args.train_sets:

@@ -95,7 +95,7 @@ def test_a_mistyped_key_gets_the_close_one_suggested(key: str, meant: str) -> No
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"epochs": -1}, "invalid epochs: -1 (expected an integer >= 1)"),
+        ({"epochs": -1}, "invalid epochs: -1 (expected an integer >= 1, or auto)"),
         ({"batch_size": 1}, "invalid batch_size: 1 (expected an integer >= 2)"),
         ({"eval_every": 0}, "invalid eval_every: 0 (expected an integer >= 1)"),
     ],

@@ -124,3 +124,22 @@ def test_another_budget_never_writes_into_the_studys_files(quality, tmp_path, ca
     with pytest.raises(SystemExit) as info:
         quality.main(["--epochs", "6", "--results", str(tmp_path / "r.jsonl")])
     assert info.value.code == 2 and "give its own --report" in capsys.readouterr().err
+
+
+def test_rows_of_another_budget_are_never_resumed_or_confirmed(quality, make_feature_set) -> None:
+    legacy = row("global", 0.8, 0, val=1, test=1) | {"best_epoch": 20}  # before rows had it
+    new = row("gpo", 0.8, 0, val=1, test=1) | {"best_epoch": 6, "epochs": 6}
+    assert quality.row_epochs(legacy) == 20 and quality.row_epochs(new) == 6
+    assert quality.check_budget([legacy], 20, "r.jsonl") is None
+    why = quality.check_budget([legacy, new], 6, "r.jsonl")
+    assert why.startswith("r.jsonl holds runs of 20 epochs, this run trains 6")
+    fs = make_feature_set(n=24, captions=5)  # the recipe's auto: 6 epochs at five captions
+    assert quality.planned_epochs({}, fs) == 6
+    assert quality.planned_epochs({"epochs": 20}, fs) == 20
+
+
+def test_the_epochs_flag_still_needs_its_own_plots(quality, tmp_path, capsys) -> None:
+    own = ["--results", str(tmp_path / "r.jsonl"), "--report", str(tmp_path / "r.md")]
+    with pytest.raises(SystemExit) as info:
+        quality.main(["--epochs", "20", *own])
+    assert info.value.code == 2 and "give its own --plots" in capsys.readouterr().err

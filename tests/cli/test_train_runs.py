@@ -253,3 +253,28 @@ def test_absolute_data_specs_keep_their_options(tmp_path, monkeypatch) -> None:
     got = absolute_spec("jsonl:d/data.jsonl:val=strict:default-split=train")
     assert got == f"jsonl:{tmp_path}/d/data.jsonl:val=strict:default-split=train"
     assert absolute_spec("scenes:twemoji:size=100") == "scenes:twemoji:size=100"
+
+
+@pytest.mark.parametrize("value", ["many", "0"])
+def test_epochs_flag_takes_an_integer_or_auto(tmp_path, value, capsys) -> None:
+    from picoalign.cli.commands import main
+
+    with pytest.raises(SystemExit) as info:  # argparse's own usage error
+        main(["train", "--epochs", value, "--out", str(tmp_path / "run")])
+    assert info.value.code == 2
+    assert "argument --epochs: expected an integer" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_epochs_auto_is_resolved_and_a_resume_keeps_the_number(ref, tmp_path) -> None:
+    run = tmp_path / "run"
+    argv = train_argv(ref["data"], run, 1)
+    argv[argv.index("--epochs") + 1] = "auto"
+    rc, _, err = run_cli(*argv, "--set", "lr_steps=[]")
+    assert rc == 0, err
+    (line,) = [x for x in err.splitlines() if "epochs=auto" in x]
+    epochs = load_config(run / "config.yaml").epochs
+    assert isinstance(epochs, int) and f"epochs=auto: {epochs} epochs" in line
+    assert len(rows(run)) == epochs
+    rc, _, err = run_cli("train", "--out", str(run), "--resume", "--no-progress")
+    assert rc == 0 and len(rows(run)) == epochs  # nothing left to train: the run is whole

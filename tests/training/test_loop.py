@@ -516,3 +516,43 @@ def test_data_json_records_every_splits_size(tmp_path: Path, make_feature_set) -
     assert list(meta["splits"]) == ["train", "val", "test"]
     assert meta["splits"]["train"] == {"images": 12, "captions": 24}
     assert meta["splits"]["test"] == {"images": 6, "captions": 12}
+
+
+# ------------------------------------------------------------------------- epochs="auto"
+
+
+def test_auto_epochs_follows_captions_per_image() -> None:
+    from picoalign.training.schedule import auto_epochs
+
+    # the two measured points (docs/results.md): 20 with one caption, 6 with five
+    assert auto_epochs(1000, 1000) == 20 and auto_epochs(1002, 5010) == 6
+    assert auto_epochs(100, 200) == 15 and auto_epochs(10, 600) == 1  # never below one
+    assert [auto_epochs(100, c) for c in (100, 150, 200, 300, 500)] == [20, 20, 15, 10, 6]
+    with pytest.raises(ValueError, match="need images and captions"):
+        auto_epochs(0, 5)
+
+
+def test_auto_epochs_is_resolved_and_written_to_the_runs_config(
+    tmp_path: Path, make_feature_set, capsys
+) -> None:
+    from picoalign.training.schedule import resolve_epochs
+
+    cfg = make_cfg(tmp_path / "run", epochs="auto", **{"model.method": "baseline"})
+    with pytest.raises(ValueError, match="not resolved"):
+        cfg.lr_step_epochs()  # a schedule of unknown length is never guessed
+    fs = make_feature_set(n=24, captions=10)  # 12 train images, 120 captions: 3 epochs
+    result = train(cfg, fs)
+    assert cfg.epochs == "auto"  # the caller's config is read, never written
+    assert len(result.history) == 3 and result.config.epochs == 3
+    assert load_config(tmp_path / "run" / "config.yaml").epochs == 3
+    assert "epochs=auto: 3 epochs for 10 captions per image" in capsys.readouterr().err
+    fixed = make_cfg(tmp_path / "other", epochs=2)
+    assert resolve_epochs(fixed, 12, 120) is fixed  # an integer is kept as given
+
+
+@pytest.mark.parametrize("bad", ["many", 0, -3, 2.5])
+def test_epochs_is_an_integer_or_auto(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        make_cfg(tmp_path, epochs=bad)
+    assert make_cfg(tmp_path, epochs="7").epochs == 7  # --set epochs=7 reads as a string
+    assert TrainConfig().epochs == "auto"

@@ -19,7 +19,7 @@ from picoalign.cli.data_flags import (
     data_kwargs,
     resolve_folder_args,
 )
-from picoalign.cli.train import add_train
+from picoalign.cli.train import add_train, epochs_arg
 from picoalign.evaluation.metrics import PROTOCOLS
 
 EPILOG = """\
@@ -180,7 +180,11 @@ def _add_demo(sub: Any) -> None:
         "--out", default="runs/demo", help="folder of both runs, results.json and the plots"
     )
     p.add_argument(
-        "--epochs", type=int, default=None, help="epochs per method (default: the CPU recipe's)"
+        "--epochs",
+        type=epochs_arg,
+        default=None,
+        help="epochs per method, or auto (default: the recipe's, auto: 20 with one caption "
+        "per image, fewer with more)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of both runs and of the splits")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")

@@ -22,6 +22,7 @@ from picoalign.evaluation import embed_features, evaluate, format_table
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.model import PicoAligner
 from picoalign.training.loop import train
+from picoalign.training.schedule import resolve_epochs
 
 # The demo's recipe; docs/results.md says how it was chosen. Both methods share everything
 # but the method itself.
@@ -34,7 +35,13 @@ CONCEPT_SPLIT = frozenset({"twemoji", "noto-emoji", "tuxpaint", "cross"})
 
 
 def demo_config(
-    method: str, data: str, out: Path, seed: int, epochs: int | None, quick: bool, progress: bool
+    method: str,
+    data: str,
+    out: Path,
+    seed: int,
+    epochs: int | str | None,
+    quick: bool,
+    progress: bool,
 ) -> TrainConfig:
     overrides = {**DEMO_OVERRIDES, **(QUICK_OVERRIDES if quick else {})}
     overrides.update(
@@ -55,7 +62,7 @@ def demo_config(
 def run_demo(
     data: str = "twemoji",
     out: str | Path = "runs/demo",
-    epochs: int | None = None,
+    epochs: int | str | None = None,
     seed: int = 0,
     quick: bool = False,
     progress: bool = True,
@@ -93,6 +100,8 @@ def run_demo(
     runs = {}
     for method in ("baseline", "pico"):
         cfg = demo_config(method, data, out, seed, epochs, quick, progress)
+        train_fs = fs.split("train")  # "auto" resolved here, so the heading says how many
+        cfg = resolve_epochs(cfg, train_fs.n_images, train_fs.n_captions)
         print(f"\n== training {method} ({cfg.epochs} epochs, seed {seed}) ==")
         # the demo owns OUT/baseline and OUT/pico: a rerun replaces them
         run = train(cfg, fs, overwrite=True, on_epoch=lambda r, m=method: print(epoch_line(r, m)))

@@ -45,6 +45,19 @@ FLAGS = {
 }
 
 
+def epochs_arg(text: str) -> int | str:
+    """``--epochs``: a positive integer or ``auto`` (argparse names the flag on an error)."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or auto, got {value}")
+    return value
+
+
 def add_train(sub: Any, epilog: str, set_value: Any) -> None:
     from picoalign.config import TrainConfig
 
@@ -74,7 +87,12 @@ def add_train(sub: Any, epilog: str, set_value: Any) -> None:
         "pooled), gpo (VSE∞'s learnt pooling); PICO applies to each (default: fine_grained)",
     )
     p.add_argument("--out", help="run folder for checkpoints and metrics (default: runs/LABEL)")
-    p.add_argument("--epochs", type=int, help=f"(default: {d.epochs})")
+    p.add_argument(
+        "--epochs",
+        type=epochs_arg,
+        help="an integer, or auto: about 30 passes over each image's captions, at most 20 "
+        "epochs (20 with one caption per image, 6 with five) (default: auto)",
+    )
     p.add_argument(
         "--seed", type=int, help="training seed: initialisation, data order (default: 0)"
     )

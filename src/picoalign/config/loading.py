@@ -30,7 +30,9 @@ class TrainConfig:
     out: str = "runs/pico"
     # The recipe trained to convergence (METHOD.md §7, docs/results.md): reading B learns
     # slower and then overtakes, so a short budget favours the baseline. Every method gets it.
-    epochs: int = 20
+    # "auto" sizes it to the data (picoalign.training.schedule.auto_epochs): 20 epochs with
+    # one caption per image, 6 with five, where every family overtrained at 20
+    epochs: int | Literal["auto"] = "auto"
     batch_size: int = 128
     lr: float = 5e-4
     backbone_lr_mult: float = 0.1  # for fine-tuned backbones
@@ -82,8 +84,11 @@ class TrainConfig:
                 int(x) if isinstance(x, float) and x >= 1 and x.is_integer() else x
                 for x in self.lr_steps
             ]
+        if isinstance(self.epochs, str) and self.epochs.isdigit():  # --set epochs=6
+            self.epochs = int(self.epochs)
+        if not (self.epochs == "auto" or isinstance(self.epochs, int)):
+            raise ValueError(f"invalid epochs: {self.epochs!r} (expected an integer or auto)")
         for name in (
-            "epochs",
             "batch_size",
             "eval_every",
             "save_every_steps",
@@ -94,7 +99,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), (int, float)):
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r} (expected a number)")
         checks = {  # name -> (valid, what was expected)
-            "epochs": (self.epochs >= 1, "an integer >= 1"),
+            "epochs": (self.epochs == "auto" or self.epochs >= 1, "an integer >= 1, or auto"),
             "batch_size": (self.batch_size >= 2, "an integer >= 2"),
             "lr": (self.lr > 0, "a number > 0"),
             "margin": (self.margin >= 0, "a number >= 0"),
@@ -126,6 +131,8 @@ class TrainConfig:
 
     def lr_step_epochs(self) -> list[int]:
         """The 0-based epochs from which each lr step applies (fractions resolved)."""
+        if self.epochs == "auto":  # the data decides it: training resolves it first
+            raise ValueError("epochs=auto is not resolved yet (schedule.resolve_epochs)")
         return [round(s * self.epochs) if s < 1 else int(s) for s in self.lr_steps]
 
 

@@ -59,7 +59,7 @@ from picoalign.training.history import flat_metrics, pico_stats
 from picoalign.training.losslog import LOSS_CHECK_EVERY, LossLog, TrainingError, per_pair
 from picoalign.training.pixels import PixelBatches
 from picoalign.training.runs import Replacement, check_run_folder
-from picoalign.training.schedule import batch_order, learning_rate
+from picoalign.training.schedule import batch_order, learning_rate, resolve_epochs
 from picoalign.training.state import Position, restore_last, save_last, write_metrics
 
 
@@ -72,6 +72,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None
+    config: TrainConfig | None = None  # as trained: ``epochs="auto"`` resolved
 
     @property
     def best_rsum(self) -> float:
@@ -104,7 +105,7 @@ def train(
     ctx = init_distributed(device)
     try:
         run = _setup(cfg, features, ctx, local_device(device, ctx), resume, write)
-        for epoch in range(run.start.epoch, cfg.epochs):
+        for epoch in range(run.start.epoch, run.cfg.epochs):
             row = _train_epoch(run, epoch)
             _evaluate_and_save(run, epoch, row)
             if on_epoch is not None and ctx.is_main:
@@ -200,6 +201,13 @@ def _setup(
     if eval_fs.n_images == 0:  # else evaluation would crash after the first epoch
         raise ValueError(f"--data {cfg.data}: the {cfg.eval_split} split (eval_split) is empty")
     notes = []  # printed once the run is set up: a run that fails to start shows its error
+    if cfg.epochs == "auto":
+        cfg = resolve_epochs(cfg, train_fs.n_images, train_fs.n_captions)
+        per_image = train_fs.n_captions / train_fs.n_images
+        notes.append(
+            f"epochs=auto: {cfg.epochs} epochs for {per_image:.3g} captions per image "
+            "(--epochs N to choose)"
+        )
     if cfg.batch_size > train_fs.n_captions:
         notes.append(
             f"warning: batch size {cfg.batch_size} > {train_fs.n_captions} training captions: "
@@ -227,7 +235,7 @@ def _setup(
         _param_groups(model, params, cfg.backbone_lr_mult), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     out = Path(cfg.out) if write and ctx.is_main else None
-    result = TrainResult(model=model, out=Path(cfg.out) if write else None)
+    result = TrainResult(model=model, out=Path(cfg.out) if write else None, config=cfg)
     start = Position()
     if write and resume:
         # rank 0 first, and only rank 0 repairs what a kill left: the others just read
