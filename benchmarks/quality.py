@@ -292,10 +292,17 @@ def _paired(a: list[float], b: list[float]) -> str:
     return f"{m:+.1f} [{m - half:+.1f}, {m + half:+.1f}]"
 
 
-def report(rows: list[dict[str, Any]], tune_seed: int = 0) -> str:
+def report(rows: list[dict[str, Any]], tune_seed: int = 0, confirms: str | None = None) -> str:
     """Markdown: the headline (default PICO against the best tuned baseline of every scorer,
     both picked on validation), the validation rSum of every configuration (what the margins
-    are picked on), then per test set each family at its picked margin with each rule."""
+    are picked on), then per test set each family at its picked margin with each rule.
+    ``confirms``: the tuning study a confirmation re-runs (its picks, not this run's seeds)."""
+    picked_by = (
+        f"the best validation rSum of seed {tune_seed}"
+        if confirms is None
+        else f"that the tuning run {confirms} picked on its tuning seed's validation (this "
+        "confirmation re-runs only those)"
+    )
     by = defaultdict(list)
     for r in rows:
         by[(r["family"], r["margin"], r["train_set"])].append(r)
@@ -315,9 +322,8 @@ def report(rows: list[dict[str, Any]], tune_seed: int = 0) -> str:
     def headline(title: str, choose_pico) -> list[str]:
         out = [
             f"### headline: {title} vs the best tuned baseline\n",
-            "Each side is the family (scorer) and margin with the best validation rSum of seed "
-            f"{tune_seed}; PICO models are scored plain; Δ is paired by seed, with a 95% t "
-            "interval.\n",
+            f"Each side is the family (scorer) and margin {picked_by}; PICO models are scored "
+            "plain; Δ is paired by seed, with a 95% t interval.\n",
             "| train → test | best baseline (val-picked) | baseline rSum | PICO (val-picked) "
             "| PICO rSum | Δ rSum [95% CI] |",
             "|---|---|---|---|---|---|",
@@ -342,7 +348,8 @@ def report(rows: list[dict[str, Any]], tune_seed: int = 0) -> str:
     lines = headline("the best PICO", lambda sub, ts: best_pico(sub, ts, tune_seed))
     lines += headline(f"the default PICO ({DEFAULT_PICO})", lambda sub, ts: DEFAULT_PICO)
     lines += [
-        f"\n### validation rSum (mean ± std over seeds; margins are picked on seed {tune_seed})\n",
+        "\n### validation rSum (mean ± std over seeds; margins are picked on "
+        + (f"seed {tune_seed})\n" if confirms is None else f"the tuning run {confirms})\n"),
         "| configuration | " + " | ".join(train_sets) + " | seconds/run |",
         "|---|" + "---|" * (len(train_sets) + 1),
     ]
@@ -566,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_ablations and not args.core and not args.quick:
                 run_all(ablation_plan(args.ablation_seeds, args.train_sets[0]))
         print(f"study wall time: {_clock(time.perf_counter() - start)}")
-    text = report(list(done.values()), args.seeds[0])
+    confirms = None if args.confirm is None else args.confirm.name
+    text = report(list(done.values()), args.seeds[0], confirms)
     args.report.write_text(text)
     print(text)
     # the plots read seed 0's histories only (--report-only redraws them); a confirmation has

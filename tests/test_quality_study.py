@@ -143,3 +143,10 @@ def test_the_epochs_flag_still_needs_its_own_plots(quality, tmp_path, capsys) ->
     with pytest.raises(SystemExit) as info:
         quality.main(["--epochs", "20", *own])
     assert info.value.code == 2 and "give its own --plots" in capsys.readouterr().err
+
+
+def test_a_confirmations_report_names_the_tuning_run_not_its_own_seed(quality) -> None:
+    text = quality.report(study(), 0, confirms="quality-tuned.jsonl")
+    assert "margin that the tuning run quality-tuned.jsonl picked" in text
+    assert "best validation rSum of seed" not in text
+    assert "best validation rSum of seed 0" in quality.report(study(), 0)
