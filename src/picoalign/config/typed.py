@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 # what a training run derives instead of reading it: widths from the features, PICO's dim
-# from embed_dim (picoalign.training.loop.model_config_for, ModelConfig.__post_init__)
+# from embed_dim (picoalign.training.derived.model_config_for, ModelConfig.__post_init__)
 DERIVED = {
     "model.image_dim": "the image features' width",
     "model.text_dim": "the text features' width",

@@ -65,7 +65,7 @@ class PICOConfig:
     feedback_size: int = 32  # pairs of the feedback batch used (bounds the cost)
     momentum: float = 0.5  # m in p ← (1−m) p + m p_new; 1 = no momentum
     # p ≡ 1 for these many updates; in training they come on top of pico_warmup_epochs'
-    # steps (picoalign.training.loop.model_config_for)
+    # steps (picoalign.training.derived.model_config_for)
     warmup_steps: int = 0
     renormalize: bool = True  # weights = p · D / Σp (scores keep their range)
     # "pair" (B, pair-adaptive; best PICO on validation) | "global" (A)

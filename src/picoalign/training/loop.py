@@ -23,9 +23,8 @@ import json
 import math
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +37,12 @@ from picoalign.config import TrainConfig, dump_config
 from picoalign.config.paths import with_absolute_paths
 from picoalign.core.losses import create_loss
 from picoalign.core.similarity import check_tokens
-from picoalign.data.base import SPLITS
 from picoalign.evaluation import coarse_split_warning, evaluate
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_replace_dir, atomic_write_text
-from picoalign.model import ModelConfig, PicoAligner
+from picoalign.model import PicoAligner
 from picoalign.training.allocator import keep_freed_memory
+from picoalign.training.derived import model_config_for, split_sizes
 from picoalign.training.devices import autocast, resolve_device
 from picoalign.training.distributed import (
     DistContext,
@@ -156,31 +155,6 @@ class _Run:
         if self.replacing is not None:
             self.replacing.commit()
             self.replacing = None
-
-
-def model_config_for(cfg: TrainConfig, fs: FeatureSet, steps_per_epoch: int) -> ModelConfig:
-    """The model's config for a run on ``fs``: feature widths from the data, PICO's warm-up
-    = ``pico_warmup_epochs`` epochs plus any ``model.pico.warmup_steps`` (both honoured)."""
-    default = ModelConfig()
-    for name, width in (("image_dim", fs.images.dim), ("text_dim", fs.texts.dim)):
-        given = getattr(cfg.model, name)
-        if given not in (getattr(default, name), width):  # never silently overwritten
-            raise ValueError(f"model.{name}={given} differs from the features' width {width}")
-    warmup = cfg.pico_warmup_epochs * steps_per_epoch + cfg.model.pico.warmup_steps
-    return replace(
-        cfg.model,
-        image_dim=fs.images.dim,
-        text_dim=fs.texts.dim,
-        pico=replace(cfg.model.pico, warmup_steps=warmup),
-    )
-
-
-def split_sizes(fs: FeatureSet) -> dict[str, dict[str, int]]:
-    """Images and captions of every split (what ``data.json`` records a run trained on)."""
-    images = Counter(fs.image_splits)  # counted, not split: a split copies its features
-    captions = Counter(fs.image_splits[i] for i in fs.caption_image.tolist())
-    names = [n for n in SPLITS if n in images] + sorted(set(images) - set(SPLITS))
-    return {n: {"images": images[n], "captions": captions[n]} for n in names}
 
 
 def _setup(

@@ -1,0 +1,34 @@
+"""What a run derives from its data: widths, PICO's warm-up in steps, split sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+from picoalign.config import load_config
+from picoalign.training.derived import model_config_for, split_sizes
+
+
+def test_widths_come_from_the_features_and_warmup_counts_epochs_and_steps(make_feature_set):
+    fs = make_feature_set(n=24, captions=3, c_v=16, c_t=12)
+    cfg = load_config(None, {"pico_warmup_epochs": 2, "model.pico.warmup_steps": 5})
+    model = model_config_for(cfg, fs, steps_per_epoch=7)
+    assert (model.image_dim, model.text_dim) == (16, 12)
+    assert model.pico.warmup_steps == 2 * 7 + 5  # both honoured
+    assert cfg.model.pico.warmup_steps == 5  # the run's config is not written
+
+
+def test_a_width_that_contradicts_the_features_is_refused(make_feature_set):
+    fs = make_feature_set(n=24, c_v=16)
+    cfg = load_config(None, {})
+    cfg.model.image_dim = 99  # as an old Python caller could set it
+    with pytest.raises(ValueError, match=r"model\.image_dim=99 differs from the features"):
+        model_config_for(cfg, fs, steps_per_epoch=1)
+
+
+def test_split_sizes_count_images_and_their_captions(make_feature_set):
+    fs = make_feature_set(n=24, captions=3)  # half train, a quarter val, the rest test
+    assert split_sizes(fs) == {
+        "train": {"images": 12, "captions": 36},
+        "val": {"images": 6, "captions": 18},
+        "test": {"images": 6, "captions": 18},
+    }
