@@ -2,7 +2,9 @@
 
 Reads the study's seed-0 histories (``docs/img/histories/``, written by
 ``benchmarks/quality.py``) and, for every family at its validation-picked margin, prints the
-validation rSum at epochs 5, 10, 15 and 20, the change over the last five epochs and the peak,
+validation rSum at a quarter, half, three quarters and the end of the run (epochs 5, 10, 15
+and 20 of a 20-epoch run, 2, 3, 5 and 6 of a 6-epoch one), the change over the last quarter
+and the peak,
 then plots one panel per training set (``docs/img/curves.png``).
 
     python benchmarks/curves.py            # after benchmarks/quality.py
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -31,6 +34,12 @@ def val_curve(hist: list[dict]) -> list[tuple[int, float]]:
     return [(r["epoch"], r[key]) for r in hist if key in r]
 
 
+def quarter_marks(last: int) -> tuple[list[int], int]:
+    """The epochs a curve is read at (¼, ½, ¾ and the end of a ``last``-epoch run) and the
+    length of its last quarter, over which "has it levelled off" is judged."""
+    return [max(1, math.ceil(last * k / 4)) for k in (1, 2, 3, 4)], max(1, round(last / 4))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -45,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     fams = list(dict.fromkeys(r["family"] for r in rows))
     fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6), squeeze=False)
     print(
-        "| train set | family (margin) | val@5 | val@10 | val@15 | val@20 | Δ last 5 epochs "
+        "| train set | family (margin) | val at ¼ (epoch) | ½ | ¾ | end | Δ over the last ¼ "
         "| peak (epoch) |"
     )
     print("|---|---|---|---|---|---|---|---|")
@@ -60,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             curve = dict(val_curve(json.loads(path.read_text())))
             last = max(curve)
-            at = [curve.get(e) for e in (5, 10, 15, 20)]
-            cells = " | ".join("–" if v is None else f"{v:.1f}" for v in at)
-            tail = curve[last] - curve.get(last - 5, float("nan"))
+            marks, window = quarter_marks(last)
+            cells = " | ".join(
+                "–" if curve.get(e) is None else f"{curve[e]:.1f} ({e})" for e in marks
+            )
+            tail = curve[last] - curve.get(last - window, float("nan"))
             peak = max(curve, key=lambda e: (curve[e], -e))  # the first epoch at the maximum
             print(f"| {ts} | {fam} (m={m}) | {cells} | {tail:+.1f} | {curve[peak]:.1f} ({peak}) |")
             style = "--" if fam.startswith("pico") else "-"
