@@ -457,8 +457,9 @@ def main(argv: list[str] | None = None) -> int:
         "--epochs",
         type=int,
         default=None,
-        help="another budget for every family instead of the recipe's (lr steps stay at the "
-        "same fractions of training); needs its own --results, --report and --plots",
+        help="another budget for every family instead of the recipe's epochs=auto (20 epochs "
+        "with one caption per image, 6 on scenes; lr steps stay at the same fractions of "
+        "training); needs its own --results, --report and --plots",
     )
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     # None = not given (then these defaults): --epochs needs all three given
