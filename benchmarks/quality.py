@@ -42,8 +42,9 @@ from picoalign.config import load_config
 from picoalign.evaluation import evaluate
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.model import PicoAligner
+from picoalign.training.derived import split_sizes
 from picoalign.training.loop import train
-from picoalign.training.schedule import auto_epochs
+from picoalign.training.schedule import resolve_epochs
 
 ROOT = Path(__file__).resolve().parent
 SCENES = "scenes:{}:size=1400"  # 1,002 / 201 / 201 images: a study-sized scenes set
@@ -390,11 +391,8 @@ def report(rows: list[dict[str, Any]], tune_seed: int = 0, confirms: str | None 
 
 def planned_epochs(base: dict[str, Any], fs: FeatureSet) -> int:
     """How many epochs every run on ``fs`` trains: ``base``'s, or the recipe's ``auto``."""
-    epochs = load_config(None, base).epochs
-    if epochs != "auto":
-        return int(epochs)
-    train_fs = fs.split("train")
-    return auto_epochs(train_fs.n_images, train_fs.n_captions)
+    sizes = split_sizes(fs)["train"]  # counted: a split would copy the features
+    return int(resolve_epochs(load_config(None, base), sizes["images"], sizes["captions"]).epochs)
 
 
 def row_epochs(row: dict[str, Any]) -> int | None:

@@ -7,6 +7,17 @@ import argparse
 from typing import Any
 
 
+def positive_int(text: str) -> int:
+    """An integer >= 1 (``--top-k``, ``--nprobe``, the integer form of ``--epochs``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def pixel_count(text: str) -> int:
     """A positive pixel count: ``200000000``, ``2e8`` or ``200M``."""
     raw = text.strip().upper().replace("_", "")

@@ -21,6 +21,7 @@ from picoalign.config import TrainConfig, load_config
 from picoalign.evaluation import embed_features, evaluate, format_table
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.model import PicoAligner
+from picoalign.training.derived import split_sizes
 from picoalign.training.loop import train
 from picoalign.training.schedule import resolve_epochs
 
@@ -98,10 +99,11 @@ def run_demo(
 
     results: dict[str, dict[str, Any]] = {}
     runs = {}
+    # "auto" is resolved here for the headings (no train split: auto_epochs says so)
+    train_split = split_sizes(fs).get("train", {"images": 0, "captions": 0})
     for method in ("baseline", "pico"):
         cfg = demo_config(method, data, out, seed, epochs, quick, progress)
-        train_fs = fs.split("train")  # "auto" resolved here, so the heading says how many
-        cfg = resolve_epochs(cfg, train_fs.n_images, train_fs.n_captions)
+        cfg = resolve_epochs(cfg, train_split["images"], train_split["captions"])
         print(f"\n== training {method} ({cfg.epochs} epochs, seed {seed}) ==")
         # the demo owns OUT/baseline and OUT/pico: a rerun replaces them
         run = train(cfg, fs, overwrite=True, on_epoch=lambda r, m=method: print(epoch_line(r, m)))

@@ -22,19 +22,10 @@ from picoalign.cli.data_flags import (
     add_data_flags,
     add_folder_arg,
     data_kwargs,
+    positive_int,
     resolve_folder_args,
 )
 from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def add_parsers(sub: Any) -> None:
@@ -74,7 +65,7 @@ def add_parsers(sub: Any) -> None:
         choices=FIRST_STAGES,
         help="FAISS index over pooled embeddings: flat (exact), ivf, hnsw (default flat)",
     )
-    p.add_argument("--nprobe", type=_positive_int, help="IVF lists searched (default 32)")
+    p.add_argument("--nprobe", type=positive_int, help="IVF lists searched (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in splits")
     add_data_flags(p)
     p.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
@@ -90,11 +81,11 @@ def add_parsers(sub: Any) -> None:
     q = s.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", action="append", help="a text query (repeat for several)")
     q.add_argument("--image", action="append", help="an image query (caption index; repeatable)")
-    s.add_argument("--top-k", dest="top_k", type=_positive_int, default=5, help="results per query")
-    s.add_argument("--candidates", type=_positive_int, default=100, help="stage-1 candidates")
+    s.add_argument("--top-k", dest="top_k", type=positive_int, default=5, help="results per query")
+    s.add_argument("--candidates", type=positive_int, default=100, help="stage-1 candidates")
     s.add_argument("--no-rerank", action="store_false", dest="rerank", help="stage 1 only")
     s.add_argument("--exhaustive", action="store_true", help="fine-grained over all items")
-    s.add_argument("--nprobe", type=_positive_int, help="IVF lists searched (default: index's)")
+    s.add_argument("--nprobe", type=positive_int, help="IVF lists searched (default: index's)")
     s.add_argument("--checkpoint", help="model to use instead of the one the index records")
     s.add_argument(
         "--sheet",

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from picoalign.cli.data_flags import add_data_flags
+from picoalign.cli.data_flags import add_data_flags, positive_int
 from picoalign.cli.progress import epoch_line
 from picoalign.core.scorers import list_scorers
 
@@ -50,12 +50,10 @@ def epochs_arg(text: str) -> int | str:
     if text == "auto":
         return text
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or auto, got {value}")
-    return value
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        msg = f"expected an integer >= 1 or auto, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def add_train(sub: Any, epilog: str, set_value: Any) -> None:

@@ -84,8 +84,6 @@ class TrainConfig:
                 int(x) if isinstance(x, float) and x >= 1 and x.is_integer() else x
                 for x in self.lr_steps
             ]
-        if isinstance(self.epochs, str) and self.epochs.isdigit():  # --set epochs=6
-            self.epochs = int(self.epochs)
         if not (self.epochs == "auto" or isinstance(self.epochs, int)):
             raise ValueError(f"invalid epochs: {self.epochs!r} (expected an integer or auto)")
         for name in (
