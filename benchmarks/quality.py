@@ -15,6 +15,8 @@ picked on validation). Each trained PICO model is scored both ways (plain and we
 Results are appended to a JSONL file as runs finish, so an interrupted study resumes where
 it stopped (``--resume``); ``--families`` runs a subset first (the costly ones, say) and a
 later ``--resume`` adds the rest.
+Runs use MKL's reproducible AVX2 math by default (``--math avx2-strict``: the same bits at
+any thread count; ``benchmarks/rounding.py`` shows why), and every row records its math.
 
     python benchmarks/quality.py                 # the full study
     python benchmarks/quality.py --core          # baselines + default PICO on every scorer
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -43,6 +46,7 @@ from picoalign.evaluation import evaluate
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.model import PicoAligner
 from picoalign.training.derived import split_sizes
+from picoalign.training.devices import STRICT_MATH_ENV, numerics, strict_math
 from picoalign.training.loop import train
 from picoalign.training.schedule import resolve_epochs
 
@@ -186,6 +190,7 @@ def one_run(
         "best_epoch": result.best.get("epoch"),
         "epochs": result.config.epochs if result.config is not None else None,
         "seconds": round(seconds, 1),
+        **numerics_of_row(),
         "tests": tests,
         "p_mean": float(model.pico.p.mean()),
         "omega_spread_last": result.history[-1].get("omega_spread"),
@@ -348,6 +353,14 @@ def report(rows: list[dict[str, Any]], tune_seed: int = 0, confirms: str | None 
 
     lines = headline("the best PICO", lambda sub, ts: best_pico(sub, ts, tune_seed))
     lines += headline(f"the default PICO ({DEFAULT_PICO})", lambda sub, ts: DEFAULT_PICO)
+    maths = sorted(
+        {(row_math(r), r.get("cpu_capability", "?"), str(r.get("threads", "?"))) for r in rows}
+    )
+    lines.append(
+        "Numerics (math mode, CPU capability, threads): "
+        + "; ".join(", ".join(m) for m in maths)
+        + " (rows from before rows recorded them: native, ?).\n"
+    )
     lines += [
         "\n### validation rSum (mean ± std over seeds; margins are picked on "
         + (f"seed {tune_seed})\n" if confirms is None else f"the tuning run {confirms})\n"),
@@ -412,6 +425,29 @@ def check_budget(rows: list[dict[str, Any]], epochs: int, where: str) -> str | N
     )
 
 
+def numerics_of_row() -> dict[str, Any]:
+    """The math a row was computed with (``training.devices.numerics``, CPU)."""
+    info = numerics(torch.device("cpu"))
+    return {k: info[k] for k in ("math", "cpu_capability", "threads")}
+
+
+def row_math(row: dict[str, Any]) -> str:
+    """A row's math mode; rows written before rows recorded it ran MKL's native paths."""
+    return row.get("math", "native")
+
+
+def check_math(rows: list[dict[str, Any]], math_mode: str, where: str) -> str | None:
+    """Why ``rows`` cannot be continued by runs under ``math_mode`` (None: they can): a
+    study whose rows round differently cannot be re-run bit for bit."""
+    other = sorted({row_math(r) for r in rows} - {math_mode})
+    if not other:
+        return None
+    return (
+        f"{where} holds runs computed with --math {', '.join(other)}, this run uses "
+        f"--math {math_mode}: give --math to match it, or its own --results"
+    )
+
+
 def _first_of_each_split(fs: FeatureSet, n: int) -> list[int]:
     rows = [[i for i, x in enumerate(fs.image_splits) if x == s] for s in ("train", "val", "test")]
     return [i for r in rows for i in r[:n]]
@@ -459,6 +495,15 @@ def main(argv: list[str] | None = None) -> int:
         "with one caption per image, 6 on scenes; lr steps stay at the same fractions of "
         "training); needs its own --results, --report and --plots",
     )
+    ap.add_argument(
+        "--math",
+        choices=["avx2-strict", "native"],
+        default="avx2-strict",
+        help="avx2-strict (default): MKL's reproducible AVX2 path (MKL_CBWR=AVX2,STRICT; the "
+        "script restarts itself with it set), so that a row has the same bits at any thread "
+        "count; native: MKL's fastest path for this CPU and thread count, whose rounding "
+        "differs from machine to machine (benchmarks/rounding.py measures by how much)",
+    )
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     # None = not given (then these defaults): --epochs needs all three given
     defaults = {
@@ -503,6 +548,14 @@ def main(argv: list[str] | None = None) -> int:
         args.report = args.report.with_name("quality-confirm.md")
     if args.confirm is not None and args.results.resolve() == args.confirm.resolve():
         ap.error("--results must not be the study being confirmed (--confirm)")
+    if not args.report_only and args.math == "avx2-strict" and not strict_math():
+        if argv is not None:  # called as a function: the environment is the caller's
+            ap.error(
+                "--math avx2-strict needs MKL_CBWR=AVX2,STRICT in the environment before "
+                "Python starts (or --math native)"
+            )
+        print("quality.py: restarting with MKL_CBWR=AVX2,STRICT (--math avx2-strict)", flush=True)
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, **STRICT_MATH_ENV})
     args.results.parent.mkdir(parents=True, exist_ok=True)
     done = {}
     if args.results.exists() and (args.resume or args.report_only):
@@ -529,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
         budget = {ts: planned_epochs(base, feats[ts]) for ts in args.train_sets}
 
         def run_all(todo: list[tuple]) -> None:
+            why = check_math(list(done.values()), args.math, args.results)
+            if why:  # nor math modes
+                ap.error(why)
             for ts in {p[3] for p in todo}:  # a resumed study must not mix budgets
                 ids = {run_id(p[0], p[2], p[3], p[4]) for p in todo if p[3] == ts}
                 why = check_budget([done[i] for i in ids & set(done)], budget[ts], args.results)

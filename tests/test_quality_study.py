@@ -150,3 +150,25 @@ def test_a_confirmations_report_names_the_tuning_run_not_its_own_seed(quality) -
     assert "margin that the tuning run quality-tuned.jsonl picked" in text
     assert "best validation rSum of seed" not in text
     assert "best validation rSum of seed 0" in quality.report(study(), 0)
+
+
+def test_rows_of_another_math_are_never_resumed(quality) -> None:
+    legacy = row("global", 0.8, 0, val=1, test=1)  # before rows recorded their math
+    strict = row("gpo", 0.8, 0, val=1, test=1) | {"math": "avx2-strict"}
+    assert quality.row_math(legacy) == "native"
+    assert quality.check_math([strict], "avx2-strict", "r.jsonl") is None
+    why = quality.check_math([legacy, strict], "avx2-strict", "r.jsonl")
+    assert why.startswith("r.jsonl holds runs computed with --math native")
+
+
+def test_strict_math_is_not_faked_when_called_as_a_function(
+    quality, tmp_path, capsys, monkeypatch
+) -> None:
+    """The setting only works from the process's start: main() called in a running Python
+    refuses instead of running native math under the strict label."""
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    own = ["--results", str(tmp_path / "r.jsonl"), "--report", str(tmp_path / "r.md")]
+    with pytest.raises(SystemExit) as info:
+        quality.main(own)
+    assert info.value.code == 2 and "MKL_CBWR=AVX2,STRICT" in capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists()

@@ -518,6 +518,13 @@ def test_data_json_records_every_splits_size(tmp_path: Path, make_feature_set) -
     assert meta["splits"]["test"] == {"images": 6, "captions": 12}
 
 
+def test_numerics_json_records_the_math_the_run_used(tmp_path: Path, make_feature_set) -> None:
+    train(make_cfg(tmp_path, epochs=1), make_feature_set(n=24))
+    info = json.loads((tmp_path / "numerics.json").read_text())
+    assert info["device"] == "cpu" and info["math"] in ("native", "avx2-strict")
+    assert info["threads"] == torch.get_num_threads()
+
+
 # ------------------------------------------------------------------------- epochs="auto"
 
 

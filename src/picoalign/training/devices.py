@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import warnings
+from typing import Any
 
 import torch
 
@@ -72,3 +74,35 @@ def autocast(device: torch.device, amp: bool | str = "auto") -> contextlib.Abstr
     if amp_enabled(device, amp):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# The MKL setting under which fp32 GEMMs give the same bits at any thread count (Intel's
+# "conditional numerical reproducibility", AVX2 code path): MKL reads it when it loads, so it
+# must be in the environment before Python starts.
+STRICT_MATH_ENV = {"MKL_CBWR": "AVX2,STRICT"}
+
+
+def strict_math() -> bool:
+    """True when this process runs MKL's reproducible AVX2 path (:data:`STRICT_MATH_ENV`).
+
+    Why it matters: without it, MKL picks its GEMM blocking by CPU and thread count, so the
+    same fp32 run rounds differently at 1 and 2 threads or on another CPU, and over a few
+    thousand steps the rounding grows into a different model (a few rSum apart on emoji:
+    ``benchmarks/rounding.py``). With it the runs of ``rounding.py`` are bit-identical at 1 and
+    2 threads, at the price of AVX-512/AMX speed on CPUs that have them.
+    """
+    value = os.environ.get("MKL_CBWR", "")
+    return value.replace(" ", "").upper() == STRICT_MATH_ENV["MKL_CBWR"]
+
+
+def numerics(device: torch.device) -> dict[str, Any]:
+    """What a run's floating-point results depend on besides its config and seed (recorded
+    with every run and study row, so that two results can be told apart by their math)."""
+    info: dict[str, Any] = {"device": device.type, "torch": torch.__version__}
+    if device.type == "cpu":
+        info.update(
+            math="avx2-strict" if strict_math() else "native",
+            cpu_capability=torch.backends.cpu.get_cpu_capability(),
+            threads=torch.get_num_threads(),
+        )
+    return info

@@ -43,7 +43,7 @@ from picoalign.fileio import atomic_replace_dir, atomic_write_text
 from picoalign.model import PicoAligner
 from picoalign.training.allocator import keep_freed_memory
 from picoalign.training.derived import model_config_for, split_sizes
-from picoalign.training.devices import autocast, resolve_device
+from picoalign.training.devices import autocast, numerics, resolve_device
 from picoalign.training.distributed import (
     DistContext,
     assert_in_sync,
@@ -224,6 +224,7 @@ def _setup(
         atomic_write_text(dump_config(cfg), out / "config.yaml")
         meta = {**fs.meta, "splits": split_sizes(fs)}
         atomic_write_text(json.dumps(meta, indent=2, default=str), out / "data.json")
+        atomic_write_text(json.dumps(numerics(device), indent=2), out / "numerics.json")
     for line in notes if ctx.is_main else []:
         print(f"picoalign: {line}", file=sys.stderr)  # as every command's own warnings
     return _Run(

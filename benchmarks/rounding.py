@@ -1,0 +1,115 @@
+"""How much of a study's result is float rounding? The same run at 1 and 2 threads, native and
+avx2-strict math (docs/results.md, "Rounding").
+
+One configuration (the study's recipe, ``--family`` at ``--margin`` on ``--data``, seed 0) is
+trained four times, each in its own process, under {native, MKL_CBWR=AVX2,STRICT} ×
+{1, 2 threads}. Each run prints its validation and test rSum and a SHA-256 of its trained
+weights: equal hashes mean the same bits. The config, data and seed are the same in all
+four, so any difference is the GEMMs' rounding, grown over training.
+
+    python benchmarks/rounding.py                       # fine_grained m=0.8 on twemoji
+    python benchmarks/rounding.py --family pico-fine_grained --data tuxpaint
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def worker(family: str, margin: float, data: str, threads: int) -> dict:
+    """One training in this process (its environment already set by the parent)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(ROOT))
+    import quality
+    from picoalign.config import load_config
+    from picoalign.evaluation import evaluate
+    from picoalign.features import dataset_features
+    from picoalign.training.devices import numerics
+    from picoalign.training.loop import train
+
+    fs = dataset_features(data, progress=False)
+    overrides = quality.FAMILIES[family][0]
+    with tempfile.TemporaryDirectory(prefix="picoalign-rounding-") as tmp:
+        cfg = load_config(
+            None, {**overrides, "margin": margin, "seed": 0, "data": data, "progress": False,
+                   "out": tmp},
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        result = train(cfg, fs)
+        seconds = time.perf_counter() - t0
+    digest = hashlib.sha256()
+    for name, tensor in sorted(result.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return {
+        **numerics(torch.device("cpu")),
+        "val_rsum": result.best.get("rsum"),
+        "test_rsum": evaluate(result.model, fs.split("test"))["rsum"],
+        "weights_sha256": digest.hexdigest()[:16],
+        "seconds": round(seconds, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--family", default="fine_grained", help="a family of quality.py")
+    ap.add_argument("--margin", type=float, default=0.8)
+    ap.add_argument("--data", default="twemoji")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "rounding.json")
+    ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker is not None:
+        print(json.dumps(worker(args.family, args.margin, args.data, args.worker)))
+        return 0
+    rows = []
+    for mode in ("native", "avx2-strict"):
+        env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+        if mode == "avx2-strict":
+            env["MKL_CBWR"] = "AVX2,STRICT"
+        for threads in args.threads:
+            cmd = [sys.executable, __file__, "--family", args.family, "--margin",
+                   str(args.margin), "--data", args.data, "--worker", str(threads)]  # fmt: skip
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                sys.stderr.write(done.stderr)
+                return done.returncode
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(
+                f"{row['math']:12s} {threads} thread(s): val {row['val_rsum']:.2f} test "
+                f"{row['test_rsum']:.2f} weights {row['weights_sha256']} ({row['seconds']:.0f}s)",
+                flush=True,
+            )
+    by_mode = {
+        mode: {r["weights_sha256"] for r in rows if r["math"] == mode}
+        for mode in ("native", "avx2-strict")
+    }
+    for mode, hashes in by_mode.items():
+        vals = [r["val_rsum"] for r in rows if r["math"] == mode]
+        same = "the same bits" if len(hashes) == 1 else f"{len(hashes)} different models"
+        spread = max(vals) - min(vals)
+        print(f"{mode}: {same} at threads {args.threads}; val rSum range {spread:.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    setup = {"family": args.family, "margin": args.margin, "data": args.data}
+    args.out.write_text(json.dumps({**setup, "runs": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Numerics records and MKL's reproducible mode (``training.devices``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from picoalign.training.devices import STRICT_MATH_ENV, numerics, strict_math
+
+# a GEMM big enough that MKL splits it over threads; the hash of its bits
+GEMM = """
+import hashlib, sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+g = torch.Generator().manual_seed(0)
+a, b = torch.randn(768, 1536, generator=g), torch.randn(1536, 640, generator=g)
+out = a @ b
+for _ in range(3):
+    out = torch.tanh(out @ out.T[:, :640] / 40)
+print(hashlib.sha256(out.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_strict_math_reads_mkls_reproducibility_setting(monkeypatch) -> None:
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    assert not strict_math()
+    monkeypatch.setenv("MKL_CBWR", "avx2, strict")
+    assert strict_math()
+    monkeypatch.setenv("MKL_CBWR", "AVX512")  # reproducible only on AVX-512 CPUs: not ours
+    assert not strict_math()
+
+
+def test_numerics_names_the_math_a_cpu_run_used(monkeypatch) -> None:
+    monkeypatch.setenv("MKL_CBWR", STRICT_MATH_ENV["MKL_CBWR"])
+    info = numerics(torch.device("cpu"))
+    assert info["math"] == "avx2-strict" and info["threads"] == torch.get_num_threads()
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    monkeypatch.delenv("MKL_CBWR")
+    assert numerics(torch.device("cpu"))["math"] == "native"
+    assert "math" not in numerics(torch.device("meta"))  # CPU knobs only for CPU runs
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch built without MKL")
+def test_strict_math_gives_the_same_bits_at_one_and_two_threads() -> None:
+    env = {**os.environ, **STRICT_MATH_ENV}
+    hashes = {
+        subprocess.run(
+            [sys.executable, "-c", GEMM, str(n)], env=env, capture_output=True, text=True,
+            check=True,
+        ).stdout.strip()
+        for n in (1, 2)
+    }  # fmt: skip
+    assert len(hashes) == 1
