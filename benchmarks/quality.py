@@ -27,6 +27,7 @@ any thread count; ``benchmarks/rounding.py`` shows why), and every row records i
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -145,6 +146,17 @@ def evaluate_rules(model: PicoAligner, fs: FeatureSet, rules: list[str]) -> dict
     return {rule: evaluate(model, fs, rule=rule) for rule in rules}
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A fingerprint of a trained model's bits (first 16 hex digits of a SHA-256 over its
+    state dict): two rows with the same one scored the same model, so a re-run can be checked
+    bit for bit (``benchmarks/rounding.py``)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def one_run(
     family: str,
     overrides: dict[str, Any],
@@ -191,6 +203,7 @@ def one_run(
         "epochs": result.config.epochs if result.config is not None else None,
         "seconds": round(seconds, 1),
         **numerics_of_row(),
+        "weights_sha256": weights_sha256(model),
         "tests": tests,
         "p_mean": float(model.pico.p.mean()),
         "omega_spread_last": result.history[-1].get("omega_spread"),

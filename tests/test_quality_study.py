@@ -172,3 +172,14 @@ def test_strict_math_is_not_faked_when_called_as_a_function(
         quality.main(own)
     assert info.value.code == 2 and "MKL_CBWR=AVX2,STRICT" in capsys.readouterr().err
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_rows_weights_fingerprint_tells_models_apart_by_their_bits(quality) -> None:
+    import torch
+
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert quality.weights_sha256(a) == quality.weights_sha256(b)
+    with torch.no_grad():
+        b.bias[0] = torch.nextafter(b.bias[0], torch.tensor(1.0))  # one ulp
+    assert quality.weights_sha256(a) != quality.weights_sha256(b)
