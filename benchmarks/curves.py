@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 import quality as q
+import quality_rows
 from picoalign.fileio import atomic_write
 
 ROOT = Path(__file__).resolve().parent
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     for ax, ts in zip(axes[0], sets, strict=True):
         for fam in fams:
             try:
-                m = q.pick_margin(rows, fam, ts, args.tune_seed)
+                m = quality_rows.pick_margin(rows, fam, ts, args.tune_seed)
             except ValueError:
                 continue
             path = q.history_path(args.histories.parent, fam, m, ts)

@@ -12,9 +12,10 @@ and a PICO family; every family tunes margins 0.2, 0.8 and 1.2, picked on the va
 rSum of the first seed, and the other seeds run at that margin. The headlines compare the
 best PICO family and the default PICO with the *best* tuned baseline of every scorer (both
 picked on validation). Each trained PICO model is scored both ways (plain and weighted).
-Results are appended to a JSONL file as runs finish, so an interrupted study resumes where
-it stopped (``--resume``); ``--families`` runs a subset first (the costly ones, say) and a
-later ``--resume`` adds the rest.
+The decisions (margins, best baseline, report) are pure functions of the rows, in
+``quality_rows.py``. Results are appended to a JSONL file as runs finish, so an interrupted
+study resumes where it stopped (``--resume``); ``--families`` runs a subset first (the costly
+ones, say) and a later ``--resume`` adds the rest.
 Runs use MKL's reproducible AVX2 math by default (``--math avx2-strict``: the same bits at
 any thread count; ``benchmarks/rounding.py`` shows why), and every row records its math.
 
@@ -29,13 +30,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
-import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +48,16 @@ from picoalign.training.derived import split_sizes
 from picoalign.training.devices import STRICT_MATH_ENV, numerics, strict_math
 from picoalign.training.loop import train
 from picoalign.training.schedule import resolve_epochs
+from quality_rows import (
+    DEFAULT_PICO,
+    SCORERS,
+    best_baseline,
+    best_pico,
+    check_budget,
+    check_math,
+    pick_margin,
+    report,
+)
 
 ROOT = Path(__file__).resolve().parent
 SCENES = "scenes:{}:size=1400"  # 1,002 / 201 / 201 images: a study-sized scenes set
@@ -65,7 +73,6 @@ TRAIN_SETS = {
 # The product's default recipe (TrainConfig: epochs=auto, lr 5e-4, steps at 60% / 85%, PICO
 # warm-up 2 epochs, the last epoch scored) for every method alike.
 BASE: dict[str, Any] = {}
-SCORERS = ("global", "gpo", "fine_grained")
 MARGINS = (0.2, 0.8, 1.2)
 # Every family names its reading (and λ) explicitly: a later change of picoalign's defaults
 # must not silently change what a family measures.
@@ -104,7 +111,6 @@ FAMILIES: dict[str, tuple[dict[str, Any], list[float], list[str]]] = {
     },
 }
 CORE = {*SCORERS, *(f"pico-{s}" for s in SCORERS)}
-DEFAULT_PICO = "pico-fine_grained"  # the product's default: PICO on the default scorer
 # Ablations of METHOD.md and sweeps of our constants on the default PICO (margin 0.8),
 # Twemoji only, scored with each rule.
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -227,49 +233,6 @@ def plan(
     ]
 
 
-def pick_margin(rows: list[dict[str, Any]], family: str, train_set: str, tune_seed: int) -> float:
-    """The margin with the best validation rSum of the tuning seed (the study's one rule for
-    every family: tuned on validation, never on test)."""
-    cands = [
-        (r["val_rsum"], -r["margin"], r["margin"])
-        for r in rows
-        if r["family"] == family and r["train_set"] == train_set and r["seed"] == tune_seed
-    ]
-    if not cands:
-        raise ValueError(f"no tuning run of {family} on {train_set} (seed {tune_seed})")
-    return max(cands)[2]
-
-
-def best_of(rows: list[dict[str, Any]], families: list[str], train_set: str, tune_seed: int) -> str:
-    """Of ``families`` (each at its picked margin), the one with the best validation rSum of
-    the tuning seed: how the study picks the best baseline and the best PICO alike."""
-
-    def val(fam: str) -> float:
-        m = pick_margin(rows, fam, train_set, tune_seed)
-        return next(
-            r["val_rsum"]
-            for r in rows
-            if (r["family"], r["train_set"], r["seed"], r["margin"])
-            == (fam, train_set, tune_seed, m)
-        )
-
-    present = [f for f in families if any(r["family"] == f for r in rows)]
-    if not present:
-        raise ValueError(f"none of {families} ran on {train_set}")
-    return max(present, key=val)
-
-
-def best_baseline(rows: list[dict[str, Any]], train_set: str, tune_seed: int) -> str:
-    """The scorer baseline PICO is compared with (picked on validation)."""
-    return best_of(rows, list(SCORERS), train_set, tune_seed)
-
-
-def best_pico(rows: list[dict[str, Any]], train_set: str, tune_seed: int) -> str:
-    """The PICO-on-scorer family the study puts forward on this data (picked on validation
-    exactly like the best baseline)."""
-    return best_of(rows, [f"pico-{s}" for s in SCORERS], train_set, tune_seed)
-
-
 def confirm_plan(study: list[dict[str, Any]], train_set: str, seeds: list[int]) -> list[tuple]:
     """The pre-registered confirmation's runs on ``train_set``: the best baseline and the best
     PICO family, each at its margin, all three as the study's tuning seed (its smallest)
@@ -292,173 +255,16 @@ def ablation_plan(seeds: list[int], train_set: str) -> list[tuple]:
     ]
 
 
-# ---------------------------------------------------------------------------- report
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
-
-
-def _ms(xs: list[float]) -> str:
-    if len(xs) < 2:  # one seed (or none): no spread to show
-        return f"{xs[0]:.1f}" if xs else "–"
-    return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}"
-
-
-def _paired(a: list[float], b: list[float]) -> str:
-    d = [x - y for x, y in zip(a, b, strict=True)]
-    if len(d) < 2:
-        return f"{d[0]:+.1f}" if d else "–"
-    half = T_975.get(len(d) - 1, 2.0) * statistics.stdev(d) / math.sqrt(len(d))
-    m = statistics.mean(d)
-    return f"{m:+.1f} [{m - half:+.1f}, {m + half:+.1f}]"
-
-
-def report(rows: list[dict[str, Any]], tune_seed: int = 0, confirms: str | None = None) -> str:
-    """Markdown: the headline (default PICO against the best tuned baseline of every scorer,
-    both picked on validation), the validation rSum of every configuration (what the margins
-    are picked on), then per test set each family at its picked margin with each rule.
-    ``confirms``: the tuning study a confirmation re-runs (its picks, not this run's seeds)."""
-    picked_by = (
-        f"the best validation rSum of seed {tune_seed}"
-        if confirms is None
-        else f"that the tuning run {confirms} picked on its tuning seed's validation (this "
-        "confirmation re-runs only those)"
-    )
-    by = defaultdict(list)
-    for r in rows:
-        by[(r["family"], r["margin"], r["train_set"])].append(r)
-    train_sets = sorted({t for _, _, t in by})
-    picked = {
-        (fam, ts): pick_margin(rows, fam, ts, tune_seed)
-        for fam, _, ts in by
-        if any(r["seed"] == tune_seed for r in by[(fam, _, ts)])
-    }
-
-    def runs(fam: str, ts: str) -> list[dict[str, Any]]:
-        return sorted(by.get((fam, picked.get((fam, ts)), ts), []), key=lambda r: r["seed"])
-
-    def rsums(fam: str, ts: str, test: str, rule: str) -> list[float]:
-        return [r["tests"][test][rule]["rsum"] for r in runs(fam, ts)]
-
-    def headline(title: str, choose_pico) -> list[str]:
-        out = [
-            f"### headline: {title} vs the best tuned baseline\n",
-            f"Each side is the family (scorer) and margin {picked_by}; PICO models are scored "
-            "plain; Δ is paired by seed, with a 95% t interval.\n",
-            "| train → test | best baseline (val-picked) | baseline rSum | PICO (val-picked) "
-            "| PICO rSum | Δ rSum [95% CI] |",
-            "|---|---|---|---|---|---|",
-        ]
-        for ts in train_sets:
-            sub = [r for r in rows if r["train_set"] == ts]
-            try:
-                best, pico = best_baseline(sub, ts, tune_seed), choose_pico(sub, ts)
-            except (ValueError, StopIteration):
-                continue
-            if (pico, ts) not in picked:
-                continue
-            for test in runs(best, ts)[0]["tests"]:
-                b, p = rsums(best, ts, test, "plain"), rsums(pico, ts, test, "plain")
-                cell = _paired(p, b) if len(p) == len(b) else "seeds differ"
-                out.append(
-                    f"| {ts} → {test} | {best} (m={picked[(best, ts)]}) | {_ms(b)} | "
-                    f"{pico} (m={picked[(pico, ts)]}) | {_ms(p)} | {cell} |"
-                )
-        return [*out, ""]
-
-    lines = headline("the best PICO", lambda sub, ts: best_pico(sub, ts, tune_seed))
-    lines += headline(f"the default PICO ({DEFAULT_PICO})", lambda sub, ts: DEFAULT_PICO)
-    maths = sorted(
-        {(row_math(r), r.get("cpu_capability", "?"), str(r.get("threads", "?"))) for r in rows}
-    )
-    lines.append(
-        "Numerics (math mode, CPU capability, threads): "
-        + "; ".join(", ".join(m) for m in maths)
-        + " (rows from before rows recorded them: native, ?).\n"
-    )
-    lines += [
-        "\n### validation rSum (mean ± std over seeds; margins are picked on "
-        + (f"seed {tune_seed})\n" if confirms is None else f"the tuning run {confirms})\n"),
-        "| configuration | " + " | ".join(train_sets) + " | seconds/run |",
-        "|---|" + "---|" * (len(train_sets) + 1),
-    ]
-    for fam, margin in sorted({(f, m) for f, m, _ in by}):
-        cells = [_ms([x["val_rsum"] for x in by.get((fam, margin, t), [])]) for t in train_sets]
-        secs = [x["seconds"] for t in train_sets for x in by.get((fam, margin, t), [])]
-        lines.append(
-            f"| {fam} m={margin} | " + " | ".join(cells) + f" | {statistics.mean(secs):.0f} |"
-        )
-    for ts in train_sets:
-        fams = sorted({f for f, t in picked if t == ts}, key=lambda f: (f.startswith("pico"), f))
-        for test in runs(fams[0], ts)[0]["tests"] if fams else []:
-            shift = "in-style" if test == ts else "shift"
-            lines += [
-                f"\n### train {ts} → test {test} ({shift})\n",
-                "| method (margin picked on val) | rule | R@1 i→t | R@1 t→i | R@5 i→t | "
-                "R@5 t→i | rSum | Δ rSum vs the same scorer's tuned baseline [95% CI] |",
-                "|---|---|---|---|---|---|---|---|",
-            ]
-            for fam in fams:
-                base = fam.removeprefix("pico-") if fam.startswith("pico-") else None
-                base_rsum = rsums(base, ts, test, "plain") if (base, ts) in picked else []
-                rs_runs = runs(fam, ts)
-                for rule in rs_runs[0]["tests"][test]:
-                    ms = [r["tests"][test][rule] for r in rs_runs]
-                    rs = [m["rsum"] for m in ms]
-                    same = len(rs) == len(base_rsum) > 0
-                    lines.append(
-                        f"| {fam} (m={picked[(fam, ts)]}) | {rule} | "
-                        f"{_ms([m['i2t']['r1'] for m in ms])} | "
-                        f"{_ms([m['t2i']['r1'] for m in ms])} | "
-                        f"{_ms([m['i2t']['r5'] for m in ms])} | "
-                        f"{_ms([m['t2i']['r5'] for m in ms])} | "
-                        f"{_ms(rs)} | {_paired(rs, base_rsum) if same else ''} |"
-                    )
-    return "\n".join(lines) + "\n"
-
-
 def planned_epochs(base: dict[str, Any], fs: FeatureSet) -> int:
     """How many epochs every run on ``fs`` trains: ``base``'s, or the recipe's ``auto``."""
     sizes = split_sizes(fs)["train"]  # counted: a split would copy the features
     return int(resolve_epochs(load_config(None, base), sizes["images"], sizes["captions"]).epochs)
 
 
-def row_epochs(row: dict[str, Any]) -> int | None:
-    """The epochs a result row trained. Rows written before rows recorded it scored their
-    last epoch (select=last), so their ``best_epoch`` is that number."""
-    return row.get("epochs") or row.get("best_epoch")
-
-
-def check_budget(rows: list[dict[str, Any]], epochs: int, where: str) -> str | None:
-    """Why ``rows`` cannot stand for runs of ``epochs`` epochs (None: they can)."""
-    other = sorted({row_epochs(r) for r in rows} - {epochs}, key=str)
-    if not other:
-        return None
-    return (
-        f"{where} holds runs of {', '.join(map(str, other))} epochs, this run trains {epochs}: "
-        "give --epochs to match it, or its own --results"
-    )
-
-
 def numerics_of_row() -> dict[str, Any]:
     """The math a row was computed with (``training.devices.numerics``, CPU)."""
     info = numerics(torch.device("cpu"))
     return {k: info[k] for k in ("math", "cpu_capability", "threads")}
-
-
-def row_math(row: dict[str, Any]) -> str:
-    """A row's math mode; rows written before rows recorded it ran MKL's native paths."""
-    return row.get("math", "native")
-
-
-def check_math(rows: list[dict[str, Any]], math_mode: str, where: str) -> str | None:
-    """Why ``rows`` cannot be continued by runs under ``math_mode`` (None: they can): a
-    study whose rows round differently cannot be re-run bit for bit."""
-    other = sorted({row_math(r) for r in rows} - {math_mode})
-    if not other:
-        return None
-    return (
-        f"{where} holds runs computed with --math {', '.join(other)}, this run uses "
-        f"--math {math_mode}: give --math to match it, or its own --results"
-    )
 
 
 def _first_of_each_split(fs: FeatureSet, n: int) -> list[int]:

@@ -1,27 +1,46 @@
-"""``benchmarks/quality.py``'s decisions, on synthetic rows: which margin, which baseline and
-which PICO family the study picks (on validation only, never on test), what the registered
-confirmation runs, and the paired interval its rule reads. These choices decide what
-docs/results.md claims, so they are tested like product code."""
+"""The quality study's decisions (``benchmarks/quality_rows.py``, on synthetic rows) and its
+command line (``benchmarks/quality.py``): which margin, which baseline and which PICO family
+the study picks (on validation only, never on test), what the registered confirmation runs,
+and the paired interval its rule reads. These choices decide what docs/results.md claims, so
+they are tested like product code."""
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 TS = "twemoji"
 
 
-@pytest.fixture(scope="module")
-def quality():
-    spec = importlib.util.spec_from_file_location("quality_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def load(name: str) -> ModuleType:
+    """A benchmarks script as a module (its siblings importable, as when it runs)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_under_test", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
     return module
+
+
+@pytest.fixture(scope="module")
+def quality() -> ModuleType:
+    """The study script: its families, plans and command line."""
+    return load("quality")
+
+
+@pytest.fixture(scope="module")
+def decide() -> ModuleType:
+    """``quality_rows``: what the study decides from its rows."""
+    return load("quality_rows")
 
 
 def row(family: str, margin: float, seed: int, val: float, test: float, ts: str = TS) -> dict:
@@ -57,26 +76,26 @@ def study() -> list[dict[str, Any]]:
     ]
 
 
-def test_the_margin_is_picked_on_the_tuning_seeds_validation(quality) -> None:
+def test_the_margin_is_picked_on_the_tuning_seeds_validation(decide) -> None:
     rows = study()
-    assert quality.pick_margin(rows, "global", TS, 0) == 0.8  # not 0.2 (test), not 1.2 (seed 1)
-    assert quality.pick_margin(rows, "gpo", TS, 0) == 0.2
-    assert quality.pick_margin(rows, "global", TS, 1) == 1.2
+    assert decide.pick_margin(rows, "global", TS, 0) == 0.8  # not 0.2 (test), not 1.2 (seed 1)
+    assert decide.pick_margin(rows, "gpo", TS, 0) == 0.2
+    assert decide.pick_margin(rows, "global", TS, 1) == 1.2
     with pytest.raises(ValueError, match="no tuning run of gpo"):
-        quality.pick_margin(rows, "gpo", TS, 1)
+        decide.pick_margin(rows, "gpo", TS, 1)
 
 
-def test_a_validation_tie_goes_to_the_smaller_margin(quality) -> None:
+def test_a_validation_tie_goes_to_the_smaller_margin(decide) -> None:
     rows = [row("global", 1.2, 0, val=210, test=0), row("global", 0.8, 0, val=210, test=0)]
-    assert quality.pick_margin(rows, "global", TS, 0) == 0.8
+    assert decide.pick_margin(rows, "global", TS, 0) == 0.8
 
 
-def test_best_baseline_and_best_pico_are_picked_on_validation(quality) -> None:
+def test_best_baseline_and_best_pico_are_picked_on_validation(decide) -> None:
     rows = study()
-    assert quality.best_baseline(rows, TS, 0) == "gpo"  # global wins on test only
-    assert quality.best_pico(rows, TS, 0) == "pico-fine_grained"
+    assert decide.best_baseline(rows, TS, 0) == "gpo"  # global wins on test only
+    assert decide.best_pico(rows, TS, 0) == "pico-fine_grained"
     with pytest.raises(ValueError, match="none of"):
-        quality.best_of(rows, ["pico-gpo"], TS, 0)
+        decide.best_of(rows, ["pico-gpo"], TS, 0)
 
 
 def test_the_confirmation_runs_the_picked_pair_at_their_margins_on_the_fresh_seeds(
@@ -97,23 +116,25 @@ def test_the_confirmation_runs_the_picked_pair_at_their_margins_on_the_fresh_see
         quality.confirm_plan(study(), "noto-emoji", [10])
 
 
-def test_the_paired_interval_is_a_t_interval_of_the_per_seed_differences(quality) -> None:
+def test_the_paired_interval_is_a_t_interval_of_the_per_seed_differences(decide) -> None:
     # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2 df) = 4.303
     half = 4.303 / math.sqrt(3)
-    assert quality._paired([11, 12, 13], [10, 10, 10]) == f"+2.0 [{2 - half:+.1f}, {2 + half:+.1f}]"
-    assert quality._paired([5.0], [7.5]) == "-2.5"  # one seed: no interval
+    assert (
+        decide.paired_ci([11, 12, 13], [10, 10, 10]) == f"+2.0 [{2 - half:+.1f}, {2 + half:+.1f}]"
+    )
+    assert decide.paired_ci([5.0], [7.5]) == "-2.5"  # one seed: no interval
     with pytest.raises(ValueError):  # unpaired seeds are an error, not a silent zip
-        quality._paired([1, 2], [1])
+        decide.paired_ci([1, 2], [1])
 
 
-def test_the_report_headline_compares_the_validation_picks(quality) -> None:
+def test_the_report_headline_compares_the_validation_picks(decide) -> None:
     rows = study()
     rows += [
         row("gpo", 0.2, 1, val=0, test=210),
         row("pico-fine_grained", 0.2, 1, val=0, test=215),
         row("fine_grained", 0.8, 1, val=0, test=0),
     ]
-    text = quality.report(rows, tune_seed=0)
+    text = decide.report(rows, tune_seed=0)
     best = next(line for line in text.splitlines() if line.startswith(f"| {TS} → {TS} | gpo"))
     # gpo (m=0.2) tests 200, 210; pico-fine_grained (m=0.2) tests 230, 215: Δ = +30, +5
     assert "| gpo (m=0.2) | 205.0 ± 7.1 | pico-fine_grained (m=0.2) | 222.5 ± 10.6 |" in best
@@ -126,12 +147,14 @@ def test_another_budget_never_writes_into_the_studys_files(quality, tmp_path, ca
     assert info.value.code == 2 and "give its own --report" in capsys.readouterr().err
 
 
-def test_rows_of_another_budget_are_never_resumed_or_confirmed(quality, make_feature_set) -> None:
+def test_rows_of_another_budget_are_never_resumed_or_confirmed(
+    quality, decide, make_feature_set
+) -> None:
     legacy = row("global", 0.8, 0, val=1, test=1) | {"best_epoch": 20}  # before rows had it
     new = row("gpo", 0.8, 0, val=1, test=1) | {"best_epoch": 6, "epochs": 6}
-    assert quality.row_epochs(legacy) == 20 and quality.row_epochs(new) == 6
-    assert quality.check_budget([legacy], 20, "r.jsonl") is None
-    why = quality.check_budget([legacy, new], 6, "r.jsonl")
+    assert decide.row_epochs(legacy) == 20 and decide.row_epochs(new) == 6
+    assert decide.check_budget([legacy], 20, "r.jsonl") is None
+    why = decide.check_budget([legacy, new], 6, "r.jsonl")
     assert why.startswith("r.jsonl holds runs of 20 epochs, this run trains 6")
     fs = make_feature_set(n=24, captions=5)  # the recipe's auto: 6 epochs at five captions
     assert quality.planned_epochs({}, fs) == 6
@@ -145,19 +168,19 @@ def test_the_epochs_flag_still_needs_its_own_plots(quality, tmp_path, capsys) ->
     assert info.value.code == 2 and "give its own --plots" in capsys.readouterr().err
 
 
-def test_a_confirmations_report_names_the_tuning_run_not_its_own_seed(quality) -> None:
-    text = quality.report(study(), 0, confirms="quality-tuned.jsonl")
+def test_a_confirmations_report_names_the_tuning_run_not_its_own_seed(decide) -> None:
+    text = decide.report(study(), 0, confirms="quality-tuned.jsonl")
     assert "margin that the tuning run quality-tuned.jsonl picked" in text
     assert "best validation rSum of seed" not in text
-    assert "best validation rSum of seed 0" in quality.report(study(), 0)
+    assert "margin with the best validation rSum of seed 0" in decide.report(study(), 0)
 
 
-def test_rows_of_another_math_are_never_resumed(quality) -> None:
+def test_rows_of_another_math_are_never_resumed(decide) -> None:
     legacy = row("global", 0.8, 0, val=1, test=1)  # before rows recorded their math
     strict = row("gpo", 0.8, 0, val=1, test=1) | {"math": "avx2-strict"}
-    assert quality.row_math(legacy) == "native"
-    assert quality.check_math([strict], "avx2-strict", "r.jsonl") is None
-    why = quality.check_math([legacy, strict], "avx2-strict", "r.jsonl")
+    assert decide.row_math(legacy) == "native"
+    assert decide.check_math([strict], "avx2-strict", "r.jsonl") is None
+    why = decide.check_math([legacy, strict], "avx2-strict", "r.jsonl")
     assert why.startswith("r.jsonl holds runs computed with --math native")
 
 
