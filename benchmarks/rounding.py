@@ -24,7 +24,8 @@ import torch
 
 import quality  # this script's sibling (its folder is on sys.path when run as a script)
 from picoalign.features import dataset_features
-from picoalign.training.devices import numerics
+from picoalign.fileio import atomic_write_text
+from picoalign.training.devices import STRICT_MATH_ENV, numerics
 
 ROOT = Path(__file__).resolve().parent
 
@@ -63,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     for mode in ("native", "avx2-strict"):
-        env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+        env = {k: v for k, v in os.environ.items() if k not in STRICT_MATH_ENV}
         if mode == "avx2-strict":
-            env["MKL_CBWR"] = "AVX2,STRICT"
+            env.update(STRICT_MATH_ENV)
         for threads in args.threads:
             cmd = [sys.executable, __file__, "--family", args.family, "--margin",
                    str(args.margin), "--data", args.data, "--worker", str(threads)]  # fmt: skip
@@ -89,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         same = "the same bits" if len(hashes) == 1 else f"{len(hashes)} different models"
         spread = max(vals) - min(vals)
         print(f"{mode}: {same} at threads {args.threads}; val rSum range {spread:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     setup = {"family": args.family, "margin": args.margin, "data": args.data}
-    args.out.write_text(json.dumps({**setup, "runs": rows}, indent=2) + "\n")
+    atomic_write_text(json.dumps({**setup, "runs": rows}, indent=2) + "\n", args.out)
     print(f"wrote {args.out}")
     return 0
 
