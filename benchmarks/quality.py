@@ -43,6 +43,7 @@ from picoalign.cli.plots import plot_training
 from picoalign.config import load_config
 from picoalign.evaluation import evaluate
 from picoalign.features import FeatureSet, dataset_features
+from picoalign.fileio import atomic_write_text
 from picoalign.model import PicoAligner
 from picoalign.training.derived import split_sizes
 from picoalign.training.devices import STRICT_MATH_ENV, numerics, strict_math
@@ -196,8 +197,7 @@ def one_run(
         tests[test_set] = evaluate_rules(model, feats[test_set].split("test"), rules)
     if plot_dir is not None and seed == 0:
         path = history_path(plot_dir, family, margin, train_set)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.history))
+        atomic_write_text(json.dumps(result.history), path)
     return {
         "id": run_id(family, margin, train_set, seed),
         "family": family,
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study wall time: {_clock(time.perf_counter() - start)}")
     confirms = None if args.confirm is None else args.confirm.name
     text = report(list(done.values()), args.seeds[0], confirms)
-    args.report.write_text(text)
+    atomic_write_text(text, args.report)
     print(text)
     # the plots read seed 0's histories only (--report-only redraws them); a confirmation has
     # no such seed and two families, so it leaves the study's plots alone
