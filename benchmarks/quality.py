@@ -9,7 +9,8 @@ the style-shift partners (train Twemoji → test Noto and the reverse; scenes dr
 
 Fair comparison (METHOD.md §6b–7): every scorer (global, gpo, fine_grained) has a baseline
 and a PICO family; every family tunes margins 0.2, 0.8 and 1.2, picked on the validation
-rSum of the first seed, and the other seeds run at that margin. The headlines compare the
+rSum of the first seed (or the mean of the first N, ``--tune-seeds N``), and the other seeds
+run at that margin. The headlines compare the
 best PICO family and the default PICO with the *best* tuned baseline of every scorer (both
 picked on validation). Each trained PICO model is scored both ways (plain and weighted).
 The decisions (margins, best baseline, report) are pure functions of the rows, in
@@ -233,16 +234,20 @@ def plan(
     ]
 
 
-def confirm_plan(study: list[dict[str, Any]], train_set: str, seeds: list[int]) -> list[tuple]:
+def confirm_plan(
+    study: list[dict[str, Any]], train_set: str, seeds: list[int], n_tune: int = 1
+) -> list[tuple]:
     """The pre-registered confirmation's runs on ``train_set``: the best baseline and the best
-    PICO family, each at its margin, all three as the study's tuning seed (its smallest)
+    PICO family, each at its margin, all as the study's tuning seeds (its ``n_tune`` smallest)
     picked them on validation; run on the fresh ``seeds``. Nothing is tuned on them."""
     sub = [r for r in study if r["train_set"] == train_set]
     if not sub:
         raise ValueError(f"the study has no runs on {train_set}: nothing to confirm")
-    t0 = min(r["seed"] for r in sub)
-    pair = [best_baseline(sub, train_set, t0), best_pico(sub, train_set, t0)]
-    picks = {(f, train_set): [pick_margin(sub, f, train_set, t0)] for f in pair}
+    tune = sorted({r["seed"] for r in sub})[:n_tune]
+    if len(tune) < n_tune:
+        raise ValueError(f"the study ran {len(tune)} seeds on {train_set}, not {n_tune} to tune")
+    pair = [best_baseline(sub, train_set, tune), best_pico(sub, train_set, tune)]
+    picks = {(f, train_set): [pick_margin(sub, f, train_set, tune)] for f in pair}
     return plan(pair, picks, seeds, [train_set])
 
 
@@ -323,6 +328,17 @@ def main(argv: list[str] | None = None) -> int:
         "count; native: MKL's fastest path for this CPU and thread count, whose rounding "
         "differs from machine to machine (benchmarks/rounding.py measures by how much)",
     )
+    ap.add_argument(
+        "--tune-seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the first N of --seeds tune: every margin runs on each of them and a family keeps "
+        "the margin with the best mean validation rSum; the other seeds run that margin only "
+        "(default 1, the historical rule: one seed decides, which on 127-201 validation "
+        "images can be one image; docs/results.md). With --confirm: the study's N smallest "
+        "seeds made the picks",
+    )
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     # None = not given (then these defaults): --epochs needs all three given
     defaults = {
@@ -346,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         "STUDY_JSONL's tuning seed picked on validation; no tuning here",
     )
     args = ap.parse_args(argv)
+    if args.tune_seeds < 1 or (args.confirm is None and args.tune_seeds > len(args.seeds)):
+        ap.error(f"--tune-seeds must be between 1 and the {len(args.seeds)} --seeds given")
     base = dict(BASE)
     if args.epochs is not None:  # a budget probe must not mix with the study's own files
         if args.epochs < 1:
@@ -397,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             families = [f for f in args.families if f in families]
         if args.quick:
             families = ["fine_grained", DEFAULT_PICO]
-        tune, rest = args.seeds[0], args.seeds[1:]
+        tune, rest = args.seeds[: args.tune_seeds], args.seeds[args.tune_seeds :]
         budget = {ts: planned_epochs(base, feats[ts]) for ts in args.train_sets}
 
         def run_all(todo: list[tuple]) -> None:
@@ -434,13 +452,13 @@ def main(argv: list[str] | None = None) -> int:
                                    args.confirm)  # fmt: skip
                 if why:
                     ap.error(why)
-                run_all(confirm_plan(study, ts, args.seeds))
+                run_all(confirm_plan(study, ts, args.seeds, args.tune_seeds))
         else:  # one training set at a time, so that a cut-short study has whole sets
             for ts in args.train_sets:
                 grid = {f: args.margins or FAMILIES[f][1] for f in families}
                 every = {(f, ts): grid[f][-1:] if args.quick else grid[f]
                          for f in families}  # fmt: skip
-                run_all(plan(families, every, [tune], [ts]))
+                run_all(plan(families, every, tune, [ts]))
                 rows = list(done.values())
                 chosen = {k: [pick_margin(rows, *k, tune)] for k in every}
                 run_all(plan(families, chosen, rest, [ts]))
@@ -448,13 +466,15 @@ def main(argv: list[str] | None = None) -> int:
                 run_all(ablation_plan(args.ablation_seeds, args.train_sets[0]))
         print(f"study wall time: {_clock(time.perf_counter() - start)}")
     confirms = None if args.confirm is None else args.confirm.name
-    text = report(list(done.values()), args.seeds[0], confirms)
+    # a confirmation's rows hold one margin per family: its first seed "picks" that margin
+    tune = args.seeds[: args.tune_seeds] if args.confirm is None else args.seeds[:1]
+    text = report(list(done.values()), tune, confirms)
     atomic_write_text(text, args.report)
     print(text)
     # the plots read seed 0's histories only (--report-only redraws them); a confirmation has
     # no such seed and two families, so it leaves the study's plots alone
     if not args.quick and args.confirm is None:
-        rows, t0 = list(done.values()), args.seeds[0]
+        rows, t0 = list(done.values()), tune
         for ts in args.train_sets:
             sub = [r for r in rows if r["train_set"] == ts and r["family"] in FAMILIES]
             try:

@@ -13,37 +13,72 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 SCORERS = ("global", "gpo", "fine_grained")
 DEFAULT_PICO = "pico-fine_grained"  # the product's default: PICO on the default scorer
 
 
-def pick_margin(rows: list[dict[str, Any]], family: str, train_set: str, tune_seed: int) -> float:
-    """The margin with the best validation rSum of the tuning seed (the study's one rule for
-    every family: tuned on validation, never on test)."""
-    cands = [
-        (r["val_rsum"], -r["margin"], r["margin"])
+Tune = int | Sequence[int]  # the tuning seed, or seeds whose mean validation decides
+
+
+def tune_seeds(tune: Tune) -> tuple[int, ...]:
+    """``tune`` as a tuple of seeds (one int: the study's historical one-seed rule)."""
+    seeds = (tune,) if isinstance(tune, int) else tuple(tune)
+    if not seeds:
+        raise ValueError("no tuning seed given")
+    return seeds
+
+
+def tuned_by(tune: Tune) -> str:
+    """How the reports name the tuning rule: ``seed 0`` or ``the mean of seeds 0, 1, 2``."""
+    seeds = tune_seeds(tune)
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return "the mean of seeds " + ", ".join(map(str, seeds))
+
+
+def val_of(
+    rows: list[dict[str, Any]], family: str, train_set: str, margin: float, tune: Tune
+) -> float | None:
+    """The validation rSum a (family, margin) is judged by: the mean over the tuning seeds,
+    or None unless every tuning seed has run it (a half-tuned margin is not a candidate)."""
+    seeds = tune_seeds(tune)
+    vals = {
+        r["seed"]: r["val_rsum"]
         for r in rows
-        if r["family"] == family and r["train_set"] == train_set and r["seed"] == tune_seed
+        if (r["family"], r["train_set"], r["margin"]) == (family, train_set, margin)
+        and r["seed"] in seeds
+    }
+    if len(vals) < len(seeds):
+        return None
+    return statistics.fmean(vals[s] for s in seeds)
+
+
+def pick_margin(rows: list[dict[str, Any]], family: str, train_set: str, tune: Tune) -> float:
+    """The margin with the best validation rSum of the tuning seed, or of the mean over the
+    tuning seeds (the study's one rule for every family: tuned on validation, never on test).
+    Ties go to the smaller margin. One seed on 127–201 validation images can pick a margin
+    by one image (docs/results.md, Tux Paint); several seeds average that noise down."""
+    margins = {r["margin"] for r in rows if r["family"] == family and r["train_set"] == train_set}
+    cands = [
+        (v, -m, m) for m in margins if (v := val_of(rows, family, train_set, m, tune)) is not None
     ]
     if not cands:
-        raise ValueError(f"no tuning run of {family} on {train_set} (seed {tune_seed})")
+        raise ValueError(f"no tuning run of {family} on {train_set} ({tuned_by(tune)})")
     return max(cands)[2]
 
 
-def best_of(rows: list[dict[str, Any]], families: list[str], train_set: str, tune_seed: int) -> str:
+def best_of(rows: list[dict[str, Any]], families: list[str], train_set: str, tune: Tune) -> str:
     """Of ``families`` (each at its picked margin), the one with the best validation rSum of
-    the tuning seed: how the study picks the best baseline and the best PICO alike."""
+    the tuning seed(s): how the study picks the best baseline and the best PICO alike."""
 
     def val(fam: str) -> float:
-        m = pick_margin(rows, fam, train_set, tune_seed)
-        return next(
-            r["val_rsum"]
-            for r in rows
-            if (r["family"], r["train_set"], r["seed"], r["margin"])
-            == (fam, train_set, tune_seed, m)
-        )
+        m = pick_margin(rows, fam, train_set, tune)
+        v = val_of(rows, fam, train_set, m, tune)
+        assert v is not None  # pick_margin only returns margins every tuning seed ran
+        return v
 
     present = [f for f in families if any(r["family"] == f for r in rows)]
     if not present:
@@ -51,15 +86,15 @@ def best_of(rows: list[dict[str, Any]], families: list[str], train_set: str, tun
     return max(present, key=val)
 
 
-def best_baseline(rows: list[dict[str, Any]], train_set: str, tune_seed: int) -> str:
+def best_baseline(rows: list[dict[str, Any]], train_set: str, tune: Tune) -> str:
     """The scorer baseline PICO is compared with (picked on validation)."""
-    return best_of(rows, list(SCORERS), train_set, tune_seed)
+    return best_of(rows, list(SCORERS), train_set, tune)
 
 
-def best_pico(rows: list[dict[str, Any]], train_set: str, tune_seed: int) -> str:
+def best_pico(rows: list[dict[str, Any]], train_set: str, tune: Tune) -> str:
     """The PICO-on-scorer family the study puts forward on this data (picked on validation
     exactly like the best baseline)."""
-    return best_of(rows, [f"pico-{s}" for s in SCORERS], train_set, tune_seed)
+    return best_of(rows, [f"pico-{s}" for s in SCORERS], train_set, tune)
 
 
 # ---------------------------------------------------------------------------- report
@@ -84,13 +119,13 @@ def paired_ci(a: list[float], b: list[float]) -> str:
     return f"{m:+.1f} [{m - half:+.1f}, {m + half:+.1f}]"
 
 
-def report(rows: list[dict[str, Any]], tune_seed: int = 0, confirms: str | None = None) -> str:
+def report(rows: list[dict[str, Any]], tune: Tune = 0, confirms: str | None = None) -> str:
     """Markdown: the headline (default PICO against the best tuned baseline of every scorer,
     both picked on validation), the validation rSum of every configuration (what the margins
     are picked on), then per test set each family at its picked margin with each rule.
     ``confirms``: the tuning study a confirmation re-runs (its picks, not this run's seeds)."""
     picked_by = (
-        f"with the best validation rSum of seed {tune_seed}"
+        f"with the best validation rSum of {tuned_by(tune)}"
         if confirms is None
         else f"that the tuning run {confirms} picked on its tuning seed's validation (this "
         "confirmation re-runs only those)"
@@ -99,11 +134,12 @@ def report(rows: list[dict[str, Any]], tune_seed: int = 0, confirms: str | None 
     for r in rows:
         by[(r["family"], r["margin"], r["train_set"])].append(r)
     train_sets = sorted({t for _, _, t in by})
-    picked = {
-        (fam, ts): pick_margin(rows, fam, ts, tune_seed)
-        for fam, _, ts in by
-        if any(r["seed"] == tune_seed for r in by[(fam, _, ts)])
-    }
+    picked = {}
+    for fam, _, ts in by:
+        try:
+            picked[(fam, ts)] = pick_margin(rows, fam, ts, tune)
+        except ValueError:  # no margin of it ran on every tuning seed: not tuned, not shown
+            continue
 
     def runs(fam: str, ts: str) -> list[dict[str, Any]]:
         return sorted(by.get((fam, picked.get((fam, ts)), ts), []), key=lambda r: r["seed"])
@@ -123,7 +159,7 @@ def report(rows: list[dict[str, Any]], tune_seed: int = 0, confirms: str | None 
         for ts in train_sets:
             sub = [r for r in rows if r["train_set"] == ts]
             try:
-                best, pico = best_baseline(sub, ts, tune_seed), choose_pico(sub, ts)
+                best, pico = best_baseline(sub, ts, tune), choose_pico(sub, ts)
             except (ValueError, StopIteration):
                 continue
             if (pico, ts) not in picked:
@@ -137,7 +173,7 @@ def report(rows: list[dict[str, Any]], tune_seed: int = 0, confirms: str | None 
                 )
         return [*out, ""]
 
-    lines = headline("the best PICO", lambda sub, ts: best_pico(sub, ts, tune_seed))
+    lines = headline("the best PICO", lambda sub, ts: best_pico(sub, ts, tune))
     lines += headline(f"the default PICO ({DEFAULT_PICO})", lambda sub, ts: DEFAULT_PICO)
     maths = sorted(
         {(row_math(r), r.get("cpu_capability", "?"), str(r.get("threads", "?"))) for r in rows}
@@ -149,7 +185,7 @@ def report(rows: list[dict[str, Any]], tune_seed: int = 0, confirms: str | None 
     )
     lines += [
         "\n### validation rSum (mean ± std over seeds; margins are picked on "
-        + (f"seed {tune_seed})\n" if confirms is None else f"the tuning run {confirms})\n"),
+        + (f"{tuned_by(tune)})\n" if confirms is None else f"the tuning run {confirms})\n"),
         "| configuration | " + " | ".join(train_sets) + " | seconds/run |",
         "|---|" + "---|" * (len(train_sets) + 1),
     ]

@@ -116,6 +116,59 @@ def test_the_confirmation_runs_the_picked_pair_at_their_margins_on_the_fresh_see
         quality.confirm_plan(study(), "noto-emoji", [10])
 
 
+def three_seeds() -> list[dict[str, Any]]:
+    """Seed 0 alone prefers margin 0.2 by one validation point; seeds 1 and 2 prefer 1.2."""
+    vals = {0.2: (219, 200, 201), 1.2: (218, 215, 214)}
+    return [
+        row(fam, m, seed, val=v[seed] + bump, test=v[seed] + bump)
+        for fam, bump in (("fine_grained", 0), ("pico-fine_grained", 1))
+        for m, v in vals.items()
+        for seed in range(3)
+    ]
+
+
+def test_several_tuning_seeds_pick_on_their_mean_validation(decide) -> None:
+    rows = three_seeds()
+    assert decide.pick_margin(rows, "fine_grained", TS, 0) == 0.2  # one seed: one point
+    assert decide.pick_margin(rows, "fine_grained", TS, [0, 1, 2]) == 1.2  # 215.7 vs 206.7
+    assert decide.val_of(rows, "fine_grained", TS, 1.2, (0, 1, 2)) == pytest.approx(647 / 3)
+    assert decide.best_of(rows, ["fine_grained", "pico-fine_grained"], TS, [0, 1, 2]) == (
+        "pico-fine_grained"
+    )
+    # a margin that not every tuning seed ran is no candidate, and no margin at all is an error
+    partial = [r for r in rows if not (r["margin"] == 1.2 and r["seed"] == 2)]
+    assert decide.pick_margin(partial, "fine_grained", TS, [0, 1, 2]) == 0.2
+    with pytest.raises(ValueError, match=r"no tuning run of gpo .*the mean of seeds 0, 1, 2"):
+        decide.pick_margin(rows, "gpo", TS, [0, 1, 2])
+
+
+def test_a_report_tuned_on_several_seeds_says_so_and_shows_their_picks(decide) -> None:
+    text = decide.report(three_seeds(), tune=[0, 1, 2])
+    assert "margin with the best validation rSum of the mean of seeds 0, 1, 2" in text
+    want = "| fine_grained (m=1.2) | 215.7 ± 2.1 | pico-fine_grained (m=1.2) | 216.7 ± 2.1 |"
+    assert want in text
+
+
+def test_the_confirmation_uses_the_studys_tuning_seeds(quality) -> None:
+    runs = quality.confirm_plan(three_seeds(), TS, [40, 41], n_tune=3)
+    assert sorted({(fam, margin) for fam, _, margin, *_ in runs}) == [
+        ("fine_grained", 1.2),
+        ("pico-fine_grained", 1.2),
+    ]
+    assert {r[2] for r in quality.confirm_plan(three_seeds(), TS, [40])} == {0.2}
+    with pytest.raises(ValueError, match=r"ran 3 seeds on .*, not 4 to tune"):
+        quality.confirm_plan(three_seeds(), TS, [40], n_tune=4)
+
+
+def test_more_tuning_seeds_than_seeds_is_refused(quality, tmp_path, capsys) -> None:
+    own = ["--results", str(tmp_path / "r.jsonl"), "--report", str(tmp_path / "r.md")]
+    with pytest.raises(SystemExit) as info:
+        quality.main(["--seeds", "0", "1", "--tune-seeds", "3", *own])
+    assert info.value.code == 2 and "--tune-seeds must be between 1 and the 2" in (
+        capsys.readouterr().err
+    )
+
+
 def test_the_paired_interval_is_a_t_interval_of_the_per_seed_differences(decide) -> None:
     # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2 df) = 4.303
     half = 4.303 / math.sqrt(3)
@@ -134,7 +187,7 @@ def test_the_report_headline_compares_the_validation_picks(decide) -> None:
         row("pico-fine_grained", 0.2, 1, val=0, test=215),
         row("fine_grained", 0.8, 1, val=0, test=0),
     ]
-    text = decide.report(rows, tune_seed=0)
+    text = decide.report(rows, tune=0)
     best = next(line for line in text.splitlines() if line.startswith(f"| {TS} → {TS} | gpo"))
     # gpo (m=0.2) tests 200, 210; pico-fine_grained (m=0.2) tests 230, 215: Δ = +30, +5
     assert "| gpo (m=0.2) | 205.0 ± 7.1 | pico-fine_grained (m=0.2) | 222.5 ± 10.6 |" in best
