@@ -48,7 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "quality.jsonl")
     ap.add_argument("--histories", type=Path, default=ROOT.parent / "docs" / "img" / "histories")
     ap.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "img" / "curves.png")
-    ap.add_argument("--tune-seed", type=int, default=0)
+    ap.add_argument(
+        "--tune-seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        metavar="SEED",
+        help="the seeds whose mean validation rSum picked the margins (quality.py's "
+        "--tune-seeds N: its first N seeds); the curves are seed 0's either way",
+    )
     args = ap.parse_args(argv)
     rows = [json.loads(x) for x in args.results.read_text().splitlines() if x]
     sets = list(dict.fromkeys(r["train_set"] for r in rows))
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     for ax, ts in zip(axes[0], sets, strict=True):
         for fam in fams:
             try:
-                m = quality_rows.pick_margin(rows, fam, ts, args.tune_seed)
+                m = quality_rows.pick_margin(rows, fam, ts, args.tune_seeds)
             except ValueError:
                 continue
             path = q.history_path(args.histories.parent, fam, m, ts)
