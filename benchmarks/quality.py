@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     confirms = None if args.confirm is None else args.confirm.name
     # a confirmation's rows hold one margin per family: its first seed "picks" that margin
     tune = args.seeds[: args.tune_seeds] if args.confirm is None else args.seeds[:1]
-    text = report(list(done.values()), tune, confirms)
+    text = report(list(done.values()), tune, confirms, args.tune_seeds)
     atomic_write_text(text, args.report)
     print(text)
     # the plots read seed 0's histories only (--report-only redraws them); a confirmation has

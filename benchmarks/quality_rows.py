@@ -119,15 +119,26 @@ def paired_ci(a: list[float], b: list[float]) -> str:
     return f"{m:+.1f} [{m - half:+.1f}, {m + half:+.1f}]"
 
 
-def report(rows: list[dict[str, Any]], tune: Tune = 0, confirms: str | None = None) -> str:
+def report(
+    rows: list[dict[str, Any]],
+    tune: Tune = 0,
+    confirms: str | None = None,
+    confirms_tuned_on: int = 1,
+) -> str:
     """Markdown: the headline (default PICO against the best tuned baseline of every scorer,
     both picked on validation), the validation rSum of every configuration (what the margins
     are picked on), then per test set each family at its picked margin with each rule.
-    ``confirms``: the tuning study a confirmation re-runs (its picks, not this run's seeds)."""
+    ``confirms``: the tuning study a confirmation re-runs (its picks, not this run's seeds),
+    whose ``confirms_tuned_on`` smallest seeds made those picks."""
+    their = (
+        "its tuning seed's validation"
+        if confirms_tuned_on == 1
+        else f"the mean validation of its {confirms_tuned_on} tuning seeds"
+    )
     picked_by = (
         f"with the best validation rSum of {tuned_by(tune)}"
         if confirms is None
-        else f"that the tuning run {confirms} picked on its tuning seed's validation (this "
+        else f"that the tuning run {confirms} picked on {their} (this "
         "confirmation re-runs only those)"
     )
     by = defaultdict(list)

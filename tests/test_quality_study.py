@@ -226,6 +226,8 @@ def test_a_confirmations_report_names_the_tuning_run_not_its_own_seed(decide) ->
     assert "margin that the tuning run quality-tuned.jsonl picked" in text
     assert "best validation rSum of seed" not in text
     assert "margin with the best validation rSum of seed 0" in decide.report(study(), 0)
+    three = decide.report(three_seeds(), 40, confirms="tune3.jsonl", confirms_tuned_on=3)
+    assert "tune3.jsonl picked on the mean validation of its 3 tuning seeds" in three
 
 
 def test_rows_of_another_math_are_never_resumed(decide) -> None:
