@@ -10,9 +10,9 @@ the style-shift partners (train Twemoji → test Noto and the reverse; scenes dr
 Fair comparison (METHOD.md §6b–7): every scorer (global, gpo, fine_grained) has a baseline
 and a PICO family; every family tunes margins 0.2, 0.8 and 1.2, picked on the validation
 rSum of the first seed (or the mean of the first N, ``--tune-seeds N``), and the other seeds
-run at that margin. The headlines compare the
-best PICO family and the default PICO with the *best* tuned baseline of every scorer (both
-picked on validation). Each trained PICO model is scored both ways (plain and weighted).
+run at that margin. The headlines compare the best PICO family and the default PICO with
+the *best* tuned baseline of every scorer (both picked on validation). Each trained PICO
+model is scored both ways (plain and weighted).
 The decisions (margins, best baseline, report) are pure functions of the rows, in
 ``quality_rows.py``. Results are appended to a JSONL file as runs finish, so an interrupted
 study resumes where it stopped (``--resume``); ``--families`` runs a subset first (the costly
@@ -360,8 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="STUDY_JSONL",
         help="the pre-registered confirmation (docs/results.md): on --seeds (fresh ones), run "
-        "only the default PICO and the best baseline, at the margins and baseline that "
-        "STUDY_JSONL's tuning seed picked on validation; no tuning here",
+        "only the best PICO family and the best baseline, at the margins and families that "
+        "STUDY_JSONL's tuning seed (or seeds: --tune-seeds) picked on validation; no "
+        "tuning here",
     )
     args = ap.parse_args(argv)
     if args.tune_seeds < 1 or (args.confirm is None and args.tune_seeds > len(args.seeds)):
