@@ -47,8 +47,8 @@ bench: install system-data
 	$(BIN)/python benchmarks/zeroshot.py
 	$(BIN)/python benchmarks/scenes_baselines.py
 	$(BIN)/python benchmarks/rounding.py
-	# the committed study's rows ran native math: continue them in their own mode
-	$(BIN)/python benchmarks/quality.py --resume --math native
+	# the committed study's rows ran native math on one tuning seed: continue them in their own mode
+	$(BIN)/python benchmarks/quality.py --resume --math native --tune-seeds 1
 
 # GPU paths, measured (benchmarks/results/gpu_check.json); says so and exits 0 without CUDA
 gpu-check: install

@@ -52,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         "--tune-seeds",
         type=int,
         nargs="+",
-        default=[0],
+        default=None,
         metavar="SEED",
-        help="the seeds whose mean validation rSum picked the margins (quality.py's "
-        "--tune-seeds N: its first N seeds); the curves are seed 0's either way",
+        help="the seeds whose mean validation rSum picked the margins (default: those the "
+        "results ran every margin on, as quality.py --confirm reads them); the curves are "
+        "seed 0's either way",
     )
     args = ap.parse_args(argv)
     rows = [json.loads(x) for x in args.results.read_text().splitlines() if x]
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     for ax, ts in zip(axes[0], sets, strict=True):
         for fam in fams:
             try:
-                m = quality_rows.pick_margin(rows, fam, ts, args.tune_seeds)
+                tune = args.tune_seeds or quality_rows.study_tune_seeds(rows, ts)
+                m = quality_rows.pick_margin(rows, fam, ts, tune)
             except ValueError:
                 continue
             path = q.history_path(args.histories.parent, fam, m, ts)

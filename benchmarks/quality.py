@@ -59,6 +59,7 @@ from quality_rows import (
     check_math,
     pick_margin,
     report,
+    study_tune_seeds,
 )
 
 ROOT = Path(__file__).resolve().parent
@@ -234,18 +235,30 @@ def plan(
     ]
 
 
-def confirm_plan(
-    study: list[dict[str, Any]], train_set: str, seeds: list[int], n_tune: int = 1
-) -> list[tuple]:
-    """The pre-registered confirmation's runs on ``train_set``: the best baseline and the best
-    PICO family, each at its margin, all as the study's tuning seeds (its ``n_tune`` smallest)
-    picked them on validation; run on the fresh ``seeds``. Nothing is tuned on them."""
+def confirm_tune(study: list[dict[str, Any]], train_set: str, n_tune: int | None) -> list[int]:
+    """The seeds whose validation made the study's picks on ``train_set``: the ones it ran
+    every margin on (``study_tune_seeds``), or the first ``n_tune`` of them. More than it
+    tuned on is refused: a seed that ran only the picked margin would tilt the pick."""
     sub = [r for r in study if r["train_set"] == train_set]
     if not sub:
         raise ValueError(f"the study has no runs on {train_set}: nothing to confirm")
-    tune = sorted({r["seed"] for r in sub})[:n_tune]
-    if len(tune) < n_tune:
-        raise ValueError(f"the study ran {len(tune)} seeds on {train_set}, not {n_tune} to tune")
+    tuned = study_tune_seeds(sub, train_set)
+    if n_tune is not None and n_tune > len(tuned):
+        raise ValueError(
+            f"the study ran every margin on {len(tuned)} seed(s) of {train_set} "
+            f"({', '.join(map(str, tuned))}), not {n_tune}: it was tuned on {len(tuned)}"
+        )
+    return list(tuned[:n_tune])
+
+
+def confirm_plan(
+    study: list[dict[str, Any]], train_set: str, seeds: list[int], n_tune: int | None = None
+) -> list[tuple]:
+    """The pre-registered confirmation's runs on ``train_set``: the best baseline and the best
+    PICO family, each at its margin, all as the study's tuning seeds (``confirm_tune``)
+    picked them on validation; run on the fresh ``seeds``. Nothing is tuned on them."""
+    tune = confirm_tune(study, train_set, n_tune)
+    sub = [r for r in study if r["train_set"] == train_set]
     pair = [best_baseline(sub, train_set, tune), best_pico(sub, train_set, tune)]
     picks = {(f, train_set): [pick_margin(sub, f, train_set, tune)] for f in pair}
     return plan(pair, picks, seeds, [train_set])
@@ -331,15 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tune-seeds",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
         help="the first N of --seeds tune: every margin runs on each of them and a family keeps "
-        "the margin with the best mean validation rSum; the other seeds run that margin only "
-        "(default 1, the historical rule, kept so that every committed command re-runs as "
-        "written: one seed decides, which on 127-201 validation images can be one image. "
-        "3 is the measured better rule: it removed the study's one large loss on fresh "
-        "seeds; docs/results.md, 'Margins picked on three seeds'). With --confirm: the "
-        "study's N smallest seeds made the picks",
+        "the margin with the best mean validation rSum; the other seeds run that margin only. "
+        "Default 3 (or all --seeds, if fewer): one seed on 127-201 validation images can pick "
+        "a margin by one image, and three removed the study's one large loss on fresh seeds "
+        "(docs/results.md, 'Margins picked on three seeds'); 1 is the rule of the studies "
+        "before it. With --confirm the default is the seeds the study ran every margin on, "
+        "read from its rows; N may be fewer, not more",
     )
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     # None = not given (then these defaults): --epochs needs all three given
@@ -365,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         "tuning here",
     )
     args = ap.parse_args(argv)
-    if args.tune_seeds < 1 or (args.confirm is None and args.tune_seeds > len(args.seeds)):
+    n_tune = args.tune_seeds
+    if n_tune is not None and (n_tune < 1 or (args.confirm is None and n_tune > len(args.seeds))):
         ap.error(f"--tune-seeds must be between 1 and the {len(args.seeds)} --seeds given")
     base = dict(BASE)
     if args.epochs is not None:  # a budget probe must not mix with the study's own files
@@ -381,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         base.update(epochs=2, lr_steps=[], pico_warmup_epochs=0)
         args.seeds, args.train_sets = args.seeds[:1], args.train_sets[:1]
+        n_tune = 1
         args.results = args.results.with_name("quality-quick.jsonl")
         args.report = args.report.with_name("quality-quick.md")
     if args.confirm is not None and args.results == defaults["results"]:
@@ -388,6 +403,22 @@ def main(argv: list[str] | None = None) -> int:
         args.report = args.report.with_name("quality-confirm.md")
     if args.confirm is not None and args.results.resolve() == args.confirm.resolve():
         ap.error("--results must not be the study being confirmed (--confirm)")
+    study, study_tune = [], {}  # a confirmation: the study's rows, and its tuning seeds per set
+    if args.confirm is not None:
+        study = [json.loads(x) for x in args.confirm.read_text().splitlines() if x]
+        for ts in args.train_sets:
+            if args.report_only and not any(r["train_set"] == ts for r in study):
+                continue  # a report need not cover every default training set
+            try:
+                study_tune[ts] = confirm_tune(study, ts, n_tune)
+            except ValueError as err:
+                ap.error(f"--confirm {args.confirm}: {err}")
+        if len({len(t) for t in study_tune.values()}) > 1:
+            ap.error(f"--confirm {args.confirm}: its training sets were tuned on different "
+                     "numbers of seeds; confirm them one --train-sets at a time")  # fmt: skip
+        n_tune = len(next(iter(study_tune.values()), [0]))
+    elif n_tune is None:
+        n_tune = min(3, len(args.seeds))
     if not args.report_only and args.math == "avx2-strict" and not strict_math():
         if argv is not None:  # called as a function: the environment is the caller's
             ap.error(
@@ -418,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             families = [f for f in args.families if f in families]
         if args.quick:
             families = ["fine_grained", DEFAULT_PICO]
-        tune, rest = args.seeds[: args.tune_seeds], args.seeds[args.tune_seeds :]
+        tune, rest = args.seeds[:n_tune], args.seeds[n_tune:]
         budget = {ts: planned_epochs(base, feats[ts]) for ts in args.train_sets}
 
         def run_all(todo: list[tuple]) -> None:
@@ -449,13 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         # stage 1: every margin on the tuning seed; stage 2: the other seeds at the margin
         # validation picked (the same rule for every family)
         if args.confirm is not None:  # choices fixed by the study: nothing is tuned here
-            study = [json.loads(x) for x in args.confirm.read_text().splitlines() if x]
             for ts in args.train_sets:  # its picks were made at this budget, or not at all
                 why = check_budget([r for r in study if r["train_set"] == ts], budget[ts],
                                    args.confirm)  # fmt: skip
                 if why:
                     ap.error(why)
-                run_all(confirm_plan(study, ts, args.seeds, args.tune_seeds))
+                run_all(confirm_plan(study, ts, args.seeds, len(study_tune[ts])))
         else:  # one training set at a time, so that a cut-short study has whole sets
             for ts in args.train_sets:
                 grid = {f: args.margins or FAMILIES[f][1] for f in families}
@@ -470,8 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study wall time: {_clock(time.perf_counter() - start)}")
     confirms = None if args.confirm is None else args.confirm.name
     # a confirmation's rows hold one margin per family: its first seed "picks" that margin
-    tune = args.seeds[: args.tune_seeds] if args.confirm is None else args.seeds[:1]
-    text = report(list(done.values()), tune, confirms, args.tune_seeds)
+    tune = args.seeds[:n_tune] if args.confirm is None else args.seeds[:1]
+    text = report(list(done.values()), tune, confirms, n_tune)
     atomic_write_text(text, args.report)
     print(text)
     # the plots read seed 0's histories only (--report-only redraws them); a confirmation has

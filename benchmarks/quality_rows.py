@@ -39,6 +39,25 @@ def tuned_by(tune: Tune) -> str:
     return "the mean of seeds " + ", ".join(map(str, seeds))
 
 
+def study_tune_seeds(rows: list[dict[str, Any]], train_set: str) -> tuple[int, ...]:
+    """The seeds a study tuned on for ``train_set``, read from its rows: its smallest seeds
+    on each of which every (family, margin) of the smallest seed ran. A seed past them ran
+    only the picked margins, so it can neither pick nor be averaged in a pick: reading them
+    back from the rows is what lets a confirmation re-make the study's picks without being
+    told how it was run (a one-seed study gives one seed, ``--tune-seeds 3`` three)."""
+    sub = [r for r in rows if r["train_set"] == train_set]
+    seeds = sorted({r["seed"] for r in sub})
+    if not seeds:
+        raise ValueError(f"no runs on {train_set}")
+    ran = defaultdict(set)
+    for r in sub:
+        ran[r["seed"]].add((r["family"], r["margin"]))
+    n = 1
+    while n < len(seeds) and ran[seeds[0]] <= ran[seeds[n]]:
+        n += 1
+    return tuple(seeds[:n])
+
+
 def val_of(
     rows: list[dict[str, Any]], family: str, train_set: str, margin: float, tune: Tune
 ) -> float | None:
@@ -146,7 +165,7 @@ def report(
         by[(r["family"], r["margin"], r["train_set"])].append(r)
     train_sets = sorted({t for _, _, t in by})
     picked = {}
-    for fam, _, ts in by:
+    for fam, ts in {(f, t) for f, _, t in by}:  # one pick per (family, set), not per margin
         try:
             picked[(fam, ts)] = pick_margin(rows, fam, ts, tune)
         except ValueError:  # no margin of it ran on every tuning seed: not tuned, not shown

@@ -7,6 +7,7 @@ they are tested like product code."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -155,9 +156,45 @@ def test_the_confirmation_uses_the_studys_tuning_seeds(quality) -> None:
         ("fine_grained", 1.2),
         ("pico-fine_grained", 1.2),
     ]
-    assert {r[2] for r in quality.confirm_plan(three_seeds(), TS, [40])} == {0.2}
-    with pytest.raises(ValueError, match=r"ran 3 seeds on .*, not 4 to tune"):
+    # by default the seeds the study ran every margin on; fewer may be asked for, not more
+    assert {r[2] for r in quality.confirm_plan(three_seeds(), TS, [40])} == {1.2}
+    assert {r[2] for r in quality.confirm_plan(three_seeds(), TS, [40], n_tune=1)} == {0.2}
+    with pytest.raises(ValueError, match=r"every margin on 3 seed\(s\) .*\(0, 1, 2\), not 4"):
         quality.confirm_plan(three_seeds(), TS, [40], n_tune=4)
+
+
+def test_the_tuning_seeds_are_read_back_from_a_studys_rows(decide) -> None:
+    assert decide.study_tune_seeds(three_seeds(), TS) == (0, 1, 2)
+    assert decide.study_tune_seeds(study(), TS) == (0,)  # seed 1 ran one margin only
+    # a one-seed study's later seeds run only the picked margins: they never tuned
+    picked = [r for r in three_seeds() if r["seed"] == 0 or r["margin"] == 1.2]
+    assert decide.study_tune_seeds(picked, TS) == (0,)
+    with pytest.raises(ValueError, match="no runs on noto-emoji"):
+        decide.study_tune_seeds(three_seeds(), "noto-emoji")
+
+
+def test_a_confirmation_of_a_one_seed_study_refuses_three_tuning_seeds(
+    quality, tmp_path, capsys
+) -> None:
+    tuned = tmp_path / "tuned.jsonl"
+    tuned.write_text("".join(json.dumps(r) + "\n" for r in study()))
+    own = ["--results", str(tmp_path / "c.jsonl"), "--report", str(tmp_path / "c.md")]
+    args = ["--confirm", str(tuned), "--train-sets", TS, "--seeds", "40", *own]
+    with pytest.raises(SystemExit) as info:
+        quality.main([*args, "--tune-seeds", "3"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "every margin on 1 seed(s) of twemoji (0), not 3" in err
+    assert not (tmp_path / "c.jsonl").exists()
+
+
+@pytest.mark.parametrize(("given", "says"), [([], "the mean of seeds 0, 1, 2"), (["1"], "seed 0")])
+def test_the_study_tunes_on_three_seeds_unless_told(quality, tmp_path, given, says) -> None:
+    rows = tmp_path / "r.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in three_seeds()))
+    own = ["--results", str(rows), "--report", str(tmp_path / "r.md"), "--plots", str(tmp_path)]
+    tune = ["--tune-seeds", *given] if given else []
+    quality.main(["--report-only", "--seeds", "0", "1", "2", "--train-sets", TS, *own, *tune])
+    assert f"margin with the best validation rSum of {says}" in (tmp_path / "r.md").read_text()
 
 
 def test_more_tuning_seeds_than_seeds_is_refused(quality, tmp_path, capsys) -> None:
