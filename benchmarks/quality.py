@@ -29,7 +29,6 @@ any thread count; ``benchmarks/rounding.py`` shows why), and every row records i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -48,6 +47,7 @@ from picoalign.fileio import atomic_write_text
 from picoalign.model import PicoAligner
 from picoalign.training.derived import split_sizes
 from picoalign.training.devices import STRICT_MATH_ENV, numerics, strict_math
+from picoalign.training.distributed import state_digest
 from picoalign.training.loop import train
 from picoalign.training.schedule import resolve_epochs
 from quality_rows import (
@@ -156,14 +156,9 @@ def evaluate_rules(model: PicoAligner, fs: FeatureSet, rules: list[str]) -> dict
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
-    """A fingerprint of a trained model's bits (first 16 hex digits of a SHA-256 over its
-    state dict): two rows with the same one scored the same model, so a re-run can be checked
-    bit for bit (``benchmarks/rounding.py``)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """A fingerprint of a trained model's bits (the first 16 hex digits of ``state_digest``):
+    two rows with the same one scored the same model (``benchmarks/rounding.py``)."""
+    return state_digest(model)[:16]
 
 
 def one_run(

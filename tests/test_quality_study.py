@@ -298,3 +298,19 @@ def test_a_rows_weights_fingerprint_tells_models_apart_by_their_bits(quality) ->
     with torch.no_grad():
         b.bias[0] = torch.nextafter(b.bias[0], torch.tensor(1.0))  # one ulp
     assert quality.weights_sha256(a) != quality.weights_sha256(b)
+
+
+def test_the_fingerprint_is_the_one_the_committed_rows_carry(quality) -> None:
+    """The committed rows' ``weights_sha256`` hashed each tensor's name and bytes in sorted
+    name order; the shared digest must keep giving those digits, or no old row re-checks."""
+    import hashlib
+
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    model.register_buffer("a_buffer", torch.arange(4.0))  # sorts before the layers' names
+    old = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        old.update(name.encode())
+        old.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    assert quality.weights_sha256(model) == old.hexdigest()[:16]

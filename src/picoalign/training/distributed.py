@@ -181,9 +181,11 @@ def wrap_ddp(
 
 
 def state_digest(module: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer, in state-dict order (bit-exact comparison)."""
+    """SHA-256 of every parameter and buffer by sorted name (bit-exact comparison): what ranks
+    compare to prove they are in sync, and what the quality study's rows fingerprint a trained
+    model by (its first 16 hex digits), so that a re-run can be checked bit for bit."""
     h = hashlib.sha256()
-    for name, t in module.state_dict().items():
+    for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
