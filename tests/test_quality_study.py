@@ -1,7 +1,8 @@
-"""The quality study's decisions (``benchmarks/quality_rows.py``, on synthetic rows) and its
-command line (``benchmarks/quality.py``): which margin, which baseline and which PICO family
-the study picks (on validation only, never on test), what the registered confirmation runs,
-and the paired interval its rule reads. These choices decide what docs/results.md claims, so
+"""The quality study's decisions (``benchmarks/quality_rows.py``, on synthetic rows), its
+plans (``benchmarks/quality_plan.py``) and its command line (``benchmarks/quality.py``):
+which margin, which baseline and which PICO family the study picks (on validation only,
+never on test), what the registered confirmation runs, and the paired interval its rule
+reads. These choices decide what docs/results.md claims, so
 they are tested like product code."""
 
 from __future__ import annotations
