@@ -136,6 +136,8 @@ def one_run(
         "seconds": round(seconds, 1),
         **numerics_of_row(),
         "weights_sha256": weights_sha256(model),
+        # the training set's frozen features: tells a machine's encoders from its training
+        "features_sha256": feats[train_set].digest()[:16],
         "tests": tests,
         "p_mean": float(model.pico.p.mean()),
         "omega_spread_last": result.history[-1].get("omega_spread"),

@@ -42,6 +42,7 @@ def worker(family: str, margin: float, data: str, threads: int) -> dict:
         "val_rsum": row["val_rsum"],
         "test_rsum": row["tests"][data][rules[0]]["rsum"],  # plain: how PICO models are scored
         "weights_sha256": row["weights_sha256"],
+        "features_sha256": row["features_sha256"],
         "seconds": row["seconds"],
     }
 
@@ -56,12 +57,23 @@ def main(argv: list[str] | None = None) -> int:
         "--data", default="twemoji", choices=list(quality.TRAIN_SETS), help="its test split scored"
     )
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "rounding.json")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "results" / "rounding.json",
+        help="where the runs are written (JSON); an existing file is refused before anything "
+        "runs, unless --overwrite (the default is the committed result)",
+    )
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is not None:
         print(json.dumps(worker(args.family, args.margin, args.data, args.worker)))
         return 0
+    if args.out.exists() and not args.overwrite:
+        ap.error(
+            f"{args.out} exists (a committed or earlier result); pass another --out, or --overwrite"
+        )
     rows = []
     for mode in ("native", "avx2-strict"):
         env = {k: v for k, v in os.environ.items() if k not in STRICT_MATH_ENV}
@@ -78,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(
                 f"{row['math']:12s} {threads} thread(s): val {row['val_rsum']:.2f} test "
-                f"{row['test_rsum']:.2f} weights {row['weights_sha256']} ({row['seconds']:.0f}s)",
+                f"{row['test_rsum']:.2f} weights {row['weights_sha256']} features "
+                f"{row['features_sha256']} ({row['seconds']:.0f}s)",
                 flush=True,
             )
     by_mode = {

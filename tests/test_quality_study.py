@@ -315,3 +315,22 @@ def test_the_fingerprint_is_the_one_the_committed_rows_carry(quality) -> None:
         old.update(name.encode())
         old.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     assert quality.weights_sha256(model) == old.hexdigest()[:16]
+
+
+def test_one_run_row_fingerprints_its_model_and_its_features(
+    quality, make_feature_set, monkeypatch
+) -> None:
+    """A real (tiny) study run: the row's ``weights_sha256`` is the saved model's and its
+    ``features_sha256`` the training features', so two machines' rows can be told apart by
+    encoders or by training."""
+    fs = make_feature_set(n=24, captions=2)
+    monkeypatch.setattr(quality, "TRAIN_SETS", {"tiny": ["tiny"]})
+    overrides, _, rules = quality.FAMILIES["fine_grained"]
+    base = {"epochs": 1, "batch_size": 8}
+    feats = {"tiny": fs}
+    row = quality.one_run("fine_grained", overrides, 0.2, "tiny", 0, rules, feats, base, None)
+    assert row["features_sha256"] == fs.digest()[:16]
+    assert len(row["weights_sha256"]) == 16
+    assert set(row["tests"]) == {"tiny"}
+    again = quality.one_run("fine_grained", overrides, 0.2, "tiny", 0, rules, feats, base, None)
+    assert again["weights_sha256"] == row["weights_sha256"]  # same seed, same bits

@@ -15,3 +15,18 @@ def test_batch_pairs_each_caption_with_its_image_in_fp32(make_feature_set) -> No
     assert torch.equal(img_m, fs.images.mask[[2, 0, 9]])
     assert torch.equal(txt_t, fs.texts.tokens[idx].float())
     assert torch.equal(txt_m, fs.texts.mask[idx])
+
+
+def test_digest_is_the_bits_of_every_feature_tensor(make_feature_set) -> None:
+    """Same features, same digest; one changed token value, mask entry or caption-to-image
+    link, another digest (what tells one machine's encoders from another's)."""
+    a, b = make_feature_set(n=8, captions=2), make_feature_set(n=8, captions=2)
+    assert a.digest() == b.digest()
+    b.images.tokens[3, 0, 1] += 1
+    assert a.digest() != b.digest()
+    c = make_feature_set(n=8, captions=2)
+    c.texts.mask[0, -1] = ~c.texts.mask[0, -1]
+    assert a.digest() != c.digest()
+    d = make_feature_set(n=8, captions=2)
+    d.caption_image[[0, 2]] = d.caption_image[[2, 0]]
+    assert a.digest() != d.digest()

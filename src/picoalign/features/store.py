@@ -8,6 +8,7 @@ in :mod:`picoalign.features.encode`, which re-exports everything public from thi
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +93,17 @@ class FeatureSet:
     @property
     def n_images(self) -> int:
         return len(self.images)
+
+    def digest(self) -> str:
+        """SHA-256 of the features' bits (tokens, masks, caption-to-image map): the same
+        digest on two machines means the frozen encoders gave them the same input, so that a
+        difference between two trained models is the training's, not the encoders'."""
+        h = hashlib.sha256()
+        tensors = (self.images.tokens, self.images.mask, self.texts.tokens, self.texts.mask)
+        for t in (*tensors, self.caption_image):
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
     @property
     def n_captions(self) -> int:
