@@ -43,6 +43,7 @@ def worker(family: str, margin: float, data: str, threads: int) -> dict:
         "test_rsum": row["tests"][data][rules[0]]["rsum"],  # plain: how PICO models are scored
         "weights_sha256": row["weights_sha256"],
         "features_sha256": row["features_sha256"],
+        "features_math": row["features_math"],
         "seconds": row["seconds"],
     }
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{row['math']:12s} {threads} thread(s): val {row['val_rsum']:.2f} test "
                 f"{row['test_rsum']:.2f} weights {row['weights_sha256']} features "
-                f"{row['features_sha256']} ({row['seconds']:.0f}s)",
+                f"{row['features_sha256']} ({row['features_math']} cache, {row['seconds']:.0f}s)",
                 flush=True,
             )
     by_mode = {

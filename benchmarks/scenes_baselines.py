@@ -99,7 +99,7 @@ def caption_features(base: FeatureSet, spec: str) -> FeatureSet:
         raise SystemExit(f"{spec}: images differ from {base.meta.get('dataset')}")
     captions = [c for it in ds.items for c in it.captions]
     enc = create_text_encoder("minilm")
-    texts, _ = cached_features(
+    texts, _, _ = cached_features(
         "texts",
         ds,
         enc,

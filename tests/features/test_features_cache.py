@@ -307,3 +307,37 @@ def test_chunks_of_other_content_are_not_reused(toy_dataset, tmp_path, monkeypat
     calls = counting(img := RandomConvEncoder())
     _encode(replace(toy_dataset, items=items), img, HashTextEncoder(), tmp_path)
     assert calls["n"] == 3  # 7 images in batches of 3: all encoded, no stale chunk trusted
+
+
+def test_cache_reports_the_math_mode_it_was_encoded_in(toy_dataset, tmp_path, monkeypatch):
+    """A cache keeps the math mode of the process that built it, and a hit reports that mode,
+    not the reader's: rows trained on it are bit-identical to others only on the same cache
+    (docs/results.md, "Rounding"). Only the env is changed here; MKL reads it at start."""
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    first = _encode(toy_dataset, RandomConvEncoder(), HashTextEncoder(), tmp_path)
+    assert (first.meta["image_math"], first.meta["text_math"]) == ("native", "native")
+    monkeypatch.setenv("MKL_CBWR", "AVX2,STRICT")
+    img, txt = RandomConvEncoder(), HashTextEncoder()
+    n_img, n_txt = counting(img), counting(txt)
+    hit = _encode(toy_dataset, img, txt, tmp_path)
+    assert n_img["n"] == 0 and n_txt["n"] == 0  # the mode is reported, not part of the key
+    assert (hit.meta["image_math"], hit.meta["text_math"]) == ("native", "native")
+    uncached = _encode(toy_dataset, RandomConvEncoder(), HashTextEncoder(), False)
+    assert uncached.meta["image_math"] == "avx2-strict"
+
+
+def test_chunks_stored_in_another_math_mode_are_recomputed(toy_dataset, tmp_path, monkeypatch):
+    """A stopped encoding resumed under another math mode starts over, so that one cache file
+    holds features of one mode."""
+    monkeypatch.setattr(F, "CHUNK_BATCHES", 1)
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    img = RandomConvEncoder()
+    stopping_after(img, 2)
+    with pytest.raises(Stop):
+        _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
+    monkeypatch.setenv("MKL_CBWR", "AVX2,STRICT")
+    img = RandomConvEncoder()
+    calls = counting(img)
+    fs = _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
+    assert calls["n"] == 3  # all three chunks again, none of the native ones reused
+    assert fs.meta["image_math"] == "avx2-strict"

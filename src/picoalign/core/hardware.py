@@ -8,6 +8,7 @@ fp32 — the numerics of a native bf16 GEMM with fp32 accumulation, at fp32 spee
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -31,3 +32,24 @@ def gemm_dtype(compute_dtype: torch.dtype, device: torch.device) -> tuple[torch.
     if low and device.type == "cpu" and not native_low_precision(compute_dtype):
         return torch.float32, True
     return compute_dtype, False
+
+
+STRICT_MATH_ENV = {"MKL_CBWR": "AVX2,STRICT"}
+
+
+def strict_math() -> bool:
+    """True when this process runs MKL's reproducible AVX2 path (:data:`STRICT_MATH_ENV`).
+
+    Why it matters: without it, MKL picks its GEMM blocking by CPU and thread count, so the
+    same fp32 run rounds differently at 1 and 2 threads or on another CPU, and over a few
+    thousand steps the rounding grows into a different model (a few rSum apart on emoji:
+    ``benchmarks/rounding.py``). With it the runs of ``rounding.py`` are bit-identical at 1 and
+    2 threads, at the price of AVX-512/AMX speed on CPUs that have them.
+    """
+    value = os.environ.get("MKL_CBWR", "")
+    return value.replace(" ", "").upper() == STRICT_MATH_ENV["MKL_CBWR"]
+
+
+def math_mode() -> str:
+    """``"avx2-strict"`` or ``"native"``: the name a row or a feature cache records."""
+    return "avx2-strict" if strict_math() else "native"

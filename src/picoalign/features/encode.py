@@ -34,6 +34,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
+from picoalign.core.hardware import math_mode
 from picoalign.data.base import ImageCaptionDataset, digest
 from picoalign.data.images import DECODING
 from picoalign.encoders import ImageEncoder, TextEncoder, create_image_encoder, create_text_encoder
@@ -173,9 +174,15 @@ def cached_features(
     *,
     chunk: int,
     progress: bool = True,
-) -> tuple[TokenFeatures, str | None]:
+) -> tuple[TokenFeatures, str | None, str]:
     """``kind`` features from the cache if valid for this run, else computed chunk by chunk
-    (``compute(start, end, bar)`` encodes rows start..end), resuming from stored chunks."""
+    (``compute(start, end, bar)`` encodes rows start..end), resuming from stored chunks.
+
+    Also returns the math mode the features were computed in (``core.hardware.math_mode``;
+    ``"unknown"`` for caches from before it was recorded). It is not part of the cache key:
+    the mode changes the encoders' rounding, not their definition, so an existing cache is
+    kept; but a row trained on it reproduces bit for bit only with the same cache, so the
+    mode is reported (docs/results.md, "Rounding")."""
     expect = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -192,7 +199,7 @@ def cached_features(
     bar = tqdm(total=len(content), desc=f"{kind} [{encoder.name}]", unit=unit, disable=not progress)
     if cache_dir is None or not getattr(encoder, "cacheable", True):
         with bar:
-            return compute(0, len(content), bar), None
+            return compute(0, len(content), bar), None, math_mode()
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.name)[:40]
     enc_id = digest(encoder.cache_config)
     path = cache_dir / "features" / f"{safe_name}-{dataset.fingerprint}-{kind}-{enc_id}.safetensors"
@@ -203,22 +210,24 @@ def cached_features(
             if not stale:
                 log.info("feature cache hit: %s", path)
                 bar.close()
-                return TokenFeatures(tensors["tokens"], tensors["mask"]), str(path)
+                feats = TokenFeatures(tensors["tokens"], tensors["mask"])
+                return feats, str(path), str(meta.get("math", "unknown"))
             log.warning("rebuilding feature cache %s: %s changed", path.name, ", ".join(stale))
         except Exception as e:  # unreadable or truncated file: rebuild it
             log.warning("rebuilding unreadable feature cache %s: %s", path.name, e)
     parts_dir = path.with_name(path.name.removesuffix(".safetensors") + ".parts")
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+    mode = math_mode()  # a chunk stored in another mode is recomputed: one file, one mode
     with bar, _tidy(parts_dir):
         for start in range(0, len(content), chunk):
             end = min(len(content), start + chunk)
             part = parts_dir / f"{start:09d}-{end:09d}.safetensors"
-            feats = _read_part(part, {**expect, "rows": [start, end]})
+            feats = _read_part(part, {**expect, "rows": [start, end], "math": mode})
             if feats is None:
                 feats = compute(start, end, bar)
                 atomic_save(
                     {"tokens": feats.tokens, "mask": feats.mask},
-                    {**expect, "rows": [start, end]},
+                    {**expect, "rows": [start, end], "math": mode},
                     part,
                 )
             else:
@@ -233,10 +242,11 @@ def cached_features(
         "preprocessing": getattr(encoder, "preprocessing", ""),
         "tokens": int(feats.tokens.shape[1]),
         "dim": feats.dim,
+        "math": mode,
     }
     atomic_save({"tokens": feats.tokens, "mask": feats.mask}, meta, path)
     shutil.rmtree(parts_dir, ignore_errors=True)
-    return feats, str(path)
+    return feats, str(path), meta["math"]
 
 
 @contextlib.contextmanager
@@ -299,10 +309,10 @@ def encode_dataset(
     def texts_of(start: int, end: int, bar: Any) -> TokenFeatures:
         return encode_texts(captions[start:end], txt_enc, bar=bar, **kw)
 
-    images, img_path = cached_features(
+    images, img_path, img_math = cached_features(
         "images", dataset, img_enc, keys, root, images_of, chunk=chunk, progress=progress
     )
-    texts, txt_path = cached_features(
+    texts, txt_path, txt_math = cached_features(
         "texts", dataset, txt_enc, captions, root, texts_of, chunk=chunk, progress=progress
     )
     meta = {
@@ -314,6 +324,8 @@ def encode_dataset(
         "text_cache_key": txt_enc.cache_key,
         "image_cache": img_path,
         "text_cache": txt_path,
+        "image_math": img_math,  # the math mode each part was encoded in (cached_features)
+        "text_math": txt_math,
         "data": dict(dataset.notes),  # what was done to the data (val carve, skips)
     }
     return FeatureSet(

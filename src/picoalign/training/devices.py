@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import warnings
 from typing import Any
 
 import torch
 
-from picoalign.core.hardware import native_low_precision
+# the math-mode switch lives in core (the feature cache records it too); re-exported here
+from picoalign.core.hardware import STRICT_MATH_ENV, native_low_precision, strict_math  # noqa: F401
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -79,20 +79,6 @@ def autocast(device: torch.device, amp: bool | str = "auto") -> contextlib.Abstr
 # The MKL setting under which fp32 GEMMs give the same bits at any thread count (Intel's
 # "conditional numerical reproducibility", AVX2 code path): MKL reads it when it loads, so it
 # must be in the environment before Python starts.
-STRICT_MATH_ENV = {"MKL_CBWR": "AVX2,STRICT"}
-
-
-def strict_math() -> bool:
-    """True when this process runs MKL's reproducible AVX2 path (:data:`STRICT_MATH_ENV`).
-
-    Why it matters: without it, MKL picks its GEMM blocking by CPU and thread count, so the
-    same fp32 run rounds differently at 1 and 2 threads or on another CPU, and over a few
-    thousand steps the rounding grows into a different model (a few rSum apart on emoji:
-    ``benchmarks/rounding.py``). With it the runs of ``rounding.py`` are bit-identical at 1 and
-    2 threads, at the price of AVX-512/AMX speed on CPUs that have them.
-    """
-    value = os.environ.get("MKL_CBWR", "")
-    return value.replace(" ", "").upper() == STRICT_MATH_ENV["MKL_CBWR"]
 
 
 def numerics(device: torch.device) -> dict[str, Any]:
