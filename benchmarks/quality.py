@@ -138,18 +138,11 @@ def one_run(
         "weights_sha256": weights_sha256(model),
         # the training set's frozen features: tells a machine's encoders from its training
         "features_sha256": feats[train_set].digest()[:16],
-        "features_math": features_math(feats[train_set]),
+        "features_math": feats[train_set].math_mode(),
         "tests": tests,
         "p_mean": float(model.pico.p.mean()),
         "omega_spread_last": result.history[-1].get("omega_spread"),
     }
-
-
-def features_math(fs: FeatureSet) -> str:
-    """The math mode the training features were cached in (``cached_features``): a row
-    reproduces another bit for bit only on a cache of the same mode (docs/results.md)."""
-    modes = {fs.meta.get("image_math", "unknown"), fs.meta.get("text_math", "unknown")}
-    return modes.pop() if len(modes) == 1 else "mixed"
 
 
 def planned_epochs(base: dict[str, Any], fs: FeatureSet) -> int:

@@ -30,3 +30,14 @@ def test_digest_is_the_bits_of_every_feature_tensor(make_feature_set) -> None:
     d = make_feature_set(n=8, captions=2)
     d.caption_image[[0, 2]] = d.caption_image[[2, 0]]
     assert a.digest() != d.digest()
+
+
+def test_math_mode_is_the_mode_both_parts_were_cached_in(make_feature_set) -> None:
+    """One mode when images and captions agree, ``mixed`` when they do not, ``unknown`` for
+    features that no cache recorded."""
+    fs = make_feature_set(n=4, captions=1)
+    assert fs.math_mode() == "unknown"
+    fs.meta.update(image_math="native", text_math="native")
+    assert fs.math_mode() == "native"
+    fs.meta["text_math"] = "avx2-strict"
+    assert fs.math_mode() == "mixed"

@@ -105,6 +105,14 @@ class FeatureSet:
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
+    def math_mode(self) -> str:
+        """The math mode its features were cached in (``features.encode.cached_features``):
+        ``native``, ``avx2-strict``, ``unknown`` (made in memory, or a cache from before modes
+        were recorded) or ``mixed``. A model trained on them is bit-identical to another only
+        on features of the same mode (docs/results.md, "Rounding")."""
+        modes = {self.meta.get("image_math", "unknown"), self.meta.get("text_math", "unknown")}
+        return modes.pop() if len(modes) == 1 else "mixed"
+
     @property
     def n_captions(self) -> int:
         return len(self.texts)
