@@ -44,15 +44,15 @@ bench: install system-data
 	$(BIN)/python benchmarks/eval_memory.py
 	$(BIN)/python benchmarks/retrieval_scale.py
 	$(BIN)/python benchmarks/retrieval_real.py
-	$(BIN)/python benchmarks/zeroshot.py
-	$(BIN)/python benchmarks/scenes_baselines.py
+	$(BIN)/python benchmarks/zeroshot.py --overwrite
+	$(BIN)/python benchmarks/scenes_baselines.py --overwrite
 	$(BIN)/python benchmarks/rounding.py --overwrite
 	# the committed study's rows ran native math on one tuning seed: continue them in their own mode
 	$(BIN)/python benchmarks/quality.py --resume --math native --tune-seeds 1
 
 # GPU paths, measured (benchmarks/results/gpu_check.json); says so and exits 0 without CUDA
 gpu-check: install
-	$(BIN)/python benchmarks/gpu_check.py
+	$(BIN)/python benchmarks/gpu_check.py --overwrite
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

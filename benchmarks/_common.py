@@ -4,11 +4,12 @@ reads the same)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,25 @@ def write_json(path: str | Path, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=1) + "\n")
     return path
+
+
+def add_out_arguments(ap: argparse.ArgumentParser, default: Path | None, what: str) -> None:
+    """``--out`` (``what`` the script writes, ``default`` its committed result) and
+    ``--overwrite``: a benchmark's output is a result someone may have committed or be
+    reading, so replacing it is asked for, never a side effect of re-running a command."""
+    ap.add_argument("--out", type=Path, default=default, help=f"{what} (default: %(default)s)")
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (without it the script refuses before any work)",
+    )
+
+
+def refuse_to_overwrite(paths: Iterable[Path], overwrite: bool) -> None:
+    """Stop, before any work, if one of ``paths`` exists and ``--overwrite`` was not given."""
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise SystemExit(
+            f"{', '.join(existing)} exists (a committed or earlier result): pass another "
+            "--out, or --overwrite to replace it"
+        )

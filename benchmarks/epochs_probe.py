@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import quality as q
+from _common import add_out_arguments, refuse_to_overwrite
 from picoalign.features import dataset_features
 from picoalign.fileio import atomic_write_text
 
@@ -32,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, nargs="+", default=[6, 10, 20])
     ap.add_argument("--margin", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "epochs_probe.md")
+    add_out_arguments(ap, ROOT / "results" / "epochs_probe.md", "the table")
     args = ap.parse_args(argv)
+    refuse_to_overwrite([args.out], args.overwrite)
     feats = {t: dataset_features(t, progress=False) for t in q.TRAIN_SETS[args.train_set]}
     tests = q.TRAIN_SETS[args.train_set]
     lines = [

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from _common import add_out_arguments, refuse_to_overwrite
 from picoalign.config import load_config
 from picoalign.core.losses import TripletLoss
 from picoalign.core.pico import PICOConfig
@@ -353,9 +354,11 @@ def coco_eval(device: torch.device, n_img: int, n_cap: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="every step on the CPU, toy sizes")
-    ap.add_argument("--out", type=Path, default=None, help=f"JSON file (default {RESULTS})")
+    add_out_arguments(ap, None, f"the JSON report (default {RESULTS}; none with --dry-run)")
     args = ap.parse_args(argv)
     dry = args.dry_run
+    out = args.out or (None if dry else RESULTS)
+    refuse_to_overwrite([out] if out is not None else [], args.overwrite)
     if not dry and not torch.cuda.is_available():
         print(NO_GPU)
         return 0
@@ -382,7 +385,6 @@ def main(argv: list[str] | None = None) -> int:
     step("ddp", lambda: ddp(dry))
     step("coco5k_eval", lambda: coco_eval(device, *sizes["coco"]))
     report["total_seconds"] = time.perf_counter() - t_start
-    out = args.out or (None if dry else RESULTS)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")

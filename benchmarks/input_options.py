@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import quality as q
+from _common import add_out_arguments, refuse_to_overwrite
 from picoalign.config import load_config
 from picoalign.features import dataset_features
 
@@ -50,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--families", nargs="+", default=["global", "pico-global"])
     ap.add_argument("--margin", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "input_options")
+    add_out_arguments(ap, ROOT / "results" / "input_options", "the rows (.jsonl) and table (.md)")
     args = ap.parse_args(argv)
+    refuse_to_overwrite([args.out.with_suffix(x) for x in (".jsonl", ".md")], args.overwrite)
     rows = []
     for name, opts in option_sets(args.prompt).items():
         enc = load_config(None, opts).model.make_text_encoder

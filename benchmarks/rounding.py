@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import quality  # this script's sibling (its folder is on sys.path when run as a script)
+from _common import add_out_arguments, refuse_to_overwrite
 from picoalign.features import dataset_features
 from picoalign.fileio import atomic_write_text
 from picoalign.training.devices import STRICT_MATH_ENV, numerics
@@ -58,23 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         "--data", default="twemoji", choices=list(quality.TRAIN_SETS), help="its test split scored"
     )
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument(
-        "--out",
-        type=Path,
-        default=ROOT / "results" / "rounding.json",
-        help="where the runs are written (JSON); an existing file is refused before anything "
-        "runs, unless --overwrite (the default is the committed result)",
-    )
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_out_arguments(ap, ROOT / "results" / "rounding.json", "the runs, as JSON")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is not None:
         print(json.dumps(worker(args.family, args.margin, args.data, args.worker)))
         return 0
-    if args.out.exists() and not args.overwrite:
-        ap.error(
-            f"{args.out} exists (a committed or earlier result); pass another --out, or --overwrite"
-        )
+    refuse_to_overwrite([args.out], args.overwrite)
     rows = []
     for mode in ("native", "avx2-strict"):
         env = {k: v for k, v in os.environ.items() if k not in STRICT_MATH_ENV}

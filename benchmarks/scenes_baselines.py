@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from _common import add_out_arguments, refuse_to_overwrite
 from picoalign.config import load_config
 from picoalign.data import load_dataset
 from picoalign.data.scenes import decode_source
@@ -204,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--caption", action="store_true", help="add the caption-style shift")
     ap.add_argument("--quick", action="store_true", help="size 700, 1 seed, 2 epochs")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "scenes_baselines.json")
+    add_out_arguments(
+        ap, ROOT / "results" / "scenes_baselines.json", "the runs (JSON; the table beside it, .md)"
+    )
     ap.add_argument("--report-only", action="store_true", help="re-print the table of --out")
     args = ap.parse_args(argv)
     if args.report_only:
@@ -217,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         base.update(epochs=2, lr_steps=[])
         args.out = args.out.with_name("scenes_baselines-quick.json")
     args.size = args.size or 7000
+    refuse_to_overwrite([args.out, args.out.with_suffix(".md")], args.overwrite)
     start = time.perf_counter()
     data = f"scenes:twemoji:size={args.size}"
     tw = dataset_features(data, progress=True)

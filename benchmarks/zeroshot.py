@@ -10,15 +10,18 @@ every trained method must beat it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
 
+from _common import add_out_arguments, refuse_to_overwrite
 from picoalign.data import load_dataset
 from picoalign.encoders import create_image_encoder, create_text_encoder
 from picoalign.evaluation.metrics import format_table, recall_metrics
+from picoalign.fileio import atomic_write_text
 
 
 def class_names() -> list[str]:
@@ -51,15 +54,18 @@ def zeroshot_metrics(spec: str, top_k: int = 5, batch: int = 32) -> dict:
     return recall_metrics(embed(descriptions) @ embed(captions).T, caption_image)
 
 
-def main(argv: list[str]) -> int:
-    specs = argv or ["twemoji", "noto-emoji", "tuxpaint"]
-    results = {f"zero-shot ({s}, test)": zeroshot_metrics(s) for s in specs}
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("specs", nargs="*", default=["twemoji", "noto-emoji", "tuxpaint"])
+    add_out_arguments(ap, Path(__file__).parent / "results" / "zeroshot.json", "the table (JSON)")
+    args = ap.parse_args(argv)
+    refuse_to_overwrite([args.out], args.overwrite)
+    results = {f"zero-shot ({s}, test)": zeroshot_metrics(s) for s in args.specs}
     print(format_table(results))
-    out = Path(__file__).parent / "results" / "zeroshot.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(results, indent=2), args.out)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

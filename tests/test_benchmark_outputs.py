@@ -1,0 +1,42 @@
+"""Benchmark scripts never replace a result by being re-run: with an existing ``--out`` and
+no ``--overwrite`` each one stops before any work and leaves the file as it was."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from test_quality_study import load
+
+# script -> the extra arguments that reach its output check, the file suffixes it writes
+SCRIPTS = {
+    "rounding": ([], [""]),
+    "zeroshot": ([], [""]),
+    "scenes_baselines": ([], ["", ".md"]),
+    "input_options": ([], [".jsonl", ".md"]),
+    "epochs_probe": ([], [""]),
+    "gpu_check": (["--dry-run"], [""]),
+}
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_an_existing_result_is_refused_before_any_work(name, tmp_path) -> None:
+    extra, suffixes = SCRIPTS[name]
+    out = tmp_path / "result.json"
+    kept = out.with_suffix(suffixes[-1]) if suffixes[-1] else out
+    kept.write_text("a committed result\n")
+    module = load(name)
+    with pytest.raises(SystemExit, match=r"exists .*--overwrite"):
+        module.main([*extra, "--out", str(out)])
+    assert kept.read_text() == "a committed result\n"
+
+
+def test_refuse_to_overwrite_lets_new_files_and_overwrite_through(tmp_path) -> None:
+    common = load("_common")
+    new, old = tmp_path / "new.json", tmp_path / "old.json"
+    old.write_text("{}")
+    common.refuse_to_overwrite([new], overwrite=False)
+    common.refuse_to_overwrite([new, old], overwrite=True)
+    with pytest.raises(SystemExit, match=re.escape(str(old))):
+        common.refuse_to_overwrite([new, old], overwrite=False)
