@@ -1,5 +1,6 @@
-"""Benchmark scripts never replace a result by being re-run: with an existing ``--out`` and
-no ``--overwrite`` each one stops before any work and leaves the file as it was."""
+"""Benchmark scripts' own logic: they never replace a result by being re-run (with an
+existing ``--out`` and no ``--overwrite`` each one stops before any work and leaves the file
+as it was), and ``profile_run`` reads its figures off the profile it takes."""
 
 from __future__ import annotations
 
@@ -40,3 +41,25 @@ def test_refuse_to_overwrite_lets_new_files_and_overwrite_through(tmp_path) -> N
     common.refuse_to_overwrite([new, old], overwrite=True)
     with pytest.raises(SystemExit, match=re.escape(str(old))):
         common.refuse_to_overwrite([new, old], overwrite=False)
+
+
+def test_profile_run_reads_cumulative_seconds_of_one_function() -> None:
+    """``profile_run.seconds_in`` finds a function by its file and name (0 when it did not
+    run), which is how the docs' max-mean figures are read off the profile."""
+    import cProfile
+    import pstats
+    import time
+
+    profile_run = load("profile_run")
+
+    def napping() -> None:
+        time.sleep(0.05)
+
+    prof = cProfile.Profile()
+    prof.enable()
+    napping()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    assert profile_run.seconds_in(stats, "test_benchmark_outputs", "napping") >= 0.04
+    assert profile_run.seconds_in(stats, "test_benchmark_outputs", "not_called") == 0
+    assert profile_run.gemm_rate(8, 8, 8, repeats=2) > 0
