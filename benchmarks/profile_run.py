@@ -43,6 +43,25 @@ def gemm_rate(m: int, k: int, n: int, repeats: int = 20) -> float:
     return 2 * m * k * n / best / 1e9
 
 
+def compare_trim(args: argparse.Namespace, overrides: dict, rules: list[str], feats: dict) -> int:
+    """The same run without and with ``trim_padding``: seconds of training, their ratio, and
+    validation / test rSum (equal up to rounding if trimming keeps the training the same)."""
+    rows = {}
+    for trim in (False, True):
+        rows[trim] = row = quality.one_run(
+            args.family, overrides, args.margin, args.data, args.seed, rules, feats,
+            {"trim_padding": trim}, None,
+        )  # fmt: skip
+        test = row["tests"][args.data][rules[0]]["rsum"]
+        print(
+            f"trim_padding {str(trim).lower():5s}: {row['seconds']:.1f} s, val rSum "
+            f"{row['val_rsum']:.2f}, test rSum {test:.2f} ({row['math']} math)",
+            flush=True,
+        )
+    print(f"trimmed / padded time: {rows[True]['seconds'] / rows[False]['seconds']:.2f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -51,11 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="scenes:twemoji:size=1400", choices=list(quality.TRAIN_SETS))
     ap.add_argument("--margin", type=float, default=1.2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--trim-padding",
+        action="store_true",
+        help="instead of profiling: time the run with TrainConfig.trim_padding off and on, "
+        "side by side in this process, and print both, their ratio and their rSum",
+    )
     args = ap.parse_args(argv)
     feats = {
         s: dataset_features(s, progress=False) for s in {args.data, *quality.TRAIN_SETS[args.data]}
     }
     overrides, _, rules = quality.FAMILIES[args.family]
+    if args.trim_padding:
+        return compare_trim(args, overrides, rules, feats)
     prof = cProfile.Profile()
     prof.enable()
     row = quality.one_run(

@@ -563,3 +563,53 @@ def test_epochs_is_an_integer_or_auto(tmp_path: Path, bad: Any) -> None:
         make_cfg(tmp_path, epochs=bad)
     assert make_cfg(tmp_path, epochs="7").epochs == 7  # --set epochs=7 reads as a string
     assert TrainConfig().epochs == "auto"
+
+
+def _padded(fs: FeatureSet, slots: int) -> FeatureSet:
+    """``fs`` with its caption tokens padded to ``slots`` slots (as a cache built with a larger
+    max_tokens stores them): more padding, the same captions."""
+    tok, mask = fs.texts.tokens, fs.texts.mask
+    extra = slots - tok.shape[1]
+    fs.texts = TokenFeatures(
+        torch.cat([tok, tok.new_zeros(len(tok), extra, tok.shape[2])], dim=1),
+        torch.cat([mask, mask.new_zeros(len(mask), extra)], dim=1),
+    )
+    return fs
+
+
+@pytest.mark.parametrize("method", ["baseline", "pico"])
+@pytest.mark.parametrize("scorer", ["fine_grained", "gpo", "global"])
+def test_trim_padding_trains_the_same_model_on_fewer_slots(
+    make_feature_set, method: str, scorer: str, monkeypatch
+) -> None:
+    """``trim_padding`` feeds each batch only the caption slots its captions use, and the
+    training is the same up to rounding (same losses and validation), on every scorer."""
+    widths: list[int | None] = []
+    real_batch = FeatureSet.batch
+
+    def recording(self, idx, device, text_tokens=None):
+        out = real_batch(self, idx, device, text_tokens)
+        widths.append(out[2].shape[1])
+        return out
+
+    monkeypatch.setattr(FeatureSet, "batch", recording)
+    runs = {}
+    for trim in (False, True):
+        widths.clear()
+        fs = _padded(make_feature_set(n=40, n_t=5), 12)
+        over = {"model.method": method, "model.scorer": scorer, "trim_padding": trim}
+        runs[trim] = train(make_cfg(Path("unused"), epochs=3, **over), fs, write=False)
+        assert set(widths) == ({5} if trim else {12})  # 5 slots hold every real token
+    plain, trimmed = (runs[t].history for t in (False, True))
+    for a, b in zip(plain, trimmed, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+        assert b["val_rsum"] == pytest.approx(a["val_rsum"], abs=1e-6)
+
+
+def test_text_width_is_one_past_the_last_used_slot(make_feature_set) -> None:
+    fs = _padded(make_feature_set(n=8, captions=1, n_t=5), 9)
+    fs.texts.mask[:] = False
+    fs.texts.mask[:, 0] = True
+    fs.texts.mask[3, 6] = True  # a gap before it: still kept, slot 6 is real
+    assert fs.text_width(torch.tensor([0, 1, 2])) == 1
+    assert fs.text_width(torch.tensor([1, 3])) == 7

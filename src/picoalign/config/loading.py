@@ -66,6 +66,11 @@ class TrainConfig:
     # under torchrun: the loss sees the negatives of the whole global batch (all-gathered), as
     # one process would; False = each rank's shard only (less communication)
     gather_negatives: bool = True
+    # drop the caption token slots that no caption of a batch uses before the heads and the
+    # scorer: the same scores in exact arithmetic, fewer multiplications where captions are
+    # short against the padded width (docs/performance.md), but other rounding, so off by
+    # default and in the study until it is re-run with it
+    trim_padding: bool = False
     cache_dir: str | None = None
     skip_bad: bool = False
     # refuse images with more pixels than this (None: Pillow's own bomb limit, 2x

@@ -117,17 +117,28 @@ class FeatureSet:
     def n_captions(self) -> int:
         return len(self.texts)
 
-    def batch(self, caption_idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    def batch(
+        self, caption_idx: torch.Tensor, device: torch.device, text_tokens: int | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """Training inputs of captions ``caption_idx``: their images' tokens and mask (one row
-        per caption), the captions' tokens and mask, and the image rows (the positives' ids)."""
+        per caption), the captions' tokens and mask, and the image rows (the positives' ids).
+        ``text_tokens`` keeps only the first that many caption token slots
+        (:meth:`text_width` of a batch keeps every real token)."""
         img_rows = self.caption_image[caption_idx]
+        width = slice(None) if text_tokens is None else slice(0, text_tokens)
         return (
             self.images.tokens[img_rows].to(device, torch.float32),
             self.images.mask[img_rows].to(device),
-            self.texts.tokens[caption_idx].to(device, torch.float32),
-            self.texts.mask[caption_idx].to(device),
+            self.texts.tokens[caption_idx, width].to(device, torch.float32),
+            self.texts.mask[caption_idx, width].to(device),
             img_rows.to(device),
         )
+
+    def text_width(self, caption_idx: torch.Tensor) -> int:
+        """The caption token slots that captions ``caption_idx`` use: one past the last slot
+        that holds a real token in any of them (the slots after it are padding in all)."""
+        used = self.texts.mask[caption_idx].any(dim=0).nonzero()
+        return int(used.max()) + 1 if len(used) else 1
 
     def subset(self, image_rows: Rows) -> FeatureSet:
         """The given images (in the given order) with their captions; ``caption_image`` remapped."""

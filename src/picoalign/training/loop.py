@@ -301,7 +301,9 @@ def _train_step(run: _Run, batches: list[Tensor], step: int, epoch: int) -> Tens
     sizes = ctx.shard_sizes(len(idx))
     if run.pixels is not None and step + 1 < len(batches):  # decode ahead
         run.pixels.prefetch(ctx.shard(batches[step + 1]))
-    img, img_m, txt, txt_m, ids = _forward(run, run.net, ctx.shard(idx))
+    # one width for the whole global batch, so that every rank's shard has the same shape
+    width = run.train_fs.text_width(idx) if cfg.trim_padding else None
+    img, img_m, txt, txt_m, ids = _forward(run, run.net, ctx.shard(idx), width)
     if not run.validated:  # once per run: check_tokens reads values (a device sync)
         _validate(img, img_m, txt, txt_m, epoch, step)
         run.validated = True
@@ -355,8 +357,9 @@ def _feedback(run: _Run, batches: list[Tensor], step: int) -> tuple[Tensor, ...]
     if step + 1 >= len(batches):
         return None
     nxt = batches[step + 1][: c.feedback_size]
+    width = run.train_fs.text_width(nxt) if run.cfg.trim_padding else None
     with torch.no_grad():
-        fb = _forward(run, model, ctx.shard(nxt))
+        fb = _forward(run, model, ctx.shard(nxt), width)
     return tuple(ctx.gather(x, ctx.shard_sizes(len(nxt))) for x in fb)
 
 
@@ -395,11 +398,14 @@ def _load_features(cfg: TrainConfig) -> FeatureSet:
     )
 
 
-def _forward(run: _Run, net: torch.nn.Module, idx: Tensor) -> tuple[Tensor, ...]:
+def _forward(
+    run: _Run, net: torch.nn.Module, idx: Tensor, text_tokens: int | None = None
+) -> tuple[Tensor, ...]:
     """Embed the captions ``idx`` and their images (through DDP when distributed); fine-tuned
-    backbones read the raw captions / images instead of the cached features."""
+    backbones read the raw captions / images instead of the cached features.
+    ``text_tokens``: the caption slots kept (``TrainConfig.trim_padding``)."""
     fs, device, mc = run.train_fs, run.device, run.model.config
-    img_t, img_m, txt_t, txt_m, ids = fs.batch(idx, device)
+    img_t, img_m, txt_t, txt_m, ids = fs.batch(idx, device, text_tokens)
     captions = [fs.captions[i] for i in idx.tolist()] if mc.trains_text else None
     px = run.pixels.get(idx, device) if run.pixels is not None else None
     with autocast(device, run.cfg.amp):
