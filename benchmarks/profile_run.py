@@ -22,6 +22,7 @@ import time
 import torch
 
 import quality  # this script's sibling (its folder is on sys.path when run as a script)
+from picoalign.config import TrainConfig
 from picoalign.features import dataset_features
 from picoalign.training.devices import numerics
 
@@ -95,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     fwd = seconds_in(stats, "core/maxmean.py", "forward")
     bwd = seconds_in(stats, "core/maxmean.py", "backward")
     fs = feats[args.data].split("train")
-    b, n_v, n_t = 128, fs.images.tokens.shape[1], fs.texts.tokens.shape[1]  # TrainConfig batch
-    d = 256  # ModelConfig.embed_dim
+    defaults = TrainConfig()  # what one_run trains with: no batch or width override
+    b, d = defaults.batch_size, defaults.model.embed_dim
+    n_v, n_t = fs.images.tokens.shape[1], fs.texts.tokens.shape[1]
     steps = row["epochs"] * -(-fs.n_captions // b)
     gflop = steps * 3 * 2 * b * n_v * n_t * b * d / 1e9  # forward GEMM + two in backward
     info = numerics(torch.device("cpu"))

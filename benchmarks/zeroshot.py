@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     refuse_to_overwrite([args.out], args.overwrite)
     results = {f"zero-shot ({s}, test)": zeroshot_metrics(s) for s in args.specs}
     print(format_table(results))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(results, indent=2), args.out)
     return 0
 

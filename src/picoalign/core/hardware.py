@@ -34,6 +34,9 @@ def gemm_dtype(compute_dtype: torch.dtype, device: torch.device) -> tuple[torch.
     return compute_dtype, False
 
 
+# The MKL setting under which fp32 GEMMs give the same bits at any thread count (Intel's
+# "conditional numerical reproducibility", AVX2 code path): MKL reads it when it loads, so it
+# must be in the environment before Python starts.
 STRICT_MATH_ENV = {"MKL_CBWR": "AVX2,STRICT"}
 
 

@@ -246,7 +246,7 @@ def cached_features(
     }
     atomic_save({"tokens": feats.tokens, "mask": feats.mask}, meta, path)
     shutil.rmtree(parts_dir, ignore_errors=True)
-    return feats, str(path), meta["math"]
+    return feats, str(path), mode
 
 
 @contextlib.contextmanager

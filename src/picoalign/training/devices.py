@@ -76,11 +76,6 @@ def autocast(device: torch.device, amp: bool | str = "auto") -> contextlib.Abstr
     return contextlib.nullcontext()
 
 
-# The MKL setting under which fp32 GEMMs give the same bits at any thread count (Intel's
-# "conditional numerical reproducibility", AVX2 code path): MKL reads it when it loads, so it
-# must be in the environment before Python starts.
-
-
 def numerics(device: torch.device) -> dict[str, Any]:
     """What a run's floating-point results depend on besides its config and seed (recorded
     with every run and study row, so that two results can be told apart by their math)."""

@@ -301,9 +301,7 @@ def _train_step(run: _Run, batches: list[Tensor], step: int, epoch: int) -> Tens
     sizes = ctx.shard_sizes(len(idx))
     if run.pixels is not None and step + 1 < len(batches):  # decode ahead
         run.pixels.prefetch(ctx.shard(batches[step + 1]))
-    # one width for the whole global batch, so that every rank's shard has the same shape
-    width = run.train_fs.text_width(idx) if cfg.trim_padding else None
-    img, img_m, txt, txt_m, ids = _forward(run, run.net, ctx.shard(idx), width)
+    img, img_m, txt, txt_m, ids = _forward(run, run.net, ctx.shard(idx), _text_width(run, idx))
     if not run.validated:  # once per run: check_tokens reads values (a device sync)
         _validate(img, img_m, txt, txt_m, epoch, step)
         run.validated = True
@@ -357,9 +355,8 @@ def _feedback(run: _Run, batches: list[Tensor], step: int) -> tuple[Tensor, ...]
     if step + 1 >= len(batches):
         return None
     nxt = batches[step + 1][: c.feedback_size]
-    width = run.train_fs.text_width(nxt) if run.cfg.trim_padding else None
     with torch.no_grad():
-        fb = _forward(run, model, ctx.shard(nxt), width)
+        fb = _forward(run, model, ctx.shard(nxt), _text_width(run, nxt))
     return tuple(ctx.gather(x, ctx.shard_sizes(len(nxt))) for x in fb)
 
 
@@ -396,6 +393,13 @@ def _load_features(cfg: TrainConfig) -> FeatureSet:
         max_image_pixels=cfg.max_image_pixels,
         need_splits=("train", cfg.eval_split),
     )
+
+
+def _text_width(run: _Run, idx: Tensor) -> int | None:
+    """The caption slots a batch is trimmed to (``TrainConfig.trim_padding``), None = all.
+    ``idx`` is the whole global batch: one width for it, so every rank's shard has the same
+    shape for the gathers."""
+    return run.train_fs.text_width(idx) if run.cfg.trim_padding else None
 
 
 def _forward(
