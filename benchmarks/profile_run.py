@@ -9,15 +9,18 @@ study's figures; without it, native math.
 
     MKL_CBWR=AVX2,STRICT python benchmarks/profile_run.py            # scenes, fine-grained
     python benchmarks/profile_run.py --family global --data twemoji
+    python benchmarks/profile_run.py --rows benchmarks/results/quality-core.jsonl   # study's time
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import pstats
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -42,6 +45,23 @@ def gemm_rate(m: int, k: int, n: int, repeats: int = 20) -> float:
         a @ b
         best = min(best, time.perf_counter() - t0)
     return 2 * m * k * n / best / 1e9
+
+
+def time_shares(path: Path) -> int:
+    """Runs, mean seconds and share of the total run time of every (training set, family) in
+    a study's rows (``quality.py --results``), largest share first."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["train_set"], r["family"]), []).append(r["seconds"])
+    total = sum(r["seconds"] for r in rows)
+    print(f"{len(rows)} runs, {total / 60:.1f} min of run time in {path}")
+    for (ts, fam), secs in sorted(groups.items(), key=lambda kv: -sum(kv[1])):
+        print(
+            f"{ts:26s} {fam:18s} {len(secs):3d} runs, {sum(secs) / len(secs):6.1f} s a run "
+            f"({min(secs):.1f}-{max(secs):.1f}), {100 * sum(secs) / total:5.1f} %"
+        )
+    return 0
 
 
 def compare_trim(args: argparse.Namespace, overrides: dict, rules: list[str], feats: dict) -> int:
@@ -77,7 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of profiling: time the run with TrainConfig.trim_padding off and on, "
         "side by side in this process, and print both, their ratio and their rSum",
     )
+    ap.add_argument(
+        "--rows",
+        type=Path,
+        default=None,
+        help="instead of running: where a study's run time went, from its rows (JSONL)",
+    )
     args = ap.parse_args(argv)
+    if args.rows is not None:
+        return time_shares(args.rows)
     feats = {
         s: dataset_features(s, progress=False) for s in {args.data, *quality.TRAIN_SETS[args.data]}
     }

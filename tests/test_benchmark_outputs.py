@@ -4,6 +4,7 @@ as it was), and ``profile_run`` reads its figures off the profile it takes."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -63,3 +64,19 @@ def test_profile_run_reads_cumulative_seconds_of_one_function() -> None:
     assert profile_run.seconds_in(stats, "test_benchmark_outputs", "napping") >= 0.04
     assert profile_run.seconds_in(stats, "test_benchmark_outputs", "not_called") == 0
     assert profile_run.gemm_rate(8, 8, 8, repeats=2) > 0
+
+
+def test_time_shares_groups_a_studys_rows_by_set_and_family(tmp_path, capsys) -> None:
+    profile_run = load("profile_run")
+    rows = [
+        {"train_set": "a", "family": "f", "seconds": 30.0},
+        {"train_set": "a", "family": "f", "seconds": 10.0},
+        {"train_set": "b", "family": "g", "seconds": 60.0},
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert profile_run.time_shares(path) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("3 runs, 1.7 min")
+    assert lines[1].split()[:2] == ["b", "g"] and lines[1].endswith("60.0 %")  # largest first
+    assert "2 runs,   20.0 s a run (10.0-30.0),  40.0 %" in lines[2]
