@@ -451,23 +451,6 @@ def test_fine_tuned_cnn_keeps_batchnorm_statistics_frozen() -> None:
     assert model.image_backbone.net[0].training
 
 
-def test_the_data_split_follows_split_seed_not_the_training_seed(
-    tmp_path: Path, make_feature_set, monkeypatch
-) -> None:
-    import picoalign.training.loop as loop
-
-    seen = []
-
-    def fake_features(data, image_encoder, text_encoder, *, seed, **kw):
-        seen.append(seed)
-        return make_feature_set(n=24)
-
-    monkeypatch.setattr(loop, "dataset_features", fake_features)
-    for seed in (0, 5):
-        train(make_cfg(tmp_path / f"s{seed}", epochs=1, seed=seed, split_seed=3), write=False)
-    assert seen == [3, 3]  # seeds vary only the training; every seed sees the same split
-
-
 # ------------------------------------------------------------------- loss scale, batch size
 
 

@@ -2,10 +2,11 @@
 
 Why one loop: the methods differ only in the scoring rule (``PicoAligner.training_scores``)
 and in PICO's post-step update (``PicoAligner.after_step``); copying the loop per variant is
-how research code drifts apart. It reads as a sequence: :func:`_setup`, then per epoch
+how research code drifts apart. It reads as a sequence:
+:func:`~picoalign.training.setup.setup_run` builds the run, then per epoch
 :func:`_train_epoch` (each batch one :func:`_train_step`) and :func:`_evaluate_and_save`.
-Data order is a pure function of (seed, epoch), so a resumed
-run sees exactly the batches an uninterrupted one would.
+Data order is a pure function of (seed, epoch), so a resumed run sees exactly the batches an
+uninterrupted one would.
 
 Run folder layout::
 
@@ -19,12 +20,8 @@ Run folder layout::
 
 from __future__ import annotations
 
-import json
-import math
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,49 +30,30 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from picoalign.config import TrainConfig, dump_config
+from picoalign.config import TrainConfig
 from picoalign.config.paths import with_absolute_paths
-from picoalign.core.losses import create_loss
 from picoalign.core.similarity import check_tokens
-from picoalign.evaluation import coarse_split_warning, evaluate
-from picoalign.features import FeatureSet, dataset_features
-from picoalign.fileio import atomic_replace_dir, atomic_write_text
-from picoalign.model import PicoAligner
+from picoalign.evaluation import evaluate
+from picoalign.features import FeatureSet
+from picoalign.fileio import atomic_replace_dir
 from picoalign.training.allocator import keep_freed_memory
-from picoalign.training.derived import model_config_for, split_sizes
-from picoalign.training.devices import autocast, numerics, resolve_device
+from picoalign.training.devices import autocast, resolve_device
 from picoalign.training.distributed import (
-    DistContext,
     assert_in_sync,
     init_distributed,
     local_device,
     mean_over_ranks,
     shutdown,
     sync_rank_local_state,
-    wrap_ddp,
 )
 from picoalign.training.history import flat_metrics, pico_stats
 from picoalign.training.losslog import LOSS_CHECK_EVERY, LossLog, TrainingError, per_pair
-from picoalign.training.pixels import PixelBatches
-from picoalign.training.runs import Replacement, check_run_folder
-from picoalign.training.schedule import batch_order, learning_rate, resolve_epochs
-from picoalign.training.state import Position, restore_last, save_last, write_metrics
+from picoalign.training.runs import check_run_folder
+from picoalign.training.schedule import batch_order, learning_rate
+from picoalign.training.setup import Run, TrainResult, setup_run
+from picoalign.training.state import Position, write_metrics
 
-
-@dataclass
-class TrainResult:
-    """The trained model, one row per epoch, and the selected epoch's validation metrics
-    (``best``: the last epoch, or the best by validation — ``TrainConfig.select``)."""
-
-    model: PicoAligner
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=dict)
-    out: Path | None = None
-    config: TrainConfig | None = None  # as trained: ``epochs="auto"`` resolved
-
-    @property
-    def best_rsum(self) -> float:
-        return float(self.best.get("rsum", -math.inf))
+__all__ = ["TrainResult", "TrainingError", "batch_order", "learning_rate", "train"]
 
 
 def train(
@@ -103,7 +81,7 @@ def train(
     owns_group = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(device)
     try:
-        run = _setup(cfg, features, ctx, local_device(device, ctx), resume, write)
+        run = setup_run(cfg, features, ctx, local_device(device, ctx), resume, write)
         for epoch in range(run.start.epoch, run.cfg.epochs):
             row = _train_epoch(run, epoch)
             _evaluate_and_save(run, epoch, row)
@@ -126,131 +104,7 @@ def train(
             shutdown(ctx)
 
 
-@dataclass
-class _Run:
-    """Everything one training run holds, built once by :func:`_setup`."""
-
-    cfg: TrainConfig
-    ctx: DistContext
-    device: torch.device
-    train_fs: FeatureSet
-    eval_fs: FeatureSet
-    model: PicoAligner
-    net: torch.nn.Module  # the model, DDP-wrapped when distributed (forward only)
-    loss_fn: torch.nn.Module
-    opt: torch.optim.Optimizer
-    params: list[torch.nn.Parameter]
-    pixels: PixelBatches | None
-    out: Path | None  # where this rank writes (rank 0 only)
-    result: TrainResult
-    start: Position
-    validated: bool = False  # the first batch's tokens were checked (see _validate)
-    replacing: Replacement | None = None  # the old run an --overwrite moves aside
-
-    def save_last(self, pos: Position) -> None:
-        """The resumable checkpoint at ``pos``; the first one lets a replaced run go."""
-        assert self.out is not None
-        r = self.result
-        save_last(self.out, self.model, self.opt, self.loss_fn, pos, r.history, r.best)
-        if self.replacing is not None:
-            self.replacing.commit()
-            self.replacing = None
-
-
-def _setup(
-    cfg: TrainConfig,
-    features: FeatureSet | None,
-    ctx: DistContext,
-    device: torch.device,
-    resume: bool,
-    write: bool,
-) -> _Run:
-    """Data, model, loss, optimiser and (on resume) the state to continue from."""
-    torch.manual_seed(cfg.seed)
-    fs = features if features is not None else ctx.main_first(lambda: _load_features(cfg))
-    train_fs = fs.split("train")
-    eval_fs = fs.split(cfg.eval_split) if cfg.eval_split != "train" else train_fs
-    if train_fs.n_captions < 2:
-        raise ValueError(f"--data {cfg.data}: the train split has fewer than 2 captions")
-    if eval_fs.n_images == 0:  # else evaluation would crash after the first epoch
-        raise ValueError(f"--data {cfg.data}: the {cfg.eval_split} split (eval_split) is empty")
-    notes = []  # printed once the run is set up: a run that fails to start shows its error
-    if cfg.epochs == "auto":
-        cfg = resolve_epochs(cfg, train_fs.n_images, train_fs.n_captions)
-        per_image = train_fs.n_captions / train_fs.n_images
-        notes.append(
-            f"epochs=auto: {cfg.epochs} epochs for {per_image:.3g} captions per image "
-            "(--epochs N to choose)"
-        )
-    if cfg.batch_size > train_fs.n_captions:
-        notes.append(
-            f"warning: batch size {cfg.batch_size} > {train_fs.n_captions} training captions: "
-            "every step sees the whole train split"
-        )
-    coarse = coarse_split_warning(cfg.eval_split, eval_fs.n_images)
-    if coarse is not None:
-        notes.append(
-            f"{coarse} (select=last: the run keeps its last epoch)"
-            if cfg.select == "last"
-            else f"{coarse}; select=val picks the kept epoch on it: select=last is safer"
-        )
-    steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
-    model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
-    if model.config.standardize:  # training-split statistics, saved with the model
-        model.fit_standardization(train_fs.images, train_fs.texts)
-    model.to(device)
-    finetune = model.config.trains_text or model.config.finetune_image
-    net = wrap_ddp(model, device, ctx, find_unused=finetune)  # forward via DDP, rest via model
-    pixels = PixelBatches(model, train_fs) if model.config.finetune_image else None
-    loss_fn = create_loss(cfg.loss, **({"margin": cfg.margin} if cfg.loss == "triplet" else {}))
-    loss_fn.to(device)
-    params = [p for p in (*model.parameters(), *loss_fn.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(
-        _param_groups(model, params, cfg.backbone_lr_mult), lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
-    out = Path(cfg.out) if write and ctx.is_main else None
-    result = TrainResult(model=model, out=Path(cfg.out) if write else None, config=cfg)
-    start = Position()
-    if write and resume:
-        # rank 0 first, and only rank 0 repairs what a kill left: the others just read
-        start, result.history, result.best = ctx.main_first(
-            lambda: restore_last(Path(cfg.out), model, opt, loss_fn, repair=ctx.is_main)
-        )
-    replacing = Replacement(out) if out is not None and not resume else None
-    if out is not None:
-        if replacing is not None:
-            replacing.begin()  # only now, with the data loaded and the model built
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(dump_config(cfg), out / "config.yaml")
-        meta = {**fs.meta, "splits": split_sizes(fs)}
-        atomic_write_text(json.dumps(meta, indent=2, default=str), out / "data.json")
-        atomic_write_text(json.dumps(numerics(device), indent=2), out / "numerics.json")
-    for line in notes if ctx.is_main else []:
-        print(f"picoalign: {line}", file=sys.stderr)  # as every command's own warnings
-    return _Run(
-        cfg, ctx, device, train_fs, eval_fs, model, net, loss_fn, opt, params, pixels, out,
-        result, start, replacing=replacing,
-    )  # fmt: skip
-
-
-def _param_groups(
-    model: PicoAligner, params: list[torch.nn.Parameter], backbone_lr_mult: float
-) -> list[dict[str, Any]]:
-    """Heads (and the loss) at the base lr; fine-tuned backbones slower (METHOD.md §7: ×0.1)."""
-    backbone = {
-        id(p)
-        for n, p in model.named_parameters()
-        if n.startswith(("text_backbone.", "image_backbone."))
-    }
-    groups = [{"params": [p for p in params if id(p) not in backbone], "lr_mult": 1.0}]
-    if backbone:
-        groups.append(
-            {"params": [p for p in params if id(p) in backbone], "lr_mult": backbone_lr_mult}
-        )
-    return groups
-
-
-def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+def _train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     """One pass over the training captions (from the resumed step, if any) → its log row."""
     cfg, ctx = run.cfg, run.ctx
     t0 = time.perf_counter()
@@ -293,7 +147,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     }
 
 
-def _train_step(run: _Run, batches: list[Tensor], step: int, epoch: int) -> Tensor:
+def _train_step(run: Run, batches: list[Tensor], step: int, epoch: int) -> Tensor:
     """Forward, loss, backward, optimiser step and PICO's update for batch ``step``.
     Returns the (detached) loss as the loss function gives it."""
     cfg, ctx, model = run.cfg, run.ctx, run.model
@@ -345,7 +199,7 @@ def _validate(
         # a NaN is left to the loss check, which reports it with the step and the checkpoint
 
 
-def _feedback(run: _Run, batches: list[Tensor], step: int) -> tuple[Tensor, ...] | None:
+def _feedback(run: Run, batches: list[Tensor], step: int) -> tuple[Tensor, ...] | None:
     """PICO's held-out feedback batch: the first ``feedback_size`` pairs of the next batch,
     which the optimiser has not seen yet (METHOD.md §6); None where it is not used."""
     model, ctx = run.model, run.ctx
@@ -360,7 +214,7 @@ def _feedback(run: _Run, batches: list[Tensor], step: int) -> tuple[Tensor, ...]
     return tuple(ctx.gather(x, ctx.shard_sizes(len(nxt))) for x in fb)
 
 
-def _evaluate_and_save(run: _Run, epoch: int, row: dict[str, Any]) -> None:
+def _evaluate_and_save(run: Run, epoch: int, row: dict[str, Any]) -> None:
     """Validation (rank 0, every ``eval_every`` epochs and at the end), ``best/`` when it
     improves, PICO's p/ω statistics, and the resumable ``last/`` state with the metrics."""
     cfg, result = run.cfg, run.result
@@ -381,21 +235,7 @@ def _evaluate_and_save(run: _Run, epoch: int, row: dict[str, Any]) -> None:
         write_metrics(run.out, result.history)
 
 
-def _load_features(cfg: TrainConfig) -> FeatureSet:
-    return dataset_features(
-        cfg.data,
-        cfg.model.image_encoder,
-        cfg.model.make_text_encoder,  # built once the data is known to load
-        seed=cfg.split_seed,
-        skip_bad=cfg.skip_bad,
-        cache_dir=cfg.cache_dir,
-        progress=cfg.progress,
-        max_image_pixels=cfg.max_image_pixels,
-        need_splits=("train", cfg.eval_split),
-    )
-
-
-def _text_width(run: _Run, idx: Tensor) -> int | None:
+def _text_width(run: Run, idx: Tensor) -> int | None:
     """The caption slots a batch is trimmed to (``TrainConfig.trim_padding``), None = all.
     ``idx`` is the whole global batch: one width for it, so every rank's shard has the same
     shape for the gathers."""
@@ -403,7 +243,7 @@ def _text_width(run: _Run, idx: Tensor) -> int | None:
 
 
 def _forward(
-    run: _Run, net: torch.nn.Module, idx: Tensor, text_tokens: int | None = None
+    run: Run, net: torch.nn.Module, idx: Tensor, text_tokens: int | None = None
 ) -> tuple[Tensor, ...]:
     """Embed the captions ``idx`` and their images (through DDP when distributed); fine-tuned
     backbones read the raw captions / images instead of the cached features.

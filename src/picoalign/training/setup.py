@@ -1,0 +1,185 @@
+"""What one training run holds, and how it is built: data, model, loss, optimiser, run folder.
+
+Why apart from :mod:`picoalign.training.loop`: building a run (loading features, deriving the
+model's config, fitting standardisation, restoring a checkpoint, moving an old run aside) is
+done once and reads top to bottom; the loop only iterates over what :func:`setup_run` built.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from picoalign.config import TrainConfig, dump_config
+from picoalign.core.losses import create_loss
+from picoalign.evaluation import coarse_split_warning
+from picoalign.features import FeatureSet, dataset_features
+from picoalign.fileio import atomic_write_text
+from picoalign.model import PicoAligner
+from picoalign.training.derived import model_config_for, split_sizes
+from picoalign.training.devices import numerics
+from picoalign.training.distributed import DistContext, wrap_ddp
+from picoalign.training.pixels import PixelBatches
+from picoalign.training.runs import Replacement
+from picoalign.training.schedule import batch_order, resolve_epochs
+from picoalign.training.state import Position, restore_last, save_last
+
+
+@dataclass
+class TrainResult:
+    """The trained model, one row per epoch, and the selected epoch's validation metrics
+    (``best``: the last epoch, or the best by validation — ``TrainConfig.select``)."""
+
+    model: PicoAligner
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+    out: Path | None = None
+    config: TrainConfig | None = None  # as trained: ``epochs="auto"`` resolved
+
+    @property
+    def best_rsum(self) -> float:
+        return float(self.best.get("rsum", -math.inf))
+
+
+@dataclass
+class Run:
+    """Everything one training run holds, built once by :func:`setup_run`."""
+
+    cfg: TrainConfig
+    ctx: DistContext
+    device: torch.device
+    train_fs: FeatureSet
+    eval_fs: FeatureSet
+    model: PicoAligner
+    net: torch.nn.Module  # the model, DDP-wrapped when distributed (forward only)
+    loss_fn: torch.nn.Module
+    opt: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    pixels: PixelBatches | None
+    out: Path | None  # where this rank writes (rank 0 only)
+    result: TrainResult
+    start: Position
+    validated: bool = False  # the first batch's tokens were checked (see loop._validate)
+    replacing: Replacement | None = None  # the old run an --overwrite moves aside
+
+    def save_last(self, pos: Position) -> None:
+        """The resumable checkpoint at ``pos``; the first one lets a replaced run go."""
+        assert self.out is not None
+        r = self.result
+        save_last(self.out, self.model, self.opt, self.loss_fn, pos, r.history, r.best)
+        if self.replacing is not None:
+            self.replacing.commit()
+            self.replacing = None
+
+
+def setup_run(
+    cfg: TrainConfig,
+    features: FeatureSet | None,
+    ctx: DistContext,
+    device: torch.device,
+    resume: bool,
+    write: bool,
+) -> Run:
+    """Data, model, loss, optimiser and (on resume) the state to continue from."""
+    torch.manual_seed(cfg.seed)
+    fs = features if features is not None else ctx.main_first(lambda: load_features(cfg))
+    train_fs = fs.split("train")
+    eval_fs = fs.split(cfg.eval_split) if cfg.eval_split != "train" else train_fs
+    if train_fs.n_captions < 2:
+        raise ValueError(f"--data {cfg.data}: the train split has fewer than 2 captions")
+    if eval_fs.n_images == 0:  # else evaluation would crash after the first epoch
+        raise ValueError(f"--data {cfg.data}: the {cfg.eval_split} split (eval_split) is empty")
+    notes = []  # printed once the run is set up: a run that fails to start shows its error
+    if cfg.epochs == "auto":
+        cfg = resolve_epochs(cfg, train_fs.n_images, train_fs.n_captions)
+        per_image = train_fs.n_captions / train_fs.n_images
+        notes.append(
+            f"epochs=auto: {cfg.epochs} epochs for {per_image:.3g} captions per image "
+            "(--epochs N to choose)"
+        )
+    if cfg.batch_size > train_fs.n_captions:
+        notes.append(
+            f"warning: batch size {cfg.batch_size} > {train_fs.n_captions} training captions: "
+            "every step sees the whole train split"
+        )
+    coarse = coarse_split_warning(cfg.eval_split, eval_fs.n_images)
+    if coarse is not None:
+        notes.append(
+            f"{coarse} (select=last: the run keeps its last epoch)"
+            if cfg.select == "last"
+            else f"{coarse}; select=val picks the kept epoch on it: select=last is safer"
+        )
+    steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
+    model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
+    if model.config.standardize:  # training-split statistics, saved with the model
+        model.fit_standardization(train_fs.images, train_fs.texts)
+    model.to(device)
+    finetune = model.config.trains_text or model.config.finetune_image
+    net = wrap_ddp(model, device, ctx, find_unused=finetune)  # forward via DDP, rest via model
+    pixels = PixelBatches(model, train_fs) if model.config.finetune_image else None
+    loss_fn = create_loss(cfg.loss, **({"margin": cfg.margin} if cfg.loss == "triplet" else {}))
+    loss_fn.to(device)
+    params = [p for p in (*model.parameters(), *loss_fn.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(
+        param_groups(model, params, cfg.backbone_lr_mult), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    out = Path(cfg.out) if write and ctx.is_main else None
+    result = TrainResult(model=model, out=Path(cfg.out) if write else None, config=cfg)
+    start = Position()
+    if write and resume:
+        # rank 0 first, and only rank 0 repairs what a kill left: the others just read
+        start, result.history, result.best = ctx.main_first(
+            lambda: restore_last(Path(cfg.out), model, opt, loss_fn, repair=ctx.is_main)
+        )
+    replacing = Replacement(out) if out is not None and not resume else None
+    if out is not None:
+        if replacing is not None:
+            replacing.begin()  # only now, with the data loaded and the model built
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(dump_config(cfg), out / "config.yaml")
+        meta = {**fs.meta, "splits": split_sizes(fs)}
+        atomic_write_text(json.dumps(meta, indent=2, default=str), out / "data.json")
+        atomic_write_text(json.dumps(numerics(device), indent=2), out / "numerics.json")
+    for line in notes if ctx.is_main else []:
+        print(f"picoalign: {line}", file=sys.stderr)  # as every command's own warnings
+    return Run(
+        cfg, ctx, device, train_fs, eval_fs, model, net, loss_fn, opt, params, pixels, out,
+        result, start, replacing=replacing,
+    )  # fmt: skip
+
+
+def param_groups(
+    model: PicoAligner, params: list[torch.nn.Parameter], backbone_lr_mult: float
+) -> list[dict[str, Any]]:
+    """Heads (and the loss) at the base lr; fine-tuned backbones slower (METHOD.md §7: ×0.1)."""
+    backbone = {
+        id(p)
+        for n, p in model.named_parameters()
+        if n.startswith(("text_backbone.", "image_backbone."))
+    }
+    groups = [{"params": [p for p in params if id(p) not in backbone], "lr_mult": 1.0}]
+    if backbone:
+        groups.append(
+            {"params": [p for p in params if id(p) in backbone], "lr_mult": backbone_lr_mult}
+        )
+    return groups
+
+
+def load_features(cfg: TrainConfig) -> FeatureSet:
+    return dataset_features(
+        cfg.data,
+        cfg.model.image_encoder,
+        cfg.model.make_text_encoder,  # built once the data is known to load
+        seed=cfg.split_seed,
+        skip_bad=cfg.skip_bad,
+        cache_dir=cfg.cache_dir,
+        progress=cfg.progress,
+        max_image_pixels=cfg.max_image_pixels,
+        need_splits=("train", cfg.eval_split),
+    )

@@ -1,0 +1,57 @@
+"""Building a run (:mod:`picoalign.training.setup`): the data split, the optimiser's groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_loop import make_cfg
+
+from picoalign.training import setup
+from picoalign.training.loop import train
+from picoalign.training.setup import param_groups
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def test_the_data_split_follows_split_seed_not_the_training_seed(
+    tmp_path: Path, make_feature_set, monkeypatch
+) -> None:
+    seen = []
+
+    def fake_features(data, image_encoder, text_encoder, *, seed, **kw):
+        seen.append(seed)
+        return make_feature_set(n=24)
+
+    monkeypatch.setattr(setup, "dataset_features", fake_features)
+    for seed in (0, 5):
+        train(make_cfg(tmp_path / f"s{seed}", epochs=1, seed=seed, split_seed=3), write=False)
+    assert seen == [3, 3]  # seeds vary only the training; every seed sees the same split
+
+
+class _Backboned(torch.nn.Module):
+    """Named as PicoAligner names its parts: heads at the top, backbones under a prefix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(2, 2)
+        self.text_backbone = torch.nn.Linear(2, 2)
+        self.image_backbone = torch.nn.Linear(2, 2)
+
+
+def test_param_groups_put_fine_tuned_backbones_at_their_own_lr_multiplier() -> None:
+    model = _Backboned()
+    extra = torch.nn.Parameter(torch.zeros(1))  # a loss's own parameter: trained at the base lr
+    params = [*model.parameters(), extra]
+    heads, backbones = param_groups(model, params, 0.1)  # type: ignore[arg-type]
+    assert heads["lr_mult"] == 1.0 and backbones["lr_mult"] == 0.1
+    assert {id(p) for p in heads["params"]} == {id(p) for p in (*model.head.parameters(), extra)}
+    want = {id(p) for m in (model.text_backbone, model.image_backbone) for p in m.parameters()}
+    assert {id(p) for p in backbones["params"]} == want
+
+
+def test_param_groups_without_backbones_is_one_group() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    groups = param_groups(model, list(model.parameters()), 0.1)  # type: ignore[arg-type]
+    assert len(groups) == 1 and groups[0]["lr_mult"] == 1.0
