@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from picoalign.core.hardware import native_low_precision
+from picoalign.fileio import atomic_write_text
 
 
 def machine() -> dict[str, object]:
@@ -53,10 +54,9 @@ def recall_at_k(rows: Sequence[Sequence[int]], target: Sequence[int], k: int) ->
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """``obj`` as indented JSON at ``path`` (parent folders made)."""
+    """``obj`` as indented JSON at ``path`` (parent folders made; all or nothing)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1) + "\n")
+    atomic_write_text(json.dumps(obj, indent=1) + "\n", path)
     return path
 
 
@@ -65,18 +65,24 @@ def add_out_arguments(ap: argparse.ArgumentParser, default: Path | None, what: s
     ``--overwrite``: a benchmark's output is a result someone may have committed or be
     reading, so replacing it is asked for, never a side effect of re-running a command."""
     ap.add_argument("--out", type=Path, default=default, help=f"{what} (default: %(default)s)")
+    add_overwrite_argument(ap, "--out")
+
+
+def add_overwrite_argument(ap: argparse.ArgumentParser, outputs: str) -> None:
+    """``--overwrite`` for a script whose ``outputs`` (the options naming its files) may
+    already hold a result."""
     ap.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing --out (without it the script refuses before any work)",
+        help=f"replace an existing {outputs} (without it the script refuses before any work)",
     )
 
 
-def refuse_to_overwrite(paths: Iterable[Path], overwrite: bool) -> None:
+def refuse_to_overwrite(paths: Iterable[str | Path], overwrite: bool) -> None:
     """Stop, before any work, if one of ``paths`` exists and ``--overwrite`` was not given."""
-    existing = [str(p) for p in paths if p.exists()]
+    existing = [str(p) for p in map(Path, paths) if p.exists()]
     if existing and not overwrite:
         raise SystemExit(
-            f"{', '.join(existing)} exists (a committed or earlier result): pass another "
-            "--out, or --overwrite to replace it"
+            f"{', '.join(existing)} exists (a committed or earlier result): name another file, "
+            "or pass --overwrite to replace it"
         )

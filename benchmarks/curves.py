@@ -4,10 +4,11 @@ Reads the study's seed-0 histories (``docs/img/histories/``, written by
 ``benchmarks/quality.py``) and, for every family at its validation-picked margin, prints the
 validation rSum at a quarter, half, three quarters and the end of the run (epochs 5, 10, 15
 and 20 of a 20-epoch run, 2, 3, 5 and 6 of a 6-epoch one), the change over the last quarter
-and the peak,
-then plots one panel per training set (``docs/img/curves.png``).
+and the peak; with ``--out`` it also plots one panel per training set (the docs'
+``docs/img/curves.png``, replaced only with ``--overwrite``).
 
-    python benchmarks/curves.py            # after benchmarks/quality.py
+    python benchmarks/curves.py            # after benchmarks/quality.py: the table
+    python benchmarks/curves.py --out docs/img/curves.png --overwrite   # and the docs' plot
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import matplotlib.pyplot as plt
 
 import quality as q
 import quality_rows
+from _common import add_out_arguments, refuse_to_overwrite
 from picoalign.fileio import atomic_write
 
 ROOT = Path(__file__).resolve().parent
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--results", type=Path, default=ROOT / "results" / "quality.jsonl")
     ap.add_argument("--histories", type=Path, default=ROOT.parent / "docs" / "img" / "histories")
-    ap.add_argument("--out", type=Path, default=ROOT.parent / "docs" / "img" / "curves.png")
+    add_out_arguments(ap, None, "a PNG of the curves, one panel per training set (none: no plot)")
     ap.add_argument(
         "--tune-seeds",
         type=int,
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed 0's either way",
     )
     args = ap.parse_args(argv)
+    refuse_to_overwrite([args.out] if args.out else [], args.overwrite)
     rows = [json.loads(x) for x in args.results.read_text().splitlines() if x]
     sets = list(dict.fromkeys(r["train_set"] for r in rows))
     fams = list(dict.fromkeys(r["family"] for r in rows))
@@ -92,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         ax.set(title=ts, xlabel="epoch", ylabel="validation rSum (seed 0)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    if args.out is not None:
+        atomic_write(args.out, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+        print(f"wrote {args.out}")
     plt.close(fig)
-    print(f"wrote {args.out}")
     return 0
 
 

@@ -42,6 +42,7 @@ from picoalign.core.pico import PICOConfig
 from picoalign.core.similarity import fine_grained_scores, l2_normalize
 from picoalign.evaluation.metrics import blocked_recall_metrics, recall_metrics
 from picoalign.features.encode import FeatureSet, TokenFeatures
+from picoalign.fileio import atomic_write_text
 from picoalign.model import ModelConfig, PicoAligner
 from picoalign.training.devices import autocast
 from picoalign.training.distributed import DistContext, assert_in_sync, wrap_ddp
@@ -386,8 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     step("coco5k_eval", lambda: coco_eval(device, *sizes["coco"]))
     report["total_seconds"] = time.perf_counter() - t_start
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(json.dumps(report, indent=2) + "\n", out)
         print(f"wrote {out}")
     ok = report["fine_grained_scores"]["same_recall_fp32"] and report["ddp"].get("in_sync", True)
     print("gpu-check:", "OK" if ok else "FAILED (see above)")

@@ -23,6 +23,7 @@ import quality as q
 from _common import add_out_arguments, refuse_to_overwrite
 from picoalign.config import load_config
 from picoalign.features import dataset_features
+from picoalign.fileio import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent
 
@@ -70,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             tests = {t: round(v[rules[0]]["rsum"], 1) for t, v in row["tests"].items()}
             print(f"{name:28s} {fam:14s} val {row['val_rsum']:.1f} test {tests}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text("".join(json.dumps(r) + "\n" for r in rows), args.out.with_suffix(".jsonl"))
     tests = list(rows[0]["tests"])
     lines = [
         f"train {args.train_set}, margin {args.margin}, seed {args.seed}; "
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {r['options']} | {r['family']} | {r['val_rsum']:.1f} | " + " | ".join(cells) + " |"
         )
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    atomic_write_text("\n".join(lines) + "\n", args.out.with_suffix(".md"))
     print("\n".join(lines))
     return 0
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from _common import recall_at_k, write_json
+from _common import add_overwrite_argument, recall_at_k, refuse_to_overwrite, write_json
 from picoalign.config import load_config
 from picoalign.core.similarity import pool_tokens
 from picoalign.data import list_datasets
@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", default="flat,ivf,hnsw")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the rows as JSON")
+    add_overwrite_argument(p, "--json")
     args = p.parse_args(argv)
+    refuse_to_overwrite([args.json] if args.json else [], args.overwrite)
     names = args.gallery.split(",")
     installed = {name: ok for name, _, ok in list_datasets()}
     missing = [n for n in names if not installed.get(n)]

@@ -43,8 +43,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from _common import recall_at_k, write_json
+from _common import add_overwrite_argument, recall_at_k, refuse_to_overwrite, write_json
 from picoalign.core.similarity import fine_grained_scores, l2_normalize, pool_tokens
+from picoalign.fileio import atomic_write
 from picoalign.retrieval.index import GalleryIndex
 from picoalign.retrieval.store import pooled_embeddings
 
@@ -278,9 +279,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax2.set_title("recall@10 on the queries timed exhaustively", fontsize=9)
     ax2.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    fig.savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, path)
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="1K and 5K items, 100 queries (< 1 min)")
     p.add_argument("--plot", help="write a PNG of queries/s and R@10 against gallery size")
     p.add_argument("--json", help="write the raw rows as JSON")
+    add_overwrite_argument(p, "--plot / --json")
     args = p.parse_args(argv)
+    refuse_to_overwrite([x for x in (args.plot, args.json) if x], args.overwrite)
     if args.quick:
         args.sizes, args.queries = "1000,5000", min(args.queries, 100)
     args.sizes = [int(x) for x in args.sizes.split(",")]

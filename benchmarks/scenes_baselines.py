@@ -45,6 +45,7 @@ from picoalign.features.encode import (
     encode_texts,
 )
 from picoalign.features.store import FeatureSet
+from picoalign.fileio import atomic_write_text
 from picoalign.model import PicoAligner
 from picoalign.training.loop import train
 
@@ -193,8 +194,7 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def _save(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
+    atomic_write_text(json.dumps({"meta": meta, "runs": rows}, indent=1), path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,9 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{method} seed {seed}: {name} rSum {row['tests'][name]['rsum']:.1f}")
     meta["seconds"] = round(time.perf_counter() - start, 1)
     text = report(rows, meta)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     _save(args.out, meta, rows)
-    args.out.with_suffix(".md").write_text(text)
+    atomic_write_text(text, args.out.with_suffix(".md"))
     print(text)
     print(f"wall time {meta['seconds']:.0f} s; wrote {args.out}")
     return 0

@@ -1,7 +1,8 @@
 """docs/img/scenes.png: a few ``scenes`` families (each scene with its siblings, Twemoji, and
 the first one again in Noto) with two of their captions under each picture.
 
-    python benchmarks/scenes_sheet.py [--out docs/img/scenes.png] [--families 3]
+    python benchmarks/scenes_sheet.py --overwrite     # redraw docs/img/scenes.png
+    python benchmarks/scenes_sheet.py --out /tmp/sheet.png --families 5
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from _common import add_out_arguments, refuse_to_overwrite
 from picoalign.data import load_dataset
+from picoalign.fileio import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 THUMB, TEXT_H, PAD = 176, 124, 8
@@ -21,10 +24,11 @@ THUMB, TEXT_H, PAD = 176, 124, 8
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "scenes.png")
+    add_out_arguments(ap, ROOT / "docs" / "img" / "scenes.png", "the contact sheet (PNG)")
     ap.add_argument("--families", type=int, default=3)
     ap.add_argument("--size", type=int, default=140)
     args = ap.parse_args(argv)
+    refuse_to_overwrite([args.out], args.overwrite)
     tw = load_dataset(f"scenes:twemoji:size={args.size}").split("test")
     noto = load_dataset(f"scenes:noto:size={args.size}").split("test")
     noto_by_id = {it.key.rsplit(":", 1)[1]: it for it in noto.items}
@@ -52,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             for cap in item.captions[:3]:
                 lines += textwrap.wrap("- " + cap, 31)
             draw.multiline_text((x, y + THUMB + 3), "\n".join(lines[:9]), fill="black", font=font)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(args.out, optimize=True)
+    atomic_write(args.out, lambda tmp: sheet.save(tmp, format="PNG", optimize=True))
     print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB)")
     return 0
 

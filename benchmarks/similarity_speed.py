@@ -40,13 +40,15 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from _common import machine, timed, write_json
+from _common import add_overwrite_argument, machine, refuse_to_overwrite, timed, write_json
 from picoalign.core.similarity import DEFAULT_BUDGET_MB, fine_grained_scores, l2_normalize
 from picoalign.evaluation.metrics import recall_metrics
+from picoalign.fileio import atomic_write
 
 NOISE = 9.0  # norm of a word's noise vs 1 for its patch: R@1 well below 100% at 1K × 1K
 # name: (n_img, n_v, n_cap, max words, ragged captions, loop sample)
@@ -318,12 +320,12 @@ def run_scaling(args: argparse.Namespace) -> dict[str, object]:
         ax2.legend()
         fig.suptitle(machine()["cpu_model"])
         fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+        atomic_write(Path(args.plot), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
         print(f"plot written to {args.plot}")
     return {"machine": machine(), "n_img": n_img, "scaling": rows}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", choices=["default", "flickr", "coco"], default="default")
     p.add_argument("--quick", action="store_true", help="smoke size (100 × 200), seconds")
@@ -341,9 +343,11 @@ def main() -> None:
     p.add_argument("--sizes", default="1000,2000,5000,10000,25000", help="captions, --scaling")
     p.add_argument("--plot", default=None, help="PNG path for the --scaling plot")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    add_overwrite_argument(p, "--plot / --json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    refuse_to_overwrite([x for x in (args.plot, args.json) if x], args.overwrite)
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)

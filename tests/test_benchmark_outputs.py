@@ -19,7 +19,16 @@ SCRIPTS = {
     "input_options": ([], [".jsonl", ".md"]),
     "epochs_probe": ([], [""]),
     "gpu_check": (["--dry-run"], [""]),
+    "curves": ([], [""]),
+    "scenes_sheet": ([], [""]),
 }
+# scripts whose files are opt-in (no default path): the option that names one
+OPT_IN = {
+    "retrieval_real": "--json",
+    "retrieval_scale": "--json",
+    "similarity_speed": "--json",
+}
+OPT_IN_PLOTS = {"retrieval_scale": "--plot", "similarity_speed": "--plot"}
 
 
 @pytest.mark.parametrize("name", list(SCRIPTS))
@@ -31,6 +40,18 @@ def test_an_existing_result_is_refused_before_any_work(name, tmp_path) -> None:
     module = load(name)
     with pytest.raises(SystemExit, match=r"exists .*--overwrite"):
         module.main([*extra, "--out", str(out)])
+    assert kept.read_text() == "a committed result\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "flag"), [*OPT_IN.items(), *OPT_IN_PLOTS.items()], ids=lambda x: str(x)
+)
+def test_an_existing_opt_in_file_is_refused_before_any_work(name, flag, tmp_path) -> None:
+    kept = tmp_path / "result.json"
+    kept.write_text("a committed result\n")
+    module = load(name)
+    with pytest.raises(SystemExit, match=r"exists .*--overwrite"):
+        module.main([flag, str(kept)])
     assert kept.read_text() == "a committed result\n"
 
 
