@@ -40,6 +40,28 @@ def test_atomic_writes_succeed_without_temp_files(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == [] and leftovers(tmp_path / "sub" / "dir") == []
 
 
+def test_written_files_and_folders_get_open_and_mkdirs_permissions(tmp_path: Path) -> None:
+    """Temporary files and folders are created private (0o600 / 0o700); what is renamed
+    into place must not stay so, or a shared model, index or result is unreadable to others."""
+    old = os.umask(0o022)
+    try:
+        atomic_write_text("x", tmp_path / "new.txt")
+        atomic_replace_dir(tmp_path / "folder", lambda d: atomic_write_text("y", d / "f.txt"))
+        kept = tmp_path / "kept.txt"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        atomic_write_text("new", kept)
+        os.umask(0o077)
+        atomic_write_text("z", tmp_path / "private.txt")
+    finally:
+        os.umask(old)
+    mode = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert mode["new.txt"] == 0o644 and mode["f.txt"] == 0o644
+    assert mode["folder"] == 0o755
+    assert mode["kept.txt"] == 0o640  # a replaced file keeps the mode it had
+    assert mode["private.txt"] == 0o600  # the umask is respected, not overridden
+
+
 def test_overwrite_replaces_the_file(tmp_path: Path) -> None:
     path = tmp_path / "t.txt"
     atomic_write_text("old", path)

@@ -20,6 +20,32 @@ import torch
 from safetensors.torch import save_file
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: Path) -> int:
+    """The permissions a file written at ``path`` gets: those of the file it replaces, else
+    what ``open()`` would give (0o666 less the umask). Why: temporary files are created
+    private (0o600), and a model or index renamed into place with that mode could not be
+    read by the colleague or the server that ``open()``'s defaults would have let in."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def make_temp_dir(target: Path) -> Path:
+    """A fresh hidden folder beside ``target`` to fill and then swap in, with the
+    permissions ``mkdir`` would give (``mkdtemp`` makes it private, 0o700)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """``write(tmp)`` to a temporary file beside ``path``, fsync it, then rename it over
     ``path``: the one way picoalign writes a file. The fsync makes the rename durable as well
@@ -33,6 +59,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -104,11 +131,9 @@ def atomic_replace_dir(target: Path, write: Callable[[Path], None]) -> None:
     folder or the new one, never a mix. If the process dies between the two renames, the old
     folder is left as ``.NAME.old`` and :func:`recover_dir` puts it back.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = make_temp_dir(target)
     try:
         write(tmp)
-        tmp.chmod(0o755)
         # an exit (a kill, SystemExit) between the renames leaves .NAME.old for recover_dir,
         # which resume runs; an ordinary error puts the old folder back at once
         swap_in_dir(tmp, target, restore_on=Exception)

@@ -20,6 +20,7 @@ from picoalign.cli.progress import epoch_line
 from picoalign.config import TrainConfig, load_config
 from picoalign.evaluation import embed_features, evaluate, format_table
 from picoalign.features import FeatureSet, dataset_features
+from picoalign.fileio import atomic_write_text
 from picoalign.model import PicoAligner
 from picoalign.training.derived import split_sizes
 from picoalign.training.loop import train
@@ -116,7 +117,7 @@ def run_demo(
         f"PICO − baseline: {delta:+.1f} rSum on this seed (one seed is not evidence: "
         f"see docs/results.md for the multi-seed study)"
     )
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(json.dumps(results, indent=2), out / "results.json")
     plot_path = plot_training({m: r.history for m, r in runs.items()}, out / "training.png")
     print(f"plots: {plot_path}")
     _searches(PicoAligner.load(runs["pico"].out), test)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -210,8 +209,7 @@ def write_folder(
     refused. Interrupted writes leave neither a folder at ``out`` nor temp files."""
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or holds_index(out))):
         raise ValueError(f"{out}: exists and is not a picoalign gallery index")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = fileio.make_temp_dir(out)
     try:
         atomic_write_safetensors(tensors, tmp / "tokens.safetensors")
         _write_faiss(faiss_index, tmp / "faiss.index")
