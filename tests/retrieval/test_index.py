@@ -379,5 +379,6 @@ def test_cli_index_and_search(tiny, tmp_path, monkeypatch, capsys):
         args.func(args)
     with pytest.raises(SystemExit):
         parser.parse_args(["search", "--index", str(out), "--text", "x", "--top-k", "0"])
+    assert parser.parse_args(["search", str(out), "--text", "x", "-k", "2"]).top_k == 2
     with pytest.raises(SystemExit):
         parser.parse_args(["search", "--index", str(out), "--text", "x", "--image", "y"])

@@ -75,13 +75,15 @@ def add_parsers(sub: Any) -> None:
         "search",
         help="search a gallery index by text (image index) or by image (caption index)",
         description="Two-stage search: FAISS over pooled embeddings returns --candidates, the "
-        "model's fine-grained scoring rule re-ranks them.",
+        "model's own scoring rule (its --scorer and --method) re-ranks them.",
     )
     add_folder_arg(s, "index", "index folder written by `picoalign index`")
     q = s.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", action="append", help="a text query (repeat for several)")
     q.add_argument("--image", action="append", help="an image query (caption index; repeatable)")
-    s.add_argument("--top-k", dest="top_k", type=positive_int, default=5, help="results per query")
+    s.add_argument(
+        "-k", "--top-k", dest="top_k", type=positive_int, default=5, help="results per query"
+    )
     s.add_argument("--candidates", type=positive_int, default=100, help="stage-1 candidates")
     s.add_argument("--no-rerank", action="store_false", dest="rerank", help="stage 1 only")
     s.add_argument("--exhaustive", action="store_true", help="fine-grained over all items")
