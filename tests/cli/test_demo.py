@@ -52,6 +52,14 @@ def test_run_demo_quick_on_given_features(tmp_path: Path, make_feature_set, caps
     assert re.search(r"caption \d+ of image \d+ \| ", printed)  # searches list captions
 
 
+def test_run_demo_refuses_a_folder_with_other_files(tmp_path: Path, make_feature_set) -> None:
+    """The demo replaces its own outputs on a rerun, never a user's files beside them."""
+    (tmp_path / "thesis.tex").write_text("mine")
+    with pytest.raises(ValueError, match=r"does not write \(thesis\.tex\)"):
+        run_demo(data="synthetic", out=tmp_path, quick=True, features=make_feature_set(n=40))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
+
+
 def rows(n: int, pico: bool, dim: int = 6) -> list[dict]:
     out = []
     for e in range(1, n + 1):

@@ -10,7 +10,12 @@ import pytest
 
 from picoalign.config import load_config
 from picoalign.training.loop import TrainingError, train
-from picoalign.training.runs import Replacement, RunExistsError, check_run_folder
+from picoalign.training.runs import (
+    Replacement,
+    RunExistsError,
+    check_run_folder,
+    foreign_entries,
+)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -55,12 +60,40 @@ def test_every_run_marker_makes_a_run_folder(tmp_path: Path, marker: str) -> Non
     check_run_folder(tmp_path, resume=False, overwrite=True)
 
 
-def test_a_folder_without_a_run_is_fine_and_left_alone(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("mine")
+def test_an_empty_folder_or_a_kills_leftovers_are_fine(tmp_path: Path) -> None:
     check_run_folder(tmp_path, resume=False, overwrite=False)
+    (tmp_path / ".metrics.jsonl.x1y2.tmp").write_text("")  # what a killed atomic write leaves
+    (tmp_path / ".last.old").mkdir()
+    check_run_folder(tmp_path, resume=False, overwrite=False)
+    assert foreign_entries(tmp_path) == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_with_the_users_own_files_is_refused(tmp_path: Path, overwrite: bool) -> None:
+    """``--out`` at a data or project folder: a run is never mixed into it, and an
+    ``--overwrite`` (which would move the folder aside and delete it) never takes it."""
+    (tmp_path / "photo.png").write_text("mine")
+    (tmp_path / "config.yaml").write_text("my own config")  # also looks like a run marker
+    with pytest.raises(ValueError, match=r"does not write \(photo.png\)"):
+        check_run_folder(tmp_path, resume=False, overwrite=overwrite)
     r = Replacement(tmp_path)
-    r.begin()
-    assert r.aside is None and (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match=r"photo\.png"):  # and the replacement checks again
+        r.begin()
+    assert (tmp_path / "photo.png").read_text() == "mine" and r.aside is None
+
+
+def test_overwrite_of_a_run_in_a_users_folder_keeps_their_files(
+    tmp_path: Path, make_feature_set
+) -> None:
+    fs = make_feature_set(n=16)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "photo.png").write_text("mine")
+    with pytest.raises(ValueError, match=r"photo\.png"):
+        train(cfg(folder), fs)
+    with pytest.raises(ValueError, match=r"photo\.png"):
+        train(cfg(folder), fs, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["photo.png"]
 
 
 def test_replacement_commit_deletes_and_abort_restores(tmp_path: Path) -> None:

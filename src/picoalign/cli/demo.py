@@ -24,6 +24,7 @@ from picoalign.fileio import atomic_write_text
 from picoalign.model import PicoAligner
 from picoalign.training.derived import split_sizes
 from picoalign.training.loop import train
+from picoalign.training.runs import foreign_entries
 from picoalign.training.schedule import resolve_epochs
 
 # The demo's recipe; docs/results.md says how it was chosen. Both methods share everything
@@ -34,6 +35,8 @@ QUICK_OVERRIDES: dict[str, Any] = {"epochs": 2, "batch_size": 64}
 
 # the built-in datasets whose splits are made by concept (picoalign.data.builtin)
 CONCEPT_SPLIT = frozenset({"twemoji", "noto-emoji", "tuxpaint", "cross"})
+# what the demo writes in its --out: the two runs, their table and their curves
+DEMO_FILES = ("baseline", "pico", "results.json", "training.png")
 
 
 def demo_config(
@@ -71,6 +74,14 @@ def run_demo(
     features: FeatureSet | None = None,
 ) -> int:
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    foreign = foreign_entries(out, DEMO_FILES)
+    if foreign:  # a rerun replaces the demo's own outputs, never anything else
+        raise ValueError(
+            f"--out {out}: holds files the demo does not write ({', '.join(foreign[:5])}); "
+            "give the demo a new or empty folder, or its own earlier one"
+        )
     out.mkdir(parents=True, exist_ok=True)
     base_cfg = demo_config("baseline", data, out, seed, epochs, quick, progress)
     print(

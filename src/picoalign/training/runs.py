@@ -2,8 +2,9 @@
 
 Training into a folder that already holds a run (``config.yaml``, ``last/``, ``best/`` or
 metrics) is refused unless the caller asks to continue it (``resume``) or to replace it
-(``overwrite``). Why not just overwrite: a forgotten ``--out`` used to replace ``best/`` and the
-metrics of a run that took hours, with no way back.
+(``overwrite``); a folder holding anything a run does not write is refused outright. Why not
+just overwrite: a forgotten ``--out`` used to replace ``best/`` and the metrics of a run that
+took hours, with no way back.
 
 ``overwrite`` replaces only once the new run really writes: :class:`Replacement` moves the old
 folder aside (one atomic rename) when the new run starts writing, deletes it after the new
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 
 RUN_MARKERS = ("config.yaml", "last", "best", "metrics.jsonl", "metrics.csv")
+# everything else a run writes (the CLI's plot included); with the markers, the whole of a run
+RUN_FILES = (*RUN_MARKERS, "data.json", "numerics.json", "training.png")
 
 
 class RunExistsError(ValueError):
@@ -31,12 +34,41 @@ def run_markers(out: Path) -> list[str]:
     return [m for m in RUN_MARKERS if (out / m).exists()]
 
 
+def foreign_entries(out: Path, ours: tuple[str, ...] = RUN_FILES) -> list[str]:
+    """The entries of ``out`` that no training run writes (names not in ``ours``): a user's
+    own files. Our temporary and moved-aside entries (hidden, ``.tmp`` / ``.old``) are a
+    run's, a kill's leftovers."""
+    if not out.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in ours and not (p.name.startswith(".") and p.name.endswith((".tmp", ".old")))
+    )
+
+
 def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into an existing run unless ``resume`` or ``overwrite``."""
+    """Refuse to train into an existing run unless ``resume`` or ``overwrite``, and into a
+    folder that holds anything else at all (see :func:`foreign_entries`).
+
+    Why the second rule: ``--out`` pointed at a data or project folder would mix a run into
+    it, and a later ``--overwrite`` of that run (which moves the whole folder aside and then
+    deletes it) would take the user's own files with it.
+    """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue or replace")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
+    foreign = foreign_entries(out)
+    if foreign and not resume:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise ValueError(
+            f"--out {out}: holds files a training run does not write ({shown}); train into a "
+            "new or empty folder"
+            + (" (--overwrite replaces a run, never other files)" if overwrite else "")
+        )
     found = run_markers(out)
     if found and not (resume or overwrite):
         raise RunExistsError(
@@ -59,6 +91,12 @@ class Replacement:
     def begin(self) -> None:
         if not run_markers(self.out):
             return
+        foreign = foreign_entries(self.out)
+        if foreign:  # check_run_folder refused these; a file that appeared since is kept
+            raise ValueError(
+                f"--out {self.out}: holds files a training run does not write "
+                f"({', '.join(foreign[:5])}): not replaced"
+            )
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = self.out.with_name(f".{self.out.name}.replaced-{stamp}-{os.getpid()}")
         os.replace(self.out, aside)
