@@ -153,6 +153,19 @@ def recover_dir(target: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def foreign_entries(folder: Path, ours: tuple[str, ...]) -> list[str]:
+    """The entries of ``folder`` whose names are not in ``ours`` (what a writer of such a
+    folder puts there): a user's own files, which no replace of the folder may take along.
+    Hidden ``.tmp`` / ``.old`` entries are the leftovers of a killed atomic write, not theirs."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name not in ours and not (p.name.startswith(".") and p.name.endswith((".tmp", ".old")))
+    )
+
+
 def remove_stale_temps(folder: Path) -> None:
     """Delete the temporary files a killed writer left in ``folder`` (``.NAME.XXXX.tmp``,
     the pattern of every atomic write here); the files they were replacing are intact."""

@@ -191,6 +191,10 @@ def test_pico_on_a_pooled_scorer_trains_evaluates_both_rules_indexes_and_searche
     rc, out, err = run_cli(*argv, "--kind", "captions", "--overwrite")
     assert rc == 0 and "indexed" in out, err
     assert json.loads((index / "manifest.json").read_text())["kind"] == "captions"
+    (index / "keep.txt").write_text("mine")  # never taken along by a replace
+    rc, _, err = run_cli(*argv, "--overwrite")
+    assert rc == 2 and "holds files a gallery index does not (keep.txt)" in err
+    assert (index / "keep.txt").read_text() == "mine"
 
 
 def test_evaluate_rejects_the_weighted_rule_for_a_baseline(trained, tmp_path: Path) -> None:

@@ -143,8 +143,13 @@ def test_split_gallery_and_overwrite(tiny, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="not a picoalign gallery index"):
+    with pytest.raises(ValueError, match=r"does not \(notes\.txt\)"):
         _build(tiny, tmp_path / "other")
+    # a file the user put into an index folder: replacing the index would delete it
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"does not \(notes\.txt\)"):
+        _build(tiny, out)
+    assert (out / "notes.txt").read_text() == "mine" and GalleryIndex.load(out).n == 4
 
 
 def test_refuses_other_model(tiny, tmp_path):

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from picoalign.config import load_config
+from picoalign.fileio import foreign_entries
 from picoalign.training.loop import TrainingError, train
 from picoalign.training.runs import (
+    RUN_FILES,
     Replacement,
     RunExistsError,
     check_run_folder,
-    foreign_entries,
 )
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -65,7 +66,7 @@ def test_an_empty_folder_or_a_kills_leftovers_are_fine(tmp_path: Path) -> None:
     (tmp_path / ".metrics.jsonl.x1y2.tmp").write_text("")  # what a killed atomic write leaves
     (tmp_path / ".last.old").mkdir()
     check_run_folder(tmp_path, resume=False, overwrite=False)
-    assert foreign_entries(tmp_path) == []
+    assert foreign_entries(tmp_path, RUN_FILES) == []
 
 
 @pytest.mark.parametrize("overwrite", [False, True])

@@ -20,11 +20,10 @@ from picoalign.cli.progress import epoch_line
 from picoalign.config import TrainConfig, load_config
 from picoalign.evaluation import embed_features, evaluate, format_table
 from picoalign.features import FeatureSet, dataset_features
-from picoalign.fileio import atomic_write_text
+from picoalign.fileio import atomic_write_text, foreign_entries
 from picoalign.model import PicoAligner
 from picoalign.training.derived import split_sizes
 from picoalign.training.loop import train
-from picoalign.training.runs import foreign_entries
 from picoalign.training.schedule import resolve_epochs
 
 # The demo's recipe; docs/results.md says how it was chosen. Both methods share everything

@@ -103,11 +103,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     from picoalign.features import dataset_features
     from picoalign.model import PicoAligner
     from picoalign.retrieval.index import build_index
-    from picoalign.retrieval.store import holds_index
+    from picoalign.retrieval.store import check_index_folder
 
     out = Path(args.out)
-    if holds_index(out) and not args.overwrite:  # checked before any work
-        raise ValueError(f"--out {out}: holds a gallery index; pass --overwrite to replace it")
+    check_index_folder(out, overwrite=args.overwrite)  # before any work
     model = PicoAligner.load(args.checkpoint)
     fs = dataset_features(
         args.data,

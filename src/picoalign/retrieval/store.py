@@ -202,13 +202,32 @@ def holds_index(path: Path) -> bool:
     return (path / "manifest.json").is_file()
 
 
+INDEX_FILES = ("tokens.safetensors", "faiss.index", "manifest.json")
+
+
+def check_index_folder(out: Path, *, overwrite: bool) -> None:
+    """Refuse ``out`` unless it is new, empty, or (with ``overwrite``) an index: replacing
+    an index swaps the whole folder, so a folder holding anything else is never taken."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    foreign = fileio.foreign_entries(out, INDEX_FILES)
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise ValueError(
+            f"--out {out}: holds files a gallery index does not ({', '.join(foreign[:5])}{more});"
+            " write the index to a new or empty folder"
+        )
+    if holds_index(out) and not overwrite:
+        raise ValueError(f"--out {out}: holds a gallery index; pass --overwrite to replace it")
+
+
 def write_folder(
     tensors: dict[str, Tensor], faiss_index: Any, manifest: dict[str, Any], out: Path
 ) -> None:
     """Write an index folder at ``out``; an existing index there is replaced, anything else
-    refused. Interrupted writes leave neither a folder at ``out`` nor temp files."""
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or holds_index(out))):
-        raise ValueError(f"{out}: exists and is not a picoalign gallery index")
+    refused (:func:`check_index_folder`). Interrupted writes leave neither a folder at
+    ``out`` nor temp files."""
+    check_index_folder(out, overwrite=True)
     tmp = fileio.make_temp_dir(out)
     try:
         atomic_write_safetensors(tensors, tmp / "tokens.safetensors")

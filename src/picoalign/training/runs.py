@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from picoalign.fileio import foreign_entries
+
 RUN_MARKERS = ("config.yaml", "last", "best", "metrics.jsonl", "metrics.csv")
 # everything else a run writes (the CLI's plot included); with the markers, the whole of a run
 RUN_FILES = (*RUN_MARKERS, "data.json", "numerics.json", "training.png")
@@ -34,22 +36,9 @@ def run_markers(out: Path) -> list[str]:
     return [m for m in RUN_MARKERS if (out / m).exists()]
 
 
-def foreign_entries(out: Path, ours: tuple[str, ...] = RUN_FILES) -> list[str]:
-    """The entries of ``out`` that no training run writes (names not in ``ours``): a user's
-    own files. Our temporary and moved-aside entries (hidden, ``.tmp`` / ``.old``) are a
-    run's, a kill's leftovers."""
-    if not out.is_dir():
-        return []
-    return sorted(
-        p.name
-        for p in out.iterdir()
-        if p.name not in ours and not (p.name.startswith(".") and p.name.endswith((".tmp", ".old")))
-    )
-
-
 def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to train into an existing run unless ``resume`` or ``overwrite``, and into a
-    folder that holds anything else at all (see :func:`foreign_entries`).
+    folder that holds anything else at all (:func:`~picoalign.fileio.foreign_entries`).
 
     Why the second rule: ``--out`` pointed at a data or project folder would mix a run into
     it, and a later ``--overwrite`` of that run (which moves the whole folder aside and then
@@ -59,7 +48,7 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise ValueError("--resume and --overwrite exclude each other: continue or replace")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
-    foreign = foreign_entries(out)
+    foreign = foreign_entries(out, RUN_FILES)
     if foreign and not resume:
         shown = ", ".join(foreign[:5]) + (
             f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
@@ -91,7 +80,7 @@ class Replacement:
     def begin(self) -> None:
         if not run_markers(self.out):
             return
-        foreign = foreign_entries(self.out)
+        foreign = foreign_entries(self.out, RUN_FILES)
         if foreign:  # check_run_folder refused these; a file that appeared since is kept
             raise ValueError(
                 f"--out {self.out}: holds files a training run does not write "
