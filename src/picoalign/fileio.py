@@ -166,6 +166,12 @@ def foreign_entries(folder: Path, ours: tuple[str, ...]) -> list[str]:
     )
 
 
+def name_list(names: list[str], most: int = 5) -> str:
+    """``a, b, c and 4 more``: the first ``most`` names of a refusal message."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
 def remove_stale_temps(folder: Path) -> None:
     """Delete the temporary files a killed writer left in ``folder`` (``.NAME.XXXX.tmp``,
     the pattern of every atomic write here); the files they were replacing are intact."""

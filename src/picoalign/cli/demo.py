@@ -20,7 +20,7 @@ from picoalign.cli.progress import epoch_line
 from picoalign.config import TrainConfig, load_config
 from picoalign.evaluation import embed_features, evaluate, format_table
 from picoalign.features import FeatureSet, dataset_features
-from picoalign.fileio import atomic_write_text, foreign_entries
+from picoalign.fileio import atomic_write_text, foreign_entries, name_list
 from picoalign.model import PicoAligner
 from picoalign.training.derived import split_sizes
 from picoalign.training.loop import train
@@ -78,7 +78,7 @@ def run_demo(
     foreign = foreign_entries(out, DEMO_FILES)
     if foreign:  # a rerun replaces the demo's own outputs, never anything else
         raise ValueError(
-            f"--out {out}: holds files the demo does not write ({', '.join(foreign[:5])}); "
+            f"--out {out}: holds files the demo does not write ({name_list(foreign)}); "
             "give the demo a new or empty folder, or its own earlier one"
         )
     out.mkdir(parents=True, exist_ok=True)

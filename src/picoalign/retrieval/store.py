@@ -212,10 +212,9 @@ def check_index_folder(out: Path, *, overwrite: bool) -> None:
         raise ValueError(f"--out {out}: exists and is not a folder")
     foreign = fileio.foreign_entries(out, INDEX_FILES)
     if foreign:
-        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         raise ValueError(
-            f"--out {out}: holds files a gallery index does not ({', '.join(foreign[:5])}{more});"
-            " write the index to a new or empty folder"
+            f"--out {out}: holds files a gallery index does not ({fileio.name_list(foreign)}); "
+            "write the index to a new or empty folder"
         )
     if holds_index(out) and not overwrite:
         raise ValueError(f"--out {out}: holds a gallery index; pass --overwrite to replace it")

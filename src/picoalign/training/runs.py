@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from picoalign.fileio import foreign_entries
+from picoalign.fileio import foreign_entries, name_list
 
 RUN_MARKERS = ("config.yaml", "last", "best", "metrics.jsonl", "metrics.csv")
 # everything else a run writes (the CLI's plot included); with the markers, the whole of a run
@@ -50,12 +50,9 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise ValueError(f"--out {out}: exists and is not a folder")
     foreign = foreign_entries(out, RUN_FILES)
     if foreign and not resume:
-        shown = ", ".join(foreign[:5]) + (
-            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-        )
         raise ValueError(
-            f"--out {out}: holds files a training run does not write ({shown}); train into a "
-            "new or empty folder"
+            f"--out {out}: holds files a training run does not write ({name_list(foreign)}); "
+            "train into a new or empty folder"
             + (" (--overwrite replaces a run, never other files)" if overwrite else "")
         )
     found = run_markers(out)
@@ -84,7 +81,7 @@ class Replacement:
         if foreign:  # check_run_folder refused these; a file that appeared since is kept
             raise ValueError(
                 f"--out {self.out}: holds files a training run does not write "
-                f"({', '.join(foreign[:5])}): not replaced"
+                f"({name_list(foreign)}): not replaced"
             )
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = self.out.with_name(f".{self.out.name}.replaced-{stamp}-{os.getpid()}")
