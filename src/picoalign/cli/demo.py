@@ -29,7 +29,8 @@ from picoalign.training.schedule import resolve_epochs
 # The demo's recipe; docs/results.md says how it was chosen. Both methods share everything
 # but the method itself.
 DEMO_OVERRIDES: dict[str, Any] = {}  # the default recipe, which is the study's
-QUICK_OVERRIDES: dict[str, Any] = {"epochs": 2, "batch_size": 64}
+# a smoke run that still runs PICO: one warm-up epoch, then one with p estimated
+QUICK_OVERRIDES: dict[str, Any] = {"epochs": 2, "batch_size": 64, "pico_warmup_epochs": 1}
 
 
 # the built-in datasets whose splits are made by concept (picoalign.data.builtin)
