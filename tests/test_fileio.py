@@ -16,6 +16,9 @@ from picoalign.fileio import (
     atomic_write_json,
     atomic_write_safetensors,
     atomic_write_text,
+    check_out_folder,
+    foreign_entries,
+    name_list,
     recover_dir,
     safe_torch_load,
 )
@@ -214,3 +217,25 @@ def test_recover_dir_removes_half_written_temporary_folders(tmp_path: Path) -> N
     (tmp_path / ".lastly.tmp").mkdir()  # not ours: kept
     recover_dir(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lastly.tmp", "last"]
+
+
+def test_check_out_folder_refuses_a_file_and_foreign_entries(tmp_path: Path) -> None:
+    ours = ("model.safetensors", "config.yaml")
+    check_out_folder(tmp_path / "new", ours, "a model does not write", "use another")  # new: ok
+    (tmp_path / "model.safetensors").write_text("x")
+    (tmp_path / ".model.safetensors.ab12.tmp").write_text("x")  # a killed write's leftover
+    check_out_folder(tmp_path, ours, "a model does not write", "use another")  # ours only: ok
+    for name in "fedcba":
+        (tmp_path / f"{name}.png").write_text("x")
+    with pytest.raises(
+        ValueError,
+        match=r"holds files a model does not write \(a.png, b.png, "
+        r"c.png, d.png, e.png and 1 more\); use another",
+    ):
+        check_out_folder(tmp_path, ours, "a model does not write", "use another")
+    check_out_folder(tmp_path, ours, "x", "y", foreign_ok=True)  # a writer deleting nothing
+    assert foreign_entries(tmp_path, ours) == [f"{n}.png" for n in "abcdef"]
+    assert name_list(["a", "b"]) == "a, b"
+    afile = tmp_path / "a.png"
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        check_out_folder(afile, ours, "x", "y", foreign_ok=True)

@@ -166,6 +166,24 @@ def foreign_entries(folder: Path, ours: tuple[str, ...]) -> list[str]:
     )
 
 
+def check_out_folder(
+    out: Path, ours: tuple[str, ...], holder: str, advice: str, *, foreign_ok: bool = False
+) -> None:
+    """Refuse an ``--out`` that is a file, or a folder holding entries not in ``ours``.
+
+    Every writer of a whole folder (a training run, a gallery index, the demo) replaces or
+    fills it as a unit, so a user's own file in it would be mixed in or deleted; the message
+    names the first such files. ``holder`` completes "holds files …" (``"the demo does not
+    write"``), ``advice`` says what to do instead; ``foreign_ok`` skips the second rule for a
+    writer that deletes nothing (``train --resume``).
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    foreign = [] if foreign_ok else foreign_entries(out, ours)
+    if foreign:
+        raise ValueError(f"--out {out}: holds files {holder} ({name_list(foreign)}); {advice}")
+
+
 def name_list(names: list[str], most: int = 5) -> str:
     """``a, b, c and 4 more``: the first ``most`` names of a refusal message."""
     more = f" and {len(names) - most} more" if len(names) > most else ""

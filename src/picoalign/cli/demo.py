@@ -20,7 +20,7 @@ from picoalign.cli.progress import epoch_line
 from picoalign.config import TrainConfig, load_config
 from picoalign.evaluation import embed_features, evaluate, format_table
 from picoalign.features import FeatureSet, dataset_features
-from picoalign.fileio import atomic_write_text, foreign_entries, name_list
+from picoalign.fileio import atomic_write_text, check_out_folder
 from picoalign.model import PicoAligner
 from picoalign.training.derived import split_sizes
 from picoalign.training.loop import train
@@ -74,14 +74,13 @@ def run_demo(
     features: FeatureSet | None = None,
 ) -> int:
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
-    foreign = foreign_entries(out, DEMO_FILES)
-    if foreign:  # a rerun replaces the demo's own outputs, never anything else
-        raise ValueError(
-            f"--out {out}: holds files the demo does not write ({name_list(foreign)}); "
-            "give the demo a new or empty folder, or its own earlier one"
-        )
+    # a rerun replaces the demo's own outputs, never anything else
+    check_out_folder(
+        out,
+        DEMO_FILES,
+        "the demo does not write",
+        "give the demo a new or empty folder, or its own earlier one",
+    )
     out.mkdir(parents=True, exist_ok=True)
     base_cfg = demo_config("baseline", data, out, seed, epochs, quick, progress)
     print(

@@ -208,14 +208,9 @@ INDEX_FILES = ("tokens.safetensors", "faiss.index", "manifest.json")
 def check_index_folder(out: Path, *, overwrite: bool) -> None:
     """Refuse ``out`` unless it is new, empty, or (with ``overwrite``) an index: replacing
     an index swaps the whole folder, so a folder holding anything else is never taken."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
-    foreign = fileio.foreign_entries(out, INDEX_FILES)
-    if foreign:
-        raise ValueError(
-            f"--out {out}: holds files a gallery index does not ({fileio.name_list(foreign)}); "
-            "write the index to a new or empty folder"
-        )
+    fileio.check_out_folder(
+        out, INDEX_FILES, "a gallery index does not", "write the index to a new or empty folder"
+    )
     if holds_index(out) and not overwrite:
         raise ValueError(f"--out {out}: holds a gallery index; pass --overwrite to replace it")
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from picoalign.fileio import foreign_entries, name_list
+from picoalign.fileio import check_out_folder, foreign_entries, name_list
 
 RUN_MARKERS = ("config.yaml", "last", "best", "metrics.jsonl", "metrics.csv")
 # everything else a run writes (the CLI's plot included); with the markers, the whole of a run
@@ -46,15 +46,14 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue or replace")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
-    foreign = foreign_entries(out, RUN_FILES)
-    if foreign and not resume:
-        raise ValueError(
-            f"--out {out}: holds files a training run does not write ({name_list(foreign)}); "
-            "train into a new or empty folder"
-            + (" (--overwrite replaces a run, never other files)" if overwrite else "")
-        )
+    check_out_folder(
+        out,
+        RUN_FILES,
+        "a training run does not write",
+        "train into a new or empty folder"
+        + (" (--overwrite replaces a run, never other files)" if overwrite else ""),
+        foreign_ok=resume,
+    )
     found = run_markers(out)
     if found and not (resume or overwrite):
         raise RunExistsError(
