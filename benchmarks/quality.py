@@ -47,7 +47,7 @@ from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_write_text
 from picoalign.model import PicoAligner
 from picoalign.training.derived import split_sizes
-from picoalign.training.devices import STRICT_MATH_ENV, numerics, strict_math
+from picoalign.training.devices import STRICT_MATH_ENV, mkl_branch, numerics, strict_math
 from picoalign.training.distributed import state_digest
 from picoalign.training.loop import train
 from picoalign.training.schedule import resolve_epochs
@@ -154,7 +154,7 @@ def planned_epochs(base: dict[str, Any], fs: FeatureSet) -> int:
 def numerics_of_row() -> dict[str, Any]:
     """The math a row was computed with (``training.devices.numerics``, CPU)."""
     info = numerics(torch.device("cpu"))
-    return {k: info[k] for k in ("math", "cpu_capability", "threads")}
+    return {k: info[k] for k in ("math", "mkl", "cpu_capability", "threads")}
 
 
 def _first_of_each_split(fs: FeatureSet, n: int) -> list[int]:
@@ -299,6 +299,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         print("quality.py: restarting with MKL_CBWR=AVX2,STRICT (--math avx2-strict)", flush=True)
         os.execve(sys.executable, sys.orig_argv, {**os.environ, **STRICT_MATH_ENV})
+    if not args.report_only and strict_math() and not mkl_branch().startswith("avx2"):
+        print(
+            f"quality.py: MKL runs its {mkl_branch()} path here, not AVX2 (it honours "
+            "MKL_CBWR=AVX2 on Intel CPUs only): runs give the same bits at any thread count on "
+            "this machine, not the bits of rows computed on an Intel CPU (docs/results.md, "
+            '"Rounding")',
+            flush=True,
+        )
     args.results.parent.mkdir(parents=True, exist_ok=True)
     done = {}
     if args.results.exists() and (args.resume or args.report_only):
@@ -325,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         budget = {ts: planned_epochs(base, feats[ts]) for ts in args.train_sets}
 
         def run_all(todo: list[tuple]) -> None:
-            why = check_math(list(done.values()), args.math, args.results)
+            why = check_math(list(done.values()), args.math, args.results, mkl_branch())
             if why:  # nor math modes
                 ap.error(why)
             for ts in {p[3] for p in todo}:  # a resumed study must not mix budgets

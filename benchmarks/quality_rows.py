@@ -206,10 +206,18 @@ def report(
     lines = headline("the best PICO", lambda sub, ts: best_pico(sub, ts, tune))
     lines += headline(f"the default PICO ({DEFAULT_PICO})", lambda sub, ts: DEFAULT_PICO)
     maths = sorted(
-        {(row_math(r), r.get("cpu_capability", "?"), str(r.get("threads", "?"))) for r in rows}
+        {
+            (
+                row_math(r),
+                r.get("mkl", "?"),
+                r.get("cpu_capability", "?"),
+                str(r.get("threads", "?")),
+            )
+            for r in rows
+        }
     )
     lines.append(
-        "Numerics (math mode, CPU capability, threads): "
+        "Numerics (math mode, MKL path, CPU capability, threads): "
         + "; ".join(", ".join(m) for m in maths)
         + " (rows from before rows recorded them: native, ?).\n"
     )
@@ -277,13 +285,28 @@ def row_math(row: dict[str, Any]) -> str:
     return row.get("math", "native")
 
 
-def check_math(rows: list[dict[str, Any]], math_mode: str, where: str) -> str | None:
+def check_math(
+    rows: list[dict[str, Any]], math_mode: str, where: str, mkl: str | None = None
+) -> str | None:
     """Why ``rows`` cannot be continued by runs under ``math_mode`` (None: they can): a
-    study whose rows round differently cannot be re-run bit for bit."""
+    study whose rows round differently cannot be re-run bit for bit.
+
+    ``mkl`` is the code path MKL runs here (``core.hardware.mkl_branch``): the same
+    ``--math avx2-strict`` is MKL's AVX2 path on an Intel CPU and its ``auto`` path on an AMD
+    one, which round differently, so rows that record another path are refused too (rows
+    from before rows recorded it are not checked)."""
     other = sorted({row_math(r) for r in rows} - {math_mode})
-    if not other:
-        return None
-    return (
-        f"{where} holds runs computed with --math {', '.join(other)}, this run uses "
-        f"--math {math_mode}: give --math to match it, or its own --results"
-    )
+    if other:
+        return (
+            f"{where} holds runs computed with --math {', '.join(other)}, this run uses "
+            f"--math {math_mode}: give --math to match it, or its own --results"
+        )
+    paths = sorted({r["mkl"] for r in rows if "mkl" in r} - {mkl}) if mkl else []
+    if paths:
+        return (
+            f"{where} holds runs whose MKL ran its {', '.join(paths)} path; on this machine "
+            f"--math {math_mode} runs {mkl} (MKL_CBWR=AVX2 is honoured on Intel CPUs only), "
+            "so its runs would round differently: continue the study on a machine like the "
+            "first, or give this one its own --results"
+        )
+    return None

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(
-                f"{row['math']:12s} {threads} thread(s): val {row['val_rsum']:.2f} test "
+                f"{row['math']:12s} (MKL {row['mkl']}) {threads} thread(s): val "
+                f"{row['val_rsum']:.2f} test "
                 f"{row['test_rsum']:.2f} weights {row['weights_sha256']} features "
                 f"{row['features_sha256']} ({row['features_math']} cache, {row['seconds']:.0f}s)",
                 flush=True,

@@ -275,6 +275,10 @@ def test_rows_of_another_math_are_never_resumed(decide) -> None:
     assert decide.check_math([strict], "avx2-strict", "r.jsonl") is None
     why = decide.check_math([legacy, strict], "avx2-strict", "r.jsonl")
     assert why.startswith("r.jsonl holds runs computed with --math native")
+    intel = strict | {"mkl": "avx2,strict"}  # the same --math on an Intel and an AMD CPU
+    assert decide.check_math([strict, intel], "avx2-strict", "r.jsonl", "avx2,strict") is None
+    why = decide.check_math([strict, intel], "avx2-strict", "r.jsonl", "auto,strict")
+    assert "MKL ran its avx2,strict path" in why and "runs auto,strict" in why
 
 
 def test_strict_math_is_not_faked_when_called_as_a_function(

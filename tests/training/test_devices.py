@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from picoalign.training.devices import STRICT_MATH_ENV, numerics, strict_math
+from picoalign.training.devices import STRICT_MATH_ENV, mkl_branch, numerics, strict_math
 
 # a GEMM big enough that MKL splits it over threads; the hash of its bits
 GEMM = """
@@ -38,6 +39,7 @@ def test_numerics_names_the_math_a_cpu_run_used(monkeypatch) -> None:
     info = numerics(torch.device("cpu"))
     assert info["math"] == "avx2-strict" and info["threads"] == torch.get_num_threads()
     assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["mkl"] == mkl_branch()
     monkeypatch.delenv("MKL_CBWR")
     assert numerics(torch.device("cpu"))["math"] == "native"
     assert "math" not in numerics(torch.device("meta"))  # CPU knobs only for CPU runs
@@ -54,3 +56,32 @@ def test_strict_math_gives_the_same_bits_at_one_and_two_threads() -> None:
         for n in (1, 2)
     }  # fmt: skip
     assert len(hashes) == 1
+
+
+def _cpu_vendor() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "?"
+    return next((ln.split(":")[1].strip() for ln in text.splitlines() if "vendor_id" in ln), "?")
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch built without MKL")
+def test_mkl_branch_says_which_path_mkl_really_runs() -> None:
+    """MKL honours MKL_CBWR=AVX2 on Intel CPUs only; elsewhere it runs ``auto`` (its docs;
+    measured on an AMD EPYC): the record must say what ran, not what was asked."""
+    vendor = _cpu_vendor()
+    if vendor not in ("GenuineIntel", "AuthenticAMD"):
+        pytest.skip(f"CPU vendor {vendor}: no expectation")
+    code = "from picoalign.core.hardware import mkl_branch; print(mkl_branch())"
+
+    def branch(env: dict[str, str]) -> str:
+        base = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+        done = subprocess.run([sys.executable, "-c", code], env={**base, **env},
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        return done.stdout.strip()
+
+    assert branch({}) == "off"
+    expected = "avx2,strict" if vendor == "GenuineIntel" else "auto,strict"
+    assert branch(STRICT_MATH_ENV) == expected
+    assert branch({"MKL_CBWR": "COMPATIBLE"}) == "compatible"  # honoured on every vendor

@@ -10,7 +10,12 @@ from typing import Any
 import torch
 
 # the math-mode switch lives in core (the feature cache records it too); re-exported here
-from picoalign.core.hardware import STRICT_MATH_ENV, native_low_precision, strict_math  # noqa: F401
+from picoalign.core.hardware import (  # noqa: F401
+    STRICT_MATH_ENV,
+    mkl_branch,
+    native_low_precision,
+    strict_math,
+)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -83,6 +88,7 @@ def numerics(device: torch.device) -> dict[str, Any]:
     if device.type == "cpu":
         info.update(
             math="avx2-strict" if strict_math() else "native",
+            mkl=mkl_branch(),  # what MKL runs: "auto,strict" where it refuses AVX2 (AMD)
             cpu_capability=torch.backends.cpu.get_cpu_capability(),
             threads=torch.get_num_threads(),
         )
