@@ -142,8 +142,17 @@ def test_the_checkpoint_and_the_index_may_be_given_without_their_flag(
     assert rc == 0, err
     rc, out, err = run_cli("search", str(index), "--text", "a red circle", "--json")
     assert rc == 0 and json.loads(out)[0]["hits"], err
+    # queries after INDEX are read by the index's kind: texts for an image index
+    for argv in ([str(index)], ["--index", str(index)]):
+        rc, bare, err = run_cli("search", *argv, "a red circle", "--json")
+        assert rc == 0, err
+        assert json.loads(bare) == json.loads(out)
+    rc, _, err = run_cli("search", str(index))
+    assert rc != 0 and "no query: picoalign search INDEX QUERY" in err
+    rc, _, err = run_cli("search", str(index), "a", "--text", "b")
+    assert rc != 0 and "after INDEX or with --text / --image, not both" in err
     for argv, why in (
-        (["evaluate", run, "--checkpoint", str(tmp_path)], "two checkpoints given"),
+        (["evaluate", run, "--checkpoint", str(tmp_path)], "CHECKPOINT given twice"),
         (["evaluate"], "a checkpoint is required: CHECKPOINT or --checkpoint"),
         (["search", "--text", "x"], "an index is required: INDEX or --index"),
     ):

@@ -85,7 +85,7 @@ def resolve_folder_args(args: argparse.Namespace) -> None:
     for name, p in getattr(args, "_folder_args", None) or []:
         pos, flag = getattr(args, f"{name}_pos"), getattr(args, name)
         if pos is not None and flag is not None and pos != flag:
-            p.error(f"two {name}s given: {pos} and --{name} {flag}; give one")
+            p.error(f"{name.upper()} given twice: {pos} and --{name} {flag}; give one")
         value = flag if flag is not None else pos
         if value is None:
             article = "an" if name[0] in "aeiou" else "a"

@@ -78,7 +78,14 @@ def add_parsers(sub: Any) -> None:
         "model's own scoring rule (its --scorer and --method) re-ranks them.",
     )
     add_folder_arg(s, "index", "index folder written by `picoalign index`")
-    q = s.add_mutually_exclusive_group(required=True)
+    s.add_argument(
+        "queries",
+        nargs="*",
+        metavar="QUERY",
+        help="queries after INDEX, read by the index's kind: texts for an image index, image "
+        "files for a caption index (--text / --image say it explicitly)",
+    )
+    q = s.add_mutually_exclusive_group()
     q.add_argument("--text", action="append", help="a text query (repeat for several)")
     q.add_argument("--image", action="append", help="an image query (caption index; repeatable)")
     s.add_argument(
@@ -144,11 +151,24 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if args.index is not None and args.index_pos is not None:  # --index I QUERY: a query
+        args.queries, args.index_pos = [args.index_pos, *args.queries], None
     resolve_folder_args(args)
     from picoalign.retrieval.index import GalleryIndex, contact_sheet
     from picoalign.retrieval.sheet import check_sheet_path
 
+    if args.queries and (args.text or args.image):
+        raise ValueError("give the queries after INDEX or with --text / --image, not both")
+    if not (args.queries or args.text or args.image):
+        raise ValueError(
+            "no query: picoalign search INDEX QUERY... (texts for an image index, image files "
+            "for a caption index), or --text / --image"
+        )
     index = GalleryIndex.load(args.index, checkpoint=args.checkpoint)
+    if args.queries:  # an image index is searched by text, a caption index by image
+        args.text, args.image = (
+            (args.queries, None) if index.kind == "images" else (None, args.queries)
+        )
     if args.sheet and index.kind != "images":
         raise ValueError("--sheet draws retrieved images: it needs an image index")
     if args.sheet:
