@@ -341,3 +341,14 @@ def test_chunks_stored_in_another_math_mode_are_recomputed(toy_dataset, tmp_path
     fs = _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
     assert calls["n"] == 3  # all three chunks again, none of the native ones reused
     assert fs.meta["image_math"] == "avx2-strict"
+
+
+def test_a_cache_hit_draws_no_progress_bar(toy_dataset, tmp_path, capsys):
+    """A bar is drawn for what is encoded; a hit used to leave a stuck ``0/N`` bar behind."""
+    img, txt = RandomConvEncoder(), HashTextEncoder()
+    encode_dataset(toy_dataset, img, txt, cache_dir=tmp_path, batch_size=3, progress=True)
+    first = capsys.readouterr().err
+    assert "images [" in first and "texts [" in first  # encoded: both bars shown
+    encode_dataset(toy_dataset, img, txt, cache_dir=tmp_path, batch_size=3, progress=True)
+    second = capsys.readouterr().err
+    assert "images [" not in second and "texts [" not in second

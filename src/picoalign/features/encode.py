@@ -196,9 +196,13 @@ def cached_features(
     if kind == "images" and dataset.features is None:
         expect["decoding"] = DECODING  # how images were decoded (downscaling) is part of them
     unit = "img" if kind == "images" else "cap"
-    bar = tqdm(total=len(content), desc=f"{kind} [{encoder.name}]", unit=unit, disable=not progress)
+
+    def new_bar() -> tqdm:  # made only when something is encoded: a cache hit draws no 0/N bar
+        return tqdm(total=len(content), desc=f"{kind} [{encoder.name}]", unit=unit,
+                    disable=not progress)  # fmt: skip
+
     if cache_dir is None or not getattr(encoder, "cacheable", True):
-        with bar:
+        with new_bar() as bar:
             return compute(0, len(content), bar), None, math_mode()
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.name)[:40]
     enc_id = digest(encoder.cache_config)
@@ -209,7 +213,6 @@ def cached_features(
             stale = [k for k, v in expect.items() if meta.get(k) != v]
             if not stale:
                 log.info("feature cache hit: %s", path)
-                bar.close()
                 feats = TokenFeatures(tensors["tokens"], tensors["mask"])
                 return feats, str(path), str(meta.get("math", "unknown"))
             log.warning("rebuilding feature cache %s: %s changed", path.name, ", ".join(stale))
@@ -218,7 +221,7 @@ def cached_features(
     parts_dir = path.with_name(path.name.removesuffix(".safetensors") + ".parts")
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
     mode = math_mode()  # a chunk stored in another mode is recomputed: one file, one mode
-    with bar, _tidy(parts_dir):
+    with new_bar() as bar, _tidy(parts_dir):
         for start in range(0, len(content), chunk):
             end = min(len(content), start + chunk)
             part = parts_dir / f"{start:09d}-{end:09d}.safetensors"
