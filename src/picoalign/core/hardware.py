@@ -73,14 +73,14 @@ def mkl_branch() -> str:
     machine at any thread count, but not the bits an Intel CPU gives (measured:
     docs/results.md, "Rounding"). A row records this, so rows from the two are told apart.
     """
+    if not torch.backends.mkl.is_available():
+        return "unknown"
     lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     try:
         get = ctypes.CDLL(str(lib)).mkl_serv_cbwr_get
     except (OSError, AttributeError):  # no such library (macOS, Windows) or no MKL in it
         return "unknown"
     get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
-    if not torch.backends.mkl.is_available():
-        return "unknown"
     branch, flags = get(1), get(-1)  # MKL_CBWR_BRANCH, MKL_CBWR_ALL
     name = _MKL_BRANCHES.get(branch, f"branch-{branch}")
     return name + (",strict" if flags & _MKL_CBWR_STRICT else "")

@@ -12,6 +12,7 @@ import torch
 # the math-mode switch lives in core (the feature cache records it too); re-exported here
 from picoalign.core.hardware import (  # noqa: F401
     STRICT_MATH_ENV,
+    math_mode,
     mkl_branch,
     native_low_precision,
     strict_math,
@@ -87,7 +88,7 @@ def numerics(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {"device": device.type, "torch": torch.__version__}
     if device.type == "cpu":
         info.update(
-            math="avx2-strict" if strict_math() else "native",
+            math=math_mode(),
             mkl=mkl_branch(),  # what MKL runs: "auto,strict" where it refuses AVX2 (AMD)
             cpu_capability=torch.backends.cpu.get_cpu_capability(),
             threads=torch.get_num_threads(),

@@ -117,9 +117,8 @@ def setup_run(
         )
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
     model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
-    if model.config.method == "pico" and model.config.pico.warmup_steps >= cfg.epochs * (
-        steps_per_epoch
-    ):
+    total_steps = cfg.epochs * steps_per_epoch
+    if model.config.method == "pico" and model.config.pico.warmup_steps >= total_steps:
         notes.append(
             f"warning: PICO's warm-up ({model.config.pico.warmup_steps} steps: "
             f"pico_warmup_epochs={cfg.pico_warmup_epochs}) covers all {cfg.epochs} epochs, so "
