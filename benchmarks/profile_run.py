@@ -10,6 +10,7 @@ study's figures; without it, native math.
     MKL_CBWR=AVX2,STRICT python benchmarks/profile_run.py            # scenes, fine-grained
     python benchmarks/profile_run.py --family global --data twemoji
     python benchmarks/profile_run.py --rows benchmarks/results/quality-core.jsonl   # study's time
+    python benchmarks/profile_run.py --compare trim_padding sparse_backward  # speed options
 """
 
 from __future__ import annotations
@@ -64,22 +65,33 @@ def time_shares(path: Path) -> int:
     return 0
 
 
-def compare_trim(args: argparse.Namespace, overrides: dict, rules: list[str], feats: dict) -> int:
-    """The same run without and with ``trim_padding``: seconds of training, their ratio, and
-    validation / test rSum (equal up to rounding if trimming keeps the training the same)."""
-    rows = {}
-    for trim in (False, True):
-        rows[trim] = row = quality.one_run(
-            args.family, overrides, args.margin, args.data, args.seed, rules, feats,
-            {"trim_padding": trim}, None,
-        )  # fmt: skip
+SPEED_OPTIONS = ("trim_padding", "sparse_backward")
+"""The TrainConfig speed options ``--compare`` can time: same training up to rounding."""
+
+
+def compare_options(
+    args: argparse.Namespace, overrides: dict, rules: list[str], feats: dict, options: list[str]
+) -> int:
+    """The same run with every option off, each one on, and (for several) all on, side by
+    side in this process: seconds of training, the ratio to the all-off run, and validation /
+    test rSum (equal up to rounding if the options keep the training the same)."""
+    settings = (
+        [{}] + [{o: True} for o in options] + ([dict.fromkeys(options, True)] * (len(options) > 1))
+    )
+    base = None
+    for on in settings:
+        chosen = {o: o in on for o in options}
+        row = quality.one_run(
+            args.family, overrides, args.margin, args.data, args.seed, rules, feats, chosen, None
+        )
+        base = base or row["seconds"]
         test = row["tests"][args.data][rules[0]]["rsum"]
+        label = " + ".join(on) or "all off"
         print(
-            f"trim_padding {str(trim).lower():5s}: {row['seconds']:.1f} s, val rSum "
-            f"{row['val_rsum']:.2f}, test rSum {test:.2f} ({row['math']} math)",
+            f"{label:30s}: {row['seconds']:6.1f} s ({row['seconds'] / base:.2f}x), val rSum "
+            f"{row['val_rsum']:.2f}, test rSum {test:.2f} ({row['math']} math, MKL {row['mkl']})",
             flush=True,
         )
-    print(f"trimmed / padded time: {rows[True]['seconds'] / rows[False]['seconds']:.2f}")
     return 0
 
 
@@ -92,10 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--margin", type=float, default=1.2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--compare",
+        nargs="+",
+        choices=SPEED_OPTIONS,
+        default=None,
+        metavar="OPTION",
+        help="instead of profiling: time the run with these TrainConfig options off, each on, "
+        "and all on, side by side in this process, with their time ratios and rSum "
+        f"({', '.join(SPEED_OPTIONS)})",
+    )
+    ap.add_argument(
         "--trim-padding",
         action="store_true",
-        help="instead of profiling: time the run with TrainConfig.trim_padding off and on, "
-        "side by side in this process, and print both, their ratio and their rSum",
+        help="the same as --compare trim_padding",
     )
     ap.add_argument(
         "--rows",
@@ -110,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         s: dataset_features(s, progress=False) for s in {args.data, *quality.TRAIN_SETS[args.data]}
     }
     overrides, _, rules = quality.FAMILIES[args.family]
-    if args.trim_padding:
-        return compare_trim(args, overrides, rules, feats)
+    if args.trim_padding or args.compare:
+        options = list(
+            dict.fromkeys([*(args.compare or []), *(["trim_padding"] * args.trim_padding)])
+        )
+        return compare_options(args, overrides, rules, feats, options)
     prof = cProfile.Profile()
     prof.enable()
     row = quality.one_run(

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from picoalign.core.losses import triplet_loss
+from picoalign.core.maxmean import sparse_backward
 from picoalign.core.pico import PICOConfig
 from picoalign.model import ModelConfig, PicoAligner
 from picoalign.training.allocator import (
@@ -30,9 +31,18 @@ from picoalign.training.allocator import (
 
 
 def make_step(
-    method: str, pico_kw: dict, b: int, n_v: int, n_t: int, c_img: int, c_txt: int, d: int
+    method: str,
+    pico_kw: dict,
+    b: int,
+    n_v: int,
+    n_t: int,
+    c_img: int,
+    c_txt: int,
+    d: int,
+    sparse: bool = False,
 ) -> tuple[Callable[[], None], Callable[[], float]]:
-    """A training step closure and a closure timing only PICO's update for the same batch."""
+    """A training step closure and a closure timing only PICO's update for the same batch.
+    ``sparse``: the max-mean's sparse backward (``TrainConfig.sparse_backward``)."""
     torch.manual_seed(0)
     model = PicoAligner(
         ModelConfig(
@@ -56,7 +66,9 @@ def make_step(
     def step() -> None:
         img, im = model.embed_images(img_t, img_m)
         txt, tm = model.embed_texts(txt_t, txt_m)
-        loss = triplet_loss(model.training_scores(img, im, txt, tm, ids), ids, margin=0.8)
+        with sparse_backward(sparse):
+            scores = model.training_scores(img, im, txt, tm, ids)
+        loss = triplet_loss(scores, ids, margin=0.8)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -135,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "pico (reading B training rule)": make_step(
             "pico", {**warm, "reading": "pair", "feedback_size": 32}, **shape
+        ),
+        "baseline, sparse backward": make_step("baseline", {}, **shape, sparse=True),
+        "pico (reading B training rule), sparse backward": make_step(
+            "pico", {**warm, "reading": "pair", "feedback_size": 32}, **shape, sparse=True
         ),
     }
     times: dict[str, list[float]] = {}

@@ -101,3 +101,42 @@ def test_time_shares_groups_a_studys_rows_by_set_and_family(tmp_path, capsys) ->
     assert lines[0].startswith("3 runs, 1.7 min")
     assert lines[1].split()[:2] == ["b", "g"] and lines[1].endswith("60.0 %")  # largest first
     assert "2 runs,   20.0 s a run (10.0-30.0),  40.0 %" in lines[2]
+
+
+def test_compare_options_runs_all_off_each_on_and_all_on(monkeypatch, capsys) -> None:
+    """``profile_run --compare A B``: the all-off run, each option alone, then both, every run
+    passing each option explicitly (so a TrainConfig default cannot leak in), ratios against
+    the all-off run."""
+    import argparse
+
+    profile_run = load("profile_run")
+    seen: list[dict] = []
+
+    def fake_run(family, overrides, margin, data, seed, rules, feats, base, plots):
+        seen.append(dict(base))
+        return {
+            "seconds": 10.0 - 2 * sum(base.values()),
+            "val_rsum": 1.0,
+            "tests": {data: {rules[0]: {"rsum": 2.0}}},
+            "math": "native",
+            "mkl": "off",
+        }
+
+    monkeypatch.setattr(profile_run.quality, "one_run", fake_run)
+    args = argparse.Namespace(family="fine_grained", margin=1.2, data="twemoji", seed=0)
+    options = ["trim_padding", "sparse_backward"]
+    assert profile_run.compare_options(args, {}, ["plain"], {}, options) == 0
+    assert seen == [
+        {"trim_padding": False, "sparse_backward": False},
+        {"trim_padding": True, "sparse_backward": False},
+        {"trim_padding": False, "sparse_backward": True},
+        {"trim_padding": True, "sparse_backward": True},
+    ]
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].strip() for line in out] == [
+        "all off",
+        "trim_padding",
+        "sparse_backward",
+        "trim_padding + sparse_backward",
+    ]
+    assert "(0.60x)" in out[-1]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from picoalign.core.maxmean import maxmean
+import picoalign.core.maxmean as mm
+from picoalign.core.maxmean import SPARSE_DENSITY, maxmean, sparse_backward
 from picoalign.core.similarity import fill_padding, fine_grained_scores
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -24,9 +25,9 @@ def _amax_reference(img, img_w, txt, txt_w):
     return i2t + (sims.amax(dim=1) * txt_w).sum(-2)
 
 
-def _block(shared: bool, seed: int = 0, dtype=torch.float64):
+def _block(shared: bool, seed: int = 0, dtype=torch.float64, g: int = 3, m: int = 6):
     gen = torch.Generator().manual_seed(seed)
-    g, n_v, n_t, m, d = 3, 5, 4, 6, 8
+    n_v, n_t, d = 5, 4, 8
     img = torch.randn(g, n_v, d, generator=gen, dtype=dtype)
     shape = (n_t * m, d) if shared else (g, n_t * m, d)
     txt = torch.randn(*shape, generator=gen, dtype=dtype)
@@ -58,6 +59,81 @@ def test_gradcheck(shared):
         return maxmean(a, img_w, t, txt_w)[0]
 
     assert torch.autograd.gradcheck(scores, (img.requires_grad_(), txt.requires_grad_()))
+
+
+def _sparse_weights(scores: torch.Tensor, nonzero: int, seed: int = 0) -> torch.Tensor:
+    """Loss weights on the scores with exactly ``nonzero`` non-zero entries (as a
+    hardest-negative triplet loss gives: a few scores of the block)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.zeros(scores.numel(), dtype=scores.dtype)
+    w[torch.randperm(scores.numel(), generator=gen)[:nonzero]] = torch.linspace(
+        -2, 1.5, nonzero, dtype=scores.dtype
+    )
+    return w.view_as(scores)
+
+
+@pytest.fixture
+def sparse_calls(monkeypatch):
+    """How many backward passes took the sparse path."""
+    calls = []
+    real = mm._sparse_grads
+    monkeypatch.setattr(mm, "_sparse_grads", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def _grads(shared: bool, nonzero: int, sparse: bool, dtype=torch.float64, **block):
+    img, img_w, txt, txt_w = _block(shared, dtype=dtype, **block)
+    a, t = img.requires_grad_(True), txt.requires_grad_(True)
+    with sparse_backward(sparse):
+        s, _, _ = maxmean(a, img_w, t, txt_w)
+    (s * _sparse_weights(s.detach(), nonzero)).sum().backward()  # backward outside the block
+    return a.grad, t.grad
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("nonzero", [0, 1])
+def test_sparse_backward_equals_dense(shared, nonzero, sparse_calls):
+    """At most one score in SPARSE_DENSITY with a gradient: the sparse path, same gradient."""
+    assert nonzero * SPARSE_DENSITY <= 3 * 6  # the 3 x 6 block
+    dense = _grads(shared, nonzero, False)
+    assert not sparse_calls
+    sparse = _grads(shared, nonzero, True)
+    assert len(sparse_calls) == 1
+    for x, y in zip(dense, sparse, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_sparse_backward_on_a_training_sized_block(shared, sparse_calls):
+    """A B = 64 block at hardest-negative density (3 of 64 per row): same gradient in fp32
+    to rounding, and exactly the tokens the dense gradient reaches."""
+    g = 64
+    dense = _grads(shared, 3 * g, False, dtype=torch.float32, g=g, m=g)
+    sparse = _grads(shared, 3 * g, True, dtype=torch.float32, g=g, m=g)
+    assert len(sparse_calls) == 1
+    for x, y in zip(dense, sparse, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+        assert torch.equal(x != 0, y != 0)
+
+
+def test_sparse_backward_keeps_the_dense_path_above_the_density(sparse_calls):
+    """Most scores with a gradient (a warm-up epoch's all-negatives loss): the GEMMs, bit for
+    bit, even inside ``sparse_backward``."""
+    dense = _grads(True, 18, False, dtype=torch.float32)
+    inside = _grads(True, 18, True, dtype=torch.float32)
+    assert not sparse_calls
+    for x, y in zip(dense, inside, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_sparse_backward_is_off_by_default_and_scoped():
+    img, img_w, txt, txt_w = _block(True)
+    a = img.requires_grad_(True)
+    with sparse_backward():
+        inner = maxmean(a, img_w, txt, txt_w)[0]
+    outer = maxmean(a, img_w, txt, txt_w)[0]
+    assert inner.grad_fn._forward_cls.__name__ == "MaxMean"
+    assert inner.grad_fn.sparse and not outer.grad_fn.sparse
 
 
 @pytest.mark.parametrize("shared", [True, False])

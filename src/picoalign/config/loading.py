@@ -2,7 +2,8 @@
 checkpoint so a run can always be reproduced from its own folder.
 
 Precedence: defaults < ``--config FILE`` < command-line flags. Nested sections ``model`` and
-``pico`` map to :class:`~picoalign.model.ModelConfig` and :class:`~picoalign.core.pico.PICOConfig`;
+``pico`` map to :class:`~picoalign.config.model.ModelConfig` and
+:class:`~picoalign.core.pico.PICOConfig`;
 an unknown key is an error naming the file and the key (a typo must not silently do nothing),
 and every value is validated against its field's type (:mod:`picoalign.config.typed`).
 """
@@ -18,8 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from picoalign.config.model import ModelConfig
 from picoalign.core.pico import PICOConfig
-from picoalign.model import ModelConfig
 
 
 @dataclass
@@ -71,6 +72,11 @@ class TrainConfig:
     # short against the padded width (docs/performance.md), but other rounding, so off by
     # default and in the study until it is re-run with it
     trim_padding: bool = False
+    # fine-grained scorers: a backward through only the scores the loss gives a gradient
+    # (about 3 in B under the hardest-negative triplet), by gathers instead of two dense GEMMs
+    # (docs/performance.md). The same gradient in exact arithmetic, other rounding: off by
+    # default and in the study until it is re-run with it
+    sparse_backward: bool = False
     cache_dir: str | None = None
     skip_bad: bool = False
     # refuse images with more pixels than this (None: Pillow's own bomb limit, 2x

@@ -91,7 +91,7 @@ def _message(err: Any, data: dict[str, Any], where: str, origins: Mapping[str, s
 def check_derived(data: dict[str, Any], where: str, origins: Mapping[str, str]) -> None:
     """Refuse options a run derives (they used to be silently overwritten). A value equal to
     what would be used anyway (the default, as older config.yaml files store) is accepted."""
-    from picoalign.model import ModelConfig
+    from picoalign.config.model import ModelConfig
 
     model = data.get("model") or {}
     if not isinstance(model, dict):

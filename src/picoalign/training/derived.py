@@ -11,9 +11,9 @@ from collections import Counter
 from dataclasses import replace
 
 from picoalign.config import TrainConfig
+from picoalign.config.model import ModelConfig
 from picoalign.data.base import SPLITS
 from picoalign.features import FeatureSet
-from picoalign.model import ModelConfig
 
 
 def model_config_for(cfg: TrainConfig, fs: FeatureSet, steps_per_epoch: int) -> ModelConfig:

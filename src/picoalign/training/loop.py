@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from picoalign.config import TrainConfig
 from picoalign.config.paths import with_absolute_paths
+from picoalign.core.maxmean import sparse_backward
 from picoalign.core.similarity import check_tokens
 from picoalign.evaluation import evaluate
 from picoalign.features import FeatureSet
@@ -163,11 +164,13 @@ def _train_step(run: Run, batches: list[Tensor], step: int, epoch: int) -> Tenso
     g_img, g_img_m, g_txt, g_txt_m, g_ids = (
         ctx.gather(x, sizes, keep_grad=cfg.gather_negatives) for x in (img, img_m, txt, txt_m, ids)
     )
-    if cfg.gather_negatives:
-        loss = run.loss_fn(model.training_scores(g_img, g_img_m, g_txt, g_txt_m, g_ids), g_ids)
-    else:  # each rank's own shard; the summed gradients then average the rank losses
-        loss = run.loss_fn(model.training_scores(img, img_m, txt, txt_m, ids), ids)
-        loss = mean_over_ranks(loss, ctx)
+    with sparse_backward(cfg.sparse_backward):  # taken at forward time, kept by the graph
+        if cfg.gather_negatives:
+            scores = model.training_scores(g_img, g_img_m, g_txt, g_txt_m, g_ids)
+            loss = run.loss_fn(scores, g_ids)
+        else:  # each rank's own shard; the summed gradients then average the rank losses
+            loss = run.loss_fn(model.training_scores(img, img_m, txt, txt_m, ids), ids)
+            loss = mean_over_ranks(loss, ctx)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     if not cfg.gather_negatives:
