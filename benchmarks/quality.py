@@ -55,12 +55,15 @@ from quality_plan import (
     BASE,
     CORE,
     FAMILIES,
+    RECIPE_FIXED,
     TRAIN_SETS,
     ablation_plan,
     confirm_plan,
     confirm_tune,
     history_path,
     plan,
+    recipe_of,
+    recipe_option,
     run_id,
     slug,
 )
@@ -70,6 +73,7 @@ from quality_rows import (
     best_pico,
     check_budget,
     check_math,
+    check_recipe,
     pick_margin,
     report,
 )
@@ -134,6 +138,7 @@ def one_run(
         "best_epoch": result.best.get("epoch"),
         "epochs": result.config.epochs if result.config is not None else None,
         "seconds": round(seconds, 1),
+        **({"recipe": recipe_of(base)} if recipe_of(base) else {}),
         **numerics_of_row(),
         "weights_sha256": weights_sha256(model),
         # the training set's frozen features: tells a machine's encoders from its training
@@ -226,6 +231,18 @@ def main(argv: list[str] | None = None) -> int:
         "before it. With --confirm the default is the seeds the study ran every margin on, "
         "read from its rows; N may be fewer, not more",
     )
+    ap.add_argument(
+        "--set",
+        dest="recipe",
+        type=recipe_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the recipe for every family alike, as `picoalign train --set` does (e.g. "
+        "model.finetune_text=true, sparse_backward=true); each row records it, a study "
+        "refuses to resume or confirm rows of another recipe, and like --epochs it needs its "
+        "own --results, --report and --plots",
+    )
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     # None = not given (then these defaults): --epochs needs all three given
     defaults = {
@@ -254,6 +271,19 @@ def main(argv: list[str] | None = None) -> int:
     if n_tune is not None and (n_tune < 1 or (args.confirm is None and n_tune > len(args.seeds))):
         ap.error(f"--tune-seeds must be between 1 and the {len(args.seeds)} --seeds given")
     base = dict(BASE)
+    recipe = dict(args.recipe)
+    clash = sorted(set(recipe) & RECIPE_FIXED)
+    if clash:
+        ap.error(f"--set {clash[0]}: the study sets it per run or by its own flag")
+    if recipe:
+        for name in ("results", "report", "plots"):
+            if getattr(args, name) is None:
+                ap.error(f"--set changes the recipe: give its own --{name}")
+        try:  # a typo or a wrong type is refused before any work
+            load_config(None, {**recipe, "out": "unused"})
+        except ValueError as err:
+            ap.error(f"--set: {err}")
+        base.update(recipe)
     if args.epochs is not None:  # a budget probe must not mix with the study's own files
         if args.epochs < 1:
             ap.error(f"--epochs must be >= 1, got {args.epochs}")
@@ -334,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def run_all(todo: list[tuple]) -> None:
             why = check_math(list(done.values()), args.math, args.results, mkl_branch())
-            if why:  # nor math modes
+            why = why or check_recipe(list(done.values()), recipe_of(base), args.results)
+            if why:  # nor math modes, nor recipes
                 ap.error(why)
             for ts in {p[3] for p in todo}:  # a resumed study must not mix budgets
                 ids = {run_id(p[0], p[2], p[3], p[4]) for p in todo if p[3] == ts}
@@ -363,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             for ts in args.train_sets:  # its picks were made at this budget, or not at all
                 why = check_budget([r for r in study if r["train_set"] == ts], budget[ts],
                                    args.confirm)  # fmt: skip
+                why = why or check_recipe(study, recipe_of(base), args.confirm)
                 if why:
                     ap.error(why)
                 run_all(confirm_plan(study, ts, args.seeds, len(study_tune[ts])))

@@ -7,8 +7,11 @@ will run can be read, and tested, without running it."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from quality_rows import (
     DEFAULT_PICO,
@@ -70,6 +73,11 @@ FAMILIES: dict[str, tuple[dict[str, Any], list[float], list[str]]] = {
     },
 }
 CORE = {*SCORERS, *(f"pico-{s}" for s in SCORERS)}
+# options a run's own arguments or a family set: ``quality.py --set`` may not change them
+RECIPE_FIXED = {
+    "margin", "seed", "data", "progress", "out", "epochs",
+    *(k for overrides, _, _ in FAMILIES.values() for k in overrides),
+}  # fmt: skip
 # Ablations of METHOD.md and sweeps of our constants on the default PICO (margin 0.8),
 # Twemoji only, scored with each rule.
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -157,3 +165,18 @@ def ablation_plan(seeds: list[int], train_set: str) -> list[tuple]:
         for name, extra in ABLATIONS.items()
         for seed in seeds
     ]
+
+
+def recipe_option(text: str) -> tuple[str, Any]:
+    """``--set KEY=VALUE`` of ``quality.py``: the value read as YAML, as ``picoalign train``
+    reads it."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def recipe_of(base: dict[str, Any]) -> dict[str, Any]:
+    """What a row records of the recipe options its run trained with: everything but the
+    epochs (recorded as ``epochs`` and checked on their own)."""
+    return {k: v for k, v in base.items() if k != "epochs"}

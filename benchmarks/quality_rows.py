@@ -10,6 +10,7 @@ committed JSONL file alone (``quality.py --report-only``).
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -216,6 +217,8 @@ def report(
             for r in rows
         }
     )
+    recipes = sorted({recipe_text(row_recipe(r)) for r in rows})
+    lines.append(f"Recipe options (`--set`): {'; '.join(recipes)}.\n")
     lines.append(
         "Numerics (math mode, MKL path, CPU capability, threads): "
         + "; ".join(", ".join(m) for m in maths)
@@ -310,3 +313,27 @@ def check_math(
             "first, or give this one its own --results"
         )
     return None
+
+
+def row_recipe(row: dict[str, Any]) -> dict[str, Any]:
+    """The ``--set`` options a row trained with; rows without the field used none."""
+    return row.get("recipe", {})
+
+
+def recipe_text(recipe: dict[str, Any]) -> str:
+    """``--set`` options as a command line spells them (``{}``: the product's recipe)."""
+    return " ".join(f"--set {k}={json.dumps(v)}" for k, v in sorted(recipe.items())) or "none"
+
+
+def check_recipe(rows: list[dict[str, Any]], recipe: dict[str, Any], where: str) -> str | None:
+    """Why ``rows`` cannot be continued or confirmed by runs of ``recipe`` (None: they can):
+    rows trained another way are another study."""
+    want = json.dumps(recipe, sort_keys=True)
+    other = sorted({json.dumps(row_recipe(r), sort_keys=True) for r in rows} - {want})
+    if not other:
+        return None
+    theirs = recipe_text(json.loads(other[0]))
+    return (
+        f"{where} holds runs trained with --set options {theirs}, this run uses "
+        f"{recipe_text(recipe)}: give the same --set options, or its own --results"
+    )

@@ -339,3 +339,59 @@ def test_one_run_row_fingerprints_its_model_and_its_features(
     assert set(row["tests"]) == {"tiny"}
     again = quality.one_run("fine_grained", overrides, 0.2, "tiny", 0, rules, feats, base, None)
     assert again["weights_sha256"] == row["weights_sha256"]  # same seed, same bits
+
+
+def test_rows_of_another_recipe_are_never_resumed_or_confirmed(decide) -> None:
+    legacy = row("global", 0.8, 0, val=1, test=1)  # before rows recorded a recipe: none
+    fast = row("gpo", 0.8, 0, val=1, test=1) | {"recipe": {"sparse_backward": True}}
+    assert decide.row_recipe(legacy) == {}
+    assert decide.check_recipe([legacy], {}, "r.jsonl") is None
+    assert decide.check_recipe([fast], {"sparse_backward": True}, "r.jsonl") is None
+    why = decide.check_recipe([legacy, fast], {}, "r.jsonl")
+    assert why == (
+        "r.jsonl holds runs trained with --set options --set sparse_backward=true, this run "
+        "uses none: give the same --set options, or its own --results"
+    )
+    text = decide.report([legacy, fast], 0)
+    assert "Recipe options (`--set`): --set sparse_backward=true; none." in text
+
+
+OWN_FILES = ["--results", "r.jsonl", "--report", "r.md", "--plots", "plots"]
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        (["--set", "sparse_backward=true"], "give its own --results"),
+        (["--set", "epochs=3", *OWN_FILES], "--set epochs: the study sets it"),
+        (["--set", "model.pico.lam=0.5", *OWN_FILES], "--set model.pico.lam: the study sets"),
+        (["--set", "sparse_backwrd=true", *OWN_FILES], "did you mean sparse_backward"),
+        (["--set", "trim_padding=maybe", *OWN_FILES], "valid boolean"),
+        (["--set", "trim_padding", *OWN_FILES], "--set expects KEY=VALUE"),
+    ],
+)
+def test_a_bad_recipe_option_is_refused_before_any_work(
+    quality, tmp_path, capsys, monkeypatch, given, says
+) -> None:
+    monkeypatch.chdir(tmp_path)  # OWN_FILES are relative: nothing may appear here
+    with pytest.raises(SystemExit) as info:
+        quality.main(given)
+    assert info.value.code == 2 and says in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_recipe_option_reaches_the_run_and_its_row(quality, make_feature_set, monkeypatch):
+    """``--set`` options go into every run's config (here: trim_padding feeds fewer caption
+    slots) and into its row, so a study can tell its rows' recipe."""
+    fs = make_feature_set(n=24, captions=2)
+    monkeypatch.setattr(quality, "TRAIN_SETS", {"tiny": ["tiny"]})
+    overrides, _, rules = quality.FAMILIES["fine_grained"]
+    seen = []
+    real_train = quality.train
+    monkeypatch.setattr(quality, "train", lambda cfg, f: seen.append(cfg) or real_train(cfg, f))
+    base = {"epochs": 1, "batch_size": 8, "trim_padding": True}
+    row = quality.one_run("fine_grained", overrides, 0.2, "tiny", 0, rules, {"tiny": fs}, base,
+                          None)  # fmt: skip
+    assert seen[0].trim_padding is True
+    assert row["recipe"] == {"batch_size": 8, "trim_padding": True}
+    assert row["epochs"] == 1
