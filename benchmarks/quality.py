@@ -20,11 +20,16 @@ appended to a JSONL file as runs finish, so an interrupted study resumes where i
 ``--resume`` adds the rest.
 Runs use MKL's reproducible AVX2 math by default (``--math avx2-strict``: the same bits at
 any thread count; ``benchmarks/rounding.py`` shows why), and every row records its math.
+``--set KEY=VALUE`` changes the recipe for every family alike (the text encoder fine-tuned,
+a speed option); every row records it, and a study of one recipe is never resumed or
+confirmed with another.
 
     python benchmarks/quality.py                 # the full study
     python benchmarks/quality.py --core          # baselines + default PICO on every scorer
     python benchmarks/quality.py --quick         # smoke run (minutes)
     python benchmarks/quality.py --report-only   # re-aggregate benchmarks/results/quality.jsonl
+    python benchmarks/quality.py --core --set model.finetune_text=true \
+        --results ft.jsonl --report ft.md --plots ft-plots   # another recipe, its own files
 """
 
 from __future__ import annotations
