@@ -136,10 +136,11 @@ def test_the_checkpoint_and_the_index_may_be_given_without_their_flag(
     assert rc == 0, err
     assert json.loads(out) == json.loads(run_cli("evaluate", "--checkpoint", run, "--json")[1])
     index = tmp_path / "idx"
-    rc, _, err = run_cli(
-        "index", run, "--data", f"jsonl:{trained['data']}", "--out", str(index), "--no-progress"
-    )
+    rc, _, err = run_cli("index", run, "--out", str(index), "--no-progress")  # the run's data
     assert rc == 0, err
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["dataset"]["spec"] == f"jsonl:{trained['data']}"
+    assert manifest["dataset"]["seed"] == 0  # the run's split_seed
     rc, out, err = run_cli("search", str(index), "--text", "a red circle", "--json")
     assert rc == 0 and json.loads(out)[0]["hits"], err
     # queries after INDEX are read by the index's kind: texts for an image index

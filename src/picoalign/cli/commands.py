@@ -18,6 +18,7 @@ from picoalign.cli.data_flags import (
     add_data_flags,
     data_kwargs,
     resolve_folder_args,
+    run_data,
 )
 from picoalign.cli.train import add_train, epochs_arg
 from picoalign.evaluation.metrics import PROTOCOLS
@@ -108,11 +109,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from picoalign.model import PicoAligner
 
     model = PicoAligner.load(args.checkpoint)
-    run = _run_config(args.checkpoint)
-    if args.data is None and run is None:
-        raise ValueError(f"--checkpoint {args.checkpoint}: no config.yaml found; pass --data")
-    data = args.data or str(run.get("data", "twemoji"))
-    split_seed = args.seed if args.seed is not None else int((run or {}).get("split_seed", 0))
+    data, split_seed = run_data(args.checkpoint, args.data, args.seed)
     fs = dataset_features(
         data,
         model.config.image_encoder,
@@ -138,18 +135,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(format_table({f"{model.config.label} ({data}, {args.split})": metrics}))
     return 0
-
-
-def _run_config(checkpoint: str) -> dict[str, Any] | None:
-    """The training config.yaml of a run folder (or of the run a model folder sits in)."""
-    from pathlib import Path
-
-    import yaml
-
-    for cand in (Path(checkpoint) / "config.yaml", Path(checkpoint).parent / "config.yaml"):
-        if cand.is_file():
-            return yaml.safe_load(cand.read_text()) or {}
-    return None
 
 
 def _add_datasets(sub: Any) -> None:

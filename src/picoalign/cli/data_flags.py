@@ -94,3 +94,26 @@ def resolve_folder_args(args: argparse.Namespace) -> None:
         delattr(args, f"{name}_pos")
     if hasattr(args, "_folder_args"):
         del args._folder_args
+
+
+def run_config(checkpoint: str) -> dict[str, Any] | None:
+    """The training config.yaml of a run folder (or of the run a model folder sits in)."""
+    from pathlib import Path
+
+    import yaml
+
+    for cand in (Path(checkpoint) / "config.yaml", Path(checkpoint).parent / "config.yaml"):
+        if cand.is_file():
+            return yaml.safe_load(cand.read_text()) or {}
+    return None
+
+
+def run_data(checkpoint: str, data: str | None, seed: int | None) -> tuple[str, int]:
+    """The dataset spec and split seed ``evaluate`` and ``index`` read: the ones given, else
+    the run's own (its ``data`` and ``split_seed``), so that ``--split test`` is the test split
+    the model never trained on, not a split drawn with another seed."""
+    run = run_config(checkpoint)
+    if data is None and run is None:
+        raise ValueError(f"--checkpoint {checkpoint}: no config.yaml found; pass --data")
+    spec = data or str((run or {}).get("data", "twemoji"))
+    return spec, seed if seed is not None else int((run or {}).get("split_seed", 0))

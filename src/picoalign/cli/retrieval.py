@@ -24,6 +24,7 @@ from picoalign.cli.data_flags import (
     data_kwargs,
     positive_int,
     resolve_folder_args,
+    run_data,
 )
 from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
 
@@ -38,7 +39,11 @@ def add_parsers(sub: Any) -> None:
         "pooled embeddings, and a manifest tying it to the model and the data.",
     )
     add_checkpoint(p)
-    p.add_argument("--data", required=True, help="dataset spec, e.g. twemoji or jsonl:PATH")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="dataset spec, e.g. twemoji or jsonl:PATH (default: the one it trained on)",
+    )
     p.add_argument(
         "--split",
         default="all",
@@ -66,7 +71,14 @@ def add_parsers(sub: Any) -> None:
         help="FAISS index over pooled embeddings: flat (exact), ivf, hnsw (default flat)",
     )
     p.add_argument("--nprobe", type=positive_int, help="IVF lists searched (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the built-in splits")
+    p.add_argument(
+        "--split-seed",
+        "--seed",
+        type=int,
+        dest="seed",
+        default=None,
+        help="seed of the built-in datasets' split (default: the run's split_seed, else 0)",
+    )
     add_data_flags(p)
     p.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
     p.set_defaults(func=cmd_index)
@@ -115,6 +127,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_index_folder(out, overwrite=args.overwrite)  # before any work
     model = PicoAligner.load(args.checkpoint)
+    args.data, args.seed = run_data(args.checkpoint, args.data, args.seed)
     fs = dataset_features(
         args.data,
         model.config.image_encoder,
