@@ -16,6 +16,7 @@ from picoalign import __version__
 from picoalign.cli.data_flags import (
     add_checkpoint,
     add_data_flags,
+    add_split_seed,
     data_kwargs,
     resolve_folder_args,
     run_data,
@@ -81,14 +82,7 @@ def _add_evaluate(sub: Any) -> None:
         "default: the model's own",
     )
     p.add_argument("--json", action="store_true", help="print a machine-readable result")
-    p.add_argument(
-        "--split-seed",
-        "--seed",
-        type=int,
-        dest="seed",
-        default=None,
-        help="seed of the built-in datasets' split (default: the run's split_seed, else 0)",
-    )
+    add_split_seed(p)
     p.add_argument(
         "--memory-mb",
         type=float,

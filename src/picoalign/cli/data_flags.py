@@ -96,6 +96,19 @@ def resolve_folder_args(args: argparse.Namespace) -> None:
         del args._folder_args
 
 
+def add_split_seed(p: argparse.ArgumentParser) -> None:
+    """``--split-seed`` (alias ``--seed``) of ``evaluate`` and ``index``: None unless given,
+    so :func:`run_data` can fall back to the run's own."""
+    p.add_argument(
+        "--split-seed",
+        "--seed",
+        type=int,
+        dest="seed",
+        default=None,
+        help="seed of the built-in datasets' split (default: the run's split_seed, else 0)",
+    )
+
+
 def run_config(checkpoint: str) -> dict[str, Any] | None:
     """The training config.yaml of a run folder (or of the run a model folder sits in)."""
     from pathlib import Path

@@ -21,6 +21,7 @@ from picoalign.cli.data_flags import (
     add_checkpoint,
     add_data_flags,
     add_folder_arg,
+    add_split_seed,
     data_kwargs,
     positive_int,
     resolve_folder_args,
@@ -71,14 +72,7 @@ def add_parsers(sub: Any) -> None:
         help="FAISS index over pooled embeddings: flat (exact), ivf, hnsw (default flat)",
     )
     p.add_argument("--nprobe", type=positive_int, help="IVF lists searched (default 32)")
-    p.add_argument(
-        "--split-seed",
-        "--seed",
-        type=int,
-        dest="seed",
-        default=None,
-        help="seed of the built-in datasets' split (default: the run's split_seed, else 0)",
-    )
+    add_split_seed(p)
     add_data_flags(p)
     p.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
     p.set_defaults(func=cmd_index)
