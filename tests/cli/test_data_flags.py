@@ -35,6 +35,6 @@ def test_a_run_without_split_seed_used_seed_0(tmp_path) -> None:
 
 
 def test_a_bare_model_folder_needs_data(tmp_path) -> None:
-    with pytest.raises(ValueError, match="no config.yaml found; pass --data"):
+    with pytest.raises(ValueError, match=r"no config\.yaml found; pass --data"):
         run_data(str(tmp_path), None, None)
     assert run_data(str(tmp_path), "twemoji", None) == ("twemoji", 0)

@@ -15,7 +15,8 @@ from picoalign.data import load_dataset
 from picoalign.features.encode import encode_dataset
 from picoalign.model import ModelConfig, PicoAligner
 from picoalign.retrieval import store as index_store
-from picoalign.retrieval.index import GalleryIndex, Hit, build_index, contact_sheet
+from picoalign.retrieval.build import build_index
+from picoalign.retrieval.index import GalleryIndex, Hit, contact_sheet
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
 SHAPES = ["circle", "square"]
@@ -387,3 +388,36 @@ def test_cli_index_and_search(tiny, tmp_path, monkeypatch, capsys):
     assert parser.parse_args(["search", str(out), "--text", "x", "-k", "2"]).top_k == 2
     with pytest.raises(SystemExit):
         parser.parse_args(["search", "--index", str(out), "--text", "x", "--image", "y"])
+
+
+@pytest.mark.parametrize("kind", ["captions", "images"])
+def test_a_fine_tuned_backbone_is_indexed_by_what_it_computes(tiny, tmp_path, kind):
+    """A model whose text (image) backbone was fine-tuned indexes captions (images) through
+    that backbone, as evaluation and search do, not through the pretrained backbone's cached
+    features: those would rank the gallery by a model that no longer exists."""
+    torch.manual_seed(0)
+    side = "text" if kind == "captions" else "image"
+    cfg = ModelConfig(
+        image_encoder="random-conv", text_encoder="hash-text", image_dim=32, text_dim=32,
+        embed_dim=16, method="baseline", **{f"finetune_{side}": True},
+    )  # fmt: skip
+    model = PicoAligner(cfg).eval()
+    with torch.no_grad():  # what fine-tuning does: the backbone moves off its pretrained weights
+        for p in model.backbone(side).parameters():
+            p.add_(torch.randn_like(p))
+    model.save(tmp_path / "ckpt")
+    fs = tiny["fs"]
+    index = build_index(
+        model, fs, dataset_spec=tiny["spec"], checkpoint=tmp_path / "ckpt", out=tmp_path / "idx",
+        kind=kind, progress=False,
+    )  # fmt: skip
+    if kind == "captions":
+        want, want_mask = model.encode_texts(list(fs.captions))
+        stale, _ = model.embed_texts(fs.texts.tokens, fs.texts.mask)
+    else:
+        want, want_mask = model.encode_images([tiny["root"] / f"img{i}.png" for i in range(12)])
+        stale, _ = model.embed_images(fs.images.tokens, fs.images.mask)
+    width = want.shape[1]
+    assert torch.equal(index.mask[:, :width], want_mask) and not index.mask[:, width:].any()
+    torch.testing.assert_close(index.tokens[:, :width].float(), want, atol=2e-3, rtol=0)
+    assert (index.tokens[:, :width].float() - stale[:, :width]).abs().max() > 0.1

@@ -115,7 +115,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     resolve_folder_args(args)
     from picoalign.features import dataset_features
     from picoalign.model import PicoAligner
-    from picoalign.retrieval.index import build_index
+    from picoalign.retrieval.build import build_index
     from picoalign.retrieval.store import check_index_folder
 
     out = Path(args.out)

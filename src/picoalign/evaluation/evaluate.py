@@ -9,12 +9,13 @@ protocol's rule (:func:`~picoalign.evaluation.metrics.evaluate_protocol`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from picoalign.core.similarity import pad_cat
 from picoalign.evaluation.metrics import evaluate_protocol
 from picoalign.features import FeatureSet, SourceImages
 
@@ -24,33 +25,44 @@ def embed_features(
     model: Any, fs: FeatureSet, batch_size: int = 512
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The scored token sets of ``fs``'s images and captions, on the model's device (eval
-    mode). Cached backbone features go through the heads; a fine-tuned backbone re-encodes
-    the raw images / captions, since its cached features are stale."""
+    mode), batch by batch through :func:`embed_rows`."""
     was = model.training
     model.eval()
     try:
-        if model.config.finetune_image:
-            img, img_mask = model.encode_images(SourceImages(fs))
-        else:
-            img, img_mask = _embed(model, model.embed_images, fs.images, batch_size)
-        if model.config.trains_text:
-            txt, txt_mask = model.encode_texts(fs.captions)
-        else:
-            txt, txt_mask = _embed(model, model.embed_texts, fs.texts, batch_size)
+        img, img_mask = _embed_all(model, fs, "images", fs.n_images, batch_size)
+        txt, txt_mask = _embed_all(model, fs, "captions", fs.n_captions, batch_size)
     finally:
         model.train(was)
     return img, img_mask, txt, txt_mask
 
 
-def _embed(
-    model: Any, fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], feats: Any, batch: int
-) -> tuple[Tensor, Tensor]:
+def _embed_all(model: Any, fs: FeatureSet, kind: str, n: int, batch: int) -> tuple[Tensor, Tensor]:
+    parts = [embed_rows(model, fs, kind, slice(i, i + batch)) for i in range(0, n, batch)]
     device = next(model.parameters()).device
-    parts = [
-        fn(feats.tokens[i : i + batch].to(device), feats.mask[i : i + batch].to(device))
-        for i in range(0, len(feats.tokens), batch)
-    ]
-    return torch.cat([t for t, _ in parts]), torch.cat([m for _, m in parts])
+    return pad_cat([t for t, _ in parts], [m for _, m in parts], dim=model.config.embed_dim,
+                   device=device)  # fmt: skip
+
+
+@torch.no_grad()
+def embed_rows(model: Any, fs: FeatureSet, kind: str, rows: slice) -> tuple[Tensor, Tensor]:
+    """The scored token sets of rows ``rows`` of ``fs``'s ``images`` or ``captions``, on the
+    model's device, in whatever mode the caller set (evaluation and gallery indexes both go
+    through here, so both see what the model really computes).
+
+    Cached backbone features go through the heads; a fine-tuned backbone re-encodes the raw
+    images / captions instead, since its cached features are the pretrained backbone's."""
+    if kind == "images":
+        if model.config.finetune_image:
+            return model.encode_images(SourceImages(fs)[rows])
+        feats, fn = fs.images, model.embed_images
+    elif kind == "captions":
+        if model.config.trains_text:
+            return model.encode_texts(list(fs.captions[rows]))
+        feats, fn = fs.texts, model.embed_texts
+    else:
+        raise ValueError(f"kind must be 'images' or 'captions', got {kind!r}")
+    device = next(model.parameters()).device
+    return fn(feats.tokens[rows].to(device), feats.mask[rows].to(device))
 
 
 def evaluate(

@@ -27,15 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from picoalign.config.paths import absolute_source, absolute_spec
 from picoalign.core.similarity import pool_tokens
 from picoalign.retrieval import store
 from picoalign.retrieval.sheet import contact_sheet, dataset_image_loader
 from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
 
-__all__ = ["DTYPES", "FIRST_STAGES", "KINDS", "GalleryIndex", "Hit", "build_index", "contact_sheet"]
+__all__ = ["DTYPES", "FIRST_STAGES", "KINDS", "GalleryIndex", "Hit", "contact_sheet"]
 
 # (img, img_mask, txt, txt_mask, *, memory_budget_mb) -> (N_img, N_txt), e.g. model.scores
 ScoreFn = Callable[..., Tensor]
@@ -297,99 +295,6 @@ class GalleryIndex:
         return Hit(
             row, self.keys[row], self.sources[row], score, captions[row] if captions else None
         )
-
-
-@torch.no_grad()
-def build_index(
-    model: Any,
-    fs: Any,
-    *,
-    dataset_spec: str,
-    checkpoint: str | Path,
-    out: str | Path,
-    dtype: str = "float16",
-    first_stage: str = "flat",
-    kind: str = "images",
-    split: str = "all",
-    seed: int = 0,
-    nlist: int | None = None,
-    nprobe: int | None = None,
-    dataset: Any = None,
-    batch_size: int = 256,
-    progress: bool = True,
-) -> GalleryIndex:
-    """Embed the images (or, ``kind="captions"``, the captions) of FeatureSet ``fs`` once with
-    ``model``'s heads and save a :class:`GalleryIndex` folder at ``out``.
-
-    ``model`` must equal ``checkpoint``'s model (the index records both hashes);
-    ``dataset_spec``/``seed`` are recorded so images can be reloaded by key; ``dataset`` (the
-    loaded dataset, for item sources) is loaded from the spec when not given."""
-    store.check_options(kind, dtype, first_stage)  # before the expensive part
-    ident = store.checkpoint_identity(model, checkpoint)
-    feats = fs.images if kind == "images" else fs.texts
-    embed = model.embed_images if kind == "images" else model.embed_texts
-    want = model.config.image_dim if kind == "images" else model.config.text_dim
-    if feats.dim != want:
-        raise ValueError(
-            f"features have {feats.dim} channels but the model's {kind[:-1]} head "
-            f"expects {want}: were they made with the model's encoders?"
-        )
-    if len(feats) == 0:
-        raise ValueError(f"nothing to index: the feature set has no {kind}")
-    n, t = feats.tokens.shape[:2]
-    width = 1 if model.scorer.pooled else t  # the scorer's token set: one for pooled scorers
-    tokens = torch.empty(n, width, model.config.embed_dim, dtype=DTYPES[dtype])
-    masks = torch.empty(n, width, dtype=torch.bool)
-    pooled = torch.empty(n, model.config.embed_dim)
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    try:
-        for i in tqdm(range(0, n, batch_size), desc=f"index {kind}", disable=not progress):
-            rows = slice(i, i + batch_size)
-            e, m = embed(feats.tokens[rows].to(device), feats.mask[rows].to(device))
-            tokens[rows], masks[rows], pooled[rows] = e.cpu(), m.cpu(), pool_tokens(e, m).cpu()
-    finally:
-        model.train(was)
-    if dataset is None:
-        from picoalign.data import load_dataset
-
-        dataset = load_dataset(dataset_spec, seed=seed, skip_bad=True)  # keys -> sources only
-    by_key = {it.key: it.source for it in dataset.items}
-    img_rows = fs.caption_image.tolist() if kind == "captions" else range(fs.n_images)
-    keys = [fs.image_keys[r] for r in img_rows]
-    extra = {"captions": list(fs.captions)} if kind == "captions" else {}
-    index = GalleryIndex.from_embeddings(
-        tokens,
-        masks,
-        keys=keys,
-        sources=[absolute_source(by_key.get(k, "")) for k in keys],
-        pooled=pooled,
-        kind=kind,
-        dtype=dtype,
-        first_stage=first_stage,
-        nlist=nlist,
-        nprobe=nprobe,
-        checkpoint=str(Path(checkpoint).resolve()),
-        model=ident,
-        dataset={
-            "spec": absolute_spec(dataset_spec),  # the index works from any folder
-            "seed": seed,
-            "split": split,
-            "name": fs.meta.get("dataset", getattr(dataset, "name", "")),
-            # as load_dataset gives it (before a val carve or skips): what the sheet checks
-            "fingerprint": fs.meta.get("data", {}).get("source_fingerprint")
-            or fs.meta.get("fingerprint", getattr(dataset, "fingerprint", "")),
-        },
-        encoders={
-            "image": model.config.image_encoder,
-            "text": model.config.text_encoder,
-            **{k: v for k, v in fs.meta.items() if k.endswith("cache_key")},
-        },
-        **extra,
-    )
-    index.save(out)
-    return index
 
 
 @contextlib.contextmanager
