@@ -276,12 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     if n_tune is not None and (n_tune < 1 or (args.confirm is None and n_tune > len(args.seeds))):
         ap.error(f"--tune-seeds must be between 1 and the {len(args.seeds)} --seeds given")
     base = dict(BASE)
+    # the files a study of another recipe must name itself; a confirmation draws no plots
+    own = ("results", "report") if args.confirm is not None else ("results", "report", "plots")
     recipe = dict(args.recipe)
     clash = sorted(set(recipe) & RECIPE_FIXED)
     if clash:
         ap.error(f"--set {clash[0]}: the study sets it per run or by its own flag")
     if recipe:
-        for name in ("results", "report", "plots"):
+        for name in own:
             if getattr(args, name) is None:
                 ap.error(f"--set changes the recipe: give its own --{name}")
         try:  # a typo or a wrong type is refused before any work
@@ -292,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:  # a budget probe must not mix with the study's own files
         if args.epochs < 1:
             ap.error(f"--epochs must be >= 1, got {args.epochs}")
-        for name in ("results", "report", "plots"):
+        for name in own:
             if getattr(args, name) is None:
                 ap.error(f"--epochs changes the recipe: give its own --{name}")
         base["epochs"] = args.epochs
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             todo = [p for p in todo if run_id(p[0], p[2], p[3], p[4]) not in done]
             print(f"{len(todo)} runs to do ({len(done)} already done)", flush=True)
             for i, (fam, ov, margin, ts, seed, rules) in enumerate(todo, 1):
-                plots = None if args.quick else args.plots
+                plots = None if args.quick or args.confirm is not None else args.plots
                 row = one_run(fam, ov, margin, ts, seed, rules, feats, base, plots)
                 done[row["id"]] = row
                 with args.results.open("a") as f:

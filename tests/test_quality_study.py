@@ -395,3 +395,18 @@ def test_a_recipe_option_reaches_the_run_and_its_row(quality, make_feature_set, 
     assert seen[0].trim_padding is True
     assert row["recipe"] == {"batch_size": 8, "trim_padding": True}
     assert row["epochs"] == 1
+
+
+def test_a_confirmation_of_another_recipe_needs_no_plots(quality, tmp_path, capsys) -> None:
+    """A confirmation draws no plots, so ``--set`` asks it only for its own results and
+    report (the registered commands name no --plots)."""
+    study = tmp_path / "study.jsonl"
+    study.write_text("".join(json.dumps(r | {"recipe": {"sparse_backward": True}}) + "\n"
+                             for r in three_seeds()))  # fmt: skip
+    own = ["--results", str(tmp_path / "c.jsonl"), "--report", str(tmp_path / "c.md")]
+    argv = ["--set", "sparse_backward=true", "--confirm", str(study), "--train-sets", TS]
+    assert quality.main([*argv, "--seeds", "40", "41", "42", *own, "--report-only"]) == 0
+    assert (tmp_path / "c.md").exists() and not (tmp_path / "plots").exists()
+    with pytest.raises(SystemExit):  # a study (not a confirmation) still needs its own plots
+        quality.main(["--set", "sparse_backward=true", *own])
+    assert "give its own --plots" in capsys.readouterr().err
