@@ -34,7 +34,6 @@ confirmed with another.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -56,6 +55,7 @@ from picoalign.training.devices import STRICT_MATH_ENV, mkl_branch, numerics, st
 from picoalign.training.distributed import state_digest
 from picoalign.training.loop import train
 from picoalign.training.schedule import resolve_epochs
+from quality_args import build_parser, default_paths
 from quality_plan import (
     BASE,
     CORE,
@@ -68,7 +68,6 @@ from quality_plan import (
     history_path,
     plan,
     recipe_of,
-    recipe_option,
     run_id,
     slug,
 )
@@ -82,8 +81,6 @@ from quality_rows import (
     pick_margin,
     report,
 )
-
-ROOT = Path(__file__).resolve().parent
 
 
 def evaluate_rules(model: PicoAligner, fs: FeatureSet, rules: list[str]) -> dict[str, Any]:
@@ -176,101 +173,36 @@ def _clock(seconds: float) -> str:
     return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
 
 
+def draw_plots(
+    rows: list[dict[str, Any]], train_sets: list[str], tune: list[int], out: Path
+) -> None:
+    """One training-curve figure per training set: seed 0's histories of the best baseline,
+    ``fine_grained``, the best PICO family and the default PICO, each at its picked margin.
+
+    A confirmation has no seed-0 histories and two families, so it never calls this and
+    leaves the study's plots alone; ``--report-only`` redraws them."""
+    for ts in train_sets:
+        sub = [r for r in rows if r["train_set"] == ts and r["family"] in FAMILIES]
+        try:
+            shown = {best_baseline(sub, ts, tune), "fine_grained", best_pico(sub, ts, tune)}
+        except ValueError:  # this set has not run
+            continue
+        hist = {}
+        for fam in sorted(shown | {DEFAULT_PICO}):
+            try:
+                m = pick_margin(sub, fam, ts, tune)
+            except ValueError:
+                continue
+            p = history_path(out, fam, m, ts)
+            if p.exists():
+                hist[f"{fam} m={m}"] = json.loads(p.read_text())
+        if hist:
+            plot_training(hist, out / f"training-{slug(ts)}.png")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--quick", action="store_true", help="2 epochs, 1 seed, Twemoji only")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--train-sets", nargs="+", default=list(TRAIN_SETS))
-    ap.add_argument("--no-ablations", action="store_true")
-    ap.add_argument(
-        "--core",
-        action="store_true",
-        help="only every scorer's baseline and default PICO: no other readings, no ablations",
-    )
-    ap.add_argument(
-        "--margins",
-        type=float,
-        nargs="+",
-        default=None,
-        help="one margin grid for every family instead of FAMILIES' (a budget probe: with one "
-        "margin nothing is tuned, say so when reporting it)",
-    )
-    ap.add_argument(
-        "--families",
-        nargs="+",
-        choices=list(FAMILIES),
-        default=None,
-        metavar="FAMILY",
-        help="run only these families, in this order (with --resume, a study in parts); the "
-        f"report compares whatever has run. Choices: {', '.join(FAMILIES)}",
-    )
-    ap.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="another budget for every family instead of the recipe's epochs=auto (20 epochs "
-        "with one caption per image, 6 on scenes; lr steps stay at the same fractions of "
-        "training); needs its own --results, --report and --plots",
-    )
-    ap.add_argument(
-        "--math",
-        choices=["avx2-strict", "native"],
-        default="avx2-strict",
-        help="avx2-strict (default): MKL's reproducible AVX2 path (MKL_CBWR=AVX2,STRICT; the "
-        "script restarts itself with it set), so that a row has the same bits at any thread "
-        "count; native: MKL's fastest path for this CPU and thread count, whose rounding "
-        "differs from machine to machine (benchmarks/rounding.py measures by how much)",
-    )
-    ap.add_argument(
-        "--tune-seeds",
-        type=int,
-        default=None,
-        metavar="N",
-        help="the first N of --seeds tune: every margin runs on each of them and a family keeps "
-        "the margin with the best mean validation rSum; the other seeds run that margin only. "
-        "Default 3 (or all --seeds, if fewer): one seed on 127-201 validation images can pick "
-        "a margin by one image, and three removed the study's one large loss on fresh seeds "
-        "(docs/results.md, 'Margins picked on three seeds'); 1 is the rule of the studies "
-        "before it. With --confirm the default is the seeds the study ran every margin on, "
-        "read from its rows; N may be fewer, not more",
-    )
-    ap.add_argument(
-        "--set",
-        dest="recipe",
-        type=recipe_option,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change the recipe for every family alike, as `picoalign train --set` does (e.g. "
-        "model.finetune_text=true, sparse_backward=true); each row records it, a study "
-        "refuses to resume or confirm rows of another recipe, and like --epochs it needs its "
-        "own --results, --report and --plots",
-    )
-    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
-    # None = not given (then these defaults): --epochs needs all three given
-    defaults = {
-        "results": ROOT / "results" / "quality.jsonl",
-        "report": ROOT / "results" / "quality.md",
-        "plots": ROOT.parent / "docs" / "img",
-    }
-    ap.add_argument("--results", type=Path, help=f"(default: {defaults['results']})")
-    ap.add_argument("--report", type=Path, help=f"(default: {defaults['report']})")
-    ap.add_argument("--plots", type=Path, help=f"(default: {defaults['plots']})")
-    ap.add_argument("--resume", action="store_true", help="skip runs already in --results")
-    ap.add_argument("--overwrite", action="store_true", help="start --results over")
-    ap.add_argument("--report-only", action="store_true")
-    ap.add_argument(
-        "--confirm",
-        type=Path,
-        default=None,
-        metavar="STUDY_JSONL",
-        help="the pre-registered confirmation (docs/results.md): on --seeds (fresh ones), run "
-        "only the best PICO family and the best baseline, at the margins and families that "
-        "STUDY_JSONL's tuning seed (or seeds: --tune-seeds) picked on validation; no "
-        "tuning here",
-    )
+    ap = build_parser(__doc__)
+    defaults = default_paths()
     args = ap.parse_args(argv)
     n_tune = args.tune_seeds
     if n_tune is not None and (n_tune < 1 or (args.confirm is None and n_tune > len(args.seeds))):
@@ -423,27 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     text = report(list(done.values()), tune, confirms, n_tune)
     atomic_write_text(text, args.report)
     print(text)
-    # the plots read seed 0's histories only (--report-only redraws them); a confirmation has
-    # no such seed and two families, so it leaves the study's plots alone
     if not args.quick and args.confirm is None:
-        rows, t0 = list(done.values()), tune
-        for ts in args.train_sets:
-            sub = [r for r in rows if r["train_set"] == ts and r["family"] in FAMILIES]
-            try:
-                shown = {best_baseline(sub, ts, t0), "fine_grained", best_pico(sub, ts, t0)}
-            except ValueError:  # this set has not run
-                continue
-            hist = {}
-            for fam in sorted(shown | {DEFAULT_PICO}):
-                try:
-                    m = pick_margin(sub, fam, ts, t0)
-                except ValueError:
-                    continue
-                p = history_path(args.plots, fam, m, ts)
-                if p.exists():
-                    hist[f"{fam} m={m}"] = json.loads(p.read_text())
-            if hist:
-                plot_training(hist, args.plots / f"training-{slug(ts)}.png")
+        draw_plots(list(done.values()), args.train_sets, tune, args.plots)
     return 0
 
 
