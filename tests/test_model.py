@@ -274,3 +274,39 @@ def test_encode_takes_one_item_or_none_and_scores_them(scorer: str) -> None:
     assert model.scores(img, img_m, none, none_m).shape == (1, 0)
     no_img, no_img_m = model.encode_images([])
     assert model.scores(no_img, no_img_m, two, two_m).shape == (0, 2)
+
+
+def test_a_fine_tuned_text_backbone_starts_from_what_the_cache_holds(
+    tmp_path: Path, write_jsonl_dataset
+) -> None:
+    """Before any training step, re-encoding the captions (the fine-tuned path of training,
+    evaluation and indexes) gives each split's cached caption tokens row for row, with
+    several captions per image: captions, cached tokens and caption_image stay paired
+    through the splits, so a fine-tuned run starts where a frozen one does."""
+    from picoalign.data import load_dataset
+    from picoalign.evaluation.evaluate import embed_rows
+    from picoalign.features import encode_dataset
+
+    spec = f"jsonl:{write_jsonl_dataset(tmp_path / 'data')}"
+    fs = encode_dataset(
+        load_dataset(spec), "random-conv", "hash-text", cache_dir=tmp_path / "c", progress=False
+    )
+    assert len(fs.captions) == 2 * fs.n_images
+    cfg = ModelConfig(
+        image_encoder="random-conv", text_encoder="hash-text", image_dim=fs.images.dim,
+        text_dim=fs.texts.dim, embed_dim=16, finetune_text=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = PicoAligner(cfg).eval()
+    for split in ("train", "val", "test"):
+        s = fs.split(split)
+        live, live_mask = embed_rows(model, s, "captions", slice(None))
+        cached, cached_mask = model.embed_texts(s.texts.tokens, s.texts.mask)
+        width = live.shape[1]
+        assert torch.equal(live_mask, cached_mask[:, :width]), split
+        assert not cached_mask[:, width:].any()
+        torch.testing.assert_close(live, cached[:, :width], atol=2e-3, rtol=0)  # fp16 cache
+    # the check can tell: one caption off (the next image's) is far from the cache
+    off, _ = model.encode_texts([*s.captions[2:], *s.captions[:2]])
+    w = min(off.shape[1], width)
+    assert (off[:, :w] - cached[:, :w]).abs().max() > 0.05
