@@ -210,14 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     base = dict(BASE)
     # the files a study of another recipe must name itself; a confirmation draws no plots
     own = ("results", "report") if args.confirm is not None else ("results", "report", "plots")
+
+    def need_own_files(flag: str) -> None:
+        for name in own:
+            if getattr(args, name) is None:
+                ap.error(f"{flag} changes the recipe: give its own --{name}")
+
     recipe = dict(args.recipe)
     clash = sorted(set(recipe) & RECIPE_FIXED)
     if clash:
         ap.error(f"--set {clash[0]}: the study sets it per run or by its own flag")
     if recipe:
-        for name in own:
-            if getattr(args, name) is None:
-                ap.error(f"--set changes the recipe: give its own --{name}")
+        need_own_files("--set")
         try:  # a typo or a wrong type is refused before any work
             load_config(None, {**recipe, "out": "unused"})
         except ValueError as err:
@@ -226,9 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:  # a budget probe must not mix with the study's own files
         if args.epochs < 1:
             ap.error(f"--epochs must be >= 1, got {args.epochs}")
-        for name in own:
-            if getattr(args, name) is None:
-                ap.error(f"--epochs changes the recipe: give its own --{name}")
+        need_own_files("--epochs")
         base["epochs"] = args.epochs
     for name, path in defaults.items():
         if getattr(args, name) is None:
@@ -239,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         n_tune = 1
         args.results = args.results.with_name("quality-quick.jsonl")
         args.report = args.report.with_name("quality-quick.md")
+    # seed 0's histories and the figures: a study's, not a smoke run's or a confirmation's
+    plot_dir = None if args.quick or args.confirm is not None else args.plots
     if args.confirm is not None and args.results == defaults["results"]:
         args.results = args.results.with_name("quality-confirm.jsonl")
         args.report = args.report.with_name("quality-confirm.md")
@@ -314,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             todo = [p for p in todo if run_id(p[0], p[2], p[3], p[4]) not in done]
             print(f"{len(todo)} runs to do ({len(done)} already done)", flush=True)
             for i, (fam, ov, margin, ts, seed, rules) in enumerate(todo, 1):
-                plots = None if args.quick or args.confirm is not None else args.plots
-                row = one_run(fam, ov, margin, ts, seed, rules, feats, base, plots)
+                row = one_run(fam, ov, margin, ts, seed, rules, feats, base, plot_dir)
                 done[row["id"]] = row
                 with args.results.open("a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -355,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     text = report(list(done.values()), tune, confirms, n_tune)
     atomic_write_text(text, args.report)
     print(text)
-    if not args.quick and args.confirm is None:
-        draw_plots(list(done.values()), args.train_sets, tune, args.plots)
+    if plot_dir is not None:
+        draw_plots(list(done.values()), args.train_sets, tune, plot_dir)
     return 0
 
 

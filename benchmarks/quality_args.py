@@ -61,7 +61,7 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
         default=None,
         help="another budget for every family instead of the recipe's epochs=auto (20 epochs "
         "with one caption per image, 6 on scenes; lr steps stay at the same fractions of "
-        "training); needs its own --results, --report and --plots",
+        "training); needs its own --results, --report and (but for a --confirm) --plots",
     )
     ap.add_argument(
         "--math",
@@ -95,7 +95,7 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
         help="change the recipe for every family alike, as `picoalign train --set` does (e.g. "
         "model.finetune_text=true, sparse_backward=true); each row records it, a study "
         "refuses to resume or confirm rows of another recipe, and like --epochs it needs its "
-        "own --results, --report and --plots",
+        "own --results, --report and (but for a --confirm) --plots",
     )
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--results", type=Path, help=f"(default: {defaults['results']})")
