@@ -81,3 +81,32 @@ def test_text_token_options_reach_the_encoder_or_fail_clearly() -> None:
         ModelConfig(text_encoder="hash-text", text_special_tokens=True).make_text_encoder()
     with pytest.raises(ValueError, match="text_max_tokens"):
         ModelConfig(text_max_tokens=0)
+
+
+def test_feature_dropout_noises_training_only_and_costs_no_randomness_when_off() -> None:
+    """Dropout on the backbone tokens is a training augmentation: eval (index, search,
+    evaluation) sees the same scores as without it, and at 0 it draws nothing from the RNG,
+    so every run made before the option existed keeps its bits."""
+    torch.manual_seed(0)
+    x, m = torch.randn(3, 5, 384), torch.ones(3, 5, dtype=torch.bool)
+    on = PicoAligner(ModelConfig(method="baseline", text_dropout=0.3, image_dropout=0.3))
+    off = PicoAligner(ModelConfig(method="baseline"))
+    off.load_state_dict(on.state_dict())
+    on.eval(), off.eval()
+    assert torch.equal(on.embed_texts(x, m)[0], off.embed_texts(x, m)[0])
+    on.train(), off.train()
+    assert not torch.allclose(on.embed_texts(x, m)[0], off.embed_texts(x, m)[0])
+    img = torch.randn(3, 4, 1280)
+    assert not torch.allclose(on.embed_images(img, m[:, :4])[0], off.embed_images(img, m[:, :4])[0])
+
+    torch.manual_seed(1)
+    expected = torch.rand(4)
+    torch.manual_seed(1)
+    off.embed_texts(x, m), off.embed_images(img, m[:, :4])
+    assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, "0.2", True])
+def test_feature_dropout_must_be_a_probability(bad) -> None:
+    with pytest.raises(ValueError, match="text_dropout must be a number in"):
+        ModelConfig(text_dropout=bad)

@@ -75,18 +75,23 @@ class PicoAligner(nn.Module):
         """Backbone image tokens (N, T, C) and mask → the scored token set and its mask:
         unit-norm D tokens (padding rows zeroed) reduced by the scorer (one token each for a
         pooled scorer)."""
-        x = self._standardized("image", tokens.float())
+        x = self._dropped("image", self._standardized("image", tokens.float()))
         return self.scorer(l2_normalize(self.image_head(x)) * mask.unsqueeze(-1), mask)
 
     def embed_texts(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """As :meth:`embed_images`, for word tokens."""
-        x = self._standardized("text", tokens.float())
+        x = self._dropped("text", self._standardized("text", tokens.float()))
         return self.scorer(l2_normalize(self.text_head(x)) * mask.unsqueeze(-1), mask)
 
     def _standardized(self, side: str, x: Tensor) -> Tensor:
         if not self.config.standardize:
             return x
         return (x - getattr(self, f"{side}_mean")) / getattr(self, f"{side}_std")
+
+    def _dropped(self, side: str, x: Tensor) -> Tensor:
+        # only when on: a dropout of 0 would still draw from the RNG and change every run
+        p = getattr(self.config, f"{side}_dropout")
+        return nn.functional.dropout(x, p) if self.training and p > 0 else x
 
     @torch.no_grad()
     def fit_standardization(self, images: Any, texts: Any, chunk: int = 1024) -> None:

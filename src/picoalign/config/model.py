@@ -40,6 +40,12 @@ class ModelConfig:
     prompt: str = "{}"
     text_max_tokens: int | None = None
     text_special_tokens: bool | None = None  # True keeps [CLS]/[SEP] as word tokens
+    # dropout on the backbone tokens before each head, in training only: cached features are
+    # the same at every epoch, and a live text encoder's own dropout (a fine-tuned one, in
+    # train mode) was measured as a large augmentation on scenes (docs/results.md, "A probe:
+    # the text encoder run live"); this gives cached features a cheap kind of it. 0 = off
+    text_dropout: float = 0.0
+    image_dropout: float = 0.0
     scorer: str = "fine_grained"  # what is scored: see picoalign.core.scorers
     # on any scorer; "global" is the legacy spelling of baseline on the global scorer
     method: Literal["baseline", "pico", "global"] = "pico"
@@ -68,6 +74,10 @@ class ModelConfig:
             raise ValueError(f"head must be one of {sorted(HEADS)}, got {self.head!r}")
         if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
             raise ValueError(f"prompt must hold '{{}}' once (the caption), got {self.prompt!r}")
+        for side in ("text", "image"):
+            p = getattr(self, f"{side}_dropout")
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+                raise ValueError(f"{side}_dropout must be a number in [0, 1), got {p!r}")
         if self.text_max_tokens is not None and self.text_max_tokens < 1:
             raise ValueError(f"text_max_tokens must be >= 1, got {self.text_max_tokens}")
 
