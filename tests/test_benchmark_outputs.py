@@ -140,3 +140,42 @@ def test_compare_options_runs_all_off_each_on_and_all_on(monkeypatch, capsys) ->
         "trim_padding + sparse_backward",
     ]
     assert "(0.60x)" in out[-1]
+
+
+def _row(family: str, margin: float, seed: int, rsum: float) -> str:
+    tests = {"in": {"plain": {"rsum": rsum}}, "shift": {"plain": {"rsum": rsum / 2}}}
+    return json.dumps({"family": family, "margin": margin, "seed": seed, "tests": tests}) + "\n"
+
+
+def test_compare_rows_pairs_two_files_by_seed_and_names_what_it_leaves_out(
+    tmp_path, capsys
+) -> None:
+    compare = load("compare_rows")
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(
+        _row("fine_grained", 0.8, 1, 100)
+        + _row("fine_grained", 0.8, 2, 110)
+        + _row("fine_grained", 1.2, 1, 999)
+        + _row("fine_grained", 0.8, 3, 50)
+    )
+    b.write_text(_row("fine_grained", 0.8, 2, 116) + _row("fine_grained", 0.8, 1, 104))
+    assert compare.main([f"{a}:fine_grained:0.8", f"{b}:fine_grained:0.8"]) == 0
+    out, err = capsys.readouterr()
+    assert "seeds 1, 2" in out and "left out: [3]" in err
+    lines = {ln.split(" | ")[0]: ln for ln in out.splitlines() if ln.startswith("| ")}
+    # seed 1: +4, seed 2: +6 -> mean +5.0, t(1) half width 12.706 * sqrt(2) / sqrt(2) = 12.7
+    assert "+5.0 [-7.7, +17.7]" in lines["| in"] and "+4.0 / +6.0" in lines["| in"]
+    assert "+2.5" in lines["| shift"]  # the other test set, read from its own rsum
+
+
+def test_compare_rows_refuses_a_bad_arm_an_empty_arm_and_a_broken_row(tmp_path) -> None:
+    compare = load("compare_rows")
+    a = tmp_path / "a.jsonl"
+    a.write_text(_row("fine_grained", 0.8, 1, 100) + "{oops\n")
+    with pytest.raises(SystemExit, match=r"a.jsonl:2: not a JSON row"):
+        compare.main([f"{a}:fine_grained:0.8", f"{a}:fine_grained:0.8"])
+    a.write_text(_row("fine_grained", 0.8, 1, 100))
+    with pytest.raises(SystemExit, match=r"no rows of gpo at margin 0\.8"):
+        compare.main([f"{a}:gpo:0.8", f"{a}:fine_grained:0.8"])
+    with pytest.raises(SystemExit):  # argparse: FILE:FAMILY:MARGIN expected
+        compare.main([f"{a}:fine_grained", f"{a}:fine_grained:0.8"])

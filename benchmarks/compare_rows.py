@@ -1,0 +1,97 @@
+"""Two arms from any two study files, paired by seed: what ``quality.py``'s report cannot do
+when the arms ran under different recipes (``--set``), hence in different files.
+
+An arm is ``FILE.jsonl:FAMILY:MARGIN``. Rows of the two arms are paired on their seeds (the
+seeds both have; a seed one arm lacks is named, never silently dropped), and each test set
+gets both arms' rSum (mean ± std), the paired Δ (B − A) with its 95 % t interval — the
+statistic of the registered rules in docs/results.md — and Δ per seed.
+
+    python benchmarks/compare_rows.py \\
+        benchmarks/results/dropout-confirm-scenes-p0.jsonl:fine_grained:0.8 \\
+        benchmarks/results/dropout-confirm-scenes.jsonl:fine_grained:0.8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from quality_rows import mean_std, paired_ci
+
+
+def parse_arm(text: str) -> tuple[Path, str, float]:
+    """``FILE:FAMILY:MARGIN`` → its parts, or a usage error that says what was expected."""
+    path, sep, rest = text.rpartition(":")
+    path, sep2, family = path.rpartition(":")
+    try:
+        margin = float(rest)
+    except ValueError:
+        margin = None
+    if not (sep and sep2 and path and family) or margin is None:
+        raise argparse.ArgumentTypeError(f"expected FILE.jsonl:FAMILY:MARGIN, got {text!r}")
+    return Path(path), family, margin
+
+
+def arm_rows(path: Path, family: str, margin: float, rule: str) -> dict[int, dict[str, float]]:
+    """seed → {test set: rSum under ``rule``} of one arm's rows in ``path``."""
+    out: dict[int, dict[str, float]] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row: dict[str, Any] = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"{path}:{n}: not a JSON row ({e.msg})") from None
+        if row.get("family") != family or row.get("margin") != margin:
+            continue
+        if row["seed"] in out:
+            raise SystemExit(f"{path}:{n}: a second {family} m={margin} row for seed {row['seed']}")
+        out[row["seed"]] = {t: v[rule]["rsum"] for t, v in row["tests"].items() if rule in v}
+    if not out:
+        raise SystemExit(f"{path}: no rows of {family} at margin {margin}")
+    return out
+
+
+def compare(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]]) -> list[str]:
+    """The markdown table of B against A, one line per test set both arms were scored on."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise SystemExit(f"the arms share no seed (A: {sorted(a)}, B: {sorted(b)})")
+    lines = [
+        f"seeds {', '.join(map(str, seeds))}",
+        "",
+        "| test set | A | B | Δ (B − A) [95% CI] | per seed |",
+        "|---|---|---|---|---|",
+    ]
+    tests = [t for t in a[seeds[0]] if all(t in a[s] and t in b[s] for s in seeds)]
+    for t in tests:
+        xa, xb = [a[s][t] for s in seeds], [b[s][t] for s in seeds]
+        per = " / ".join(f"{y - x:+.1f}" for x, y in zip(xa, xb, strict=True))
+        lines.append(f"| {t} | {mean_std(xa)} | {mean_std(xb)} | {paired_ci(xb, xa)} | {per} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("a", type=parse_arm, help="the reference arm, FILE.jsonl:FAMILY:MARGIN")
+    ap.add_argument("b", type=parse_arm, help="the arm compared with it")
+    ap.add_argument("--rule", default="plain", help="the scoring rule read (default plain)")
+    args = ap.parse_args(argv)
+    for path, _, _ in (args.a, args.b):
+        if not path.is_file():
+            ap.error(f"{path}: no such file")
+    a, b = (arm_rows(*arm, args.rule) for arm in (args.a, args.b))
+    only = sorted(set(a) ^ set(b))
+    if only:
+        print(f"seeds in one arm only, left out: {only}", file=sys.stderr)
+    print("\n".join(compare(a, b)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
