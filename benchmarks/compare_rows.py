@@ -9,6 +9,9 @@ statistic of the registered rules in docs/results.md — and Δ per seed.
     python benchmarks/compare_rows.py \\
         benchmarks/results/dropout-confirm-scenes-p0.jsonl:fine_grained:0.8 \\
         benchmarks/results/dropout-confirm-scenes.jsonl:fine_grained:0.8
+
+A file that holds runs trained on several sets needs ``--train-set NAME``: a seed of one arm
+must name one run, never whichever of several came last.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ def parse_arm(text: str) -> tuple[Path, str, float]:
     return Path(path), family, margin
 
 
-def arm_rows(path: Path, family: str, margin: float, rule: str) -> dict[int, dict[str, float]]:
-    """seed → {test set: rSum under ``rule``} of one arm's rows in ``path``."""
+def arm_rows(
+    path: Path, family: str, margin: float, rule: str, train_set: str | None = None
+) -> dict[int, dict[str, float]]:
+    """seed → {test set: rSum under ``rule``} of one arm's rows in ``path`` (trained on
+    ``train_set`` when given)."""
     out: dict[int, dict[str, float]] = {}
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -47,11 +53,17 @@ def arm_rows(path: Path, family: str, margin: float, rule: str) -> dict[int, dic
             raise SystemExit(f"{path}:{n}: not a JSON row ({e.msg})") from None
         if row.get("family") != family or row.get("margin") != margin:
             continue
+        if train_set is not None and row.get("train_set") != train_set:
+            continue
         if row["seed"] in out:
-            raise SystemExit(f"{path}:{n}: a second {family} m={margin} row for seed {row['seed']}")
+            hint = "" if train_set else " (rows of several train sets? pick one: --train-set)"
+            raise SystemExit(
+                f"{path}:{n}: a second {family} m={margin} row for seed {row['seed']}{hint}"
+            )
         out[row["seed"]] = {t: v[rule]["rsum"] for t, v in row["tests"].items() if rule in v}
     if not out:
-        raise SystemExit(f"{path}: no rows of {family} at margin {margin}")
+        where = f" trained on {train_set}" if train_set else ""
+        raise SystemExit(f"{path}: no rows of {family} at margin {margin}{where}")
     return out
 
 
@@ -81,11 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("a", type=parse_arm, help="the reference arm, FILE.jsonl:FAMILY:MARGIN")
     ap.add_argument("b", type=parse_arm, help="the arm compared with it")
     ap.add_argument("--rule", default="plain", help="the scoring rule read (default plain)")
+    ap.add_argument(
+        "--train-set", help="read only the runs trained on this set (a row's train_set)"
+    )
     args = ap.parse_args(argv)
     for path, _, _ in (args.a, args.b):
         if not path.is_file():
             ap.error(f"{path}: no such file")
-    a, b = (arm_rows(*arm, args.rule) for arm in (args.a, args.b))
+    a, b = (arm_rows(*arm, args.rule, args.train_set) for arm in (args.a, args.b))
     only = sorted(set(a) ^ set(b))
     if only:
         print(f"seeds in one arm only, left out: {only}", file=sys.stderr)

@@ -142,9 +142,10 @@ def test_compare_options_runs_all_off_each_on_and_all_on(monkeypatch, capsys) ->
     assert "(0.60x)" in out[-1]
 
 
-def _row(family: str, margin: float, seed: int, rsum: float) -> str:
+def _row(family: str, margin: float, seed: int, rsum: float, train_set: str = "in") -> str:
     tests = {"in": {"plain": {"rsum": rsum}}, "shift": {"plain": {"rsum": rsum / 2}}}
-    return json.dumps({"family": family, "margin": margin, "seed": seed, "tests": tests}) + "\n"
+    row = {"family": family, "margin": margin, "seed": seed, "train_set": train_set}
+    return json.dumps(row | {"tests": tests}) + "\n"
 
 
 def test_compare_rows_pairs_two_files_by_seed_and_names_what_it_leaves_out(
@@ -179,3 +180,17 @@ def test_compare_rows_refuses_a_bad_arm_an_empty_arm_and_a_broken_row(tmp_path) 
         compare.main([f"{a}:gpo:0.8", f"{a}:fine_grained:0.8"])
     with pytest.raises(SystemExit):  # argparse: FILE:FAMILY:MARGIN expected
         compare.main([f"{a}:fine_grained", f"{a}:fine_grained:0.8"])
+
+
+def test_compare_rows_keeps_the_runs_of_one_train_set_apart(tmp_path, capsys) -> None:
+    compare = load("compare_rows")
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(_row("global", 1.2, 1, 100, "x") + _row("global", 1.2, 1, 300, "y"))
+    b.write_text(_row("global", 1.2, 1, 110, "x") + _row("global", 1.2, 1, 290, "y"))
+    with pytest.raises(SystemExit, match=r"a.jsonl:2: a second .* --train-set"):
+        compare.main([f"{a}:global:1.2", f"{b}:global:1.2"])
+    assert compare.main([f"{a}:global:1.2", f"{b}:global:1.2", "--train-set", "y"]) == 0
+    out = capsys.readouterr().out
+    assert "| in | 300.0 | 290.0 |" in out and "-10.0" in out
+    with pytest.raises(SystemExit, match=r"no rows of global at margin 1\.2 trained on z"):
+        compare.main([f"{a}:global:1.2", f"{b}:global:1.2", "--train-set", "z"])
