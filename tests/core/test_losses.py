@@ -140,3 +140,21 @@ def test_create_loss_and_bad_inputs():
         triplet_loss(torch.zeros(3, 3), torch.arange(4))
     with pytest.raises(ValueError, match="image_ids"):
         infonce_loss(torch.zeros(3, 3), torch.zeros(3, 1), 1.0)
+
+
+@pytest.mark.parametrize("hardest", [True, False])
+def test_triplet_gradient_stops_depending_on_the_margin_once_every_hinge_is_active(hardest):
+    # why the study found margins 0.8 and 1.2 training the same fine-grained model: cosine
+    # scores whose gaps are all below both margins give the same gradient at either margin
+    torch.manual_seed(0)
+    ids = torch.arange(4)
+
+    def grad(margin: float, scores: torch.Tensor) -> torch.Tensor:
+        s = scores.clone().requires_grad_(True)
+        triplet_loss(s, ids, margin=margin, hardest=hardest).backward()
+        return s.grad
+
+    close = 0.1 * torch.rand(4, 4)  # every gap < 0.1: every hinge active at 0.8 and 1.2
+    assert torch.equal(grad(0.8, close), grad(1.2, close))
+    apart = close + torch.eye(4)  # positives 1 above the negatives: active at 1.2 only
+    assert not torch.equal(grad(0.8, apart), grad(1.2, apart))
