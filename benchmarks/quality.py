@@ -30,6 +30,8 @@ confirmed with another.
     python benchmarks/quality.py --report-only   # re-aggregate benchmarks/results/quality.jsonl
     python benchmarks/quality.py --core --set model.finetune_text=true \
         --results ft.jsonl --report ft.md --plots ft-plots   # another recipe, its own files
+    python benchmarks/quality.py --confirm study.jsonl --seeds 100 101 102 --with-default \
+        --train-sets twemoji --results c.jsonl --report c.md   # fresh seeds, picks fixed
 """
 
 from __future__ import annotations
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     n_tune = args.tune_seeds
     if n_tune is not None and (n_tune < 1 or (args.confirm is None and n_tune > len(args.seeds))):
         ap.error(f"--tune-seeds must be between 1 and the {len(args.seeds)} --seeds given")
+    if args.with_default and args.confirm is None:
+        ap.error("--with-default goes with --confirm (a study runs the default PICO anyway)")
     base = dict(BASE)
     # the files a study of another recipe must name itself; a confirmation draws no plots
     own = ("results", "report") if args.confirm is not None else ("results", "report", "plots")
@@ -339,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
                 why = why or check_recipe(study, recipe_of(base), args.confirm)
                 if why:
                     ap.error(why)
-                run_all(confirm_plan(study, ts, args.seeds, len(study_tune[ts])))
+                try:
+                    runs = confirm_plan(study, ts, args.seeds, len(study_tune[ts]),
+                                        args.with_default)  # fmt: skip
+                except ValueError as err:
+                    ap.error(f"--confirm {args.confirm}: {err}")
+                run_all(runs)
         else:  # one training set at a time, so that a cut-short study has whole sets
             for ts in args.train_sets:
                 grid = {f: args.margins or FAMILIES[f][1] for f in families}

@@ -114,4 +114,10 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
         "STUDY_JSONL's tuning seed (or seeds: --tune-seeds) picked on validation; no "
         "tuning here",
     )
+    ap.add_argument(
+        "--with-default",
+        action="store_true",
+        help="with --confirm: also re-run the default PICO (pico-fine_grained) at its picked "
+        "margin where it is not the best PICO family, for the report's default-PICO headline",
+    )
     return ap

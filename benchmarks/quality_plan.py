@@ -146,16 +146,28 @@ def confirm_tune(study: list[dict[str, Any]], train_set: str, n_tune: int | None
 
 
 def confirm_plan(
-    study: list[dict[str, Any]], train_set: str, seeds: list[int], n_tune: int | None = None
+    study: list[dict[str, Any]],
+    train_set: str,
+    seeds: list[int],
+    n_tune: int | None = None,
+    with_default: bool = False,
 ) -> list[tuple]:
     """The pre-registered confirmation's runs on ``train_set``: the best baseline and the best
     PICO family, each at its margin, all as the study's tuning seeds (``confirm_tune``)
-    picked them on validation; run on the fresh ``seeds``. Nothing is tuned on them."""
+    picked them on validation; run on the fresh ``seeds``. Nothing is tuned on them.
+
+    ``with_default`` adds the default PICO at its picked margin where it is not the best PICO
+    family, so that the report's "default PICO" headline has fresh-seed rows too (off by
+    default: the confirmations registered before it ran without)."""
     tune = confirm_tune(study, train_set, n_tune)
     sub = [r for r in study if r["train_set"] == train_set]
-    pair = [best_baseline(sub, train_set, tune), best_pico(sub, train_set, tune)]
-    picks = {(f, train_set): [pick_margin(sub, f, train_set, tune)] for f in pair}
-    return plan(pair, picks, seeds, [train_set])
+    chosen = [best_baseline(sub, train_set, tune), best_pico(sub, train_set, tune)]
+    if with_default and DEFAULT_PICO not in chosen:
+        if not any(r["family"] == DEFAULT_PICO for r in sub):
+            raise ValueError(f"the study has no {DEFAULT_PICO} runs on {train_set}")
+        chosen.append(DEFAULT_PICO)
+    picks = {(f, train_set): [pick_margin(sub, f, train_set, tune)] for f in chosen}
+    return plan(chosen, picks, seeds, [train_set])
 
 
 def ablation_plan(seeds: list[int], train_set: str) -> list[tuple]:

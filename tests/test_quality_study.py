@@ -118,6 +118,27 @@ def test_the_confirmation_runs_the_picked_pair_at_their_margins_on_the_fresh_see
         quality.confirm_plan(study(), "noto-emoji", [10])
 
 
+def test_the_confirmation_adds_the_default_pico_only_when_asked_and_not_already_there(
+    quality,
+) -> None:
+    rows = [*study(), row("pico-global", 0.2, 0, val=240, test=0)]  # now the best PICO
+    pairs = {(r[0], r[2]) for r in quality.confirm_plan(rows, TS, [10])}
+    assert pairs == {("gpo", 0.2), ("pico-global", 0.2)}
+    pairs = {(r[0], r[2]) for r in quality.confirm_plan(rows, TS, [10], with_default=True)}
+    assert pairs == {("gpo", 0.2), ("pico-global", 0.2), ("pico-fine_grained", 0.2)}
+    # where the default PICO is the best one, nothing is run twice
+    assert len(quality.confirm_plan(study(), TS, [10], with_default=True)) == 2
+    no_default = [r for r in rows if r["family"] != "pico-fine_grained"]
+    with pytest.raises(ValueError, match="no pico-fine_grained runs on twemoji"):
+        quality.confirm_plan(no_default, TS, [10], with_default=True)
+
+
+def test_with_default_is_refused_outside_a_confirmation(quality, capsys) -> None:
+    with pytest.raises(SystemExit):
+        quality.main(["--with-default"])
+    assert "--with-default goes with --confirm" in capsys.readouterr().err
+
+
 def three_seeds() -> list[dict[str, Any]]:
     """Seed 0 alone prefers margin 0.2 by one validation point; seeds 1 and 2 prefer 1.2."""
     vals = {0.2: (219, 200, 201), 1.2: (218, 215, 214)}
