@@ -352,3 +352,24 @@ def test_a_cache_hit_draws_no_progress_bar(toy_dataset, tmp_path, capsys):
     encode_dataset(toy_dataset, img, txt, cache_dir=tmp_path, batch_size=3, progress=True)
     second = capsys.readouterr().err
     assert "images [" not in second and "texts [" not in second
+
+
+def test_cache_reports_the_mkl_path_it_was_encoded_on(toy_dataset, tmp_path, monkeypatch):
+    """The same math mode rounds differently on an AMD CPU (MKL ignores its AVX2 request
+    there), so a cache records the path MKL really ran; a hit reports the builder's path, and
+    chunks stored on another path are recomputed, as for another math mode."""
+    monkeypatch.setattr(F, "CHUNK_BATCHES", 1)
+    monkeypatch.setattr(F, "mkl_branch", lambda: "avx2,strict")
+    img = RandomConvEncoder()
+    stopping_after(img, 2)
+    with pytest.raises(Stop):
+        _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
+    monkeypatch.setattr(F, "mkl_branch", lambda: "auto,strict")
+    calls = counting(img := RandomConvEncoder())
+    built = _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
+    assert calls["n"] == 3  # no chunk of the other path reused
+    assert (built.meta["image_mkl"], built.meta["text_mkl"]) == ("auto,strict", "auto,strict")
+    monkeypatch.setattr(F, "mkl_branch", lambda: "avx2,strict")
+    calls = counting(img := RandomConvEncoder())
+    hit = _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
+    assert calls["n"] == 0 and hit.meta["image_mkl"] == "auto,strict"  # reported, not keyed

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from picoalign.core.hardware import math_mode
+from picoalign.core.hardware import math_mode, mkl_branch
 from picoalign.data.base import ImageCaptionDataset, digest
 from picoalign.data.images import DECODING
 from picoalign.encoders import ImageEncoder, TextEncoder, create_image_encoder, create_text_encoder
@@ -174,15 +174,17 @@ def cached_features(
     *,
     chunk: int,
     progress: bool = True,
-) -> tuple[TokenFeatures, str | None, str]:
+) -> tuple[TokenFeatures, str | None, dict[str, str]]:
     """``kind`` features from the cache if valid for this run, else computed chunk by chunk
     (``compute(start, end, bar)`` encodes rows start..end), resuming from stored chunks.
 
-    Also returns the math mode the features were computed in (``core.hardware.math_mode``;
-    ``"unknown"`` for caches from before it was recorded). It is not part of the cache key:
-    the mode changes the encoders' rounding, not their definition, so an existing cache is
-    kept; but a row trained on it reproduces bit for bit only with the same cache, so the
-    mode is reported (docs/results.md, "Rounding")."""
+    Also returns how the features were computed: ``{"math": …, "mkl": …}``, the math mode
+    (``core.hardware.math_mode``) and the code path MKL really ran (``mkl_branch``: the same
+    mode gives other bits on an AMD CPU than on an Intel one); ``"unknown"`` for caches from
+    before each was recorded. Neither is part of the cache key: they change the encoders'
+    rounding, not their definition, so an existing cache is kept; but a row trained on it
+    reproduces bit for bit only with the same cache, so they are reported (docs/results.md,
+    "Rounding")."""
     expect = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -201,9 +203,10 @@ def cached_features(
         return tqdm(total=len(content), desc=f"{kind} [{encoder.name}]", unit=unit,
                     disable=not progress)  # fmt: skip
 
+    how = {"math": math_mode(), "mkl": mkl_branch()}
     if cache_dir is None or not getattr(encoder, "cacheable", True):
         with new_bar() as bar:
-            return compute(0, len(content), bar), None, math_mode()
+            return compute(0, len(content), bar), None, how
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.name)[:40]
     enc_id = digest(encoder.cache_config)
     path = cache_dir / "features" / f"{safe_name}-{dataset.fingerprint}-{kind}-{enc_id}.safetensors"
@@ -214,23 +217,24 @@ def cached_features(
             if not stale:
                 log.info("feature cache hit: %s", path)
                 feats = TokenFeatures(tensors["tokens"], tensors["mask"])
-                return feats, str(path), str(meta.get("math", "unknown"))
+                how = {k: str(meta.get(k, "unknown")) for k in ("math", "mkl")}
+                return feats, str(path), how
             log.warning("rebuilding feature cache %s: %s changed", path.name, ", ".join(stale))
         except Exception as e:  # unreadable or truncated file: rebuild it
             log.warning("rebuilding unreadable feature cache %s: %s", path.name, e)
     parts_dir = path.with_name(path.name.removesuffix(".safetensors") + ".parts")
     parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-    mode = math_mode()  # a chunk stored in another mode is recomputed: one file, one mode
+    # a chunk stored in another mode or MKL path is recomputed: one file, one way of rounding
     with new_bar() as bar, _tidy(parts_dir):
         for start in range(0, len(content), chunk):
             end = min(len(content), start + chunk)
             part = parts_dir / f"{start:09d}-{end:09d}.safetensors"
-            feats = _read_part(part, {**expect, "rows": [start, end], "math": mode})
+            feats = _read_part(part, {**expect, "rows": [start, end], **how})
             if feats is None:
                 feats = compute(start, end, bar)
                 atomic_save(
                     {"tokens": feats.tokens, "mask": feats.mask},
-                    {**expect, "rows": [start, end], "math": mode},
+                    {**expect, "rows": [start, end], **how},
                     part,
                 )
             else:
@@ -245,11 +249,11 @@ def cached_features(
         "preprocessing": getattr(encoder, "preprocessing", ""),
         "tokens": int(feats.tokens.shape[1]),
         "dim": feats.dim,
-        "math": mode,
+        **how,
     }
     atomic_save({"tokens": feats.tokens, "mask": feats.mask}, meta, path)
     shutil.rmtree(parts_dir, ignore_errors=True)
-    return feats, str(path), mode
+    return feats, str(path), how
 
 
 @contextlib.contextmanager
@@ -312,10 +316,10 @@ def encode_dataset(
     def texts_of(start: int, end: int, bar: Any) -> TokenFeatures:
         return encode_texts(captions[start:end], txt_enc, bar=bar, **kw)
 
-    images, img_path, img_math = cached_features(
+    images, img_path, img_how = cached_features(
         "images", dataset, img_enc, keys, root, images_of, chunk=chunk, progress=progress
     )
-    texts, txt_path, txt_math = cached_features(
+    texts, txt_path, txt_how = cached_features(
         "texts", dataset, txt_enc, captions, root, texts_of, chunk=chunk, progress=progress
     )
     meta = {
@@ -327,8 +331,11 @@ def encode_dataset(
         "text_cache_key": txt_enc.cache_key,
         "image_cache": img_path,
         "text_cache": txt_path,
-        "image_math": img_math,  # the math mode each part was encoded in (cached_features)
-        "text_math": txt_math,
+        # the math mode and MKL path each part was encoded in (cached_features)
+        "image_math": img_how["math"],
+        "text_math": txt_how["math"],
+        "image_mkl": img_how["mkl"],
+        "text_mkl": txt_how["mkl"],
         "data": dict(dataset.notes),  # what was done to the data (val carve, skips)
     }
     return FeatureSet(
