@@ -229,14 +229,11 @@ def cached_features(
         for start in range(0, len(content), chunk):
             end = min(len(content), start + chunk)
             part = parts_dir / f"{start:09d}-{end:09d}.safetensors"
-            feats = _read_part(part, {**expect, "rows": [start, end], **how})
+            part_meta = {**expect, "rows": [start, end], **how}
+            feats = _read_part(part, part_meta)
             if feats is None:
                 feats = compute(start, end, bar)
-                atomic_save(
-                    {"tokens": feats.tokens, "mask": feats.mask},
-                    {**expect, "rows": [start, end], **how},
-                    part,
-                )
+                atomic_save({"tokens": feats.tokens, "mask": feats.mask}, part_meta, part)
             else:
                 bar.update(end - start)
             parts.append((feats.tokens, feats.mask))
