@@ -10,8 +10,10 @@ statistic of the registered rules in docs/results.md — and Δ per seed.
         benchmarks/results/dropout-confirm-scenes-p0.jsonl:fine_grained:0.8 \\
         benchmarks/results/dropout-confirm-scenes.jsonl:fine_grained:0.8
 
-A file that holds runs trained on several sets needs ``--train-set NAME``: a seed of one arm
-must name one run, never whichever of several came last.
+A file that holds an arm's runs trained on several sets needs ``--train-set NAME``: a seed of
+one arm must name one run, never whichever of several came last, and an arm never pairs runs
+of different training sets, even where their seeds do not collide. Two arms trained on
+different sets are refused for the same reason.
 """
 
 from __future__ import annotations
@@ -40,10 +42,12 @@ def parse_arm(text: str) -> tuple[Path, str, float]:
 
 def arm_rows(
     path: Path, family: str, margin: float, rule: str, train_set: str | None = None
-) -> dict[int, dict[str, float]]:
-    """seed → {test set: rSum under ``rule``} of one arm's rows in ``path`` (trained on
-    ``train_set`` when given)."""
+) -> tuple[str | None, dict[int, dict[str, float]]]:
+    """The arm's training set and seed → {test set: rSum under ``rule``} of its rows in
+    ``path`` (only those trained on ``train_set`` when given). Rows of several training sets
+    without ``train_set`` are refused: pairing them by seed would compare different data."""
     out: dict[int, dict[str, float]] = {}
+    trained_on: dict[str | None, int] = {}  # training set → the first line that has it
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -61,10 +65,17 @@ def arm_rows(
                 f"{path}:{n}: a second {family} m={margin} row for seed {row['seed']}{hint}"
             )
         out[row["seed"]] = {t: v[rule]["rsum"] for t, v in row["tests"].items() if rule in v}
+        trained_on.setdefault(row.get("train_set"), n)
     if not out:
         where = f" trained on {train_set}" if train_set else ""
         raise SystemExit(f"{path}: no rows of {family} at margin {margin}{where}")
-    return out
+    if len(trained_on) > 1:
+        sets = ", ".join(f"{t} (line {n})" for t, n in trained_on.items())
+        raise SystemExit(
+            f"{path}: the {family} m={margin} rows were trained on several sets: {sets}; "
+            "pick one with --train-set"
+        )
+    return next(iter(trained_on)), out
 
 
 def compare(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]]) -> list[str]:
@@ -100,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     for path, _, _ in (args.a, args.b):
         if not path.is_file():
             ap.error(f"{path}: no such file")
-    a, b = (arm_rows(*arm, args.rule, args.train_set) for arm in (args.a, args.b))
+    (set_a, a), (set_b, b) = (arm_rows(*arm, args.rule, args.train_set) for arm in (args.a, args.b))
+    if set_a != set_b:
+        ap.error(f"arm A was trained on {set_a}, arm B on {set_b}: a paired Δ needs one set")
     only = sorted(set(a) ^ set(b))
     if only:
         print(f"seeds in one arm only, left out: {only}", file=sys.stderr)

@@ -194,3 +194,20 @@ def test_compare_rows_keeps_the_runs_of_one_train_set_apart(tmp_path, capsys) ->
     assert "| in | 300.0 | 290.0 |" in out and "-10.0" in out
     with pytest.raises(SystemExit, match=r"no rows of global at margin 1\.2 trained on z"):
         compare.main([f"{a}:global:1.2", f"{b}:global:1.2", "--train-set", "z"])
+
+
+def test_compare_rows_never_pairs_runs_of_different_training_sets(tmp_path, capsys) -> None:
+    compare = load("compare_rows")
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    # seeds that do not collide: without the check, seed 1 of x would pair with seed 1 of b
+    a.write_text(_row("global", 1.2, 1, 100, "x") + _row("global", 1.2, 2, 300, "y"))
+    b.write_text(_row("global", 1.2, 1, 110, "x") + _row("global", 1.2, 2, 120, "x"))
+    with pytest.raises(SystemExit, match=r"a.jsonl: .*several sets: x \(line 1\), y \(line 2\)"):
+        compare.main([f"{a}:global:1.2", f"{b}:global:1.2"])
+    assert compare.main([f"{a}:global:1.2", f"{b}:global:1.2", "--train-set", "x"]) == 0
+    assert "seeds 1\n" in capsys.readouterr().out
+    a.write_text(_row("global", 1.2, 2, 300, "y"))  # one set per arm, but not the same one
+    b.write_text(_row("global", 1.2, 2, 310, "z"))
+    with pytest.raises(SystemExit):
+        compare.main([f"{a}:global:1.2", f"{b}:global:1.2"])
+    assert "arm A was trained on y, arm B on z" in capsys.readouterr().err
