@@ -117,9 +117,9 @@ def test_override_into_a_non_section_is_a_value_error(overrides: dict) -> None:
 @pytest.mark.parametrize("text", ["epochs: [1\n", "a: b: c\n", "\tepochs: 2\n"])
 def test_invalid_yaml_names_the_file(tmp_path: Path, text: str) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(ValueError, match="invalid YAML") as info:
+    with pytest.raises(ValueError, match=r"invalid YAML \(.* at line \d+, column \d+\)$") as info:
         load_config(path)
-    assert str(path) in str(info.value)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("text", ["- 1\n- 2\n", "just a string\n", "model: 3\n", "model: [1]\n"])
@@ -277,3 +277,33 @@ def test_python_construction_keeps_working() -> None:
     with pytest.raises(ValueError, match="reading"):
         PICOConfig(reading="diagonal")
     assert ModelConfig(method="global").scorer == "global"
+
+
+@pytest.mark.parametrize(
+    "key, raw, value",
+    [
+        ("model.prompt", "{} emoji", "{} emoji"),  # YAML cannot read it: a text option keeps it
+        ("model.prompt", "{}", "{}"),  # YAML reads an empty mapping
+        ("model.prompt", '"an emoji of {}"', "an emoji of {}"),  # quoted: YAML unquotes
+        ("model.text_encoder", "123", "123"),
+        ("cache_dir", "null", None),  # an optional text option can still be unset
+        ("lr_steps", "[0.6, 0.85]", [0.6, 0.85]),
+        ("model.pico.lam", "0.5", 0.5),
+        ("model.text_max_tokens", "null", None),
+    ],
+)
+def test_set_values_are_read_by_the_options_type(key: str, raw: str, value: object) -> None:
+    from picoalign.config.loading import override_value
+
+    assert override_value(key, raw) == value
+    if isinstance(value, str):  # and the whole config accepts it
+        assert getattr(load_config(None, {key: value}).model, key.split(".")[-1]) == value
+
+
+@pytest.mark.parametrize("key", ["lr_steps", "model.pico.lam", "no.such.key"])
+def test_a_set_value_yaml_cannot_read_is_one_line_that_says_where(key: str) -> None:
+    from picoalign.config.loading import override_value
+
+    with pytest.raises(ValueError, match=rf"--set {key}=\[1,: .*column 4.*quote text") as info:
+        override_value(key, "[1,")
+    assert "\n" not in str(info.value)

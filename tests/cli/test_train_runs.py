@@ -195,8 +195,9 @@ def test_resume_without_a_run_names_the_folder(tmp_path) -> None:
         ("model.pico.lam=high", "--set model.pico.lam=high: Input should be a valid number"),
         ("lr_steps=8", "--set lr_steps=8: Input should be a valid list (write a list"),
         ("model.image_dim=64", "--set model.image_dim=64: not settable"),
+        ("lr_steps=[1,", "--set lr_steps=[1,: not a value YAML can read ("),
     ],
-    ids=["bool", "number", "list", "derived"],
+    ids=["bool", "number", "list", "derived", "yaml"],
 )
 def test_typed_set_values_fail_in_one_line_before_anything_is_written(
     ref, tmp_path, setting, expect

@@ -48,9 +48,7 @@ def _set_value(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
     key, raw = text.split("=", 1)
-    import yaml
-
-    return key.strip(), yaml.safe_load(raw)
+    return key.strip(), raw  # read by the option's type in train._overrides
 
 
 def _add_evaluate(sub: Any) -> None:

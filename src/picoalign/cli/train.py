@@ -232,7 +232,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     method = overrides.pop("method", None)
     if method:
         overrides["model.method"] = method
-    overrides.update(dict(args.set))
+    from picoalign.config.loading import override_value
+
+    overrides.update({k: override_value(k, raw) for k, raw in args.set})
     return overrides
 
 

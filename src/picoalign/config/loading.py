@@ -145,6 +145,54 @@ class TrainConfig:
         return [round(s * self.epochs) if s < 1 else int(s) for s in self.lr_steps]
 
 
+def yaml_problem(e: yaml.YAMLError, *, lines: bool = True) -> str:
+    """PyYAML's several-line message in one line: what is wrong and where (1-based), so that
+    a CLI that prints one line keeps the position."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+    if mark is None:
+        return problem
+    if lines:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return f"{problem} at column {mark.column + 1}"
+
+
+def _field_type(key: str) -> Any:
+    """The annotation of a dotted option (``model.prompt`` → str), or None if unknown."""
+    import typing
+
+    cls: Any = TrainConfig
+    *parents, leaf = key.split(".")
+    for part in parents:
+        sub = {"model": ModelConfig, "pico": PICOConfig}.get(part)
+        if sub is None or part not in _known(cls):
+            return None
+        cls = sub
+    return typing.get_type_hints(cls).get(leaf)
+
+
+def override_value(key: str, raw: str) -> Any:
+    """The value of ``--set KEY=RAW``: RAW read as YAML (``0.5``, ``true``, ``[0.6, 0.85]``),
+    except that a text option keeps RAW as typed where YAML would make it something else or
+    cannot read it. Why: a prompt is naturally written ``model.prompt={} emoji``, which YAML
+    cannot parse, or ``model.prompt={}``, which YAML reads as an empty mapping. Anything else
+    YAML cannot read is a one-line error that says where."""
+    typ = _field_type(key)
+    text_option = typ is str or (typ is not None and str in getattr(typ, "__args__", ()))
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        if text_option:
+            return raw
+        raise ValueError(
+            f"--set {key}={raw}: not a value YAML can read ({yaml_problem(e, lines=False)}); "
+            "write numbers as 0.5, lists as [0.6, 0.85], and quote text"
+        ) from None
+    if text_option and not isinstance(value, str) and not (value is None and typ is not str):
+        return raw  # {} (a mapping to YAML), 123, true: the option is text, as typed
+    return value
+
+
 def _known(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
@@ -238,7 +286,7 @@ def _read_yaml(p: Path) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{p}: invalid YAML ({e})") from e
+        raise ValueError(f"{p}: invalid YAML ({yaml_problem(e)})") from e
     if not isinstance(loaded, dict):
         raise ValueError(f"{p}: expected a mapping of options at the top level")
     _check_tree(loaded, str(p))
