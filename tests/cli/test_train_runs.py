@@ -107,6 +107,8 @@ def test_overwrite_stopped_before_its_first_checkpoint_keeps_the_old_run(
     monkeypatch.setattr(loop, "_train_epoch", interrupted)
     rc, _, err = run_cli(*train_argv(ref["data"], run, 2, "--overwrite"))
     assert rc == 130 and "Traceback" not in err
+    # not "continue with --resume": that would continue the old run, not the one started
+    assert "previous run" in err and "back as it was" in err and "--resume" not in err
     assert (run / "metrics.jsonl").read_text() == before
     assert load_config(run / "config.yaml").epochs == 1
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -180,6 +182,40 @@ def test_resume_refuses_a_change_that_makes_another_run(ref, tmp_path, flags, ex
     before = (run / "config.yaml").read_text()
     rc, _, err = run_cli("train", "--out", str(run), "--resume", *flags)
     assert rc == 2 and expect in one_error_line(err)
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_resume_refuses_data_edited_in_place(ref, tmp_path) -> None:
+    """The user report: a caption edited in the data file between two runs of the same spec
+    was resumed silently, and data.json lost the record of what the first epochs saw."""
+    import shutil
+
+    data = tmp_path / "data" / ref["data"].name
+    shutil.copytree(ref["data"].parent, data.parent)
+    run = tmp_path / "run"
+    assert run_cli(*train_argv(data, run, 1))[0] == 0
+    before = {f: (run / f).read_text() for f in ("config.yaml", "data.json", "metrics.jsonl")}
+    lines = data.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["captions"][0] += " again"
+    data.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    rc, _, err = run_cli("train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress")
+    assert rc == 2 and "the data of" in one_error_line(err) and "changed since" in err
+    assert {f: (run / f).read_text() for f in before} == before
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused_and_keeps_the_config(
+    ref, tmp_path
+) -> None:
+    """The user report: --resume --epochs 1 on a 2-epoch run said "model saved" and wrote
+    epochs: 1 into config.yaml, so the run's own config no longer made the run."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(ref["run"], run)
+    before = (run / "config.yaml").read_text()
+    rc, _, err = run_cli("train", "--out", str(run), "--resume", "--epochs", "1", "--no-progress")
+    assert rc == 2 and "has already trained 2 epochs" in one_error_line(err)
     assert (run / "config.yaml").read_text() == before
 
 

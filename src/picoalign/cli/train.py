@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -169,10 +170,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from picoalign.training.loop import train
 
     cfg = train_config(args)
+    started = time.time()
     try:
         result = train(cfg, resume=args.resume, overwrite=args.overwrite, on_epoch=_print_epoch)
     except KeyboardInterrupt:
-        _interrupted(Path(cfg.out))
+        _interrupted(Path(cfg.out), started, replacing=args.overwrite)
         return 130
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
         return 0
@@ -266,9 +268,19 @@ def _conflicts(saved: Any, new: Any, set_keys: set[str]) -> list[str]:
     return found
 
 
-def _interrupted(out: Path) -> None:
-    """Ctrl-C: say how to continue (the last checkpoint is a complete folder swap)."""
-    if (out / "last" / "state.pt").is_file():
+def _interrupted(out: Path, started: float, *, replacing: bool = False) -> None:
+    """Ctrl-C: say how to continue (the last checkpoint is a complete folder swap). An
+    ``--overwrite`` stopped before its first checkpoint has put the previous run back
+    (training.runs.Replacement): its checkpoint predates this command, and resuming it would
+    continue the old run, not the one the user started."""
+    state = out / "last" / "state.pt"
+    if replacing and state.is_file() and state.stat().st_mtime < started:
+        print(
+            "picoalign: interrupted before the new run's first checkpoint; the previous run "
+            f"in {out} is back as it was (nothing of the new run to resume)",
+            file=sys.stderr,
+        )
+    elif state.is_file():
         print(
             f"picoalign: interrupted; continue with: picoalign train --out {out} --resume",
             file=sys.stderr,

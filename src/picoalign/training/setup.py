@@ -141,10 +141,17 @@ def setup_run(
     result = TrainResult(model=model, out=Path(cfg.out) if write else None, config=cfg)
     start = Position()
     if write and resume:
+        check_same_data(Path(cfg.out), fs.meta)
         # rank 0 first, and only rank 0 repairs what a kill left: the others just read
         start, result.history, result.best = ctx.main_first(
             lambda: restore_last(Path(cfg.out), model, opt, loss_fn, repair=ctx.is_main)
         )
+        if start.epoch > cfg.epochs:  # before config.yaml is written: the run stays as it is
+            raise ValueError(
+                f"--resume --epochs {cfg.epochs}: the run in {cfg.out} has already trained "
+                f"{start.epoch} epochs; a resume can only continue it (--epochs {start.epoch} "
+                "or more)"
+            )
     replacing = Replacement(out) if out is not None and not resume else None
     if out is not None:
         if replacing is not None:
@@ -160,6 +167,27 @@ def setup_run(
         cfg, ctx, device, train_fs, eval_fs, model, net, loss_fn, opt, params, pixels, out,
         result, start, replacing=replacing,
     )  # fmt: skip
+
+
+def check_same_data(out: Path, meta: dict[str, Any]) -> None:
+    """Refuse to resume on data that is not what the run trained on. Why: only the dataset
+    spec is part of the config, and a file edited in place keeps its spec; the run's
+    ``data.json`` holds the fingerprint of the content it trained on (a run without one, from
+    before it was written, is not checked)."""
+    path = out / "data.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: the resume rewrites it, as before
+    new = meta.get("fingerprint")
+    if old is not None and new is not None and old != new:
+        raise ValueError(
+            f"--resume: the data of {out} changed since the run trained on it (fingerprint "
+            f"{old} in {path}, {new} now): a resumed run keeps its data; put the old data "
+            "back, or train a new run into another --out"
+        )
 
 
 def param_groups(
