@@ -205,8 +205,14 @@ def model_dir(checkpoint: str | Path) -> Path:
     if (path / "best" / "config.json").is_file():
         return path / "best"
     if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        if (path / "last" / "config.json").is_file():  # stopped before its end (select=last)
+            raise FileNotFoundError(
+                f"{path}: an unfinished training run (no {path / 'best'}: the selected model "
+                f"is written when training ends); finish it with: picoalign train --out {path} "
+                f"--resume, or use its latest checkpoint: {path / 'last'}"
+            )
         raise FileNotFoundError(
-            f"{path}: a training run with no model saved yet (no {path / 'best'}); a run "
-            "saves one after its first evaluated epoch"
+            f"{path}: a training run with no model saved yet (no {path / 'best'} and no "
+            f"{path / 'last'}); it was stopped before its first checkpoint"
         )
     return path

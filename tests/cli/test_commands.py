@@ -286,6 +286,7 @@ def bad_jsonl(tmp: Path, trained) -> str:
         ("bad-checkpoint", "checkpoint not found"),
         ("not-a-checkpoint", "config.json: not found"),
         ("run-without-model", "a training run with no model saved yet"),
+        ("unfinished-run", "an unfinished training run"),
         ("bad-device", "--device"),
     ],
 )
@@ -313,11 +314,15 @@ def test_user_errors_print_one_line_and_return_2(
         "bad-checkpoint": ["evaluate", "--checkpoint", str(tmp_path / "nope")],
         "not-a-checkpoint": ["evaluate", "--checkpoint", str(tmp_path), "--data", data],
         "run-without-model": ["evaluate", str(tmp_path)],  # a config.yaml and no best/
+        "unfinished-run": ["evaluate", str(tmp_path)],  # and a last/ checkpoint
         "bad-device": [*train, "--data", data, *ENCODERS, "--device", "quantum"],
     }[case]
     (tmp_path / "c.yaml").write_text("epochs: [1\n")
-    if case == "run-without-model":
+    if case in ("run-without-model", "unfinished-run"):
         (tmp_path / "config.yaml").write_text("epochs: 1\n")
+    if case == "unfinished-run":  # select=last writes best/ only when training ends
+        (tmp_path / "last").mkdir()
+        (tmp_path / "last" / "config.json").write_text("{}")
     rc, out, err = run_cli(*argv)
     assert rc == 2, (out, err)
     assert "Traceback" not in err and "Traceback" not in out
