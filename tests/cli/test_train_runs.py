@@ -17,6 +17,11 @@ from picoalign.training import loop
 ENCODERS = list(TOY_ENCODERS)
 
 
+def lock(p: Path) -> bool:
+    """The run lock's file beside a run folder (training.runs.run_lock): it stays, empty."""
+    return p.name.endswith(".picoalign-lock") and p.stat().st_size == 0
+
+
 def train_argv(data: Path, out: Path, epochs: int = 2, *extra: str) -> list[str]:
     return toy_train_argv(data, out, *extra, epochs=epochs)
 
@@ -90,7 +95,8 @@ def test_overwrite_replaces_the_run_after_saying_so(ref, tmp_path) -> None:
     assert "replacing the run in" in err
     assert load_config(run / "config.yaml").seed == 0
     assert len(rows(run)) == 2
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # old run gone
+    # the old run is gone
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and not lock(p)]
     assert same_weights(run / "last", ref["run"] / "last")
 
 
@@ -111,7 +117,7 @@ def test_overwrite_stopped_before_its_first_checkpoint_keeps_the_old_run(
     assert "previous run" in err and "back as it was" in err and "--resume" not in err
     assert (run / "metrics.jsonl").read_text() == before
     assert load_config(run / "config.yaml").epochs == 1
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and not lock(p)]
 
 
 def test_resume_and_overwrite_exclude_each_other(ref, tmp_path) -> None:
@@ -315,3 +321,24 @@ def test_epochs_auto_is_resolved_and_a_resume_keeps_the_number(ref, tmp_path) ->
     assert len(rows(run)) == epochs
     rc, _, err = run_cli("train", "--out", str(run), "--resume", "--no-progress")
     assert rc == 0 and len(rows(run)) == epochs  # nothing left to train: the run is whole
+
+
+def test_a_run_being_trained_is_not_resumed_by_a_second_process(ref, tmp_path) -> None:
+    """The user report: `--resume` started while the run was still training trained alongside
+    it, then died on the other's folder swap. Now the second writer is refused up front."""
+    import shutil
+
+    from picoalign.training.runs import run_lock
+
+    run = tmp_path / "run"
+    shutil.copytree(ref["run"], run)
+    before = (run / "config.yaml").read_text()
+    with run_lock(run):  # as the training process holds it
+        rc, _, err = run_cli("train", "--out", str(run), "--resume", "--epochs", "3")
+        assert rc == 2 and "another picoalign process is training into it" in one_error_line(err)
+        rc, _, err = run_cli(*train_argv(ref["data"], run, 1, "--overwrite"))
+        assert rc == 2 and "another picoalign process" in one_error_line(err)
+    assert (run / "config.yaml").read_text() == before
+    rc, _, err = run_cli("train", "--out", str(run), "--resume", "--epochs", "3", "--no-progress")
+    assert rc == 0, err  # the lock ends with its holder
+    assert len(rows(run)) == 3

@@ -20,8 +20,10 @@ Run folder layout::
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,7 @@ from picoalign.training.distributed import (
 )
 from picoalign.training.history import flat_metrics, pico_stats
 from picoalign.training.losslog import LOSS_CHECK_EVERY, LossLog, TrainingError, per_pair
-from picoalign.training.runs import check_run_folder
+from picoalign.training.runs import check_run_folder, run_lock
 from picoalign.training.schedule import batch_order, learning_rate
 from picoalign.training.setup import Run, TrainResult, setup_run
 from picoalign.training.state import Position, write_metrics
@@ -76,6 +78,20 @@ def train(
     """
     cfg = with_absolute_paths(cfg)  # config.yaml then works from any folder
     keep_freed_memory()  # CPU steps stop paying page faults for their temporaries
+    # one writer per run folder, held from before its checks to the end (rank 0 writes)
+    writer = write and os.environ.get("RANK", "0") == "0"
+    with run_lock(Path(cfg.out)) if writer else nullcontext():
+        return _train(cfg, features, resume, overwrite, write, on_epoch)
+
+
+def _train(
+    cfg: TrainConfig,
+    features: FeatureSet | None,
+    resume: bool,
+    overwrite: bool,
+    write: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> TrainResult:
     if write:  # every rank, before any of them joins the job (so none has written yet)
         check_run_folder(Path(cfg.out), resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.device)

@@ -18,6 +18,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from picoalign.fileio import check_out_folder, foreign_entries, name_list
@@ -29,6 +31,36 @@ RUN_FILES = (*RUN_MARKERS, "data.json", "numerics.json", "training.png")
 
 class RunExistsError(ValueError):
     """The output folder holds a run and neither resume nor overwrite was asked for."""
+
+
+class RunInUseError(ValueError):
+    """Another process is training into the same run folder."""
+
+
+@contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold the run folder ``out`` for one writer. Why: a ``--resume`` started while the run
+    was still training trained alongside it, both writing ``last/``, until one died on the
+    other's folder swap. The lock is an OS file lock on ``.NAME.picoalign-lock`` beside the
+    folder (not in it: ``--overwrite`` moves the folder aside), so a killed process frees it
+    and the file left behind holds nothing. It is taken before the folder's checks, so a run
+    that finished in between is seen as the run it is."""
+    from filelock import FileLock, Timeout
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}.picoalign-lock"
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunInUseError(
+            f"--out {out}: another picoalign process is training into it (it holds {path}); "
+            "wait for it to end, or stop it, before continuing or replacing this run"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def run_markers(out: Path) -> list[str]:
