@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -307,3 +308,22 @@ def test_a_set_value_yaml_cannot_read_is_one_line_that_says_where(key: str) -> N
     with pytest.raises(ValueError, match=rf"--set {key}=\[1,: .*column 4.*quote text") as info:
         override_value(key, "[1,")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, expect",
+    [
+        ("weight_decay", -1, "--set weight_decay=-1: invalid weight_decay"),
+        ("pico_warmup_epochs", -1, "--set pico_warmup_epochs=-1: invalid pico_warmup_epochs"),
+        ("triplet_warmup_epochs", -1, "invalid triplet_warmup_epochs"),
+        ("lr_gamma", 0, "invalid lr_gamma"),
+        ("grad_clip", -2, "invalid grad_clip"),
+        ("backbone_lr_mult", -0.1, "invalid backbone_lr_mult"),
+        ("model.embed_dim", 0, "--set model.embed_dim=0: embed_dim must be an integer >= 1"),
+    ],
+)
+def test_range_errors_name_the_option_the_user_set(key: str, value: object, expect: str) -> None:
+    """The user report: weight_decay=-1 failed in the optimiser after the data was encoded,
+    pico_warmup_epochs=-1 and embed_dim=0 were refused under other options' names."""
+    with pytest.raises(ValueError, match=re.escape(expect)):
+        load_config(None, {key: value}, origins={key: "--set"})

@@ -122,6 +122,14 @@ class TrainConfig:
             ),
             "eval_every": (self.eval_every >= 1, "an integer >= 1"),
             "save_every_steps": (self.save_every_steps >= 0, "an integer >= 0 (0 = off)"),
+            # checked here, not by the optimiser or the warm-up: a bad value would otherwise
+            # surface after the data is encoded, or under another option's name
+            "weight_decay": (self.weight_decay >= 0, "a number >= 0"),
+            "backbone_lr_mult": (self.backbone_lr_mult >= 0, "a number >= 0"),
+            "lr_gamma": (self.lr_gamma > 0, "a number > 0"),
+            "grad_clip": (self.grad_clip >= 0, "a number >= 0 (0 = off)"),
+            "triplet_warmup_epochs": (self.triplet_warmup_epochs >= 0, "an integer >= 0"),
+            "pico_warmup_epochs": (self.pico_warmup_epochs >= 0, "an integer >= 0"),
             "max_image_pixels": (
                 self.max_image_pixels is None
                 or (isinstance(self.max_image_pixels, int) and self.max_image_pixels >= 1),

@@ -59,6 +59,10 @@ class ModelConfig:
             self.pico = PICOConfig(**self.pico)
         if not isinstance(self.pico, PICOConfig):
             raise ValueError(f"pico must be a mapping of PICO options, got {self.pico!r}")
+        if isinstance(self.embed_dim, bool) or not (
+            isinstance(self.embed_dim, int) and self.embed_dim >= 1
+        ):  # before it becomes PICO's dim, whose check would name that option instead
+            raise ValueError(f"embed_dim must be an integer >= 1, got {self.embed_dim!r}")
         # PICO weights the columns of the shared space, so its dim *is* embed_dim: a fresh
         # copy with that dim (the caller's PICOConfig object is never modified)
         self.pico = replace(self.pico, dim=self.embed_dim)

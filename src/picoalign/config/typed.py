@@ -14,6 +14,7 @@ the value, what was expected and where it came from (``--set``, a flag or the fi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -78,6 +79,10 @@ def _message(err: Any, data: dict[str, Any], where: str, origins: Mapping[str, s
     key = _dotted(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error":  # a range check of a __post_init__: names its option
+        named = re.match(r"(?:invalid )?(\w+)(?::| must)", msg)
+        option = ".".join(p for p in (key, named and named[1]) if p)
+        if named and _origin(option, origins, where) != where:  # what the user typed
+            return f"{describe(option, _lookup(data, option), origins, where)}: {msg}"
         section = f"{key}: " if key else ""
         origin = where if not origins else f"{where} or the command line"
         return f"{origin}: {section}{msg}"
@@ -86,6 +91,14 @@ def _message(err: Any, data: dict[str, Any], where: str, origins: Mapping[str, s
     if err["type"] == "list_type" and not isinstance(value, (dict, list)):
         hint = f" (write a list, e.g. {key}=[{value}])"
     return f"{describe(key, value, origins, where)}: {msg}{hint}"
+
+
+def _lookup(data: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of nested dicts (None where there is none)."""
+    node: Any = data
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def check_derived(data: dict[str, Any], where: str, origins: Mapping[str, str]) -> None:
