@@ -153,7 +153,7 @@ def test_bad_image_file_is_a_clear_error_or_a_reported_skip(
 
     rc, out, err = _train(path, tmp_path / "run", "--skip-bad")
     assert rc == 0, err
-    assert "skipped 1 bad entries" in out and "bad.png" in out
+    assert "skipped 1 bad entry" in out and "bad.png" in out
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
 
 
@@ -218,7 +218,7 @@ def test_bad_jsonl_line_is_a_clear_error_or_a_reported_skip(
 
     rc, out, err = _train(path, tmp_path / "run", "--skip-bad")
     assert rc == 0, err
-    assert "skipped 1 bad entries" in out
+    assert "skipped 1 bad entry" in out
 
 
 def test_a_file_of_only_bad_lines_is_an_error_even_with_skip_bad(dataset, tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def test_evaluate_and_index_accept_the_data_flags(tmp_path: Path, command: str) 
     assert rc == 2 and "line 13" in one_error_line(err)
     rc, out, err = run_cli(*argv, "--skip-bad", "--max-image-pixels", "50M")
     assert rc == 0, err
-    assert "skipped 1 bad entries" in out
+    assert "skipped 1 bad entry" in out
 
 
 def test_max_image_pixels_flag_refuses_before_work(tmp_path: Path) -> None:
@@ -271,3 +271,15 @@ def test_band_reduction_equals_whole_reduction(monkeypatch) -> None:
     monkeypatch.setattr(images, "BAND_ROWS", 8)
     whole = im.convert("RGB").reduce(3)
     assert np.array_equal(np.asarray(_reduce(im, 3)), np.asarray(whole))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "index"])
+def test_without_data_evaluate_and_index_read_it_as_the_run_did(tmp_path: Path, command) -> None:
+    """The user report: a run trained with --skip-bad could not be evaluated on its own data
+    without repeating the flag (and with only one of two flags repeated, other data)."""
+    path = write_data(tmp_path / "d", SPLITS, ["{oops"])
+    assert train(f"jsonl:{path}", tmp_path / "run", "--skip-bad")[0] == 0
+    extra = ["--out", str(tmp_path / "gallery"), "--no-progress"] if command == "index" else []
+    rc, out, err = run_cli(command, str(tmp_path / "run"), *extra)
+    assert rc == 0, err
+    assert "skipped 1 bad entry" in out + err

@@ -110,7 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.json,
         need_splits=(args.split,),
         report=report_to_stderr if args.json else print,
-        **data_kwargs(args),
+        **data_kwargs(args, runs_data=args.data is None),
     )
     if args.split != "all":
         fs = fs.split(args.split)

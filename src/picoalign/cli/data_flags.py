@@ -55,11 +55,19 @@ def add_data_flags(p: argparse.ArgumentParser, *, skip_bad: bool = True) -> None
     )
 
 
-def data_kwargs(args: Any) -> dict[str, Any]:
-    """The ``dataset_features`` keywords of the data flags."""
+def data_kwargs(args: Any, *, runs_data: bool = False) -> dict[str, Any]:
+    """The ``dataset_features`` keywords of the data flags. On the data a run trained on,
+    taken from the run because ``--data`` was not given (``runs_data``), a flag not given
+    takes the run's value: a run trained with ``--skip-bad`` or a raised
+    ``--max-image-pixels`` is evaluated and indexed on the same images, instead of stopping on
+    the entries it skipped (or, with only one of the two repeated, quietly scoring other
+    data). An explicit ``--data`` is read as given, with the flags given."""
+    own = (run_config(args.checkpoint) or {}) if runs_data else {}
+    skip_bad = getattr(args, "skip_bad", None)
+    pixels = getattr(args, "max_image_pixels", None)
     return {
-        "skip_bad": bool(getattr(args, "skip_bad", False)),
-        "max_image_pixels": getattr(args, "max_image_pixels", None),
+        "skip_bad": bool(own.get("skip_bad", False) if skip_bad is None else skip_bad),
+        "max_image_pixels": own.get("max_image_pixels") if pixels is None else pixels,
     }
 
 

@@ -121,6 +121,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_index_folder(out, overwrite=args.overwrite)  # before any work
     model = PicoAligner.load(args.checkpoint)
+    kwargs = data_kwargs(args, runs_data=args.data is None)
     args.data, args.seed = run_data(args.checkpoint, args.data, args.seed)
     fs = dataset_features(
         args.data,
@@ -129,7 +130,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=args.progress,
         need_splits=(args.split,),
-        **data_kwargs(args),
+        **kwargs,
     )
     if args.split != "all":
         fs = fs.split(args.split)

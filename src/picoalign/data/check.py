@@ -77,7 +77,8 @@ def prepare_dataset(
     if problems or (bad_images and not skip_bad):
         raise DataProblems([*problems, *bad_images], partial=dataset)
     if dataset.skipped:
-        report(f"skipped {len(dataset.skipped)} bad entries of {spec}:")
+        n = len(dataset.skipped)
+        report(f"skipped {n} bad {'entry' if n == 1 else 'entries'} of {spec}:")
         for where, why in dataset.skipped[:20]:
             report(f"  {where}: {why}")
         if len(dataset.skipped) > 20:
