@@ -239,3 +239,30 @@ def test_check_out_folder_refuses_a_file_and_foreign_entries(tmp_path: Path) -> 
     afile = tmp_path / "a.png"
     with pytest.raises(ValueError, match="exists and is not a folder"):
         check_out_folder(afile, ours, "x", "y", foreign_ok=True)
+
+
+def test_a_path_that_cannot_be_written_is_named_as_given_not_as_a_temp_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The user report: `--sheet notes.png/x.png` gave `[Errno 17] File exists: 'notes.png'`
+    and an unwritable folder `No such file or directory: '.x.png.5f8ye0fb.tmp'`."""
+    import errno
+    import tempfile
+
+    from picoalign.fileio import WriteError, make_dirs
+
+    (tmp_path / "notes.png").write_text("mine")
+    blocked = r"notes.png/x.png: cannot create the folder .*notes.png is a file, not a folder"
+    with pytest.raises(WriteError, match=blocked):
+        atomic_write_text("x", tmp_path / "notes.png" / "x.png")
+    assert (tmp_path / "notes.png").read_text() == "mine"
+    with pytest.raises(WriteError, match=r"^--out R: cannot create the folder .*a/b"):
+        make_dirs(tmp_path / "notes.png" / "a" / "b", "--out R")
+
+    def refused(*args, **kwargs):  # a read-only folder (root may write anywhere: simulated)
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".x.json.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(WriteError, match=r"x.json: cannot write in .* \(Permission denied\)$"):
+        atomic_write_json({}, tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()

@@ -37,11 +37,42 @@ def new_file_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
+class WriteError(OSError):
+    """A file or folder picoalign was asked to write cannot be written there; the message
+    names what the user gave, not a temporary file, and says why."""
+
+
+def make_dirs(folder: Path, what: str | None = None) -> None:
+    """``mkdir -p folder``, with an error that names ``what`` (the user's path or flag)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise WriteError(
+            f"{what or folder}: cannot create the folder {folder}: {_blocking(folder)} is a "
+            "file, not a folder"
+        ) from None
+    except OSError as e:
+        raise WriteError(
+            f"{what or folder}: cannot create the folder {folder} ({e.strerror})"
+        ) from None
+
+
+def _blocking(folder: Path) -> Path:
+    """The first existing non-folder on the way to ``folder`` (what makes mkdir fail)."""
+    for part in (*reversed(folder.parents), folder):
+        if part.exists() and not part.is_dir():
+            return part
+    return folder
+
+
 def make_temp_dir(target: Path) -> Path:
     """A fresh hidden folder beside ``target`` to fill and then swap in, with the
     permissions ``mkdir`` would give (``mkdtemp`` makes it private, 0o700)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    make_dirs(target.parent, str(target))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as e:
+        raise WriteError(f"{target}: cannot write in {target.parent} ({e.strerror})") from None
     tmp.chmod(0o777 & ~_umask())
     return tmp
 
@@ -52,8 +83,11 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     as atomic (after a power cut the file is the old one or the whole new one); on any error
     the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_dirs(path.parent, str(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write in {path.parent} ({e.strerror})") from None
     os.close(fd)
     try:
         write(tmp)

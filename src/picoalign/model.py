@@ -291,10 +291,10 @@ class PicoAligner(nn.Module):
     # -- persistence ------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` and ``config.json`` (each atomically)."""
-        from picoalign.fileio import atomic_write_json, atomic_write_safetensors
+        from picoalign.fileio import atomic_write_json, atomic_write_safetensors, make_dirs
 
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+        make_dirs(d)
         atomic_write_safetensors(self.state_dict(), d / "model.safetensors")
         atomic_write_json(self.config.to_dict(), d / "config.json")
 

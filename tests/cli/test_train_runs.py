@@ -17,11 +17,6 @@ from picoalign.training import loop
 ENCODERS = list(TOY_ENCODERS)
 
 
-def lock(p: Path) -> bool:
-    """The run lock's file beside a run folder (training.runs.run_lock): it stays, empty."""
-    return p.name.endswith(".picoalign-lock") and p.stat().st_size == 0
-
-
 def train_argv(data: Path, out: Path, epochs: int = 2, *extra: str) -> list[str]:
     return toy_train_argv(data, out, *extra, epochs=epochs)
 
@@ -96,7 +91,7 @@ def test_overwrite_replaces_the_run_after_saying_so(ref, tmp_path) -> None:
     assert load_config(run / "config.yaml").seed == 0
     assert len(rows(run)) == 2
     # the old run is gone
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and not lock(p)]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert same_weights(run / "last", ref["run"] / "last")
 
 
@@ -117,7 +112,7 @@ def test_overwrite_stopped_before_its_first_checkpoint_keeps_the_old_run(
     assert "previous run" in err and "back as it was" in err and "--resume" not in err
     assert (run / "metrics.jsonl").read_text() == before
     assert load_config(run / "config.yaml").epochs == 1
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and not lock(p)]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_resume_and_overwrite_exclude_each_other(ref, tmp_path) -> None:

@@ -318,15 +318,20 @@ def test_contact_sheet_replaces_only_an_earlier_sheet(tiny, tmp_path):
     contact_sheet(hits, index.image_loader(), sheet)  # a re-run updates its own sheet
     photo = tmp_path / "photo.png"
     Image.new("RGB", (8, 8), (1, 2, 3)).save(photo)
-    notes = tmp_path / "notes.txt"
+    notes = tmp_path / "notes.png"  # a .png name, not an image
     notes.write_text("mine")
     for theirs in (photo, notes):
         before = theirs.read_bytes()
         with pytest.raises(ValueError, match="exists and is not a sheet picoalign wrote"):
             contact_sheet(hits, index.image_loader(), theirs)
         assert theirs.read_bytes() == before
+    (tmp_path / "dir.png").mkdir()
     with pytest.raises(ValueError, match="is a folder"):
-        contact_sheet(hits, index.image_loader(), tmp_path / "idx")
+        contact_sheet(hits, index.image_loader(), tmp_path / "dir.png")
+    for name in ("sheet.jpg", "sheet"):  # PNG data under another name: refused, not written
+        with pytest.raises(ValueError, match=r"a sheet is a PNG image; give a \.png path"):
+            contact_sheet(hits, index.image_loader(), tmp_path / name)
+        assert not (tmp_path / name).exists()
 
 
 def test_format_hits_aligned():

@@ -21,11 +21,6 @@ from picoalign.training.runs import (
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-def lock(p: Path) -> bool:
-    """The run lock's file beside a run folder (training.runs.run_lock): it stays, empty."""
-    return p.name.endswith(".picoalign-lock") and p.stat().st_size == 0
-
-
 def cfg(out: Path, **over):
     base = {
         "out": str(out), "epochs": 1, "batch_size": 8, "device": "cpu", "amp": False,
@@ -54,7 +49,7 @@ def test_failed_overwrite_restores_the_old_run(tmp_path: Path, make_feature_set)
     with pytest.raises(TrainingError):
         train(cfg(run), bad, overwrite=True)
     assert load_config(run / "config.yaml").seed == 5
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and not lock(p)]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("marker", ["config.yaml", "last", "best", "metrics.jsonl"])
@@ -137,3 +132,18 @@ def test_a_feature_width_set_in_python_is_checked_not_overwritten(
         c = cfg(tmp_path)
         c = dataclasses.replace(c, model=dataclasses.replace(c.model, image_dim=99))
         train(c, make_feature_set(n=16), write=False)
+
+
+def test_the_run_lock_leaves_no_file_and_names_an_unwritable_out(tmp_path: Path) -> None:
+    from picoalign.fileio import WriteError
+    from picoalign.training.runs import RunInUseError, run_lock
+
+    held = run_lock(tmp_path / "run")
+    held.__enter__()
+    with pytest.raises(RunInUseError, match="another picoalign process"):
+        run_lock(tmp_path / "run").__enter__()
+    held.__exit__(None, None, None)
+    assert list(tmp_path.iterdir()) == []  # the lock's file goes with its holder
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(WriteError, match=r"^--out .*file/run: cannot create the folder"):
+        run_lock(tmp_path / "file" / "run").__enter__()

@@ -20,7 +20,7 @@ from picoalign.cli.progress import epoch_line
 from picoalign.config import TrainConfig, load_config
 from picoalign.evaluation import embed_features, evaluate, format_table
 from picoalign.features import FeatureSet, dataset_features
-from picoalign.fileio import atomic_write_text, check_out_folder
+from picoalign.fileio import atomic_write_text, check_out_folder, make_dirs
 from picoalign.model import PicoAligner
 from picoalign.training.derived import split_sizes
 from picoalign.training.loop import train
@@ -81,7 +81,7 @@ def run_demo(
         "the demo does not write",
         "give the demo a new or empty folder, or its own earlier one",
     )
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out, f"--out {out}")
     base_cfg = demo_config("baseline", data, out, seed, epochs, quick, progress)
     print(
         f"picoalign demo: {data}, encoders {base_cfg.model.image_encoder} + "

@@ -50,6 +50,7 @@ from picoalign.features.store import (
     save_features,
     to_half,
 )
+from picoalign.fileio import make_dirs
 
 __all__ = [
     "FeatureSet",
@@ -299,6 +300,8 @@ def encode_dataset(
     img_enc = create_image_encoder(image_encoder)
     txt_enc = create_text_encoder(text_encoder)
     root = None if cache_dir is False else Path(cache_dir or default_cache_dir())
+    if root is not None:  # before any encoding, under the name the user gave it
+        make_dirs(root / "features", f"the feature cache {root} (cache_dir, $PICOALIGN_CACHE)")
     items = dataset.items
     keys = [it.key for it in items]
     captions = [c for it in items for c in it.captions]

@@ -24,6 +24,8 @@ def check_sheet_path(path: str | Path) -> Path:
     from PIL import Image, UnidentifiedImageError
 
     out = Path(path)
+    if out.suffix.lower() != ".png":  # the sheet is PNG data whatever its name says
+        raise ValueError(f"contact sheet {out}: a sheet is a PNG image; give a .png path")
     if not out.exists():
         return out
     if out.is_dir():

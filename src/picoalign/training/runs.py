@@ -22,7 +22,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from picoalign.fileio import check_out_folder, foreign_entries, name_list
+from picoalign.fileio import (
+    WriteError,
+    check_out_folder,
+    foreign_entries,
+    make_dirs,
+    name_list,
+)
 
 RUN_MARKERS = ("config.yaml", "last", "best", "metrics.jsonl", "metrics.csv")
 # everything else a run writes (the CLI's plot included); with the markers, the whole of a run
@@ -43,12 +49,16 @@ def run_lock(out: Path) -> Iterator[None]:
     was still training trained alongside it, both writing ``last/``, until one died on the
     other's folder swap. The lock is an OS file lock on ``.NAME.picoalign-lock`` beside the
     folder (not in it: ``--overwrite`` moves the folder aside), so a killed process frees it
-    and the file left behind holds nothing. It is taken before the folder's checks, so a run
-    that finished in between is seen as the run it is."""
+    (its empty file stays, holding nothing); a process that ends removes it. It is taken
+    before the folder's checks, so a run that finished in between is seen as the run it is."""
     from filelock import FileLock, Timeout
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent, f"--out {out}")
     path = out.parent / f".{out.name}.picoalign-lock"
+    try:  # a folder that cannot be written is that, not a lock held by someone else
+        path.touch()
+    except OSError as e:
+        raise WriteError(f"--out {out}: cannot write in {out.parent} ({e.strerror})") from None
     lock = FileLock(path, timeout=0)
     try:
         lock.acquire()
@@ -59,7 +69,8 @@ def run_lock(out: Path) -> Iterator[None]:
         ) from None
     try:
         yield
-    finally:
+    finally:  # removed while still held: a process that opens it later makes a new one
+        path.unlink(missing_ok=True)
         lock.release()
 
 

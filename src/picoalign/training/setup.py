@@ -20,7 +20,7 @@ from picoalign.config import TrainConfig, dump_config
 from picoalign.core.losses import create_loss
 from picoalign.evaluation import coarse_split_warning
 from picoalign.features import FeatureSet, dataset_features
-from picoalign.fileio import atomic_write_text
+from picoalign.fileio import atomic_write_text, make_dirs
 from picoalign.model import PicoAligner
 from picoalign.training.derived import model_config_for, split_sizes
 from picoalign.training.devices import numerics
@@ -156,7 +156,7 @@ def setup_run(
     if out is not None:
         if replacing is not None:
             replacing.begin()  # only now, with the data loaded and the model built
-        out.mkdir(parents=True, exist_ok=True)
+        make_dirs(out, f"--out {out}")
         atomic_write_text(dump_config(cfg), out / "config.yaml")
         meta = {**fs.meta, "splits": split_sizes(fs)}
         atomic_write_text(json.dumps(meta, indent=2, default=str), out / "data.json")
