@@ -350,3 +350,42 @@ def test_programming_errors_are_not_hidden(monkeypatch) -> None:
     monkeypatch.setattr(cli, "cmd_datasets", broken)
     with pytest.raises(ZeroDivisionError):
         main(["datasets"])
+
+
+def test_importing_picoalign_is_light_and_its_names_load_on_use() -> None:
+    code = (
+        "import sys, picoalign; light = 'torch' not in sys.modules; "
+        "from picoalign import PICO, PicoAligner, fine_grained_scores; "
+        "print(light, 'PICO' in dir(picoalign), picoalign.PICO is PICO, picoalign.__version__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["True", "True", "True", __version__]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        import picoalign
+
+        picoalign.nope  # noqa: B018
+
+
+def test_ctrl_c_while_the_command_starts_up_is_one_line(monkeypatch, capsys) -> None:
+    """The user report: a Ctrl-C in the first seconds (torch importing) printed a
+    KeyboardInterrupt traceback."""
+    import types
+
+    from picoalign.__main__ import run
+
+    class Importing(types.ModuleType):
+        def __getattr__(self, name: str):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "picoalign.cli.commands", Importing("x"))
+    assert run() == 130
+    assert capsys.readouterr().err == "picoalign: interrupted\n"
+
+
+def test_the_lazy_exports_are_the_public_names() -> None:
+    import picoalign
+
+    assert sorted(picoalign.__all__) == sorted([*picoalign._EXPORTS, "__version__"])
+    assert all(getattr(picoalign, n) is not None for n in picoalign.__all__)

@@ -244,10 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from picoalign.training.allocator import keep_freed_memory
-
-    keep_freed_memory()  # every command scores in large CPU blocks (allocator module doc)
     try:
+        from picoalign.training.allocator import keep_freed_memory
+
+        keep_freed_memory()  # every command scores in large CPU blocks (allocator module doc)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("picoalign: interrupted", file=sys.stderr)
