@@ -148,6 +148,8 @@ def test_safe_torch_load_refuses_arbitrary_objects_but_reads_plain_data(tmp_path
     with pytest.raises(ValueError, match=r"obj\.pt") as info:
         safe_torch_load(tmp_path / "obj.pt")
     assert isinstance(info.value.__cause__, pickle.UnpicklingError)
+    assert "not loaded, for safety" in str(info.value)  # not torch's weights_only=False advice
+    assert "weights_only" not in str(info.value)
     data = {"t": torch.arange(3), "n": 2, "f": 0.5, "s": "x", "l": [1, {"a": None}]}
     torch.save(data, tmp_path / "ok.pt")
     back = safe_torch_load(tmp_path / "ok.pt")

@@ -134,6 +134,8 @@ def safe_torch_load(path: Path) -> Any:
         raise
     except Exception as e:  # zip/pickle errors (RuntimeError, UnpicklingError, EOFError ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only load failed" in first.lower():  # not torch's advice to load unsafely
+            first = "it holds objects picoalign never writes, and is not loaded, for safety"
         raise ValueError(f"{path}: not a readable picoalign training state ({first})") from e
 
 

@@ -389,3 +389,20 @@ def test_the_lazy_exports_are_the_public_names() -> None:
 
     assert sorted(picoalign.__all__) == sorted([*picoalign._EXPORTS, "__version__"])
     assert all(getattr(picoalign, n) is not None for n in picoalign.__all__)
+
+
+def test_a_library_warning_is_one_line_of_the_command() -> None:
+    """The user report: `search` printed `.../retrieval/sheet.py:117: UserWarning: ...` and
+    the source line. (A fresh process: pytest records warnings in its own way.)"""
+    code = (
+        "import sys, warnings\n"
+        "from picoalign.cli import commands\n"
+        "def warns(args):\n"
+        "    warnings.warn('dataset x changed since the index was built', stacklevel=2)\n"
+        "    return 0\n"
+        "commands.cmd_datasets = warns\n"
+        "sys.exit(commands.main(['datasets']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "picoalign: warning: dataset x changed since the index was built\n"

@@ -17,6 +17,18 @@ def test_unknown_name_lists_known() -> None:
         load_dataset("flickr")
 
 
+def test_a_bare_file_path_is_told_its_format() -> None:
+    """The user report: `--data data/data.jsonl` (no `jsonl:`) said only "unknown dataset"."""
+    with pytest.raises(ValueError, match=r"own\? say its format: jsonl:data/data\.jsonl\)"):
+        load_dataset("data/data.jsonl")
+
+
+def test_a_bad_default_split_is_named_as_the_spec_spells_it(tmp_path) -> None:
+    (tmp_path / "d.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"default-split must be train or seeded, got 'bogus'"):
+        load_dataset(f"jsonl:{tmp_path / 'd.jsonl'}:default-split=bogus")
+
+
 @pytest.mark.parametrize(
     "spec,spelling",
     [

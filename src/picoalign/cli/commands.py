@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -244,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # a library warning is one line of the command's own, not a source location and line
+    warnings.formatwarning = lambda message, *_, **__: f"picoalign: warning: {message}\n"
     try:
         from picoalign.training.allocator import keep_freed_memory
 

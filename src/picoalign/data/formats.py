@@ -69,7 +69,10 @@ def _inside(root: Path, rel: str) -> tuple[Path, str]:
         return Path(rel), rel
     norm = os.path.normpath(rel)
     if norm == ".." or PurePosixPath(norm.replace(os.sep, "/")).parts[:1] == ("..",):
-        raise DataError(f"image path {rel!r} escapes the dataset root {root}")
+        raise DataError(
+            f"image path {rel!r} escapes the dataset root {root} (the data file's folder); "
+            "write an absolute path for an image outside it"
+        )
     return root / norm, PurePosixPath(norm.replace(os.sep, "/")).as_posix()
 
 
@@ -88,7 +91,8 @@ def _stat_image(path: Path) -> str:
 
 def _text_list(value: Any, what: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
-        raise DataError(f"{what} must be a non-empty list of strings (got {type(value).__name__})")
+        got = "an empty list" if value == [] else type(value).__name__
+        raise DataError(f"{what} must be a non-empty list of strings (got {got})")
     out = []
     for i, c in enumerate(value):
         if not isinstance(c, str):
@@ -164,7 +168,9 @@ def jsonl(
     ``default_split`` (None, ``"train"`` or ``"seeded"``): the split of lines without one;
     None makes such a line an error."""
     if default_split not in (None, *DEFAULT_SPLITS):
-        raise ValueError(f"default_split must be one of {DEFAULT_SPLITS}, got {default_split!r}")
+        raise ValueError(  # named as the spec spells it (jsonl:PATH:default-split=...)
+            f"default-split must be {' or '.join(DEFAULT_SPLITS)}, got {default_split!r}"
+        )
     path = Path(path)
     base = Path(root) if root is not None else path.parent
     problems = Problems(skip_bad)

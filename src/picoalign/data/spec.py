@@ -159,7 +159,10 @@ def parse_spec_options(spec: str) -> tuple[DatasetEntry, list[str], dict[str, st
     entry = REGISTRY.get(name)
     if entry is None:
         known = ", ".join(e.spelling for e in REGISTRY.values())
-        raise ValueError(f"unknown dataset {name!r}; known: {known}")
+        hint = ""
+        if name.lower().endswith((".jsonl", ".json")) or "/" in name or "\\" in name:
+            hint = f" (a file of your own? say its format: jsonl:{spec.strip()})"
+        raise ValueError(f"unknown dataset {name!r}{hint}; known: {known}")
     args, rest = parts[: len(entry.args)], parts[len(entry.args) :]
     # a surplus part without "=" is a surplus argument (arity error), not a bad option
     if len(args) != len(entry.args) or not all(args) or any("=" not in r for r in rest):
