@@ -126,6 +126,8 @@ def test_evaluate_model_folder_other_split_and_table(trained) -> None:
     )
     assert rc == 0, err
     assert "pico (jsonl:" in out and "val" in out  # the human-readable table
+    rc, out, err = run_cli("evaluate", best, "--split", "val", "--no-progress")
+    assert rc == 0 and "pico (jsonl:" in out and "%|" not in err  # no bar at all
 
 
 def test_the_checkpoint_and_the_index_may_be_given_without_their_flag(

@@ -129,3 +129,16 @@ def test_hf_dual_tower_checkpoint_serves_both_sides(tmp_path):
     txt = make_text(f"hf:{tmp_path}")
     tok, mask = txt(**txt.tokenize(["a dog", "the red circle"]))
     assert tok.shape == (2, 5, 16) and mask.sum(1).tolist() == [2, 3]
+
+
+@pytest.mark.parametrize("given", ["/nonexistent/model", "./no/such", "~/no-such-model-dir"])
+def test_a_local_model_path_that_is_not_there_is_named(given: str) -> None:
+    """The user report: `--text-encoder hf:/nonexistent/path` gave transformers' "Repo id
+    must be in the form 'repo_name'..."."""
+    import re
+
+    from picoalign.encoders.hf import check_local_path
+
+    with pytest.raises(FileNotFoundError, match=rf"hf:{re.escape(given)}: no such folder"):
+        check_local_path(given)
+    check_local_path("sentence-transformers/all-MiniLM-L6-v2")  # a hub name: not checked here

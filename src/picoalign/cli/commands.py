@@ -81,6 +81,12 @@ def _add_evaluate(sub: Any) -> None:
         "default: the model's own",
     )
     p.add_argument("--json", action="store_true", help="print a machine-readable result")
+    p.add_argument(
+        "--no-progress",
+        action="store_false",
+        dest="progress",
+        help="no progress bars (--json implies it)",
+    )
     add_split_seed(p)
     p.add_argument(
         "--memory-mb",
@@ -108,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model.config.image_encoder,
         model.config.make_text_encoder,  # built once the data is known to load
         seed=split_seed,
-        progress=not args.json,
+        progress=args.progress and not args.json,
         need_splits=(args.split,),
         report=report_to_stderr if args.json else print,
         **data_kwargs(args, runs_data=args.data is None),

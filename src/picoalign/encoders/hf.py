@@ -23,7 +23,26 @@ from .registry import register_image_encoder, register_text_encoder
 def _transformers() -> Any:
     import transformers
 
+    # picoalign shows its own progress (or none, with --no-progress); transformers' bar for
+    # loading a small model's weights printed on every command, whatever the flag said
+    transformers.utils.logging.disable_progress_bar()
     return transformers
+
+
+def check_local_path(name_or_path: str) -> None:
+    """A model given as a path (``/x``, ``./x``, ``~/x``, ``C:\\x``) must be a folder that
+    exists: transformers would read it as a hub repo id and fail with a message about repo
+    names (or try the network first)."""
+    looks_local = name_or_path.startswith(("/", "./", "../", "~", "\\")) or (
+        len(name_or_path) > 2 and name_or_path[1] == ":" and name_or_path[2] in "/\\"
+    )
+    path = Path(name_or_path).expanduser()
+    if looks_local and not path.is_dir():
+        what = "is a file, not a model folder" if path.exists() else "no such folder"
+        raise FileNotFoundError(
+            f"hf:{name_or_path}: {what} (a local model is a folder "
+            "holding config.json and the weights)"
+        )
 
 
 def _read_preprocessor_config(name_or_path: str) -> dict[str, Any]:
@@ -86,6 +105,7 @@ class HFImageEncoder(ImageEncoder):
         tf = _transformers()
         self.name_or_path = str(name_or_path)
         self.name = f"hf:{self.name_or_path}"
+        check_local_path(self.name_or_path)
         config = tf.AutoConfig.from_pretrained(self.name_or_path)
         vision_cfg = getattr(config, "vision_config", None) or config
         if not hasattr(vision_cfg, "num_channels") and not hasattr(vision_cfg, "image_size"):
@@ -162,6 +182,7 @@ class HFTextEncoder(TextEncoder):
         self.name = name or f"hf:{self.name_or_path}"
         self.max_length = max_length
         self.drop_special = drop_special
+        check_local_path(self.name_or_path)
         self.tokenizer = tf.AutoTokenizer.from_pretrained(self.name_or_path)
         model = tf.AutoModel.from_pretrained(self.name_or_path)
         model = _sub_model(model, "text_model")
