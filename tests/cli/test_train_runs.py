@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,13 @@ def test_resume_refuses_data_edited_in_place(ref, tmp_path) -> None:
     rc, _, err = run_cli("train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress")
     assert rc == 2 and "the data of" in one_error_line(err) and "changed since" in err
     assert {f: (run / f).read_text() for f in before} == before
+    # the same items, image files touched (a copy that did not keep the times): a warning
+    data.write_text("\n".join(lines) + "\n")
+    image = data.parent / first["image"]
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    rc, _, err = run_cli("train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress")
+    assert rc == 0 and "warning: --resume: the same images and captions" in err
+    assert len(rows(run)) == 2
 
 
 def test_resume_with_fewer_epochs_than_trained_is_refused_and_keeps_the_config(

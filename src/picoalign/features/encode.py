@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from picoalign.core.hardware import math_mode, mkl_branch
-from picoalign.data.base import ImageCaptionDataset, digest
+from picoalign.data.base import ImageCaptionDataset, digest, items_fingerprint
 from picoalign.data.images import DECODING
 from picoalign.encoders import ImageEncoder, TextEncoder, create_image_encoder, create_text_encoder
 from picoalign.features.store import (
@@ -325,6 +325,9 @@ def encode_dataset(
     meta = {
         "dataset": dataset.name,
         "fingerprint": dataset.fingerprint,
+        # the items alone (keys, splits, captions), without the image files' sizes and times
+        # that the fingerprint also holds: what a resume compares (training.setup)
+        "items_fingerprint": items_fingerprint(items=dataset.items),
         "image_encoder": img_enc.name,
         "text_encoder": txt_enc.name,
         "image_cache_key": img_enc.cache_key,

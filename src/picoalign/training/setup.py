@@ -170,23 +170,33 @@ def setup_run(
 
 
 def check_same_data(out: Path, meta: dict[str, Any]) -> None:
-    """Refuse to resume on data that is not what the run trained on. Why: only the dataset
-    spec is part of the config, and a file edited in place keeps its spec; the run's
-    ``data.json`` holds the fingerprint of the content it trained on (a run without one, from
-    before it was written, is not checked)."""
+    """Refuse to resume on other data than the run trained on. Why: only the dataset spec is
+    part of the config, and a file edited in place keeps its spec. The run's ``data.json``
+    holds two fingerprints: of its items (keys, splits, captions: a difference is other data,
+    refused) and of the whole input, which also holds the image files' sizes and times (a
+    difference there alone may be a copy that did not keep the times: a warning). A run
+    without them, from before they were written, is not checked."""
     path = out / "data.json"
-    if not path.is_file():
-        return
     try:
-        old = json.loads(path.read_text()).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
         return  # unreadable: the resume rewrites it, as before
-    new = meta.get("fingerprint")
-    if old is not None and new is not None and old != new:
+    if not isinstance(old, dict):
+        return
+    before, now = old.get("items_fingerprint"), meta.get("items_fingerprint")
+    if before is not None and now is not None and before != now:
         raise ValueError(
-            f"--resume: the data of {out} changed since the run trained on it (fingerprint "
-            f"{old} in {path}, {new} now): a resumed run keeps its data; put the old data "
-            "back, or train a new run into another --out"
+            f"--resume: the data of {out} changed since the run trained on it (its images, "
+            f"splits or captions: fingerprint {before} in {path}, {now} now): a resumed run "
+            "keeps its data; put the old data back, or train a new run into another --out"
+        )
+    before, now = old.get("fingerprint"), meta.get("fingerprint")
+    if before is not None and now is not None and before != now:
+        print(
+            "picoalign: warning: --resume: the same images and captions, but image files "
+            f"changed on disk since the run trained on them (size or modification time; "
+            f"fingerprint {before} in {path}, {now} now): resuming on them",
+            file=sys.stderr,
         )
 
 
