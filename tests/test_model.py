@@ -310,3 +310,23 @@ def test_a_fine_tuned_text_backbone_starts_from_what_the_cache_holds(
     off, _ = model.encode_texts([*s.captions[2:], *s.captions[:2]])
     w = min(off.shape[1], width)
     assert (off[:, :w] - cached[:, :w]).abs().max() > 0.05
+
+
+def test_a_loaded_model_is_in_eval_mode_so_dropout_runs_embed_the_same_twice(
+    tmp_path: Path,
+) -> None:
+    """The user report: PicoAligner.load() of a run trained with text_dropout encoded the same
+    caption differently on every call (the model came back in training mode)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        image_encoder="random-conv", text_encoder="hash-text", image_dim=C_V, text_dim=C_T,
+        embed_dim=D, text_dropout=0.5, image_dropout=0.5,
+    )  # fmt: skip
+    PicoAligner(cfg).save(tmp_path / "m")
+    loaded = PicoAligner.load(tmp_path / "m")
+    assert not loaded.training
+    assert all(torch.equal(x, y) for x, y in zip(embedded(loaded), embedded(loaded), strict=True))
+    loaded.train()  # and training mode, asked for, does apply the dropout
+    assert not all(
+        torch.equal(x, y) for x, y in zip(embedded(loaded), embedded(loaded), strict=True)
+    )

@@ -301,7 +301,8 @@ class PicoAligner(nn.Module):
     @classmethod
     def load(cls, directory: str | Path) -> PicoAligner:
         """Load a saved model folder, or a training run folder (its ``best/`` model, as the
-        CLI accepts); raises ``FileNotFoundError``/``ValueError`` naming the path."""
+        CLI accepts), in eval mode; raises ``FileNotFoundError``/``ValueError`` naming the
+        path."""
         from picoalign.fileio import model_dir
 
         if not Path(directory).exists():
@@ -322,4 +323,6 @@ class PicoAligner(nn.Module):
             model.load_state_dict(load_file(str(weights_path)))
         except Exception as e:  # SafetensorError (corrupt file), RuntimeError (shape mismatch)
             raise ValueError(f"{weights_path}: cannot load the model weights ({e})") from e
-        return model
+        # in eval mode, as a loaded model is used: with text_dropout / image_dropout a model in
+        # training mode encodes the same caption differently on every call (.train() to train)
+        return model.eval()
