@@ -85,3 +85,18 @@ def test_mkl_branch_says_which_path_mkl_really_runs() -> None:
     expected = "avx2,strict" if vendor == "GenuineIntel" else "auto,strict"
     assert branch(STRICT_MATH_ENV) == expected
     assert branch({"MKL_CBWR": "COMPATIBLE"}) == "compatible"  # honoured on every vendor
+
+
+@pytest.mark.parametrize("name", ["meta", "mps", "xpu"])
+def test_a_device_this_machine_lacks_is_refused_before_any_work(name: str) -> None:
+    """The user report: --device mps / xpu crashed with a traceback after the data was
+    encoded, and meta left a half-made run folder behind."""
+    from picoalign.training.devices import resolve_device
+
+    if name == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    if name == "xpu" and getattr(torch, "xpu", None) is not None and torch.xpu.is_available():
+        pytest.skip("this machine has an XPU")
+    with pytest.raises(ValueError, match=rf"^--device {name}: ") as info:
+        resolve_device(name)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300

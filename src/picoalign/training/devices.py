@@ -40,6 +40,15 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ValueError(f"--device: unknown device {name!r} ({e})") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "meta":
+        raise ValueError(f"--device {name}: the meta device holds no data; give cpu, cuda or mps")
+    if device.type != "cpu":  # mps, xpu, cuda:N ...: a tensor there now, not after encoding
+        try:
+            torch.empty(1, device=device)
+        except (RuntimeError, AssertionError) as e:  # xpu's "not compiled" is an assertion
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            why = why.split(". ")[0][:160]  # torch's first sentence, not its backend list
+            raise ValueError(f"--device {name}: not available on this machine ({why})") from None
     return device
 
 
