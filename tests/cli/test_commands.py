@@ -408,3 +408,18 @@ def test_a_library_warning_is_one_line_of_the_command() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "picoalign: warning: dataset x changed since the index was built\n"
+
+
+def test_output_cut_short_by_its_reader_is_no_error() -> None:
+    """The user report: `picoalign search ... | head -1` printed `picoalign: error: [Errno 32]
+    Broken pipe` and exited 2."""
+    code = (
+        "import sys\n"
+        "from picoalign.cli import commands\n"
+        "def cut(args):\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')\n"
+        "commands.cmd_datasets = cut\n"
+        "sys.exit(commands.main(['datasets']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (141, "")

@@ -394,6 +394,17 @@ def test_cli_index_and_search(tiny, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["search", "--index", str(out), "--text", "x", "--image", "y"])
 
+    # queries after an option: `search INDEX -k 1 "a red circle"` (was "unrecognized
+    # arguments"), and queries on both sides of one
+    from picoalign.cli.commands import main
+
+    assert main(["search", str(out), "-k", "1", "a red circle", "--json"]) == 0
+    assert [r["query"] for r in json.loads(capsys.readouterr().out)] == ["a red circle"]
+    assert main(["search", str(out), "red", "-k", "1", "blue", "--json"]) == 0
+    assert [r["query"] for r in json.loads(capsys.readouterr().out)] == ["red", "blue"]
+    with pytest.raises(SystemExit):  # an unknown option is still an error
+        main(["search", str(out), "-k", "1", "red", "--bogus"])
+
 
 @pytest.mark.parametrize("kind", ["captions", "images"])
 def test_a_fine_tuned_backbone_is_indexed_by_what_it_computes(tiny, tmp_path, kind):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -247,7 +248,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "search" and not any(e.startswith("-") for e in extra):
+        # queries after an option (`search INDEX -k 3 "a red apple"`): argparse ends a
+        # positional list at the first option, so the rest of the queries come back here
+        args.queries = [*args.queries, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2
@@ -261,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("picoalign: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `picoalign search ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 141  # as a shell reports SIGPIPE; no message
     except Exception as e:
         from picoalign.encoders.registry import UnknownEncoderError
         from picoalign.training.loop import TrainingError
