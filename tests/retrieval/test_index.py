@@ -437,3 +437,27 @@ def test_a_fine_tuned_backbone_is_indexed_by_what_it_computes(tiny, tmp_path, ki
     assert torch.equal(index.mask[:, :width], want_mask) and not index.mask[:, width:].any()
     torch.testing.assert_close(index.tokens[:, :width].float(), want, atol=2e-3, rtol=0)
     assert (index.tokens[:, :width].float() - stale[:, :width]).abs().max() > 0.1
+
+
+def test_a_sheet_of_a_moved_dataset_keeps_the_results_and_says_why(tiny, tmp_path, capsys):
+    """The user report: with the dataset moved after indexing, `search --sheet` printed only
+    `.../data.jsonl: file not found`, and no results."""
+    import shutil
+
+    from picoalign.cli.commands import main
+
+    data = Path(tiny["spec"].removeprefix("jsonl:"))
+    shutil.copytree(data.parent, tmp_path / "ds")
+    out = tmp_path / "idx"
+    build_index(
+        tiny["model"], tiny["fs"], dataset_spec=f"jsonl:{tmp_path / 'ds' / data.name}",
+        checkpoint=tiny["ckpt"], out=out, progress=False,
+    )  # fmt: skip
+    (tmp_path / "ds").rename(tmp_path / "moved")
+    capsys.readouterr()
+    sheet = tmp_path / "s.png"
+    assert main(["search", str(out), "a red circle", "-k", "2", "--sheet", str(sheet)]) == 2
+    printed = capsys.readouterr()
+    assert printed.out.startswith("query: a red circle") and "rank" in printed.out
+    assert "were they moved since it was indexed?" in printed.err
+    assert not sheet.exists()

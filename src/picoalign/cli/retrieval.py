@@ -27,6 +27,7 @@ from picoalign.cli.data_flags import (
     resolve_folder_args,
     run_data,
 )
+from picoalign.data import DataError
 from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
 
 
@@ -194,15 +195,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         hits = index.search_text(model, args.text, **kw)
     else:
         hits = index.search_image(model, args.image, **kw)
-    if args.sheet:
-        mode = "exhaustive" if args.exhaustive else "two-stage" if args.rerank else "stage 1"
-        contact_sheet(
-            hits,
-            index.image_loader(),
-            args.sheet,
-            title=f"top-{args.top_k} ({mode}) — {Path(args.index).name}",
-            row_labels=queries,
-        )
     if args.json:
         out = [
             {"query": qry, "hits": [{"rank": r, **h.to_dict()} for r, h in enumerate(hs, 1)]}
@@ -213,7 +205,22 @@ def cmd_search(args: argparse.Namespace) -> int:
         for i, (qry, hs) in enumerate(zip(queries, hits, strict=True)):
             print(("\n" if i else "") + f"query: {qry}")
             print(format_hits(hs))
-        if args.sheet:
+    if args.sheet:  # after the results: a sheet that cannot be drawn does not lose them
+        mode = "exhaustive" if args.exhaustive else "two-stage" if args.rerank else "stage 1"
+        try:
+            contact_sheet(
+                hits,
+                index.image_loader(),
+                args.sheet,
+                title=f"top-{args.top_k} ({mode}) — {Path(args.index).name}",
+                row_labels=queries,
+            )
+        except (FileNotFoundError, DataError) as e:
+            raise ValueError(
+                f"--sheet {args.sheet}: not drawn, the images of index {args.index} cannot be "
+                f"read ({e}); were they moved since it was indexed? (the results are above)"
+            ) from e
+        if not args.json:
             print(f"\ncontact sheet: {args.sheet}")
     return 0
 
