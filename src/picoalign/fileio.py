@@ -12,7 +12,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,41 @@ def _blocking(folder: Path) -> Path:
         if part.exists() and not part.is_dir():
             return part
     return folder
+
+
+class FolderInUseError(ValueError):
+    """Another process is writing the same output folder."""
+
+
+@contextmanager
+def folder_lock(
+    out: Path, doing: str, error: type[ValueError] = FolderInUseError
+) -> Iterator[None]:
+    """Hold the output folder ``out`` for one writer: an OS file lock (``filelock``) on
+    ``.NAME.picoalign-lock`` beside it (not in it: ``--overwrite`` moves the folder aside).
+    A second writer gets ``error`` naming what the first is ``doing``. A killed process frees
+    the lock (its empty file stays, holding nothing); a process that ends removes the file."""
+    from filelock import FileLock, Timeout
+
+    make_dirs(out.parent, f"--out {out}")
+    path = out.parent / f".{out.name}.picoalign-lock"
+    try:  # a folder that cannot be written is that, not a lock held by someone else
+        path.touch()
+    except OSError as e:
+        raise WriteError(f"--out {out}: cannot write in {out.parent} ({e.strerror})") from None
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise error(
+            f"--out {out}: another picoalign process is {doing} (it holds {path}); wait for it "
+            "to end, or stop it, and try again"
+        ) from None
+    try:
+        yield
+    finally:  # removed while still held: a process that opens it later makes a new one
+        path.unlink(missing_ok=True)
+        lock.release()
 
 
 def make_temp_dir(target: Path) -> Path:

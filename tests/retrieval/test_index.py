@@ -461,3 +461,21 @@ def test_a_sheet_of_a_moved_dataset_keeps_the_results_and_says_why(tiny, tmp_pat
     assert printed.out.startswith("query: a red circle") and "rank" in printed.out
     assert "were they moved since it was indexed?" in printed.err
     assert not sheet.exists()
+
+
+def test_a_second_index_into_the_same_folder_is_refused_while_one_is_written(
+    tiny, tmp_path, capsys
+):
+    """The user report: two `index` runs into one folder at once both said they succeeded,
+    and one silently replaced the other."""
+    from picoalign.cli.commands import main
+    from picoalign.fileio import folder_lock
+
+    out = tmp_path / "idx"
+    argv = ["index", str(tiny["ckpt"]), "--data", tiny["spec"], "--out", str(out), "--no-progress"]
+    with folder_lock(out, "writing an index into it"):  # as the first index run holds it
+        assert main(argv) == 2
+        assert "another picoalign process is writing an index into it" in capsys.readouterr().err
+        assert not out.exists()
+    assert main(argv) == 0 and (out / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no lock file left

@@ -28,6 +28,7 @@ from picoalign.cli.data_flags import (
     run_data,
 )
 from picoalign.data import DataError
+from picoalign.fileio import folder_lock
 from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
 
 
@@ -114,12 +115,17 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     resolve_folder_args(args)
+    out = Path(args.out)
+    with folder_lock(out, "writing an index into it"):  # one writer: the check holds
+        return _index(args, out)
+
+
+def _index(args: argparse.Namespace, out: Path) -> int:
     from picoalign.features import dataset_features
     from picoalign.model import PicoAligner
     from picoalign.retrieval.build import build_index
     from picoalign.retrieval.store import check_index_folder
 
-    out = Path(args.out)
     check_index_folder(out, overwrite=args.overwrite)  # before any work
     model = PicoAligner.load(args.checkpoint)
     kwargs = data_kwargs(args, runs_data=args.data is None)

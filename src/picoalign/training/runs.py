@@ -22,13 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from picoalign.fileio import (
-    WriteError,
-    check_out_folder,
-    foreign_entries,
-    make_dirs,
-    name_list,
-)
+from picoalign.fileio import check_out_folder, folder_lock, foreign_entries, name_list
 
 RUN_MARKERS = ("config.yaml", "last", "best", "metrics.jsonl", "metrics.csv")
 # everything else a run writes (the CLI's plot included); with the markers, the whole of a run
@@ -45,33 +39,12 @@ class RunInUseError(ValueError):
 
 @contextmanager
 def run_lock(out: Path) -> Iterator[None]:
-    """Hold the run folder ``out`` for one writer. Why: a ``--resume`` started while the run
-    was still training trained alongside it, both writing ``last/``, until one died on the
-    other's folder swap. The lock is an OS file lock on ``.NAME.picoalign-lock`` beside the
-    folder (not in it: ``--overwrite`` moves the folder aside), so a killed process frees it
-    (its empty file stays, holding nothing); a process that ends removes it. It is taken
-    before the folder's checks, so a run that finished in between is seen as the run it is."""
-    from filelock import FileLock, Timeout
-
-    make_dirs(out.parent, f"--out {out}")
-    path = out.parent / f".{out.name}.picoalign-lock"
-    try:  # a folder that cannot be written is that, not a lock held by someone else
-        path.touch()
-    except OSError as e:
-        raise WriteError(f"--out {out}: cannot write in {out.parent} ({e.strerror})") from None
-    lock = FileLock(path, timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise RunInUseError(
-            f"--out {out}: another picoalign process is training into it (it holds {path}); "
-            "wait for it to end, or stop it, before continuing or replacing this run"
-        ) from None
-    try:
+    """Hold the run folder ``out`` for one writer (:func:`picoalign.fileio.folder_lock`).
+    Why: a ``--resume`` started while the run was still training trained alongside it, both
+    writing ``last/``, until one died on the other's folder swap. It is taken before the
+    folder's checks, so a run that finished in between is seen as the run it is."""
+    with folder_lock(out, "training into it", RunInUseError):
         yield
-    finally:  # removed while still held: a process that opens it later makes a new one
-        path.unlink(missing_ok=True)
-        lock.release()
 
 
 def run_markers(out: Path) -> list[str]:
