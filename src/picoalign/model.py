@@ -144,7 +144,9 @@ class PicoAligner(nn.Module):
     ) -> Tensor:
         """In-batch (B, B) scores of embedded tokens, for the loss (the training rule)."""
         if self.config.method == "pico":
-            s = self.pico.training_scores(img, img_mask, txt, txt_mask, image_ids)
+            s = self.pico.training_scores(
+                img, img_mask, txt, txt_mask, image_ids, validate=False
+            )  # the training loop checks each batch
         else:
             s = fine_grained_scores(img, img_mask, txt, txt_mask, validate=False)
         return s * self.scorer.scale
@@ -216,7 +218,9 @@ class PicoAligner(nn.Module):
     ) -> None:
         """Call after each optimiser step: PICO's iterative construction (no-op otherwise)."""
         if self.config.method == "pico":
-            self.pico.update(img, img_mask, txt, txt_mask, image_ids, feedback=feedback)
+            self.pico.update(
+                img, img_mask, txt, txt_mask, image_ids, feedback=feedback, validate=False
+            )
 
     # -- raw inputs -------------------------------------------------------------------
     def backbone(self, kind: str) -> nn.Module:

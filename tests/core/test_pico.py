@@ -315,3 +315,22 @@ def test_state_dict_safetensors_round_trip(batches, tmp_path):
     fresh.load_state_dict(safetensors_torch.load_file(str(path)))
     _assert_same_state(pico, fresh)
     assert fresh.active and torch.equal(fresh.weights, pico.weights)
+
+
+def test_the_drop_in_api_refuses_what_would_make_nan_or_fail_later() -> None:
+    """The user report: a caption with no real token gave NaN scores and a NaN loss silently,
+    and PICOConfig(dim=256) on 512-d tokens failed only at the next update."""
+    g = torch.Generator().manual_seed(0)
+    img, txt = torch.randn(3, 4, 8, generator=g), torch.randn(3, 5, 8, generator=g)
+    im, tm = torch.ones(3, 4, dtype=torch.bool), torch.ones(3, 5, dtype=torch.bool)
+    pico = PICO(PICOConfig(dim=8, warmup_steps=0))
+    assert torch.isfinite(pico.training_scores(img, im, txt, tm, torch.arange(3))).all()
+    empty = tm.clone()
+    empty[1] = False
+    with pytest.raises(ValueError, match="txt_mask: caption 1 has no real token"):
+        pico.training_scores(img, im, txt, empty, torch.arange(3))
+    with pytest.raises(ValueError, match="txt_mask: caption 1 has no real token"):
+        pico.update(img, im, txt, empty, torch.arange(3))
+    wide = PICO(PICOConfig(dim=16))
+    with pytest.raises(ValueError, match=r"dim=16 \(PICOConfig.dim\) but the tokens have D=8"):
+        wide.training_scores(img, im, txt, tm, torch.arange(3))

@@ -28,7 +28,7 @@ from picoalign.core.estimators import (
     semantic_probability,
 )
 from picoalign.core.feedback import feedback_weights, in_batch_ranks, retrieval_score
-from picoalign.core.similarity import fine_grained_scores
+from picoalign.core.similarity import check_tokens, fine_grained_scores
 
 __all__ = [
     "PICO",
@@ -206,10 +206,32 @@ class PICO(nn.Module):
         return self.weights if self.config.prior == "global" else torch.ones_like(self.p)
 
     # -- scoring ----------------------------------------------------------------------
+    def check(self, img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor) -> None:
+        """The inputs of :meth:`training_scores` and :meth:`update`, checked as
+        ``fine_grained_scores`` checks them, and their width against ``dim``. Why: a caption
+        with no real token made NaN scores and a NaN loss silently, and a wrong ``dim`` failed
+        only at the next update, in a tensor-size message."""
+        check_tokens(img, img_mask, txt, txt_mask)
+        if img.shape[-1] != self.config.dim:
+            raise ValueError(
+                f"PICO was built for dim={self.config.dim} (PICOConfig.dim) but the tokens have "
+                f"D={img.shape[-1]}"
+            )
+
     def training_scores(
-        self, img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor, image_ids: Tensor
+        self,
+        img: Tensor,
+        img_mask: Tensor,
+        txt: Tensor,
+        txt_mask: Tensor,
+        image_ids: Tensor,
+        *,
+        validate: bool = True,
     ) -> Tensor:
-        """In-batch (B, B) scores for the loss, with the configured training rule."""
+        """In-batch (B, B) scores for the loss, with the configured training rule.
+        ``validate=False`` skips :meth:`check` (a caller that has checked the batch)."""
+        if validate:
+            self.check(img, img_mask, txt, txt_mask)
         c = self.config
         weighted = c.train_score == "weighted" and self.active
         w = self.weights if weighted and c.reading == "global" else None
@@ -299,6 +321,8 @@ class PICO(nn.Module):
         txt_mask: Tensor,
         image_ids: Tensor | None = None,
         feedback: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None,
+        *,
+        validate: bool = True,
     ) -> None:
         """One iterative-construction step, after the optimiser step, under no_grad.
 
@@ -307,6 +331,8 @@ class PICO(nn.Module):
         with ``feedback_source="heldout"`` it is used to measure the gains Δ, else the
         current batch is.
         """
+        if validate:
+            self.check(img, img_mask, txt, txt_mask)
         c = self.config
         self._set_count("steps", self._count("steps") + 1)
         if not self.active:
