@@ -404,6 +404,13 @@ def test_cli_index_and_search(tiny, tmp_path, monkeypatch, capsys):
     assert [r["query"] for r in json.loads(capsys.readouterr().out)] == ["red", "blue"]
     with pytest.raises(SystemExit):  # an unknown option is still an error
         main(["search", str(out), "-k", "1", "red", "--bogus"])
+    # flags that would be ignored are refused (the index above has an hnsw first stage)
+    args = parser.parse_args(["search", str(out), "red", "--exhaustive", "--no-rerank"])
+    with pytest.raises(ValueError, match="give one of them"):
+        args.func(args)
+    args = parser.parse_args(["search", str(out), "red", "--nprobe", "4"])
+    with pytest.raises(ValueError, match="has a hnsw first stage; --nprobe applies to an ivf"):
+        args.func(args)
 
 
 @pytest.mark.parametrize("kind", ["captions", "images"])

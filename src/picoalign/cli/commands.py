@@ -172,7 +172,12 @@ def _add_demo(sub: Any) -> None:
         "per image, fewer with more)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of both runs and of the splits")
-    p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny smoke run (about 10 s once Twemoji's features are cached; encoding them "
+        "first takes about a minute on 2 cores)",
+    )
     p.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 

@@ -103,7 +103,11 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--no-rerank", action="store_false", dest="rerank", help="stage 1 only")
     s.add_argument("--exhaustive", action="store_true", help="fine-grained over all items")
     s.add_argument("--nprobe", type=positive_int, help="IVF lists searched (default: index's)")
-    s.add_argument("--checkpoint", help="model to use instead of the one the index records")
+    s.add_argument(
+        "--checkpoint",
+        help="where the index's model is now, if its checkpoint was moved (the same weights: "
+        "another model is refused, since the index holds its features)",
+    )
     s.add_argument(
         "--sheet",
         help="write a PNG contact sheet of the results (image index); replaces only an "
@@ -183,6 +187,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.queries:  # an image index is searched by text, a caption index by image
         args.text, args.image = (
             (args.queries, None) if index.kind == "images" else (None, args.queries)
+        )
+    if args.exhaustive and not args.rerank:
+        raise ValueError(
+            "--exhaustive scores every item fine-grained; --no-rerank keeps stage 1 "
+            "only: give one of them"
+        )
+    stage = (index.manifest.get("first_stage") or {}).get("type")
+    if args.nprobe is not None and stage != "ivf":
+        raise ValueError(
+            f"--nprobe: index {args.index} has a {stage} first stage; --nprobe applies to an "
+            "ivf one"
         )
     if args.sheet and index.kind != "images":
         raise ValueError("--sheet draws retrieved images: it needs an image index")
