@@ -486,3 +486,37 @@ def test_a_second_index_into_the_same_folder_is_refused_while_one_is_written(
         assert not out.exists()
     assert main(argv) == 0 and (out / "manifest.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no lock file left
+
+
+@pytest.mark.parametrize("query", ["\u200b", "\x07", "\u0301", "\ufeff", " \u200b "])
+def test_a_query_of_invisible_characters_is_refused(tiny, tmp_path, query):
+    """The user report: a zero-width space, a control character, a lone combining mark or a
+    BOM was searched, ranking the gallery by the empty caption's special tokens."""
+    index = _build(tiny, tmp_path / "idx")
+    with pytest.raises(ValueError, match="text query 2 is empty"):
+        index.search_text(tiny["model"], ["red", query], k=1)
+    assert index.search_text(tiny["model"], ["!?", "é"], k=1)  # punctuation, one letter: fine
+
+
+def test_a_query_longer_than_the_encoder_reads_is_warned(recwarn):
+    """The user report: a query of 60 words and then "a red circle" was cut at 32 tokens
+    without a word (the ranking ignored "a red circle")."""
+    from picoalign.retrieval.index import _warn_if_cut
+
+    class Encoder:  # the parts of HFTextEncoder the warning reads
+        max_length = 4
+        prepare = staticmethod(lambda texts: [f"<{t}>" for t in texts])
+
+        @staticmethod
+        def tokenizer(text, truncation):
+            assert truncation is False
+            return {"input_ids": text.split()}
+
+    class Model:
+        backbone = staticmethod(lambda kind: Encoder())
+
+    _warn_if_cut(Model(), ["a b c", "a b c d e"])  # 3 and 5 words
+    messages = [str(w.message) for w in recwarn]
+    assert messages == [
+        "text query 2 has 5 tokens; the text encoder reads the first 4, so the rest is not searched"
+    ]

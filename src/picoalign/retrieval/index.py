@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import unicodedata
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -180,10 +182,14 @@ class GalleryIndex:
             )
         if isinstance(queries, str) or not queries or not all(isinstance(x, str) for x in queries):
             raise ValueError("queries must be a non-empty list of strings")
-        blank = [i for i, x in enumerate(queries) if not x.strip()]
+        blank = [i for i, x in enumerate(queries) if not _readable(x)]
         if blank:  # it would still rank the gallery, by the empty caption's special tokens
-            raise ValueError(f"text query {blank[0] + 1} is empty: nothing to search for")
+            raise ValueError(
+                f"text query {blank[0] + 1} is empty (or only invisible characters): nothing "
+                "to search for"
+            )
         self.verify_model(model)
+        _warn_if_cut(model, queries)
         q, qm = model.encode_texts(list(queries))
         return self.search_tokens(q, qm, model.scores, weights=model.eval_weights, k=k, **kw)
 
@@ -305,3 +311,26 @@ def _torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _readable(text: str) -> bool:
+    """Whether ``text`` has a letter, digit, symbol or punctuation mark: a zero-width space,
+    a control character or a lone combining mark encodes to nothing but special tokens."""
+    return any(unicodedata.category(ch)[0] in "LNSP" for ch in text)
+
+
+def _warn_if_cut(model: Any, queries: Sequence[str]) -> None:
+    """Warn for each query longer than the text encoder reads (MiniLM: 32 tokens): its end
+    would be dropped without a word."""
+    enc = model.backbone("text")
+    tokenizer, most = getattr(enc, "tokenizer", None), getattr(enc, "max_length", None)
+    if tokenizer is None or most is None:
+        return
+    for i, q in enumerate(queries, 1):
+        n = len(tokenizer(enc.prepare([q])[0], truncation=False)["input_ids"])
+        if n > most:
+            warnings.warn(
+                f"text query {i} has {n} tokens; the text encoder reads the first {most}, so "
+                "the rest is not searched",
+                stacklevel=3,
+            )
