@@ -423,3 +423,17 @@ def test_output_cut_short_by_its_reader_is_no_error() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_datasets_says_how_to_install_a_missing_one(monkeypatch) -> None:
+    """The user report: with Twemoji missing, `datasets` said "missing" and nothing else,
+    though the registry knows the install command."""
+    from dataclasses import replace
+
+    from picoalign.data import REGISTRY
+
+    monkeypatch.setitem(REGISTRY, "twemoji", replace(REGISTRY["twemoji"], installed=lambda: False))
+    rc, out, _ = run_cli("datasets")
+    assert rc == 0
+    assert any(ln.startswith("twemoji") and "missing" in ln for ln in out.splitlines())
+    assert f"to install twemoji: {REGISTRY['twemoji'].install_hint}" in out

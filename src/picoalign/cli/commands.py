@@ -143,13 +143,19 @@ def _add_datasets(sub: Any) -> None:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from picoalign.data import list_datasets
+    from picoalign.data import REGISTRY, list_datasets
 
     rows = list_datasets()
     width = max(len(name) for name, _, _ in rows)
     for name, desc, installed in rows:
         mark = "installed" if installed else "missing  "
         print(f"{name:<{width}}  {mark}  {desc}")
+    hints = {e.spelling: e.install_hint for e in REGISTRY.values()}
+    missing = [(name, hints.get(name)) for name, _, installed in rows if not installed]
+    if missing:  # what "missing" asks the user to do, where the registry knows it
+        print()
+        for name, hint in missing:
+            print(f"to install {name}: {hint or 'see docs/data.md'}")
     return 0
 
 
