@@ -174,6 +174,11 @@ def test_no_val_split_is_carved_from_train_by_group(tmp_path: Path) -> None:
     again = prepare_dataset(f"jsonl:{path}", seed=3, report=notes.append)
     assert [it.split for it in again.items] == [it.split for it in ds.items]  # seeded
     assert again.fingerprint == ds.fingerprint != ds.notes["source_fingerprint"]
+    # a caller of the test split alone (index --split test) is not told of it, and the data
+    # it gets is the same (the carve still decides the fingerprint and the splits)
+    quiet: list[str] = []
+    test_only = prepare_dataset(f"jsonl:{path}", seed=3, report=quiet.append, need_splits=("test",))
+    assert quiet == [] and test_only.fingerprint == ds.fingerprint
 
 
 def test_carve_keeps_groups_whole_and_leaves_some_train() -> None:

@@ -90,8 +90,10 @@ def prepare_dataset(
         }
     if not dataset.items:
         raise DataError(f"--data {spec}: the dataset has no usable items")
-    if val != "strict":
-        dataset = carve_val(dataset, seed=seed, fraction=val, report=report)
+    if val != "strict":  # said only where the caller reads train or val (not `--split test`)
+        reads_carve = not need_splits or bool({"train", "val", "all"} & set(need_splits))
+        say = report if reads_carve else None
+        dataset = carve_val(dataset, seed=seed, fraction=val, report=say)
     require_splits(dataset, need_splits, spec, strict=val == "strict")
     return dataset
 
