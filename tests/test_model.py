@@ -330,3 +330,19 @@ def test_a_loaded_model_is_in_eval_mode_so_dropout_runs_embed_the_same_twice(
     assert not all(
         torch.equal(x, y) for x, y in zip(embedded(loaded), embedded(loaded), strict=True)
     )
+
+
+def test_encode_names_an_item_of_the_wrong_kind(tmp_path: Path) -> None:
+    """The user report: encode_texts([None]) and encode_images([array]) failed in the
+    tokenizer and in open() with messages that named no item; a folder was "truncated"."""
+    import numpy as np
+
+    cfg = ModelConfig(image_encoder="random-conv", text_encoder="hash-text", image_dim=32,
+                      text_dim=32, embed_dim=16)  # fmt: skip
+    model = PicoAligner(cfg).eval()
+    with pytest.raises(TypeError, match=r"texts must be strings: item 1 is NoneType"):
+        model.encode_texts(["fine", None])
+    with pytest.raises(TypeError, match=r"item 0 is ndarray \(for an array, PIL.Image.fromarray"):
+        model.encode_images([np.zeros((8, 8, 3), np.uint8)])
+    with pytest.raises(ValueError, match=r"image 0: .* is a folder, not an image file"):
+        model.encode_images([tmp_path])

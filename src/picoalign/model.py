@@ -255,17 +255,12 @@ class PicoAligner(nn.Module):
 
         ``images`` may be any sequence that slices (a lazy one is read batch by batch).
         """
-        from picoalign.data.images import load_image
-
         if isinstance(images, (str, Path, Image.Image)):  # one image, not a sequence of them
             images = [images]
         enc = self.backbone("image")
         toks, masks = [], []
         for i in range(0, len(images), batch_size):
-            batch = [
-                x if isinstance(x, Image.Image) else load_image(Path(x))
-                for x in images[i : i + batch_size]
-            ]
+            batch = [_image(x, i + j) for j, x in enumerate(images[i : i + batch_size])]
             t, m = enc(self.image_pixels(batch))
             t, m = self.embed_images(t.to(self._device), m.to(self._device))
             toks.append(t)
@@ -285,6 +280,10 @@ class PicoAligner(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Captions (or one caption) → embedded tokens (N, T, D) and mask, for ``scores``."""
         texts = [texts] if isinstance(texts, str) else texts
+        wrong = [(i, x) for i, x in enumerate(texts) if not isinstance(x, str)]
+        if wrong:  # the tokenizer's own message names no item
+            i, x = wrong[0]
+            raise TypeError(f"texts must be strings: item {i} is {type(x).__name__} ({x!r:.40})")
         toks, masks = [], []
         for i in range(0, len(texts), batch_size):
             t, m = self.embed_texts(*self.text_tokens(texts[i : i + batch_size]))
@@ -330,3 +329,20 @@ class PicoAligner(nn.Module):
         # in eval mode, as a loaded model is used: with text_dropout / image_dropout a model in
         # training mode encodes the same caption differently on every call (.train() to train)
         return model.eval()
+
+
+def _image(x: Any, i: int) -> Image.Image:
+    """Item ``i`` of ``encode_images`` as a PIL image: a PIL image, or an image file's path;
+    anything else is named, not passed on to fail in ``open``."""
+    from picoalign.data.images import load_image
+
+    if isinstance(x, Image.Image):
+        return x
+    if not isinstance(x, (str, Path)):
+        raise TypeError(
+            f"images must be PIL images or file paths: item {i} is {type(x).__name__} (for "
+            "an array, PIL.Image.fromarray(array) first)"
+        )
+    if Path(x).is_dir():
+        raise ValueError(f"image {i}: {x} is a folder, not an image file")
+    return load_image(Path(x))
