@@ -334,3 +334,23 @@ def test_the_drop_in_api_refuses_what_would_make_nan_or_fail_later() -> None:
     wide = PICO(PICOConfig(dim=16))
     with pytest.raises(ValueError, match=r"dim=16 \(PICOConfig.dim\) but the tokens have D=8"):
         wide.training_scores(img, im, txt, tm, torch.arange(3))
+
+
+def test_bf16_tokens_train_through_the_weighted_steps_in_fp32() -> None:
+    """The user report: with bf16 tokens the drop-in API's first step worked and the second
+    (the first weighted one) failed in scatter_add with a dtype mismatch."""
+    from picoalign.core.losses import triplet_loss
+
+    g = torch.Generator().manual_seed(0)
+    pico = PICO(PICOConfig(dim=8, warmup_steps=0, reading="pair", train_score="weighted"))
+    mask_i, mask_t = torch.ones(4, 5, dtype=torch.bool), torch.ones(4, 6, dtype=torch.bool)
+    for _ in range(3):
+        img = torch.nn.functional.normalize(torch.randn(4, 5, 8, generator=g), dim=-1)
+        txt = torch.nn.functional.normalize(torch.randn(4, 6, 8, generator=g), dim=-1)
+        img, txt = img.bfloat16().requires_grad_(), txt.bfloat16().requires_grad_()
+        scores = pico.training_scores(img, mask_i, txt, mask_t, torch.arange(4))
+        assert scores.dtype == torch.float32
+        triplet_loss(scores, torch.arange(4), margin=0.8).backward()
+        assert img.grad.dtype == torch.bfloat16 and torch.isfinite(img.grad.float()).all()
+        pico.update(img, mask_i, txt, mask_t, torch.arange(4))
+    assert pico.active

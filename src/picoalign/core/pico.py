@@ -232,6 +232,9 @@ class PICO(nn.Module):
         ``validate=False`` skips :meth:`check` (a caller that has checked the batch)."""
         if validate:
             self.check(img, img_mask, txt, txt_mask)
+        # in fp32, as the model's own steps (bf16 here changes rankings); a no-op for fp32,
+        # and the gradient still reaches bf16 tokens (they failed at the first weighted step)
+        img, txt = img.float(), txt.float()
         c = self.config
         weighted = c.train_score == "weighted" and self.active
         w = self.weights if weighted and c.reading == "global" else None
