@@ -13,21 +13,18 @@ Three lines to add PICO to a PyTorch retrieval model::
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from picoalign.core.adaptive import pair_adaptive_scores, pair_adaptive_training_scores
 from picoalign.core.estimators import (
-    Estimator,
-    Positives,
     interaction_counts,
     probability_from_q,
     semantic_probability,
 )
 from picoalign.core.feedback import feedback_weights, in_batch_ranks, retrieval_score
+from picoalign.core.pico_config import PICOConfig
 from picoalign.core.similarity import check_tokens, fine_grained_scores
 
 __all__ = [
@@ -44,77 +41,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------- module
-@dataclass
-class PICOConfig:
-    """Every option of METHOD.md; [ours] choices are named so the paper's form is reachable.
-
-    Defaults follow the benchmark (docs/results.md); see README for what each one does.
-    """
-
-    dim: int = 512
-    estimator: Estimator = "sign"
-    positives: Positives = "aligned"
-    transform: Literal["2q-1", "raw"] = "2q-1"
-    bank_size: int = 8  # K; 1 = batch-only p (no bank)
-    feedback: bool = True  # False = bank with uniform weights
-    tau: float = 1.0
-    gain_normalize: Literal["zscore", "none"] = "zscore"
-    feedback_metric: Literal["mrr", "rsum", "neg_loss"] = "mrr"
-    # "batch" (the trained batch) | "heldout" (an unseen batch)
-    feedback_source: Literal["heldout", "batch"] = "heldout"
-    feedback_size: int = 32  # pairs of the feedback batch used (bounds the cost)
-    momentum: float = 0.5  # m in p ← (1−m) p + m p_new; 1 = no momentum
-    # p ≡ 1 for these many updates; in training they come on top of pico_warmup_epochs'
-    # steps (picoalign.training.derived.model_config_for)
-    warmup_steps: int = 0
-    renormalize: bool = True  # weights = p · D / Σp (scores keep their range)
-    # "pair" (B, pair-adaptive; best PICO on validation) | "global" (A)
-    reading: Literal["pair", "global"] = "pair"
-    # reading B: p(V,T) = λ p̃(V,T) + (1−λ) prior; 0.25 had the best mean validation rSum of
-    # {0.25, 0.5, 1} at margin 0.8 (docs/results.md) — less PICO scored better
-    lam: float = 0.25
-    prior: Literal["ones", "global"] = "ones"  # reading B prior: "global" = the bank's p
-    hard_negatives: int = 10  # reading B training: per row/column B-scored negatives
-    train_score: Literal["weighted", "plain"] = "weighted"
-    eval_score: Literal["weighted", "plain"] = "plain"
-
-    def __post_init__(self) -> None:
-        choices = {
-            "estimator": ("sign", "magnitude"),
-            "positives": ("aligned", "all"),
-            "transform": ("2q-1", "raw"),
-            "gain_normalize": ("none", "zscore"),
-            "feedback_metric": ("rsum", "mrr", "neg_loss"),
-            "feedback_source": ("batch", "heldout"),
-            "reading": ("global", "pair"),
-            "prior": ("ones", "global"),
-            "train_score": ("weighted", "plain"),
-            "eval_score": ("weighted", "plain"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"PICOConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
-                )
-        if self.dim < 1 or self.bank_size < 1:
-            raise ValueError("PICOConfig.dim and bank_size must be >= 1")
-        if not 0 < self.momentum <= 1:
-            raise ValueError(f"PICOConfig.momentum must be in (0, 1], got {self.momentum}")
-        if not 0 <= self.lam <= 1:
-            raise ValueError(f"PICOConfig.lam must be in [0, 1], got {self.lam}")
-        if not self.tau > 0:  # also rejects NaN
-            raise ValueError(f"PICOConfig.tau must be > 0, got {self.tau}")
-        for name in ("feedback_size", "warmup_steps", "hard_negatives"):
-            minimum = 1 if name == "feedback_size" else 0
-            if getattr(self, name) < minimum:
-                raise ValueError(
-                    f"PICOConfig.{name} must be >= {minimum}, got {getattr(self, name)}"
-                )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 GatherFn = Callable[[Tensor], Tensor]
 
 
