@@ -404,6 +404,14 @@ def test_cli_index_and_search(tiny, tmp_path, monkeypatch, capsys):
     assert [r["query"] for r in json.loads(capsys.readouterr().out)] == ["red", "blue"]
     with pytest.raises(SystemExit):  # an unknown option is still an error
         main(["search", str(out), "-k", "1", "red", "--bogus"])
+    # the index given both ways, the same folder: not a query (was "give the queries ... not
+    # both"); a long query is shown cut in the table, whole in --json
+    long = "red " * 100
+    assert main(["search", str(out), "--index", str(out), "--text", long, "-k", "1"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0] == f"query: {long[:117]}…"
+    assert main(["search", str(out), "--index", str(out), "--text", long, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["query"] == long
     # flags that would be ignored are refused (the index above has an hnsw first stage)
     args = parser.parse_args(["search", str(out), "red", "--exhaustive", "--no-rerank"])
     with pytest.raises(ValueError, match="give one of them"):

@@ -170,7 +170,8 @@ def _index(args: argparse.Namespace, out: Path) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    if args.index is not None and args.index_pos is not None:  # --index I QUERY: a query
+    if args.index is not None and args.index_pos not in (None, args.index):
+        # --index I QUERY: the first word is a query (I I: the same folder, given twice)
         args.queries, args.index_pos = [args.index_pos, *args.queries], None
     resolve_folder_args(args)
     from picoalign.retrieval.index import GalleryIndex, contact_sheet
@@ -224,7 +225,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         for i, (qry, hs) in enumerate(zip(queries, hits, strict=True)):
-            print(("\n" if i else "") + f"query: {qry}")
+            shown = qry if len(qry) <= 120 else f"{qry[:117]}…"  # whole in --json
+            print(("\n" if i else "") + f"query: {shown}")
             print(format_hits(hs))
     if args.sheet:  # after the results: a sheet that cannot be drawn does not lose them
         mode = "exhaustive" if args.exhaustive else "two-stage" if args.rerank else "stage 1"
