@@ -343,6 +343,4 @@ def _image(x: Any, i: int) -> Image.Image:
             f"images must be PIL images or file paths: item {i} is {type(x).__name__} (for "
             "an array, PIL.Image.fromarray(array) first)"
         )
-    if Path(x).is_dir():
-        raise ValueError(f"image {i}: {x} is a folder, not an image file")
-    return load_image(Path(x))
+    return load_image(Path(x), where=f"image {i}")

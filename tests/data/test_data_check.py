@@ -288,3 +288,9 @@ def test_without_data_evaluate_and_index_read_it_as_the_run_did(tmp_path: Path, 
     rc, out, err = run_cli(command, str(tmp_path / "run"), *extra)
     assert rc == 0, err
     assert "skipped 1 bad entry" in out + err
+
+
+def test_load_image_of_a_folder_says_so(tmp_path: Path) -> None:
+    """Not Pillow's IsADirectoryError reported as a truncated or corrupt image."""
+    with pytest.raises(DataError, match=r"^line 3: image .* is a folder, not an image file$"):
+        load_image(tmp_path, where="line 3")

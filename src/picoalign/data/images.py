@@ -102,6 +102,8 @@ def load_image(
         raise DataError(f"{label}: file not found") from None
     except OSError as e:
         raise DataError(f"{label}: cannot read file ({e.strerror or e})") from None
+    if path.is_dir():  # else Pillow's IsADirectoryError reads as a corrupt image
+        raise DataError(f"{label} is a folder, not an image file")
     if size == 0:
         raise DataError(f"{label}: empty file (0 bytes)")
     try:
