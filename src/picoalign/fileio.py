@@ -169,7 +169,7 @@ def safe_torch_load(path: Path) -> Any:
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as e:  # zip/pickle errors (RuntimeError, UnpicklingError, EOFError ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         if "weights only load failed" in first.lower():  # not torch's advice to load unsafely
             first = "it holds objects picoalign never writes, and is not loaded, for safety"
         raise ValueError(f"{path}: not a readable picoalign training state ({first})") from e
@@ -254,6 +254,13 @@ def check_out_folder(
     foreign = [] if foreign_ok else foreign_entries(out, ours)
     if foreign:
         raise ValueError(f"--out {out}: holds files {holder} ({name_list(foreign)}); {advice}")
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message in the one line a command prints (its type if it has none):
+    torch and PyYAML messages run over several lines of advice."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def name_list(names: list[str], most: int = 5) -> str:

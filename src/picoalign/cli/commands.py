@@ -289,7 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # UnknownEncoderError is a KeyError (not covered by USER_ERRORS) but a user error.
         if args.debug or not isinstance(e, (*USER_ERRORS, TrainingError, UnknownEncoderError)):
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        from picoalign.fileio import first_line
+
+        msg = first_line(e)
         print(f"picoalign: error: {msg}", file=sys.stderr)
         return 2
 

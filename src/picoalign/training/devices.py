@@ -17,6 +17,7 @@ from picoalign.core.hardware import (  # noqa: F401
     native_low_precision,
     strict_math,
 )
+from picoalign.fileio import first_line
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -46,8 +47,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         try:
             torch.empty(1, device=device)
         except (RuntimeError, AssertionError) as e:  # xpu's "not compiled" is an assertion
-            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            why = why.split(". ")[0][:160]  # torch's first sentence, not its backend list
+            why = first_line(e).split(". ")[0][:160]  # torch's first sentence, not its backend list
             raise ValueError(f"--device {name}: not available on this machine ({why})") from None
     return device
 
