@@ -134,6 +134,13 @@ def test_cross_style(tw: ImageCaptionDataset, noto: ImageCaptionDataset) -> None
         cross_style("twemoji", "openmoji")
 
 
+def test_cross_style_without_shared_concepts_says_which_styles_have_them(
+    tw: ImageCaptionDataset, tux: ImageCaptionDataset
+) -> None:
+    with pytest.raises(DataError, match="only twemoji and noto-emoji share concepts"):
+        cross_style(tw, tux)
+
+
 def test_builtins_pickle_for_worker_processes(
     tw: ImageCaptionDataset, noto: ImageCaptionDataset
 ) -> None:

@@ -58,6 +58,24 @@ def test_list_datasets() -> None:
     assert all(e.install_hint for e in REGISTRY.values() if e.name in ("twemoji", "tuxpaint"))
 
 
+@pytest.mark.parametrize(
+    ("tw", "noto", "tux", "expected"),
+    [(True, True, False, True), (True, False, True, False), (False, True, True, False)],
+)
+def test_cross_is_installed_only_with_both_emoji_styles(
+    monkeypatch: pytest.MonkeyPatch, tw: bool, noto: bool, tux: bool, expected: bool
+) -> None:
+    """The walkthrough's report: with Twemoji and Tux Paint but no Noto, ``cross:`` was
+    listed as installed, yet Tux Paint shares no concept with either emoji style."""
+    from picoalign.data import builtin
+
+    monkeypatch.setattr(builtin, "twemoji_installed", lambda: tw)
+    monkeypatch.setattr(builtin, "noto_installed", lambda: noto)
+    monkeypatch.setattr(builtin, "tuxpaint_installed", lambda: tux)
+    assert REGISTRY["cross"].installed() is expected
+    assert "noto" in REGISTRY["cross"].install_hint
+
+
 def test_file_formats_through_spec(tmp_path: Path) -> None:
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
     lines = [{"image": "a.png", "captions": ["a"]}, "not json"]

@@ -318,7 +318,10 @@ def cross_style(
     b = BUILTINS[test](seed=seed) if isinstance(test, str) else test
     shared = {it.group for it in a.items} & {it.group for it in b.items}
     if not shared:
-        raise DataError(f"{a.name} and {b.name} share no concepts (groups)")
+        raise DataError(
+            f"{a.name} and {b.name} share no concepts (groups), so there is nothing to test "
+            "on; of the built-in styles only twemoji and noto-emoji share concepts"
+        )
     # Test concepts are decided by ``b``; excluding them from ``a`` keeps them unseen even if
     # the two datasets were built with different seeds.
     test_groups = {it.group for it in b.items if it.split == "test"} & shared

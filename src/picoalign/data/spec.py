@@ -53,9 +53,10 @@ def _path(s: str) -> Path:
     return Path(s).expanduser()
 
 
-def _installed_pair() -> bool:
-    checks = (builtin.twemoji_installed, builtin.noto_installed, builtin.tuxpaint_installed)
-    return sum(check() for check in checks) >= 2
+def _emoji_styles_installed() -> bool:
+    """``cross:`` needs both emoji styles: they are the only built-in pair with shared
+    concepts (Tux Paint's stamps share none with them)."""
+    return builtin.twemoji_installed() and builtin.noto_installed()
 
 
 REGISTRY: dict[str, DatasetEntry] = {
@@ -88,11 +89,11 @@ REGISTRY: dict[str, DatasetEntry] = {
         DatasetEntry(
             "cross",
             ("TRAIN", "TEST"),
-            "train/val from built-in style TRAIN, test from style TEST, shared concepts only "
-            "(e.g. cross:twemoji:noto-emoji)",
+            "train/val from built-in style TRAIN, test from style TEST, shared concepts only: "
+            "twemoji and noto-emoji (e.g. cross:twemoji:noto-emoji; Tux Paint shares none)",
             lambda a, seed, skip, opts: builtin.cross_style(a[0], a[1], seed=seed),
-            _installed_pair,
-            "install two of the built-in datasets",
+            _emoji_styles_installed,
+            f"both emoji styles: {builtin.TWEMOJI_HINT}; {builtin.NOTO_HINT}",
         ),
         DatasetEntry(
             "scenes",
