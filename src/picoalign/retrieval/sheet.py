@@ -3,6 +3,7 @@ gallery's images by key through its dataset spec (rendered datasets have no file
 
 from __future__ import annotations
 
+import re
 import textwrap
 import warnings
 from collections.abc import Callable, Sequence
@@ -98,11 +99,40 @@ def contact_sheet(
             axes[r, 0].set_ylabel(textwrap.fill(_short(row_labels[r], 60), 18), fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = check_sheet_path(out_png)
-    meta = {"Software": SHEET_SOFTWARE}
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata=meta))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.tight_layout()
+        out = check_sheet_path(out_png)
+        meta = {"Software": SHEET_SOFTWARE}
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata=meta))
+    _rewarn(caught)
     return out
+
+
+_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
+
+
+def _rewarn(caught: list[warnings.WarningMessage]) -> None:
+    """Matplotlib warns once per missing glyph and per text layout pass (the layout and the
+    save each draw every label), so an emoji caption gave a screenful of repeats. The glyphs
+    become one warning; any other warning is passed on once."""
+    glyphs: dict[int, None] = {}
+    others: dict[tuple[str, type[Warning]], None] = {}
+    for w in caught:
+        m = _GLYPH.search(str(w.message))
+        if m:
+            glyphs[int(m.group(1))] = None
+        else:
+            others[(str(w.message), w.category)] = None
+    if glyphs:
+        chars = " ".join(chr(g) for g in glyphs)
+        warnings.warn(
+            f"contact sheet: the plot font has no glyph for {len(glyphs)} character"
+            f"{'s' if len(glyphs) != 1 else ''} of the labels, drawn as boxes: {chars}",
+            stacklevel=3,
+        )
+    for message, category in others:
+        warnings.warn(message, category, stacklevel=3)
 
 
 def dataset_image_loader(dataset: dict[str, Any]) -> Callable[[Any], Any]:

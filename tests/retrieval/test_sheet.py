@@ -1,0 +1,49 @@
+"""Contact sheets on their own: labels the plot font cannot draw."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+from picoalign.retrieval.sheet import contact_sheet
+
+
+@dataclass
+class _Hit:
+    key: str
+    score: float = 0.5
+
+
+def test_missing_glyphs_make_one_warning(tmp_path) -> None:
+    """The walkthrough's report: every missing glyph warned once per layout pass (layout and
+    save), so an emoji query printed its warnings twice over. Now: one warning, each
+    character once."""
+    hits = [[_Hit("a \U0001fae0 face"), _Hit("b")], [_Hit("漢字")]]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = contact_sheet(
+            hits,
+            lambda hit: Image.new("RGB", (8, 8)),
+            tmp_path / "sheet.png",
+            title="\U0001fae0 query",
+            row_labels=["melting \U0001fae0", "kanji"],
+        )
+    assert out.exists()
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert "no glyph for 3 characters" in messages[0]
+    assert set(messages[0].split(": ")[-1].split()) == {"\U0001fae0", "漢", "字"}
+
+
+def test_drawable_labels_warn_nothing(tmp_path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        contact_sheet(
+            [[_Hit("a red circle")]],
+            lambda hit: Image.new("RGB", (8, 8)),
+            tmp_path / "sheet.png",
+            row_labels=["red"],
+        )
+    assert not caught
