@@ -142,3 +142,58 @@ def test_a_local_model_path_that_is_not_there_is_named(given: str) -> None:
     with pytest.raises(FileNotFoundError, match=rf"hf:{re.escape(given)}: no such folder"):
         check_local_path(given)
     check_local_path("sentence-transformers/all-MiniLM-L6-v2")  # a hub name: not checked here
+
+
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    import socket
+
+    calls: list[tuple] = []
+
+    def refuse(address: tuple, timeout: float | None = None) -> None:
+        calls.append(address)
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for var in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    return calls
+
+
+def test_an_uncached_hub_name_offline_fails_at_once_and_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The walkthrough's report: offline, a hub name took about 50 s of transformers' retries
+    to fail, with advice about the internet connection. The check fails before transformers
+    is asked, and names the way out."""
+    from picoalign.encoders import hf
+
+    calls = _no_network(monkeypatch)
+    monkeypatch.setattr(hf, "_hub_cached", lambda name: False)
+    monkeypatch.setattr(hf, "_transformers", lambda: pytest.fail("transformers was asked"))
+    for make in (HFTextEncoder, HFImageEncoder):
+        with pytest.raises(OSError, match=r"hf:acme/model: not in the local Hugging Face cache"):
+            make("acme/model")
+    assert calls and calls[0][0] == "huggingface.co"
+    with pytest.raises(OSError, match=r"cannot be reached: Name or service not known.*hf download"):
+        hf.check_hub_name("acme/model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls.clear()
+    with pytest.raises(OSError, match=r"HF_HUB_OFFLINE is set"):
+        hf.check_hub_name("acme/model")
+    assert not calls  # offline: no connection tried
+
+
+def test_hub_check_passes_cached_names_local_folders_and_proxied_machines(
+    monkeypatch: pytest.MonkeyPatch, tiny_vit: str
+) -> None:
+    from picoalign.encoders import hf
+
+    calls = _no_network(monkeypatch)
+    hf.check_hub_name(tiny_vit)  # a local folder
+    monkeypatch.setattr(hf, "_hub_cached", lambda name: True)
+    hf.check_hub_name("acme/model")  # cached
+    monkeypatch.setattr(hf, "_hub_cached", lambda name: False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    hf.check_hub_name("acme/model")  # a direct connection says nothing behind a proxy
+    assert not calls
+    assert not hf._hub_cached("picoalign-tests/surely-not-cached")

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -43,6 +46,62 @@ def check_local_path(name_or_path: str) -> None:
             f"hf:{name_or_path}: {what} (a local model is a folder "
             "holding config.json and the weights)"
         )
+
+
+def check_hub_name(name_or_path: str, *, timeout: float = 3.0) -> None:
+    """A hub name that is neither cached nor downloadable fails in seconds, with a message
+    that says what to do.
+
+    Offline, transformers retried the hub for 25–50 s and then blamed the internet
+    connection. A name found in the local Hugging Face cache, a local folder, or a machine
+    behind a proxy (where a direct connection says nothing) goes on to transformers as
+    before; so does a name that is not cached where the hub answers (it downloads).
+    """
+    if Path(name_or_path).expanduser().is_dir() or _hub_cached(name_or_path):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    proxied = any(
+        os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+    )
+    if proxied and not offline:
+        return
+    why = "HF_HUB_OFFLINE is set" if offline else _unreachable(_hub_endpoint(), timeout)
+    if why is None:
+        return
+    raise OSError(
+        f"hf:{name_or_path}: not in the local Hugging Face cache, and it cannot be downloaded "
+        f"({why}). Download it where there is internet (`hf download {name_or_path}`) and "
+        "copy the cache (~/.cache/huggingface, or $HF_HOME), or give a local model folder: "
+        "hf:/path/to/model"
+    )
+
+
+def _hub_cached(name: str) -> bool:
+    """Whether the cache holds the repo's config.json (every transformers model has one)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except (ImportError, ValueError):  # an odd name: let transformers give its own message
+        return True
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
+def _unreachable(endpoint: str, timeout: float) -> str | None:
+    """None when a TCP connection to the hub opens within ``timeout`` s, else why not."""
+    url = urlsplit(endpoint)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"{host} cannot be reached: {e.strerror or e}"
+    return None
 
 
 def _read_preprocessor_config(name_or_path: str) -> dict[str, Any]:
@@ -102,10 +161,11 @@ class HFImageEncoder(ImageEncoder):
         self, name_or_path: str, *, drop_prefix: int | None = None, image_size: int | None = None
     ) -> None:
         super().__init__()
-        tf = _transformers()
         self.name_or_path = str(name_or_path)
         self.name = f"hf:{self.name_or_path}"
         check_local_path(self.name_or_path)
+        check_hub_name(self.name_or_path)
+        tf = _transformers()
         config = tf.AutoConfig.from_pretrained(self.name_or_path)
         vision_cfg = getattr(config, "vision_config", None) or config
         if not hasattr(vision_cfg, "num_channels") and not hasattr(vision_cfg, "image_size"):
@@ -177,12 +237,13 @@ class HFTextEncoder(TextEncoder):
         name: str | None = None,
     ) -> None:
         super().__init__()
-        tf = _transformers()
         self.name_or_path = str(name_or_path)
         self.name = name or f"hf:{self.name_or_path}"
         self.max_length = max_length
         self.drop_special = drop_special
         check_local_path(self.name_or_path)
+        check_hub_name(self.name_or_path)
+        tf = _transformers()
         self.tokenizer = tf.AutoTokenizer.from_pretrained(self.name_or_path)
         model = tf.AutoModel.from_pretrained(self.name_or_path)
         model = _sub_model(model, "text_model")
