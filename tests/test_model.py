@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -346,3 +347,27 @@ def test_encode_names_an_item_of_the_wrong_kind(tmp_path: Path) -> None:
         model.encode_images([np.zeros((8, 8, 3), np.uint8)])
     with pytest.raises(ValueError, match=r"image 0: .* is a folder, not an image file"):
         model.encode_images([tmp_path])
+
+
+def test_encode_checks_batch_size_takes_generators_and_refuses_images_without_a_backbone() -> None:
+    """The walkthrough's reports: batch_size=-1 returned no tokens and 0 failed in range();
+    a generator had no len(); a model of precomputed features read an image file through a
+    backbone its head does not fit (a shape error)."""
+    from PIL import Image
+
+    cfg = ModelConfig(image_encoder="random-conv", text_encoder="hash-text", image_dim=32,
+                      text_dim=32, embed_dim=16)  # fmt: skip
+    model = PicoAligner(cfg).eval()
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1"):
+            model.encode_texts(["a cat"], batch_size=bad)
+        with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1"):
+            model.encode_images([Image.new("RGB", (8, 8))], batch_size=bad)
+    listed, _ = model.encode_texts(["a cat", "a dog"])
+    generated, _ = model.encode_texts(t for t in ["a cat", "a dog"])
+    assert torch.equal(listed, generated)
+    red = Image.new("RGB", (8, 8), (200, 0, 0))
+    assert model.encode_images(iter([red]))[0].shape[0] == 1
+    pre = PicoAligner(replace(cfg, image_encoder="precomputed")).eval()
+    with pytest.raises(ValueError, match=r"trained on precomputed image features"):
+        pre.encode_images([red])

@@ -257,7 +257,15 @@ class PicoAligner(nn.Module):
         """
         if isinstance(images, (str, Path, Image.Image)):  # one image, not a sequence of them
             images = [images]
+        images = _sliceable(images)
+        _check_batch_size(batch_size)
         enc = self.backbone("image")
+        if getattr(enc, "from_features", None) is not None:
+            raise ValueError(
+                "this model was trained on precomputed image features (image encoder "
+                "'precomputed'): it has no backbone to read image files; embed (N, T, C) "
+                "features with embed_images(tokens, mask), or search its index by text"
+            )
         toks, masks = [], []
         for i in range(0, len(images), batch_size):
             batch = [_image(x, i + j) for j, x in enumerate(images[i : i + batch_size])]
@@ -279,7 +287,8 @@ class PicoAligner(nn.Module):
         self, texts: str | Sequence[str], batch_size: int = 64
     ) -> tuple[Tensor, Tensor]:
         """Captions (or one caption) → embedded tokens (N, T, D) and mask, for ``scores``."""
-        texts = [texts] if isinstance(texts, str) else texts
+        texts = [texts] if isinstance(texts, str) else _sliceable(texts)
+        _check_batch_size(batch_size)
         wrong = [(i, x) for i, x in enumerate(texts) if not isinstance(x, str)]
         if wrong:  # the tokenizer's own message names no item
             i, x = wrong[0]
@@ -329,6 +338,17 @@ class PicoAligner(nn.Module):
         # in eval mode, as a loaded model is used: with text_dropout / image_dropout a model in
         # training mode encodes the same caption differently on every call (.train() to train)
         return model.eval()
+
+
+def _sliceable(items: Any) -> Any:
+    """A sequence as given (a lazy one stays lazy); any other iterable, such as a generator,
+    as a list: the encoders read in slices."""
+    return items if hasattr(items, "__len__") and hasattr(items, "__getitem__") else list(items)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
 
 def _image(x: Any, i: int) -> Image.Image:

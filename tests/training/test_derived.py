@@ -32,3 +32,14 @@ def test_split_sizes_count_images_and_their_captions(make_feature_set):
         "val": {"images": 6, "captions": 18},
         "test": {"images": 6, "captions": 18},
     }
+
+
+def test_precomputed_features_make_a_precomputed_model(make_feature_set):
+    """The walkthrough's report: a run on ``precomp:`` data saved image_encoder
+    'efficientnet-lite0' (the config's default), so an image query on its index went through
+    a 1280-wide backbone into a 48-wide head and crashed with a shape error."""
+    fs = make_feature_set(n=24, c_v=16)
+    cfg = load_config(None, {})
+    assert model_config_for(cfg, fs, steps_per_epoch=1).image_encoder == cfg.model.image_encoder
+    fs.meta["image_encoder"] = "precomputed"
+    assert model_config_for(cfg, fs, steps_per_epoch=1).image_encoder == "precomputed"

@@ -25,8 +25,13 @@ def model_config_for(cfg: TrainConfig, fs: FeatureSet, steps_per_epoch: int) -> 
         if given not in (getattr(default, name), width):  # never silently overwritten
             raise ValueError(f"model.{name}={given} differs from the features' width {width}")
     warmup = cfg.pico_warmup_epochs * steps_per_epoch + cfg.model.pico.warmup_steps
+    # a precomputed-feature dataset is encoded by the 'precomputed' encoder whatever the
+    # config names: the model must say so, or it would read image files with a backbone
+    # whose width its head does not take
+    image_encoder = "precomputed" if fs.meta.get("image_encoder") == "precomputed" else None
     return replace(
         cfg.model,
+        image_encoder=image_encoder or cfg.model.image_encoder,
         image_dim=fs.images.dim,
         text_dim=fs.texts.dim,
         pico=replace(cfg.model.pico, warmup_steps=warmup),
