@@ -147,3 +147,59 @@ def test_the_run_lock_leaves_no_file_and_names_an_unwritable_out(tmp_path: Path)
     (tmp_path / "file").write_text("mine")
     with pytest.raises(WriteError, match=r"^--out .*file/run: cannot create the folder"):
         run_lock(tmp_path / "file" / "run").__enter__()
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_new_run_stopped_before_its_first_checkpoint_leaves_nothing(
+    tmp_path: Path, existed: bool
+) -> None:
+    """The walkthrough's report: a Ctrl-C between the run's first files and its first
+    checkpoint left config.yaml, data.json and numerics.json, so the same command was
+    refused ("already holds a run") and so was --resume ("no checkpoint")."""
+    run = tmp_path / "run"
+    if existed:  # an empty folder the user made for it stays
+        run.mkdir()
+    r = Replacement(run)
+    r.begin()
+    run.mkdir(exist_ok=True)
+    for name in ("config.yaml", "data.json", "numerics.json", "metrics.csv"):
+        (run / name).write_text("new")
+    r.abort()
+    assert (sorted(run.iterdir()) == []) if existed else not run.exists()
+    check_run_folder(run, resume=False, overwrite=False)  # the same command may start again
+
+
+def test_a_new_run_after_its_first_checkpoint_is_kept_and_a_foreign_file_stays(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    r = Replacement(run)
+    r.begin()
+    run.mkdir()
+    (run / "config.yaml").write_text("new")
+    r.commit()  # the first checkpoint
+    r.abort()  # a later error: the run is the user's now
+    assert (run / "config.yaml").exists()
+    other = tmp_path / "other"
+    r = Replacement(other)
+    r.begin()
+    other.mkdir()
+    (other / "config.yaml").write_text("new")
+    (other / "notes.txt").write_text("appeared meanwhile")
+    r.abort()
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_an_error_in_the_first_epoch_of_a_new_run_leaves_no_run(
+    tmp_path: Path, make_feature_set, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from picoalign.training import loop
+
+    def fail(run: object, epoch: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_train_epoch", fail)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(out), make_feature_set(n=16))
+    assert not out.exists()

@@ -286,7 +286,9 @@ def _interrupted(out: Path, started: float, *, replacing: bool = False) -> None:
             file=sys.stderr,
         )
     else:
-        msg = "picoalign: interrupted before the first checkpoint (nothing to resume)"
+        msg = "picoalign: interrupted before the first checkpoint: nothing to resume"
+        if not (out / "config.yaml").exists():  # training.runs.Replacement removed the rest
+            msg += f"; nothing of the run is left in {out} (the same command starts it again)"
         print(msg, file=sys.stderr)
 
 

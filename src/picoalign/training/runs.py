@@ -14,6 +14,7 @@ A ``kill -9`` in between leaves the old run in the aside folder, named when it w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -88,9 +89,12 @@ class Replacement:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.aside: Path | None = None
+        self.fresh = False  # no run was there: what this run writes goes if it stops early
 
     def begin(self) -> None:
         if not run_markers(self.out):
+            self.fresh = True
+            self.created = not self.out.exists()
             return
         foreign = foreign_entries(self.out, RUN_FILES)
         if foreign:  # check_run_folder refused these; a file that appeared since is kept
@@ -109,12 +113,27 @@ class Replacement:
         )
 
     def commit(self) -> None:
+        self.fresh = False  # a checkpoint: the run is the user's now, whatever happens next
         if self.aside is not None:
             shutil.rmtree(self.aside, ignore_errors=True)
             self.aside = None
 
     def abort(self) -> None:
-        """Put the old run back: the new one stopped before writing any checkpoint."""
+        """Undo a run that stopped before writing any checkpoint: put the old run back, or,
+        where there was none, remove what the new one wrote (its config.yaml alone would
+        make the folder refuse both a re-run and ``--resume``)."""
+        if self.fresh:
+            self.fresh = False
+            for name in RUN_FILES:
+                path = self.out / name
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.exists():
+                    path.unlink()
+            if self.created:
+                with contextlib.suppress(OSError):  # anything else in it stays, and so does it
+                    self.out.rmdir()
+            return
         if self.aside is None:
             return
         if self.out.exists():

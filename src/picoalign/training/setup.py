@@ -156,11 +156,16 @@ def setup_run(
     if out is not None:
         if replacing is not None:
             replacing.begin()  # only now, with the data loaded and the model built
-        make_dirs(out, f"--out {out}")
-        atomic_write_text(dump_config(cfg), out / "config.yaml")
-        meta = {**fs.meta, "splits": split_sizes(fs)}
-        atomic_write_text(json.dumps(meta, indent=2, default=str), out / "data.json")
-        atomic_write_text(json.dumps(numerics(device), indent=2), out / "numerics.json")
+        try:
+            make_dirs(out, f"--out {out}")
+            atomic_write_text(dump_config(cfg), out / "config.yaml")
+            meta = {**fs.meta, "splits": split_sizes(fs)}
+            atomic_write_text(json.dumps(meta, indent=2, default=str), out / "data.json")
+            atomic_write_text(json.dumps(numerics(device), indent=2), out / "numerics.json")
+        except BaseException:  # the loop undoes a run it holds; this one it does not hold yet
+            if replacing is not None:
+                replacing.abort()
+            raise
     for line in notes if ctx.is_main else []:
         print(f"picoalign: {line}", file=sys.stderr)  # as every command's own warnings
     return Run(
