@@ -92,7 +92,7 @@ class TrainConfig:
             self.model = ModelConfig(**self.model)
         if isinstance(self.lr_steps, list):  # epoch numbers stay integers (8, not 8.0)
             self.lr_steps = [
-                int(x) if isinstance(x, float) and x >= 1 and x.is_integer() else x
+                int(x) if isinstance(x, float) and (x >= 1 or x == 0) and x.is_integer() else x
                 for x in self.lr_steps
             ]
         if not (self.epochs == "auto" or isinstance(self.epochs, int)):
@@ -117,8 +117,11 @@ class TrainConfig:
             "select": (self.select in ("last", "val"), "last or val"),
             "lr_steps": (
                 isinstance(self.lr_steps, list)
-                and all(isinstance(x, (int, float)) and x > 0 for x in self.lr_steps),
-                "a list of epochs >= 1 or fractions of training in (0, 1)",
+                and all(
+                    isinstance(x, (int, float)) and (x > 0 or (x == 0 and isinstance(x, int)))
+                    for x in self.lr_steps
+                ),
+                "a list of epochs >= 0 or fractions of training in (0, 1)",
             ),
             "eval_every": (self.eval_every >= 1, "an integer >= 1"),
             "save_every_steps": (self.save_every_steps >= 0, "an integer >= 0 (0 = off)"),

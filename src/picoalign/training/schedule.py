@@ -53,3 +53,22 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
     """The learning rate of 0-based ``epoch``: step decays at ``cfg.lr_step_epochs()``."""
     return cfg.lr * cfg.lr_gamma ** sum(epoch >= s for s in cfg.lr_step_epochs())
+
+
+def continue_schedule(saved: TrainConfig, new: TrainConfig, start: int) -> TrainConfig:
+    """The config a run resumed at 0-based epoch ``start`` with another number of epochs
+    trains on: the lr steps it has trained past stay at their epochs, the others follow the
+    new length (not before ``start``). Written as epochs, so config.yaml says what ran.
+
+    Why: ``lr_steps`` are fractions of training, so a longer ``epochs`` moves every step,
+    those already applied too: a finished 2-epoch run resumed to 5 went back to the full lr
+    at epoch 3, and trained a schedule no run from the start would. Such a resume is still
+    not the same as a run of the new length from the start: its schedule says where.
+    """
+    if new.epochs == saved.epochs:
+        return new
+    old, fresh = saved.lr_step_epochs(), new.lr_step_epochs()
+    if len(old) != len(fresh):  # another schedule altogether: what the caller asked for
+        return new
+    steps = [o if o < start else max(start, f) for o, f in zip(old, fresh, strict=True)]
+    return new if steps == fresh else replace(new, lr_steps=steps)

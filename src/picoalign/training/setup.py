@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from picoalign.config import TrainConfig, dump_config
+from picoalign.config import TrainConfig, dump_config, load_config
 from picoalign.core.losses import create_loss
 from picoalign.evaluation import coarse_split_warning
 from picoalign.features import FeatureSet, dataset_features
@@ -27,7 +27,7 @@ from picoalign.training.devices import numerics
 from picoalign.training.distributed import DistContext, wrap_ddp
 from picoalign.training.pixels import PixelBatches
 from picoalign.training.runs import Replacement
-from picoalign.training.schedule import batch_order, resolve_epochs
+from picoalign.training.schedule import batch_order, continue_schedule, resolve_epochs
 from picoalign.training.state import Position, restore_last, save_last
 
 
@@ -88,6 +88,10 @@ def setup_run(
 ) -> Run:
     """Data, model, loss, optimiser and (on resume) the state to continue from."""
     torch.manual_seed(cfg.seed)
+    # the schedule the run trained on, read by every rank before rank 0 (past the barrier
+    # of main_first below) can rewrite it
+    saved_path = Path(cfg.out) / "config.yaml"
+    saved = load_config(saved_path) if write and resume and saved_path.is_file() else None
     fs = features if features is not None else ctx.main_first(lambda: load_features(cfg))
     train_fs = fs.split("train")
     eval_fs = fs.split(cfg.eval_split) if cfg.eval_split != "train" else train_fs
@@ -152,6 +156,16 @@ def setup_run(
                 f"{start.epoch} epochs; a resume can only continue it (--epochs {start.epoch} "
                 "or more)"
             )
+        kept = continue_schedule(saved, cfg, start.epoch) if saved is not None else cfg
+        if saved is not None and kept is not cfg:
+            notes.append(
+                f"epochs {saved.epochs} -> {cfg.epochs}: the lr steps the run has trained "
+                f"past stay, the rest follow the new length (lr steps at epochs "
+                f"{', '.join(str(e + 1) for e in kept.lr_step_epochs())}, not "
+                f"{', '.join(str(e + 1) for e in cfg.lr_step_epochs())}); a "
+                f"{cfg.epochs}-epoch run from the start is another run"
+            )
+            cfg = result.config = kept
     replacing = Replacement(out) if out is not None and not resume else None
     if out is not None:
         if replacing is not None:
