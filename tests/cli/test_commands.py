@@ -437,3 +437,35 @@ def test_datasets_says_how_to_install_a_missing_one(monkeypatch) -> None:
     assert rc == 0
     assert any(ln.startswith("twemoji") and "missing" in ln for ln in out.splitlines())
     assert f"to install twemoji: {REGISTRY['twemoji'].install_hint}" in out
+
+
+def test_a_gallery_folder_is_indexed_searched_and_a_moved_file_is_said(
+    trained, tmp_path: Path
+) -> None:
+    """The walkthrough's report: a gallery of one's own pictures could not be indexed
+    without writing a caption for each; and after the files moved, search printed their old
+    paths without a word."""
+    from PIL import Image
+
+    gallery = tmp_path / "my photos"
+    (gallery / "2024").mkdir(parents=True)
+    for i, rgb in enumerate([(200, 0, 0), (0, 200, 0), (0, 0, 200)]):
+        Image.new("RGB", (20, 20), rgb).save(gallery / ("2024" if i else ".") / f"p{i}.png")
+    (gallery / "list.txt").write_text("not an image")
+    index = tmp_path / "idx"
+    run = str(trained["run"])
+    rc, out, err = run_cli(
+        "index", run, "--data", f"folder:{gallery}", "--out", str(index), "--no-progress"
+    )
+    assert rc == 0, err
+    assert f"indexed 3 images of folder:{gallery}" in out
+    rc, out, err = run_cli("search", str(index), "a red circle", "-k", "3", "--json")
+    assert rc == 0, err
+    hits = json.loads(out)[0]["hits"]
+    assert {h["key"] for h in hits} == {"p0.png", "2024/p1.png", "2024/p2.png"}
+    (gallery / "2024" / "p1.png").unlink()
+    with pytest.warns(UserWarning, match=r"1 of the results' image files is no longer at its"):
+        rc, out, err = run_cli("search", str(index), "a red circle", "-k", "3")
+    assert rc == 0 and "2024/p1.png" in out  # the index still holds it, and says the file went
+    rc, _, err = run_cli("evaluate", run, "--data", f"folder:{gallery}")
+    assert rc != 0 and "no captions: it can be indexed" in err

@@ -41,6 +41,7 @@ data specs (--data):
   laps:DIR:IMAGE_ROOT          LAPS / VSE∞ layout ({split}_ids.txt, {split}_caps.txt,
                                id_mapping.json)
   precomp:DIR                  precomputed image token features ({split}_ims.npy + {split}_caps.txt)
+  folder:PATH                  a gallery: every image file under PATH, no captions (index only)
   options after the arguments: SPEC:val=auto|0.2|strict (carve a missing val split from
   train, or refuse), jsonl:PATH:default-split=train|seeded (lines without "split"); docs/data.md
 """
@@ -124,6 +125,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         fs = fs.split(args.split)
     if fs.n_images == 0:
         raise ValueError(f"--data {data}: split {args.split!r} has no images")
+    if fs.n_captions == 0:
+        from picoalign.data.check import NO_CAPTIONS
+
+        raise ValueError(f"--data {data}: nothing to evaluate, {NO_CAPTIONS}")
     if not args.memory_mb > 0:
         raise ValueError(f"--memory-mb must be positive, got {args.memory_mb}")
     coarse = coarse_split_warning(args.split, fs.n_images)

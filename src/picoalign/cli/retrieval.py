@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +230,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             shown = qry if len(qry) <= 120 else f"{qry[:117]}…"  # whole in --json
             print(("\n" if i else "") + f"query: {shown}")
             print(format_hits(hs))
+    _warn_missing_sources(hits, index.kind, args.index)
     if args.sheet:  # after the results: a sheet that cannot be drawn does not lose them
         mode = "exhaustive" if args.exhaustive else "two-stage" if args.rerank else "stage 1"
         try:
@@ -246,6 +249,23 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"\ncontact sheet: {args.sheet}")
     return 0
+
+
+def _warn_missing_sources(hits: list[list[Any]], kind: str, index: str) -> None:
+    """Results that name image files no longer there (a gallery moved or pruned since it was
+    indexed) are still printed, since the index holds their features, but not silently."""
+    if kind != "images":
+        return
+    paths = {h.source for hs in hits for h in hs if h.source and os.path.isabs(h.source)}
+    gone = sorted(p for p in paths if not os.path.exists(p))
+    if gone:
+        warnings.warn(
+            f"{len(gone)} of the results' image files {'is' if len(gone) == 1 else 'are'} no "
+            f"longer at {'its path' if len(gone) == 1 else 'their paths'} (moved or deleted "
+            f"since index {index} was built), e.g. {gone[0]}; index the gallery again "
+            "(picoalign index … --overwrite)",
+            stacklevel=2,
+        )
 
 
 def format_hits(hits: list[Any]) -> str:

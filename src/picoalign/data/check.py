@@ -206,6 +206,13 @@ def carve_val(
     )
 
 
+# what a caption-less gallery (``folder:PATH``) is for, where a command needs captions
+NO_CAPTIONS = (
+    "this data has images and no captions: it can be indexed (picoalign index RUN --data "
+    "SPEC) and searched by text; training and evaluation need captions"
+)
+
+
 def require_splits(
     dataset: ImageCaptionDataset, splits: Sequence[str], spec: str, *, strict: bool = False
 ) -> None:
@@ -220,6 +227,8 @@ def require_splits(
             if strict and split == "val"
             else "add items of that split, or choose another split"
         )
+        if dataset.items and not any(it.captions for it in dataset.items):
+            hint = NO_CAPTIONS
         raise DataError(f"--data {spec}: split {split!r} is empty (items: {have}); {hint}")
 
 

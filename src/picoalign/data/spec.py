@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from picoalign.data import builtin, formats, scenes
+from picoalign.data import builtin, folder, formats, scenes
 from picoalign.data.base import ImageCaptionDataset
 
 Builder = Callable[[list[str], int, bool, dict[str, str]], ImageCaptionDataset]
@@ -131,6 +131,13 @@ REGISTRY: dict[str, DatasetEntry] = {
             ("DIR", "IMAGE_ROOT"),
             "LAPS / VSE-infinity layout: DIR/precomp/{split}_{ids,caps}.txt, id_mapping.json",
             lambda a, seed, skip, opts: formats.laps(_path(a[0]), _path(a[1]), skip_bad=skip),
+        ),
+        DatasetEntry(
+            "folder",
+            ("PATH",),
+            "a gallery: every image file under PATH, no captions (for index and search "
+            "only; sub-folders included, other files passed over)",
+            lambda a, seed, skip, opts: folder.image_folder(_path(a[0])),
         ),
         DatasetEntry(
             "precomp",

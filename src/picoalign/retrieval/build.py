@@ -57,7 +57,8 @@ def build_index(
             f"expects {want}: were they made with the model's encoders?"
         )
     if len(feats) == 0:
-        raise ValueError(f"nothing to index: the feature set has no {kind}")
+        hint = " (an image index holds this data: --kind images)" if kind == "captions" else ""
+        raise ValueError(f"nothing to index: the feature set has no {kind}{hint}")
     n, t = feats.tokens.shape[:2]
     width = 1 if model.scorer.pooled else t  # the scorer's token set: one for pooled scorers
     tokens = torch.empty(n, width, model.config.embed_dim, dtype=DTYPES[dtype])

@@ -1,0 +1,71 @@
+"""``folder:PATH``: a gallery of image files with no captions, for ``picoalign index``.
+
+Why a format of its own: serving search over one's own pictures is the common case, and it
+has no captions to write. Every image file under PATH (sub-folders included, hidden ones
+not) is one item, keyed by its path relative to PATH; files that are not images by their
+extension (Pillow's list) are passed over and counted. All items are in the ``test`` split,
+so ``index --split all`` and ``--split test`` both take the whole gallery. With no captions
+there is nothing to train or evaluate on: :func:`picoalign.data.check.prepare_dataset`
+says so for those commands, and a caption index has nothing to hold.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from picoalign.data.base import DataError, ImageCaptionDataset, Item, items_fingerprint
+from picoalign.data.images import FileLoader
+
+__all__ = ["image_extensions", "image_folder"]
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case file extensions Pillow can open (``.png``, ``.jpg``, ``.webp`` …)."""
+    from PIL import Image
+
+    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def image_folder(path: Path | str) -> ImageCaptionDataset:
+    """Every image file under ``path`` as a caption-less item (module docstring), in a
+    stable order (sorted relative paths), whatever order the file system lists them in."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"folder:{path}: no such folder")
+    if not root.is_dir():
+        raise DataError(f"folder:{path}: is a file, not a folder of images")
+    exts = image_extensions()
+    found: list[tuple[str, Path]] = []
+    other = 0
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            full = Path(dirpath) / name
+            if full.suffix.lower() in exts and full.is_file():
+                found.append((full.relative_to(root).as_posix(), full))
+            else:
+                other += 1
+    if not found:
+        raise DataError(
+            f"folder:{path}: no image files in it or its sub-folders"
+            + (f" ({other} other files)" if other else "")
+        )
+    found.sort()
+    items = [Item(key, (), "test", key, str(full)) for key, full in found]
+    stats = []
+    for _, full in found:
+        st = full.stat()
+        stats.append(f"{st.st_size}:{st.st_mtime_ns}")
+    fp = items_fingerprint("folder", str(root.resolve()), *stats, items=items)
+    notes = {"not_images": other} if other else {}
+    return ImageCaptionDataset(
+        root.resolve().name or str(root), items, FileLoader(label=str(root)), fp, root=root,
+        notes=notes,
+    )  # fmt: skip
+
+
+def _raise(error: OSError) -> None:
+    raise DataError(f"cannot read folder {error.filename}: {error.strerror or error}")

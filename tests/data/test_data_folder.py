@@ -1,0 +1,51 @@
+"""``folder:PATH``: a caption-less gallery of image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from picoalign.data import DataError, load_dataset
+from picoalign.data.check import prepare_dataset
+
+
+def _gallery(root: Path) -> Path:
+    (root / "sub dir é").mkdir(parents=True)
+    (root / ".thumbs").mkdir()
+    Image.new("RGB", (9, 9), (200, 0, 0)).save(root / "b.png")
+    Image.new("RGB", (9, 9), (0, 200, 0)).save(root / "sub dir é" / "a.JPG")
+    Image.new("RGB", (9, 9), (0, 0, 200)).save(root / ".thumbs" / "hidden.png")
+    (root / "notes.txt").write_text("not an image")
+    (root / ".DS_Store").write_bytes(b"\0")
+    return root
+
+
+def test_every_image_file_is_one_caption_less_test_item(tmp_path: Path) -> None:
+    ds = load_dataset(f"folder:{_gallery(tmp_path / 'g')}")
+    assert [it.key for it in ds.items] == ["b.png", "sub dir é/a.JPG"]  # sorted, relative
+    assert all(it.captions == () and it.split == "test" for it in ds.items)
+    assert ds.notes == {"not_images": 1}  # notes.txt; hidden files and folders are not looked at
+    assert ds.load(ds.items[1]).getpixel((4, 4))[1] > 150
+    assert load_dataset(f"folder:{tmp_path / 'g'}").fingerprint == ds.fingerprint
+    Image.new("RGB", (9, 9)).save(tmp_path / "g" / "c.png")
+    assert load_dataset(f"folder:{tmp_path / 'g'}").fingerprint != ds.fingerprint
+
+
+def test_a_folder_with_no_images_or_no_folder_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.md").write_text("x")
+    with pytest.raises(DataError, match=r"no image files in it or its sub-folders \(1 other"):
+        load_dataset(f"folder:{tmp_path / 'empty'}")
+    with pytest.raises(DataError, match="no such folder"):
+        load_dataset(f"folder:{tmp_path / 'nope'}")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_dataset(f"folder:{tmp_path / 'empty' / 'readme.md'}")
+
+
+def test_training_on_a_gallery_says_what_it_is_for(tmp_path: Path) -> None:
+    spec = f"folder:{_gallery(tmp_path / 'g')}"
+    assert len(prepare_dataset(spec, need_splits=("all",)).items) == 2  # what index reads
+    with pytest.raises(DataError, match=r"no captions: it can be indexed .* need captions"):
+        prepare_dataset(spec, need_splits=("train", "val"))
