@@ -371,3 +371,18 @@ def test_encode_checks_batch_size_takes_generators_and_refuses_images_without_a_
     pre = PicoAligner(replace(cfg, image_encoder="precomputed")).eval()
     with pytest.raises(ValueError, match=r"trained on precomputed image features"):
         pre.encode_images([red])
+
+
+def test_scores_refuse_tokens_of_another_width() -> None:
+    """The walkthrough's report: the plain rule scored 128-wide tokens with a 16-wide model
+    and returned numbers."""
+    cfg = ModelConfig(image_encoder="random-conv", text_encoder="hash-text", image_dim=32,
+                      text_dim=32, embed_dim=16)  # fmt: skip
+    model = PicoAligner(cfg).eval()
+    img, im = model.encode_images([])
+    txt, tm = model.encode_texts(["a cat", "a dog"])
+    wide = torch.randn(2, 3, 8)
+    with pytest.raises(ValueError, match=r"txt tokens are 8 wide, this model's embedding space 16"):
+        model.scores(torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool),
+                     wide, torch.ones(2, 3, dtype=torch.bool))  # fmt: skip
+    assert model.scores(img, im, txt, tm).shape == (0, 2)

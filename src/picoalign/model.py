@@ -176,6 +176,12 @@ class PicoAligner(nn.Module):
             rule = self.config.pico.eval_score if self.config.method == "pico" else "plain"
         if rule != "plain" and self.config.method != "pico":
             raise ValueError(f"rule {rule!r} needs a PICO model (method 'pico')")
+        for name, x in (("img", img), ("txt", txt)):  # tokens of another model, or raw ones
+            if isinstance(x, Tensor) and x.dim() == 3 and x.shape[-1] != self.config.embed_dim:
+                raise ValueError(
+                    f"{name} tokens are {x.shape[-1]} wide, this model's embedding space "
+                    f"{self.config.embed_dim}: score what encode_images/encode_texts return"
+                )
         img, txt = img.float(), txt.float()
         if rule != "plain":
             s = self.pico.scores(

@@ -354,3 +354,68 @@ def test_bf16_tokens_train_through_the_weighted_steps_in_fp32() -> None:
         assert img.grad.dtype == torch.bfloat16 and torch.isfinite(img.grad.float()).all()
         pico.update(img, mask_i, txt, mask_t, torch.arange(4))
     assert pico.active
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kind"),
+    [
+        ("feedback", "no", "true or false"),
+        ("renormalize", 1, "true or false"),
+        ("dim", 32.5, "an integer"),
+        ("dim", "32", "an integer"),
+        ("bank_size", 2.0, "an integer"),
+        ("tau", True, "a number"),
+    ],
+)
+def test_config_checks_types_from_python(field, value, kind):
+    """The walkthrough's report: feedback="no" turned feedback on (a truthy string), dim=32.5
+    was accepted, bank_size=2.0 failed in torch.zeros."""
+    with pytest.raises(ValueError, match=rf"PICOConfig\.{field} must be {kind}, got"):
+        PICOConfig(**{field: value})
+
+
+def test_the_drop_in_api_checks_batches_and_every_scoring_rule() -> None:
+    """The walkthrough's reports: mismatched batches and image_ids failed in tensor-size
+    messages, an empty batch in a reshape; scores(rule="weighted") returned NaN for NaN
+    tokens where the plain rule refused them."""
+    g = torch.Generator().manual_seed(0)
+    img, txt = torch.randn(4, 5, 8, generator=g), torch.randn(4, 3, 8, generator=g)
+    im, tm = torch.ones(4, 5, dtype=torch.bool), torch.ones(4, 3, dtype=torch.bool)
+    pico = PICO(PICOConfig(dim=8, warmup_steps=0))
+    with pytest.raises(ValueError, match=r"B >= 1 matched pairs .* got 4 images and 3 captions"):
+        pico.training_scores(img, im, txt[:3], tm[:3], torch.arange(3))
+    with pytest.raises(ValueError, match=r"image_ids must be a \(4,\) tensor .* got \(3,\)"):
+        pico.training_scores(img, im, txt, tm, torch.arange(3))
+    with pytest.raises(ValueError, match="got 0 images and 0 captions"):
+        pico.update(img[:0], im[:0], txt[:0], tm[:0])
+    with pytest.raises(ValueError, match="image_ids must be"):
+        pico.update(img, im, txt, tm, [0, 1, 2, 3])
+    # None: every pair its own image, as update already read it
+    assert torch.equal(
+        pico.training_scores(img, im, txt, tm),
+        pico.training_scores(img, im, txt, tm, torch.arange(4)),
+    )
+    pico.update(img, im, txt, tm)
+    for rule in ("plain", "weighted"):
+        with pytest.raises(ValueError, match="img contains NaN"):
+            pico.scores(img * float("nan"), im, txt, tm, rule=rule)
+        with pytest.raises(ValueError, match=r"dim=8 \(PICOConfig.dim\) but the tokens have D=4"):
+            pico.scores(img[..., :4], im, txt[..., :4], tm, rule=rule)
+    assert pico.scores(img, im, txt[:2], tm[:2]).shape == (4, 2)  # a gallery is no batch
+
+
+def test_a_validation_loss_leaves_the_weighted_scores_as_they_were(batches) -> None:
+    """The walkthrough's report: training_scores in eval mode under no_grad (a validation
+    loss) moved reading B's pair_scale, so evaluation scores changed with it."""
+    pico = PICO(PICOConfig(dim=D, warmup_steps=0, reading="pair", train_score="weighted"))
+    for seed in range(2):
+        pico.update(*batches(seed), torch.arange(16))
+    img, im, txt, tm = batches(7)
+    pico.eval()
+    before = pico.scores(img, im, txt, tm, rule="weighted")
+    with torch.no_grad():
+        pico.training_scores(img, im, txt, tm, torch.arange(16))
+    assert torch.equal(pico.scores(img, im, txt, tm, rule="weighted"), before)
+    pico.train()
+    pico.training_scores(img, im, txt, tm, torch.arange(16))
+    assert not torch.equal(pico.scores(img, im, txt, tm, rule="weighted"), before)

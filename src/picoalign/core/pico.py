@@ -132,17 +132,41 @@ class PICO(nn.Module):
         return self.weights if self.config.prior == "global" else torch.ones_like(self.p)
 
     # -- scoring ----------------------------------------------------------------------
-    def check(self, img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor) -> None:
-        """The inputs of :meth:`training_scores` and :meth:`update`, checked as
-        ``fine_grained_scores`` checks them, and their width against ``dim``. Why: a caption
-        with no real token made NaN scores and a NaN loss silently, and a wrong ``dim`` failed
-        only at the next update, in a tensor-size message."""
+    def check(
+        self,
+        img: Tensor,
+        img_mask: Tensor,
+        txt: Tensor,
+        txt_mask: Tensor,
+        image_ids: Tensor | None = None,
+        *,
+        batch: bool = True,
+    ) -> None:
+        """The inputs of :meth:`training_scores`, :meth:`update` and :meth:`scores`, checked
+        as ``fine_grained_scores`` checks them, and their width against ``dim``. Why: a
+        caption with no real token made NaN scores and a NaN loss silently, and a wrong
+        ``dim`` failed only at the next update, in a tensor-size message. ``batch``: the
+        inputs are a training batch of B matched pairs (img[b], txt[b]), labelled by
+        ``image_ids`` (B,)."""
         check_tokens(img, img_mask, txt, txt_mask)
         if img.shape[-1] != self.config.dim:
             raise ValueError(
                 f"PICO was built for dim={self.config.dim} (PICOConfig.dim) but the tokens have "
                 f"D={img.shape[-1]}"
             )
+        if not batch:
+            return
+        b = img.shape[0]
+        if b == 0 or txt.shape[0] != b:
+            raise ValueError(
+                "a training batch is B >= 1 matched pairs (img[b], txt[b]): got "
+                f"{b} images and {txt.shape[0]} captions"
+            )
+        if image_ids is not None and (
+            not isinstance(image_ids, Tensor) or tuple(image_ids.shape) != (b,)
+        ):
+            got = tuple(image_ids.shape) if isinstance(image_ids, Tensor) else type(image_ids)
+            raise ValueError(f"image_ids must be a ({b},) tensor (one per pair), got {got}")
 
     def training_scores(
         self,
@@ -150,14 +174,19 @@ class PICO(nn.Module):
         img_mask: Tensor,
         txt: Tensor,
         txt_mask: Tensor,
-        image_ids: Tensor,
+        image_ids: Tensor | None = None,
         *,
         validate: bool = True,
     ) -> Tensor:
         """In-batch (B, B) scores for the loss, with the configured training rule.
-        ``validate=False`` skips :meth:`check` (a caller that has checked the batch)."""
+        ``image_ids`` (B,) marks captions of one image (None: every pair its own image).
+        ``validate=False`` skips :meth:`check` (a caller that has checked the batch).
+        Reading B's matched-pair scale (``pair_scale``, used by weighted scoring) follows
+        the batches only in training mode: a validation loss leaves evaluation as it was."""
         if validate:
-            self.check(img, img_mask, txt, txt_mask)
+            self.check(img, img_mask, txt, txt_mask, image_ids)
+        if image_ids is None:
+            image_ids = torch.arange(img.shape[0], device=img.device)
         # in fp32, as the model's own steps (bf16 here changes rankings); a no-op for fp32,
         # and the gradient still reaches bf16 tokens (they failed at the first weighted step)
         img, txt = img.float(), txt.float()
@@ -182,8 +211,9 @@ class PICO(nn.Module):
             hard_negatives=c.hard_negatives,
             alignment=alignment,
         )
-        with torch.no_grad():
-            self.pair_scale.mul_(0.9).add_(0.1 * scale)
+        if self.training:
+            with torch.no_grad():
+                self.pair_scale.mul_(0.9).add_(0.1 * scale)
         return scores
 
     @torch.no_grad()
@@ -197,14 +227,18 @@ class PICO(nn.Module):
         rule: str | None = None,
         memory_budget_mb: float = 64.0,
         compute_dtype: torch.dtype = torch.float32,
+        validate: bool = True,
     ) -> Tensor:
         """Evaluation scores (N_img, N_txt): ``rule`` "plain", "weighted" (with the configured
         reading) or "raw" (reading A's p without renormalisation); None = ``eval_score``.
-        During warm-up p ≡ 1, so every rule is plain."""
+        During warm-up p ≡ 1, so every rule is plain. Inputs are checked under every rule
+        (``validate=False`` skips it)."""
         c = self.config
         rule = c.eval_score if rule is None else rule
         if rule not in ("plain", "weighted", "raw"):
             raise ValueError(f"rule must be 'plain', 'weighted' or 'raw', got {rule!r}")
+        if validate:
+            self.check(img, img_mask, txt, txt_mask, batch=False)
         if rule == "raw" and c.reading != "global":
             raise ValueError("rule 'raw' is reading A's (reading='global') raw p")
         if rule == "weighted" and self.active and c.reading == "pair":
@@ -229,6 +263,7 @@ class PICO(nn.Module):
             weights,
             memory_budget_mb=memory_budget_mb,
             compute_dtype=compute_dtype,
+            validate=False,
         )
 
     # -- update -----------------------------------------------------------------------
@@ -261,7 +296,7 @@ class PICO(nn.Module):
         current batch is.
         """
         if validate:
-            self.check(img, img_mask, txt, txt_mask)
+            self.check(img, img_mask, txt, txt_mask, image_ids)
         c = self.config
         self._set_count("steps", self._count("steps") + 1)
         if not self.active:

@@ -11,6 +11,10 @@ from typing import Literal
 
 from picoalign.core.estimators import Estimator, Positives
 
+_INTS = ("dim", "bank_size", "feedback_size", "warmup_steps", "hard_negatives")
+_BOOLS = ("feedback", "renormalize")
+_FLOATS = ("tau", "momentum", "lam")
+
 
 @dataclass
 class PICOConfig:
@@ -47,6 +51,22 @@ class PICOConfig:
     eval_score: Literal["weighted", "plain"] = "plain"
 
     def __post_init__(self) -> None:
+        # types first: in Python nothing else checks them, and feedback="no" is truthy
+        # (feedback on), dim=32.5 made a bank of fractional width
+        for names, kind, ok in (
+            (_INTS, "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+            (_BOOLS, "true or false", lambda v: isinstance(v, bool)),
+            (
+                _FLOATS,
+                "a number",
+                lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            ),
+        ):
+            for name in names:
+                if not ok(getattr(self, name)):
+                    raise ValueError(
+                        f"PICOConfig.{name} must be {kind}, got {getattr(self, name)!r}"
+                    )
         choices = {
             "estimator": ("sign", "magnitude"),
             "positives": ("aligned", "all"),
