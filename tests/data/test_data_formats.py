@@ -222,6 +222,8 @@ def test_karpathy(images: Path) -> None:
     ]
     assert ds.items[0].captions == ("A red square.", "Red.") and ds.items[1].captions == ("a b",)
     assert ds.load(ds.items[2]).mode == "RGB"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(data).encode())  # a Windows editor's BOM
+    assert [it.key for it in karpathy(p, images).items] == [it.key for it in ds.items]
 
     data["images"][1]["sentences"] = [{"raw": " "}]
     p.write_text(json.dumps(data))

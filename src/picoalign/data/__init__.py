@@ -8,6 +8,7 @@ dataset that needs them is built.
 from picoalign.data.base import (
     SPLITS,
     DataError,
+    DataProblems,
     ImageCaptionDataset,
     ImageFeatures,
     Item,
@@ -23,6 +24,7 @@ from picoalign.data.builtin import (
     twemoji,
     twemoji_installed,
 )
+from picoalign.data.folder import image_folder
 from picoalign.data.formats import jsonl, karpathy, laps, precomp
 from picoalign.data.images import load_image, to_rgb, to_square
 from picoalign.data.precomp import PrecompFeatures
@@ -32,12 +34,14 @@ __all__ = [
     "REGISTRY",
     "SPLITS",
     "DataError",
+    "DataProblems",
     "DatasetEntry",
     "ImageCaptionDataset",
     "ImageFeatures",
     "Item",
     "PrecompFeatures",
     "cross_style",
+    "image_folder",
     "items_fingerprint",
     "jsonl",
     "karpathy",

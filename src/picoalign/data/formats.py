@@ -253,7 +253,7 @@ def karpathy(
     the splits are the file's own (``restval`` joins train), so no seed is involved."""
     json_path, image_root = Path(json_path), Path(image_root)
     try:
-        data = json.loads(json_path.read_bytes().decode("utf-8"))
+        data = json.loads(json_path.read_bytes().decode("utf-8-sig"))  # a BOM, as in JSONL
     except FileNotFoundError:
         raise DataError(f"{json_path}: file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
