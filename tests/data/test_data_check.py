@@ -294,3 +294,22 @@ def test_load_image_of_a_folder_says_so(tmp_path: Path) -> None:
     """Not Pillow's IsADirectoryError reported as a truncated or corrupt image."""
     with pytest.raises(DataError, match=r"^line 3: image .* is a folder, not an image file$"):
         load_image(tmp_path, where="line 3")
+
+
+def test_the_carve_reports_the_share_it_took_and_warns_when_far_from_the_ask() -> None:
+    """The walkthrough's report: "carved 12 images (… 3 of 6 groups, 10%)" moved two thirds
+    of train: the 10% was the share asked for, not the one taken."""
+    from picoalign.data.base import ImageCaptionDataset
+
+    items = [Item(f"k{i}", ("c",), "train", f"g{i % 3}") for i in range(9)]
+    notes: list[str] = []
+    ds = carve_val(ImageCaptionDataset("t", items, lambda it: None, "fp"), fraction=0.1,
+                   report=notes.append)  # fmt: skip
+    taken = sum(it.split == "val" for it in ds.items)
+    assert f"carved {taken} of 9 train images ({taken / 9:.0%}" in notes[0]
+    assert notes[1].startswith(f"warning: that is {taken / 9:.0%} of train, not the 10% asked")
+    many = [Item(f"k{i}", ("c",), "train", f"g{i}") for i in range(400)]
+    notes.clear()
+    carve_val(ImageCaptionDataset("t", many, lambda it: None, "fp"), fraction=0.1,
+              report=notes.append)  # fmt: skip
+    assert len(notes) == 1  # 400 groups: close to the ask, no warning

@@ -192,12 +192,22 @@ def carve_val(
         "captions": sum(len(it.captions) for it in moved),
     }
     if report is not None:
+        n_train = sum(it.split == "train" for it in dataset.items)
+        share = note["images"] / n_train
         report(
-            f"{dataset.name} has no val split: carved {note['images']} images "
-            f"({note['captions']} captions, {len(val)} of {len(groups)} groups, "
-            f"{fraction:.0%}, seed {seed}) out of train for validation "
+            f"{dataset.name} has no val split: carved {note['images']} of {n_train} train "
+            f"images ({share:.0%}; {note['captions']} captions, {len(val)} of {len(groups)} "
+            f"groups, seed {seed}) out of train for validation "
             "(spec option val=strict refuses instead)"
         )
+        if not fraction / 2 <= share <= fraction * 2:
+            # the carve takes whole groups, each with probability `fraction`: with few
+            # groups (or groups of unequal size) the share is far from the one asked for
+            report(
+                f"warning: that is {share:.0%} of train, not the {fraction:.0%} asked for: the "
+                f"carve takes whole groups, and {len(groups)} groups make it coarse; give "
+                'some lines "split": "val" to choose the val split, or val=FRACTION'
+            )
     return replace(
         dataset,
         items=items,
