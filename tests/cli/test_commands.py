@@ -100,6 +100,24 @@ def test_train_with_a_config_file(trained, tmp_path: Path) -> None:
     assert "selected epoch 1 (last): test rSum" in out
 
 
+def test_a_config_file_without_out_trains_into_runs_label(
+    trained, tmp_path: Path, monkeypatch
+) -> None:
+    """The walkthrough's report: with --config, a file that gives no ``out`` sent the run to
+    runs/pico whatever its scorer, so the README's next command was refused."""
+    from picoalign.cli.commands import build_parser
+    from picoalign.cli.train import train_config
+
+    cfg = tmp_path / "my.yaml"
+    cfg.write_text(f"data: jsonl:{trained['data']}\nmodel:\n  scorer: global\n")
+    monkeypatch.chdir(tmp_path)
+    parse = build_parser().parse_args
+    assert train_config(parse(["train", "--config", str(cfg)])).out == "runs/pico-global"
+    cfg.write_text(f"data: jsonl:{trained['data']}\nout: here\nmodel:\n  scorer: global\n")
+    assert train_config(parse(["train", "--config", str(cfg)])).out == "here"
+    assert train_config(parse(["train", "--config", str(cfg), "--out", "there"])).out == "there"
+
+
 # ---------------------------------------------------------------------------------- evaluate
 
 

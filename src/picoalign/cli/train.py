@@ -207,8 +207,8 @@ def train_config(args: argparse.Namespace) -> Any:
     origins = {k: FLAGS.get(k, "--set") for k in overrides}
     origins.update({k: "--set" for k, _ in args.set})
     cfg = load_config(args.config, overrides, origins=origins)
-    if args.out is None and "out" not in overrides and args.config is None:
-        overrides["out"] = f"runs/{cfg.model.label}"
+    if args.out is None and "out" not in overrides and not _config_sets_out(args.config):
+        overrides["out"] = f"runs/{cfg.model.label}"  # as documented: runs/LABEL
         cfg = load_config(args.config, overrides, origins=origins)
     if not args.resume:
         return cfg
@@ -226,6 +226,16 @@ def train_config(args: argparse.Namespace) -> Any:
             "optimiser; train a new run into another --out instead)"
         )
     return cfg
+
+
+def _config_sets_out(path: str | None) -> bool:
+    """Whether a ``--config`` file gives ``out`` (else the run goes to ``runs/LABEL``, as
+    without one; a file without ``out`` used to send every run to ``runs/pico``)."""
+    if path is None:
+        return False
+    from picoalign.config.loading import read_yaml
+
+    return "out" in read_yaml(Path(path))
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -269,10 +269,10 @@ def load_config(
     data: dict[str, Any] = {}
     where = "defaults"
     if base is not None:
-        data = _read_yaml(Path(base))
+        data = read_yaml(Path(base))
         where = str(base)
     if path is not None:
-        loaded = _read_yaml(Path(path))
+        loaded = read_yaml(Path(path))
         where = str(path)
         data = _merge(data, loaded)
     for key, value in (overrides or {}).items():
@@ -290,7 +290,7 @@ def load_config(
     return config_from_dict(data, where, origins)
 
 
-def _read_yaml(p: Path) -> dict[str, Any]:
+def read_yaml(p: Path) -> dict[str, Any]:
     """A config file as nested dicts; its unknown keys are reported against the file."""
     if not p.is_file():
         raise FileNotFoundError(f"{p}: config file not found")
