@@ -313,3 +313,17 @@ def test_the_carve_reports_the_share_it_took_and_warns_when_far_from_the_ask() -
     carve_val(ImageCaptionDataset("t", many, lambda it: None, "fp"), fraction=0.1,
               report=notes.append)  # fmt: skip
     assert len(notes) == 1  # 400 groups: close to the ask, no warning
+
+
+def test_many_problems_of_one_kind_are_counted_not_repeated() -> None:
+    """The walkthrough's report: a 3,000-line file of image paths without captions printed
+    3,000 lines of the same message before its one-line error."""
+    from picoalign.data.base import DataProblems
+
+    problems = [(f"d.jsonl line {i}", 'missing key "captions"') for i in range(1, 3001)]
+    problems += [(f"d.jsonl line {i}", f"image file not found: /x/{i}.png") for i in (3001, 3002)]
+    lines = DataProblems(problems).listing(first=20)
+    assert len(lines) == 22
+    assert lines[20] == '  ... and 2980 more like d.jsonl line 21: missing key "captions"'
+    assert lines[21] == "  ... and 2 more like d.jsonl line 3001: image file not found: /x/3001.png"
+    assert len(DataProblems(problems[:5]).listing()) == 5

@@ -8,6 +8,7 @@ concept never end up on both sides of a train/test boundary.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,11 @@ class DataError(ValueError):
 
 
 SKIP_HINT = "--skip-bad"
+
+
+# what makes one problem's message differ from another of its kind: quoted names, paths,
+# numbers (``image file not found: /a/1.png`` and ``…/2.png`` are one kind)
+_PARTICULARS = re.compile(r"'[^']*'|\"[^\"]*\"|\S*[/\\]\S*|\d+")
 
 
 class DataProblems(DataError):
@@ -45,12 +51,29 @@ class DataProblems(DataError):
         self.partial = partial
         super().__init__("\n".join([self.summary(), *(f"  {w}: {y}" for w, y in self.problems)]))
 
+    def listing(self, first: int = 20) -> list[str]:
+        """The problems one per line, for a terminal: the first ``first`` in full, then the
+        rest counted by what is wrong (a gallery of 3,000 lines without captions printed
+        3,000 lines of the same message)."""
+        lines = [f"  {w}: {y}" for w, y in self.problems[:first]]
+        kinds: dict[str, list] = {}  # kind of problem -> [count, first example]
+        for where, why in self.problems[first:]:
+            kind = kinds.setdefault(_PARTICULARS.sub("_", why), [0, f"{where}: {why}"])
+            kind[0] += 1
+        common = sorted(kinds.values(), key=lambda k: -k[0])
+        for n, example in common[:5]:
+            lines.append(f"  ... and {n} more like {example}")
+        others = sum(n for n, _ in common[5:])
+        if others:
+            lines.append(f"  ... and {others} more of other kinds")
+        return lines
+
     def summary(self) -> str:
         where, why = self.problems[0]
         if len(self.problems) == 1:
             return f"{where}: {why} (1 bad entry; fix it, or pass {SKIP_HINT} to drop it)"
         return (
-            f"{len(self.problems)} bad entries, first {where}: {why} (all listed above); "
+            f"{len(self.problems)} bad entries, first {where}: {why} (listed above); "
             f"fix them, or pass {SKIP_HINT} to drop and list them"
         )
 

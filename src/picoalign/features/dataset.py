@@ -49,8 +49,8 @@ def dataset_features(
         )
     except DataProblems as e:
         if len(e.problems) > 1:  # the CLI prints one line: list them all above it
-            for where, why in e.problems:
-                print(f"  {where}: {why}", file=sys.stderr)
+            for line in e.listing():
+                print(line, file=sys.stderr)
         raise
     if getattr(dataset, "features", None) is not None:
         image_encoder = "precomputed"
