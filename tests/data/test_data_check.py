@@ -327,3 +327,26 @@ def test_many_problems_of_one_kind_are_counted_not_repeated() -> None:
     assert lines[20] == '  ... and 2980 more like d.jsonl line 21: missing key "captions"'
     assert lines[21] == "  ... and 2 more like d.jsonl line 3001: image file not found: /x/3001.png"
     assert len(DataProblems(problems[:5]).listing()) == 5
+
+
+def test_leaks_between_splits_are_caught(tmp_path: Path) -> None:
+    """The walkthrough's reports: one file named once relatively and once absolutely, in train
+    and in test, was not a duplicate; a group (what must stay in one split) spread over train
+    and test passed without a word."""
+    path = write_data(tmp_path / "d", ["train"] * 5 + ["val", "test", "test"])
+    same = {"image": str(tmp_path / "d" / "img0.png"), "captions": ["x"], "split": "test"}
+    path.write_text(path.read_text() + json.dumps(same) + "\n")
+    with pytest.raises(DataError, match=r"line 9: duplicate image .*the same file as .*line 1"):
+        prepare_dataset(f"jsonl:{path}")
+    lines = [json.loads(x) for x in path.read_text().splitlines()[:8]]
+    for rec in lines:
+        rec["group"] = "shapes" if rec["image"] in ("img0.png", "img7.png") else rec["image"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    notes: list[str] = []
+    prepare_dataset(f"jsonl:{path}", report=notes.append, need_splits=("train", "val"))
+    warned = [n for n in notes if n.startswith("warning:")]
+    assert len(warned) == 1 and "1 group has items in more than one split" in warned[0]
+    assert "'shapes': test, train" in warned[0]
+    quiet: list[str] = []
+    prepare_dataset(f"jsonl:{path}", report=quiet.append, need_splits=("test",))
+    assert not [n for n in quiet if n.startswith("warning:")]  # evaluate/index: not theirs

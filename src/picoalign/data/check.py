@@ -95,7 +95,27 @@ def prepare_dataset(
         say = report if reads_carve else None
         dataset = carve_val(dataset, seed=seed, fraction=val, report=say)
     require_splits(dataset, need_splits, spec, strict=val == "strict")
+    if not need_splits or {"train", "all"} & set(need_splits):  # where training is read
+        _warn_split_groups(dataset, spec, report)
     return dataset
+
+
+def _warn_split_groups(dataset: ImageCaptionDataset, spec: str, report: Report) -> None:
+    """A group is what must stay in one split (docs/data.md): a group found in train and in
+    val or test lets the model see a test concept in training, and the user asked for it
+    not to. Said, not refused: the splits are the user's to choose."""
+    splits_of: dict[str, set[str]] = {}
+    for it in dataset.items:
+        splits_of.setdefault(it.group, set()).add(it.split)
+    leaky = sorted(g for g, s in splits_of.items() if len(s) > 1)
+    if leaky:
+        g = leaky[0]
+        report(
+            f"warning: {spec}: {len(leaky)} group{'s' if len(leaky) > 1 else ''} "
+            f"{'have' if len(leaky) > 1 else 'has'} items in more than one split "
+            f"(e.g. {g!r}: {', '.join(sorted(splits_of[g]))}); a group is what must stay in "
+            "one split, so a concept tested on is also trained or selected on"
+        )
 
 
 def _val_option(spec: str, value: str) -> float | str:

@@ -178,6 +178,7 @@ def jsonl(
     where_of: dict[str, str] = {}
     stats: list[str] = []
     no_split: list[tuple[str, str]] = []
+    real_of: dict[str, str] = {}  # the file itself: a relative and an absolute path to one
     for n, text in read_lines(path, problems):
         if text is None or not text.strip():
             continue  # blank, or not UTF-8 (already reported by read_lines)
@@ -186,6 +187,12 @@ def jsonl(
             item = _jsonl_record(text, base, seed, default_split)
             if item.key in where_of:
                 raise DataError(f"duplicate image {item.key!r} (first at {where_of[item.key]})")
+            real = os.path.realpath(item.source)
+            if real in real_of:
+                raise DataError(
+                    f"duplicate image {item.key!r}: the same file as {real_of[real]} (another "
+                    "path to it)"
+                )
             stat = _stat_image(Path(item.source))
             if not item.split:  # checked last: a missing file is the more useful message
                 no_split.append((where, _missing_split()))
@@ -195,6 +202,7 @@ def jsonl(
             problems.add(where, str(e))
             continue
         where_of[item.key] = where
+        real_of[real] = where
         items.append(item)
     if no_split and not items:  # no line has a split: one message for the file
         if len(no_split) == len(problems.skipped):
