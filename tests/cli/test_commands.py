@@ -131,6 +131,20 @@ def test_evaluate_json(trained) -> None:
     assert 0 <= metrics["rsum"] <= 600
     # 4 test images: stdout stays pure JSON, the warning goes to stderr
     assert "warning: the test split has 4 images" in err and "steps of 25 points" in err
+    assert metrics["rule"] == "plain"  # the trained PICO model's eval_score
+
+
+def test_evaluate_says_which_scoring_rule_it_used(trained) -> None:
+    """The walkthrough's report: --rule weighted printed the same label as plain and its
+    JSON had no rule; on a run whose warm-up covered every epoch it equalled plain silently."""
+    run = str(trained["run"])
+    rc, out, err = run_cli("evaluate", run, "--rule", "weighted")
+    assert rc == 0, err
+    assert ", test, weighted scores)" in out
+    active = PicoAligner.load(run).pico.active
+    assert ("the weighted scores are the plain ones" in err) is (not active)
+    rc, out, _ = run_cli("evaluate", run, "--rule", "weighted", "--json")
+    assert json.loads(out)["rule"] == "weighted"
 
 
 def test_evaluate_model_folder_other_split_and_table(trained) -> None:

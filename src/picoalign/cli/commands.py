@@ -135,10 +135,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if coarse is not None:
         print(f"picoalign: {coarse}", file=sys.stderr)
     metrics = evaluate(model, fs, args.protocol, args.rule, memory_mb=args.memory_mb)
+    c = model.config
+    rule = args.rule or (c.pico.eval_score if c.method == "pico" else "plain")
+    if rule != "plain" and not model.pico.active:  # the scores are the plain ones: say so
+        print(
+            "picoalign: warning: PICO's p is still 1 in this model (its warm-up covered the "
+            f"whole run), so the {rule} scores are the plain ones",
+            file=sys.stderr,
+        )
+    metrics = {**metrics, "rule": rule}
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(format_table({f"{model.config.label} ({data}, {args.split})": metrics}))
+        print(format_table({f"{c.label} ({data}, {args.split}, {rule} scores)": metrics}))
     return 0
 
 
