@@ -227,6 +227,17 @@ def test_every_option_is_typed_and_the_error_names_key_value_and_origin(
     assert "\n" not in msg
 
 
+def test_a_value_that_fits_no_member_of_a_union_is_one_message_at_the_option() -> None:
+    """The walkthrough's report: ``--set epochs=2.5`` named pydantic's internal locations,
+    ``epochs.int`` and ``epochs.literal['auto']``, once each."""
+    with pytest.raises(ValueError) as info:
+        load_config(None, {"epochs": 2.5}, origins={"epochs": "--set"})
+    msg = str(info.value)
+    assert msg == (
+        "--set epochs=2.5: should be a valid integer, got a number with a fractional part or 'auto'"
+    )
+
+
 def test_a_typed_error_in_a_file_names_the_file_the_key_and_the_value(tmp_path: Path) -> None:
     path = write(tmp_path, "model:\n  pico:\n    lam: high\n")
     with pytest.raises(ValueError) as info:

@@ -77,3 +77,24 @@ def test_load_accepts_a_run_folder(tmp_path: Path) -> None:
     assert loaded.config == model.config
     for k, v in model.state_dict().items():
         assert (loaded.state_dict()[k] == v).all()
+
+
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["train", "--epochs", "0"], "picoalign train: error: argument --epochs: expected an"),
+        (["search", "idx", "q", "-k", "0"], "picoalign search: error: argument -k/--top-k"),
+        (["bogus"], "picoalign: error: argument COMMAND: invalid choice: 'bogus'"),
+    ],
+)
+def test_a_usage_error_is_one_line_with_where_to_read_more(argv, expect, capsys) -> None:
+    """The walkthrough's report: a usage error printed the command's whole usage block (a
+    dozen lines for train) above the one line that says what is wrong."""
+    from picoalign.cli.commands import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(expect), err
+    assert err.rstrip().endswith("-h)")

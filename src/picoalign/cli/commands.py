@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from picoalign import __version__
 from picoalign.cli.data_flags import (
@@ -237,8 +237,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 DEBUG_HELP = "show tracebacks on errors (accepted before or after the command)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with picoalign's one-line errors: a usage error used to print the whole
+    usage block (a dozen lines for ``train``) above the line that says what is wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="picoalign",
         description="Reliable image–text alignment and retrieval with PICO.",
         epilog=EPILOG,

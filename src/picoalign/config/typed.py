@@ -71,8 +71,34 @@ def validate(data: dict[str, Any], where: str, origins: Mapping[str, str] | None
     try:
         return _adapter().validate_python(data)
     except ValidationError as e:
-        msgs = [_message(err, data, where, origins) for err in e.errors()]
-        raise ConfigError("; ".join(msgs)) from e
+        raise ConfigError("; ".join(_messages(e.errors(), data, where, origins))) from e
+
+
+_UNION_TAG = re.compile(r"^(int|float|str|bool|list|dict|none|literal\[.*\]|function-.*)$")
+
+
+def _messages(
+    errors: list[Any], data: dict[str, Any], where: str, origins: Mapping[str, str]
+) -> list[str]:
+    """One message per option. A value that fits no member of a union (``epochs``: an
+    integer or ``auto``) gets one error per member from pydantic, located at
+    ``epochs.int`` and ``epochs.literal['auto']``: those become one message at the option,
+    naming every alternative."""
+    by_key: dict[str, list[Any]] = {}
+    for err in errors:
+        loc = list(err["loc"])
+        while loc and isinstance(loc[-1], str) and _UNION_TAG.match(loc[-1]):
+            loc.pop()
+        by_key.setdefault(_dotted(tuple(loc)), []).append({**err, "loc": tuple(loc)})
+    out = []
+    for key, errs in by_key.items():
+        if len(errs) == 1:
+            out.append(_message(errs[0], data, where, origins))
+            continue
+        wants = [e["msg"].removeprefix("Input should be ") for e in errs]
+        value = errs[0].get("input")
+        out.append(f"{describe(key, value, origins, where)}: should be {' or '.join(wants)}")
+    return out
 
 
 def _message(err: Any, data: dict[str, Any], where: str, origins: Mapping[str, str]) -> str:
