@@ -386,3 +386,20 @@ def test_scores_refuse_tokens_of_another_width() -> None:
         model.scores(torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool),
                      wide, torch.ones(2, 3, dtype=torch.bool))  # fmt: skip
     assert model.scores(img, im, txt, tm).shape == (0, 2)
+
+
+def test_encode_says_how_to_fix_a_width_the_config_does_not_match_and_follows_dtype() -> None:
+    """The walkthrough's reports: ModelConfig(image_encoder="random-conv") in Python kept
+    image_dim=1280 and encoding failed in a matrix product; model.double() failed in
+    embed_* (a hard .float())."""
+    from PIL import Image
+
+    red = Image.new("RGB", (16, 16), (200, 0, 0))
+    wrong = PicoAligner(ModelConfig(image_encoder="random-conv", text_encoder="hash-text")).eval()
+    with pytest.raises(ValueError, match=r"image tokens are 32 wide .* ModelConfig\(image_dim=32"):
+        wrong.encode_images([red])
+    cfg = ModelConfig(image_encoder="random-conv", text_encoder="hash-text", image_dim=32,
+                      text_dim=32, embed_dim=16)  # fmt: skip
+    model = PicoAligner(cfg).eval().double()
+    assert model.encode_texts(["a cat"])[0].dtype == torch.float64
+    assert model.encode_images([red])[0].dtype == torch.float64

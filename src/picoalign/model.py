@@ -75,13 +75,27 @@ class PicoAligner(nn.Module):
         """Backbone image tokens (N, T, C) and mask → the scored token set and its mask:
         unit-norm D tokens (padding rows zeroed) reduced by the scorer (one token each for a
         pooled scorer)."""
-        x = self._dropped("image", self._standardized("image", tokens.float()))
+        x = self._dropped("image", self._standardized("image", self._input("image", tokens)))
         return self.scorer(l2_normalize(self.image_head(x)) * mask.unsqueeze(-1), mask)
 
     def embed_texts(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """As :meth:`embed_images`, for word tokens."""
-        x = self._dropped("text", self._standardized("text", tokens.float()))
+        x = self._dropped("text", self._standardized("text", self._input("text", tokens)))
         return self.scorer(l2_normalize(self.text_head(x)) * mask.unsqueeze(-1), mask)
+
+    def _input(self, side: str, tokens: Tensor) -> Tensor:
+        """Backbone tokens in the head's dtype (``model.double()`` or ``.to(bfloat16)`` work),
+        refused with the fix when their width is not the head's: in Python, ModelConfig's
+        ``image_dim``/``text_dim`` are not read from the encoders (``train`` sets them)."""
+        want = getattr(self.config, f"{side}_dim")
+        if tokens.shape[-1] != want:
+            encoder = getattr(self.config, f"{side}_encoder")
+            raise ValueError(
+                f"{side} tokens are {tokens.shape[-1]} wide but this model's {side} head takes "
+                f"{want} (ModelConfig.{side}_dim); for the {side} encoder {encoder!r}, build "
+                f"the model with ModelConfig({side}_dim={tokens.shape[-1]}, ...)"
+            )
+        return tokens.to(getattr(self, f"{side}_head").proj.weight.dtype)
 
     def _standardized(self, side: str, x: Tensor) -> Tensor:
         if not self.config.standardize:

@@ -471,7 +471,8 @@ def test_a_sheet_of_a_moved_dataset_keeps_the_results_and_says_why(tiny, tmp_pat
     (tmp_path / "ds").rename(tmp_path / "moved")
     capsys.readouterr()
     sheet = tmp_path / "s.png"
-    assert main(["search", str(out), "a red circle", "-k", "2", "--sheet", str(sheet)]) == 2
+    with pytest.warns(UserWarning, match="2 of the results' image files are no longer"):
+        assert main(["search", str(out), "a red circle", "-k", "2", "--sheet", str(sheet)]) == 2
     printed = capsys.readouterr()
     assert printed.out.startswith("query: a red circle") and "rank" in printed.out
     assert "were they moved since it was indexed?" in printed.err
