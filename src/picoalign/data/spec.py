@@ -171,13 +171,16 @@ def parse_spec_options(spec: str) -> tuple[DatasetEntry, list[str], dict[str, st
         if name.lower().endswith((".jsonl", ".json")) or "/" in name or "\\" in name:
             hint = f" (a file of your own? say its format: jsonl:{spec.strip()})"
         raise ValueError(f"unknown dataset {name!r}{hint}; known: {known}")
+    parts = _rejoin_paths(entry, parts)
     args, rest = parts[: len(entry.args)], parts[len(entry.args) :]
     # a surplus part without "=" is a surplus argument (arity error), not a bad option
     if len(args) != len(entry.args) or not all(args) or any("=" not in r for r in rest):
         n = len(parts) - sum("=" in r for r in rest)
+        paths = set(entry.args) <= PATH_ARGS and n > len(entry.args)
         raise ValueError(
             f"dataset {spec!r} must be spelled {entry.spelling!r} "
             f"({len(entry.args)} non-empty ':'-separated argument(s), got {n})"
+            + ("; a path with ':' in it is read whole only where it exists" if paths else "")
         )
     allowed = (*COMMON_OPTIONS, *entry.options)
     options: dict[str, str] = {}
@@ -190,6 +193,37 @@ def parse_spec_options(spec: str) -> tuple[DatasetEntry, list[str], dict[str, st
             )
         options[key] = value
     return entry, args, options
+
+
+PATH_ARGS = {"PATH", "DIR", "JSON", "IMAGE_ROOT"}
+
+
+def _rejoin_paths(entry: DatasetEntry, parts: list[str]) -> list[str]:
+    """``parts`` with paths that hold ':' put back together (``jsonl:run:2/d.jsonl``, a
+    Windows drive ``jsonl:C:\\d.jsonl``), where the whole path exists; else as they were.
+
+    Only for entries whose arguments are all paths; options (``KEY=VALUE``) stay last."""
+    n = len(entry.args)
+    if not n or not set(entry.args) <= PATH_ARGS:
+        return parts
+    k = len(parts)
+    while k > 0 and "=" in parts[k - 1]:
+        k -= 1
+    positional, options = parts[:k], parts[k:]
+    if len(positional) <= n:
+        return parts
+
+    def exists(p: str) -> bool:
+        return bool(p) and Path(p).expanduser().exists()
+
+    if n == 1:
+        whole = ":".join(positional)
+        return [whole, *options] if exists(whole) else parts
+    for i in range(1, len(positional)):  # two paths: the first split where both exist
+        a, b = ":".join(positional[:i]), ":".join(positional[i:])
+        if exists(a) and exists(b):
+            return [a, b, *options]
+    return parts
 
 
 def load_dataset(spec: str, *, seed: int = 0, skip_bad: bool = False) -> ImageCaptionDataset:
