@@ -249,3 +249,16 @@ def test_a_split_too_small_to_compare_models_is_named_with_its_step() -> None:
     got = coarse_split_warning("val", 40)
     assert got is not None and got.startswith("warning: the val split has 40 images")
     assert "steps of 2.5 points" in got
+
+
+def test_duplicate_caption_warning_names_how_many_images_share_a_text() -> None:
+    """The walkthrough's report: 3,000 images captioned "a {colour} {shape}" scored
+    image→text R@10 = 0 with no word of why (ties count against the query)."""
+    from picoalign.evaluation import duplicate_caption_warning
+
+    assert duplicate_caption_warning("test", ["a cat", "a dog"], [0, 1]) is None
+    assert duplicate_caption_warning("test", ["a cat", "A  cat"], [0, 0]) is None  # one image
+    msg = duplicate_caption_warning("val", ["a cat", "A cat", "a dog", "x"], [0, 1, 2, 2])
+    assert msg is not None
+    assert msg.startswith("warning: in the val split 2 of 3 images share a caption text")
+    assert "'a cat' on 2" in msg

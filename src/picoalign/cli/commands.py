@@ -105,7 +105,12 @@ def _add_evaluate(sub: Any) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     resolve_folder_args(args)
     from picoalign.data.check import report_to_stderr
-    from picoalign.evaluation import coarse_split_warning, evaluate, format_table
+    from picoalign.evaluation import (
+        coarse_split_warning,
+        duplicate_caption_warning,
+        evaluate,
+        format_table,
+    )
     from picoalign.features import dataset_features
     from picoalign.model import PicoAligner
 
@@ -131,9 +136,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--data {data}: nothing to evaluate, {NO_CAPTIONS}")
     if not args.memory_mb > 0:
         raise ValueError(f"--memory-mb must be positive, got {args.memory_mb}")
-    coarse = coarse_split_warning(args.split, fs.n_images)
-    if coarse is not None:
-        print(f"picoalign: {coarse}", file=sys.stderr)
+    for warning in (
+        coarse_split_warning(args.split, fs.n_images),
+        duplicate_caption_warning(args.split, fs.captions, fs.caption_image.tolist()),
+    ):
+        if warning is not None:
+            print(f"picoalign: {warning}", file=sys.stderr)
     metrics = evaluate(model, fs, args.protocol, args.rule, memory_mb=args.memory_mb)
     c = model.config
     rule = args.rule or (c.pico.eval_score if c.method == "pico" else "plain")

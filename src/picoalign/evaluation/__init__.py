@@ -8,6 +8,7 @@ from picoalign.evaluation.metrics import (
     blocked_recall_metrics,
     coarse_split_warning,
     coco_1k_folds,
+    duplicate_caption_warning,
     format_table,
     recall_metrics,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "blocked_recall_metrics",
     "coarse_split_warning",
     "coco_1k_folds",
+    "duplicate_caption_warning",
     "embed_features",
     "evaluate",
     "format_table",

@@ -318,6 +318,31 @@ def coarse_split_warning(split: str, n_images: int) -> str | None:
     )
 
 
+def duplicate_caption_warning(
+    split: str, captions: Sequence[str], caption_image: Sequence[int]
+) -> str | None:
+    """The one-line warning for an evaluation split where one caption text belongs to
+    several images (None when none does). Why: the protocol counts a tie against the query,
+    and identical captions embed identically, so image→text can never rank such a caption
+    first: with many copies ("a dog" on 500 images) its R@K is 0 whatever the model.
+    Tux Paint and the scenes sets have some (the same sentence on several stamps)."""
+    images_of: dict[str, set[int]] = {}
+    for text, image in zip(captions, caption_image, strict=True):
+        images_of.setdefault(" ".join(text.lower().split()), set()).add(int(image))
+    shared = {t: imgs for t, imgs in images_of.items() if len(imgs) > 1}
+    if not shared:
+        return None
+    n = sum(len(imgs) for imgs in shared.values())
+    text, imgs = max(shared.items(), key=lambda kv: len(kv[1]))
+    total = len(set(int(i) for i in caption_image))
+    return (
+        f"warning: in the {split} split {n} of {total} images share a caption text with "
+        f"another image (e.g. {text[:60]!r} on {len(imgs)}): identical captions tie, and a "
+        "tie counts against the query, so image→text ranks each no better than the number "
+        "of images sharing it"
+    )
+
+
 def format_table(results: dict[str, dict[str, object]], digits: int = 1) -> str:
     """Side-by-side text table: one row per method, R@K both ways and rSum.
 

@@ -18,7 +18,7 @@ import torch
 
 from picoalign.config import TrainConfig, dump_config, load_config
 from picoalign.core.losses import create_loss
-from picoalign.evaluation import coarse_split_warning
+from picoalign.evaluation import coarse_split_warning, duplicate_caption_warning
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_write_text, make_dirs
 from picoalign.model import PicoAligner
@@ -112,6 +112,11 @@ def setup_run(
             f"warning: batch size {cfg.batch_size} > {train_fs.n_captions} training captions: "
             "every step sees the whole train split"
         )
+    dup = duplicate_caption_warning(
+        cfg.eval_split, eval_fs.captions, eval_fs.caption_image.tolist()
+    )
+    if dup is not None:
+        notes.append(dup)
     coarse = coarse_split_warning(cfg.eval_split, eval_fs.n_images)
     if coarse is not None:
         notes.append(
