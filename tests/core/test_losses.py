@@ -158,3 +158,10 @@ def test_triplet_gradient_stops_depending_on_the_margin_once_every_hinge_is_acti
     assert torch.equal(grad(0.8, close), grad(1.2, close))
     apart = close + torch.eye(4)  # positives 1 above the negatives: active at 1.2 only
     assert not torch.equal(grad(0.8, apart), grad(1.2, apart))
+
+
+@pytest.mark.parametrize("margin", [float("nan"), -0.1])
+def test_a_margin_that_would_give_nan_or_nothing_is_refused(margin: float) -> None:
+    scores, ids = torch.randn(3, 3), torch.arange(3)
+    with pytest.raises(ValueError, match="margin must be a number >= 0"):
+        triplet_loss(scores, ids, margin=margin)

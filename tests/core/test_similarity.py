@@ -313,3 +313,15 @@ def test_valid_input_passes_validation(make_tokens):
     fine_grained_scores(img, im, txt, tm, torch.ones(D))
     pair_scores(img, im, txt, tm, torch.ones(4, D))
     global_scores(img, im, txt, tm)
+
+
+def test_inputs_that_gave_zeros_or_a_division_error_are_refused() -> None:
+    """The walkthrough's reports: compute_dtype=torch.int32 returned all zeros, and items
+    with no token slots at all failed with ZeroDivisionError."""
+    img, txt = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
+    im, tm = torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match="compute_dtype must be a floating-point dtype"):
+        fine_grained_scores(img, im, txt, tm, compute_dtype=torch.int32)
+    with pytest.raises(ValueError, match="img has 0 tokens per item"):
+        fine_grained_scores(img[:, :0], im[:, :0], txt, tm)
+    assert fine_grained_scores(img[:0, :0], im[:0, :0], txt, tm).shape == (0, 2)  # no images

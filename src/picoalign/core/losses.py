@@ -42,6 +42,8 @@ def triplet_loss(
     Returns the sum over the batch (the field's convention, so the margin keeps its scale).
     """
     _check_square(scores, image_ids)
+    if not float(margin) >= 0:  # NaN too: it gave a NaN loss, silently
+        raise ValueError(f"margin must be a number >= 0, got {margin!r}")
     pos = positive_mask(image_ids)
     diag = scores.diagonal()
     # caption negatives for each image row, image negatives for each caption column

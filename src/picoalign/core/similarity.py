@@ -82,6 +82,9 @@ def check_tokens(
             f"img and txt must share the feature dimension D: img has D={img.shape[-1]}, "
             f"txt has D={txt.shape[-1]}"
         )
+    for name, x in (("img", img), ("txt", txt)):
+        if x.shape[0] and not x.shape[1]:  # its masks would pass: nothing in them to check
+            raise ValueError(f"{name} has 0 tokens per item: every item needs a real token")
     for name, m, x in (("img_mask", img_mask, img), ("txt_mask", txt_mask, txt)):
         if not isinstance(m, Tensor) or m.shape != x.shape[:2]:
             raise ValueError(
@@ -228,6 +231,8 @@ def fine_grained_scores(
         check_tokens(img, img_mask, txt, txt_mask, weights)
         if weights is not None and weights.dim() != 1:
             raise ValueError(f"weights must have shape ({img.shape[-1]},), got {_shape(weights)}")
+    if not compute_dtype.is_floating_point:  # an integer GEMM rounds every score to 0
+        raise ValueError(f"compute_dtype must be a floating-point dtype, got {compute_dtype}")
     n_img, n_v, _ = img.shape
     n_txt, n_t, _ = txt.shape
     if n_img == 0 or n_txt == 0:  # an empty gallery or query list: nothing to score
