@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_parsers(sub)
     _add_datasets(sub)
     _add_demo(sub)
+    from picoalign.cli.cache import add_cache
+
+    add_cache(sub)
     for command in sub.choices.values():
         command.formatter_class = HelpFormatter
         # SUPPRESS: absent after the command, the value before it (or False) stands
