@@ -67,8 +67,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
     for r in (head, *rows):
         cells = zip(r, widths, strict=True)
-        print(
-            "  ".join(c.rjust(w) if i in (1, 3) else c.ljust(w) for i, (c, w) in enumerate(cells))
+        line = "  ".join(
+            c.rjust(w) if i in (1, 3) else c.ljust(w) for i, (c, w) in enumerate(cells)
         )
+        print(line.rstrip())
     print("\nremove with: picoalign cache --clear [--older-than DAYS]")
     return 0
