@@ -94,9 +94,9 @@ def test_pico_training_scores_and_update_on_meta(opts: dict) -> None:
         pico.update(img, im, txt, tm, ids, feedback=batch(), validate=False)
     assert all(t.device == META for t in pico.buffers())
     assert pico.active
-    if opts["reading"] == "pair":  # evaluation: reading B's blocked scores (no validation;
-        img, im, txt, tm, _ = batch()  # fine_grained_scores validates its inputs, a sync)
-        assert pico.scores(img, im, txt, tm, rule="weighted").device == META
+    if opts["reading"] == "pair":  # evaluation: reading B's blocked scores (validate=False:
+        img, im, txt, tm, _ = batch()  # the input check reads values, a sync)
+        assert pico.scores(img, im, txt, tm, rule="weighted", validate=False).device == META
 
 
 def test_all_gather_padding_stays_on_the_tensors_device() -> None:
