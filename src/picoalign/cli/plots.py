@@ -21,10 +21,21 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_training(histories: dict[str, list[dict[str, Any]]], out: str | Path) -> Path:
-    """Four panels: validation rSum per method; sorted final p; p quantiles over epochs;
-    the prototype weights ω over epochs (a heat map: uniform rows mean no feedback signal)."""
+    """Five panels: validation rSum and the training loss per method (log scale: the
+    triplet loss's warm-up epoch sums over all negatives, about a batch's worth larger);
+    sorted final p; p quantiles over epochs; the prototype weights ω over epochs (a heat
+    map: uniform rows mean no feedback signal)."""
     out = Path(out)
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    fig, all_axes = plt.subplots(1, 5, figsize=(22, 4))
+    loss_ax, axes = all_axes[1], [all_axes[0], *all_axes[2:]]
+    for name, hist in histories.items():
+        rows = [r for r in hist if r.get("loss") is not None]
+        if rows:
+            loss_ax.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], marker="o",
+                         label=name)  # fmt: skip
+    loss_ax.set(title="training loss (per pair)", xlabel="epoch", ylabel="loss", yscale="log")
+    if loss_ax.get_legend_handles_labels()[0]:
+        loss_ax.legend()
     ax = axes[0]
     for name, hist in histories.items():
         key = next((k for k in hist[-1] if k.endswith("_rsum")), None) if hist else None
