@@ -234,7 +234,8 @@ def test_a_value_that_fits_no_member_of_a_union_is_one_message_at_the_option() -
         load_config(None, {"epochs": 2.5}, origins={"epochs": "--set"})
     msg = str(info.value)
     assert msg == (
-        "--set epochs=2.5: should be a valid integer, got a number with a fractional part or 'auto'"
+        "--set epochs=2.5: should be a valid integer (got a number with a fractional part), "
+        "or 'auto'"
     )
 
 
@@ -248,6 +249,9 @@ def test_a_typed_error_in_a_file_names_the_file_the_key_and_the_value(tmp_path: 
 def test_a_range_check_still_names_the_option() -> None:
     with pytest.raises(ValueError, match=r"PICOConfig.lam must be in \[0, 1\], got 2"):
         load_config(None, {"model.pico.lam": 2})
+    # as the user typed it (it said "overrides or the command line: model.pico: …")
+    with pytest.raises(ValueError, match=r"^--set model\.pico\.lam=2: PICOConfig\.lam must"):
+        load_config(None, {"model.pico.lam": 2}, origins={"model.pico.lam": "--set"})
 
 
 def test_the_documented_coercions() -> None:

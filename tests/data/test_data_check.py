@@ -4,6 +4,7 @@ required split, a carved val split, large images, and the data flags of every co
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,7 @@ def test_missing_split_is_an_error_naming_the_line(tmp_path: Path) -> None:
         prepare_dataset(f"jsonl:{path}:all-train=yes")
 
 
+@pytest.mark.filterwarnings("ignore:that is .* of train")  # a small carve
 def test_a_file_without_any_split_gets_one_message_naming_both_fixes(tmp_path: Path) -> None:
     path = write_data(tmp_path / "d", [None] * 5)
     with pytest.raises(DataError) as e:
@@ -163,6 +165,7 @@ def test_a_file_without_splits_and_other_problems_lists_both(tmp_path: Path) -> 
 # ------------------------------------------------------------------------- no val split
 
 
+@pytest.mark.filterwarnings("ignore:that is .* of train")  # a small carve
 def test_no_val_split_is_carved_from_train_by_group(tmp_path: Path) -> None:
     path = write_data(tmp_path / "d", ["train"] * 30 + ["test"] * 4)
     notes: list[str] = []
@@ -303,16 +306,16 @@ def test_the_carve_reports_the_share_it_took_and_warns_when_far_from_the_ask() -
 
     items = [Item(f"k{i}", ("c",), "train", f"g{i % 3}") for i in range(9)]
     notes: list[str] = []
-    ds = carve_val(ImageCaptionDataset("t", items, lambda it: None, "fp"), fraction=0.1,
-                   report=notes.append)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"of train, not the 10% asked for") as caught:
+        ds = carve_val(ImageCaptionDataset("t", items, lambda it: None, "fp"), fraction=0.1,
+                       report=notes.append)  # fmt: skip
     taken = sum(it.split == "val" for it in ds.items)
     assert f"carved {taken} of 9 train images ({taken / 9:.0%}" in notes[0]
-    assert notes[1].startswith(f"warning: that is {taken / 9:.0%} of train, not the 10% asked")
+    assert str(caught[0].message).startswith(f"that is {taken / 9:.0%} of train")
     many = [Item(f"k{i}", ("c",), "train", f"g{i}") for i in range(400)]
-    notes.clear()
-    carve_val(ImageCaptionDataset("t", many, lambda it: None, "fp"), fraction=0.1,
-              report=notes.append)  # fmt: skip
-    assert len(notes) == 1  # 400 groups: close to the ask, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 400 groups: close to the ask, no warning
+        carve_val(ImageCaptionDataset("t", many, lambda it: None, "fp"), fraction=0.1)
 
 
 def test_many_problems_of_one_kind_are_counted_not_repeated() -> None:
@@ -342,11 +345,9 @@ def test_leaks_between_splits_are_caught(tmp_path: Path) -> None:
     for rec in lines:
         rec["group"] = "shapes" if rec["image"] in ("img0.png", "img7.png") else rec["image"]
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    notes: list[str] = []
-    prepare_dataset(f"jsonl:{path}", report=notes.append, need_splits=("train", "val"))
-    warned = [n for n in notes if n.startswith("warning:")]
-    assert len(warned) == 1 and "1 group has items in more than one split" in warned[0]
-    assert "'shapes': test, train" in warned[0]
-    quiet: list[str] = []
-    prepare_dataset(f"jsonl:{path}", report=quiet.append, need_splits=("test",))
-    assert not [n for n in quiet if n.startswith("warning:")]  # evaluate/index: not theirs
+    with pytest.warns(UserWarning, match="1 group has items in more than one split") as w:
+        prepare_dataset(f"jsonl:{path}", need_splits=("train", "val"))
+    assert "'shapes': test, train" in str(w[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # evaluate/index read the data too: not theirs to say
+        prepare_dataset(f"jsonl:{path}", need_splits=("test",))

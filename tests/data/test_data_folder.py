@@ -49,3 +49,25 @@ def test_training_on_a_gallery_says_what_it_is_for(tmp_path: Path) -> None:
     assert len(prepare_dataset(spec, need_splits=("all",)).items) == 2  # what index reads
     with pytest.raises(DataError, match=r"no captions: it can be indexed .* need captions"):
         prepare_dataset(spec, need_splits=("train", "val"))
+
+
+def test_links_are_one_item_odd_names_are_problems_and_passed_files_are_said(
+    tmp_path: Path,
+) -> None:
+    """The walkthrough's reports: a symlink and its target were two items (the same picture
+    twice in the results); one file name that is not UTF-8 failed the whole index with an
+    encoding error naming no file; the count of files passed over was never printed."""
+    import os
+
+    root = _gallery(tmp_path / "g")
+    os.symlink(root / "b.png", root / "a-link.png")
+    notes: list[str] = []
+    ds = prepare_dataset(f"folder:{root}", need_splits=("all",), report=notes.append)
+    assert [it.key for it in ds.items] == ["b.png", "sub dir é/a.JPG"]  # the real file's key
+    assert any("2 images; passed over 1 files that are not images and 1 links" in n for n in notes)
+    bad = os.fsencode(root) + b"/caf\xe9.png"
+    Image.new("RGB", (9, 9)).save(bad.decode("utf-8", "surrogateescape"), format="PNG")
+    with pytest.raises(DataError, match=r"caf\\xe9\.png: file name is not valid UTF-8"):
+        load_dataset(f"folder:{root}")
+    ds = load_dataset(f"folder:{root}", skip_bad=True)
+    assert len(ds.items) == 2 and "not valid UTF-8" in ds.skipped[0][1]

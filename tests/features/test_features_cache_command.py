@@ -62,3 +62,19 @@ def test_the_cache_lists_and_clears_only_its_own_files(tmp_path: Path) -> None:
 def test_cache_flags_that_contradict_are_one_line(tmp_path: Path, argv, why) -> None:
     rc, _, err = run_cli("cache", "--dir", str(tmp_path), *argv)
     assert rc != 0 and why in err
+
+
+def test_a_chunk_folder_loses_only_its_chunks_and_a_wrong_dir_is_said(tmp_path: Path) -> None:
+    """The walkthrough's reports: --clear removed a whole folder named like a chunk folder,
+    a file of the user's in it too; --dir at a folder that is not there listed "0 files"."""
+    parts = tmp_path / "features" / "gal-abc-images-def.parts"
+    parts.mkdir(parents=True)
+    (parts / "000000000-000000064.safetensors").write_bytes(b"x" * 10)
+    (parts / "notes.txt").write_text("mine")
+    rc, out, _ = run_cli("cache", "--dir", str(tmp_path), "--clear")
+    assert rc == 0 and "removed 1 cached feature file (10 B)" in out
+    assert sorted(p.name for p in parts.iterdir()) == ["notes.txt"]
+    rc, _, err = run_cli("cache", "--dir", str(tmp_path / "nowhere"))
+    assert rc != 0 and "no such folder" in err
+    rc, _, err = run_cli("cache", "--dir", str(tmp_path / "features"))
+    assert rc != 0 and "the one that holds features/" in err

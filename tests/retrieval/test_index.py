@@ -340,6 +340,9 @@ def test_format_hits_aligned():
     assert lines[0].split() == ["rank", "score", "key", "source"]
     assert lines[1].index("a.png") == lines[2].index("longer_key.png") == lines[0].index("key")
     assert lines[1].split()[:2] == ["1", "1.2500"]
+    # a newline or tab in a file name stays on its row (shown escaped)
+    odd = format_hits([Hit(0, "two\nlines\t.png", "/g/two\nlines\t.png", 0.5)])
+    assert len(odd.splitlines()) == 2 and "two\\nlines\\t.png" in odd
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -47,3 +47,11 @@ def test_drawable_labels_warn_nothing(tmp_path) -> None:
             row_labels=["red"],
         )
     assert not caught
+
+
+def test_a_missing_file_is_said_as_such_on_its_tile() -> None:
+    from picoalign.retrieval.sheet import _reason
+
+    assert _reason(FileNotFoundError("x")) == "file missing"
+    assert _reason(ValueError("item 'a.png' is no longer in dataset folder:g")) == "file missing"
+    assert _reason(OSError("truncated")) == "OSError"

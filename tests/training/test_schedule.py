@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from picoalign.config import TrainConfig, load_config
 from picoalign.training.schedule import continue_schedule, learning_rate
 
@@ -53,3 +55,35 @@ def test_a_decay_at_epoch_0_is_written_and_read_back(tmp_path: Path) -> None:
 
     path.write_text(dump_config(kept))
     assert load_config(path).lr_steps == [0, 7]
+
+
+def test_a_resume_inside_an_epoch_keeps_that_epochs_step(tmp_path: Path, make_feature_set) -> None:
+    """The walkthrough's report: Ctrl-C inside epoch 3 of 3 (already at the lower lr), then
+    --resume --epochs 10, trained the rest of epoch 3 at the full lr again."""
+    import json
+
+    import torch
+
+    from picoalign.training.loop import train
+
+    fs = make_feature_set(n=32)
+    over = {
+        "data": "synthetic", "out": str(tmp_path / "run"), "epochs": 3, "batch_size": 4,
+        "device": "cpu", "amp": False, "progress": False, "model.method": "baseline",
+        "model.embed_dim": 8,
+    }  # fmt: skip
+    done = train(load_config(None, over), fs)  # lr steps at epochs 2 and 3 (0-based)
+    state_path = tmp_path / "run" / "last" / "state.pt"
+    state = torch.load(state_path, weights_only=False)
+    state["position"] = [2, 1, 4]  # as a Ctrl-C after the first batch of epoch 3 leaves it
+    state["history"] = json.dumps(done.history[:2])
+    torch.save(state, state_path)
+    resumed = train(load_config(None, {**over, "epochs": 10}), fs, resume=True)
+    assert load_config(tmp_path / "run" / "config.yaml").lr_steps == [2, 8]
+    lrs_logged = [row["lr"] for row in resumed.history]
+    assert lrs_logged[2] == pytest.approx(done.history[2]["lr"])  # epoch 3 stays stepped down
+    assert lrs_logged == sorted(lrs_logged, reverse=True)
+    assert continue_schedule(TrainConfig(epochs=3), TrainConfig(epochs=10), start=3).lr_steps == [
+        2,
+        8,
+    ]

@@ -38,6 +38,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.older_than is not None and not args.older_than >= 0:
         raise ValueError(f"--older-than must be a number of days >= 0, got {args.older_than}")
     root = Path(args.dir).expanduser() if args.dir else default_cache_dir()
+    if args.dir and not root.is_dir():  # a typo would look like an empty cache
+        raise ValueError(f"--dir {args.dir}: no such folder")
+    if args.dir and root.name == "features" and not (root / "features").is_dir():
+        raise ValueError(f"--dir {args.dir}: give the cache folder, the one that holds features/")
     entries = cache_entries(root)
     if args.clear:
         chosen = entries if args.older_than is None else older_than(entries, args.older_than)

@@ -268,14 +268,22 @@ def _warn_missing_sources(hits: list[list[Any]], kind: str, index: str) -> None:
         )
 
 
+def _cell(text: str) -> str:
+    """A table cell on one line: a newline or tab in a file name would break the table."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def format_hits(hits: list[Any]) -> str:
     """An aligned table: rank, score, key, source (and caption for caption indexes)."""
     captions = any(h.caption is not None for h in hits)
     head = ["rank", "score", "key", *(["caption"] if captions else []), "source"]
     rows = [
-        [str(r), f"{h.score:.4f}", h.key, *([h.caption or ""] if captions else []), h.source]
+        [
+            str(r), f"{h.score:.4f}", _cell(h.key), *([_cell(h.caption or "")] if captions else []),
+            _cell(h.source),
+        ]
         for r, h in enumerate(hits, 1)
-    ]
+    ]  # fmt: skip
     widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
     right = {0, 1}  # numbers align right
 

@@ -95,9 +95,12 @@ def _messages(
         if len(errs) == 1:
             out.append(_message(errs[0], data, where, origins))
             continue
-        wants = [e["msg"].removeprefix("Input should be ") for e in errs]
+        wants = []
+        for e in errs:  # "a valid integer, got a number with …" -> "a valid integer (got …)"
+            want, got, why = e["msg"].removeprefix("Input should be ").partition(", got ")
+            wants.append(f"{want} (got {why})" if got else want)
         value = errs[0].get("input")
-        out.append(f"{describe(key, value, origins, where)}: should be {' or '.join(wants)}")
+        out.append(f"{describe(key, value, origins, where)}: should be {', or '.join(wants)}")
     return out
 
 
@@ -105,7 +108,7 @@ def _message(err: Any, data: dict[str, Any], where: str, origins: Mapping[str, s
     key = _dotted(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error":  # a range check of a __post_init__: names its option
-        named = re.match(r"(?:invalid )?(\w+)(?::| must)", msg)
+        named = re.match(r"(?:invalid )?(?:\w+Config\.)?(\w+)(?::| must)", msg)
         option = ".".join(p for p in (key, named and named[1]) if p)
         if named and _origin(option, origins, where) != where:  # what the user typed
             return f"{describe(option, _lookup(data, option), origins, where)}: {msg}"

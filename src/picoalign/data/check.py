@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -90,17 +91,27 @@ def prepare_dataset(
         }
     if not dataset.items:
         raise DataError(f"--data {spec}: the dataset has no usable items")
+    passed = [  # a gallery folder's files that are not items (picoalign.data.folder)
+        f"{n} {what}"
+        for n, what in (
+            (dataset.notes.get("not_images", 0), "files that are not images"),
+            (dataset.notes.get("duplicates", 0), "links to images already in it"),
+        )
+        if n
+    ]
+    if passed:
+        report(f"{spec}: {len(dataset.items)} images; passed over {' and '.join(passed)}")
     if val != "strict":  # said only where the caller reads train or val (not `--split test`)
         reads_carve = not need_splits or bool({"train", "val", "all"} & set(need_splits))
         say = report if reads_carve else None
         dataset = carve_val(dataset, seed=seed, fraction=val, report=say)
     require_splits(dataset, need_splits, spec, strict=val == "strict")
     if not need_splits or {"train", "all"} & set(need_splits):  # where training is read
-        _warn_split_groups(dataset, spec, report)
+        _warn_split_groups(dataset, spec)
     return dataset
 
 
-def _warn_split_groups(dataset: ImageCaptionDataset, spec: str, report: Report) -> None:
+def _warn_split_groups(dataset: ImageCaptionDataset, spec: str) -> None:
     """A group is what must stay in one split (docs/data.md): a group found in train and in
     val or test lets the model see a test concept in training, and the user asked for it
     not to. Said, not refused: the splits are the user's to choose."""
@@ -110,11 +121,12 @@ def _warn_split_groups(dataset: ImageCaptionDataset, spec: str, report: Report) 
     leaky = sorted(g for g, s in splits_of.items() if len(s) > 1)
     if leaky:
         g = leaky[0]
-        report(
-            f"warning: {spec}: {len(leaky)} group{'s' if len(leaky) > 1 else ''} "
+        warnings.warn(
+            f"{spec}: {len(leaky)} group{'s' if len(leaky) > 1 else ''} "
             f"{'have' if len(leaky) > 1 else 'has'} items in more than one split "
             f"(e.g. {g!r}: {', '.join(sorted(splits_of[g]))}); a group is what must stay in "
-            "one split, so a concept tested on is also trained or selected on"
+            "one split, so a concept tested on is also trained or selected on",
+            stacklevel=3,
         )
 
 
@@ -223,10 +235,11 @@ def carve_val(
         if not fraction / 2 <= share <= fraction * 2:
             # the carve takes whole groups, each with probability `fraction`: with few
             # groups (or groups of unequal size) the share is far from the one asked for
-            report(
-                f"warning: that is {share:.0%} of train, not the {fraction:.0%} asked for: the "
+            warnings.warn(
+                f"that is {share:.0%} of train, not the {fraction:.0%} asked for: the "
                 f"carve takes whole groups, and {len(groups)} groups make it coarse; give "
-                'some lines "split": "val" to choose the val split, or val=FRACTION'
+                'some lines "split": "val" to choose the val split, or val=FRACTION',
+                stacklevel=2,
             )
     return replace(
         dataset,

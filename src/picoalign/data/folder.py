@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from picoalign.data._text import Problems
 from picoalign.data.base import DataError, ImageCaptionDataset, Item, items_fingerprint
 from picoalign.data.images import FileLoader
 
@@ -27,15 +28,20 @@ def image_extensions() -> frozenset[str]:
     return frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
-def image_folder(path: Path | str) -> ImageCaptionDataset:
+def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDataset:
     """Every image file under ``path`` as a caption-less item (module docstring), in a
-    stable order (sorted relative paths), whatever order the file system lists them in."""
+    stable order (sorted relative paths), whatever order the file system lists them in.
+
+    A file reached twice (a symlink to an image of the gallery) is one item, under its real
+    path where the gallery has it; a file name that is not UTF-8 cannot be recorded, and is
+    a problem (listed, or skipped with ``skip_bad``)."""
     root = Path(path).expanduser()
     if not root.exists():
         raise DataError(f"folder:{path}: no such folder")
     if not root.is_dir():
         raise DataError(f"folder:{path}: is a file, not a folder of images")
     exts = image_extensions()
+    problems = Problems(skip_bad)
     found: list[tuple[str, Path]] = []
     other = 0
     for dirpath, dirnames, filenames in os.walk(root, onerror=_raise, followlinks=False):
@@ -44,27 +50,53 @@ def image_folder(path: Path | str) -> ImageCaptionDataset:
             if name.startswith("."):
                 continue
             full = Path(dirpath) / name
-            if full.suffix.lower() in exts and full.is_file():
-                found.append((full.relative_to(root).as_posix(), full))
-            else:
+            if not (full.suffix.lower() in exts and full.is_file()):
                 other += 1
-    if not found:
+                continue
+            key = full.relative_to(root).as_posix()
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                problems.add(str(root / shown), "file name is not valid UTF-8; rename it")
+                continue
+            found.append((key, full))
+    # real files first, so that a link to one of them is the duplicate, not the file
+    found.sort(key=lambda kf: (kf[1].is_symlink(), kf[0]))
+    seen: dict[str, str] = {}
+    kept: list[tuple[str, Path]] = []
+    for key, full in found:
+        real = os.path.realpath(full)
+        if real in seen:
+            continue
+        seen[real] = key
+        kept.append((key, full))
+    duplicates = len(found) - len(kept)
+    if not kept:
+        if problems.skipped:
+            problems.empty(f"folder:{path}")
         raise DataError(
             f"folder:{path}: no image files in it or its sub-folders"
             + (f" ({other} other files)" if other else "")
         )
-    found.sort()
-    items = [Item(key, (), "test", key, str(full)) for key, full in found]
+    kept.sort()
+    items = [Item(key, (), "test", key, str(full)) for key, full in kept]
     stats = []
-    for _, full in found:
+    for _, full in kept:
         st = full.stat()
         stats.append(f"{st.st_size}:{st.st_mtime_ns}")
     fp = items_fingerprint("folder", str(root.resolve()), *stats, items=items)
-    notes = {"not_images": other} if other else {}
-    return ImageCaptionDataset(
-        root.resolve().name or str(root), items, FileLoader(label=str(root)), fp, root=root,
-        notes=notes,
-    )  # fmt: skip
+    notes = {k: v for k, v in (("not_images", other), ("duplicates", duplicates)) if v}
+    return problems.finish(
+        ImageCaptionDataset(
+            root.resolve().name or str(root),
+            items,
+            FileLoader(label=str(root)),
+            fp,
+            root=root,
+            notes=notes,
+        )
+    )
 
 
 def _raise(error: OSError) -> None:

@@ -137,7 +137,7 @@ REGISTRY: dict[str, DatasetEntry] = {
             ("PATH",),
             "a gallery: every image file under PATH, no captions (for index and search "
             "only; sub-folders included, other files passed over)",
-            lambda a, seed, skip, opts: folder.image_folder(_path(a[0])),
+            lambda a, seed, skip, opts: folder.image_folder(_path(a[0]), skip_bad=skip),
         ),
         DatasetEntry(
             "precomp",
@@ -175,7 +175,7 @@ def parse_spec_options(spec: str) -> tuple[DatasetEntry, list[str], dict[str, st
     args, rest = parts[: len(entry.args)], parts[len(entry.args) :]
     # a surplus part without "=" is a surplus argument (arity error), not a bad option
     if len(args) != len(entry.args) or not all(args) or any("=" not in r for r in rest):
-        n = len(parts) - sum("=" in r for r in rest)
+        n = sum(1 for p in parts if p) - sum("=" in r for r in rest)  # non-empty ones
         paths = set(entry.args) <= PATH_ARGS and n > len(entry.args)
         raise ValueError(
             f"dataset {spec!r} must be spelled {entry.spelling!r} "

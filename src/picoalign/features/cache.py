@@ -9,13 +9,14 @@ folders of an encoding that stopped (``*.parts``); anything else in the folder i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+_CHUNK = re.compile(r"^\d{9}-\d{9}\.safetensors$")
 _NAME = re.compile(r"^.+-[0-9a-f]+-(images|texts)-[0-9a-f]+\.(safetensors|parts)$")
 
 
@@ -47,8 +48,7 @@ def cache_entries(root: Path) -> list[CacheEntry]:
         if m is None:
             continue
         if path.is_dir():
-            files = [p for p in path.iterdir() if p.is_file()]
-            size = sum(p.stat().st_size for p in files)
+            size = sum(p.stat().st_size for p in _chunks(path))
             name = path.name.split(f"-{m.group(1)}-")[0].rsplit("-", 1)[0]
             out.append(CacheEntry(path, name, m.group(1), "?", None, size, path.stat().st_mtime))
             continue
@@ -87,12 +87,21 @@ def remove_entries(entries: list[CacheEntry]) -> int:
     """Delete ``entries``; returns the bytes freed."""
     freed = 0
     for e in entries:
-        if e.path.is_dir():
-            shutil.rmtree(e.path, ignore_errors=True)
+        if e.path.is_dir():  # the chunks an encoding stored, and the folder if that empties it
+            for chunk in _chunks(e.path):
+                freed += chunk.stat().st_size
+                chunk.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                e.path.rmdir()
         else:
+            freed += e.bytes
             e.path.unlink(missing_ok=True)
-        freed += e.bytes
     return freed
+
+
+def _chunks(folder: Path) -> list[Path]:
+    """The chunk files of an unfinished encoding (``START-END.safetensors``), nothing else."""
+    return [p for p in folder.iterdir() if p.is_file() and _CHUNK.match(p.name)]
 
 
 def older_than(

@@ -88,7 +88,7 @@ def contact_sheet(
                 ax.text(
                     0.5,
                     0.5,
-                    f"unavailable\n{type(e).__name__}",
+                    f"unavailable\n{_reason(e)}",
                     ha="center",
                     va="center",
                     fontsize=6,
@@ -153,6 +153,14 @@ def dataset_image_loader(dataset: dict[str, Any]) -> Callable[[Any], Any]:
         return ds.load(items[hit.key])
 
     return load
+
+
+def _reason(e: Exception) -> str:
+    """Why a tile is empty, in a few words: a moved or deleted file is the common case."""
+    text = str(e).lower()
+    if isinstance(e, FileNotFoundError) or "not found" in text or "no longer in" in text:
+        return "file missing"
+    return type(e).__name__
 
 
 def _short(text: str, n: int) -> str:

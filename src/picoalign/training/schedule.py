@@ -56,9 +56,10 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
 
 
 def continue_schedule(saved: TrainConfig, new: TrainConfig, start: int) -> TrainConfig:
-    """The config a run resumed at 0-based epoch ``start`` with another number of epochs
-    trains on: the lr steps it has trained past stay at their epochs, the others follow the
-    new length (not before ``start``). Written as epochs, so config.yaml says what ran.
+    """The config a run resumed with another number of epochs trains on, where the 0-based
+    epochs before ``start`` have trained (the epoch a resume starts inside of counts: its lr
+    has been used): the lr steps it has trained past stay at their epochs, the others follow
+    the new length (not before ``start``). Written as epochs, so config.yaml says what ran.
 
     Why: ``lr_steps`` are fractions of training, so a longer ``epochs`` moves every step,
     those already applied too: a finished 2-epoch run resumed to 5 went back to the full lr

@@ -161,13 +161,14 @@ def setup_run(
                 f"{start.epoch} epochs; a resume can only continue it (--epochs {start.epoch} "
                 "or more)"
             )
-        kept = continue_schedule(saved, cfg, start.epoch) if saved is not None else cfg
+        # a resume inside an epoch has trained at that epoch's lr already
+        used = start.epoch + (1 if start.step > 0 else 0)
+        kept = continue_schedule(saved, cfg, used) if saved is not None else cfg
         if saved is not None and kept is not cfg:
             notes.append(
                 f"epochs {saved.epochs} -> {cfg.epochs}: the lr steps the run has trained "
-                f"past stay, the rest follow the new length (lr steps at epochs "
-                f"{', '.join(str(e + 1) for e in kept.lr_step_epochs())}, not "
-                f"{', '.join(str(e + 1) for e in cfg.lr_step_epochs())}); a "
+                f"past stay, the rest follow the new length: lr_steps {kept.lr_steps}, not "
+                f"{cfg.lr_step_epochs()} (0-based epochs, as config.yaml now says); a "
                 f"{cfg.epochs}-epoch run from the start is another run"
             )
             cfg = result.config = kept
