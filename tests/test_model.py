@@ -403,3 +403,16 @@ def test_encode_says_how_to_fix_a_width_the_config_does_not_match_and_follows_dt
     model = PicoAligner(cfg).eval().double()
     assert model.encode_texts(["a cat"])[0].dtype == torch.float64
     assert model.encode_images([red])[0].dtype == torch.float64
+
+
+def test_from_encoders_reads_the_widths_and_keeps_the_built_encoders() -> None:
+    from PIL import Image
+
+    model = PicoAligner.from_encoders("random-conv", "hash-text", embed_dim=16, scorer="gpo")
+    c = model.config
+    assert (c.image_dim, c.text_dim, c.embed_dim, c.scorer) == (32, 32, 16, "gpo")
+    img, im = model.eval().encode_images([Image.new("RGB", (16, 16), (200, 0, 0))])
+    txt, tm = model.encode_texts(["a red square"])
+    assert model.scores(img, im, txt, tm).shape == (1, 1)
+    with pytest.raises(ValueError, match="has no width before its data"):
+        PicoAligner.from_encoders("precomputed", "hash-text")

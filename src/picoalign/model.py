@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,26 @@ class PicoAligner(nn.Module):
 
             self.image_backbone = create_image_encoder(c.image_encoder)
 
+    @classmethod
+    def from_encoders(
+        cls, image_encoder: str = "efficientnet-lite0", text_encoder: str = "minilm", **options: Any
+    ) -> PicoAligner:
+        """A new model whose heads fit its encoders: ``image_dim``/``text_dim`` are read
+        from the encoders, as ``train`` reads them from the features (a ``ModelConfig``
+        built by hand keeps the defaults, 1280 and 384). ``options``: ModelConfig's others."""
+        from picoalign.encoders import create_image_encoder
+
+        probe = ModelConfig(image_encoder=image_encoder, text_encoder=text_encoder, **options)
+        img, txt = create_image_encoder(image_encoder), probe.make_text_encoder()
+        if not img.dim:  # the precomputed encoder learns its width from the data
+            raise ValueError(f"image encoder {image_encoder!r} has no width before its data")
+        model = cls(replace(probe, image_dim=img.dim, text_dim=txt.dim))
+        if not probe.finetune_image:  # the frozen ones just built, kept (a trained one is
+            model._backbones["image"] = img.eval()  # the model's own submodule)
+        if not probe.trains_text:
+            model._backbones["text"] = txt.eval()
+        return model
+
     def train(self, mode: bool = True) -> PicoAligner:
         """As ``nn.Module.train``, but a fine-tuned image backbone keeps its BatchNorm layers
         in eval mode: statistics from small (per-GPU) batches of captions' images would drift
@@ -93,7 +114,8 @@ class PicoAligner(nn.Module):
             raise ValueError(
                 f"{side} tokens are {tokens.shape[-1]} wide but this model's {side} head takes "
                 f"{want} (ModelConfig.{side}_dim); for the {side} encoder {encoder!r}, build "
-                f"the model with ModelConfig({side}_dim={tokens.shape[-1]}, ...)"
+                f"the model with PicoAligner.from_encoders(...), which reads the widths, or "
+                f"ModelConfig({side}_dim={tokens.shape[-1]}, ...)"
             )
         return tokens.to(getattr(self, f"{side}_head").proj.weight.dtype)
 
