@@ -48,6 +48,7 @@ def arm_rows(
     without ``train_set`` are refused: pairing them by seed would compare different data."""
     out: dict[int, dict[str, float]] = {}
     trained_on: dict[str | None, int] = {}  # training set → the first line that has it
+    rules: set[str] = set()  # the scoring rules the arm's rows hold
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -65,10 +66,16 @@ def arm_rows(
                 f"{path}:{n}: a second {family} m={margin} row for seed {row['seed']}{hint}"
             )
         out[row["seed"]] = {t: v[rule]["rsum"] for t, v in row["tests"].items() if rule in v}
+        rules.update(r for v in row["tests"].values() for r in v)
         trained_on.setdefault(row.get("train_set"), n)
     if not out:
         where = f" trained on {train_set}" if train_set else ""
         raise SystemExit(f"{path}: no rows of {family} at margin {margin}{where}")
+    if not any(out.values()):  # a typo, or a rule the family does not score with
+        raise SystemExit(
+            f"{path}: the {family} m={margin} rows have no {rule!r} scores (rules there: "
+            f"{', '.join(sorted(rules))})"
+        )
     if len(trained_on) > 1:
         sets = ", ".join(f"{t} (line {n})" for t, n in trained_on.items())
         raise SystemExit(
@@ -103,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("a", type=parse_arm, help="the reference arm, FILE.jsonl:FAMILY:MARGIN")
     ap.add_argument("b", type=parse_arm, help="the arm compared with it")
-    ap.add_argument("--rule", default="plain", help="the scoring rule read (default plain)")
+    ap.add_argument(
+        "--rule",
+        default="plain",
+        choices=["plain", "weighted", "raw"],
+        help="the scoring rule read (default plain)",
+    )
     ap.add_argument(
         "--train-set", help="read only the runs trained on this set (a row's train_set)"
     )

@@ -65,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [json.loads(x) for x in args.results.read_text().splitlines() if x]
     sets = list(dict.fromkeys(r["train_set"] for r in rows))
     fams = list(dict.fromkeys(r["family"] for r in rows))
+    if not args.histories.is_dir() or not any(args.histories.glob("*.json")):
+        ap.error(  # an empty table and a blank figure would look like a result
+            f"--histories {args.histories}: no histories there (a study writes seed 0's into "
+            "PLOTS/histories; quality.py --quick and --confirm write none)"
+        )
     fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6), squeeze=False)
     print(
         "| train set | family (margin) | val at ¼ (epoch) | ½ | ¾ | end | Δ over the last ¼ "

@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--epochs must be >= 1, got {args.epochs}")
         need_own_files("--epochs")
         base["epochs"] = args.epochs
+    given = {name for name in defaults if getattr(args, name) is not None}  # used as given
     for name, path in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, path)
@@ -243,13 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         base.update(epochs=2, lr_steps=[], pico_warmup_epochs=0)
         args.seeds, args.train_sets = args.seeds[:1], args.train_sets[:1]
         n_tune = 1
-        args.results = args.results.with_name("quality-quick.jsonl")
-        args.report = args.report.with_name("quality-quick.md")
+        if "results" not in given:
+            args.results = args.results.with_name("quality-quick.jsonl")
+        if "report" not in given:
+            args.report = args.report.with_name("quality-quick.md")
     # seed 0's histories and the figures: a study's, not a smoke run's or a confirmation's
     plot_dir = None if args.quick or args.confirm is not None else args.plots
-    if args.confirm is not None and args.results == defaults["results"]:
+    if args.confirm is not None and "results" not in given:
         args.results = args.results.with_name("quality-confirm.jsonl")
-        args.report = args.report.with_name("quality-confirm.md")
+        if "report" not in given:
+            args.report = args.report.with_name("quality-confirm.md")
     if args.confirm is not None and args.results.resolve() == args.confirm.resolve():
         ap.error("--results must not be the study being confirmed (--confirm)")
     study, study_tune = [], {}  # a confirmation: the study's rows, and its tuning seeds per set
@@ -294,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.overwrite:
             ap.error(f"{args.results} exists: --resume to continue it, --overwrite to start over")
         args.results.unlink()
+    if args.report.exists() and not (args.resume or args.report_only or args.overwrite):
+        # a new study's report replaces no file of the user's (a resumed one rewrites its own)
+        ap.error(f"{args.report} exists: --overwrite to replace it, or give another --report")
     if not args.report_only:
         torch.set_num_threads(torch.get_num_threads())
         start = time.perf_counter()  # the study's wall time includes loading cached features
@@ -367,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(list(done.values()), tune, confirms, n_tune)
     atomic_write_text(text, args.report)
     print(text)
+    print(f"rows: {args.results}\nreport: {args.report}")
     if plot_dir is not None:
         draw_plots(list(done.values()), args.train_sets, tune, plot_dir)
     return 0

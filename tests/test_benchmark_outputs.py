@@ -211,3 +211,27 @@ def test_compare_rows_never_pairs_runs_of_different_training_sets(tmp_path, caps
     with pytest.raises(SystemExit):
         compare.main([f"{a}:global:1.2", f"{b}:global:1.2"])
     assert "arm A was trained on y, arm B on z" in capsys.readouterr().err
+
+
+def test_compare_rows_refuses_a_rule_the_rows_lack(tmp_path) -> None:
+    """The walkthrough's report: --rule weighted on baseline rows (or a typo) printed an
+    empty table and exited 0."""
+    compare = load("compare_rows")
+    a = tmp_path / "a.jsonl"
+    a.write_text(_row("fine_grained", 0.8, 1, 100))
+    with pytest.raises(SystemExit, match=r"no 'weighted' scores \(rules there: plain\)"):
+        compare.main([f"{a}:fine_grained:0.8", f"{a}:fine_grained:0.8", "--rule", "weighted"])
+    with pytest.raises(SystemExit) as info:  # not a rule at all: argparse's choices
+        compare.main([f"{a}:fine_grained:0.8", f"{a}:fine_grained:0.8", "--rule", "bogus"])
+    assert info.value.code == 2
+
+
+def test_curves_without_histories_is_an_error_not_a_blank_figure(tmp_path, capsys) -> None:
+    curves = load("curves")
+    rows = tmp_path / "r.jsonl"
+    rows.write_text(_row("fine_grained", 0.8, 0, 100))
+    with pytest.raises(SystemExit) as info:
+        curves.main(["--results", str(rows), "--histories", str(tmp_path / "none"),
+                     "--out", str(tmp_path / "c.png")])  # fmt: skip
+    assert info.value.code == 2 and "no histories there" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()

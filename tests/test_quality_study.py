@@ -253,6 +253,21 @@ def test_the_report_headline_compares_the_validation_picks(decide) -> None:
     assert best.split("|")[6].strip().startswith("+17.5 [")
 
 
+def test_paths_given_are_used_and_a_report_is_never_replaced_unasked(
+    quality, tmp_path, capsys
+) -> None:
+    """The walkthrough's reports: --quick renamed the --results/--report it was given to
+    quality-quick.*, and a new study replaced an existing report (a user's notes) silently."""
+    report = tmp_path / "my.md"
+    report.write_text("MY NOTES")
+    argv = ["--quick", "--math", "native", "--results", str(tmp_path / "my.jsonl")]
+    with pytest.raises(SystemExit) as info:
+        quality.main([*argv, "--report", str(report)])
+    assert info.value.code == 2
+    assert f"{report} exists: --overwrite to replace it" in capsys.readouterr().err
+    assert report.read_text() == "MY NOTES" and not (tmp_path / "quality-quick.jsonl").exists()
+
+
 def test_another_budget_never_writes_into_the_studys_files(quality, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         quality.main(["--epochs", "6", "--results", str(tmp_path / "r.jsonl")])

@@ -262,3 +262,6 @@ def test_duplicate_caption_warning_names_how_many_images_share_a_text() -> None:
     assert msg is not None
     assert msg.startswith("warning: in the val split 2 of 3 images share a caption text")
     assert "'a cat' on 2" in msg
+    # the walkthrough's report: an image sharing two of its captions was counted twice
+    msg = duplicate_caption_warning("test", ["a", "b", "a", "b"], [0, 0, 1, 1])
+    assert msg is not None and "2 of 2 images" in msg

@@ -532,3 +532,25 @@ def test_a_query_longer_than_the_encoder_reads_is_warned(recwarn):
     assert messages == [
         "text query 2 has 5 tokens; the text encoder reads the first 4, so the rest is not searched"
     ]
+
+
+def test_fewer_results_than_asked_are_said_and_index_refuses_nprobe_on_flat(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    """The walkthrough's reports: an ivf search with a small --nprobe returned 27 of -k 50
+    results with no word; `index --nprobe 4` on a flat first stage was accepted silently."""
+    from picoalign.cli.commands import main
+
+    out = tmp_path / "idx"
+    _build(tiny, out)
+    real = GalleryIndex.search_text
+    monkeypatch.setattr(  # as an ivf stage that reaches fewer items than -k
+        GalleryIndex, "search_text", lambda self, *a, **kw: [h[:1] for h in real(self, *a, **kw)]
+    )
+    with pytest.warns(UserWarning, match=r"query 1: 1 results, not 3: the flat first stage"):
+        assert main(["search", str(out), "a red circle", "-k", "3"]) == 0
+    monkeypatch.setattr(GalleryIndex, "search_text", real)
+    rc = main(["index", str(tiny["ckpt"]), "--data", tiny["spec"], "--out", str(tmp_path / "i2"),
+               "--nprobe", "4"])  # fmt: skip
+    assert rc == 2 and "--nprobe applies to an ivf first stage, not flat" in capsys.readouterr().err
+    assert not (tmp_path / "i2").exists()

@@ -133,6 +133,11 @@ def _index(args: argparse.Namespace, out: Path) -> int:
     from picoalign.retrieval.store import check_index_folder
 
     check_index_folder(out, overwrite=args.overwrite)  # before any work
+    if args.nprobe is not None and args.first_stage != "ivf":  # as search refuses it
+        raise ValueError(
+            f"--nprobe applies to an ivf first stage, not {args.first_stage}: give "
+            "--first-stage ivf, or leave --nprobe out"
+        )
     model = PicoAligner.load(args.checkpoint)
     kwargs = data_kwargs(args, runs_data=args.data is None)
     args.data, args.seed = run_data(args.checkpoint, args.data, args.seed)
@@ -231,6 +236,15 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(("\n" if i else "") + f"query: {shown}")
             print(format_hits(hs))
     _warn_missing_sources(hits, index.kind, args.index)
+    short = [i for i, hs in enumerate(hits, 1) if len(hs) < min(args.top_k, index.n)]
+    if short and not args.exhaustive:
+        n = len(hits[short[0] - 1])
+        warnings.warn(
+            f"query {short[0]}{' and others' if len(short) > 1 else ''}: {n} results, not "
+            f"{args.top_k}: the {stage} first stage reached only {n} items"
+            + (" (a larger --nprobe probes more lists)" if stage == "ivf" else ""),
+            stacklevel=2,
+        )
     if args.sheet:  # after the results: a sheet that cannot be drawn does not lose them
         mode = "exhaustive" if args.exhaustive else "two-stage" if args.rerank else "stage 1"
         try:

@@ -332,7 +332,7 @@ def duplicate_caption_warning(
     shared = {t: imgs for t, imgs in images_of.items() if len(imgs) > 1}
     if not shared:
         return None
-    n = sum(len(imgs) for imgs in shared.values())
+    n = len(set().union(*shared.values()))  # images, each once (it may share two captions)
     text, imgs = max(shared.items(), key=lambda kv: len(kv[1]))
     total = len(set(int(i) for i in caption_image))
     return (
