@@ -362,3 +362,15 @@ def test_image_dataset_has_no_features(images: Path) -> None:
     p = write_jsonl(images / "data.jsonl", [{"image": "imgs/a.png", "captions": ["a"]}])
     with pytest.raises(DataError, match="has images, not precomputed features"):
         jsonl(p, default_split="train").image_features(["imgs/a.png"])
+
+
+def test_a_missing_image_folder_is_one_line(images: Path) -> None:
+    """The walkthrough's report: a Karpathy spec whose IMAGE_ROOT does not exist listed
+    twenty "image file not found" lines and a summary."""
+    p = images / "k.json"
+    rec = {"filename": "a.png", "split": "train", "sentences": [{"raw": "a"}]}
+    p.write_text(json.dumps({"images": [rec]}))
+    with pytest.raises(DataError, match=r"^image folder .*nowhere: no such folder \(IMAGE_ROOT"):
+        karpathy(p, images / "nowhere")
+    with pytest.raises(DataError, match=r"is a file, not a folder"):
+        karpathy(p, p)

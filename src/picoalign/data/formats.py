@@ -250,6 +250,13 @@ def _karpathy_record(rec: Any, image_root: Path) -> Item:
     return Item(key, captions, split, key, str(full))
 
 
+def _check_image_root(image_root: Path, check_files: bool = True) -> None:
+    """A missing image folder is one line, not one "image file not found" per image."""
+    if check_files and not image_root.is_dir():
+        what = "is a file, not a folder" if image_root.exists() else "no such folder"
+        raise DataError(f"image folder {image_root}: {what} (IMAGE_ROOT of the spec)")
+
+
 def karpathy(
     json_path: Path | str,
     image_root: Path | str,
@@ -260,6 +267,7 @@ def karpathy(
     """Karpathy-split JSON (Flickr8k/30k, COCO). Image path = ``image_root/[filepath/]filename``;
     the splits are the file's own (``restval`` joins train), so no seed is involved."""
     json_path, image_root = Path(json_path), Path(image_root)
+    _check_image_root(image_root, check_files)
     try:
         data = json.loads(json_path.read_bytes().decode("utf-8-sig"))  # a BOM, as in JSONL
     except FileNotFoundError:
@@ -327,6 +335,7 @@ def laps(
     """
     data_dir, image_root = Path(data_dir), Path(image_root)
     split_dir, found = find_split_files(data_dir, ("_ids.txt",))
+    _check_image_root(image_root, check_files)  # after the layout: its message comes first
     mapping_path = _find_mapping(data_dir, split_dir)
     try:
         mapping = json.loads(mapping_path.read_bytes().decode("utf-8"))
