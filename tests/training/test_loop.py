@@ -617,3 +617,15 @@ def test_text_width_is_one_past_the_last_used_slot(make_feature_set) -> None:
     fs.texts.mask[3, 6] = True  # a gap before it: still kept, slot 6 is real
     assert fs.text_width(torch.tensor([0, 1, 2])) == 1
     assert fs.text_width(torch.tensor([1, 3])) == 7
+
+
+def test_the_opt_in_speed_options_say_they_are_on(tmp_path: Path, make_feature_set, capsys) -> None:
+    """The walkthrough's report: trim_padding and sparse_backward printed nothing, so only
+    config.yaml told a run that used them from one that did not."""
+    fs = make_feature_set(n=24)
+    train(make_cfg(tmp_path / "a", epochs=1), fs)
+    assert "trim_padding" not in capsys.readouterr().err
+    train(make_cfg(tmp_path / "b", epochs=1, trim_padding=True, sparse_backward=True), fs)
+    err = capsys.readouterr().err
+    assert "picoalign: trim_padding: each batch uses only the caption slots it needs" in err
+    assert "sparse_backward: the max-mean backward" in err

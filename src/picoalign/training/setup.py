@@ -107,6 +107,19 @@ def setup_run(
             f"epochs=auto: {cfg.epochs} epochs for {per_image:.3g} captions per image "
             "(--epochs N to choose)"
         )
+    speed = [  # opt-in, the same training up to rounding (docs/performance.md): said once
+        what
+        for on, what in (
+            (cfg.trim_padding, "trim_padding: each batch uses only the caption slots it needs"),
+            (
+                cfg.sparse_backward,
+                "sparse_backward: the max-mean backward over the pairs with a gradient only",
+            ),
+        )
+        if on
+    ]
+    if speed:
+        notes.append("; ".join(speed) + " (the same training up to rounding)")
     if cfg.batch_size > train_fs.n_captions:
         notes.append(
             f"warning: batch size {cfg.batch_size} > {train_fs.n_captions} training captions: "
