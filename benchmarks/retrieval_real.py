@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"gallery: {len(keys):,} images ({', '.join(names)}); {len(q):,} queries "
         f"({args.train} test captions); stage 2 = {model.config.method} "
-        f"(eval rule {model.config.pico.eval_score if model.config.method == 'pico' else 'plain'})",
+        f"(eval rule {model.config.eval_rule})",
         flush=True,
     )
 

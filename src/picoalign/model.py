@@ -209,7 +209,7 @@ class PicoAligner(nn.Module):
         if rule is not None and rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
         if rule is None:
-            rule = self.config.pico.eval_score if self.config.method == "pico" else "plain"
+            rule = self.config.eval_rule
         if rule != "plain" and self.config.method != "pico":
             raise ValueError(f"rule {rule!r} needs a PICO model (method 'pico')")
         for name, x in (("img", img), ("txt", txt)):  # tokens of another model, or raw ones

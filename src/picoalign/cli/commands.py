@@ -144,7 +144,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"picoalign: {warning}", file=sys.stderr)
     metrics = evaluate(model, fs, args.protocol, args.rule, memory_mb=args.memory_mb)
     c = model.config
-    rule = args.rule or (c.pico.eval_score if c.method == "pico" else "plain")
+    rule = args.rule or c.eval_rule
     if rule != "plain" and not model.pico.active:  # the scores are the plain ones: say so
         print(
             "picoalign: warning: PICO's p is still 1 in this model (its warm-up covered the "

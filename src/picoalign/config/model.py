@@ -111,6 +111,12 @@ class ModelConfig:
         return self.finetune_text or self.text_encoder == "glove-gru"
 
     @property
+    def eval_rule(self) -> str:
+        """The scoring rule the model evaluates with when none is asked for: PICO's
+        ``eval_score``, plain for a baseline."""
+        return self.pico.eval_score if self.method == "pico" else "plain"
+
+    @property
     def label(self) -> str:
         """``method`` on ``scorer``, as tables and progress bars name a model."""
         return self.method if self.scorer == "fine_grained" else f"{self.method}-{self.scorer}"
