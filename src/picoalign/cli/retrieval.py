@@ -133,11 +133,7 @@ def _index(args: argparse.Namespace, out: Path) -> int:
     from picoalign.retrieval.store import check_index_folder
 
     check_index_folder(out, overwrite=args.overwrite)  # before any work
-    if args.nprobe is not None and args.first_stage != "ivf":  # as search refuses it
-        raise ValueError(
-            f"--nprobe applies to an ivf first stage, not {args.first_stage}: give "
-            "--first-stage ivf, or leave --nprobe out"
-        )
+    _ivf_only(args.nprobe, args.first_stage, "the index to build", " (give --first-stage ivf)")
     model = PicoAligner.load(args.checkpoint)
     kwargs = data_kwargs(args, runs_data=args.data is None)
     args.data, args.seed = run_data(args.checkpoint, args.data, args.seed)
@@ -202,11 +198,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             "only: give one of them"
         )
     stage = (index.manifest.get("first_stage") or {}).get("type")
-    if args.nprobe is not None and stage != "ivf":
-        raise ValueError(
-            f"--nprobe: index {args.index} has a {stage} first stage; --nprobe applies to an "
-            "ivf one"
-        )
+    _ivf_only(args.nprobe, stage, f"index {args.index}")
     if args.sheet and index.kind != "images":
         raise ValueError("--sheet draws retrieved images: it needs an image index")
     if args.sheet:
@@ -263,6 +255,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"\ncontact sheet: {args.sheet}")
     return 0
+
+
+def _ivf_only(nprobe: int | None, stage: str | None, what: str, hint: str = "") -> None:
+    """``--nprobe`` is refused where it would be ignored, by ``index`` and ``search`` alike."""
+    if nprobe is not None and stage != "ivf":
+        raise ValueError(
+            f"--nprobe: {what} has a {stage} first stage; --nprobe applies to an ivf first "
+            f"stage, not {stage}{hint}"
+        )
 
 
 def _warn_missing_sources(hits: list[list[Any]], kind: str, index: str) -> None:
