@@ -16,8 +16,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from picoalign.features.store import FORMAT
+
 _CHUNK = re.compile(r"^\d{9}-\d{9}\.safetensors$")
-_NAME = re.compile(r"^.+-[0-9a-f]+-(images|texts)-[0-9a-f]+\.(safetensors|parts)$")
+# NAME-FINGERPRINT-KIND-ENCODER.safetensors (features.encode), or .parts while encoding
+_NAME = re.compile(
+    r"^(?P<dataset>.+)-[0-9a-f]+-(?P<kind>images|texts)-[0-9a-f]+\.(safetensors|parts)$"
+)
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,10 @@ def cache_entries(root: Path) -> list[CacheEntry]:
         m = _NAME.match(path.name)
         if m is None:
             continue
+        kind = m["kind"]
         if path.is_dir():
             size = sum(p.stat().st_size for p in _chunks(path))
-            name = path.name.split(f"-{m.group(1)}-")[0].rsplit("-", 1)[0]
-            out.append(CacheEntry(path, name, m.group(1), "?", None, size, path.stat().st_mtime))
+            out.append(CacheEntry(path, m["dataset"], kind, "?", None, size, path.stat().st_mtime))
             continue
         meta = _meta(path)
         if meta is None:  # not a file the cache wrote: never listed, never removed
@@ -61,7 +66,7 @@ def cache_entries(root: Path) -> list[CacheEntry]:
             CacheEntry(
                 path,
                 str(meta.get("dataset", "?")),
-                m.group(1),
+                kind,
                 str(meta.get("encoder", "?")),
                 count,
                 st.st_size,
@@ -80,7 +85,7 @@ def _meta(path: Path) -> dict | None:
     except Exception:  # unreadable (safetensors raises its own type): not listed, and the
         # next encode that needs it rebuilds it
         return None
-    return meta if meta.get("format") == "picoalign-features" else None
+    return meta if meta.get("format") == FORMAT else None
 
 
 def remove_entries(entries: list[CacheEntry]) -> int:
