@@ -63,14 +63,13 @@ def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDat
             found.append((key, full))
     # real files first, so that a link to one of them is the duplicate, not the file
     found.sort(key=lambda kf: (kf[1].is_symlink(), kf[0]))
-    seen: dict[str, str] = {}
+    seen: set[str] = set()
     kept: list[tuple[str, Path]] = []
     for key, full in found:
         real = os.path.realpath(full)
-        if real in seen:
-            continue
-        seen[real] = key
-        kept.append((key, full))
+        if real not in seen:
+            seen.add(real)
+            kept.append((key, full))
     duplicates = len(found) - len(kept)
     if not kept:
         if problems.skipped:

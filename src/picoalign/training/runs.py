@@ -90,6 +90,7 @@ class Replacement:
         self.out = out
         self.aside: Path | None = None
         self.fresh = False  # no run was there: what this run writes goes if it stops early
+        self.created = False  # nor the folder: it goes too, if nothing else is in it
 
     def begin(self) -> None:
         if not run_markers(self.out):
