@@ -163,7 +163,9 @@ def setup_run(
     result = TrainResult(model=model, out=Path(cfg.out) if write else None, config=cfg)
     start = Position()
     if write and resume:
-        check_same_data(Path(cfg.out), fs.meta)
+        touched = check_same_data(Path(cfg.out), fs.meta)
+        if touched is not None:
+            notes.append(touched)
         # rank 0 first, and only rank 0 repairs what a kill left: the others just read
         start, result.history, result.best = ctx.main_first(
             lambda: restore_last(Path(cfg.out), model, opt, loss_fn, repair=ctx.is_main)
@@ -207,20 +209,21 @@ def setup_run(
     )  # fmt: skip
 
 
-def check_same_data(out: Path, meta: dict[str, Any]) -> None:
+def check_same_data(out: Path, meta: dict[str, Any]) -> str | None:
     """Refuse to resume on other data than the run trained on. Why: only the dataset spec is
     part of the config, and a file edited in place keeps its spec. The run's ``data.json``
     holds two fingerprints: of its items (keys, splits, captions: a difference is other data,
     refused) and of the whole input, which also holds the image files' sizes and times (a
-    difference there alone may be a copy that did not keep the times: a warning). A run
-    without them, from before they were written, is not checked."""
+    difference there alone may be a copy that did not keep the times: the warning returned,
+    printed with the run's other notes, once). A run without them, from before they were
+    written, is not checked."""
     path = out / "data.json"
     try:
         old = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
-        return  # unreadable: the resume rewrites it, as before
+        return None  # unreadable: the resume rewrites it, as before
     if not isinstance(old, dict):
-        return
+        return None
     before, now = old.get("items_fingerprint"), meta.get("items_fingerprint")
     if before is not None and now is not None and before != now:
         raise ValueError(
@@ -230,12 +233,12 @@ def check_same_data(out: Path, meta: dict[str, Any]) -> None:
         )
     before, now = old.get("fingerprint"), meta.get("fingerprint")
     if before is not None and now is not None and before != now:
-        print(
-            "picoalign: warning: --resume: the same images and captions, but image files "
+        return (
+            "warning: --resume: the same images and captions, but image files "
             f"changed on disk since the run trained on them (size or modification time; "
-            f"fingerprint {before} in {path}, {now} now): resuming on them",
-            file=sys.stderr,
+            f"fingerprint {before} in {path}, {now} now): resuming on them"
         )
+    return None
 
 
 def param_groups(
