@@ -483,13 +483,14 @@ def test_a_sheet_of_a_moved_dataset_keeps_the_results_and_says_why(tiny, tmp_pat
 
 
 def test_a_second_index_into_the_same_folder_is_refused_while_one_is_written(
-    tiny, tmp_path, capsys
+    tiny, tmp_path, capsys, monkeypatch
 ):
     """The user report: two `index` runs into one folder at once both said they succeeded,
     and one silently replaced the other."""
     from picoalign.cli.commands import main
     from picoalign.fileio import folder_lock
 
+    monkeypatch.setenv("PICOALIGN_CACHE", str(tiny["root"] / "cache"))  # not ~/.cache
     out = tmp_path / "idx"
     argv = ["index", str(tiny["ckpt"]), "--data", tiny["spec"], "--out", str(out), "--no-progress"]
     with folder_lock(out, "writing an index into it"):  # as the first index run holds it
