@@ -271,3 +271,19 @@ def test_torchrun_cli_trains_and_resumes(tmp_path: Path, write_jsonl_dataset) ->
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
     assert PicoAligner.load(tmp_path / "run" / "best").config.embed_dim == 16
+
+
+def test_torchrun_reports_a_data_error_once_and_names_it_in_its_summary(tmp_path: Path) -> None:
+    """The walkthrough's report: under torchrun a bad data file printed rank 0's one-line
+    error, then rank 1's traceback ("rank 0 failed ... this rank stops too"), then torchrun's
+    summary with no cause in it ("To enable traceback see: ...")."""
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"image": "nope.png", "captions": ["a red circle"]}\n')
+    proc = torchrun("-m", "picoalign", *toy_train_argv(data, tmp_path / "run"), timeout=120)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert said.count("picoalign: error:") == 1, said[-3000:]
+    assert "[rank1]" not in said and "this rank stops too\n[" not in said
+    cause = said.split("Root Cause", 1)[1]
+    assert "rank      : 0" in cause and "image file not found" in cause, said[-3000:]
+    assert not (tmp_path / "run").exists()

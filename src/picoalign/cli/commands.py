@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -288,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ValueError covers DataError and bad options; OSError covers missing/unreadable files;
 # unknown encoders (UnknownEncoderError, a KeyError) are added in main().
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+# how long a rank that stops because rank 0 failed waits before exiting: torchrun reports the
+# first worker to exit as the "root cause", and that should be rank 0 with the real error
+PEER_EXIT_DELAY_S = 3.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,7 +321,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141  # as a shell reports SIGPIPE; no message
     except Exception as e:
         from picoalign.encoders.registry import UnknownEncoderError
+        from picoalign.training.distributed import PeerFailed, report_to_launcher
         from picoalign.training.loop import TrainingError
+
+        if isinstance(e, PeerFailed) and not args.debug:
+            report_to_launcher(str(e))  # rank 0 has printed the error: one report, not one a rank
+            time.sleep(PEER_EXIT_DELAY_S)  # rank 0 exits first: torchrun names it the root cause
+            return 2
 
         # UnknownEncoderError is a KeyError (not covered by USER_ERRORS) but a user error.
         if args.debug or not isinstance(e, (*USER_ERRORS, TrainingError, UnknownEncoderError)):
@@ -326,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         msg = first_line(e)
         print(f"picoalign: error: {msg}", file=sys.stderr)
+        report_to_launcher(msg)  # torchrun's failure summary says it too
         return 2
 
 

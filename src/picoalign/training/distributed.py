@@ -31,6 +31,32 @@ from torch import Tensor, nn
 T = TypeVar("T")
 
 
+def report_to_launcher(message: str) -> None:
+    """Give ``torchrun`` this rank's one-line error for its failure summary.
+
+    torchrun names each worker's ``$TORCHELASTIC_ERROR_FILE``; a message written there in
+    its documented form replaces the summary's "To enable traceback see: ..." line, so the
+    summary says what went wrong. Outside torchrun this does nothing."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    import json
+    import time
+
+    info = {"message": message, "extraInfo": {"timestamp": str(int(time.time()))}}
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"message": info}, f)
+    except OSError:  # the summary then says less; the error itself is already printed
+        pass
+
+
+class PeerFailed(RuntimeError):
+    """Rank 0 failed in a step every rank waits on. Rank 0 reports its own error; the
+    command line stops the other ranks without a second report (a traceback per rank
+    buried rank 0's one-line error)."""
+
+
 @dataclass(frozen=True)
 class DistContext:
     """Where this process sits in the job. ``world_size == 1`` is plain one-process training."""
@@ -101,7 +127,7 @@ class DistContext:
         if error is not None:
             raise error
         if not flag[0]:
-            raise RuntimeError("rank 0 failed (see its error); this rank stops too")
+            raise PeerFailed("rank 0 failed (see its error); this rank stops too")
         return result if self.is_main else fn()  # type: ignore[return-value]
 
 
