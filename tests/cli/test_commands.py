@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -440,6 +441,48 @@ def test_a_library_warning_is_one_line_of_the_command() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "picoalign: warning: dataset x changed since the index was built\n"
+
+
+def test_a_moved_gallery_is_relocated_without_encoding_and_refusals_change_nothing(
+    trained, tmp_path: Path
+) -> None:
+    """The walkthrough's report: after a gallery folder moved, the only way to fix its index
+    was to encode every image again."""
+    from PIL import Image
+
+    old, new = tmp_path / "photos", tmp_path / "disk2" / "photos"
+    (old / "2024").mkdir(parents=True)
+    for i, rgb in enumerate([(200, 0, 0), (0, 200, 0), (0, 0, 200)]):
+        Image.new("RGB", (20, 20), rgb).save(old / ("2024" if i else ".") / f"p{i}.png")
+    index = tmp_path / "idx"
+    rc, _, err = run_cli(
+        "index", str(trained["run"]), "--data", f"folder:{old}", "--out", str(index),
+        "--no-progress",
+    )  # fmt: skip
+    assert rc == 0, err
+    new.parent.mkdir()
+    old.rename(new)
+    manifest = (index / "manifest.json").read_bytes()
+    for bad in ([str(tmp_path / "elsewhere"), str(new)], [str(old), str(tmp_path)]):
+        rc, _, err = run_cli("relocate", str(index), *bad)  # not under OLD; none at NEW
+        assert rc == 2 and err.startswith("picoalign: error:"), err
+        assert (index / "manifest.json").read_bytes() == manifest
+    tokens = (index / "tokens.safetensors").read_bytes()
+    rc, out, err = run_cli("relocate", str(index), str(old), str(new))
+    assert rc == 0, err
+    assert f"3 image paths now under {new}; dataset spec now folder:{new}" in out
+    assert (index / "tokens.safetensors").read_bytes() == tokens  # nothing encoded again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no longer at its path", no "dataset changed"
+        rc, out, err = run_cli(
+            "search", str(index), "a red circle", "-k", "3", "--json",
+            "--sheet", str(tmp_path / "sheet.png"),
+        )  # fmt: skip
+    assert rc == 0, err
+    hits = json.loads(out)[0]["hits"]
+    assert {h["source"] for h in hits} == {str(new / "p0.png"), *(
+        str(new / "2024" / f"p{i}.png") for i in (1, 2))}  # fmt: skip
+    assert json.loads((index / "manifest.json").read_text())["relocated"][0]["to"] == str(new)
 
 
 def test_output_cut_short_by_its_reader_is_no_error() -> None:

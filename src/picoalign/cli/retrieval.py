@@ -8,6 +8,7 @@ clear line (the main CLI prints ``picoalign: error: ...`` and exits 2).
     picoalign search --index gallery/twemoji --text "a red apple" --top-k 5 --sheet apple.png
     picoalign index --checkpoint runs/pico --data twemoji --kind captions --out gallery/caps
     picoalign search --index gallery/caps --image photo.png
+    picoalign relocate gallery/twemoji /old/photos /new/photos   # the images moved
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
 
 
 def add_parsers(sub: Any) -> None:
-    """Add the ``index`` and ``search`` sub-commands to an argparse subparsers object."""
+    """Add the ``index``, ``search`` and ``relocate`` sub-commands to an argparse subparsers."""
     p = sub.add_parser(
         "index",
         help="embed a dataset once into a searchable gallery index",
@@ -117,6 +118,34 @@ def add_parsers(sub: Any) -> None:
     )
     s.add_argument("--json", action="store_true", help="print machine-readable results")
     s.set_defaults(func=cmd_search)
+    r = sub.add_parser(
+        "relocate",
+        help="point an index at its gallery's new folder after the image files moved",
+        description="The gallery's image files moved from folder OLD to folder NEW: rewrite "
+        "the index's file paths and dataset spec under OLD to NEW, without encoding anything "
+        "again (the features do not depend on where the files are). Refused, with the index "
+        "unchanged, when nothing of it lies under OLD or none of the files is at NEW.",
+    )
+    r.add_argument("index", metavar="INDEX", help="the gallery index folder")
+    r.add_argument("old", metavar="OLD", help="the folder the images were in when indexed")
+    r.add_argument("new", metavar="NEW", help="the folder they are in now")
+    r.set_defaults(func=cmd_relocate)
+
+
+def cmd_relocate(args: argparse.Namespace) -> int:
+    from picoalign.retrieval.relocate import relocate_index
+
+    done = relocate_index(args.index, args.old, args.new)
+    if done.missing:
+        warnings.warn(
+            f"{len(done.missing)} of the {done.moved} moved image files are not under "
+            f"{args.new} (e.g. {done.missing[0]}); search still returns them, from the "
+            "index's features",
+            stacklevel=2,
+        )
+    spec = f"; dataset spec now {done.spec}" if done.spec_moved else ""
+    print(f"index {args.index}: {done.moved} image paths now under {args.new}{spec}")
+    return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -277,8 +306,8 @@ def _warn_missing_sources(hits: list[list[Any]], kind: str, index: str) -> None:
         warnings.warn(
             f"{len(gone)} of the results' image files {'is' if len(gone) == 1 else 'are'} no "
             f"longer at {'its path' if len(gone) == 1 else 'their paths'} (moved or deleted "
-            f"since index {index} was built), e.g. {gone[0]}; index the gallery again "
-            "(picoalign index … --overwrite)",
+            f"since index {index} was built), e.g. {gone[0]}; if the gallery moved, "
+            f"picoalign relocate {index} OLD_FOLDER NEW_FOLDER points the index at it",
             stacklevel=2,
         )
 

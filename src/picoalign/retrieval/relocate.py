@@ -1,0 +1,134 @@
+"""Point an index at its gallery after the image files moved, without encoding anything again.
+
+Why: an index records each image's absolute path (so it works from any folder) and the
+dataset spec it was built from (so a contact sheet can reload the pictures). Moving a photo
+folder to another disk left every result pointing at the old place, and the only way back was
+to index the whole gallery again: an hour or more of encoding for a large one, and the
+feature cache does not help, since a moved folder is another dataset to it. The token
+features do not depend on where the files are, so only the manifest needs rewriting.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from picoalign.config.paths import PATH_ARGS, absolute_path
+from picoalign.fileio import atomic_write_json, folder_lock
+from picoalign.retrieval import store
+
+
+def moved_path(path: str, old: str, new: str) -> str | None:
+    """``path`` with folder ``old`` replaced by ``new``; None when it is not under ``old``."""
+    if path == old:
+        return new
+    head = old.rstrip(os.sep) + os.sep
+    return new.rstrip(os.sep) + os.sep + path[len(head) :] if path.startswith(head) else None
+
+
+def moved_spec(spec: str, old: str, new: str) -> str:
+    """A dataset spec whose path arguments under ``old`` now lie under ``new``."""
+    from picoalign.data.spec import parse_spec_options
+
+    try:
+        entry, args, options = parse_spec_options(spec)
+    except ValueError:  # a built-in name, or a spec that never parsed: nothing to move
+        return spec
+    fixed = [
+        (moved_path(a, old, new) or a) if name in PATH_ARGS else a
+        for name, a in zip(entry.args, args, strict=True)
+    ]
+    return ":".join((entry.name, *fixed, *(f"{k}={v}" for k, v in options.items())))
+
+
+@dataclass(frozen=True)
+class Relocation:
+    """What :func:`relocate_index` changed: how many sources moved, how many of those are not
+    at their new place, whether the dataset spec moved, and the new spec."""
+
+    moved: int
+    missing: list[str]
+    spec: str | None
+    spec_moved: bool
+
+
+def relocate_manifest(manifest: dict[str, Any], old: str, new: str) -> tuple[dict[str, Any], int]:
+    """A copy of ``manifest`` with its sources and dataset spec moved from ``old`` to ``new``
+    (both absolute folders), and how many sources moved. Pure: reads no file."""
+    sources, moved = [], 0
+    for s in manifest["sources"]:
+        m = moved_path(s, old, new) if s else None
+        sources.append(m or s)
+        moved += m is not None
+    out = {**manifest, "sources": sources}
+    dataset = manifest.get("dataset")
+    if isinstance(dataset, dict) and dataset.get("spec"):
+        out["dataset"] = {**dataset, "spec": moved_spec(dataset["spec"], old, new)}
+    return out, moved
+
+
+def relocate_index(path: str | Path, old: str | Path, new: str | Path) -> Relocation:
+    """Rewrite index ``path``'s manifest so that its sources and dataset spec under folder
+    ``old`` point under ``new``; the token features and the first stage are untouched.
+
+    Refused, with nothing written, when nothing of the index lies under ``old``, when
+    ``new`` is not a folder, or when none of the moved files is at its new place (a typo in
+    either folder). Files missing at the new place are returned (and the caller says so):
+    the index still holds their features. The manifest records each relocation."""
+    path = Path(path)
+    old_s, new_s = absolute_path(str(old)), absolute_path(str(new))
+    if not Path(new_s).is_dir():
+        raise FileNotFoundError(f"{new}: the gallery's new folder not found")
+    if old_s == new_s:
+        raise ValueError(f"{old} and {new} are the same folder: nothing to move")
+    with folder_lock(path, "relocating it"):
+        man = store.read_manifest(path)
+        out, moved = relocate_manifest(man, old_s, new_s)
+        spec = (man.get("dataset") or {}).get("spec")
+        new_spec = (out.get("dataset") or {}).get("spec")
+        if not moved and new_spec == spec:
+            example = next((s for s in man["sources"] if s), None)
+            where = f"; its sources are like {example}" if example else ""
+            raise ValueError(f"index {path}: nothing in it lies under {old_s}{where}")
+        changed = [n for o, n in zip(man["sources"], out["sources"], strict=True) if o != n]
+        missing = [p for p in changed if not os.path.exists(p)]
+        if changed and len(missing) == len(changed):
+            raise ValueError(
+                f"none of the {len(changed)} moved image files is under {new_s} (e.g. "
+                f"{missing[0]}): check both folders; the index is unchanged"
+            )
+        if new_spec != spec:
+            out["dataset"] = {**out["dataset"], **_dataset_check(new_spec, out)}
+        out["relocated"] = [
+            *man.get("relocated", []),
+            {"from": old_s, "to": new_s, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        ]
+        atomic_write_json(out, path / "manifest.json")
+    return Relocation(moved, missing, new_spec, new_spec != spec)
+
+
+def _dataset_check(spec: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The moved spec's fingerprint, when it loads and holds every indexed item: the contact
+    sheet compares it to tell a changed dataset from a moved one. Otherwise a warning, and the
+    old fingerprint stays (the sheet then warns that the dataset changed, which it did)."""
+    from picoalign.data import load_dataset
+
+    try:
+        ds = load_dataset(spec, seed=int(manifest["dataset"].get("seed", 0)), skip_bad=True)
+    except (ValueError, OSError) as e:
+        warnings.warn(f"the moved dataset {spec} does not load ({e})", stacklevel=3)
+        return {}
+    keys = {it.key for it in ds.items}
+    lost = sum(k not in keys for k in manifest["keys"])
+    if lost:
+        warnings.warn(
+            f"the moved dataset {spec} lacks {lost} of the index's {len(manifest['keys'])} "
+            "items: contact sheets show them as missing",
+            stacklevel=3,
+        )
+        return {}
+    return {"fingerprint": ds.fingerprint}

@@ -1,0 +1,40 @@
+"""Relocating an index: the pure path and spec rewrites (the command is tested end to end in
+tests/cli/test_commands.py)."""
+
+from __future__ import annotations
+
+from picoalign.retrieval.relocate import moved_path, moved_spec, relocate_manifest
+
+
+def test_moved_path_takes_only_paths_inside_the_old_folder() -> None:
+    assert moved_path("/a/photos/x.png", "/a/photos", "/b/pics") == "/b/pics/x.png"
+    assert moved_path("/a/photos/2024/x.png", "/a/photos/", "/b/pics") == "/b/pics/2024/x.png"
+    assert moved_path("/a/photos", "/a/photos", "/b/pics") == "/b/pics"
+    assert moved_path("/a/photos2/x.png", "/a/photos", "/b/pics") is None  # a sibling folder
+    assert moved_path("/c/a/photos/x.png", "/a/photos", "/b/pics") is None
+
+
+def test_moved_spec_moves_path_arguments_and_keeps_options() -> None:
+    assert moved_spec("folder:/a/photos", "/a/photos", "/b") == "folder:/b"
+    assert moved_spec("jsonl:/a/d/data.jsonl", "/a/d", "/b/d") == "jsonl:/b/d/data.jsonl"
+    assert (
+        moved_spec("jsonl:/a/d.jsonl:default-split=seeded", "/a", "/n")
+        == "jsonl:/n/d.jsonl:default-split=seeded"
+    )
+    assert moved_spec("karpathy:/a/k.json:/a/im", "/a/im", "/n") == "karpathy:/a/k.json:/n"
+    assert moved_spec("twemoji", "/a", "/b") == "twemoji"  # a built-in set has no paths
+
+
+def test_relocate_manifest_rewrites_sources_and_spec_only() -> None:
+    man = {
+        "sources": ["/a/p/x.png", "", "/elsewhere/y.png"],
+        "keys": ["x", "r", "y"],
+        "dataset": {"spec": "folder:/a/p", "seed": 3},
+        "dims": {"n": 3},
+    }
+    out, moved = relocate_manifest(man, "/a/p", "/b/q")
+    assert moved == 1
+    assert out["sources"] == ["/b/q/x.png", "", "/elsewhere/y.png"]
+    assert out["dataset"] == {"spec": "folder:/b/q", "seed": 3}
+    assert out["keys"] == man["keys"] and out["dims"] == man["dims"]
+    assert man["sources"][0] == "/a/p/x.png"  # the input is not changed
