@@ -405,6 +405,29 @@ def test_encode_says_how_to_fix_a_width_the_config_does_not_match_and_follows_dt
     assert model.encode_images([red])[0].dtype == torch.float64
 
 
+@pytest.mark.parametrize("scorer", ["fine_grained", "global", "gpo"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_every_scorer_runs_in_a_model_of_another_dtype(scorer: str, dtype: torch.dtype) -> None:
+    """The GPU review: PicoAligner(scorer="gpo").to(torch.bfloat16), .half() or .double()
+    failed in the GRU ("RNN input dtype (torch.float32) does not match weight dtype")."""
+    cfg = ModelConfig(scorer=scorer, image_dim=8, text_dim=8, embed_dim=4)
+    model = PicoAligner(cfg).to(dtype)
+    gen = torch.Generator().manual_seed(0)
+    img, txt = torch.randn(3, 5, 8, generator=gen), torch.randn(3, 4, 8, generator=gen)
+    im, tm = torch.ones(3, 5, dtype=torch.bool), torch.ones(3, 4, dtype=torch.bool)
+    im[1, 3:] = tm[2, 2:] = False  # ragged: GPO's lengths differ
+    ei, et = model.embed_images(img.to(dtype), im), model.embed_texts(txt.to(dtype), tm)
+    assert ei[0].dtype == et[0].dtype == dtype
+    s = model.training_scores(*ei, *et, torch.arange(3))
+    assert s.shape == (3, 3) and torch.isfinite(s).all()
+    ref = PicoAligner(cfg)
+    ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    rf = ref.scores(*ref.embed_images(img.to(dtype).float(), im),
+                    *ref.embed_texts(txt.to(dtype).float(), tm))  # fmt: skip
+    tol = 1e-5 if dtype == torch.float64 else 0.05  # a low-precision model rounds its heads
+    torch.testing.assert_close(model.scores(*ei, *et), rf, atol=tol, rtol=0)
+
+
 def test_from_encoders_reads_the_widths_and_keeps_the_built_encoders() -> None:
     from PIL import Image
 

@@ -116,7 +116,8 @@ class GPO(Scorer):
         nn.init.zeros_(self.out.weight)
 
     def _codes(self, n: int, device: torch.device) -> Tensor:
-        """Sinusoidal position codes (n, pe_dim), as in the Transformer."""
+        """Sinusoidal position codes (n, pe_dim), as in the Transformer, computed in fp32 and
+        given in the GRU's dtype (a bf16, fp16 or fp64 model's GRU refuses fp32 input)."""
         pos = torch.arange(n, dtype=torch.float32, device=device).unsqueeze(1)
         freq = torch.exp(
             torch.arange(0, self.pe_dim, 2, dtype=torch.float32, device=device)
@@ -124,7 +125,7 @@ class GPO(Scorer):
         )
         pe = torch.zeros(n, self.pe_dim, device=device)
         pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
-        return pe
+        return pe.to(self.out.weight.dtype)
 
     def rank_weights(self, lengths: Tensor, width: int) -> Tensor:
         """θ (N, width): softmax over the first ``lengths[i]`` ranks, zero beyond.
