@@ -41,7 +41,12 @@ def test_default_amp_is_auto_and_parses_strings() -> None:
 
 
 def test_policy_auto_is_on_for_cuda_and_off_for_cpu(monkeypatch) -> None:
+    monkeypatch.setattr(devices, "cuda_has_fast_bf16", lambda device: True)
     assert amp_enabled(torch.device("cuda"), "auto") and amp_enabled(torch.device("cuda"), True)
+    # the GPU review: "auto" turned bf16 on for GPUs that emulate it (T4, V100)
+    monkeypatch.setattr(devices, "cuda_has_fast_bf16", lambda device: False)
+    assert not amp_enabled(torch.device("cuda"), "auto")
+    assert amp_enabled(torch.device("cuda"), True)  # asked for: honoured
     assert not amp_enabled(torch.device("cpu"), "auto")
     assert not amp_enabled(torch.device("cpu"), False)
     # an explicit true on a CPU depends on bf16 units: honoured with them, fp32 + a warning

@@ -119,6 +119,34 @@ def test_mid_epoch_checkpoint_restores_position_and_rng(tmp_path: Path) -> None:
         assert torch.equal(fresh.state_dict()[key], value)
 
 
+@pytest.mark.parametrize("saved_on", ["this version", "four GPUs, before"])
+def test_cuda_generator_is_saved_per_process_and_restored_on_a_smaller_machine(
+    tmp_path: Path, monkeypatch, saved_on: str
+) -> None:
+    """The GPU review: one CUDA RNG state per visible GPU was saved and all restored, so a
+    run saved on a 4-GPU machine failed to resume on a 1-GPU one (IndexError). (CUDA is
+    stood in for: the calls are recorded.)"""
+    states = [torch.full((4,), i, dtype=torch.uint8) for i in range(4)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[0])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": restored.append(s))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    model = PicoAligner(ModelConfig(image_dim=4, text_dim=4, embed_dim=8))
+    opt = torch.optim.AdamW(model.parameters())
+    save_last(tmp_path, model, opt, torch.nn.Module(), Position(1), [{"epoch": 1}], {})
+    if saved_on != "this version":  # a state.pt of the earlier format: a list of four
+        from picoalign.fileio import atomic_torch_save, safe_torch_load
+
+        state = safe_torch_load(tmp_path / "last" / "state.pt")
+        atomic_torch_save({**state, "cuda_rng": states}, tmp_path / "last" / "state.pt")
+    else:
+        assert torch.equal(torch.load(tmp_path / "last" / "state.pt")["cuda_rng"], states[0])
+    restore_last(tmp_path, model, opt, torch.nn.Module())
+    assert len(restored) == 1 and torch.equal(restored[0], states[0])
+
+
 def test_restore_without_checkpoint_names_the_folder(tmp_path: Path) -> None:
     model = PicoAligner(ModelConfig(image_dim=4, text_dim=4, embed_dim=8))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "last")):

@@ -81,19 +81,20 @@ def ranks(scores: Tensor, caption_image: Tensor) -> tuple[Tensor, Tensor]:
     """
     _check(scores, caption_image)
     scores = scores.detach()
-    cap_img = caption_image.long()
+    dev = scores.device  # scores of a model on an accelerator are counted where they are
+    cap_img = caption_image.long().to(dev)
     n_img, n_cap = scores.shape
-    own = scores[cap_img, torch.arange(n_cap)]  # each caption's score with its own image
-    best = torch.full((n_img,), -torch.inf, dtype=scores.dtype)
+    own = scores[cap_img, torch.arange(n_cap, device=dev)]  # each caption's own image score
+    best = torch.full((n_img,), -torch.inf, dtype=scores.dtype, device=dev)
     best = best.scatter_reduce(0, cap_img, own, reduce="amax")  # image's best own caption
     own_ties = torch.bincount(cap_img[own >= best[cap_img]], minlength=n_img)
-    i2t = torch.empty(n_img, dtype=torch.long)
-    t2i = torch.zeros(n_cap, dtype=torch.long)
+    i2t = torch.empty(n_img, dtype=torch.long, device=dev)
+    t2i = torch.zeros(n_cap, dtype=torch.long, device=dev)
     for i0 in range(0, n_img, _CHUNK):
         block = scores[i0 : i0 + _CHUNK]
         i2t[i0 : i0 + block.shape[0]] = (block >= best[i0 : i0 + _CHUNK, None]).sum(dim=1)
         t2i += (block >= own).sum(dim=0)
-    return i2t - own_ties, t2i - 1
+    return (i2t - own_ties).cpu(), (t2i - 1).cpu()
 
 
 def _direction(r: Tensor, ks: Sequence[int]) -> dict[str, float]:

@@ -107,8 +107,9 @@ class GalleryIndex:
         settings = store.first_stage_settings(first_stage, n, nlist, nprobe)
         dims = {"n": n, "tokens": t, "embed_dim": d}
         man = store.new_manifest(kind, dims, dtype, settings, keys, sources, manifest)
+        pooled = pooled.detach().cpu()  # an index lives in host memory, whatever embedded it
         index = store.build_first_stage(pooled.numpy(), settings)
-        return cls(tokens.to(DTYPES[dtype]), mask, pooled, index, man)
+        return cls(tokens.detach().to("cpu", DTYPES[dtype]), mask.cpu(), pooled, index, man)
 
     def save(self, out: str | Path) -> Path:
         """Write the index folder (atomically; a previous index at ``out`` is replaced)."""
@@ -228,7 +229,10 @@ class GalleryIndex:
     ) -> list[list[Hit]]:
         """Search with embedded query tokens ``q`` (Q, T, D) and mask. ``score_fn`` is the
         stage-2 rule, called as (images, mask, captions, mask, memory_budget_mb=) ->
-        (N_img, N_txt); ``weights`` (D,) weight the pooled query of stage 1."""
+        (N_img, N_txt); ``weights`` (D,) weight the pooled query of stage 1.
+
+        The queries may be on an accelerator (a model on CUDA embedded them): the gallery's
+        candidates are moved to them for scoring, and only scores come back to the host."""
         if k < 1 or candidates < 1:
             raise ValueError(f"k and candidates must be >= 1 (got {k}, {candidates})")
         q, k = q.float(), min(k, self.n)
@@ -237,9 +241,9 @@ class GalleryIndex:
         else:
             pooled = pool_tokens(q, q_mask)
             if weights is not None:
-                pooled = pooled * weights.float()
+                pooled = pooled * weights.to(pooled.device, torch.float32)
             c = min(self.n, max(candidates, k)) if rerank else k
-            scores, rows = self.first_stage(pooled, c, nprobe=nprobe)
+            scores, rows = self.first_stage(pooled.cpu(), c, nprobe=nprobe)
             if rerank:
                 scores, rows = self._rerank(q, q_mask, rows, score_fn, k, memory_budget_mb)
         return [
@@ -259,10 +263,10 @@ class GalleryIndex:
         self, rows: slice | Tensor, q: Tensor, qm: Tensor, fn: ScoreFn, budget: float
     ) -> Tensor:
         """Stage-2 scores (n_rows, Q) of gallery ``rows`` against the queries."""
-        g, gm = self.tokens[rows].float(), self.mask[rows]
+        g, gm = self.tokens[rows].to(q.device, torch.float32), self.mask[rows].to(q.device)
         if self.kind == "images":
-            return fn(g, gm, q, qm, memory_budget_mb=budget)
-        return fn(q, qm, g, gm, memory_budget_mb=budget).T
+            return fn(g, gm, q, qm, memory_budget_mb=budget).cpu()
+        return fn(q, qm, g, gm, memory_budget_mb=budget).T.cpu()
 
     def _rerank(
         self, q: Tensor, qm: Tensor, cand: Tensor, fn: ScoreFn, k: int, budget: float

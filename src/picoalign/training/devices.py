@@ -55,15 +55,16 @@ def resolve_device(name: str = "auto") -> torch.device:
 def amp_enabled(device: torch.device, amp: bool | str = "auto") -> bool:
     """The AMP policy: whether bf16 autocast is used for ``amp`` on ``device``.
 
-    ``"auto"``: on for CUDA, off elsewhere — on a CPU a run's numbers must not depend on which
-    CPU it lands on. An explicit ``True`` on a CPU is honoured only where the CPU has bf16
+    ``"auto"``: on for CUDA GPUs with bf16 units (compute capability 8.0 on), off elsewhere —
+    older GPUs emulate bf16, and on a CPU a run's numbers must not depend on which CPU it
+    lands on. An explicit ``True`` on a CPU is honoured only where the CPU has bf16
     units (AMX, AVX512-BF16); elsewhere bf16 is emulated (~50× slower than fp32), so it runs
     fp32 and warns once. Only the encoders and heads run under autocast: the max-mean
     reductions, the loss and PICO's statistics are computed in fp32 outside it (the training
     loop casts the embeddings back to fp32), because bf16 there changes rankings.
     """
-    if amp == "auto":
-        return device.type == "cuda"
+    if amp == "auto":  # not on a GPU without bf16 units (before Ampere: T4, V100), where
+        return device.type == "cuda" and cuda_has_fast_bf16(device)  # it is emulated
     if not amp:
         return False
     if device.type == "cuda":
@@ -72,6 +73,12 @@ def amp_enabled(device: torch.device, amp: bool | str = "auto") -> bool:
         return True
     _warn_no_bf16(device.type)
     return False
+
+
+def cuda_has_fast_bf16(device: torch.device) -> bool:
+    """Whether this CUDA GPU multiplies bf16 natively (compute capability 8.0 and later)."""
+    with torch.cuda.device(device):
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
 @functools.cache

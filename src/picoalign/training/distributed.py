@@ -194,13 +194,19 @@ def wrap_ddp(
     """
     if not ctx.enabled:
         return model
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
+    # torch renamed the switch (broadcast_buffers, deprecated, became forward_sync_buffers);
+    # pyproject allows torch >= 2.1, which knows only the old name
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
     ddp = DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
-        forward_sync_buffers=False,
         find_unused_parameters=find_unused,
+        **{no_sync: False},
     )
     ddp.register_comm_hook(None, sum_gradients_hook)
     return ddp

@@ -57,8 +57,8 @@ def save_last(
         "best": json.dumps(best),
         "rng": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # the device this process trains on (one per rank)
+        state["cuda_rng"] = torch.cuda.get_rng_state()
 
     def write(folder: Path) -> None:
         model.save(folder)
@@ -103,12 +103,23 @@ def restore_last(
         best = {}
     if "rng" in state:
         torch.set_rng_state(state["rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        _restore_cuda_rng(state["cuda_rng"])
     if "position" not in state:  # written by picoalign < 0.2: end of state["epoch"]
         return Position(int(state["epoch"]) + 1), history, best
     epoch, step, count = (int(x) for x in state["position"])
     return Position(epoch, step, float(state["total"]), count), history, best
+
+
+def _restore_cuda_rng(saved: Any) -> None:
+    """The CUDA generator of the current device, as saved. Runs written before it saved one
+    state per visible GPU: the current device's, if that machine had one (a run saved on a
+    4-GPU machine and resumed on a 1-GPU machine failed with an IndexError)."""
+    if isinstance(saved, (list, tuple)):
+        i = torch.cuda.current_device()
+        saved = saved[i] if i < len(saved) else None
+    if saved is not None:
+        torch.cuda.set_rng_state(saved)
 
 
 def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
