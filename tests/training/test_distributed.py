@@ -61,6 +61,35 @@ GRAD_WORKER = textwrap.dedent(
     """
 )
 
+# PICO's own gather hook for users' DDP loops: ranks of 5 and 4 pairs, captions 4 and 6 wide
+GATHER_WORKER = textwrap.dedent(
+    """
+    import sys
+    import torch
+    import torch.distributed as dist
+    from picoalign.core.pico import ddp_all_gather
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    def part(r):
+        n, w = (5, 4) if r == 0 else (4, 6)
+        g = torch.Generator().manual_seed(r)
+        tok = torch.randn(n, w, 3, generator=g)
+        return tok, torch.ones(n, w, dtype=torch.bool), torch.arange(n) + 10 * r
+    got = [ddp_all_gather(t) for t in part(rank)]
+    a, b = part(0), part(1)
+    want_tok = torch.zeros(9, 6, 3)
+    want_tok[:5, :4], want_tok[5:] = a[0], b[0]
+    want_mask = torch.zeros(9, 6, dtype=torch.bool)
+    want_mask[:5, :4], want_mask[5:] = True, True
+    assert torch.equal(got[0], want_tok) and torch.equal(got[1], want_mask)
+    assert torch.equal(got[2], torch.cat([a[2], b[2]]))
+    open(f"{sys.argv[1]}/gather-ok-{rank}", "w").close()
+    dist.barrier()
+    dist.destroy_process_group()
+    """
+)
+
 WORKER = textwrap.dedent(
     """
     import json, os, sys
@@ -253,6 +282,16 @@ def test_gradients_equal_the_one_process_gradient(tmp_path: Path) -> None:
         "grad-ok-1",
         "grad-ok-2",
     ]
+
+
+def test_picos_gather_hook_takes_ranks_of_uneven_rows_and_widths(tmp_path: Path) -> None:
+    """The GPU review: ddp_all_gather (the README's hook for users' DDP loops) failed when
+    ranks held different numbers of pairs or caption widths (gloo: "Received data size
+    doesn't match expected size"; NCCL: undefined)."""
+    (tmp_path / "gather.py").write_text(GATHER_WORKER)
+    proc = torchrun(str(tmp_path / "gather.py"), str(tmp_path), nproc=2)
+    assert proc.returncode == 0, _report(proc)
+    assert sorted(p.name for p in tmp_path.glob("gather-ok-*")) == ["gather-ok-0", "gather-ok-1"]
 
 
 def test_torchrun_cli_trains_and_resumes(tmp_path: Path, write_jsonl_dataset) -> None:

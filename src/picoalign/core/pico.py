@@ -25,6 +25,7 @@ from picoalign.core.estimators import (
 )
 from picoalign.core.feedback import feedback_weights, in_batch_ranks, retrieval_score
 from picoalign.core.pico_config import PICOConfig
+from picoalign.core.precision import outside_autocast
 from picoalign.core.similarity import check_tokens, fine_grained_scores
 
 __all__ = [
@@ -168,6 +169,7 @@ class PICO(nn.Module):
             got = tuple(image_ids.shape) if isinstance(image_ids, Tensor) else type(image_ids)
             raise ValueError(f"image_ids must be a ({b},) tensor (one per pair), got {got}")
 
+    @outside_autocast
     def training_scores(
         self,
         img: Tensor,
@@ -217,6 +219,7 @@ class PICO(nn.Module):
         return scores
 
     @torch.no_grad()
+    @outside_autocast
     def scores(
         self,
         img: Tensor,
@@ -277,6 +280,7 @@ class PICO(nn.Module):
         return tuple(self.gather(x) for x in xs) if self.gather is not None else xs
 
     @torch.no_grad()
+    @outside_autocast
     def update(
         self,
         img: Tensor,
@@ -376,11 +380,24 @@ class PICO(nn.Module):
 
 def ddp_all_gather(x: Tensor) -> Tensor:
     """All-gather along dim 0 across torch.distributed ranks (no gradient): the ``gather``
-    hook for PICO under DDP, so every rank computes identical statistics and p."""
+    hook for PICO under DDP, so every rank computes identical statistics and p.
+
+    Ranks may hold different numbers of rows (a last, short batch) and token tensors of
+    different widths (captions padded per rank): both are padded with zeros (False in a
+    mask) for the collective, and each rank's rows cut back after."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
+    world = dist.get_world_size()
+    shape = torch.tensor([x.shape[0], x.shape[1] if x.dim() > 1 else 0], device=x.device)
+    shapes = [torch.empty_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    rows, width = [int(s[0]) for s in shapes], max(int(s[1]) for s in shapes)
+    y = x.detach()
+    if x.dim() > 1 and width > y.shape[1]:
+        y = torch.cat([y, y.new_zeros(y.shape[0], width - y.shape[1], *y.shape[2:])], dim=1)
+    y = torch.cat([y, y.new_zeros(max(rows) - y.shape[0], *y.shape[1:])])
+    parts = [torch.empty_like(y) for _ in range(world)]
+    dist.all_gather(parts, y.contiguous())
+    return torch.cat([part[:n] for part, n in zip(parts, rows, strict=True)])

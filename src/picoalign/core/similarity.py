@@ -50,6 +50,7 @@ from torch import Tensor
 from picoalign.core._threads import openmp_backend, run_tiles
 from picoalign.core.hardware import gemm_dtype
 from picoalign.core.maxmean import maxmean
+from picoalign.core.precision import outside_autocast
 
 DEFAULT_BUDGET_MB = 64.0
 """Scores in flight. Without autograd it is split between the worker threads, and the block
@@ -195,6 +196,7 @@ def _maxmean_block(img_b: Tensor, img_w: Tensor, txt_b: Tensor, txt_w: Tensor) -
     return i2t + t2i
 
 
+@outside_autocast
 def fine_grained_scores(
     img: Tensor,
     img_mask: Tensor,
@@ -302,6 +304,7 @@ def fine_grained_scores(
     return out, Alignment(txt_fill.gather(1, words), img_fill.gather(1, patches))
 
 
+@outside_autocast
 def pair_scores(
     img: Tensor,
     img_mask: Tensor,
@@ -365,6 +368,7 @@ def pool_tokens(tokens: Tensor, mask: Tensor) -> Tensor:
     return l2_normalize(masked_mean(tokens, mask))
 
 
+@outside_autocast
 def global_scores(
     img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor, *, validate: bool = True
 ) -> Tensor:
