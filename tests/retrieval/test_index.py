@@ -181,6 +181,24 @@ def test_refuses_other_model(tiny, tmp_path):
     assert not (tmp_path / "idx2").exists()
 
 
+def test_a_model_saved_in_bf16_is_indexed_and_searched_by_its_loaded_copy(tiny, tmp_path):
+    """The GPU review: a model trained or saved in bf16 could never be indexed: PicoAligner.load
+    gives fp32, whose bytes never hash like the bf16 file ("the model differs from
+    checkpoint ...: save it before indexing")."""
+    low = _model().to(torch.bfloat16)
+    low.save(tmp_path / "bf16")
+    loaded = PicoAligner.load(tmp_path / "bf16")
+    kw = {"dataset_spec": tiny["spec"], "checkpoint": tmp_path / "bf16", "progress": False}
+    fs = encode_dataset(load_dataset(tiny["spec"]), "random-conv", "hash-text",
+                        cache_dir=tiny["root"] / "cache", progress=False)  # fmt: skip
+    index = build_index(loaded, fs, out=tmp_path / "idx", **kw)
+    assert GalleryIndex.load(tmp_path / "idx", model=low).n == index.n  # the bf16 original too
+    assert index.search_text(loaded, ["a red circle"], k=1)
+    other = _model(seed=1).to(torch.bfloat16)  # another model in bf16 is still refused
+    with pytest.raises(ValueError, match="weights differ"):
+        GalleryIndex.load(tmp_path / "idx", model=other)
+
+
 def test_refuses_missing_or_corrupt(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         GalleryIndex.load(tmp_path / "nope")

@@ -71,10 +71,17 @@ def model_dir(checkpoint: str | Path) -> Path:
     return path
 
 
+def _fp32(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Floating tensors as fp32: a model's identity does not depend on the dtype it is held
+    in. A bf16 model saved and loaded back (``PicoAligner.load`` gives fp32) is the same
+    model; hashing raw bytes refused every index of a model trained or saved in bf16."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def model_identity(model: Any) -> dict[str, Any]:
     """Hashes of a model's tensors (all; heads only) and of PICO's p, for the manifest and
     the refusal check (which names what differs)."""
-    state = model.state_dict()
+    state = _fp32(model.state_dict())
     return {
         "weights_sha256": tensors_sha256(state),
         "heads_sha256": tensors_sha256({k: v for k, v in state.items() if "head" in k}),
@@ -94,7 +101,7 @@ def checkpoint_identity(model: Any, checkpoint: str | Path) -> dict[str, Any]:
     """``model_identity`` plus the checkpoint file's sha256; ValueError if they disagree."""
     mdir = model_dir(checkpoint)
     ident = model_identity(model)
-    if tensors_sha256(load_file(str(mdir / "model.safetensors"))) != ident["weights_sha256"]:
+    if tensors_sha256(_fp32(load_file(str(mdir / "model.safetensors")))) != ident["weights_sha256"]:
         raise ValueError(f"the model differs from checkpoint {mdir}: save it before indexing")
     return {**ident, "model_sha256": file_sha256(mdir / "model.safetensors")}
 
