@@ -148,3 +148,14 @@ def test_full_training_step_of_the_aligner_on_meta(
         model.after_step(img.detach(), im, txt.detach(), tm, ids, feedback=fb)
     assert all(p.device == META for p in model.parameters())
     assert model.pico.active == (method == "pico")
+
+
+def test_a_moved_model_runs_its_frozen_backbones_where_its_heads_are() -> None:
+    """The GPU review: ``model.to("cuda")`` left the frozen backbones (a plain dict, not
+    submodules) on the CPU, so encode_* ran ViT/BERT there, silently."""
+    model = PicoAligner.from_encoders("random-conv", "hash-text", embed_dim=D).to(META)
+    assert model.backbone("image").device == META
+    assert model.backbone("text").device == META
+    lazy = PicoAligner(ModelConfig(image_encoder="random-conv", text_encoder="hash-text",
+                                   image_dim=32, text_dim=32, embed_dim=D)).to(META)  # fmt: skip
+    assert lazy.backbone("image").device == META  # built on first use: moved there too

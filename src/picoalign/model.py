@@ -267,7 +267,8 @@ class PicoAligner(nn.Module):
     # -- raw inputs -------------------------------------------------------------------
     def backbone(self, kind: str) -> nn.Module:
         """The image or text backbone: the trained submodule when fine-tuned, else the frozen
-        one built on first use from the registry."""
+        one built on first use from the registry, on the heads' device (a model moved to a
+        GPU ran its frozen ViT/BERT on the CPU, silently)."""
         if kind == "text" and self.config.trains_text:
             return self.text_backbone
         if kind == "image" and self.config.finetune_image:
@@ -278,7 +279,10 @@ class PicoAligner(nn.Module):
             c = self.config
             enc = create_image_encoder(c.image_encoder) if kind == "image" else None
             self._backbones[kind] = (enc or c.make_text_encoder()).eval()
-        return self._backbones[kind]
+        enc = self._backbones[kind]
+        if enc.device != self._device:  # not a submodule: model.to(...) moved only the heads
+            enc.to(self._device)
+        return enc
 
     def image_pixels(self, images: Sequence[Image.Image]) -> Tensor:
         """Backbone input of PIL images, on the backbone's device."""
