@@ -100,3 +100,28 @@ def test_a_device_this_machine_lacks_is_refused_before_any_work(name: str) -> No
     with pytest.raises(ValueError, match=rf"^--device {name}: ") as info:
         resolve_device(name)
     assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_cuda_is_checked_without_a_context_and_a_named_gpu_is_refused_under_torchrun(
+    monkeypatch,
+) -> None:
+    """The GPU review: resolving ``cuda`` made a tensor on GPU 0 in every torchrun rank (a CUDA
+    context of 0.3-0.5 GB each, kept all run), and ``--device cuda:0`` under torchrun put
+    every rank on GPU 0 (NCCL: "Duplicate GPU detected"). CUDA is stood in for."""
+    from picoalign.training.devices import resolve_device
+    from picoalign.training.distributed import DistContext, local_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    made = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: made.append(k) or real_empty(*a))
+    assert resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert made == []  # nothing was put on a GPU to find out
+    with pytest.raises(ValueError, match="this machine has 2 CUDA device"):
+        resolve_device("cuda:2")
+    two = DistContext(rank=1, world_size=2, local_rank=1)
+    with pytest.raises(ValueError, match="under torchrun puts every rank on one GPU"):
+        local_device(torch.device("cuda", 0), two)
+    assert local_device(torch.device("cuda", 0), DistContext()) == torch.device("cuda", 0)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_loop import make_cfg
 
+from picoalign.config import load_config
 from picoalign.training import setup
 from picoalign.training.loop import train
 from picoalign.training.setup import param_groups
@@ -55,3 +56,34 @@ def test_param_groups_without_backbones_is_one_group() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
     groups = param_groups(model, list(model.parameters()), 0.1)  # type: ignore[arg-type]
     assert len(groups) == 1 and groups[0]["lr_mult"] == 1.0
+
+
+class _Encoded(Exception):
+    """Raised by the stand-in encoder: where it was asked to run is all the test needs."""
+
+
+def test_a_run_encodes_its_data_on_its_own_device(monkeypatch, tmp_path, write_jsonl_dataset):
+    """The GPU review: ``train --device cuda`` ran the frozen encoders (ViT, BERT) on the
+    CPU, since the features were always encoded there. (CUDA is stood in for; the encoding
+    stops at once.)"""
+    from picoalign.features import dataset as dataset_mod
+    from picoalign.training.loop import train
+
+    data = write_jsonl_dataset(tmp_path / "data")
+    seen = {}
+
+    def encode(*args, **kwargs):
+        seen.update(kwargs)
+        raise _Encoded
+
+    monkeypatch.setattr(dataset_mod, "encode_dataset", encode)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = load_config(None, {
+        "data": f"jsonl:{data}", "out": str(tmp_path / "run"), "device": "cuda",
+        "progress": False, "model.image_encoder": "random-conv",
+        "model.text_encoder": "hash-text", "cache_dir": str(tmp_path / "cache"),
+    })  # fmt: skip
+    with pytest.raises(_Encoded):
+        train(cfg)
+    assert seen["device"] == torch.device("cuda")
+    assert not (tmp_path / "run").exists()

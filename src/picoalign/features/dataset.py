@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from picoalign.data.base import DataProblems
 from picoalign.data.check import prepare_dataset
 from picoalign.encoders import ImageEncoder, TextEncoder, create_image_encoder
@@ -26,6 +28,7 @@ def dataset_features(
     max_image_pixels: int | None = None,
     need_splits: Sequence[str] = (),
     report: Callable[[str], None] = print,
+    device: str | torch.device = "cpu",
 ) -> FeatureSet:
     """Backbone token features of a dataset spec (``twemoji``, ``jsonl:PATH`` …), cached.
 
@@ -36,7 +39,8 @@ def dataset_features(
     Encoders are registry specs or instances; ``text_encoder`` may also be a factory (a model
     config's ``make_text_encoder``, with its prompt and token options), called only once the
     data has loaded and the image encoder's spec is known to be good, so a typo in either is
-    reported before any weights load."""
+    reported before any weights load. ``device``: where the encoders run (a training run's
+    own device: ``train --device cuda`` encoded on the CPU)."""
     try:
         dataset = prepare_dataset(
             data,
@@ -58,8 +62,9 @@ def dataset_features(
     if callable(text_encoder) and not isinstance(text_encoder, TextEncoder):
         text_encoder = text_encoder()
     return encode_dataset(
-        dataset, image_encoder, text_encoder, cache_dir=cache_dir, progress=progress
-    )
+        dataset, image_encoder, text_encoder, cache_dir=cache_dir, progress=progress,
+        device=device,
+    )  # fmt: skip
 
 
 class SourceImages(Sequence[Any]):

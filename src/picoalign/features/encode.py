@@ -175,6 +175,7 @@ def cached_features(
     *,
     chunk: int,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> tuple[TokenFeatures, str | None, dict[str, str]]:
     """``kind`` features from the cache if valid for this run, else computed chunk by chunk
     (``compute(start, end, bar)`` encodes rows start..end), resuming from stored chunks.
@@ -204,7 +205,7 @@ def cached_features(
         return tqdm(total=len(content), desc=f"{kind} [{encoder.name}]", unit=unit,
                     disable=not progress)  # fmt: skip
 
-    how = {"math": math_mode(), "mkl": mkl_branch()}
+    how = _how(torch.device(device))
     if cache_dir is None or not getattr(encoder, "cacheable", True):
         with new_bar() as bar:
             return compute(0, len(content), bar), None, how
@@ -252,6 +253,15 @@ def cached_features(
     atomic_save({"tokens": feats.tokens, "mask": feats.mask}, meta, path)
     shutil.rmtree(parts_dir, ignore_errors=True)
     return feats, str(path), how
+
+
+def _how(device: torch.device) -> dict[str, str]:
+    """How features encoded on ``device`` are rounded: the CPU's math mode and MKL path, or
+    the accelerator and its name (its kernels round otherwise than any CPU)."""
+    if device.type == "cpu":
+        return {"math": math_mode(), "mkl": mkl_branch()}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"math": device.type, "mkl": f"none ({name})"}
 
 
 @contextlib.contextmanager
@@ -317,11 +327,13 @@ def encode_dataset(
         return encode_texts(captions[start:end], txt_enc, bar=bar, **kw)
 
     images, img_path, img_how = cached_features(
-        "images", dataset, img_enc, keys, root, images_of, chunk=chunk, progress=progress
-    )
+        "images", dataset, img_enc, keys, root, images_of, chunk=chunk, progress=progress,
+        device=device,
+    )  # fmt: skip
     texts, txt_path, txt_how = cached_features(
-        "texts", dataset, txt_enc, captions, root, texts_of, chunk=chunk, progress=progress
-    )
+        "texts", dataset, txt_enc, captions, root, texts_of, chunk=chunk, progress=progress,
+        device=device,
+    )  # fmt: skip
     meta = {
         "dataset": dataset.name,
         "fingerprint": dataset.fingerprint,

@@ -43,7 +43,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
     if device.type == "meta":
         raise ValueError(f"--device {name}: the meta device holds no data; give cpu, cuda or mps")
-    if device.type != "cpu":  # mps, xpu, cuda:N ...: a tensor there now, not after encoding
+    if device.type == "cuda":  # no probe: a tensor there makes a CUDA context (0.3-0.5 GB)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(  # on GPU 0 in every torchrun rank, kept for the whole run
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return device
+    if device.type != "cpu":  # mps, xpu ...: a tensor there now, not after encoding
         try:
             torch.empty(1, device=device)
         except (RuntimeError, AssertionError) as e:  # xpu's "not compiled" is an assertion

@@ -21,7 +21,7 @@ import gc
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -64,6 +64,10 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # a gloo group with a long timeout, for waits on rank 0's one-off work (encoding a large
+    # dataset on a cold cache outlasts the main group's 30 minutes, and NCCL's watchdog then
+    # aborts the waiting ranks)
+    wait_group: Any = field(default=None, compare=False, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -123,7 +127,7 @@ class DistContext:
             except Exception as e:  # re-raised below, after telling the other ranks
                 error = e
         flag = [error is None]
-        dist.broadcast_object_list(flag, src=0)
+        dist.broadcast_object_list(flag, src=0, group=self.wait_group)
         if error is not None:
             raise error
         if not flag[0]:
@@ -152,18 +156,33 @@ def init_distributed(device: torch.device) -> DistContext:
         return DistContext()
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    global _WAIT_GROUP
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        _WAIT_GROUP = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
     return DistContext(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        wait_group=_WAIT_GROUP,
     )
 
 
+# how long ranks wait for rank 0's one-off work (main_first), and the group they wait in
+WAIT_TIMEOUT = datetime.timedelta(hours=24)
+_WAIT_GROUP: Any = None
+
+
 def local_device(device: torch.device, ctx: DistContext) -> torch.device:
-    """One GPU per process: ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun."""
+    """One GPU per process: ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun. A named GPU
+    (``cuda:0``) under torchrun is refused: every rank would take it, and NCCL's "Duplicate
+    GPU detected" would be the only word of why."""
+    if ctx.enabled and device.type == "cuda" and device.index is not None:
+        raise ValueError(
+            f"--device {device} under torchrun puts every rank on one GPU: give --device cuda "
+            "(each rank takes cuda:LOCAL_RANK; CUDA_VISIBLE_DEVICES picks the GPUs)"
+        )
     if ctx.enabled and device.type == "cuda" and device.index is None:
         torch.cuda.set_device(ctx.local_rank)
         return torch.device("cuda", ctx.local_rank)
@@ -243,9 +262,11 @@ def shutdown(ctx: DistContext) -> None:
     process group alive until the interpreter's own teardown, and gloo's worker threads then
     release Python objects with the interpreter half gone, which can abort the process
     (SIGABRT, "terminate called without an active exception") after a run that succeeded."""
+    global _WAIT_GROUP
     if ctx.enabled and dist.is_initialized():
         gc.collect()  # wrappers in reference cycles go now, not at interpreter exit
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # every group, the wait group with it
+        _WAIT_GROUP = None
 
 
 def mean_over_ranks(loss: Tensor, ctx: DistContext) -> Tensor:

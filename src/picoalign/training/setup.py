@@ -92,7 +92,7 @@ def setup_run(
     # of main_first below) can rewrite it
     saved_path = Path(cfg.out) / "config.yaml"
     saved = load_config(saved_path) if write and resume and saved_path.is_file() else None
-    fs = features if features is not None else ctx.main_first(lambda: load_features(cfg))
+    fs = features if features is not None else ctx.main_first(lambda: load_features(cfg, device))
     train_fs = fs.split("train")
     eval_fs = fs.split(cfg.eval_split) if cfg.eval_split != "train" else train_fs
     if train_fs.n_captions < 2:
@@ -258,7 +258,8 @@ def param_groups(
     return groups
 
 
-def load_features(cfg: TrainConfig) -> FeatureSet:
+def load_features(cfg: TrainConfig, device: torch.device | str = "cpu") -> FeatureSet:
+    """The run's data through the feature cache, encoded on ``device`` where not cached."""
     return dataset_features(
         cfg.data,
         cfg.model.image_encoder,
@@ -269,4 +270,5 @@ def load_features(cfg: TrainConfig) -> FeatureSet:
         progress=cfg.progress,
         max_image_pixels=cfg.max_image_pixels,
         need_splits=("train", cfg.eval_split),
+        device=device,
     )
