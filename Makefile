@@ -51,8 +51,11 @@ bench: install system-data
 	$(BIN)/python benchmarks/quality.py --resume --math native --tune-seeds 1
 
 # GPU paths, measured (benchmarks/results/gpu_check.json); says so and exits 0 without CUDA
-gpu-check: install
-	$(BIN)/python benchmarks/gpu_check.py --overwrite
+# The device machine's own Python (a CUDA build of torch): `install` would put the CPU wheel in
+# .venv. Nothing is installed here; a CPU-only torch on an NVIDIA machine fails the check.
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=src $(GPU_PYTHON) benchmarks/gpu_check.py --overwrite
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

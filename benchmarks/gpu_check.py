@@ -12,11 +12,18 @@ measured). On a GPU it measures, prints and writes ``benchmarks/results/gpu_chec
    synthetic cached features, through the real training loop;
 4. ViT-B/16 + BERT-base sized towers from ``transformers`` configs with random weights
    (nothing is downloaded): samples/s frozen (towers in inference) and fine-tuned;
-5. DDP over NCCL with 2 ranks when there are ≥ 2 GPUs: one step, uneven shards through the
-   all-gather, parameters and PICO state checked bit for bit across ranks;
+5. DDP over NCCL with 2 ranks when there are ≥ 2 GPUs: two steps (the second is PICO's first
+   active one), uneven shards through the all-gather, parameters and PICO state checked bit
+   for bit across ranks;
 6. the COCO-5K evaluation: 5,000 images × 25,000 captions, 49 × ≤ 16 tokens, D = 512, through
-   ``blocked_recall_metrics`` + ``fine_grained_scores`` (fp32 and bf16).
+   ``blocked_recall_metrics`` + ``fine_grained_scores`` (fp32 and bf16; the figure is the
+   scoring and ranking alone, at a 1 GB block budget, not evaluate()'s embedding and 64 MB);
+7. parity (``gpu_parity.py``): a model on the GPU against the same model on the CPU, every
+   scorer and reading (training scores, PICO's update, weighted evaluation scores), and an
+   index searched with queries embedded on the GPU, and ``recall_metrics`` on GPU scores.
 
+A step that fails is recorded with its error and the others still run; the report is
+written after every step, so a failure late in the run keeps what was measured before it.
 ``--dry-run`` runs every step on the CPU at toy sizes (seconds; a test runs it so the script
 cannot rot); its figures mean nothing. Sized to finish well under 8 minutes on an H200.
 """
@@ -25,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +45,7 @@ import torch
 from torch import Tensor
 
 from _common import add_out_arguments, refuse_to_overwrite
+from gpu_parity import model_parity, search_parity
 from picoalign.config import load_config
 from picoalign.core.losses import TripletLoss
 from picoalign.core.pico import PICOConfig
@@ -57,10 +67,17 @@ SIZES = {
     "gemm": (8192, 128),
     "scores": ((1000, 1000), (24, 40)),  # images × captions for the CUDA-vs-CPU check
     "speed": ((2000, 10000), (24, 40)),  # the TFLOP/s measurement
-    "train_images": (5000, 20),  # × 5 captions: one epoch of 25K captions
+    "train_images": (5000, 20),  # × 5 captions, 80% of them train: an epoch of 20K captions
     "towers_batch": (64, 4),
     "coco": ((5000, 25000), (30, 150)),
+    "parity": ((64, 400), (12, 20)),  # (pairs of the model check, queries of the search)
 }
+
+
+def _nvidia_gpu_present() -> bool:
+    """An NVIDIA GPU on this machine, whatever torch can see (its device nodes, or the
+    driver's tool)."""
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
 
 
 def sync(device: torch.device) -> None:
@@ -334,7 +351,7 @@ def coco_eval(device: torch.device, n_img: int, n_cap: int) -> dict:
     img, im, txt, tm, own = structured_tokens(n_img, n_cap)
     on = [x.to(device) for x in (img, im, txt, tm)]
     budget = 1024.0 if device.type == "cuda" else 64.0
-    out = {"shape": [n_img, n_cap, 49, 16, 512]}
+    out = {"shape": [n_img, n_cap, 49, 16, 512], "memory_budget_mb": budget}
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
 
         def scores_fn(rows: Tensor, cols: Tensor, dt: torch.dtype = dt) -> Tensor:
@@ -361,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (None if dry else RESULTS)
     refuse_to_overwrite([out] if out is not None else [], args.overwrite)
     if not dry and not torch.cuda.is_available():
+        if torch.version.cuda is None and _nvidia_gpu_present():
+            print(
+                f"gpu-check: FAILED: this machine has an NVIDIA GPU but torch "
+                f"{torch.__version__} is a CPU-only build: install a CUDA build of torch "
+                "(the Makefile's install is the CPU wheel) and run it again"
+            )
+            return 1
         print(NO_GPU)
         return 0
     device = torch.device("cpu" if dry else "cuda")
@@ -373,8 +397,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def step(name: str, fn: Callable[[], dict]) -> None:
         t0 = time.perf_counter()
-        report[name] = fn()
+        try:
+            report[name] = fn()
+        except Exception as e:  # recorded; the other steps still measure what they can
+            traceback.print_exc()
+            report[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
         print(f"[{name}] {time.perf_counter() - t0:.1f} s: {json.dumps(report[name])}", flush=True)
+        report["total_seconds"] = time.perf_counter() - t_start
+        if out is not None:  # after every step: a later failure keeps these figures
+            atomic_write_text(json.dumps(report, indent=2) + "\n", out)
 
     step("gemm_peak_tflops", lambda: gemm_peak(device, sizes["gemm"]))
     step("fine_grained_scores", lambda: check_scores(device, sizes, report["gemm_peak_tflops"]))
@@ -385,11 +416,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     step("ddp", lambda: ddp(dry))
     step("coco5k_eval", lambda: coco_eval(device, *sizes["coco"]))
-    report["total_seconds"] = time.perf_counter() - t_start
+    step("model_parity", lambda: model_parity(device, sizes["parity"][0]))
+    step("search_parity", lambda: search_parity(device, sizes["parity"][1]))
     if out is not None:
-        atomic_write_text(json.dumps(report, indent=2) + "\n", out)
         print(f"wrote {out}")
-    ok = report["fine_grained_scores"]["same_recall_fp32"] and report["ddp"].get("in_sync", True)
+    failed = [k for k, v in report.items() if isinstance(v, dict) and "error" in v]
+    ok = (
+        not failed
+        and report["fine_grained_scores"]["same_recall_fp32"]
+        and report["ddp"].get("in_sync", True)
+        and report["model_parity"]["close"]
+        and report["search_parity"]["same_rows"]
+        and report["search_parity"]["same_recall"]
+    )
+    if failed:
+        print(f"steps that failed: {', '.join(failed)}")
     print("gpu-check:", "OK" if ok else "FAILED (see above)")
     return 0 if ok else 1
 
