@@ -39,28 +39,22 @@ def _model(scorer: str, reading: str) -> PicoAligner:
 def model_parity(device: torch.device, n: int) -> dict:
     """Training scores, an update of PICO's state and evaluation scores of the same model on
     ``device`` and on the CPU, per scorer and reading: the largest difference of each."""
-    img, im, txt, tm = _inputs(n)
-    ids = torch.arange(n)
+    on_cpu = (*_inputs(n), torch.arange(n))
+    on_dev = tuple(t.to(device) for t in on_cpu)
     out: dict = {}
     for scorer in ("fine_grained", "gpo", "global"):
         for reading in ("pair", "global"):
-            cpu = _model(scorer, reading).train()
-            dev = _model(scorer, reading).to(device).train()
-            diffs = {}
-            for name, call in (
-                ("train", lambda m, *x: m.training_scores(*m(*x[:4]), x[4])),
-                ("eval", lambda m, *x: m.eval().scores(*m(*x[:4]), rule="weighted")),
-            ):
-                a = call(cpu, img, im, txt, tm, ids).detach()
-                b = call(dev, *(x.to(device) for x in (img, im, txt, tm, ids))).detach().cpu()
-                diffs[name] = float((a - b).abs().max())
-                if name == "train":  # PICO's statistics from the same batch, both places
-                    for m, x in ((cpu, (img, im, txt, tm, ids)),
-                                 (dev, tuple(t.to(device) for t in (img, im, txt, tm, ids)))):  # fmt: skip
-                        e = m(*x[:4])
-                        m.after_step(*(t.detach() for t in e), x[4])
-                    diffs["p"] = float((cpu.pico.p - dev.pico.p.cpu()).abs().max())
-            out[f"{scorer}/{reading}"] = diffs
+            models = (_model(scorer, reading).train(), _model(scorer, reading).to(device).train())
+            runs = list(zip(models, (on_cpu, on_dev), strict=True))
+            train = [m.training_scores(*m(*x[:4]), x[4]).detach().cpu() for m, x in runs]
+            for m, x in runs:  # PICO's statistics from the same batch, in both places
+                m.after_step(*(t.detach() for t in m(*x[:4])), x[4])
+            evals = [m.eval().scores(*m(*x[:4]), rule="weighted").cpu() for m, x in runs]
+            out[f"{scorer}/{reading}"] = {
+                "train": float((train[0] - train[1]).abs().max()),
+                "p": float((models[0].pico.p - models[1].pico.p.cpu()).abs().max()),
+                "eval": float((evals[0] - evals[1]).abs().max()),
+            }
     worst = max(v for d in out.values() for v in d.values())
     return {"max_abs_diff": worst, "close": worst < 1e-3, "by_path": out}
 
