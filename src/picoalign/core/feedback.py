@@ -21,7 +21,8 @@ def feedback_weights(gains: Tensor, tau: float, normalize: str = "none") -> Tens
     """
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
-    g = gains.double()
+    # fp64 where the device has it (softmax of tiny gains / small τ); Apple's MPS has none
+    g = gains.float() if gains.device.type == "mps" else gains.double()
     if normalize == "zscore" and g.numel() > 1:
         g = (g - g.mean()) / g.std(unbiased=False).clamp_min(1e-12)
     elif normalize not in ("none", "zscore"):
