@@ -485,6 +485,26 @@ def test_a_moved_gallery_is_relocated_without_encoding_and_refusals_change_nothi
     assert json.loads((index / "manifest.json").read_text())["relocated"][0]["to"] == str(new)
 
 
+def test_an_image_index_encodes_no_captions(trained, tmp_path: Path, monkeypatch) -> None:
+    """The walkthrough's report: indexing the images of a captioned dataset also encoded
+    every caption (minutes on a large gallery), though an image index holds none of them."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PICOALIGN_CACHE", str(cache))
+    run, data = str(trained["run"]), f"jsonl:{trained['data']}"
+    rc, _, err = run_cli("index", run, "--data", data, "--out", str(tmp_path / "i"),
+                         "--no-progress")  # fmt: skip
+    assert rc == 0, err
+    kinds = sorted(p.name.split("-")[2] for p in (cache / "features").iterdir())
+    assert kinds == ["images"]
+    rc, out, err = run_cli("search", str(tmp_path / "i"), "a red circle", "-k", "2")
+    assert rc == 0 and "a red circle" in out, err
+    rc, _, err = run_cli("index", run, "--data", data, "--out", str(tmp_path / "c"),
+                         "--kind", "captions", "--no-progress")  # fmt: skip
+    assert rc == 0, err  # a caption index encodes them, and reuses the cached images
+    kinds = sorted(p.name.split("-")[2] for p in (cache / "features").iterdir())
+    assert kinds == ["images", "texts"]
+
+
 def test_output_cut_short_by_its_reader_is_no_error() -> None:
     """The user report: `picoalign search ... | head -1` printed `picoalign: error: [Errno 32]
     Broken pipe` and exited 2."""

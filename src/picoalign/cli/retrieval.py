@@ -173,6 +173,7 @@ def _index(args: argparse.Namespace, out: Path) -> int:
         seed=args.seed,
         progress=args.progress,
         need_splits=(args.split,),
+        texts=args.kind == "captions",  # an image index needs no caption features
         **kwargs,
     )
     if args.split != "all":

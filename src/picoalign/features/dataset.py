@@ -29,6 +29,7 @@ def dataset_features(
     need_splits: Sequence[str] = (),
     report: Callable[[str], None] = print,
     device: str | torch.device = "cpu",
+    texts: bool = True,
 ) -> FeatureSet:
     """Backbone token features of a dataset spec (``twemoji``, ``jsonl:PATH`` …), cached.
 
@@ -40,7 +41,7 @@ def dataset_features(
     config's ``make_text_encoder``, with its prompt and token options), called only once the
     data has loaded and the image encoder's spec is known to be good, so a typo in either is
     reported before any weights load. ``device``: where the encoders run (a training run's
-    own device: ``train --device cuda`` encoded on the CPU)."""
+    own device: ``train --device cuda`` encoded on the CPU); ``texts=False``: images only."""
     try:
         dataset = prepare_dataset(
             data,
@@ -63,7 +64,7 @@ def dataset_features(
         text_encoder = text_encoder()
     return encode_dataset(
         dataset, image_encoder, text_encoder, cache_dir=cache_dir, progress=progress,
-        device=device,
+        device=device, texts=texts,
     )  # fmt: skip
 
 

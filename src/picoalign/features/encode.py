@@ -298,8 +298,12 @@ def encode_dataset(
     batch_size: int = 64,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    texts: bool = True,
 ) -> FeatureSet:
     """Token features of every image and caption of ``dataset``, through the on-disk cache.
+
+    ``texts=False`` encodes the images only (an image index needs no caption features; a
+    large captioned gallery spent minutes on them): the set then has no captions.
 
     ``cache_dir=None`` uses :func:`default_cache_dir`; ``cache_dir=False`` disables caching.
     Encode the whole dataset once and take splits with :meth:`FeatureSet.split`: a split view
@@ -326,14 +330,18 @@ def encode_dataset(
     def texts_of(start: int, end: int, bar: Any) -> TokenFeatures:
         return encode_texts(captions[start:end], txt_enc, bar=bar, **kw)
 
+    if not texts:
+        captions, counts = [], torch.zeros(len(items), dtype=torch.long)
     images, img_path, img_how = cached_features(
         "images", dataset, img_enc, keys, root, images_of, chunk=chunk, progress=progress,
         device=device,
     )  # fmt: skip
-    texts, txt_path, txt_how = cached_features(
-        "texts", dataset, txt_enc, captions, root, texts_of, chunk=chunk, progress=progress,
-        device=device,
-    )  # fmt: skip
+    txt_feats, txt_path, txt_how = TokenFeatures.concat([], txt_enc.dim), None, img_how
+    if texts:
+        txt_feats, txt_path, txt_how = cached_features(
+            "texts", dataset, txt_enc, captions, root, texts_of, chunk=chunk,
+            progress=progress, device=device,
+        )  # fmt: skip
     meta = {
         "dataset": dataset.name,
         "fingerprint": dataset.fingerprint,
@@ -355,7 +363,7 @@ def encode_dataset(
     }
     return FeatureSet(
         images=images,
-        texts=texts,
+        texts=txt_feats,
         caption_image=torch.repeat_interleave(torch.arange(len(items)), counts),
         image_keys=keys,
         captions=captions,
