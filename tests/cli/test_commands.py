@@ -505,6 +505,37 @@ def test_an_image_index_encodes_no_captions(trained, tmp_path: Path, monkeypatch
     assert kinds == ["images", "texts"]
 
 
+def test_evaluate_and_index_warn_when_the_runs_data_changed_since_training(
+    trained, tmp_path: Path
+) -> None:
+    """The walkthrough's report: after the data file's splits were edited (train items made
+    "test"), `evaluate RUN` scored the model on images it trained on and `index RUN` built
+    from them, without a word; only --resume noticed."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    rc, _, err = run_cli("evaluate", str(run))
+    assert rc == 0 and "changed since" not in err, err  # the same data: no word
+    data = Path(trained["data"])
+    before = data.read_text()
+    lines = [json.loads(x) for x in before.splitlines()]
+    for row in lines[:4]:  # four training items become test items
+        row["split"] = "test"
+    try:
+        data.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        rc, _, err = run_cli("evaluate", str(run))
+        assert rc == 0 and "changed since" in err and "may hold training images" in err, err
+        with pytest.warns(UserWarning, match="changed since .* trained on it"):
+            rc, _, err = run_cli("index", str(run), "--out", str(tmp_path / "idx"),
+                                 "--no-progress")  # fmt: skip
+        assert rc == 0, err
+        rc, _, err = run_cli("evaluate", str(run), "--data", "twemoji", "--split", "test")
+        assert "changed since" not in err  # other data, asked for: nothing to compare
+    finally:
+        data.write_text(before)
+
+
 def test_output_cut_short_by_its_reader_is_no_error() -> None:
     """The user report: `picoalign search ... | head -1` printed `picoalign: error: [Errno 32]
     Broken pipe` and exited 2."""

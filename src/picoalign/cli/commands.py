@@ -20,6 +20,7 @@ from picoalign.cli.data_flags import (
     add_checkpoint,
     add_data_flags,
     add_split_seed,
+    changed_data_warning,
     data_kwargs,
     resolve_folder_args,
     run_data,
@@ -127,6 +128,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report=report_to_stderr if args.json else print,
         **data_kwargs(args, runs_data=args.data is None),
     )
+    changed = changed_data_warning(args.checkpoint, data, split_seed, fs.meta)
+    if changed is not None:
+        print(f"picoalign: {changed}", file=sys.stderr)
     if args.split != "all":
         fs = fs.split(args.split)
     if fs.n_images == 0:

@@ -129,6 +129,38 @@ def run_config(checkpoint: str) -> dict[str, Any] | None:
     return None
 
 
+def changed_data_warning(checkpoint: str, data: str, seed: int, meta: dict[str, Any]) -> str | None:
+    """A warning when ``data`` is the run's own dataset (same spec, same split seed) but its
+    items changed since the run trained on it (``data.json``'s items fingerprint, the one
+    ``--resume`` refuses on): its test split may then hold items the model trained on, and
+    R@K would say nothing of it."""
+    import json
+    from pathlib import Path
+
+    from picoalign.config.paths import absolute_spec
+
+    run = run_config(checkpoint)
+    if run is None or absolute_spec(str(run.get("data", ""))) != absolute_spec(data):
+        return None
+    if int(run.get("split_seed", 0)) != seed:
+        return None
+    for folder in (Path(checkpoint), Path(checkpoint).parent):
+        if (folder / "config.yaml").is_file():
+            break
+    try:
+        before = json.loads((folder / "data.json").read_text()).get("items_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None  # a run from before data.json held it, or none written: not checked
+    now = meta.get("items_fingerprint")
+    if before is None or now is None or before == now:
+        return None
+    return (
+        f"warning: {data} changed since {folder} trained on it (its images, splits or "
+        f"captions: fingerprint {before} in {folder / 'data.json'}, {now} now): its splits "
+        "may not be the ones it trained on, so a test split may hold training images"
+    )
+
+
 def run_data(checkpoint: str, data: str | None, seed: int | None) -> tuple[str, int]:
     """The dataset spec and split seed ``evaluate`` and ``index`` read: the ones given, else
     the run's own (its ``data`` and ``split_seed``), so that ``--split test`` is the test split
