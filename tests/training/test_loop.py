@@ -629,3 +629,35 @@ def test_the_opt_in_speed_options_say_they_are_on(tmp_path: Path, make_feature_s
     err = capsys.readouterr().err
     assert "picoalign: trim_padding: each batch uses only the caption slots it needs" in err
     assert "sparse_backward: the max-mean backward" in err
+
+
+def test_a_diverged_run_says_so_by_epoch_and_names_the_learning_rate(
+    tmp_path: Path, make_feature_set, monkeypatch
+) -> None:
+    """The walkthrough's report: a run at --lr 1e6 ended with "img contains NaN or Inf
+    values" from validation, naming neither the epoch, the cause nor a way forward."""
+    with pytest.raises(TrainingError) as info:  # finite loss and weights; embeddings overflow
+        train(make_cfg(tmp_path / "a", epochs=2, lr=1e30), make_feature_set(n=24))
+    msg = str(info.value)
+    assert msg.startswith("training diverged in epoch 1") and "(it was 1e+30)" in msg, msg
+    assert str(tmp_path / "a" / "last") in msg
+    from picoalign.training import loop
+
+    real = loop._train_step
+
+    def poisoned(run, batches, step, epoch):  # the epoch's last step leaves a weight at Inf
+        loss = real(run, batches, step, epoch)  # (its own loss still finite)
+        if step == len(batches) - 1:
+            with torch.no_grad():
+                run.model.image_head.proj.weight[0, 0] = float("inf")
+        return loss
+
+    monkeypatch.setattr(loop, "_train_step", poisoned)
+    with pytest.raises(TrainingError, match=r"^training diverged in epoch 1: the model's weights"):
+        train(make_cfg(tmp_path / "b", epochs=2), make_feature_set(n=24))
+
+
+def test_a_learning_rate_or_margin_of_inf_or_nan_is_refused() -> None:
+    for key, value in (("lr", "inf"), ("lr", "nan"), ("margin", "inf"), ("lr_gamma", "inf")):
+        with pytest.raises(ValueError, match=rf"invalid {key}: .* \(expected a finite number"):
+            load_config(None, {key: value})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,11 +108,15 @@ class TrainConfig:
         for name in ("lr", "margin"):
             if not isinstance(getattr(self, name), (int, float)):
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r} (expected a number)")
+        fin = {  # inf passed "> 0" and NaN gave another message per option
+            n: isinstance(getattr(self, n), (int, float)) and math.isfinite(getattr(self, n))
+            for n in ("lr", "margin", "weight_decay", "backbone_lr_mult", "lr_gamma", "grad_clip")
+        }
         checks = {  # name -> (valid, what was expected)
             "epochs": (self.epochs == "auto" or self.epochs >= 1, "an integer >= 1, or auto"),
             "batch_size": (self.batch_size >= 2, "an integer >= 2"),
-            "lr": (self.lr > 0, "a number > 0"),
-            "margin": (self.margin >= 0, "a number >= 0"),
+            "lr": (fin["lr"] and self.lr > 0, "a finite number > 0"),
+            "margin": (fin["margin"] and self.margin >= 0, "a finite number >= 0"),
             "loss": (self.loss in ("triplet", "infonce"), "triplet or infonce"),
             "eval_split": (self.eval_split in ("train", "val", "test"), "train, val or test"),
             "select": (self.select in ("last", "val"), "last or val"),
@@ -127,10 +132,19 @@ class TrainConfig:
             "save_every_steps": (self.save_every_steps >= 0, "an integer >= 0 (0 = off)"),
             # checked here, not by the optimiser or the warm-up: a bad value would otherwise
             # surface after the data is encoded, or under another option's name
-            "weight_decay": (self.weight_decay >= 0, "a number >= 0"),
-            "backbone_lr_mult": (self.backbone_lr_mult >= 0, "a number >= 0"),
-            "lr_gamma": (self.lr_gamma > 0, "a number > 0"),
-            "grad_clip": (self.grad_clip >= 0, "a number >= 0 (0 = off)"),
+            "weight_decay": (
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                "a finite number >= 0",
+            ),
+            "backbone_lr_mult": (
+                math.isfinite(self.backbone_lr_mult) and self.backbone_lr_mult >= 0,
+                "a finite number >= 0",
+            ),
+            "lr_gamma": (fin["lr_gamma"] and self.lr_gamma > 0, "a finite number > 0"),
+            "grad_clip": (
+                math.isfinite(self.grad_clip) and self.grad_clip >= 0,
+                "a finite number >= 0 (0 = off)",
+            ),
             "triplet_warmup_epochs": (self.triplet_warmup_epochs >= 0, "an integer >= 0"),
             "pico_warmup_epochs": (self.pico_warmup_epochs >= 0, "an integer >= 0"),
             "max_image_pixels": (

@@ -20,6 +20,11 @@ from picoalign.evaluation.metrics import evaluate_protocol
 from picoalign.features import FeatureSet, SourceImages
 
 
+class NonFiniteEmbeddings(ValueError):
+    """The model embeds these inputs to NaN or Inf: its weights overflow on them (a training
+    that diverged). The training loop says so by epoch; elsewhere it is a user error."""
+
+
 @torch.no_grad()
 def embed_features(
     model: Any, fs: FeatureSet, batch_size: int = 512
@@ -33,6 +38,12 @@ def embed_features(
         txt, txt_mask = _embed_all(model, fs, "captions", fs.n_captions, batch_size)
     finally:
         model.train(was)
+    for kind, x in (("images", img), ("captions", txt)):
+        if not bool(torch.isfinite(x).all()):
+            raise NonFiniteEmbeddings(
+                f"the model embeds some {kind} to NaN or Inf: its weights overflow on them "
+                "(did its training diverge? a lower learning rate trains a usable model)"
+            )
     return img, img_mask, txt, txt_mask
 
 

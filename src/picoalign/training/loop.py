@@ -37,6 +37,7 @@ from picoalign.config.paths import with_absolute_paths
 from picoalign.core.maxmean import sparse_backward
 from picoalign.core.similarity import check_tokens
 from picoalign.evaluation import evaluate
+from picoalign.evaluation.evaluate import NonFiniteEmbeddings
 from picoalign.features import FeatureSet
 from picoalign.fileio import atomic_replace_dir
 from picoalign.training.allocator import keep_freed_memory
@@ -155,6 +156,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, Any]:
             log.settle()
             bar.set_postfix(loss=f"{log.mean:.4f}")
     log.settle()
+    _check_finite(run, epoch)
     assert_in_sync(ctx, run.model, run.loss_fn)
     return {
         "epoch": epoch + 1,
@@ -233,13 +235,33 @@ def _feedback(run: Run, batches: list[Tensor], step: int) -> tuple[Tensor, ...] 
     return tuple(ctx.gather(x, ctx.shard_sizes(len(nxt))) for x in fb)
 
 
+def _check_finite(run: Run, epoch: int) -> None:
+    """A finite loss does not prove finite weights (a hinge loss stays finite while a huge
+    step overflows them): checked once an epoch, before validation would trip on NaN tokens
+    with a message that named neither the epoch nor the cause."""
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    if params and not bool(torch.stack([p.isfinite().all() for p in params]).all()):
+        raise _diverged(run, epoch)
+
+
+def _diverged(run: Run, epoch: int) -> TrainingError:
+    kept = "" if run.out is None else f"; the last good checkpoint is kept in {run.out / 'last'}"
+    return TrainingError(
+        f"training diverged in epoch {epoch + 1}: the model's weights or embeddings are no "
+        f"longer finite (NaN or Inf){kept}. Try a lower --lr (it was {run.cfg.lr:g})."
+    )
+
+
 def _evaluate_and_save(run: Run, epoch: int, row: dict[str, Any]) -> None:
     """Validation (rank 0, every ``eval_every`` epochs and at the end), ``best/`` when it
     improves, PICO's p/ω statistics, and the resumable ``last/`` state with the metrics."""
     cfg, result = run.cfg, run.result
     last = epoch + 1 == cfg.epochs
     if run.ctx.is_main and ((epoch + 1) % cfg.eval_every == 0 or last):
-        metrics = evaluate(run.model, run.eval_fs)
+        try:
+            metrics = evaluate(run.model, run.eval_fs)
+        except NonFiniteEmbeddings as e:  # finite loss and weights, overflowing embeddings
+            raise _diverged(run, epoch) from e
         row.update({f"{cfg.eval_split}_{k}": v for k, v in flat_metrics(metrics).items()})
         if (cfg.select == "last" and last) or (
             cfg.select == "val" and metrics["rsum"] > result.best_rsum
