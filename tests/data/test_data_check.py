@@ -351,3 +351,38 @@ def test_leaks_between_splits_are_caught(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # evaluate/index read the data too: not theirs to say
         prepare_dataset(f"jsonl:{path}", need_splits=("test",))
+
+
+def _png_with_broken_data(path: Path) -> None:
+    """A PNG whose chunks and checksums are intact but whose deflate stream is not: the
+    header check (``verify``) passes it, decoding fails."""
+    import struct
+    import zlib
+
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(path)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"IDAT")
+    length = struct.unpack(">I", raw[at - 4 : at])[0]
+    start = at + 4
+    for i in range(start + 2, start + length):  # keep the zlib header, break the stream
+        raw[i] ^= 0x5A
+    crc = zlib.crc32(bytes(raw[at : start + length])) & 0xFFFFFFFF
+    raw[start + length : start + length + 4] = struct.pack(">I", crc)
+    path.write_bytes(bytes(raw))
+
+
+def test_skip_bad_skips_an_image_whose_header_is_intact_but_data_is_not(tmp_path: Path) -> None:
+    """The walkthrough's report: a PNG with valid checksums over broken data passed the data
+    check, then failed encoding with or without --skip-bad, and nothing said what to do."""
+    data = write_data(tmp_path / "d", ["train"] * 6 + ["val", "test"])
+    _png_with_broken_data(tmp_path / "d" / "img2.png")
+    probe_image(tmp_path / "d" / "img2.png")  # the header check passes it
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        probe_image(tmp_path / "d" / "img2.png", decode=True)
+    rc, _, err = train(f"jsonl:{data}", tmp_path / "run")
+    line = one_error_line(err)
+    assert "line 3" in line and "pass --skip-bad, or remove the entry" in line
+    assert not (tmp_path / "run").exists()
+    rc, out, err = train(f"jsonl:{data}", tmp_path / "run", "--skip-bad")
+    assert rc == 0, err
+    assert "skipped 1 bad entry" in out and "line 3" in out

@@ -71,9 +71,11 @@ def prepare_dataset(
         dataset, problems = e.partial, e.problems
     # copies, not mutation: built-in datasets may be shared objects
     dataset = replace(dataset, notes={**dataset.notes, "source_fingerprint": dataset.fingerprint})
-    if isinstance(dataset.load, FileLoader) and max_image_pixels is not None:
+    if isinstance(dataset.load, FileLoader) and (max_image_pixels is not None or skip_bad):
         dataset.load = copy.copy(dataset.load)
-        dataset.load.max_pixels = max_image_pixels
+        if max_image_pixels is not None:
+            dataset.load.max_pixels = max_image_pixels
+        dataset.load.decode = skip_bad  # a file with intact headers but broken data is skipped
     dataset, bad_images = check_images(dataset, progress=progress)
     if problems or (bad_images and not skip_bad):
         raise DataProblems([*problems, *bad_images], partial=dataset)

@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from picoalign.core.hardware import math_mode, mkl_branch
-from picoalign.data.base import ImageCaptionDataset, digest, items_fingerprint
+from picoalign.data.base import DataError, ImageCaptionDataset, digest, items_fingerprint
 from picoalign.data.images import DECODING
 from picoalign.encoders import ImageEncoder, TextEncoder, create_image_encoder, create_text_encoder
 from picoalign.features.store import (
@@ -325,7 +325,14 @@ def encode_dataset(
 
     def images_of(start: int, end: int, bar: Any) -> TokenFeatures:
         part = replace(dataset, items=items[start:end])
-        return encode_images(part, img_enc, bar=bar, **kw)
+        try:
+            return encode_images(part, img_enc, bar=bar, **kw)
+        except DataError as e:  # a file the header check passed: its pixel data is broken
+            raise DataError(
+                f"{e}; the data check passed it (only its header and checksums are read "
+                "unless --skip-bad is given, which decodes every image and drops those that "
+                "fail); pass --skip-bad, or remove the entry"
+            ) from None
 
     def texts_of(start: int, end: int, bar: Any) -> TokenFeatures:
         return encode_texts(captions[start:end], txt_enc, bar=bar, **kw)
