@@ -126,6 +126,30 @@ def test_jsonl_duplicate_image(images: Path) -> None:
         jsonl(p, default_split="train")
 
 
+def test_jsonl_one_caption_per_line_is_merged_per_image(images: Path) -> None:
+    """The walkthrough's report: a JSONL made from a CSV, one line per (image, caption) with
+    "caption", was refused line by line as duplicates, and --skip-bad then dropped half."""
+    a, b = "imgs/a.png", "imgs/b.png"
+    lines = [
+        {"image": a, "caption": "a red one", "split": "train"},
+        {"image": b, "caption": "a blue one", "split": "test"},
+        {"image": a, "caption": "red, again", "split": "train"},
+    ]
+    ds = jsonl(write_jsonl(images / "data.jsonl", lines))
+    assert [(it.key, it.captions, it.split) for it in ds.items] == [
+        (a, ("a red one", "red, again"), "train"), (b, ("a blue one",), "test"),
+    ]  # fmt: skip
+    leak = [*lines, {"image": b, "caption": "blue", "split": "train"}]
+    with pytest.raises(DataError, match=r"line 4: image 'imgs/b.png' is split 'test'.*line 2"):
+        jsonl(write_jsonl(images / "leak.jsonl", leak))
+    mixed = [{"image": a, "captions": ["x"], "split": "train"}, lines[0]]
+    with pytest.raises(DataError, match=r'line 2: duplicate image .*all its captions in "captions"'):
+        jsonl(write_jsonl(images / "mixed.jsonl", mixed))
+    both = [{"image": a, "caption": "x", "captions": ["y"], "split": "train"}]
+    with pytest.raises(DataError, match=r'both "caption" and "captions"'):
+        jsonl(write_jsonl(images / "both.jsonl", both))
+
+
 def test_jsonl_skip_bad_collects(images: Path) -> None:
     lines = [line for line, _ in BAD_LINES] + [{"image": "imgs/a.png", "captions": ["ok"]}]
     ds = jsonl(write_jsonl(images / "data.jsonl", lines), skip_bad=True, default_split="train")

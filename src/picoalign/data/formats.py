@@ -32,192 +32,22 @@ defects stay visible.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from picoalign.data._text import Problems, find_split_files, read_caption_file, read_lines
 from picoalign.data.base import (
-    SPLITS,
     DataError,
     ImageCaptionDataset,
     Item,
     items_fingerprint,
-    seeded_split,
 )
 from picoalign.data.images import FileLoader
+from picoalign.data.jsonl import jsonl
 from picoalign.data.precomp import precomp
+from picoalign.data.records import inside, split_value, stat_image, text_list
 
 __all__ = ["jsonl", "karpathy", "laps", "precomp"]
-
-SPLIT_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "restval": "train"}
-DEFAULT_SPLITS = ("train", "seeded")  # what a JSONL line without "split" may be declared
-
-
-def _split_value(value: Any) -> str:
-    if not isinstance(value, str) or SPLIT_ALIASES.get(value, value) not in SPLITS:
-        raise DataError(f"split must be one of {', '.join(SPLITS)} (got {value!r})")
-    return SPLIT_ALIASES.get(value, value)
-
-
-def _inside(root: Path, rel: str) -> tuple[Path, str]:
-    """``root/rel`` and its key, refusing relative paths that climb out of ``root``: a dataset
-    file must not be able to make the loader read ``../../home/user/.ssh/...``."""
-    if "\0" in rel:
-        raise DataError(f"image path {rel!r} contains a NUL character")
-    if os.path.isabs(rel):
-        return Path(rel), rel
-    norm = os.path.normpath(rel)
-    if norm == ".." or PurePosixPath(norm.replace(os.sep, "/")).parts[:1] == ("..",):
-        raise DataError(
-            f"image path {rel!r} escapes the dataset root {root} (the data file's folder); "
-            "write an absolute path for an image outside it"
-        )
-    return root / norm, PurePosixPath(norm.replace(os.sep, "/")).as_posix()
-
-
-def _stat_image(path: Path) -> str:
-    """A cheap existence check (no decoding); returns size+mtime for the fingerprint."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except OSError as e:
-        raise DataError(f"cannot access image {path}: {e.strerror or e}") from None
-    if not path.is_file():
-        raise DataError(f"image path is not a file: {path}")
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def _text_list(value: Any, what: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
-        got = "an empty list" if value == [] else type(value).__name__
-        raise DataError(f"{what} must be a non-empty list of strings (got {got})")
-    out = []
-    for i, c in enumerate(value):
-        if not isinstance(c, str):
-            raise DataError(f"{what}[{i}] must be a string (got {type(c).__name__})")
-        if not c.strip():
-            raise DataError(f"{what}[{i}] is empty")
-        out.append(" ".join(c.split()))
-    return tuple(out)
-
-
-# --------------------------------------------------------------------------- jsonl
-
-
-def _jsonl_record(text: str, base: Path, seed: int, default_split: str | None) -> Item:
-    try:
-        rec = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"invalid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(rec, dict):
-        raise DataError(f"expected a JSON object, got {type(rec).__name__}")
-    if "image" not in rec:
-        raise DataError('missing key "image"')
-    if not isinstance(rec["image"], str) or not rec["image"].strip():
-        raise DataError('"image" must be a non-empty string (a path)')
-    if "captions" in rec:
-        captions = _text_list(rec["captions"], '"captions"')
-    elif "caption" in rec:
-        captions = _text_list([rec["caption"]], '"caption"')
-    else:
-        raise DataError('missing key "captions" (a list of strings)')
-    full, key = _inside(base, rec["image"])
-    group = rec.get("group", key)
-    if not isinstance(group, str) or not group:
-        raise DataError('"group" must be a non-empty string')
-    split = rec.get("split")
-    if split is not None:
-        split = _split_value(split)
-    elif default_split == "seeded":
-        split = seeded_split(group, seed)
-    elif default_split is not None:
-        split = default_split
-    return Item(key, captions, split or "", group, str(full))
-
-
-def _missing_split() -> str:
-    return (
-        f'missing key "split" (expected one of {", ".join(SPLITS)}; if lines without one are '
-        "training data, spell the dataset jsonl:PATH:default-split=train)"
-    )
-
-
-def _no_split_at_all(path: Path, n: int) -> str:
-    """The one message for a file none of whose lines has a split: a file-wide choice the
-    user has not made, not ``n`` separate mistakes (and ``--skip-bad`` would drop them all)."""
-    return (
-        f'{path}: none of its {n} lines has a "split" key (expected one of '
-        f"{', '.join(SPLITS)} on each line). For data without splits, spell the dataset "
-        f"jsonl:{path}:default-split=seeded (a seeded 70/10/20 split by group) or "
-        f"jsonl:{path}:default-split=train (every line trains; val is carved from it)"
-    )
-
-
-def jsonl(
-    path: Path | str,
-    *,
-    seed: int = 0,
-    skip_bad: bool = False,
-    root: Path | str | None = None,
-    default_split: str | None = None,
-) -> ImageCaptionDataset:
-    """Load a JSON-lines dataset (format in the module docstring). Blank lines are ignored.
-
-    ``default_split`` (None, ``"train"`` or ``"seeded"``): the split of lines without one;
-    None makes such a line an error."""
-    if default_split not in (None, *DEFAULT_SPLITS):
-        raise ValueError(  # named as the spec spells it (jsonl:PATH:default-split=...)
-            f"default-split must be {' or '.join(DEFAULT_SPLITS)}, got {default_split!r}"
-        )
-    path = Path(path)
-    base = Path(root) if root is not None else path.parent
-    problems = Problems(skip_bad)
-    items: list[Item] = []
-    where_of: dict[str, str] = {}
-    stats: list[str] = []
-    no_split: list[tuple[str, str]] = []
-    real_of: dict[str, str] = {}  # the file itself: a relative and an absolute path to one
-    for n, text in read_lines(path, problems):
-        if text is None or not text.strip():
-            continue  # blank, or not UTF-8 (already reported by read_lines)
-        where = f"{path} line {n}"
-        try:
-            item = _jsonl_record(text, base, seed, default_split)
-            if item.key in where_of:
-                raise DataError(f"duplicate image {item.key!r} (first at {where_of[item.key]})")
-            real = os.path.realpath(item.source)
-            if real in real_of:
-                raise DataError(
-                    f"duplicate image {item.key!r}: the same file as {real_of[real]} (another "
-                    "path to it)"
-                )
-            stat = _stat_image(Path(item.source))
-            if not item.split:  # checked last: a missing file is the more useful message
-                no_split.append((where, _missing_split()))
-                raise DataError(no_split[-1][1])
-            stats.append(stat)
-        except DataError as e:
-            problems.add(where, str(e))
-            continue
-        where_of[item.key] = where
-        real_of[real] = where
-        items.append(item)
-    if no_split and not items:  # no line has a split: one message for the file
-        if len(no_split) == len(problems.skipped):
-            raise DataError(_no_split_at_all(path, len(no_split)))
-        first = problems.skipped.index(no_split[0])
-        problems.skipped = [p for p in problems.skipped if p not in no_split]
-        problems.skipped.insert(first, (str(path), _no_split_at_all(path, len(no_split))))
-    if not items:
-        problems.empty(str(path))
-    fp = items_fingerprint(
-        "jsonl", str(path.resolve()), str(base.resolve()), str(seed), *stats, items=items
-    )
-    return problems.finish(
-        ImageCaptionDataset(path.stem, items, FileLoader(where_of=where_of), fp, root=base)
-    )
 
 
 # --------------------------------------------------------------------------- Karpathy
@@ -233,7 +63,7 @@ def _karpathy_record(rec: Any, image_root: Path) -> Item:
         raise DataError('"filepath" must be a string')
     if "split" not in rec:
         raise DataError('missing key "split"')
-    split = _split_value(rec["split"])
+    split = split_value(rec["split"])
     sentences = rec.get("sentences")
     if not isinstance(sentences, list) or not sentences:
         raise DataError('"sentences" must be a non-empty list')
@@ -245,8 +75,8 @@ def _karpathy_record(rec: Any, image_root: Path) -> Item:
         raws.append(raw)
         if not isinstance(raw, str):
             raise DataError(f'sentences[{i}] has no "raw" string')
-    captions = _text_list(raws, "sentences[].raw")
-    full, key = _inside(image_root, f"{filepath}/{filename}" if filepath else filename)
+    captions = text_list(raws, "sentences[].raw")
+    full, key = inside(image_root, f"{filepath}/{filename}" if filepath else filename)
     return Item(key, captions, split, key, str(full))
 
 
@@ -287,7 +117,7 @@ def karpathy(
             if item.key in where_of:
                 raise DataError(f"duplicate image {item.key!r} (first at {where_of[item.key]})")
             if check_files:
-                stats.append(_stat_image(Path(item.source)))
+                stats.append(stat_image(Path(item.source)))
         except DataError as e:
             problems.add(where, str(e))
             continue
@@ -373,13 +203,13 @@ def laps(
                 rel = mapping.get(image_id)
                 if not isinstance(rel, str):
                     raise DataError(f"image id {image_id!r} is not in {mapping_path.name}")
-                full, key = _inside(image_root, rel)
+                full, key = inside(image_root, rel)
                 if key in where_of:
                     raise DataError(f"image {key!r} also at {where_of[key]}")
                 if not captions:
                     raise DataError(f"image id {image_id!r} has no usable caption")
                 if check_files:
-                    stats.append(_stat_image(full))
+                    stats.append(stat_image(full))
             except DataError as e:
                 problems.add(where, str(e))
                 continue

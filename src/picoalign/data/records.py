@@ -1,0 +1,62 @@
+"""Checks shared by the dataset readers (:mod:`picoalign.data.formats`,
+:mod:`picoalign.data.jsonl`): a record's split, an image path inside the dataset root, a cheap
+existence check, a list of captions. Each raises :class:`DataError` with what is wrong."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from picoalign.data.base import SPLITS, DataError
+
+SPLIT_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "restval": "train"}
+
+
+def split_value(value: Any) -> str:
+    if not isinstance(value, str) or SPLIT_ALIASES.get(value, value) not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)} (got {value!r})")
+    return SPLIT_ALIASES.get(value, value)
+
+
+def inside(root: Path, rel: str) -> tuple[Path, str]:
+    """``root/rel`` and its key, refusing relative paths that climb out of ``root``: a dataset
+    file must not be able to make the loader read ``../../home/user/.ssh/...``."""
+    if "\0" in rel:
+        raise DataError(f"image path {rel!r} contains a NUL character")
+    if os.path.isabs(rel):
+        return Path(rel), rel
+    norm = os.path.normpath(rel)
+    if norm == ".." or PurePosixPath(norm.replace(os.sep, "/")).parts[:1] == ("..",):
+        raise DataError(
+            f"image path {rel!r} escapes the dataset root {root} (the data file's folder); "
+            "write an absolute path for an image outside it"
+        )
+    return root / norm, PurePosixPath(norm.replace(os.sep, "/")).as_posix()
+
+
+def stat_image(path: Path) -> str:
+    """A cheap existence check (no decoding); returns size+mtime for the fingerprint."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except OSError as e:
+        raise DataError(f"cannot access image {path}: {e.strerror or e}") from None
+    if not path.is_file():
+        raise DataError(f"image path is not a file: {path}")
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def text_list(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        got = "an empty list" if value == [] else type(value).__name__
+        raise DataError(f"{what} must be a non-empty list of strings (got {got})")
+    out = []
+    for i, c in enumerate(value):
+        if not isinstance(c, str):
+            raise DataError(f"{what}[{i}] must be a string (got {type(c).__name__})")
+        if not c.strip():
+            raise DataError(f"{what}[{i}] is empty")
+        out.append(" ".join(c.split()))
+    return tuple(out)
