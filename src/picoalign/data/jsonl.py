@@ -24,9 +24,7 @@ from picoalign.data.records import inside, split_value, stat_image, text_list
 DEFAULT_SPLITS = ("train", "seeded")  # what a JSONL line without "split" may be declared
 
 
-def _jsonl_record(
-    text: str, base: Path, seed: int, default_split: str | None
-) -> tuple[Item, bool]:
+def _jsonl_record(text: str, base: Path, seed: int, default_split: str | None) -> tuple[Item, bool]:
     """The line's item, and whether it is a one-caption line (``caption``, not ``captions``)."""
     try:
         rec = json.loads(text)
