@@ -439,3 +439,31 @@ def test_from_encoders_reads_the_widths_and_keeps_the_built_encoders() -> None:
     assert model.scores(img, im, txt, tm).shape == (1, 1)
     with pytest.raises(ValueError, match="has no width before its data"):
         PicoAligner.from_encoders("precomputed", "hash-text")
+
+
+def test_save_refuses_a_run_a_data_folder_and_an_existing_model_unless_asked(tmp_path) -> None:
+    """The walkthrough's report: model.save("ds") wrote among the user's data files,
+    save("runs/x/best") replaced another run's selected model, and save("runs/x") wrote at
+    the run's root (load then read best/, not what was just saved); all without a word."""
+    model = PicoAligner(ModelConfig(image_dim=8, text_dim=8, embed_dim=4))
+    data = tmp_path / "ds"
+    data.mkdir()
+    (data / "data.jsonl").write_text("{}\n")
+    with pytest.raises(ValueError, match=r"holds files a saved model does not \(data.jsonl\)"):
+        model.save(data)
+    assert sorted(p.name for p in data.iterdir()) == ["data.jsonl"]
+    run = tmp_path / "run"
+    model.save(run / "best")
+    (run / "config.yaml").write_text("out: run\n")
+    with pytest.raises(ValueError, match=r"holds files a saved model does not \(best, config"):
+        model.save(run)
+    before = (run / "best" / "model.safetensors").read_bytes()
+    other = PicoAligner(ModelConfig(image_dim=8, text_dim=8, embed_dim=4))
+    with pytest.raises(ValueError, match="holds a saved model; pass overwrite=True"):
+        other.save(run / "best")
+    assert (run / "best" / "model.safetensors").read_bytes() == before
+    other.save(run / "best", overwrite=True)
+    assert (run / "best" / "model.safetensors").read_bytes() != before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        model.save(tmp_path / "file")

@@ -256,6 +256,26 @@ def check_out_folder(
         raise ValueError(f"--out {out}: holds files {holder} ({name_list(foreign)}); {advice}")
 
 
+MODEL_FILES = ("config.json", "model.safetensors")
+
+
+def check_model_folder(folder: Path, *, overwrite: bool) -> None:
+    """Refuse to save a model into ``folder`` when it is a file, holds anything but a saved
+    model (a run folder, a folder of the user's data: their files would be mixed with the
+    model's), or holds a saved model and ``overwrite`` is False (another run's ``best/``
+    was replaced without a word)."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder}: exists and is not a folder")
+    foreign = foreign_entries(folder, MODEL_FILES)
+    if foreign:
+        raise ValueError(
+            f"{folder}: holds files a saved model does not ({name_list(foreign)}); save the "
+            "model into a new or empty folder"
+        )
+    if not overwrite and any((folder / name).exists() for name in MODEL_FILES):
+        raise ValueError(f"{folder}: holds a saved model; pass overwrite=True to replace it")
+
+
 def first_line(e: BaseException) -> str:
     """An exception's message in the one line a command prints (its type if it has none):
     torch and PyYAML messages run over several lines of advice."""

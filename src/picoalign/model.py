@@ -347,11 +347,19 @@ class PicoAligner(nn.Module):
         return pad_cat(toks, masks, dim=self.config.embed_dim, device=self._device)
 
     # -- persistence ------------------------------------------------------------------
-    def save(self, directory: str | Path) -> None:
-        """Write ``model.safetensors`` and ``config.json`` (each atomically)."""
-        from picoalign.fileio import atomic_write_json, atomic_write_safetensors, make_dirs
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> None:
+        """Write ``model.safetensors`` and ``config.json`` (each atomically) into a new or
+        empty folder, or over a saved model with ``overwrite=True``; a folder holding other
+        files (a run, the user's data) is refused (:func:`fileio.check_model_folder`)."""
+        from picoalign.fileio import (
+            atomic_write_json,
+            atomic_write_safetensors,
+            check_model_folder,
+            make_dirs,
+        )
 
         d = Path(directory)
+        check_model_folder(d, overwrite=overwrite)
         make_dirs(d)
         atomic_write_safetensors(self.state_dict(), d / "model.safetensors")
         atomic_write_json(self.config.to_dict(), d / "config.json")
