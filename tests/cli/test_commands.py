@@ -536,6 +536,26 @@ def test_evaluate_and_index_warn_when_the_runs_data_changed_since_training(
         data.write_text(before)
 
 
+def test_an_image_file_as_a_query_of_an_image_index_is_refused(trained, tmp_path: Path) -> None:
+    """The walkthrough's report: `search INDEX photo.png` on an image index searched the text
+    "photo.png" and printed plausible results."""
+    from PIL import Image
+
+    index = tmp_path / "idx"
+    rc, _, err = run_cli("index", str(trained["run"]), "--out", str(index), "--no-progress")
+    assert rc == 0, err
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(photo)
+    rc, out, err = run_cli("search", str(index), "a red circle", str(photo))
+    assert (
+        rc == 2 and out == "" and "is an image file, and an image index is searched by text" in err
+    )
+    rc, _, err = run_cli("search", str(index), "--text", str(photo), "-k", "1")
+    assert rc == 0, err  # asked for as text: searched as text
+    rc, _, err = run_cli("search", str(index), "photo.png")  # not a file here: a text query
+    assert rc == 0, err
+
+
 def test_output_cut_short_by_its_reader_is_no_error() -> None:
     """The user report: `picoalign search ... | head -1` printed `picoalign: error: [Errno 32]
     Broken pipe` and exited 2."""

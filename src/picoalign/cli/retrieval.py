@@ -224,6 +224,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
     index = GalleryIndex.load(args.index, checkpoint=args.checkpoint)
     if args.queries:  # an image index is searched by text, a caption index by image
+        if index.kind == "images":
+            _refuse_image_files(args.queries)
         args.text, args.image = (
             (args.queries, None) if index.kind == "images" else (None, args.queries)
         )
@@ -298,6 +300,21 @@ def _ivf_only(nprobe: int | None, stage: str | None, what: str, hint: str = "") 
         raise ValueError(
             f"--nprobe: {what} has a {stage} first stage; --nprobe applies to an ivf first "
             f"stage, not {stage}{hint}"
+        )
+
+
+def _refuse_image_files(queries: list[str]) -> None:
+    """An image file given as a query of an image index would be searched as the text of
+    its path, and rank the gallery plausibly enough to hide the mistake."""
+    from picoalign.data.folder import image_extensions
+
+    exts = image_extensions()
+    files = [q for q in queries if Path(q).suffix.lower() in exts and Path(q).is_file()]
+    if files:
+        raise ValueError(
+            f"{files[0]} is an image file, and an image index is searched by text: "
+            "searching images by an image is not supported (a caption index, picoalign index "
+            "--kind captions, is searched by image); to search for this text, give --text"
         )
 
 
