@@ -87,3 +87,22 @@ def test_a_run_encodes_its_data_on_its_own_device(monkeypatch, tmp_path, write_j
         train(cfg)
     assert seen["device"] == torch.device("cuda")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("epochs", "warned"), [(3, True), (4, False)])
+def test_a_pico_run_whose_warm_up_leaves_no_step_using_p_is_warned(
+    tmp_path, make_feature_set, capsys, epochs: int, warned: bool
+) -> None:
+    """The walkthrough's report: with one step an epoch and a 2-epoch warm-up, a 3-epoch PICO
+    run trained exactly the baseline (p is first updated after step 3, used by none), and
+    the warning came only when the warm-up covered every epoch."""
+    fs = make_feature_set(n=24)
+    n = fs.split("train").n_captions
+    cfg = load_config(None, {
+        "data": "synthetic", "out": str(tmp_path / "run"), "epochs": epochs, "batch_size": n,
+        "pico_warmup_epochs": 2, "progress": False, "device": "cpu",
+        "model.method": "pico", "model.embed_dim": 8, "model.pico.feedback_size": 8,
+    })  # fmt: skip
+    train(cfg, fs)
+    err = capsys.readouterr().err
+    assert ("leaves no training step that uses p" in err) is warned, err

@@ -140,12 +140,14 @@ def setup_run(
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
     model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
     total_steps = cfg.epochs * steps_per_epoch
-    if model.config.method == "pico" and model.config.pico.warmup_steps >= total_steps:
+    warmup = model.config.pico.warmup_steps
+    # p is first updated after step warmup + 1 and first used by step warmup + 2
+    if model.config.method == "pico" and warmup + 1 >= total_steps:
         notes.append(
-            f"warning: PICO's warm-up ({model.config.pico.warmup_steps} steps: "
-            f"pico_warmup_epochs={cfg.pico_warmup_epochs}) covers all {cfg.epochs} epochs, so "
-            "p stays 1 and this run trains the baseline (more --epochs, or "
-            "--set pico_warmup_epochs=N)"
+            f"warning: PICO's warm-up ({warmup} steps: pico_warmup_epochs="
+            f"{cfg.pico_warmup_epochs}) leaves no training step that uses p: it is first "
+            f"updated after step {warmup + 1} of {total_steps}, so this run trains the "
+            "baseline (more --epochs, or --set pico_warmup_epochs=N)"
         )
     if model.config.standardize:  # training-split statistics, saved with the model
         model.fit_standardization(train_fs.images, train_fs.texts)
