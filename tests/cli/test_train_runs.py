@@ -345,3 +345,18 @@ def test_a_run_being_trained_is_not_resumed_by_a_second_process(ref, tmp_path) -
     rc, _, err = run_cli("train", "--out", str(run), "--resume", "--epochs", "3", "--no-progress")
     assert rc == 0, err  # the lock ends with its holder
     assert len(rows(run)) == 3
+
+
+def test_a_config_files_missing_data_path_names_the_file_and_how_paths_resolve(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The walkthrough's report: `train --config sub/my.yaml` from another folder said only
+    "/tmp/ds/data.jsonl: file not found", naming neither the config nor its data: key."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "my.yaml").write_text("data: jsonl:ds/data.jsonl\nout: runs/x\n")
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_cli("train", "--config", "sub/my.yaml")
+    assert rc == 2
+    assert "sub/my.yaml: data: jsonl:ds/data.jsonl: ds/data.jsonl not found" in err
+    assert f"read from the folder picoalign runs in ({tmp_path})" in err
+    assert not (tmp_path / "runs").exists()

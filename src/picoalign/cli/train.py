@@ -211,6 +211,8 @@ def train_config(args: argparse.Namespace) -> Any:
         overrides["out"] = f"runs/{cfg.model.label}"  # as documented: runs/LABEL
         cfg = load_config(args.config, overrides, origins=origins)
     if not args.resume:
+        if args.config is not None and "data" not in overrides:
+            _check_config_data(args.config, cfg.data)
         return cfg
     saved_path = Path(cfg.out) / "config.yaml"
     if not saved_path.is_file():
@@ -226,6 +228,27 @@ def train_config(args: argparse.Namespace) -> Any:
             "optimiser; train a new run into another --out instead)"
         )
     return cfg
+
+
+def _check_config_data(config: str, spec: str) -> None:
+    """A missing data path named by a ``--config`` file, reported with the file and its key:
+    the plain "file not found" named neither, and a relative path there is read from the
+    folder picoalign runs in, which a user running from elsewhere did not expect."""
+    from picoalign.config.paths import PATH_ARGS
+    from picoalign.data.spec import parse_spec_options
+
+    try:
+        entry, values, _ = parse_spec_options(spec)
+    except ValueError:
+        return  # a misspelt spec: loading the data says what is wrong
+    for name, value in zip(entry.args, values, strict=True):
+        path = Path(value).expanduser()
+        if name in PATH_ARGS and not path.exists():
+            where = "" if path.is_absolute() else (
+                f"; a relative path in a config file is read from the folder picoalign runs "
+                f"in ({Path.cwd()}), not from the config file's folder"
+            )  # fmt: skip
+            raise FileNotFoundError(f"{config}: data: {spec}: {value} not found{where}")
 
 
 def _config_sets_out(path: str | None) -> bool:
