@@ -268,3 +268,19 @@ def test_a_path_that_cannot_be_written_is_named_as_given_not_as_a_temp_file(
     with pytest.raises(WriteError, match=r"x.json: cannot write in .* \(Permission denied\)$"):
         atomic_write_json({}, tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_an_unfinished_run_that_is_training_now_is_said_so(tmp_path) -> None:
+    """The walkthrough's report: evaluating a run still training said "finish it with ...
+    --resume", which the run's lock then refused."""
+    from picoalign.fileio import folder_lock, model_dir
+
+    run = tmp_path / "run"
+    (run / "last").mkdir(parents=True)
+    (run / "config.yaml").write_text("out: run\n")
+    (run / "last" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="finish it with: picoalign train"):
+        model_dir(run)
+    busy = pytest.raises(FileNotFoundError, match=r"it is training now .*: wait for it to end")
+    with folder_lock(run, "training it"), busy:
+        model_dir(run)

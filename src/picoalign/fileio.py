@@ -101,6 +101,22 @@ def folder_lock(
         lock.release()
 
 
+def folder_busy(out: Path) -> bool:
+    """Whether another process holds ``out``'s :func:`folder_lock` now (a run training)."""
+    from filelock import FileLock, Timeout
+
+    path = out.parent / f".{out.name}.picoalign-lock"
+    if not path.is_file():
+        return False
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except (Timeout, OSError):
+        return True
+    lock.release()
+    return False
+
+
 def make_temp_dir(target: Path) -> Path:
     """A fresh hidden folder beside ``target`` to fill and then swap in, with the
     permissions ``mkdir`` would give (``mkdtemp`` makes it private, 0o700)."""
@@ -305,10 +321,15 @@ def model_dir(checkpoint: str | Path) -> Path:
         return path / "best"
     if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
         if (path / "last" / "config.json").is_file():  # stopped before its end (select=last)
+            finish = (
+                "it is training now (another process holds it): wait for it to end"
+                if folder_busy(path)
+                else f"finish it with: picoalign train --out {path} --resume"
+            )
             raise FileNotFoundError(
                 f"{path}: an unfinished training run (no {path / 'best'}: the selected model "
-                f"is written when training ends); finish it with: picoalign train --out {path} "
-                f"--resume, or use its latest checkpoint: {path / 'last'}"
+                f"is written when training ends); {finish}, or use its latest checkpoint: "
+                f"{path / 'last'}"
             )
         raise FileNotFoundError(
             f"{path}: a training run with no model saved yet (no {path / 'best'} and no "

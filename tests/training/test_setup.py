@@ -106,3 +106,14 @@ def test_a_pico_run_whose_warm_up_leaves_no_step_using_p_is_warned(
     train(cfg, fs)
     err = capsys.readouterr().err
     assert ("leaves no training step that uses p" in err) is warned, err
+
+
+def test_an_lr_step_past_the_last_epoch_is_warned(tmp_path, make_feature_set, capsys) -> None:
+    """The walkthrough's report: --set lr_steps=[5] with --epochs 2 changed nothing, silently."""
+    fs = make_feature_set(n=24)
+    base = {"data": "synthetic", "epochs": 2, "progress": False, "device": "cpu",
+            "model.embed_dim": 8, "model.method": "baseline"}  # fmt: skip
+    train(load_config(None, {**base, "out": str(tmp_path / "a"), "lr_steps": [5]}), fs)
+    assert "puts a step at epoch 6, past the run's 2 epochs" in capsys.readouterr().err
+    train(load_config(None, {**base, "out": str(tmp_path / "b"), "lr_steps": [0.6, 1]}), fs)
+    assert "past the run's" not in capsys.readouterr().err

@@ -201,8 +201,9 @@ def _index(args: argparse.Namespace, out: Path) -> int:
     size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 2**20
     what = args.kind if index.n != 1 else args.kind[:-1]  # "1 image", "2 images"
     print(
-        f"indexed {index.n} {what} of {args.data} ({args.split}) with a "
-        f"{args.first_stage} first stage: {args.out} ({size:.1f} MiB)"
+        f"indexed {index.n} {what} of {args.data} ({args.split}) with "
+        f"{'an' if args.first_stage == 'ivf' else 'a'} {args.first_stage} first stage: "
+        f"{args.out} ({size:.1f} MiB)"
     )
     return 0
 

@@ -188,8 +188,8 @@ def _check_size(size: tuple[int, int], label: str, limit: int) -> None:
         raise DataError(f"{label}: invalid image size {w}x{h}")
     if w * h > limit:
         raise DataError(
-            f"{label}: image too large ({w}x{h} = {w * h / 1e6:.0f} megapixels; limit "
-            f"{limit / 1e6:.0f}); downscale it, or raise the limit with --max-image-pixels"
+            f"{label}: image too large ({w}x{h} = {w * h:,} pixels; limit {limit:,}); "
+            "downscale it, or raise the limit with --max-image-pixels"
         )
 
 

@@ -140,6 +140,13 @@ def setup_run(
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
     model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
     total_steps = cfg.epochs * steps_per_epoch
+    late = [e for e in cfg.lr_step_epochs() if e >= cfg.epochs]
+    if late:  # e.g. --set lr_steps=[5] with --epochs 2: no word, no step
+        notes.append(
+            f"warning: lr_steps {cfg.lr_steps} puts a step at epoch {late[0] + 1}, past the "
+            f"run's {cfg.epochs} epochs: the learning rate never takes it (fractions, such "
+            "as 0.6, follow --epochs)"
+        )
     warmup = model.config.pico.warmup_steps
     # p is first updated after step warmup + 1 and first used by step warmup + 2
     if model.config.method == "pico" and warmup + 1 >= total_steps:
