@@ -150,6 +150,20 @@ def test_jsonl_one_caption_per_line_is_merged_per_image(images: Path) -> None:
         jsonl(write_jsonl(images / "both.jsonl", both))
 
 
+def test_jsonl_messages_name_a_misspelt_key_and_a_null_line(images: Path) -> None:
+    """The walkthrough's report: "imag" gave 'missing key "image"' without naming the key the
+    line did have, and a null line was "got NoneType"."""
+    lines = [{"imag": "imgs/a.png", "captions": ["x"], "split": "train"}, b"null",
+             {"image": "imgs/b.png", "captons": ["x"], "split": "train", "id": 7},
+             {"image": "imgs/c.png", "captions": ["x"], "split": "train", "id": 8}]  # fmt: skip
+    ds = jsonl(write_jsonl(images / "data.jsonl", lines), skip_bad=True)
+    whys = [why for _, why in ds.skipped]
+    assert whys[0] == "missing key \"image\" (the line has unknown key 'imag': a typo?)"
+    assert whys[1] == "expected a JSON object, got null"
+    assert whys[2].startswith('missing key "captions"') and "'captons'" in whys[2]
+    assert [it.key for it in ds.items] == ["imgs/c.png"]  # extra keys ("id"): fine
+
+
 def test_jsonl_skip_bad_collects(images: Path) -> None:
     lines = [line for line, _ in BAD_LINES] + [{"image": "imgs/a.png", "captions": ["ok"]}]
     ds = jsonl(write_jsonl(images / "data.jsonl", lines), skip_bad=True, default_split="train")

@@ -24,6 +24,15 @@ from picoalign.data.records import inside, split_value, stat_image, text_list
 DEFAULT_SPLITS = ("train", "seeded")  # what a JSONL line without "split" may be declared
 
 
+# the keys a line may use; others are ignored (users' files carry ids, licences ...), but a
+# missing key's message names them: "imag" is the likelier cause than a missing "image"
+KEYS = frozenset({"image", "captions", "caption", "split", "group"})
+
+
+def _unknown(keys: list[str]) -> str:
+    return f" (the line has unknown key {keys[0]!r}: a typo?)" if keys else ""
+
+
 def _jsonl_record(text: str, base: Path, seed: int, default_split: str | None) -> tuple[Item, bool]:
     """The line's item, and whether it is a one-caption line (``caption``, not ``captions``)."""
     try:
@@ -31,9 +40,11 @@ def _jsonl_record(text: str, base: Path, seed: int, default_split: str | None) -
     except json.JSONDecodeError as e:
         raise DataError(f"invalid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(rec, dict):
-        raise DataError(f"expected a JSON object, got {type(rec).__name__}")
+        got = {type(None): "null", list: "a list", str: "a string", bool: "true/false"}
+        raise DataError(f"expected a JSON object, got {got.get(type(rec), 'a number')}")
+    unknown = sorted(set(rec) - KEYS)
     if "image" not in rec:
-        raise DataError('missing key "image"')
+        raise DataError('missing key "image"' + _unknown(unknown))
     if not isinstance(rec["image"], str) or not rec["image"].strip():
         raise DataError('"image" must be a non-empty string (a path)')
     if "captions" in rec and "caption" in rec:
@@ -43,7 +54,7 @@ def _jsonl_record(text: str, base: Path, seed: int, default_split: str | None) -
     elif "caption" in rec:
         captions = text_list([rec["caption"]], '"caption"')
     else:
-        raise DataError('missing key "captions" (a list of strings)')
+        raise DataError('missing key "captions" (a list of strings)' + _unknown(unknown))
     full, key = inside(base, rec["image"])
     group = rec.get("group", key)
     if not isinstance(group, str) or not group:
