@@ -209,3 +209,41 @@ def test_grouped_and_pairs_layouts_agree(make_tokens, ids, k):
         torch.testing.assert_close(g, p, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="layout"):
         pair_adaptive_training_scores(plain, img, im, txt, tm, ids, prior=prior, layout="x")
+
+
+@pytest.mark.parametrize("layout", ["grouped", "pairs"])
+def test_a_batch_whose_matched_pairs_score_below_zero_keeps_its_plain_scores(make_tokens, layout):
+    """The walkthrough's report: with a CLIP backbone the matched pairs' mean plain score
+    started negative, the B-score scale came out negative (down to -1.4e5), the loss went
+    to thousands and the saved pair_scale (-10365) reversed every weighted ranking."""
+    img, im, txt, tm = _opposed(8)  # every patch-word product < 0
+    ids = torch.arange(8)
+    plain = fine_grained_scores(img, im, txt, tm)
+    assert plain.diagonal().mean() < 0
+    scores, scale = pair_adaptive_training_scores(
+        plain, img, im, txt, tm, ids, prior=_prior(8), lam=0.5, layout=layout
+    )
+    assert torch.equal(scores, plain) and scale.isnan()
+
+
+def test_picos_pair_scale_ignores_a_batch_that_set_no_scale(make_tokens) -> None:
+    from picoalign.core.pico import PICO, PICOConfig
+
+    img, im, txt, tm = make_tokens(8, 6, 8, 5, D, seed=4)
+    pico = PICO(PICOConfig(dim=D, warmup_steps=0)).train()
+    ids = torch.arange(8)
+    pico.update(img, im, txt, tm, ids)  # active, with a p
+    pico.training_scores(img, im, txt, tm, ids)
+    good = pico.pair_scale.clone()
+    assert torch.isfinite(good) and good > 0 and not torch.equal(good, torch.ones(()))
+    pico.training_scores(*_opposed(8), ids)
+    assert torch.equal(pico.pair_scale, good)  # unchanged: no NaN, no sign flip
+
+
+def _opposed(n: int):
+    """Image tokens in the positive orthant, caption tokens in the negative one."""
+    gen = torch.Generator().manual_seed(5)
+    img = torch.randn(n, 6, D, generator=gen).abs()
+    txt = -torch.randn(n, 5, D, generator=gen).abs()
+    img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
+    return img, torch.ones(n, 6, dtype=torch.bool), txt, torch.ones(n, 5, dtype=torch.bool)

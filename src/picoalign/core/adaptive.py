@@ -115,7 +115,9 @@ def pair_adaptive_training_scores(
     Positives and each row's and column's ``hard_negatives`` hardest negatives (picked by
     the plain score) are replaced by their B-scores, rescaled by one batch constant so the
     matched pairs keep their plain scale (mean over positives; no gradient through it).
-    Returns (scores, scale) — the scale is kept by PICO for weighted evaluation.
+    Returns (scores, scale) — the scale is kept by PICO for weighted evaluation. A batch
+    whose matched pairs cannot set a scale (their mean plain score is not positive, or the
+    ratio is outside :data:`SCALE_RANGE`) keeps its plain scores, and its scale is NaN.
 
     How it stays cheap (``benchmarks/train_speed.py``): the chosen pairs are grouped by
     image, C slots per image (C = the most pairs any image has), and p(V,T) weights the
@@ -194,9 +196,9 @@ def _grouped_training_scores(
     s_b = s_b.masked_fill(~valid, 0.0)
     diag_slot = (cols == torch.arange(b, device=device).unsqueeze(1)) & valid
     diag = (s_b.detach() * diag_slot).sum(1)
-    scale = plain.diagonal().detach().mean() / diag.mean().clamp_min(1e-6)
+    scale, ok = _matched_scale(plain, diag.mean())
     dense = torch.zeros_like(plain).scatter_add(1, cols, s_b * scale)  # empty slots add 0 …
-    return torch.where(chosen, dense, plain), scale.detach()  # … and are never chosen
+    return torch.where(chosen & ok, dense, plain), _reported(scale, ok)  # … never chosen
 
 
 def _pairs_training_scores(
@@ -233,11 +235,33 @@ def _pairs_training_scores(
 
     # the matched pairs' B-scores in row order: the same mean as over s_b[ia == tb]
     s_diag = dense(s_b.detach()).diagonal().contiguous().mean()
-    scale = plain.diagonal().detach().mean() / s_diag.clamp_min(1e-6)
+    scale, ok = _matched_scale(plain, s_diag)
     ones = torch.ones_like(flat, dtype=torch.int32)
     chosen = torch.zeros_like(plain, dtype=torch.int32).view(-1).index_add(0, flat, ones * keep)
-    scores = torch.where(chosen.view(b, b) > 0, dense(s_b * scale), plain)
-    return scores, scale.detach()
+    scores = torch.where((chosen.view(b, b) > 0) & ok, dense(s_b * scale), plain)
+    return scores, _reported(scale, ok)
+
+
+# the matched pairs' plain / B-score ratio a batch may rescale by: about 1 to 4 in training
+SCALE_RANGE = (1e-3, 1e3)
+
+
+def _matched_scale(plain: Tensor, b_diag_mean: Tensor) -> tuple[Tensor, Tensor]:
+    """The constant that puts B-scores on the plain scale (mean over the matched pairs), and
+    whether the batch can set one. It cannot when the matched pairs' mean plain score is not
+    positive (a random or collapsed start: the ratio's sign flips and the loss blew up to
+    thousands, the saved ``pair_scale`` went negative and reversed weighted rankings) or when
+    the ratio is outside :data:`SCALE_RANGE`; such a batch keeps its plain scores. Where it
+    can, the value is the plain ratio, bit for bit. No host sync (``torch.where``)."""
+    num = plain.diagonal().detach().mean()
+    ratio = num / b_diag_mean.clamp_min(1e-6)
+    ok = (num > 0) & (b_diag_mean > 1e-6) & (ratio > SCALE_RANGE[0]) & (ratio < SCALE_RANGE[1])
+    return torch.where(ok, ratio, torch.ones_like(ratio)), ok
+
+
+def _reported(scale: Tensor, ok: Tensor) -> Tensor:
+    """The batch's scale for PICO's ``pair_scale`` average: NaN where the batch set none."""
+    return torch.where(ok, scale, torch.full_like(scale, float("nan"))).detach()
 
 
 def _chosen_pairs(plain: Tensor, pos: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:

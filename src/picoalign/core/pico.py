@@ -213,9 +213,10 @@ class PICO(nn.Module):
             hard_negatives=c.hard_negatives,
             alignment=alignment,
         )
-        if self.training:
+        if self.training:  # a batch that set no scale (NaN) leaves the average alone
             with torch.no_grad():
-                self.pair_scale.mul_(0.9).add_(0.1 * scale)
+                avg = self.pair_scale * 0.9 + 0.1 * scale
+                self.pair_scale.copy_(torch.where(scale.isnan(), self.pair_scale, avg))
         return scores
 
     @torch.no_grad()

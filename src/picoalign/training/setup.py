@@ -140,7 +140,7 @@ def setup_run(
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
     model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
     total_steps = cfg.epochs * steps_per_epoch
-    late = [e for e in cfg.lr_step_epochs() if e >= cfg.epochs]
+    late = [int(s) for s in cfg.lr_steps if s >= 1 and s >= cfg.epochs]  # epoch numbers
     if late:  # e.g. --set lr_steps=[5] with --epochs 2: no word, no step
         notes.append(
             f"warning: lr_steps {cfg.lr_steps} puts a step at epoch {late[0] + 1}, past the "
