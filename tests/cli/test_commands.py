@@ -250,7 +250,14 @@ def test_evaluate_rejects_the_weighted_rule_for_a_baseline(trained, tmp_path: Pa
         "--set", "model.embed_dim=16",
     )  # fmt: skip
     assert rc == 0, err
-    rc, _, err = run_cli("evaluate", "--checkpoint", str(run), "--rule", "weighted")
+    from picoalign.features import dataset as dataset_mod
+
+    def no_encoding(*args, **kwargs):  # the walkthrough: refused only after encoding it all
+        raise AssertionError("encoded before refusing")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dataset_mod, "encode_dataset", no_encoding)
+        rc, _, err = run_cli("evaluate", "--checkpoint", str(run), "--rule", "weighted")
     assert rc == 2 and "needs a PICO model" in err and "Traceback" not in err
 
 
