@@ -197,3 +197,65 @@ def test_hub_check_passes_cached_names_local_folders_and_proxied_machines(
     hf.check_hub_name("acme/model")  # a direct connection says nothing behind a proxy
     assert not calls
     assert not hf._hub_cached("picoalign-tests/surely-not-cached")
+
+
+def test_a_checkpoint_without_its_pooler_keeps_one_cache_key(tmp_path) -> None:
+    """The walkthrough's report: a model saved without its pooler (add_pooling_layer=False)
+    got a random pooler on every load; its weights are in the cache key, so every command
+    encoded the whole dataset again."""
+    vit_cfg = transformers.ViTConfig(**TINY, intermediate_size=32, image_size=32, patch_size=8)
+    transformers.ViTModel(vit_cfg, add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+    bert = tmp_path / "bert"
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    transformers.BertTokenizer(vocab=str(tmp_path / "vocab.txt")).save_pretrained(bert)
+    cfg = transformers.BertConfig(vocab_size=len(VOCAB), intermediate_size=32, **TINY)
+    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(bert)
+    for make, path in ((create_image_encoder, tmp_path / "vit"), (make_text, bert)):
+        first, second = make(f"hf:{path}"), make(f"hf:{path}")
+        assert first.model.pooler is None
+        assert first.cache_key == second.cache_key
+
+
+def test_a_folder_that_is_not_the_right_model_is_named(tiny_vit, tiny_bert, tmp_path) -> None:
+    """The walkthrough's report: a ViT folder as the text encoder, or a folder with no
+    config.json, said "Couldn't instantiate the backend tokenizer" or "Should have a
+    model_type key"; a folder without tokenizer files trained at chance on all-[UNK] text."""
+    with pytest.raises(ValueError, match=r"is not a text model \(ViTConfig\); use it as the image"):
+        make_text(f"hf:{tiny_vit}")
+    (tmp_path / "empty").mkdir()
+    for make in (make_text, create_image_encoder):
+        with pytest.raises(FileNotFoundError, match=r"no config\.json: not a Hugging Face model"):
+            make(f"hf:{tmp_path / 'empty'}")
+    cfg = transformers.BertConfig(vocab_size=len(VOCAB), intermediate_size=32, **TINY)
+    transformers.BertModel(cfg).save_pretrained(tmp_path / "notok")  # no tokenizer files
+    with pytest.raises(ValueError, match="no usable tokenizer files"):
+        make_text(f"hf:{tmp_path / 'notok'}")
+
+
+def test_an_edited_tokenizer_is_another_cache_key(tiny_bert, tmp_path) -> None:
+    """The walkthrough's report: after a broken tokenizer was fixed in place, training read
+    the features cached with the broken one (the key held the weights, not the tokenizer)."""
+    import shutil
+
+    copy = tmp_path / "bert"
+    shutil.copytree(tiny_bert, copy)
+    before = make_text(f"hf:{copy}").cache_key
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join([*VOCAB[:5], "dog", "red", *VOCAB[7:]]) + "\n")  # two swapped
+    transformers.BertTokenizer(vocab=str(vocab)).save_pretrained(copy)
+    assert make_text(f"hf:{copy}").cache_key != before
+
+
+def test_random_weights_the_features_use_are_warned(tiny_bert, tmp_path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "bert"
+    shutil.copytree(tiny_bert, copy)
+    weights = load_file(str(copy / "model.safetensors"))
+    gone = next(k for k in weights if "attention.self.query.weight" in k)
+    del weights[gone]
+    save_file(weights, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match=r"1 weights the features use are not in its checkpoint"):
+        make_text(f"hf:{copy}")

@@ -20,6 +20,14 @@ from urllib.parse import urlsplit
 import torch
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, ImageEncoder, TextEncoder, ensure_nonempty
+from .hf_load import (
+    check_model_folder,
+    check_text_config,
+    check_tokenizer,
+    load_backbone,
+    quiet_transformers,
+    tokenizer_digest,
+)
 from .registry import register_image_encoder, register_text_encoder
 
 
@@ -139,12 +147,6 @@ def _size_from(cfg: dict[str, Any], default: int) -> int:
     return default
 
 
-def _sub_model(model: Any, attr: str) -> Any:
-    """The vision/text tower of a dual-encoder checkpoint, or the model itself."""
-    sub = getattr(model, attr, None)
-    return sub if isinstance(sub, torch.nn.Module) else model
-
-
 @register_image_encoder("hf:")
 class HFImageEncoder(ImageEncoder):
     """Any ``transformers`` vision backbone as a token encoder.
@@ -165,16 +167,17 @@ class HFImageEncoder(ImageEncoder):
         self.name = f"hf:{self.name_or_path}"
         check_local_path(self.name_or_path)
         check_hub_name(self.name_or_path)
+        check_model_folder(self.name_or_path)
         tf = _transformers()
-        config = tf.AutoConfig.from_pretrained(self.name_or_path)
+        with quiet_transformers():
+            config = tf.AutoConfig.from_pretrained(self.name_or_path)
         vision_cfg = getattr(config, "vision_config", None) or config
         if not hasattr(vision_cfg, "num_channels") and not hasattr(vision_cfg, "image_size"):
             raise ValueError(
                 f"{self.name_or_path} is not a vision model ({type(config).__name__}); "
                 "use it as a text encoder instead"
             )
-        model = tf.AutoModel.from_pretrained(self.name_or_path)
-        self.model = _sub_model(model, "vision_model")
+        self.model = load_backbone(tf, self.name_or_path, "vision_model")
         proc = _read_preprocessor_config(self.name_or_path)
         cfg_size = getattr(vision_cfg, "image_size", 224)
         cfg_size = cfg_size[0] if isinstance(cfg_size, (list, tuple)) else cfg_size
@@ -243,10 +246,13 @@ class HFTextEncoder(TextEncoder):
         self.drop_special = drop_special
         check_local_path(self.name_or_path)
         check_hub_name(self.name_or_path)
+        check_model_folder(self.name_or_path)
         tf = _transformers()
-        self.tokenizer = tf.AutoTokenizer.from_pretrained(self.name_or_path)
-        model = tf.AutoModel.from_pretrained(self.name_or_path)
-        model = _sub_model(model, "text_model")
+        with quiet_transformers():
+            check_text_config(tf.AutoConfig.from_pretrained(self.name_or_path), self.name_or_path)
+            self.tokenizer = tf.AutoTokenizer.from_pretrained(self.name_or_path)
+        check_tokenizer(self.tokenizer, self.name_or_path)
+        model = load_backbone(tf, self.name_or_path, "text_model")
         if getattr(model.config, "is_encoder_decoder", False):
             model = model.get_encoder()
         self.model = model
@@ -261,7 +267,10 @@ class HFTextEncoder(TextEncoder):
 
     @property
     def settings(self) -> str:
-        return f"{self.name}|max_length={self.max_length}|drop_special={self.drop_special}"
+        base = f"{self.name}|max_length={self.max_length}|drop_special={self.drop_special}"
+        if not self.name.startswith("hf:"):  # minilm: its package version pins its tokenizer
+            return base
+        return f"{base}|tok={tokenizer_digest(self.tokenizer)}"  # a folder's may be edited
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(
