@@ -342,3 +342,20 @@ def test_range_errors_name_the_option_the_user_set(key: str, value: object, expe
     pico_warmup_epochs=-1 and embed_dim=0 were refused under other options' names."""
     with pytest.raises(ValueError, match=re.escape(expect)):
         load_config(None, {key: value}, origins={key: "--set"})
+
+
+def test_a_local_hf_encoder_folder_is_stored_absolute(tmp_path, monkeypatch) -> None:
+    """The walkthrough's report: a run trained with hf:models/vit stored it relative, so
+    evaluating from another folder read it as a hub name (or another folder's models/vit)."""
+    from picoalign.config.paths import absolute_encoder, with_absolute_paths
+
+    (tmp_path / "models" / "vit").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert absolute_encoder("hf:models/vit") == f"hf:{tmp_path / 'models' / 'vit'}"
+    for kept in ("hf:google/vit-base-patch16-224", "hf:/abs/x", "minilm", "efficientnet-lite0"):
+        assert absolute_encoder(kept) == kept  # hub names, absolute paths, registry names
+    cfg = load_config(None, {"model.image_encoder": "hf:models/vit", "out": "runs/x"})
+    fixed = with_absolute_paths(cfg)
+    assert fixed.model.image_encoder == f"hf:{tmp_path / 'models' / 'vit'}"
+    assert fixed.model.text_encoder == cfg.model.text_encoder
+    assert cfg.model.image_encoder == "hf:models/vit"  # a copy: the input is not changed

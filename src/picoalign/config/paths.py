@@ -42,9 +42,30 @@ def absolute_source(source: str) -> str:
     return absolute_path(source) if source and Path(source).is_file() else source
 
 
+def absolute_encoder(spec: str) -> str:
+    """An ``hf:`` encoder given as a relative path to a local folder, made absolute
+    (``hf:models/vit`` → ``hf:/cwd/models/vit``); a hub name or any other spec unchanged.
+    Why: a run stored ``hf:models/vit`` and evaluated from another folder read it as a hub
+    name (or, worse, another folder's ``models/vit``)."""
+    if not spec.startswith("hf:"):
+        return spec
+    path = spec[3:]
+    if Path(path).is_absolute() or not Path(path).expanduser().is_dir():
+        return spec
+    return f"hf:{absolute_path(path)}"
+
+
 def with_absolute_paths(cfg: Any) -> Any:
-    """A copy of a TrainConfig whose ``data`` paths, ``out`` and ``cache_dir`` are absolute."""
+    """A copy of a TrainConfig whose ``data`` paths, ``out``, ``cache_dir`` and local ``hf:``
+    encoder folders are absolute."""
     changes: dict[str, Any] = {"data": absolute_spec(cfg.data), "out": absolute_path(cfg.out)}
     if cfg.cache_dir is not None:
         changes["cache_dir"] = absolute_path(cfg.cache_dir)
+    model = cfg.model
+    encoders = {
+        "image_encoder": absolute_encoder(model.image_encoder),
+        "text_encoder": absolute_encoder(model.text_encoder),
+    }
+    if encoders != {"image_encoder": model.image_encoder, "text_encoder": model.text_encoder}:
+        changes["model"] = dataclasses.replace(model, **encoders)
     return dataclasses.replace(cfg, **changes)
