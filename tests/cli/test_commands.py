@@ -563,6 +563,28 @@ def test_an_image_file_as_a_query_of_an_image_index_is_refused(trained, tmp_path
     assert rc == 0, err
 
 
+def test_evaluate_warns_when_a_backbone_changed_since_training(trained, tmp_path: Path) -> None:
+    """The walkthrough's report: an hf: folder saved again with new weights after training
+    changed R@1 from 13.3 to 0.0, and nothing said the features were not the trained ones.
+    (The change is written into the run's record here: the toy encoders never change.)"""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    rc, _, err = run_cli("evaluate", str(run))
+    assert rc == 0 and "is not the one" not in err, err
+    record = json.loads((run / "data.json").read_text())
+    head, versions = record["image_cache_key"].rsplit("|", 1)
+    record["image_cache_key"] = head.replace("w=", "w=0") + "|" + versions
+    (run / "data.json").write_text(json.dumps(record))
+    rc, _, err = run_cli("evaluate", str(run))
+    assert rc == 0 and "the image encoder random-conv is not the one" in err, err
+    record["image_cache_key"] = f"{head}|torch=0.0"  # another library version: no word
+    (run / "data.json").write_text(json.dumps(record))
+    rc, _, err = run_cli("evaluate", str(run))
+    assert rc == 0 and "is not the one" not in err, err
+
+
 def test_output_cut_short_by_its_reader_is_no_error() -> None:
     """The user report: `picoalign search ... | head -1` printed `picoalign: error: [Errno 32]
     Broken pipe` and exited 2."""

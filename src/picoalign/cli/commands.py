@@ -21,6 +21,7 @@ from picoalign.cli.data_flags import (
     add_data_flags,
     add_split_seed,
     changed_data_warning,
+    changed_encoder_warning,
     data_kwargs,
     resolve_folder_args,
     run_data,
@@ -133,9 +134,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report=report_to_stderr if args.json else print,
         **data_kwargs(args, runs_data=args.data is None),
     )
-    changed = changed_data_warning(args.checkpoint, data, split_seed, fs.meta)
-    if changed is not None:
-        print(f"picoalign: {changed}", file=sys.stderr)
+    for changed in (
+        changed_data_warning(args.checkpoint, data, split_seed, fs.meta),
+        changed_encoder_warning(args.checkpoint, fs.meta),
+    ):
+        if changed is not None:
+            print(f"picoalign: {changed}", file=sys.stderr)
     if args.split != "all":
         fs = fs.split(args.split)
     if fs.n_images == 0:

@@ -161,6 +161,37 @@ def changed_data_warning(checkpoint: str, data: str, seed: int, meta: dict[str, 
     )
 
 
+def changed_encoder_warning(checkpoint: str, meta: dict[str, Any]) -> str | None:
+    """A warning when a frozen backbone is not the one the run trained on: its settings or
+    weights (an ``hf:`` folder saved again, a tokenizer edited) differ from those in the
+    run's ``data.json``. The heads were trained on the old features; R@K then measures
+    a model that never existed. Library versions are not compared (an upgrade of torch
+    rounds otherwise, it does not change the encoder)."""
+    import json
+    from pathlib import Path
+
+    for folder in (Path(checkpoint), Path(checkpoint).parent):
+        if (folder / "config.yaml").is_file():
+            break
+    else:
+        return None
+    try:
+        trained = json.loads((folder / "data.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for side in ("image", "text"):
+        before, now = trained.get(f"{side}_cache_key"), meta.get(f"{side}_cache_key")
+        if not (isinstance(before, str) and isinstance(now, str)):
+            continue
+        if before.rsplit("|", 1)[0] != now.rsplit("|", 1)[0]:
+            return (
+                f"warning: the {side} encoder {meta.get(f'{side}_encoder', '')} is not the one "
+                f"{folder} trained on (its weights or settings changed since, per "
+                f"{folder / 'data.json'}): the model's heads were trained on other features"
+            )
+    return None
+
+
 def run_data(checkpoint: str, data: str | None, seed: int | None) -> tuple[str, int]:
     """The dataset spec and split seed ``evaluate`` and ``index`` read: the ones given, else
     the run's own (its ``data`` and ``split_seed``), so that ``--split test`` is the test split

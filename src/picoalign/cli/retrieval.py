@@ -26,6 +26,7 @@ from picoalign.cli.data_flags import (
     add_folder_arg,
     add_split_seed,
     changed_data_warning,
+    changed_encoder_warning,
     data_kwargs,
     positive_int,
     resolve_folder_args,
@@ -177,9 +178,12 @@ def _index(args: argparse.Namespace, out: Path) -> int:
         texts=args.kind == "captions",  # an image index needs no caption features
         **kwargs,
     )
-    changed = changed_data_warning(args.checkpoint, args.data, args.seed, fs.meta)
-    if changed is not None:
-        warnings.warn(changed.removeprefix("warning: "), stacklevel=2)
+    for changed in (
+        changed_data_warning(args.checkpoint, args.data, args.seed, fs.meta),
+        changed_encoder_warning(args.checkpoint, fs.meta),
+    ):
+        if changed is not None:
+            warnings.warn(changed.removeprefix("warning: "), stacklevel=2)
     if args.split != "all":
         fs = fs.split(args.split)
     if fs.n_images == 0:
