@@ -43,3 +43,35 @@ def test_precomputed_features_make_a_precomputed_model(make_feature_set):
     assert model_config_for(cfg, fs, steps_per_epoch=1).image_encoder == cfg.model.image_encoder
     fs.meta["image_encoder"] = "precomputed"
     assert model_config_for(cfg, fs, steps_per_epoch=1).image_encoder == "precomputed"
+
+
+def test_a_named_image_encoder_on_precomputed_data_is_said_unused(
+    tmp_path, make_feature_set, capsys
+) -> None:
+    """The walkthrough's report: train --data precomp:... --image-encoder hf:vit ignored the
+    flag without a word (the model records 'precomputed')."""
+    from picoalign.training.loop import train
+
+    fs = make_feature_set(n=24, c_v=16)
+    fs.meta["image_encoder"] = "precomputed"
+    base = {"data": "synthetic", "epochs": 1, "progress": False, "device": "cpu",
+            "model.embed_dim": 8, "model.method": "baseline"}  # fmt: skip
+    train(load_config(None, {**base, "out": str(tmp_path / "a"),
+                             "model.image_encoder": "random-conv"}), fs)  # fmt: skip
+    assert "image encoder random-conv is not used" in capsys.readouterr().err
+    train(load_config(None, {**base, "out": str(tmp_path / "b")}), fs)  # the default: no word
+    assert "is not used" not in capsys.readouterr().err
+
+
+def test_a_precomputed_model_given_image_files_says_so(write_jsonl_dataset, tmp_path) -> None:
+    """The walkthrough's report: `evaluate --data karpathy:...` of a model trained on
+    precomputed features failed with "precomputed features must be (T, C), got (64, 64, 3)"
+    after encoding had started."""
+    import pytest
+
+    from picoalign.features import dataset_features
+
+    data = write_jsonl_dataset(tmp_path / "d")
+    with pytest.raises(ValueError, match="trained on precomputed image features"):
+        dataset_features(f"jsonl:{data}", "precomputed", "hash-text", progress=False,
+                         cache_dir=str(tmp_path / "c"))  # fmt: skip

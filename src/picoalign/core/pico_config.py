@@ -39,7 +39,9 @@ class PICOConfig:
     # p ≡ 1 for these many updates; in training they come on top of pico_warmup_epochs'
     # steps (picoalign.training.derived.model_config_for)
     warmup_steps: int = 0
-    renormalize: bool = True  # weights = p · D / Σp (scores keep their range)
+    # weights = p · D / Σp (scores keep their range); reading A only: reading B rescales its
+    # scores by the matched pairs' mean instead (adaptive._matched_scale)
+    renormalize: bool = True
     # "pair" (B, pair-adaptive; best PICO on validation) | "global" (A)
     reading: Literal["pair", "global"] = "pair"
     # reading B: p(V,T) = λ p̃(V,T) + (1−λ) prior; 0.25 had the best mean validation rSum of

@@ -59,6 +59,12 @@ def dataset_features(
         raise
     if getattr(dataset, "features", None) is not None:
         image_encoder = "precomputed"
+    elif image_encoder == "precomputed":  # a model trained on precomp: features, given images
+        raise ValueError(
+            f"{data}: image files, but this model was trained on precomputed image features "
+            "(image encoder 'precomputed'): it has no backbone to read images; evaluate or "
+            "index it on precomputed features (precomp:DIR), or search its index by text"
+        )
     image_encoder = create_image_encoder(image_encoder)
     if callable(text_encoder) and not isinstance(text_encoder, TextEncoder):
         text_encoder = text_encoder()

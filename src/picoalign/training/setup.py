@@ -21,7 +21,7 @@ from picoalign.core.losses import create_loss
 from picoalign.evaluation import coarse_split_warning, duplicate_caption_warning
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_write_text, make_dirs
-from picoalign.model import PicoAligner
+from picoalign.model import ModelConfig, PicoAligner
 from picoalign.training.derived import model_config_for, split_sizes
 from picoalign.training.devices import numerics
 from picoalign.training.distributed import DistContext, wrap_ddp
@@ -140,6 +140,14 @@ def setup_run(
     steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
     model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
     total_steps = cfg.epochs * steps_per_epoch
+    named = cfg.model.image_encoder
+    if fs.meta.get("image_encoder") == "precomputed" and named not in (
+        "precomputed", ModelConfig().image_encoder,
+    ):  # fmt: skip
+        notes.append(
+            f"warning: image encoder {named} is not used: {cfg.data} brings its own image "
+            "features (the model records the 'precomputed' encoder)"
+        )
     late = [int(s) for s in cfg.lr_steps if s >= 1 and s >= cfg.epochs]  # epoch numbers
     if late:  # e.g. --set lr_steps=[5] with --epochs 2: no word, no step
         notes.append(
