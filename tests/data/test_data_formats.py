@@ -412,3 +412,19 @@ def test_a_missing_image_folder_is_one_line(images: Path) -> None:
         karpathy(p, images / "nowhere")
     with pytest.raises(DataError, match=r"is a file, not a folder"):
         karpathy(p, p)
+
+
+def test_karpathy_messages_name_coco_keys_and_plain_string_sentences(images: Path) -> None:
+    """The walkthrough's report: COCO's "file_name" and plain-string sentences were reported
+    as a missing "filename" and a missing "raw", with no word of what the record did hold."""
+    from picoalign.data.formats import _karpathy_record
+
+    coco = {"file_name": "a.png", "split": "train", "sentences": [{"raw": "x"}]}
+    with pytest.raises(DataError, match='it has "file_name", the COCO annotations'):
+        _karpathy_record(coco, images / "imgs")
+    plain = {"filename": "a.png", "split": "train", "sentences": ["a dog"]}
+    with pytest.raises(DataError, match="it is a plain string: Karpathy's are objects"):
+        _karpathy_record(plain, images / "imgs")
+    climbs = {"filename": "../a.png", "split": "train", "sentences": [{"raw": "x"}]}
+    with pytest.raises(DataError, match=r"escapes the dataset root .* \(the image folder\)"):
+        _karpathy_record(climbs, images / "imgs")

@@ -58,7 +58,8 @@ def _karpathy_record(rec: Any, image_root: Path) -> Item:
         raise DataError(f"expected an object, got {type(rec).__name__}")
     filename, filepath = rec.get("filename"), rec.get("filepath", "")
     if not isinstance(filename, str) or not filename:
-        raise DataError('missing or non-string "filename"')
+        hint = ' (it has "file_name", the COCO annotations\' key: Karpathy\'s is "filename")'
+        raise DataError('missing or non-string "filename"' + (hint if "file_name" in rec else ""))
     if not isinstance(filepath, str):
         raise DataError('"filepath" must be a string')
     if "split" not in rec:
@@ -74,7 +75,11 @@ def _karpathy_record(rec: Any, image_root: Path) -> Item:
             raw = " ".join(map(str, s["tokens"]))
         raws.append(raw)
         if not isinstance(raw, str):
-            raise DataError(f'sentences[{i}] has no "raw" string')
+            got = " (it is a plain string: Karpathy's are objects" if isinstance(s, str) else ""
+            raise DataError(
+                f'sentences[{i}] has no "raw" string'
+                + (f'{got}, {{"raw": ..., "tokens": [...]}})' if got else "")
+            )
     captions = text_list(raws, "sentences[].raw")
     full, key = inside(image_root, f"{filepath}/{filename}" if filepath else filename)
     return Item(key, captions, split, key, str(full))

@@ -55,7 +55,7 @@ def _jsonl_record(text: str, base: Path, seed: int, default_split: str | None) -
         captions = text_list([rec["caption"]], '"caption"')
     else:
         raise DataError('missing key "captions" (a list of strings)' + _unknown(unknown))
-    full, key = inside(base, rec["image"])
+    full, key = inside(base, rec["image"], "the data file's folder")
     group = rec.get("group", key)
     if not isinstance(group, str) or not group:
         raise DataError('"group" must be a non-empty string')

@@ -19,7 +19,7 @@ def split_value(value: Any) -> str:
     return SPLIT_ALIASES.get(value, value)
 
 
-def inside(root: Path, rel: str) -> tuple[Path, str]:
+def inside(root: Path, rel: str, what: str = "the image folder") -> tuple[Path, str]:
     """``root/rel`` and its key, refusing relative paths that climb out of ``root``: a dataset
     file must not be able to make the loader read ``../../home/user/.ssh/...``."""
     if "\0" in rel:
@@ -29,7 +29,7 @@ def inside(root: Path, rel: str) -> tuple[Path, str]:
     norm = os.path.normpath(rel)
     if norm == ".." or PurePosixPath(norm.replace(os.sep, "/")).parts[:1] == ("..",):
         raise DataError(
-            f"image path {rel!r} escapes the dataset root {root} (the data file's folder); "
+            f"image path {rel!r} escapes the dataset root {root} ({what}); "
             "write an absolute path for an image outside it"
         )
     return root / norm, PurePosixPath(norm.replace(os.sep, "/")).as_posix()
