@@ -467,3 +467,12 @@ def test_save_refuses_a_run_a_data_folder_and_an_existing_model_unless_asked(tmp
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="exists and is not a folder"):
         model.save(tmp_path / "file")
+
+
+def test_encode_texts_refuses_an_empty_caption() -> None:
+    """The walkthrough's report: encode_texts([""]) encoded an empty caption, which the CLI's
+    data check refuses."""
+    model = PicoAligner.from_encoders("random-conv", "hash-text", embed_dim=8)
+    with pytest.raises(ValueError, match=r"texts must not be empty: item 1 is ' '"):
+        model.encode_texts(["a red circle", " "])
+    assert model.encode_texts([])[0].shape[0] == 0

@@ -339,6 +339,9 @@ class PicoAligner(nn.Module):
         if wrong:  # the tokenizer's own message names no item
             i, x = wrong[0]
             raise TypeError(f"texts must be strings: item {i} is {type(x).__name__} ({x!r:.40})")
+        blank = [i for i, x in enumerate(texts) if not x.strip()]
+        if blank:  # the data check refuses empty captions: the same rule here
+            raise ValueError(f"texts must not be empty: item {blank[0]} is {texts[blank[0]]!r}")
         toks, masks = [], []
         for i in range(0, len(texts), batch_size):
             t, m = self.embed_texts(*self.text_tokens(texts[i : i + batch_size]))

@@ -86,8 +86,9 @@ class PICOConfig:
                 raise ValueError(
                     f"PICOConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
-        if self.dim < 1 or self.bank_size < 1:
-            raise ValueError("PICOConfig.dim and bank_size must be >= 1")
+        for name in ("dim", "bank_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PICOConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.momentum <= 1:
             raise ValueError(f"PICOConfig.momentum must be in (0, 1], got {self.momentum}")
         if not 0 <= self.lam <= 1:
