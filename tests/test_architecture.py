@@ -14,14 +14,16 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "picoalign"
 
 # layer -> the picoalign layers it may import (besides itself). Top-level modules are layers
 # of their own name (model, fileio, config, __init__, __main__).
-LOWER = {"core", "model", "features", "data", "encoders", "fileio", "config", "evaluation"}
+LOWER = {"core", "model", "features", "data", "encoders", "fileio", "config", "evaluation",
+         "inputs"}  # fmt: skip
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "fileio": set(),
     "data": {"fileio"},
     "encoders": {"core", "data"},
     "features": {"core", "data", "encoders", "fileio"},
-    "model": {"core", "encoders", "data", "fileio", "config"},
+    "inputs": {"data"},
+    "model": {"core", "encoders", "data", "fileio", "config", "inputs"},
     "config": {"core", "encoders", "data"},
     "evaluation": {"core", "model", "features"},
     "retrieval": {"core", "model", "features", "data", "fileio", "evaluation", "config"},

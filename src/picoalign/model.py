@@ -33,6 +33,7 @@ from picoalign.core.heads import HEADS
 from picoalign.core.pico import PICO
 from picoalign.core.scorers import create_scorer
 from picoalign.core.similarity import fine_grained_scores, l2_normalize, pad_cat
+from picoalign.inputs import as_image, check_batch_size, check_texts, sliceable
 
 __all__ = ["METHODS", "RULES", "ModelConfig", "PicoAligner"]  # ModelConfig: picoalign.config.model
 
@@ -303,8 +304,8 @@ class PicoAligner(nn.Module):
         """
         if isinstance(images, (str, Path, Image.Image)):  # one image, not a sequence of them
             images = [images]
-        images = _sliceable(images)
-        _check_batch_size(batch_size)
+        images = sliceable(images)
+        check_batch_size(batch_size)
         enc = self.backbone("image")
         if getattr(enc, "from_features", None) is not None:
             raise ValueError(
@@ -314,7 +315,7 @@ class PicoAligner(nn.Module):
             )
         toks, masks = [], []
         for i in range(0, len(images), batch_size):
-            batch = [_image(x, i + j) for j, x in enumerate(images[i : i + batch_size])]
+            batch = [as_image(x, i + j) for j, x in enumerate(images[i : i + batch_size])]
             t, m = enc(self.image_pixels(batch))
             t, m = self.embed_images(t.to(self._device), m.to(self._device))
             toks.append(t)
@@ -333,15 +334,9 @@ class PicoAligner(nn.Module):
         self, texts: str | Sequence[str], batch_size: int = 64
     ) -> tuple[Tensor, Tensor]:
         """Captions (or one caption) → embedded tokens (N, T, D) and mask, for ``scores``."""
-        texts = [texts] if isinstance(texts, str) else _sliceable(texts)
-        _check_batch_size(batch_size)
-        wrong = [(i, x) for i, x in enumerate(texts) if not isinstance(x, str)]
-        if wrong:  # the tokenizer's own message names no item
-            i, x = wrong[0]
-            raise TypeError(f"texts must be strings: item {i} is {type(x).__name__} ({x!r:.40})")
-        blank = [i for i, x in enumerate(texts) if not x.strip()]
-        if blank:  # the data check refuses empty captions: the same rule here
-            raise ValueError(f"texts must not be empty: item {blank[0]} is {texts[blank[0]]!r}")
+        texts = [texts] if isinstance(texts, str) else sliceable(texts)
+        check_batch_size(batch_size)
+        check_texts(texts)
         toks, masks = [], []
         for i in range(0, len(texts), batch_size):
             t, m = self.embed_texts(*self.text_tokens(texts[i : i + batch_size]))
@@ -395,29 +390,3 @@ class PicoAligner(nn.Module):
         # in eval mode, as a loaded model is used: with text_dropout / image_dropout a model in
         # training mode encodes the same caption differently on every call (.train() to train)
         return model.eval()
-
-
-def _sliceable(items: Any) -> Any:
-    """A sequence as given (a lazy one stays lazy); any other iterable, such as a generator,
-    as a list: the encoders read in slices."""
-    return items if hasattr(items, "__len__") and hasattr(items, "__getitem__") else list(items)
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-
-
-def _image(x: Any, i: int) -> Image.Image:
-    """Item ``i`` of ``encode_images`` as a PIL image: a PIL image, or an image file's path;
-    anything else is named, not passed on to fail in ``open``."""
-    from picoalign.data.images import load_image
-
-    if isinstance(x, Image.Image):
-        return x
-    if not isinstance(x, (str, Path)):
-        raise TypeError(
-            f"images must be PIL images or file paths: item {i} is {type(x).__name__} (for "
-            "an array, PIL.Image.fromarray(array) first)"
-        )
-    return load_image(Path(x), where=f"image {i}")
