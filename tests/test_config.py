@@ -359,3 +359,18 @@ def test_a_local_hf_encoder_folder_is_stored_absolute(tmp_path, monkeypatch) -> 
     assert fixed.model.image_encoder == f"hf:{tmp_path / 'models' / 'vit'}"
     assert fixed.model.text_encoder == cfg.model.text_encoder
     assert cfg.model.image_encoder == "hf:models/vit"  # a copy: the input is not changed
+
+
+def test_a_key_of_a_nested_section_at_the_top_says_where_it_belongs(tmp_path) -> None:
+    """The walkthrough's report: `method: pico` at the top of a YAML was an unknown key with
+    no hint, while a typo'd --set got a suggestion."""
+    for text, hint in (
+        ("method: pico\n", "method belongs under model: (model.method)"),
+        ("lam: 0.5\n", "lam belongs under model.pico: (model.pico.lam)"),
+        ("model:\n  lam: 0.5\n", "lam belongs under pico: (pico.lam)"),
+        ("epoks: 3\n", "did you mean epochs for epoks?"),
+    ):
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(hint)):
+            load_config(path)

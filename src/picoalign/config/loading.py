@@ -222,12 +222,23 @@ def _known(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
-def _check_keys(d: dict[str, Any], cls: type, where: str) -> None:
+def _check_keys(
+    d: dict[str, Any], cls: type, where: str, deeper: tuple[tuple[str, type], ...] = ()
+) -> None:
+    """Unknown keys of one level, each with a hint: a close spelling, or the section it
+    belongs in (``method:`` at the top of a file is ``model: {method: ...}``)."""
     known = _known(cls)
     unknown = sorted(set(d) - known)
     if unknown:
-        close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
-        hint = "; ".join(f"did you mean {c[0]} for {k}?" for k, c in close.items() if c)
+        hints = []
+        for k in unknown:
+            section = next((name for name, sub in deeper if k in _known(sub)), None)
+            close = difflib.get_close_matches(k, known, n=1)
+            if section is not None:
+                hints.append(f"{k} belongs under {section}: ({section}.{k})")
+            elif close:
+                hints.append(f"did you mean {close[0]} for {k}?")
+        hint = "; ".join(hints)
         raise ValueError(
             f"{where}: unknown key(s) {', '.join(unknown)}"
             + (f" ({hint})" if hint else "")
@@ -246,9 +257,9 @@ def _section(value: Any, where: str) -> dict[str, Any]:
 
 def _check_tree(d: dict[str, Any], where: str) -> None:
     """Reject unknown keys at every level without building (values may still be overridden)."""
-    _check_keys(d, TrainConfig, where)
+    _check_keys(d, TrainConfig, where, (("model", ModelConfig), ("model.pico", PICOConfig)))
     model = _section(d.get("model"), f"{where}: model")
-    _check_keys(model, ModelConfig, f"{where}: model")
+    _check_keys(model, ModelConfig, f"{where}: model", (("pico", PICOConfig),))
     pico = _section(model.get("pico"), f"{where}: model.pico")
     _check_keys(pico, PICOConfig, f"{where}: model.pico")
 
