@@ -104,3 +104,22 @@ def test_demo_claims_unseen_concepts_only_for_concept_split_data(
     fs = make_feature_set(n=24)
     assert run_demo(data=data, out=tmp_path, quick=True, features=fs, progress=False) == 0
     assert ("concepts unseen in training" in capsys.readouterr().out) is claims
+
+
+def test_a_run_validated_every_other_epoch_draws_one_connected_line(tmp_path: Path, monkeypatch):
+    """The walkthrough's report: with --set eval_every=2 the validation panel drew points
+    with no line between them (the unevaluated epochs broke it)."""
+    import matplotlib.axes
+
+    drawn = []
+    real = matplotlib.axes.Axes.plot
+
+    def record(self, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(args[0]) if args else []))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    rows = [{"epoch": e, "loss": 1.0 / e, **({"val_rsum": 10.0 * e} if e % 2 == 0 else {})}
+            for e in range(1, 7)]  # fmt: skip
+    plot_training({"pico": rows}, tmp_path / "t.png")
+    assert ("pico", [2, 4, 6]) in drawn  # the evaluated epochs only: one line through them

@@ -40,7 +40,8 @@ def plot_training(histories: dict[str, list[dict[str, Any]]], out: str | Path) -
     for name, hist in histories.items():
         key = next((k for k in hist[-1] if k.endswith("_rsum")), None) if hist else None
         if key:
-            ax.plot([r["epoch"] for r in hist], [r.get(key) for r in hist], marker="o", label=name)
+            done = [r for r in hist if r.get(key) is not None]  # eval_every > 1: some epochs
+            ax.plot([r["epoch"] for r in done], [r[key] for r in done], marker="o", label=name)
     ax.set(title="validation rSum", xlabel="epoch", ylabel="rSum")
     if ax.get_legend_handles_labels()[0]:  # no evaluated epoch: no legend (and no warning)
         ax.legend()
