@@ -490,6 +490,11 @@ def test_a_moved_gallery_is_relocated_without_encoding_and_refusals_change_nothi
     assert {h["source"] for h in hits} == {str(new / "p0.png"), *(
         str(new / "2024" / f"p{i}.png") for i in (1, 2))}  # fmt: skip
     assert json.loads((index / "manifest.json").read_text())["relocated"][0]["to"] == str(new)
+    rc, _, err = run_cli("relocate", str(tmp_path / "nope"), "a", "b")  # the index first
+    assert rc == 2 and "nope: gallery index not found" in err
+    (tmp_path / "afile").write_text("x")
+    rc, _, err = run_cli("relocate", str(index), str(new), str(tmp_path / "afile"))
+    assert rc == 2 and "new folder is a file, not a folder" in err
 
 
 def test_an_image_index_encodes_no_captions(trained, tmp_path: Path, monkeypatch) -> None:
@@ -559,7 +564,8 @@ def test_an_image_file_as_a_query_of_an_image_index_is_refused(trained, tmp_path
     )
     rc, _, err = run_cli("search", str(index), "--text", str(photo), "-k", "1")
     assert rc == 0, err  # asked for as text: searched as text
-    rc, _, err = run_cli("search", str(index), "photo.png")  # not a file here: a text query
+    with pytest.warns(UserWarning, match="photo.png looks like an image file, but there is none"):
+        rc, _, err = run_cli("search", str(index), "photo.png")  # a mistyped path: said so
     assert rc == 0, err
 
 
@@ -579,10 +585,50 @@ def test_evaluate_warns_when_a_backbone_changed_since_training(trained, tmp_path
     (run / "data.json").write_text(json.dumps(record))
     rc, _, err = run_cli("evaluate", str(run))
     assert rc == 0 and "the image encoder random-conv is not the one" in err, err
+    text_head, text_versions = record["text_cache_key"].rsplit("|", 1)
+    record["text_cache_key"] = text_head.replace("w=", "w=0") + "|" + text_versions
+    (run / "data.json").write_text(json.dumps(record))
+    rc, _, err = run_cli("evaluate", str(run))  # both changed: both named (the re-test)
+    assert "the image encoder random-conv and the text encoder hash-text are not the ones" in err
+    record["text_cache_key"] = f"{text_head}|{text_versions}"
     record["image_cache_key"] = f"{head}|torch=0.0"  # another library version: no word
     (run / "data.json").write_text(json.dumps(record))
     rc, _, err = run_cli("evaluate", str(run))
     assert rc == 0 and "is not the one" not in err, err
+
+
+def test_a_relocated_subfolder_is_drawn_from_its_new_files(trained, tmp_path: Path) -> None:
+    """The re-test's report: after `relocate` of a gallery's subfolder, search listed the new
+    paths, but --sheet read the images through the dataset spec (which still names the old
+    root) and drew "file missing" tiles, warning that the dataset changed."""
+    from PIL import Image
+
+    from picoalign import data as data_mod
+
+    gallery = tmp_path / "photos"
+    (gallery / "b").mkdir(parents=True)
+    for i, rgb in enumerate([(200, 0, 0), (0, 0, 200), (0, 0, 150)]):
+        Image.new("RGB", (20, 20), rgb).save(gallery / ("b" if i else ".") / f"p{i}.png")
+    index = tmp_path / "idx"
+    rc, _, err = run_cli("index", str(trained["run"]), "--data", f"folder:{gallery}",
+                         "--out", str(index), "--no-progress")  # fmt: skip
+    assert rc == 0, err
+    (tmp_path / "disk2").mkdir()
+    (gallery / "b").rename(tmp_path / "disk2" / "b")
+    rc, out, err = run_cli(
+        "relocate", str(index), str(gallery / "b"), str(tmp_path / "disk2" / "b")
+    )
+    assert rc == 0 and "2 image paths now under" in out, err
+
+    def no_dataset(*args, **kwargs):
+        raise AssertionError("the sheet read the dataset, not the files search listed")
+
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        mp.setattr(data_mod, "load_dataset", no_dataset)
+        warnings.simplefilter("error")
+        rc, _, err = run_cli("search", str(index), "a blue square", "-k", "3",
+                             "--sheet", str(tmp_path / "s.png"))  # fmt: skip
+    assert rc == 0 and (tmp_path / "s.png").is_file(), err
 
 
 def test_output_cut_short_by_its_reader_is_no_error() -> None:

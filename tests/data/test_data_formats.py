@@ -428,3 +428,27 @@ def test_karpathy_messages_name_coco_keys_and_plain_string_sentences(images: Pat
     climbs = {"filename": "../a.png", "split": "train", "sentences": [{"raw": "x"}]}
     with pytest.raises(DataError, match=r"escapes the dataset root .* \(the image folder\)"):
         _karpathy_record(climbs, images / "imgs")
+
+
+def test_jsonl_caption_lines_name_what_is_wrong(images: Path) -> None:
+    """The re-test's report: a group mismatch said "one split", a caption line without a
+    split got a merge error, and typos of "split" and "caption" got no hint."""
+    a = "imgs/a.png"
+    cases = [
+        ([{"image": a, "caption": "x", "split": "train", "group": "g1"},
+          {"image": a, "caption": "y", "split": "train", "group": "g2"}],
+         r"line 2: image 'imgs/a.png' is group 'g1' at .* but 'g2' here: one image, one group"),
+        ([{"image": a, "caption": "x", "split": "train"}, {"image": a, "caption": "y"}],
+         r'line 2: missing key "split" \(expected one of'),
+        ([{"image": a, "caption": "x", "splt": "train"}],
+         r"missing key \"split\" \(the line has unknown key 'splt': a typo\?\)"),
+        ([{"image": a, "captoin": "x", "split": "train"}],
+         r'missing key "captions" \(a list of strings\) or "caption" \(one string\) '
+         r"\(the line has unknown key 'captoin'"),
+        ([{"image": a, "caption": ["x"], "split": "train"}],
+         r'"caption" must be a non-empty string \(got a list\)'),
+    ]  # fmt: skip
+    for i, (lines, message) in enumerate(cases):
+        with pytest.raises(DataError, match=message):
+            jsonl(write_jsonl(images / f"d{i}.jsonl", [*lines, {"image": "imgs/c.png",
+                  "captions": ["ok"], "split": "train"}]))  # fmt: skip

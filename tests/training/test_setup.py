@@ -114,7 +114,9 @@ def test_an_lr_step_past_the_last_epoch_is_warned(tmp_path, make_feature_set, ca
     base = {"data": "synthetic", "epochs": 2, "progress": False, "device": "cpu",
             "model.embed_dim": 8, "model.method": "baseline"}  # fmt: skip
     train(load_config(None, {**base, "out": str(tmp_path / "a"), "lr_steps": [5]}), fs)
-    assert "puts a step at epoch 6, past the run's 2 epochs" in capsys.readouterr().err
+    assert "puts a step at epoch 6 (lr_steps count epochs from 0), past the run's 2" in (
+        capsys.readouterr().err
+    )
     for i, steps in enumerate(([0.6, 1], [0.6, 0.85])):  # 0.85 of 2 epochs rounds to the end
         train(load_config(None, {**base, "out": str(tmp_path / f"b{i}"), "lr_steps": steps}), fs)
         assert "past the run's" not in capsys.readouterr().err

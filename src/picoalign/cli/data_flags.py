@@ -179,17 +179,19 @@ def changed_encoder_warning(checkpoint: str, meta: dict[str, Any]) -> str | None
         trained = json.loads((folder / "data.json").read_text())
     except (OSError, ValueError):
         return None
+    changed = []
     for side in ("image", "text"):
         before, now = trained.get(f"{side}_cache_key"), meta.get(f"{side}_cache_key")
-        if not (isinstance(before, str) and isinstance(now, str)):
-            continue
-        if before.rsplit("|", 1)[0] != now.rsplit("|", 1)[0]:
-            return (
-                f"warning: the {side} encoder {meta.get(f'{side}_encoder', '')} is not the one "
-                f"{folder} trained on (its weights or settings changed since, per "
-                f"{folder / 'data.json'}): the model's heads were trained on other features"
-            )
-    return None
+        both = isinstance(before, str) and isinstance(now, str)
+        if both and before.rsplit("|", 1)[0] != now.rsplit("|", 1)[0]:
+            changed.append(f"the {side} encoder {meta.get(f'{side}_encoder', '')}")
+    if not changed:
+        return None
+    return (
+        f"warning: {' and '.join(changed)} {'is' if len(changed) == 1 else 'are'} not the one"
+        f"{'' if len(changed) == 1 else 's'} {folder} trained on (weights or settings changed "
+        f"since, per {folder / 'data.json'}): the model's heads were trained on other features"
+    )
 
 
 def run_data(checkpoint: str, data: str | None, seed: int | None) -> tuple[str, int]:

@@ -146,7 +146,8 @@ def cmd_relocate(args: argparse.Namespace) -> int:
             stacklevel=2,
         )
     spec = f"; dataset spec now {done.spec}" if done.spec_moved else ""
-    print(f"index {args.index}: {done.moved} image paths now under {args.new}{spec}")
+    what = "image paths" if done.kind == "images" else "captions' image paths"
+    print(f"index {args.index}: {done.moved} {what} now under {args.new}{spec}")
     return 0
 
 
@@ -314,7 +315,11 @@ def _refuse_image_files(queries: list[str]) -> None:
     from picoalign.data.folder import image_extensions
 
     exts = image_extensions()
-    files = [q for q in queries if Path(q).suffix.lower() in exts and Path(q).is_file()]
+    named = [q for q in queries if Path(q).suffix.lower() in exts and " " not in q.strip()]
+    files = [q for q in named if Path(q).is_file()]
+    for q in (q for q in named if not Path(q).is_file()):
+        warnings.warn(f"{q} looks like an image file, but there is none: searched as text",
+                      stacklevel=3)  # fmt: skip
     if files:
         raise ValueError(
             f"{files[0]} is an image file, and an image index is searched by text: "

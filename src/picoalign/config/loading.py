@@ -115,7 +115,7 @@ class TrainConfig:
         checks = {  # name -> (valid, what was expected)
             "epochs": (self.epochs == "auto" or self.epochs >= 1, "an integer >= 1, or auto"),
             "batch_size": (self.batch_size >= 2, "an integer >= 2"),
-            "lr": (fin["lr"] and self.lr > 0, "a finite number > 0"),
+            "lr": (fin["lr"] and 0 < self.lr < FP32_MAX, "a finite number > 0, below 3.4e38"),
             "margin": (fin["margin"] and self.margin >= 0, "a finite number >= 0"),
             "loss": (self.loss in ("triplet", "infonce"), "triplet or infonce"),
             "eval_split": (self.eval_split in ("train", "val", "test"), "train, val or test"),
@@ -168,6 +168,9 @@ class TrainConfig:
         if self.epochs == "auto":  # the data decides it: training resolves it first
             raise ValueError("epochs=auto is not resolved yet (schedule.resolve_epochs)")
         return [round(s * self.epochs) if s < 1 else int(s) for s in self.lr_steps]
+
+
+FP32_MAX = 3.4028234663852886e38  # the optimiser's state is fp32: a larger lr overflows it
 
 
 def yaml_problem(e: yaml.YAMLError, *, lines: bool = True) -> str:

@@ -33,8 +33,11 @@ def _unknown(keys: list[str]) -> str:
     return f" (the line has unknown key {keys[0]!r}: a typo?)" if keys else ""
 
 
-def _jsonl_record(text: str, base: Path, seed: int, default_split: str | None) -> tuple[Item, bool]:
-    """The line's item, and whether it is a one-caption line (``caption``, not ``captions``)."""
+def _jsonl_record(
+    text: str, base: Path, seed: int, default_split: str | None
+) -> tuple[Item, bool, list[str]]:
+    """The line's item, whether it is a one-caption line (``caption``, not ``captions``), and
+    its unknown keys (for the message of a missing split)."""
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as e:
@@ -52,9 +55,16 @@ def _jsonl_record(text: str, base: Path, seed: int, default_split: str | None) -
     if "captions" in rec:
         captions = text_list(rec["captions"], '"captions"')
     elif "caption" in rec:
-        captions = text_list([rec["caption"]], '"caption"')
+        one = rec["caption"]
+        if not isinstance(one, str) or not one.strip():
+            got = "empty" if isinstance(one, str) else f"a {type(one).__name__}"
+            raise DataError(f'"caption" must be a non-empty string (got {got})')
+        captions = text_list([one], '"caption"')
     else:
-        raise DataError('missing key "captions" (a list of strings)' + _unknown(unknown))
+        raise DataError(
+            'missing key "captions" (a list of strings) or "caption" (one string)'
+            + _unknown(unknown)
+        )
     full, key = inside(base, rec["image"], "the data file's folder")
     group = rec.get("group", key)
     if not isinstance(group, str) or not group:
@@ -66,13 +76,14 @@ def _jsonl_record(text: str, base: Path, seed: int, default_split: str | None) -
         split = seeded_split(group, seed)
     elif default_split is not None:
         split = default_split
-    return Item(key, captions, split or "", group, str(full)), "captions" not in rec
+    return Item(key, captions, split or "", group, str(full)), "captions" not in rec, unknown
 
 
-def _missing_split() -> str:
+def _missing_split(unknown: list[str] = ()) -> str:
     return (
-        f'missing key "split" (expected one of {", ".join(SPLITS)}; if lines without one are '
-        "training data, spell the dataset jsonl:PATH:default-split=train)"
+        f'missing key "split"{_unknown(list(unknown))} (expected one of {", ".join(SPLITS)}; '
+        "if lines without one are training data, spell the dataset "
+        "jsonl:PATH:default-split=train)"
     )
 
 
@@ -92,11 +103,12 @@ def _merge(items: list[Item], at: int, item: Item, first: str) -> None:
     into JSONL has one line per image and caption). Its split and group must agree: one
     image in two splits is a leak, refused."""
     have = items[at]
-    if (item.split, item.group) != (have.split, have.group):
-        raise DataError(
-            f"image {item.key!r} is split {have.split!r}, group {have.group!r} at {first} "
-            f"but split {item.split!r}, group {item.group!r} here: one image, one split"
-        )
+    for what in ("split", "group"):
+        if getattr(item, what) != getattr(have, what):
+            raise DataError(
+                f"image {item.key!r} is {what} {getattr(have, what)!r} at {first} but "
+                f"{getattr(item, what)!r} here: one image, one {what}"
+            )
     items[at] = replace(have, captions=(*have.captions, *item.captions))
 
 
@@ -130,7 +142,10 @@ def jsonl(
             continue  # blank, or not UTF-8 (already reported by read_lines)
         where = f"{path} line {n}"
         try:
-            item, one = _jsonl_record(text, base, seed, default_split)
+            item, one, unknown = _jsonl_record(text, base, seed, default_split)
+            if not item.split and item.key in where_of:  # a merge would hide it
+                no_split.append((where, _missing_split(unknown)))
+                raise DataError(no_split[-1][1])
             if item.key in where_of and one and item.key in single:
                 _merge(items, single[item.key], item, where_of[item.key])
                 continue  # one image, its captions on several lines: one item
@@ -148,7 +163,7 @@ def jsonl(
                 )
             stat = stat_image(Path(item.source))
             if not item.split:  # checked last: a missing file is the more useful message
-                no_split.append((where, _missing_split()))
+                no_split.append((where, _missing_split(unknown)))
                 raise DataError(no_split[-1][1])
             stats.append(stat)
         except DataError as e:

@@ -54,6 +54,7 @@ class Relocation:
     missing: list[str]
     spec: str | None
     spec_moved: bool
+    kind: str = "images"
 
 
 def relocate_manifest(manifest: dict[str, Any], old: str, new: str) -> tuple[dict[str, Any], int]:
@@ -81,8 +82,12 @@ def relocate_index(path: str | Path, old: str | Path, new: str | Path) -> Reloca
     the index still holds their features. The manifest records each relocation."""
     path = Path(path)
     old_s, new_s = absolute_path(str(old)), absolute_path(str(new))
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: gallery index not found")
+    store.read_manifest(path)  # an index, before anything is said of the folders
     if not Path(new_s).is_dir():
-        raise FileNotFoundError(f"{new}: the gallery's new folder not found")
+        what = "is a file, not a folder" if Path(new_s).exists() else "not found"
+        raise FileNotFoundError(f"{new}: the gallery's new folder {what}")
     if old_s == new_s:
         raise ValueError(f"{old} and {new} are the same folder: nothing to move")
     with folder_lock(path, "relocating it"):
@@ -108,7 +113,7 @@ def relocate_index(path: str | Path, old: str | Path, new: str | Path) -> Reloca
             {"from": old_s, "to": new_s, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         ]
         atomic_write_json(out, path / "manifest.json")
-    return Relocation(moved, missing, new_spec, new_spec != spec)
+    return Relocation(moved, missing, new_spec, new_spec != spec, str(man.get("kind", "images")))
 
 
 def _dataset_check(spec: str, manifest: dict[str, Any]) -> dict[str, Any]:

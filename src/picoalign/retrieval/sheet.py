@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from picoalign.data.base import DataError
 from picoalign.fileio import atomic_write
 
 # what a sheet's PNG records as its "Software": the mark that lets a later search replace it
@@ -84,6 +85,8 @@ def contact_sheet(
             hit = hits[r][c]
             try:
                 ax.imshow(np.asarray(load_image_fn(hit).convert("RGB")))
+            except ImagesUnreadable:  # none of the images can be read: no sheet at all
+                raise
             except Exception as e:  # one unreadable image must not lose the sheet
                 ax.text(
                     0.5,
@@ -135,22 +138,46 @@ def _rewarn(caught: list[warnings.WarningMessage]) -> None:
         warnings.warn(message, category, stacklevel=3)
 
 
+class ImagesUnreadable(DataError):
+    """The index's dataset cannot be loaded (moved or deleted): no image of it can be read."""
+
+
 def dataset_image_loader(dataset: dict[str, Any]) -> Callable[[Any], Any]:
     """``hit -> PIL image`` for a manifest's ``dataset`` entry (``spec``, ``seed``,
-    ``fingerprint``): the dataset is loaded once and each hit's item is found by key."""
-    from picoalign.data import load_dataset
+    ``fingerprint``). A hit whose source is an image file is read from that file (what
+    ``search`` prints, and what ``relocate`` points at); the others (rendered data, or a
+    file gone) through the dataset, loaded once, on first need, and each hit's item found
+    by key. Reading the dataset for every sheet refused a gallery part of which was
+    relocated: its spec still named the old place."""
+    from picoalign.data.images import load_image
 
-    if not dataset.get("spec"):
-        raise ValueError("this index records no dataset spec: its images cannot be reloaded")
-    ds = load_dataset(dataset["spec"], seed=int(dataset.get("seed", 0)), skip_bad=True)
-    if dataset.get("fingerprint") and ds.fingerprint != dataset["fingerprint"]:
-        warnings.warn(f"dataset {dataset['spec']} changed since the index was built", stacklevel=2)
-    items = {it.key: it for it in ds.items}
+    state: dict[str, Any] = {}
+
+    def items() -> tuple[Any, dict[str, Any]]:
+        if "ds" not in state:
+            from picoalign.data import load_dataset
+
+            if not dataset.get("spec"):
+                raise ValueError("this index records no dataset spec: cannot reload its images")
+            try:
+                ds = load_dataset(dataset["spec"], seed=int(dataset.get("seed", 0)), skip_bad=True)
+            except (OSError, ValueError) as e:  # DataError is a ValueError
+                raise ImagesUnreadable(str(e)) from e
+            if dataset.get("fingerprint") and ds.fingerprint != dataset["fingerprint"]:
+                warnings.warn(
+                    f"dataset {dataset['spec']} changed since the index was built", stacklevel=4
+                )
+            state["ds"], state["items"] = ds, {it.key: it for it in ds.items}
+        return state["ds"], state["items"]
 
     def load(hit: Any) -> Any:
-        if hit.key not in items:
+        source = getattr(hit, "source", "") or ""
+        if source and Path(source).is_absolute() and Path(source).is_file():
+            return load_image(Path(source), where=f"result {hit.key}")
+        ds, by_key = items()
+        if hit.key not in by_key:
             raise ValueError(f"item {hit.key!r} is no longer in dataset {dataset['spec']}")
-        return ds.load(items[hit.key])
+        return ds.load(by_key[hit.key])
 
     return load
 

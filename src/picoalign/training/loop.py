@@ -245,7 +245,13 @@ def _check_finite(run: Run, epoch: int) -> None:
 
 
 def _diverged(run: Run, epoch: int) -> TrainingError:
-    kept = "" if run.out is None else f"; the last good checkpoint is kept in {run.out / 'last'}"
+    kept = ""
+    if run.out is not None:
+        kept = (
+            f"; the last good checkpoint is kept in {run.out / 'last'}"
+            if (run.out / "last").is_dir()
+            else "; no checkpoint was written before it"
+        )
     return TrainingError(
         f"training diverged in epoch {epoch + 1}: the model's weights or embeddings are no "
         f"longer finite (NaN or Inf){kept}. Try a lower --lr (it was {run.cfg.lr:g})."

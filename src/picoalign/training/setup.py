@@ -151,9 +151,9 @@ def setup_run(
     late = [int(s) for s in cfg.lr_steps if s >= 1 and s >= cfg.epochs]  # epoch numbers
     if late:  # e.g. --set lr_steps=[5] with --epochs 2: no word, no step
         notes.append(
-            f"warning: lr_steps {cfg.lr_steps} puts a step at epoch {late[0] + 1}, past the "
-            f"run's {cfg.epochs} epochs: the learning rate never takes it (fractions, such "
-            "as 0.6, follow --epochs)"
+            f"warning: lr_steps {cfg.lr_steps} puts a step at epoch {late[0] + 1} (lr_steps "
+            f"count epochs from 0), past the run's {cfg.epochs}: the learning rate never "
+            "takes it (fractions, such as 0.6, follow --epochs)"
         )
     warmup = model.config.pico.warmup_steps
     # p is first updated after step warmup + 1 and first used by step warmup + 2
@@ -161,8 +161,9 @@ def setup_run(
         notes.append(
             f"warning: PICO's warm-up ({warmup} steps: pico_warmup_epochs="
             f"{cfg.pico_warmup_epochs}) leaves no training step that uses p: it is first "
-            f"updated after step {warmup + 1} of {total_steps}, so this run trains the "
-            "baseline (more --epochs, or --set pico_warmup_epochs=N)"
+            f"updated after step {warmup + 1}, and used from the next, of the run's "
+            f"{total_steps}; so this run trains the baseline (more --epochs, or "
+            "--set pico_warmup_epochs=N)"
         )
     if model.config.standardize:  # training-split statistics, saved with the model
         model.fit_standardization(train_fs.images, train_fs.texts)
