@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -546,6 +547,15 @@ def test_evaluate_and_index_warn_when_the_runs_data_changed_since_training(
         assert "changed since" not in err  # other data, asked for: nothing to compare
     finally:
         data.write_text(before)
+    picture = data.parent / json.loads(before.splitlines()[0])["image"]
+    saved, times = picture.read_bytes(), picture.stat()
+    try:  # the same items, one image file rewritten in place (the re-test's report)
+        picture.write_bytes(saved + b"\0")
+        rc, _, err = run_cli("evaluate", str(run))
+        assert rc == 0 and "but image files changed on disk since" in err, err
+    finally:  # as it was, times too: the module's other tests share this data
+        picture.write_bytes(saved)
+        os.utime(picture, ns=(times.st_atime_ns, times.st_mtime_ns))
 
 
 def test_an_image_file_as_a_query_of_an_image_index_is_refused(trained, tmp_path: Path) -> None:

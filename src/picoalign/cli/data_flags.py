@@ -148,12 +148,22 @@ def changed_data_warning(checkpoint: str, data: str, seed: int, meta: dict[str, 
         if (folder / "config.yaml").is_file():
             break
     try:
-        before = json.loads((folder / "data.json").read_text()).get("items_fingerprint")
+        record = json.loads((folder / "data.json").read_text())
+        before = record.get("items_fingerprint")
     except (OSError, ValueError, AttributeError):
         return None  # a run from before data.json held it, or none written: not checked
     now = meta.get("items_fingerprint")
-    if before is None or now is None or before == now:
+    if before is None or now is None:
         return None
+    if before == now:  # the same items; the files themselves, as --resume checks them
+        old_fp, new_fp = record.get("fingerprint"), meta.get("fingerprint")
+        if old_fp is None or new_fp is None or old_fp == new_fp:
+            return None
+        return (
+            f"warning: the same images and captions as {folder} trained on, but image files "
+            f"changed on disk since (size or modification time; fingerprint {old_fp} in "
+            f"{folder / 'data.json'}, {new_fp} now)"
+        )
     return (
         f"warning: {data} changed since {folder} trained on it (its images, splits or "
         f"captions: fingerprint {before} in {folder / 'data.json'}, {now} now): its splits "
