@@ -4,6 +4,7 @@ defined once so the commands spell and document them identically (``docs/data.md
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 
@@ -117,52 +118,47 @@ def add_split_seed(p: argparse.ArgumentParser) -> None:
     )
 
 
+def run_folder(checkpoint: str) -> Path | None:
+    """The training run a checkpoint belongs to: the folder itself, or the run a model
+    folder (``RUN/best``) sits in; None for a model saved outside a run."""
+    for folder in (Path(checkpoint), Path(checkpoint).parent):
+        if (folder / "config.yaml").is_file():
+            return folder
+    return None
+
+
 def run_config(checkpoint: str) -> dict[str, Any] | None:
     """The training config.yaml of a run folder (or of the run a model folder sits in)."""
-    from pathlib import Path
-
     import yaml
 
-    for cand in (Path(checkpoint) / "config.yaml", Path(checkpoint).parent / "config.yaml"):
-        if cand.is_file():
-            return yaml.safe_load(cand.read_text()) or {}
-    return None
+    folder = run_folder(checkpoint)
+    return None if folder is None else yaml.safe_load((folder / "config.yaml").read_text()) or {}
 
 
 def changed_data_warning(checkpoint: str, data: str, seed: int, meta: dict[str, Any]) -> str | None:
     """A warning when ``data`` is the run's own dataset (same spec, same split seed) but its
     items changed since the run trained on it (``data.json``'s items fingerprint, the one
     ``--resume`` refuses on): its test split may then hold items the model trained on, and
-    R@K would say nothing of it."""
-    import json
-    from pathlib import Path
-
+    R@K would say nothing of it; or its image files changed on disk, as ``--resume`` warns."""
     from picoalign.config.paths import absolute_spec
+    from picoalign.training.setup import data_change, data_record
 
     run = run_config(checkpoint)
     if run is None or absolute_spec(str(run.get("data", ""))) != absolute_spec(data):
         return None
     if int(run.get("split_seed", 0)) != seed:
         return None
-    for folder in (Path(checkpoint), Path(checkpoint).parent):
-        if (folder / "config.yaml").is_file():
-            break
-    try:
-        record = json.loads((folder / "data.json").read_text())
-        before = record.get("items_fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None  # a run from before data.json held it, or none written: not checked
-    now = meta.get("items_fingerprint")
-    if before is None or now is None:
+    folder = run_folder(checkpoint)
+    record = data_record(folder)
+    change = data_change(record, meta)
+    if change is None or record.get("items_fingerprint") is None:  # older runs: not checked
         return None
-    if before == now:  # the same items; the files themselves, as --resume checks them
-        old_fp, new_fp = record.get("fingerprint"), meta.get("fingerprint")
-        if old_fp is None or new_fp is None or old_fp == new_fp:
-            return None
+    kind, before, now = change
+    if kind == "files":  # the same items; the files themselves, as --resume checks them
         return (
             f"warning: the same images and captions as {folder} trained on, but image files "
-            f"changed on disk since (size or modification time; fingerprint {old_fp} in "
-            f"{folder / 'data.json'}, {new_fp} now)"
+            f"changed on disk since (size or modification time; fingerprint {before} in "
+            f"{folder / 'data.json'}, {now} now)"
         )
     return (
         f"warning: {data} changed since {folder} trained on it (its images, splits or "
@@ -177,18 +173,12 @@ def changed_encoder_warning(checkpoint: str, meta: dict[str, Any]) -> str | None
     run's ``data.json``. The heads were trained on the old features; R@K then measures
     a model that never existed. Library versions are not compared (an upgrade of torch
     rounds otherwise, it does not change the encoder)."""
-    import json
-    from pathlib import Path
+    from picoalign.training.setup import data_record
 
-    for folder in (Path(checkpoint), Path(checkpoint).parent):
-        if (folder / "config.yaml").is_file():
-            break
-    else:
+    folder = run_folder(checkpoint)
+    if folder is None:
         return None
-    try:
-        trained = json.loads((folder / "data.json").read_text())
-    except (OSError, ValueError):
-        return None
+    trained = data_record(folder)
     changed = []
     for side in ("image", "text"):
         before, now = trained.get(f"{side}_cache_key"), meta.get(f"{side}_cache_key")

@@ -236,26 +236,44 @@ def check_same_data(out: Path, meta: dict[str, Any]) -> str | None:
     printed with the run's other notes, once). A run without them, from before they were
     written, is not checked."""
     path = out / "data.json"
-    try:
-        old = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return None  # unreadable: the resume rewrites it, as before
-    if not isinstance(old, dict):
-        return None
-    before, now = old.get("items_fingerprint"), meta.get("items_fingerprint")
-    if before is not None and now is not None and before != now:
+    change = data_change(data_record(out), meta)
+    if change is not None and change[0] == "items":
         raise ValueError(
             f"--resume: the data of {out} changed since the run trained on it (its images, "
-            f"splits or captions: fingerprint {before} in {path}, {now} now): a resumed run "
-            "keeps its data; put the old data back, or train a new run into another --out"
+            f"splits or captions: fingerprint {change[1]} in {path}, {change[2]} now): a "
+            "resumed run keeps its data; put the old data back, or train a new run into "
+            "another --out"
         )
-    before, now = old.get("fingerprint"), meta.get("fingerprint")
-    if before is not None and now is not None and before != now:
+    if change is not None:
         return (
             "warning: --resume: the same images and captions, but image files "
             f"changed on disk since the run trained on them (size or modification time; "
-            f"fingerprint {before} in {path}, {now} now): resuming on them"
+            f"fingerprint {change[1]} in {path}, {change[2]} now): resuming on them"
         )
+    return None
+
+
+def data_record(run: Path) -> dict[str, Any]:
+    """A run's ``data.json`` (what it trained on); ``{}`` when it has none or it cannot be
+    read (a run from before it was written: nothing to compare)."""
+    path = run / "data.json"
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def data_change(record: dict[str, Any], meta: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """How the data of features ``meta`` differs from a run's ``record``: ``("items", before,
+    now)`` when its items (keys, splits, captions) differ, ``("files", before, now)`` when only
+    the image files' sizes or times do, None when neither is known to differ. The one
+    comparison ``--resume`` (which refuses other items) and ``evaluate``/``index`` (which
+    warn) make."""
+    for kind, key in (("items", "items_fingerprint"), ("files", "fingerprint")):
+        before, now = record.get(key), meta.get(key)
+        if before is not None and now is not None and before != now:
+            return kind, before, now
     return None
 
 
