@@ -81,7 +81,7 @@ def folder_lock(
     from filelock import FileLock, Timeout
 
     make_dirs(out.parent, f"--out {out}")
-    path = out.parent / f".{out.name}.picoalign-lock"
+    path = lock_path(out)
     try:  # a folder that cannot be written is that, not a lock held by someone else
         path.touch()
     except OSError as e:
@@ -101,11 +101,16 @@ def folder_lock(
         lock.release()
 
 
+def lock_path(out: Path) -> Path:
+    """The file :func:`folder_lock` locks for ``out``: beside it, not in it."""
+    return out.parent / f".{out.name}.picoalign-lock"
+
+
 def folder_busy(out: Path) -> bool:
     """Whether another process holds ``out``'s :func:`folder_lock` now (a run training)."""
     from filelock import FileLock, Timeout
 
-    path = out.parent / f".{out.name}.picoalign-lock"
+    path = lock_path(out)
     if not path.is_file():
         return False
     lock = FileLock(path, timeout=0)
