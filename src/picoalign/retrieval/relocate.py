@@ -84,14 +84,13 @@ def relocate_index(path: str | Path, old: str | Path, new: str | Path) -> Reloca
     old_s, new_s = absolute_path(str(old)), absolute_path(str(new))
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: gallery index not found")
-    store.read_manifest(path)  # an index, before anything is said of the folders
-    if not Path(new_s).is_dir():
-        what = "is a file, not a folder" if Path(new_s).exists() else "not found"
-        raise FileNotFoundError(f"{new}: the gallery's new folder {what}")
-    if old_s == new_s:
-        raise ValueError(f"{old} and {new} are the same folder: nothing to move")
     with folder_lock(path, "relocating it"):
-        man = store.read_manifest(path)
+        man = store.read_manifest(path)  # an index, before anything is said of the folders
+        if not Path(new_s).is_dir():
+            what = "is a file, not a folder" if Path(new_s).exists() else "not found"
+            raise FileNotFoundError(f"{new}: the gallery's new folder {what}")
+        if old_s == new_s:
+            raise ValueError(f"{old} and {new} are the same folder: nothing to move")
         out, moved = relocate_manifest(man, old_s, new_s)
         spec = (man.get("dataset") or {}).get("spec")
         new_spec = (out.get("dataset") or {}).get("spec")
