@@ -8,6 +8,7 @@ as typed then points nowhere.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,9 @@ def absolute_path(path: str) -> str:
     return str(Path(path).expanduser().absolute())
 
 
-def absolute_spec(spec: str) -> str:
-    """A dataset spec with its path arguments absolute (``jsonl:d.jsonl`` →
-    ``jsonl:/cwd/d.jsonl``); built-in names and specs that do not parse stay as they are
-    (loading them reports the problem)."""
+def map_spec_paths(spec: str, fn: Callable[[str], str]) -> str:
+    """A dataset spec with ``fn`` applied to each of its path arguments; built-in names and
+    specs that do not parse stay as they are (loading them reports the problem)."""
     from picoalign.data.spec import parse_spec_options
 
     try:
@@ -31,9 +31,15 @@ def absolute_spec(spec: str) -> str:
     except ValueError:
         return spec
     pairs = zip(entry.args, args, strict=True)
-    fixed = [absolute_path(a) if n in PATH_ARGS else a for n, a in pairs]
+    fixed = [fn(a) if n in PATH_ARGS else a for n, a in pairs]
     # KEY=VALUE options (val=strict, size=N, ...) are part of the run's data: kept as given
     return ":".join((entry.name, *fixed, *(f"{k}={v}" for k, v in options.items())))
+
+
+def absolute_spec(spec: str) -> str:
+    """A dataset spec with its path arguments absolute (``jsonl:d.jsonl`` →
+    ``jsonl:/cwd/d.jsonl``)."""
+    return map_spec_paths(spec, absolute_path)
 
 
 def absolute_source(source: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from picoalign.config.paths import PATH_ARGS, absolute_path
+from picoalign.config.paths import absolute_path, map_spec_paths
 from picoalign.fileio import atomic_write_json, folder_lock
 from picoalign.retrieval import store
 
@@ -32,17 +32,7 @@ def moved_path(path: str, old: str, new: str) -> str | None:
 
 def moved_spec(spec: str, old: str, new: str) -> str:
     """A dataset spec whose path arguments under ``old`` now lie under ``new``."""
-    from picoalign.data.spec import parse_spec_options
-
-    try:
-        entry, args, options = parse_spec_options(spec)
-    except ValueError:  # a built-in name, or a spec that never parsed: nothing to move
-        return spec
-    fixed = [
-        (moved_path(a, old, new) or a) if name in PATH_ARGS else a
-        for name, a in zip(entry.args, args, strict=True)
-    ]
-    return ":".join((entry.name, *fixed, *(f"{k}={v}" for k, v in options.items())))
+    return map_spec_paths(spec, lambda path: moved_path(path, old, new) or path)
 
 
 @dataclass(frozen=True)
