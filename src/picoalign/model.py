@@ -207,12 +207,9 @@ class PicoAligner(nn.Module):
         (``pico.eval_score`` for PICO, plain otherwise). Passing the rule here, rather than
         editing the config, is how a study scores one model several ways.
         """
-        if rule is not None and rule not in RULES:
-            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        self.config.check_rule(rule)
         if rule is None:
             rule = self.config.eval_rule
-        if rule != "plain" and self.config.method != "pico":
-            raise ValueError(f"rule {rule!r} needs a PICO model (method 'pico')")
         for name, x in (("img", img), ("txt", txt)):  # tokens of another model, or raw ones
             if isinstance(x, Tensor) and x.dim() == 3 and x.shape[-1] != self.config.embed_dim:
                 raise ValueError(

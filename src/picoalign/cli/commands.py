@@ -118,11 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from picoalign.model import PicoAligner
 
     model = PicoAligner.load(args.checkpoint)
-    if args.rule not in (None, "plain") and model.config.method != "pico":
-        raise ValueError(  # before any encoding: the docs promise errors in seconds
-            f"--rule {args.rule} needs a PICO model (method 'pico'); {args.checkpoint} is a "
-            f"{model.config.method} model: evaluate it with the plain rule"
-        )
+    model.config.check_rule(args.rule)  # before any encoding: errors in seconds
     data, split_seed = run_data(args.checkpoint, args.data, args.seed)
     fs = dataset_features(
         data,

@@ -116,6 +116,17 @@ class ModelConfig:
         ``eval_score``, plain for a baseline."""
         return self.pico.eval_score if self.method == "pico" else "plain"
 
+    def check_rule(self, rule: str | None) -> None:
+        """Refuse a scoring rule this model cannot score with (None: its own): the one check
+        ``PicoAligner.scores`` makes and ``evaluate`` makes before any encoding."""
+        if rule is not None and rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        if rule not in (None, "plain") and self.method != "pico":
+            raise ValueError(
+                f"rule {rule!r} needs a PICO model (method 'pico'), not a {self.method} "
+                "model: score it with the plain rule"
+            )
+
     @property
     def label(self) -> str:
         """``method`` on ``scorer``, as tables and progress bars name a model."""
