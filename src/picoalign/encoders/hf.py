@@ -21,7 +21,6 @@ import torch
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, ImageEncoder, TextEncoder, ensure_nonempty
 from .hf_load import (
-    check_model_folder,
     check_text_config,
     check_tokenizer,
     load_backbone,
@@ -43,7 +42,7 @@ def _transformers() -> Any:
 def check_local_path(name_or_path: str) -> None:
     """A model given as a path (``/x``, ``./x``, ``~/x``, ``C:\\x``) must be a folder that
     exists: transformers would read it as a hub repo id and fail with a message about repo
-    names (or try the network first)."""
+    names (or try the network first). A local folder must hold ``config.json``."""
     looks_local = name_or_path.startswith(("/", "./", "../", "~", "\\")) or (
         len(name_or_path) > 2 and name_or_path[1] == ":" and name_or_path[2] in "/\\"
     )
@@ -53,6 +52,11 @@ def check_local_path(name_or_path: str) -> None:
         raise FileNotFoundError(
             f"hf:{name_or_path}: {what} (a local model is a folder "
             "holding config.json and the weights)"
+        )
+    if path.is_dir() and not (path / "config.json").is_file():  # transformers' message was
+        raise FileNotFoundError(  # about a model_type key, or a tokenizer it could not build
+            f"hf:{name_or_path}: no config.json: not a Hugging Face model folder (save one "
+            "with model.save_pretrained(folder), and its tokenizer or image processor beside it)"
         )
 
 
@@ -167,7 +171,6 @@ class HFImageEncoder(ImageEncoder):
         self.name = f"hf:{self.name_or_path}"
         check_local_path(self.name_or_path)
         check_hub_name(self.name_or_path)
-        check_model_folder(self.name_or_path)
         tf = _transformers()
         with quiet_transformers():
             config = tf.AutoConfig.from_pretrained(self.name_or_path)
@@ -246,7 +249,6 @@ class HFTextEncoder(TextEncoder):
         self.drop_special = drop_special
         check_local_path(self.name_or_path)
         check_hub_name(self.name_or_path)
-        check_model_folder(self.name_or_path)
         tf = _transformers()
         with quiet_transformers():
             check_text_config(tf.AutoConfig.from_pretrained(self.name_or_path), self.name_or_path)

@@ -16,7 +16,6 @@ import hashlib
 import json
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,17 +35,6 @@ def quiet_transformers() -> Iterator[None]:
         yield
     finally:
         tf_logging.set_verbosity(before)
-
-
-def check_model_folder(name_or_path: str) -> None:
-    """A local folder must hold ``config.json`` (transformers' message was about a missing
-    ``model_type`` key, or a tokenizer it could not build)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"hf:{name_or_path}: no config.json: not a Hugging Face model folder (save one "
-            "with model.save_pretrained(folder), and its tokenizer or image processor beside it)"
-        )
 
 
 def load_backbone(tf: Any, name_or_path: str, tower: str) -> Any:
