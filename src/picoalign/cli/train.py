@@ -234,21 +234,19 @@ def _check_config_data(config: str, spec: str) -> None:
     """A missing data path named by a ``--config`` file, reported with the file and its key:
     the plain "file not found" named neither, and a relative path there is read from the
     folder picoalign runs in, which a user running from elsewhere did not expect."""
-    from picoalign.config.paths import PATH_ARGS
-    from picoalign.data.spec import parse_spec_options
+    from picoalign.config.paths import map_spec_paths
 
-    try:
-        entry, values, _ = parse_spec_options(spec)
-    except ValueError:
-        return  # a misspelt spec: loading the data says what is wrong
-    for name, value in zip(entry.args, values, strict=True):
+    def found(value: str) -> str:  # a misspelt spec is left to loading, which names it
         path = Path(value).expanduser()
-        if name in PATH_ARGS and not path.exists():
+        if not path.exists():
             where = "" if path.is_absolute() else (
                 f"; a relative path in a config file is read from the folder picoalign runs "
                 f"in ({Path.cwd()}), not from the config file's folder"
             )  # fmt: skip
             raise FileNotFoundError(f"{config}: data: {spec}: {value} not found{where}")
+        return value
+
+    map_spec_paths(spec, found)
 
 
 def _config_sets_out(path: str | None) -> bool:
