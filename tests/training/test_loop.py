@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -664,3 +665,20 @@ def test_a_learning_rate_or_margin_of_inf_or_nan_is_refused() -> None:
     for key, value in pairs:  # 1e39: finite, but it overflowed the fp32 optimiser (a traceback)
         with pytest.raises(ValueError, match=rf"invalid {key}: .* \(expected a finite number"):
             load_config(None, {key: value})
+
+
+def test_a_run_that_did_not_learn_says_so_and_a_run_that_did_does_not(
+    tmp_path: Path, make_feature_set, capsys
+) -> None:
+    """The re-test's report: at --lr 1e6 the loss stayed flat and finite, validation sat at
+    chance, and the run ended as a result ("selected epoch 3: val rSum ...") with no word.
+    Captions that belong to other images (a shuffled captions file) end the same way."""
+    fs = make_feature_set(n=240)
+    shuffled = dataclasses.replace(fs, texts=make_feature_set(n=240, seed=1).texts)
+    train(make_cfg(tmp_path / "dead", epochs=3), shuffled)
+    err = capsys.readouterr().err
+    assert "warning: the model is no better than chance on the val split" in err, err
+    assert "--lr was 0.005" in err
+    result = train(make_cfg(tmp_path / "alive", epochs=3), fs)
+    assert result.best_rsum > 100
+    assert "no better than chance" not in capsys.readouterr().err

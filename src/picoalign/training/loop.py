@@ -21,6 +21,7 @@ Run folder layout::
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -37,6 +38,7 @@ from picoalign.config.paths import with_absolute_paths
 from picoalign.core.maxmean import sparse_backward
 from picoalign.core.similarity import check_tokens
 from picoalign.evaluation import evaluate
+from picoalign.evaluation.chance import at_chance_warning
 from picoalign.evaluation.evaluate import NonFiniteEmbeddings
 from picoalign.features import FeatureSet
 from picoalign.fileio import atomic_replace_dir
@@ -106,6 +108,8 @@ def _train(
             if on_epoch is not None and ctx.is_main:
                 on_epoch(row)
             ctx.barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
+        if ctx.is_main:
+            _warn_if_at_chance(run)
         if run.out is not None and not (run.out / "best").exists():
             atomic_replace_dir(run.out / "best", run.model.save)
         return run.result
@@ -256,6 +260,22 @@ def _diverged(run: Run, epoch: int) -> TrainingError:
         f"training diverged in epoch {epoch + 1}: the model's weights or embeddings are no "
         f"longer finite (NaN or Inf){kept}. Try a lower --lr (it was {run.cfg.lr:g})."
     )
+
+
+def _warn_if_at_chance(run: Run) -> None:
+    """Say so when the best validation of the run is no better than a random ranking: a
+    finite run that did not learn (evaluation/chance.py says why no other check sees it)."""
+    key = f"{run.cfg.eval_split}_rsum"
+    seen = [row[key] for row in run.result.history if key in row]
+    if not seen:
+        return
+    line = at_chance_warning(run.cfg.eval_split, max(seen), run.eval_fs.caption_image.tolist())
+    if line is not None:
+        print(
+            f"picoalign: {line} (a learning rate far too large or too small does this, and "
+            f"so do captions that belong to other images; --lr was {run.cfg.lr:g})",
+            file=sys.stderr,
+        )
 
 
 def _evaluate_and_save(run: Run, epoch: int, row: dict[str, Any]) -> None:
