@@ -67,7 +67,7 @@ GATHER_WORKER = textwrap.dedent(
     import sys
     import torch
     import torch.distributed as dist
-    from picoalign.core.pico import ddp_all_gather
+    from picoalign.core.gather import ddp_all_gather
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()

@@ -4,8 +4,9 @@ Pure tensor code. It imports torch and nothing else of picoalign, so it can be d
 any PyTorch model (``tests/test_architecture.py`` checks that rule).
 """
 
+from picoalign.core.gather import ddp_all_gather
 from picoalign.core.losses import infonce_loss, positive_mask, triplet_loss
-from picoalign.core.pico import PICO, PICOConfig, ddp_all_gather
+from picoalign.core.pico import PICO, PICOConfig
 from picoalign.core.similarity import (
     fine_grained_scores,
     global_scores,
