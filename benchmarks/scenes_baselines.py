@@ -107,7 +107,7 @@ def caption_features(base: FeatureSet, spec: str) -> FeatureSet:
         enc,
         captions,
         default_cache_dir(),
-        lambda start, end, bar: encode_texts(captions[start:end], enc, bar=bar),
+        lambda rows, bar: encode_texts([captions[i] for i in rows], enc, bar=bar),
         chunk=CHUNK_BATCHES * 64,
     )
     counts = torch.tensor([len(it.captions) for it in ds.items])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from picoalign.encoders import HashTextEncoder, RandomConvEncoder
+from picoalign.features import cache as C
 from picoalign.features import encode as F
 from picoalign.features.encode import (
     FeatureSet,
@@ -118,13 +119,13 @@ def test_version_mismatch_rebuilds_in_place(toy_dataset, tmp_path, monkeypatch, 
         RandomConvEncoder, "versions", lambda self: {**real(self), "torch": "0.0.1"}
     )
     n_img, n_txt = counting(img), counting(txt)
-    with caplog.at_level(logging.WARNING, logger="picoalign.features.encode"):
+    with caplog.at_level(logging.WARNING, logger="picoalign.features.cache"):
         fs = _encode(toy_dataset, img, txt, tmp_path)
     assert n_img["n"] > 0 and n_txt["n"] == 0
     assert "cache_key" in caplog.text and "versions" in caplog.text
     assert _files(tmp_path) == before  # same file, rewritten
-    _, meta = F.read_safetensors(tmp_path / "features" / before[0])
-    stored = [m for m in (F.read_safetensors(tmp_path / "features" / f)[1] for f in before)]
+    _, meta = C.read_safetensors(tmp_path / "features" / before[0])
+    stored = [m for m in (C.read_safetensors(tmp_path / "features" / f)[1] for f in before)]
     assert any(m["versions"]["torch"] == "0.0.1" for m in stored), meta
     assert fs.meta["image_cache_key"].endswith("torch=0.0.1")
     n_img["n"] = 0
@@ -359,17 +360,17 @@ def test_cache_reports_the_mkl_path_it_was_encoded_on(toy_dataset, tmp_path, mon
     there), so a cache records the path MKL really ran; a hit reports the builder's path, and
     chunks stored on another path are recomputed, as for another math mode."""
     monkeypatch.setattr(F, "CHUNK_BATCHES", 1)
-    monkeypatch.setattr(F, "mkl_branch", lambda: "avx2,strict")
+    monkeypatch.setattr(C, "mkl_branch", lambda: "avx2,strict")
     img = RandomConvEncoder()
     stopping_after(img, 2)
     with pytest.raises(Stop):
         _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
-    monkeypatch.setattr(F, "mkl_branch", lambda: "auto,strict")
+    monkeypatch.setattr(C, "mkl_branch", lambda: "auto,strict")
     calls = counting(img := RandomConvEncoder())
     built = _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
     assert calls["n"] == 3  # no chunk of the other path reused
     assert (built.meta["image_mkl"], built.meta["text_mkl"]) == ("auto,strict", "auto,strict")
-    monkeypatch.setattr(F, "mkl_branch", lambda: "avx2,strict")
+    monkeypatch.setattr(C, "mkl_branch", lambda: "avx2,strict")
     calls = counting(img := RandomConvEncoder())
     hit = _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
     assert calls["n"] == 0 and hit.meta["image_mkl"] == "auto,strict"  # reported, not keyed

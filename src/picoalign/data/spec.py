@@ -238,6 +238,14 @@ def load_dataset(spec: str, *, seed: int = 0, skip_bad: bool = False) -> ImageCa
     return entry.build(args, seed, skip_bad, options)
 
 
+def reads_user_files(spec: str) -> bool:
+    """Whether ``spec`` names the user's own files (``folder:``, ``jsonl:`` …), not a
+    built-in dataset: the feature cache takes rows from other files for those only
+    (``features.reuse``), so a built-in dataset's features stay one encode."""
+    entry, _ = parse_spec(spec)
+    return bool(set(entry.args) & PATH_ARGS)
+
+
 def list_datasets() -> list[tuple[str, str, bool]]:
     """``(spelling, description, installed)`` per registered dataset, for ``picoalign
     datasets``. File formats are always "installed"; see ``REGISTRY[name].install_hint``."""

@@ -1,4 +1,5 @@
-"""What the feature cache holds, and removing it: ``picoalign cache``.
+"""The feature cache: finding, writing and resuming a dataset's features
+(:func:`cached_features`), and what it holds and removing it (``picoalign cache``).
 
 Why: every dataset and encoder pair adds a file (and a dataset file edited or touched gets a
 new fingerprint, so a new file), and nothing said how large the cache had grown (a session
@@ -11,18 +12,184 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
+import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-from picoalign.features.store import FORMAT
+import torch
+from tqdm.auto import tqdm
+
+from picoalign.core.hardware import math_mode, mkl_branch
+from picoalign.data.base import ImageCaptionDataset, digest
+from picoalign.data.images import DECODING
+from picoalign.encoders import ImageEncoder, TextEncoder
+from picoalign.features import reuse
+from picoalign.features.store import (
+    FORMAT,
+    FORMAT_VERSION,
+    TokenFeatures,
+    atomic_save,
+    read_safetensors,
+)
+
+log = logging.getLogger(__name__)
 
 _CHUNK = re.compile(r"^\d{9}-\d{9}\.safetensors$")
 # NAME-FINGERPRINT-KIND-ENCODER.safetensors (features.encode), or .parts while encoding
 _NAME = re.compile(
     r"^(?P<dataset>.+)-[0-9a-f]+-(?P<kind>images|texts)-[0-9a-f]+\.(safetensors|parts)$"
 )
+
+
+def cached_features(
+    kind: Literal["images", "texts"],
+    dataset: ImageCaptionDataset,
+    encoder: ImageEncoder | TextEncoder,
+    content: Sequence[str],
+    cache_dir: Path | None,
+    compute: Callable[[Sequence[int], Any], TokenFeatures],
+    *,
+    chunk: int,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+    row_ids: Sequence[str] | None = None,
+) -> tuple[TokenFeatures, str | None, dict[str, str]]:
+    """``kind`` features from the cache if valid for this run, else computed chunk by chunk
+    (``compute(rows, bar)`` encodes those rows of ``content``), resuming from stored chunks.
+
+    ``row_ids`` (one per row of ``content``; user data only) are stored with the features,
+    and rows whose ids an earlier file of the same encoder holds are copied from it instead
+    of encoded (:mod:`picoalign.features.reuse`).
+
+    Also returns how the features were computed: ``{"math": …, "mkl": …}``, the math mode
+    (``core.hardware.math_mode``) and the code path MKL really ran (``mkl_branch``: the same
+    mode gives other bits on an AMD CPU than on an Intel one); ``"unknown"`` for caches from
+    before each was recorded. Neither is part of the cache key: they change the encoders'
+    rounding, not their definition, so an existing cache is kept; but a row trained on it
+    reproduces bit for bit only with the same cache, so they are reported (docs/results.md,
+    "Rounding")."""
+    expect = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "fingerprint": dataset.fingerprint,
+        "cache_key": encoder.cache_key,
+        "versions": encoder.versions(),
+        "count": len(content),
+        "content_sha1": digest(*content),
+    }
+    if kind == "images" and dataset.features is None:
+        expect["decoding"] = DECODING  # how images were decoded (downscaling) is part of them
+    unit = "img" if kind == "images" else "cap"
+
+    def new_bar() -> tqdm:  # made only when something is encoded: a cache hit draws no 0/N bar
+        return tqdm(total=len(content), desc=f"{kind} [{encoder.name}]", unit=unit,
+                    disable=not progress)  # fmt: skip
+
+    how = _how(torch.device(device))
+    if cache_dir is None or not getattr(encoder, "cacheable", True):
+        with new_bar() as bar:
+            return compute(range(len(content)), bar), None, how
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.name)[:40]
+    enc_id = digest(encoder.cache_config)
+    path = cache_dir / "features" / f"{safe_name}-{dataset.fingerprint}-{kind}-{enc_id}.safetensors"
+    if path.exists():
+        try:
+            tensors, meta = read_safetensors(path)
+            stale = [k for k, v in expect.items() if meta.get(k) != v]
+            if not stale:
+                log.info("feature cache hit: %s", path)
+                feats = TokenFeatures(tensors["tokens"], tensors["mask"])
+                how = {k: str(meta.get(k, "unknown")) for k in ("math", "mkl")}
+                return feats, str(path), how
+            log.warning("rebuilding feature cache %s: %s changed", path.name, ", ".join(stale))
+        except Exception as e:  # unreadable or truncated file: rebuild it
+            log.warning("rebuilding unreadable feature cache %s: %s", path.name, e)
+    found = {}
+    if row_ids is not None:
+        found = reuse.find_rows(path.parent, f"*-{kind}-{enc_id}.safetensors", expect, how,
+                                row_ids, exclude=path)  # fmt: skip
+    todo = [i for i in range(len(content)) if row_ids is None or row_ids[i] not in found]
+    # chunks of a partial encode belong to its list of rows: another list recomputes them
+    partial = {"todo": digest(*(row_ids[i] for i in todo))} if row_ids and found else {}
+    parts_dir = path.with_name(path.name.removesuffix(".safetensors") + ".parts")
+    parts: list[tuple[Sequence[int], TokenFeatures]] = []
+    # a chunk stored in another mode or MKL path is recomputed: one file, one way of rounding
+    with new_bar() as bar, _tidy(parts_dir):
+        if found:
+            bar.set_postfix_str(f"{len(content) - len(todo)} reused from the cache")
+            bar.update(len(content) - len(todo))
+        for start in range(0, len(todo), chunk):
+            end = min(len(todo), start + chunk)
+            part = parts_dir / f"{start:09d}-{end:09d}.safetensors"
+            part_meta = {**expect, "rows": [start, end], **partial, **how}
+            feats = _read_part(part, part_meta)
+            if feats is None:
+                feats = compute(todo[start:end], bar)
+                atomic_save({"tokens": feats.tokens, "mask": feats.mask}, part_meta, part)
+            else:
+                bar.update(end - start)
+            parts.append((todo[start:end], feats))
+    if found:
+        rest = [i for i in range(len(content)) if row_ids[i] in found]
+        reused = reuse.read_rows(found, row_ids, rest)
+        feats = reuse.assemble(len(content), parts, reused, encoder.dim)
+    else:  # one encode, chunk after chunk: the same bits as in one go
+        feats = TokenFeatures.concat([(f.tokens, f.mask) for _, f in parts], encoder.dim)
+    meta = {
+        **expect,
+        "dataset": dataset.name,
+        "encoder": encoder.name,
+        "cache_config": encoder.cache_config,
+        "preprocessing": getattr(encoder, "preprocessing", ""),
+        "tokens": int(feats.tokens.shape[1]),
+        "dim": feats.dim,
+        **how,
+        **({"row_ids": list(row_ids)} if row_ids is not None else {}),
+        **({"reused": len(content) - len(todo)} if found else {}),
+    }
+    atomic_save({"tokens": feats.tokens, "mask": feats.mask}, meta, path)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return feats, str(path), how
+
+
+def _how(device: torch.device) -> dict[str, str]:
+    """How features encoded on ``device`` are rounded: the CPU's math mode and MKL path, or
+    the accelerator and its name (its kernels round otherwise than any CPU)."""
+    if device.type == "cpu":
+        return {"math": math_mode(), "mkl": mkl_branch()}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"math": device.type, "mkl": f"none ({name})"}
+
+
+@contextlib.contextmanager
+def _tidy(parts_dir: Path) -> Iterator[None]:
+    """On a stop before the first chunk is stored, leave no empty chunk folder behind."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            parts_dir.rmdir()  # only if empty: stored chunks are the point
+        raise
+
+
+def _read_part(path: Path, expect: dict[str, Any]) -> TokenFeatures | None:
+    """A stored chunk if it belongs to this exact run (same metadata and rows), else None."""
+    if not path.exists():
+        return None
+    try:
+        tensors, meta = read_safetensors(path)
+        if all(meta.get(k) == v for k, v in expect.items()):
+            log.info("feature cache chunk reused: %s", path)
+            return TokenFeatures(tensors["tokens"], tensors["mask"])
+    except Exception as e:  # unreadable chunk: encode it again
+        log.warning("re-encoding unreadable feature cache chunk %s: %s", path.name, e)
+    return None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import torch
 
 from picoalign.data.base import DataProblems
 from picoalign.data.check import prepare_dataset
+from picoalign.data.spec import reads_user_files
 from picoalign.encoders import ImageEncoder, TextEncoder, create_image_encoder
 from picoalign.features.encode import encode_dataset
 from picoalign.features.store import FeatureSet
@@ -70,7 +71,7 @@ def dataset_features(
         text_encoder = text_encoder()
     return encode_dataset(
         dataset, image_encoder, text_encoder, cache_dir=cache_dir, progress=progress,
-        device=device, texts=texts,
+        device=device, texts=texts, reuse_rows=reads_user_files(data),
     )  # fmt: skip
 
 

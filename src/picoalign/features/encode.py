@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -34,19 +32,15 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from picoalign.core.hardware import math_mode, mkl_branch
-from picoalign.data.base import DataError, ImageCaptionDataset, digest, items_fingerprint
-from picoalign.data.images import DECODING
+from picoalign.data.base import DataError, ImageCaptionDataset, items_fingerprint
 from picoalign.encoders import ImageEncoder, TextEncoder, create_image_encoder, create_text_encoder
+from picoalign.features import reuse
+from picoalign.features.cache import cached_features
 from picoalign.features.store import (
-    FORMAT,
-    FORMAT_VERSION,
     FeatureSet,
     TokenFeatures,
-    atomic_save,
     load_features,
     load_token_features,
-    read_safetensors,
     save_features,
     to_half,
 )
@@ -165,130 +159,6 @@ def encode_texts(
     return TokenFeatures.concat(parts, encoder.dim)
 
 
-def cached_features(
-    kind: Literal["images", "texts"],
-    dataset: ImageCaptionDataset,
-    encoder: ImageEncoder | TextEncoder,
-    content: Sequence[str],
-    cache_dir: Path | None,
-    compute: Callable[[int, int, Any], TokenFeatures],
-    *,
-    chunk: int,
-    progress: bool = True,
-    device: str | torch.device = "cpu",
-) -> tuple[TokenFeatures, str | None, dict[str, str]]:
-    """``kind`` features from the cache if valid for this run, else computed chunk by chunk
-    (``compute(start, end, bar)`` encodes rows start..end), resuming from stored chunks.
-
-    Also returns how the features were computed: ``{"math": …, "mkl": …}``, the math mode
-    (``core.hardware.math_mode``) and the code path MKL really ran (``mkl_branch``: the same
-    mode gives other bits on an AMD CPU than on an Intel one); ``"unknown"`` for caches from
-    before each was recorded. Neither is part of the cache key: they change the encoders'
-    rounding, not their definition, so an existing cache is kept; but a row trained on it
-    reproduces bit for bit only with the same cache, so they are reported (docs/results.md,
-    "Rounding")."""
-    expect = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "kind": kind,
-        "fingerprint": dataset.fingerprint,
-        "cache_key": encoder.cache_key,
-        "versions": encoder.versions(),
-        "count": len(content),
-        "content_sha1": digest(*content),
-    }
-    if kind == "images" and dataset.features is None:
-        expect["decoding"] = DECODING  # how images were decoded (downscaling) is part of them
-    unit = "img" if kind == "images" else "cap"
-
-    def new_bar() -> tqdm:  # made only when something is encoded: a cache hit draws no 0/N bar
-        return tqdm(total=len(content), desc=f"{kind} [{encoder.name}]", unit=unit,
-                    disable=not progress)  # fmt: skip
-
-    how = _how(torch.device(device))
-    if cache_dir is None or not getattr(encoder, "cacheable", True):
-        with new_bar() as bar:
-            return compute(0, len(content), bar), None, how
-    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.name)[:40]
-    enc_id = digest(encoder.cache_config)
-    path = cache_dir / "features" / f"{safe_name}-{dataset.fingerprint}-{kind}-{enc_id}.safetensors"
-    if path.exists():
-        try:
-            tensors, meta = read_safetensors(path)
-            stale = [k for k, v in expect.items() if meta.get(k) != v]
-            if not stale:
-                log.info("feature cache hit: %s", path)
-                feats = TokenFeatures(tensors["tokens"], tensors["mask"])
-                how = {k: str(meta.get(k, "unknown")) for k in ("math", "mkl")}
-                return feats, str(path), how
-            log.warning("rebuilding feature cache %s: %s changed", path.name, ", ".join(stale))
-        except Exception as e:  # unreadable or truncated file: rebuild it
-            log.warning("rebuilding unreadable feature cache %s: %s", path.name, e)
-    parts_dir = path.with_name(path.name.removesuffix(".safetensors") + ".parts")
-    parts: list[tuple[torch.Tensor, torch.Tensor]] = []
-    # a chunk stored in another mode or MKL path is recomputed: one file, one way of rounding
-    with new_bar() as bar, _tidy(parts_dir):
-        for start in range(0, len(content), chunk):
-            end = min(len(content), start + chunk)
-            part = parts_dir / f"{start:09d}-{end:09d}.safetensors"
-            part_meta = {**expect, "rows": [start, end], **how}
-            feats = _read_part(part, part_meta)
-            if feats is None:
-                feats = compute(start, end, bar)
-                atomic_save({"tokens": feats.tokens, "mask": feats.mask}, part_meta, part)
-            else:
-                bar.update(end - start)
-            parts.append((feats.tokens, feats.mask))
-    feats = TokenFeatures.concat(parts, encoder.dim)
-    meta = {
-        **expect,
-        "dataset": dataset.name,
-        "encoder": encoder.name,
-        "cache_config": encoder.cache_config,
-        "preprocessing": getattr(encoder, "preprocessing", ""),
-        "tokens": int(feats.tokens.shape[1]),
-        "dim": feats.dim,
-        **how,
-    }
-    atomic_save({"tokens": feats.tokens, "mask": feats.mask}, meta, path)
-    shutil.rmtree(parts_dir, ignore_errors=True)
-    return feats, str(path), how
-
-
-def _how(device: torch.device) -> dict[str, str]:
-    """How features encoded on ``device`` are rounded: the CPU's math mode and MKL path, or
-    the accelerator and its name (its kernels round otherwise than any CPU)."""
-    if device.type == "cpu":
-        return {"math": math_mode(), "mkl": mkl_branch()}
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return {"math": device.type, "mkl": f"none ({name})"}
-
-
-@contextlib.contextmanager
-def _tidy(parts_dir: Path) -> Iterator[None]:
-    """On a stop before the first chunk is stored, leave no empty chunk folder behind."""
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(OSError):
-            parts_dir.rmdir()  # only if empty: stored chunks are the point
-        raise
-
-
-def _read_part(path: Path, expect: dict[str, Any]) -> TokenFeatures | None:
-    """A stored chunk if it belongs to this exact run (same metadata and rows), else None."""
-    if not path.exists():
-        return None
-    try:
-        tensors, meta = read_safetensors(path)
-        if all(meta.get(k) == v for k, v in expect.items()):
-            log.info("feature cache chunk reused: %s", path)
-            return TokenFeatures(tensors["tokens"], tensors["mask"])
-    except Exception as e:  # unreadable chunk: encode it again
-        log.warning("re-encoding unreadable feature cache chunk %s: %s", path.name, e)
-    return None
-
-
 def encode_dataset(
     dataset: ImageCaptionDataset,
     image_encoder: ImageEncoder | str,
@@ -299,8 +169,14 @@ def encode_dataset(
     progress: bool = True,
     device: str | torch.device = "cpu",
     texts: bool = True,
+    reuse_rows: bool = False,
 ) -> FeatureSet:
     """Token features of every image and caption of ``dataset``, through the on-disk cache.
+
+    ``reuse_rows``: take the rows an earlier cache file of the same encoder holds (the same
+    image file, unchanged; the same caption text) instead of encoding them, and store row ids
+    for later encodes (:mod:`picoalign.features.reuse`). Equal to a full encode up to
+    rounding, so for user data (a gallery grown by a few photos), not for built-in datasets.
 
     ``texts=False`` encodes the images only (an image index needs no caption features; a
     large captioned gallery spent minutes on them): the set then has no captions.
@@ -323,8 +199,8 @@ def encode_dataset(
     kw: dict[str, Any] = {"batch_size": batch_size, "progress": False, "device": device}
     chunk = batch_size * CHUNK_BATCHES  # whole batches: chunked = one-shot, bit for bit
 
-    def images_of(start: int, end: int, bar: Any) -> TokenFeatures:
-        part = replace(dataset, items=items[start:end])
+    def images_of(rows: Sequence[int], bar: Any) -> TokenFeatures:
+        part = replace(dataset, items=[items[i] for i in rows])
         try:
             return encode_images(part, img_enc, bar=bar, **kw)
         except DataError as e:  # a file the header check passed: its pixel data is broken
@@ -334,20 +210,21 @@ def encode_dataset(
                 "fail); pass --skip-bad, or remove the entry"
             ) from None
 
-    def texts_of(start: int, end: int, bar: Any) -> TokenFeatures:
-        return encode_texts(captions[start:end], txt_enc, bar=bar, **kw)
+    def texts_of(rows: Sequence[int], bar: Any) -> TokenFeatures:
+        return encode_texts([captions[i] for i in rows], txt_enc, bar=bar, **kw)
 
     if not texts:
         captions, counts = [], torch.zeros(len(items), dtype=torch.long)
     images, img_path, img_how = cached_features(
         "images", dataset, img_enc, keys, root, images_of, chunk=chunk, progress=progress,
-        device=device,
+        device=device, row_ids=reuse.image_row_ids(items) if reuse_rows else None,
     )  # fmt: skip
     txt_feats, txt_path, txt_how = TokenFeatures.concat([], txt_enc.dim), None, img_how
     if texts:
         txt_feats, txt_path, txt_how = cached_features(
             "texts", dataset, txt_enc, captions, root, texts_of, chunk=chunk,
             progress=progress, device=device,
+            row_ids=reuse.text_row_ids(captions) if reuse_rows else None,
         )  # fmt: skip
     meta = {
         "dataset": dataset.name,

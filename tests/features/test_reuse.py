@@ -1,0 +1,204 @@
+"""Rows another cache file holds are copied, not encoded: a gallery grown by one image
+encodes one; anything that could make a copied row wrong (an edited file, another encoder,
+another math path, a built-in dataset) encodes instead."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from picoalign.data import load_dataset
+from picoalign.encoders import HashTextEncoder, RandomConvEncoder
+from picoalign.features import cache as C
+from picoalign.features import encode as F
+from picoalign.features.encode import encode_dataset
+from picoalign.features.reuse import assemble
+from picoalign.features.store import TokenFeatures, read_safetensors
+
+
+class Counted:
+    """Counts the images (or captions) an encoder is given, batch by batch."""
+
+    def __init__(self, encoder, texts: bool = False) -> None:
+        self.n = 0
+        inner = encoder.forward
+
+        def forward(*args, **kwargs):
+            batch = kwargs["input_ids"] if texts else args[0]
+            self.n += len(batch)
+            return inner(*args, **kwargs)
+
+        encoder.forward = forward
+
+
+def draw(folder: Path, names: list[str], seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        pixels = rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+
+
+def write_jsonl(path: Path, rows: list[tuple[str, list[str]]]) -> None:
+    lines = [
+        json.dumps({"image": img, "captions": caps, "split": ["train", "val", "test"][i % 3]})
+        for i, (img, caps) in enumerate(rows)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def encode(spec: str, cache: Path, img=None, txt=None, reuse: bool = True, **kw):
+    img = img or RandomConvEncoder()
+    txt = txt or HashTextEncoder()
+    ds = load_dataset(spec)
+    return encode_dataset(
+        ds, img, txt, cache_dir=cache, batch_size=4, progress=False, reuse_rows=reuse, **kw
+    )
+
+
+@pytest.fixture
+def gallery(tmp_path: Path) -> Path:
+    draw(tmp_path / "photos", [f"p{i:02d}.png" for i in range(10)])
+    return tmp_path / "photos"
+
+
+def test_an_image_added_to_a_gallery_is_the_only_one_encoded(gallery, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    first = encode(f"folder:{gallery}", cache)
+    draw(gallery, ["p04b.png"], seed=1)  # sorts into the middle: every later row moves
+    img = RandomConvEncoder()
+    seen = Counted(img)
+    grown = encode(f"folder:{gallery}", cache, img=img)
+    assert seen.n == 1
+    fresh = encode(f"folder:{gallery}", tmp_path / "other-cache", reuse=False)
+    assert grown.image_keys == fresh.image_keys
+    assert torch.equal(grown.images.mask, fresh.images.mask)
+    torch.testing.assert_close(grown.images.tokens, fresh.images.tokens, rtol=0, atol=1e-3)
+    old = {k: i for i, k in enumerate(first.image_keys)}
+    for row, key in enumerate(grown.image_keys):
+        if key in old:  # copied rows are the earlier file's bits
+            assert torch.equal(grown.images.tokens[row], first.images.tokens[old[key]])
+    # the new file records what it did, and is a plain cache hit next time
+    path = Path(grown.meta["image_cache"])
+    _, meta = read_safetensors(path)
+    assert meta["reused"] == 10 and len(meta["row_ids"]) == 11
+    img = RandomConvEncoder()
+    seen = Counted(img)
+    again = encode(f"folder:{gallery}", cache, img=img)
+    assert seen.n == 0 and torch.equal(again.images.tokens, grown.images.tokens)
+
+
+def test_the_same_images_under_another_data_file_encode_nothing(
+    gallery, tmp_path, monkeypatch
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.chdir(tmp_path)  # a relative folder, as users type it (the walkthrough's)
+    encode("folder:photos", cache)
+    data = tmp_path / "photos.jsonl"
+    write_jsonl(data, [(str(gallery / f"p{i:02d}.png"), [f"photo {i}"]) for i in range(10)])
+    img = RandomConvEncoder()
+    seen = Counted(img)
+    fs = encode(f"jsonl:{data}", cache, img=img)
+    assert seen.n == 0 and fs.n_images == 10
+
+
+def test_an_edited_or_touched_image_is_encoded_again(gallery, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    encode(f"folder:{gallery}", cache)
+    draw(gallery, ["p03.png"], seed=7)  # new pixels under the same name
+    st = (gallery / "p05.png").stat()
+    os.utime(gallery / "p05.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched
+    img = RandomConvEncoder()
+    seen = Counted(img)
+    fs = encode(f"folder:{gallery}", cache, img=img)
+    assert seen.n == 2
+    fresh = encode(f"folder:{gallery}", tmp_path / "other-cache", reuse=False)
+    torch.testing.assert_close(fs.images.tokens, fresh.images.tokens, rtol=0, atol=1e-3)
+
+
+def test_no_rows_from_another_encoder_or_math_path_nor_for_built_in_data(
+    gallery, tmp_path, monkeypatch
+) -> None:
+    cache = tmp_path / "cache"
+    encode(f"folder:{gallery}", cache)
+    draw(gallery, ["p10.png"], seed=1)
+    img = RandomConvEncoder(dim=16, seed=1)  # another encoder: its own files only
+    seen = Counted(img)
+    encode(f"folder:{gallery}", cache, img=img)
+    assert seen.n == 11
+    monkeypatch.setattr(C, "mkl_branch", lambda: "another,path")
+    draw(gallery, ["p11.png"], seed=2)
+    img = RandomConvEncoder()
+    seen = Counted(img)
+    encode(f"folder:{gallery}", cache, img=img)
+    assert seen.n == 12  # rows rounded on another MKL path are not mixed into this file
+    draw(gallery, ["p12.png"], seed=3)
+    img = RandomConvEncoder()
+    seen = Counted(img)
+    encode(f"folder:{gallery}", cache, img=img, reuse=False)  # as for a built-in dataset
+    assert seen.n == 13
+
+
+def test_an_edited_caption_is_the_only_caption_encoded(gallery, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    data = tmp_path / "photos.jsonl"
+    rows = [(str(gallery / f"p{i:02d}.png"), [f"photo {i}", f"a picture {i}"]) for i in range(10)]
+    write_jsonl(data, rows)
+    encode(f"jsonl:{data}", cache)
+    rows[4] = (rows[4][0], ["photo 4", "a much longer picture caption of number four"])
+    write_jsonl(data, rows)
+    img, txt = RandomConvEncoder(), HashTextEncoder()
+    images, texts = Counted(img), Counted(txt, texts=True)
+    fs = encode(f"jsonl:{data}", cache, img=img, txt=txt)
+    assert (images.n, texts.n) == (0, 1)
+    fresh = encode(f"jsonl:{data}", tmp_path / "other-cache", reuse=False)
+    assert fs.texts.tokens.shape == fresh.texts.tokens.shape  # no wider than a fresh encode
+    assert torch.equal(fs.texts.mask, fresh.texts.mask)
+    real = fs.texts.mask  # what padding slots hold is the encoder's affair: masked everywhere
+    torch.testing.assert_close(fs.texts.tokens[real], fresh.texts.tokens[real], rtol=0, atol=1e-3)
+
+
+def test_a_stopped_partial_encode_resumes_its_own_chunks(gallery, tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "CHUNK_BATCHES", 1)  # 4 images a chunk
+    cache = tmp_path / "cache"
+    encode(f"folder:{gallery}", cache)
+    draw(gallery, [f"q{i}.png" for i in range(6)], seed=5)  # 6 new: two chunks of work
+
+    class Stop(Exception):
+        pass
+
+    img = RandomConvEncoder()
+    inner = img.forward
+    calls = {"n": 0}
+
+    def stopping(*args, **kwargs):
+        if calls["n"] == 1:
+            raise Stop
+        calls["n"] += 1
+        return inner(*args, **kwargs)
+
+    img.forward = stopping
+    with pytest.raises(Stop):
+        encode(f"folder:{gallery}", cache, img=img)
+    img = RandomConvEncoder()
+    seen = Counted(img)
+    encode(f"folder:{gallery}", cache, img=img)
+    assert seen.n == 2  # the stored chunk of 4 kept; the last 2 encoded
+
+
+def test_assemble_keeps_an_encoders_fixed_width_and_trims_reused_padding() -> None:
+    def feats(n: int, width: int, real: int) -> TokenFeatures:
+        mask = torch.zeros(n, width, dtype=torch.bool)
+        mask[:, :real] = True
+        return TokenFeatures(torch.ones(n, width, 2, dtype=torch.float16) * mask[..., None], mask)
+
+    out = assemble(3, [([0], feats(1, 8, 3))], [([1, 2], feats(2, 12, 5))], dim=2)
+    assert out.tokens.shape == (3, 8, 2) and out.mask.sum(1).tolist() == [3, 5, 5]
+    out = assemble(2, [], [([0, 1], feats(2, 12, 5))], dim=2)
+    assert out.tokens.shape == (2, 5, 2)
