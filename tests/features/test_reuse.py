@@ -202,3 +202,35 @@ def test_assemble_keeps_an_encoders_fixed_width_and_trims_reused_padding() -> No
     assert out.tokens.shape == (3, 8, 2) and out.mask.sum(1).tolist() == [3, 5, 5]
     out = assemble(2, [], [([0, 1], feats(2, 12, 5))], dim=2)
     assert out.tokens.shape == (2, 5, 2)
+
+
+def test_files_swapped_by_renames_get_their_own_features(tmp_path) -> None:
+    """The gallery walkthrough: two BMPs of one size and time (as an unpacked archive leaves
+    them) swapped by renames kept the folder's fingerprint, and the cache served each the
+    other's features: search ranked a car as "a dog". The inode tells them apart."""
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.bmp", "b.bmp"):
+        Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(folder / name)
+        os.utime(folder / name, ns=(10**18, 10**18))
+    assert (folder / "a.bmp").stat().st_size == (folder / "b.bmp").stat().st_size
+    cache = tmp_path / "cache"
+    before = encode(f"folder:{folder}", cache)
+    (folder / "a.bmp").rename(folder / "t.bmp")
+    (folder / "b.bmp").rename(folder / "a.bmp")
+    (folder / "t.bmp").rename(folder / "b.bmp")
+    after = encode(f"folder:{folder}", cache)
+    assert after.meta["fingerprint"] != before.meta["fingerprint"]
+    assert torch.equal(after.images.tokens[0], before.images.tokens[1])  # a.bmp is old b.bmp
+    assert torch.equal(after.images.tokens[1], before.images.tokens[0])
+
+
+def test_a_moved_gallery_folder_encodes_nothing(gallery, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    encode(f"folder:{gallery}", cache)
+    moved = gallery.rename(tmp_path / "moved")
+    img = RandomConvEncoder()
+    seen = Counted(img)
+    fs = encode(f"folder:{moved}", cache, img=img)
+    assert seen.n == 0 and fs.n_images == 10

@@ -157,7 +157,8 @@ def changed_data_warning(checkpoint: str, data: str, seed: int, meta: dict[str, 
     if kind == "files":  # the same items; the files themselves, as --resume checks them
         return (
             f"warning: the same images and captions as {folder} trained on, but image files "
-            f"changed on disk since (size or modification time; fingerprint {before} in "
+            "changed on disk since (size, time or inode: edited, replaced, renamed or copied; "
+            f"fingerprint {before} in "
             f"{folder / 'data.json'}, {now} now)"
         )
     return (

@@ -35,8 +35,18 @@ def inside(root: Path, rel: str, what: str = "the image folder") -> tuple[Path, 
     return root / norm, PurePosixPath(norm.replace(os.sep, "/")).as_posix()
 
 
+def file_identity(st: os.stat_result) -> str:
+    """What says a file is the one seen before, without reading it: its inode, size and
+    modification time. Why the inode: two files of one size and time swapped by renames (an
+    unpacked archive gives every file one time) kept the fingerprint, and the cache served
+    each the other's features; a rename keeps a file's inode, so the swap shows. Not the
+    change time, which a chmod moves, nor the device, which a network mount may renumber."""
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def stat_image(path: Path) -> str:
-    """A cheap existence check (no decoding); returns size+mtime for the fingerprint."""
+    """A cheap existence check (no decoding); returns the file's identity for the
+    fingerprint (:func:`file_identity`)."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -45,7 +55,7 @@ def stat_image(path: Path) -> str:
         raise DataError(f"cannot access image {path}: {e.strerror or e}") from None
     if not path.is_file():
         raise DataError(f"image path is not a file: {path}")
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return file_identity(st)
 
 
 def text_list(value: Any, what: str) -> tuple[str, ...]:

@@ -6,8 +6,10 @@ content). Without this, a 10,000-image gallery with one photo added was encoded 
 full (EfficientNet-Lite0: ~60 ms an image on 2 cores, ten minutes), and so was the same
 gallery listed by a JSONL file instead of a folder.
 
-So every feature file of user data stores a *row id* per row: for an image its resolved path,
-size and modification time (what the dataset fingerprint reads too), for a caption its text.
+So every feature file of user data stores a *row id* per row: for an image the identity of
+its file (inode, size and modification time: ``data.records.file_identity``, what the dataset
+fingerprint reads too; not its path, so a moved gallery folder is still known), for a caption
+its text.
 When a dataset's own file is missing, the rows whose ids an earlier file of the same encoder
 holds (same cache key and library versions, same image decoding, encoded in the same math
 mode and MKL path) are copied from it, and only the others are encoded. The result equals a
@@ -28,6 +30,7 @@ import torch
 from safetensors import safe_open
 
 from picoalign.data.base import Item, digest
+from picoalign.data.records import file_identity
 from picoalign.features.store import TokenFeatures
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,7 @@ SAME = ("format", "format_version", "kind", "cache_key", "versions", "decoding")
 
 
 def image_row_ids(items: Sequence[Item]) -> list[str] | None:
-    """One id per image file (resolved path, size, mtime); None unless every item is a file."""
+    """One id per image file (its :func:`file_identity`); None unless every item is a file."""
     ids = []
     for it in items:
         if not it.source:
@@ -49,7 +52,7 @@ def image_row_ids(items: Sequence[Item]) -> list[str] | None:
             return None
         if not real.is_file():
             return None
-        ids.append(digest("image", str(real), f"{st.st_size}:{st.st_mtime_ns}"))
+        ids.append(digest("image", file_identity(st)))
     return ids
 
 

@@ -247,7 +247,8 @@ def check_same_data(out: Path, meta: dict[str, Any]) -> str | None:
     if change is not None:
         return (
             "warning: --resume: the same images and captions, but image files "
-            f"changed on disk since the run trained on them (size or modification time; "
+            "changed on disk since the run trained on them (size, time or inode: edited, "
+            "replaced, renamed or copied; "
             f"fingerprint {change[1]} in {path}, {change[2]} now): resuming on them"
         )
     return None
