@@ -71,3 +71,35 @@ def test_links_are_one_item_odd_names_are_problems_and_passed_files_are_said(
         load_dataset(f"folder:{root}")
     ds = load_dataset(f"folder:{root}", skip_bad=True)
     assert len(ds.items) == 2 and "not valid UTF-8" in ds.skipped[0][1]
+
+
+def test_linked_folders_are_walked_once_and_broken_links_and_non_images_said(
+    tmp_path: Path,
+) -> None:
+    """The gallery walkthrough: a linked sub-folder's 13 images were left out without a word,
+    a broken link was counted as "a file that is not an image", and a menu.pdf or a clip.mpg
+    (extensions Pillow registers but reads no pixels from) failed the whole index."""
+    import os
+
+    root = _gallery(tmp_path / "g")
+    outside = tmp_path / "elsewhere"
+    (outside / "deeper").mkdir(parents=True)
+    Image.new("RGB", (9, 9), (9, 9, 9)).save(outside / "x.png")
+    Image.new("RGB", (9, 9), (9, 9, 9)).save(outside / "deeper" / "y.png")
+    os.symlink(outside, root / "ext")  # a folder on another disk, linked in
+    os.symlink(outside, outside / "deeper" / "loop")  # a link back up: walked once
+    os.symlink(root / "sub dir é", root / "again")  # inside the gallery: its own paths win
+    os.symlink(root / "nowhere.png", root / "broken.png")
+    Image.new("RGB", (9, 9)).save(root / "menu.pdf")
+    (root / "clip.mpg").write_bytes(b"\0\0\1\xba" + b"\0" * 100)
+    notes: list[str] = []
+    ds = prepare_dataset(f"folder:{root}", need_splits=("all",), report=notes.append)
+    assert [it.key for it in ds.items] == [
+        "b.png",
+        "ext/deeper/y.png",
+        "ext/x.png",
+        "sub dir é/a.JPG",
+    ]
+    assert any(
+        "4 images; passed over 3 files that are not images and 1 broken links" in n for n in notes
+    ), notes

@@ -98,6 +98,7 @@ def prepare_dataset(
         for n, what in (
             (dataset.notes.get("not_images", 0), "files that are not images"),
             (dataset.notes.get("duplicates", 0), "links to images already in it"),
+            (dataset.notes.get("broken_links", 0), "broken links"),
         )
         if n
     ]

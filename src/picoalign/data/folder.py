@@ -1,8 +1,8 @@
 """``folder:PATH``: a gallery of image files with no captions, for ``picoalign index``.
 
 Why a format of its own: serving search over one's own pictures is the common case, and it
-has no captions to write. Every image file under PATH (sub-folders included, hidden ones
-not) is one item, keyed by its path relative to PATH; files that are not images by their
+has no captions to write. Every image file under PATH (sub-folders included, linked ones too,
+hidden ones not) is one item, keyed by its path relative to PATH; files that are not images by their
 extension (Pillow's list) are passed over and counted. All items are in the ``test`` split,
 so ``index --split all`` and ``--split test`` both take the whole gallery. With no captions
 there is nothing to train or evaluate on: :func:`picoalign.data.check.prepare_dataset`
@@ -17,15 +17,31 @@ from pathlib import Path
 from picoalign.data._text import Problems
 from picoalign.data.base import DataError, ImageCaptionDataset, Item, items_fingerprint
 from picoalign.data.images import FileLoader
+from picoalign.data.records import file_identity
 
 __all__ = ["image_extensions", "image_folder"]
 
 
-def image_extensions() -> frozenset[str]:
-    """Lower-case file extensions Pillow can open (``.png``, ``.jpg``, ``.webp`` …)."""
-    from PIL import Image
+# Pillow registers these, but reads no pixels from them here: PDF and Palm it only writes,
+# MPEG it only identifies, PostScript needs Ghostscript; stubs (HDF5, GRIB, WMF …) need a
+# handler. A gallery holding a menu.pdf or a clip.mpg passed them over as "not images" only
+# after the data check had failed on them (the gallery walkthrough).
+_NO_PIXELS = frozenset({"PDF", "PALM", "MPEG", "EPS"})
 
-    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case file extensions Pillow can decode here (``.png``, ``.jpg``, ``.webp`` …)."""
+    from PIL import EpsImagePlugin, Image, ImageFile
+
+    Image.init()
+    no_pixels = set(_NO_PIXELS) - ({"EPS"} if EpsImagePlugin.has_ghostscript() else set())
+    out = set()
+    for ext, fmt in Image.registered_extensions().items():
+        opener = Image.OPEN.get(fmt, (None,))[0]
+        stub = isinstance(opener, type) and issubclass(opener, ImageFile.StubImageFile)
+        if fmt not in no_pixels and not stub and (opener is not None or fmt == "MPO"):
+            out.add(ext.lower())  # MPO (multi-picture JPEG) opens through the JPEG reader
+    return frozenset(out)
 
 
 def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDataset:
@@ -43,13 +59,30 @@ def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDat
     exts = image_extensions()
     problems = Problems(skip_bad)
     found: list[tuple[str, Path]] = []
-    other = 0
-    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    other = broken = 0
+    # linked folders outside the gallery are followed (a gallery assembled from links to
+    # other disks), each real folder once: a link back up a tree would be walked for ever. A
+    # link to a folder inside the gallery is not: its files are items under their own paths.
+    inside = os.path.realpath(root)
+    walked = {inside}
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise, followlinks=True):
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            link = os.path.islink(os.path.join(dirpath, d))
+            if link and (real == inside or real.startswith(inside + os.sep)):
+                continue
+            if real not in walked:
+                walked.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
             if name.startswith("."):
                 continue
             full = Path(dirpath) / name
+            if full.is_symlink() and not full.exists():
+                broken += 1  # a link to nothing: said as such, not as "not an image"
+                continue
             if not (full.suffix.lower() in exts and full.is_file()):
                 other += 1
                 continue
@@ -77,15 +110,17 @@ def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDat
         raise DataError(
             f"folder:{path}: no image files in it or its sub-folders"
             + (f" ({other} other files)" if other else "")
+            + (f" ({broken} broken links)" if broken else "")
         )
     kept.sort()
     items = [Item(key, (), "test", key, str(full)) for key, full in kept]
     stats = []
     for _, full in kept:
         st = full.stat()
-        stats.append(f"{st.st_size}:{st.st_mtime_ns}")
+        stats.append(file_identity(st))
     fp = items_fingerprint("folder", str(root.resolve()), *stats, items=items)
-    notes = {k: v for k, v in (("not_images", other), ("duplicates", duplicates)) if v}
+    counts = (("not_images", other), ("duplicates", duplicates), ("broken_links", broken))
+    notes = {k: v for k, v in counts if v}
     return problems.finish(
         ImageCaptionDataset(
             root.resolve().name or str(root),
