@@ -232,6 +232,8 @@ def test_load_missing_folder_names_the_path(tmp_path: Path) -> None:
         json.dumps({"no_such_option": 1}),
         json.dumps({"method": "fancy"}),
         json.dumps({"pico": 5}),
+        json.dumps({"image_dim": "1280"}),  # the re-test's: a raw TypeError from torch
+        json.dumps({"text_dim": 0}),
     ],
 )
 def test_load_bad_config_json_names_the_file(tmp_path: Path, text: str) -> None:
@@ -239,6 +241,22 @@ def test_load_bad_config_json_names_the_file(tmp_path: Path, text: str) -> None:
     (tmp_path / "m" / "config.json").write_text(text)
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / "m" / "config.json"))):
         PicoAligner.load(tmp_path / "m")
+
+
+def test_a_users_own_loop_gets_its_inputs_checked_and_the_training_loop_skips_it() -> None:
+    """The re-test: README offers the model for "your own loop" and says the calls check
+    their inputs, but training_scores / after_step hard-coded validate=False, so 8 images
+    against 4 captions failed in torch's words."""
+    model = make_model("pico", warmup_steps=0)
+    img, im, txt, tm = embedded(model, n_img=8, n_txt=4)
+    with pytest.raises(ValueError, match="got 8 images and 4 captions"):
+        model.training_scores(img, im, txt, tm, torch.arange(8))
+    with pytest.raises(ValueError):
+        model.after_step(img, im, txt, tm, torch.arange(8))
+    img, im, txt, tm = embedded(model, n_img=4, n_txt=4)
+    checked = model.training_scores(img, im, txt, tm, torch.arange(4))
+    unchecked = model.training_scores(img, im, txt, tm, torch.arange(4), validate=False)
+    assert torch.equal(checked, unchecked)
 
 
 def test_load_corrupt_or_mismatched_weights_names_the_file(tmp_path: Path) -> None:

@@ -177,15 +177,23 @@ class PicoAligner(nn.Module):
 
     # -- scoring: the one place that decides how a pair is scored ------------------------
     def training_scores(
-        self, img: Tensor, img_mask: Tensor, txt: Tensor, txt_mask: Tensor, image_ids: Tensor
+        self,
+        img: Tensor,
+        img_mask: Tensor,
+        txt: Tensor,
+        txt_mask: Tensor,
+        image_ids: Tensor,
+        *,
+        validate: bool = True,
     ) -> Tensor:
-        """In-batch (B, B) scores of embedded tokens, for the loss (the training rule)."""
+        """In-batch (B, B) scores of embedded tokens, for the loss (the training rule);
+        ``validate=False`` skips the input checks and their host syncs (as the loop does)."""
         if self.config.method == "pico":
             s = self.pico.training_scores(
-                img, img_mask, txt, txt_mask, image_ids, validate=False
-            )  # the training loop checks each batch
+                img, img_mask, txt, txt_mask, image_ids, validate=validate
+            )
         else:
-            s = fine_grained_scores(img, img_mask, txt, txt_mask, validate=False)
+            s = fine_grained_scores(img, img_mask, txt, txt_mask, validate=validate)
         return s * self.scorer.scale
 
     @torch.no_grad()
@@ -255,11 +263,14 @@ class PicoAligner(nn.Module):
         txt_mask: Tensor,
         image_ids: Tensor,
         feedback: tuple[Tensor, ...] | None = None,
+        *,
+        validate: bool = True,
     ) -> None:
-        """Call after each optimiser step: PICO's iterative construction (no-op otherwise)."""
+        """Call after each optimiser step: PICO's iterative construction (no-op otherwise).
+        ``validate``: as for :meth:`training_scores`."""
         if self.config.method == "pico":
             self.pico.update(
-                img, img_mask, txt, txt_mask, image_ids, feedback=feedback, validate=False
+                img, img_mask, txt, txt_mask, image_ids, feedback=feedback, validate=validate
             )
 
     # -- raw inputs -------------------------------------------------------------------

@@ -247,3 +247,15 @@ def _opposed(n: int):
     txt = -torch.randn(n, 5, D, generator=gen).abs()
     img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
     return img, torch.ones(n, 6, dtype=torch.bool), txt, torch.ones(n, 5, dtype=torch.bool)
+
+
+def test_no_images_or_no_captions_score_an_empty_matrix_as_the_plain_rule_does() -> None:
+    """The re-test: an empty image set under the weighted rule failed with "range() arg 3
+    must not be zero"; the plain rule returns (0, N)."""
+    g = torch.Generator().manual_seed(0)
+    txt, tm = torch.randn(3, 4, D, generator=g), torch.ones(3, 4, dtype=torch.bool)
+    img, im = torch.randn(0, 5, D), torch.ones(0, 5, dtype=torch.bool)
+    prior = torch.ones(D)
+    assert pair_adaptive_scores(img, im, txt, tm, prior=prior, lam=0.5).shape == (0, 3)
+    assert pair_adaptive_scores(txt[:, :3].clone()[:2], tm[:2, :3], txt[:0], tm[:0],
+                                prior=prior, lam=0.5).shape == (2, 0)  # fmt: skip

@@ -165,3 +165,13 @@ def test_a_margin_that_would_give_nan_or_nothing_is_refused(margin: float) -> No
     scores, ids = torch.randn(3, 3), torch.arange(3)
     with pytest.raises(ValueError, match="margin must be a number >= 0"):
         triplet_loss(scores, ids, margin=margin)
+
+
+def test_triplet_of_an_empty_batch_is_zero_and_ids_must_be_a_tensor():
+    """The re-test: B = 0 failed inside amax, and a list of ids with an AttributeError."""
+    scores = torch.zeros(0, 0, requires_grad=True)
+    loss = triplet_loss(scores, torch.zeros(0, dtype=torch.long))
+    assert loss.item() == 0.0
+    loss.backward()
+    with pytest.raises(ValueError, match="image_ids must be a tensor"):
+        triplet_loss(torch.zeros(2, 2), [0, 1])

@@ -325,3 +325,12 @@ def test_inputs_that_gave_zeros_or_a_division_error_are_refused() -> None:
     with pytest.raises(ValueError, match="img has 0 tokens per item"):
         fine_grained_scores(img[:, :0], im[:, :0], txt, tm)
     assert fine_grained_scores(img[:0, :0], im[:0, :0], txt, tm).shape == (0, 2)  # no images
+
+
+@pytest.mark.parametrize("budget", [0, -1, float("nan")])
+def test_a_memory_budget_that_is_not_positive_is_refused(budget) -> None:
+    """The re-test: NaN failed as "cannot convert float NaN to integer", 0 and -1 were
+    taken silently (the CLI refuses --memory-mb 0)."""
+    x, m = torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="memory_budget_mb must be a number > 0"):
+        fine_grained_scores(x, m, x, m, memory_budget_mb=budget)

@@ -82,6 +82,10 @@ class ModelConfig:
             p = getattr(self, f"{side}_dropout")
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
                 raise ValueError(f"{side}_dropout must be a number in [0, 1), got {p!r}")
+        for name in ("image_dim", "text_dim"):  # from a config.json edited by hand, say
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if self.text_max_tokens is not None and self.text_max_tokens < 1:
             raise ValueError(f"text_max_tokens must be >= 1, got {self.text_max_tokens}")
 

@@ -76,6 +76,8 @@ def pair_adaptive_scores(
     """
     n_img, n_v, d = img.shape
     n_txt, n_t, _ = txt.shape
+    if n_img == 0 or n_txt == 0:  # nothing to score, as the plain rule says
+        return torch.zeros(n_img, n_txt, dtype=torch.float32, device=img.device)
     per_pair = 4 * ((n_v + n_t) * d * 4 + n_v * n_t * 3)  # tokens, products, gathers
     pairs = max(1, int(memory_budget_mb * 2**20 / per_pair))
     b_t = min(n_txt, max(1, int(math.sqrt(pairs))))

@@ -23,6 +23,8 @@ def positive_mask(image_ids: Tensor) -> Tensor:
 
 
 def _check_square(scores: Tensor, image_ids: Tensor) -> None:
+    if not isinstance(image_ids, Tensor):
+        raise ValueError(f"image_ids must be a tensor (B,), got {type(image_ids).__name__}")
     if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
         raise ValueError(f"scores must be a square (B, B) matrix, got {tuple(scores.shape)}")
     if image_ids.shape != (scores.shape[0],):
@@ -44,6 +46,8 @@ def triplet_loss(
     _check_square(scores, image_ids)
     if not float(margin) >= 0:  # NaN too: it gave a NaN loss, silently
         raise ValueError(f"margin must be a number >= 0, got {margin!r}")
+    if scores.shape[0] == 0:  # an empty batch has no pairs: no loss, and a gradient of 0
+        return scores.sum()
     pos = positive_mask(image_ids)
     diag = scores.diagonal()
     # caption negatives for each image row, image negatives for each caption column

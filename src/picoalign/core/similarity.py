@@ -235,6 +235,8 @@ def fine_grained_scores(
             raise ValueError(f"weights must have shape ({img.shape[-1]},), got {_shape(weights)}")
     if not compute_dtype.is_floating_point:  # an integer GEMM rounds every score to 0
         raise ValueError(f"compute_dtype must be a floating-point dtype, got {compute_dtype}")
+    if not memory_budget_mb > 0:  # NaN too: it failed deep in the block sizing
+        raise ValueError(f"memory_budget_mb must be a number > 0, got {memory_budget_mb!r}")
     n_img, n_v, _ = img.shape
     n_txt, n_t, _ = txt.shape
     if n_img == 0 or n_txt == 0:  # an empty gallery or query list: nothing to score

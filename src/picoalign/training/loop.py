@@ -188,10 +188,11 @@ def _train_step(run: Run, batches: list[Tensor], step: int, epoch: int) -> Tenso
     )
     with sparse_backward(cfg.sparse_backward):  # taken at forward time, kept by the graph
         if cfg.gather_negatives:
-            scores = model.training_scores(g_img, g_img_m, g_txt, g_txt_m, g_ids)
+            scores = model.training_scores(g_img, g_img_m, g_txt, g_txt_m, g_ids, validate=False)
             loss = run.loss_fn(scores, g_ids)
         else:  # each rank's own shard; the summed gradients then average the rank losses
-            loss = run.loss_fn(model.training_scores(img, img_m, txt, txt_m, ids), ids)
+            scores = model.training_scores(img, img_m, txt, txt_m, ids, validate=False)
+            loss = run.loss_fn(scores, ids)
             loss = mean_over_ranks(loss, ctx)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -207,6 +208,7 @@ def _train_step(run: Run, batches: list[Tensor], step: int, epoch: int) -> Tenso
         g_txt_m,
         g_ids,
         feedback=_feedback(run, batches, step),
+        validate=False,  # the first batch is checked (_validate); later ones stay sync-free
     )
     return loss.detach()
 
