@@ -47,7 +47,9 @@ def test_a_folder_with_no_images_or_no_folder_is_one_line(tmp_path: Path) -> Non
 def test_training_on_a_gallery_says_what_it_is_for(tmp_path: Path) -> None:
     spec = f"folder:{_gallery(tmp_path / 'g')}"
     assert len(prepare_dataset(spec, need_splits=("all",)).items) == 2  # what index reads
-    with pytest.raises(DataError, match=r"no captions: it can be indexed .* need captions"):
+    with pytest.raises(
+        DataError, match=r"no captions, all in the test split: it can be indexed .* need captions"
+    ):
         prepare_dataset(spec, need_splits=("train", "val"))
 
 

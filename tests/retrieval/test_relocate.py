@@ -25,6 +25,17 @@ def test_moved_spec_moves_path_arguments_and_keeps_options() -> None:
     assert moved_spec("twemoji", "/a", "/b") == "twemoji"  # a built-in set has no paths
 
 
+def test_moved_spec_moves_a_path_with_a_colon_that_is_gone() -> None:
+    """The gallery walkthrough: "folder:/p/shots 12:30" parses only while that folder
+    exists; after the move it stayed behind, and every contact sheet then failed on it."""
+    gone = "/nowhere/shots 12:30"
+    assert moved_spec(f"folder:{gone}", gone, "/p/shots2") == "folder:/p/shots2"
+    assert (
+        moved_spec(f"jsonl:{gone}/d.jsonl:val=strict", gone, "/n") == "jsonl:/n/d.jsonl:val=strict"
+    )
+    assert moved_spec(f"folder:{gone}", "/elsewhere", "/n") == f"folder:{gone}"  # not under it
+
+
 def test_relocate_manifest_rewrites_sources_and_spec_only() -> None:
     man = {
         "sources": ["/a/p/x.png", "", "/elsewhere/y.png"],

@@ -55,3 +55,27 @@ def test_a_missing_file_is_said_as_such_on_its_tile() -> None:
     assert _reason(FileNotFoundError("x")) == "file missing"
     assert _reason(ValueError("item 'a.png' is no longer in dataset folder:g")) == "file missing"
     assert _reason(OSError("truncated")) == "OSError"
+
+
+def test_a_sheet_reads_images_under_the_pixel_limit_the_index_was_built_with(tmp_path) -> None:
+    """The gallery walkthrough: an image indexed with --max-image-pixels 200M was drawn as
+    an "unavailable / DataError" tile, since the sheet read it under the default limit."""
+    from picoalign.retrieval.sheet import _reason, dataset_image_loader
+
+    big = tmp_path / "big.png"
+    Image.new("1", (400, 300)).save(big)  # 120,000 pixels
+    hit = _Hit("big.png")
+    hit.source = str(big)
+    from picoalign.data.base import DataError
+    from picoalign.data.images import pixel_limit
+
+    assert pixel_limit() > 120_000  # the default lets it through; a small index limit:
+    strict = dataset_image_loader({"spec": f"folder:{tmp_path}", "max_image_pixels": 100_000})
+    try:
+        strict(hit)
+    except DataError as e:
+        assert _reason(e) == "too many pixels", e
+    else:
+        raise AssertionError("the index's limit was not applied")
+    loose = dataset_image_loader({"spec": f"folder:{tmp_path}", "max_image_pixels": 200_000})
+    assert loose(hit).size[0] > 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -202,6 +201,7 @@ def _index(args: argparse.Namespace, out: Path) -> int:
         seed=args.seed,
         nprobe=args.nprobe,
         progress=args.progress,
+        max_image_pixels=kwargs.get("max_image_pixels"),
     )
     size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 2**20
     what = args.kind if index.n != 1 else args.kind[:-1]  # "1 image", "2 images"
@@ -215,6 +215,10 @@ def _index(args: argparse.Namespace, out: Path) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     if args.index is not None and args.index_pos not in (None, args.index):
+        if (Path(args.index_pos) / "manifest.json").is_file():  # an index, not a query
+            raise ValueError(
+                f"two indexes: {args.index_pos} and --index {args.index}; give one of them"
+            )
         # --index I QUERY: the first word is a query (I I: the same folder, given twice)
         args.queries, args.index_pos = [args.index_pos, *args.queries], None
     resolve_folder_args(args)
@@ -244,8 +248,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     _ivf_only(args.nprobe, stage, f"index {args.index}")
     if args.sheet and index.kind != "images":
         raise ValueError("--sheet draws retrieved images: it needs an image index")
+    replacing = False
     if args.sheet:
         check_sheet_path(args.sheet)  # before the search: never over a user's own file
+        replacing = Path(args.sheet).exists()  # an earlier sheet: said when replaced
     model = index.load_model()
     kw = {
         "k": args.top_k,
@@ -270,7 +276,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             shown = qry if len(qry) <= 120 else f"{qry[:117]}…"  # whole in --json
             print(("\n" if i else "") + f"query: {shown}")
             print(format_hits(hs))
-    _warn_missing_sources(hits, index.kind, args.index)
+    _warn_stale_sources(hits, index, args.index)
     short = [i for i, hs in enumerate(hits, 1) if len(hs) < min(args.top_k, index.n)]
     if short and not args.exhaustive:
         n = len(hits[short[0] - 1])
@@ -296,7 +302,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                 f"read ({e}); were they moved since it was indexed? (the results are above)"
             ) from e
         if not args.json:
-            print(f"\ncontact sheet: {args.sheet}")
+            print(f"\ncontact sheet: {args.sheet}"
+                  + (" (it replaces the earlier sheet there)" if replacing else ""))  # fmt: skip
     return 0
 
 
@@ -315,26 +322,36 @@ def _refuse_image_files(queries: list[str]) -> None:
     from picoalign.data.folder import image_extensions
 
     exts = image_extensions()
-    named = [q for q in queries if Path(q).suffix.lower() in exts and " " not in q.strip()]
-    files = [q for q in named if Path(q).is_file()]
-    for q in (q for q in named if not Path(q).is_file()):
+    named = [q for q in queries if Path(q).suffix.lower() in exts]
+    files = [q for q in named if Path(q).is_file()]  # a file name may hold spaces
+    # a sentence that happens to end in ".png" is only warned about when it has no spaces
+    for q in (q for q in named if not Path(q).is_file() and " " not in q.strip()):
         warnings.warn(f"{q} looks like an image file, but there is none: searched as text",
                       stacklevel=3)  # fmt: skip
     if files:
         raise ValueError(
             f"{files[0]} is an image file, and an image index is searched by text: "
-            "searching images by an image is not supported (a caption index, picoalign index "
-            "--kind captions, is searched by image); to search for this text, give --text"
+            "searching images by an image is not supported (a caption index, built with "
+            "picoalign index --kind captions from data with captions, is searched by image); "
+            "to search for this text, give --text"
         )
 
 
-def _warn_missing_sources(hits: list[list[Any]], kind: str, index: str) -> None:
+def _warn_stale_sources(hits: list[list[Any]], gallery: Any, index: str) -> None:
     """Results that name image files no longer there (a gallery moved or pruned since it was
-    indexed) are still printed, since the index holds their features, but not silently."""
-    if kind != "images":
+    indexed), or edited since, are still printed, since the index holds their features, but
+    not silently: a contact sheet would draw the new picture beside the old one's score."""
+    if gallery.kind != "images":
         return
-    paths = {h.source for hs in hits for h in hs if h.source and os.path.isabs(h.source)}
-    gone = sorted(p for p in paths if not os.path.exists(p))
+    gone, changed = gallery.stale_sources(sorted({h.row for hs in hits for h in hs}))
+    if changed:
+        warnings.warn(
+            f"{len(changed)} of the results' image files changed since index {index} was built "
+            f"(size or modification time), e.g. {changed[0]}: the index ranks them by the "
+            f"pictures they held then; index the gallery again (--overwrite) to see them as "
+            "they are",
+            stacklevel=2,
+        )
     if gone:
         warnings.warn(
             f"{len(gone)} of the results' image files {'is' if len(gone) == 1 else 'are'} no "

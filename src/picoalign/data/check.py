@@ -254,8 +254,9 @@ def carve_val(
 
 # what a caption-less gallery (``folder:PATH``) is for, where a command needs captions
 NO_CAPTIONS = (
-    "this data has images and no captions: it can be indexed (picoalign index RUN --data "
-    "SPEC) and searched by text; training and evaluation need captions"
+    "this data has images and no captions, all in the test split: it can be indexed "
+    "(picoalign index RUN --data SPEC, with --split all or test) and searched by text; "
+    "training and evaluation need captions"
 )
 
 

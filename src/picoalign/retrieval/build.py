@@ -18,7 +18,7 @@ from picoalign.config.paths import absolute_source, absolute_spec
 from picoalign.core.similarity import pool_tokens
 from picoalign.evaluation.evaluate import embed_rows
 from picoalign.retrieval import store
-from picoalign.retrieval.index import GalleryIndex
+from picoalign.retrieval.index import GalleryIndex, file_stat
 from picoalign.retrieval.store import DTYPES
 
 
@@ -40,13 +40,16 @@ def build_index(
     dataset: Any = None,
     batch_size: int = 256,
     progress: bool = True,
+    max_image_pixels: int | None = None,
 ) -> GalleryIndex:
     """Embed the images (or, ``kind="captions"``, the captions) of FeatureSet ``fs`` once with
     ``model``'s heads and save a :class:`GalleryIndex` folder at ``out``.
 
     ``model`` must equal ``checkpoint``'s model (the index records both hashes);
     ``dataset_spec``/``seed`` are recorded so images can be reloaded by key; ``dataset`` (the
-    loaded dataset, for item sources) is loaded from the spec when not given."""
+    loaded dataset, for item sources) is loaded from the spec when not given;
+    ``max_image_pixels`` (a larger limit the images were read under) is recorded, so that a
+    contact sheet reads them under it too."""
     store.check_options(kind, dtype, first_stage)  # before the expensive part
     ident = store.checkpoint_identity(model, checkpoint)
     feats = fs.images if kind == "images" else fs.texts
@@ -106,11 +109,16 @@ def build_index(
             "spec": absolute_spec(dataset_spec),  # the index works from any folder
             "seed": seed,
             "split": split,
+            **({"max_image_pixels": max_image_pixels} if max_image_pixels else {}),
             "name": fs.meta.get("dataset", getattr(dataset, "name", "")),
             # as load_dataset gives it (before a val carve or skips): what the sheet checks
             "fingerprint": fs.meta.get("data", {}).get("source_fingerprint")
             or fs.meta.get("fingerprint", getattr(dataset, "fingerprint", "")),
         },
+        # each image file's size and time when indexed: search tells an edited file apart
+        source_stats=[file_stat(absolute_source(by_key.get(k, ""))) for k in keys]
+        if kind == "images"
+        else None,
         encoders={
             "image": model.config.image_encoder,
             "text": model.config.text_encoder,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import unicodedata
 import warnings
 import weakref
@@ -56,6 +57,15 @@ class Hit:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+def file_stat(path: str) -> str | None:
+    """``SIZE:MTIME_NS`` of an image file, None when there is none (or no path)."""
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}" if st is not None else None
+
+
 class GalleryIndex:
     """Embedded gallery tokens + FAISS first stage + manifest. Build with :func:`build_index`
     (or :meth:`from_embeddings` for tokens you embedded yourself); open with :meth:`load`."""
@@ -73,6 +83,25 @@ class GalleryIndex:
         self.faiss_index, self.manifest, self.path = faiss_index, manifest, path
         self.checkpoint: str | None = manifest.get("checkpoint")
         self._verified: weakref.WeakSet = weakref.WeakSet()
+
+    def stale_sources(self, rows: Sequence[int]) -> tuple[list[str], list[str]]:
+        """The image files of ``rows`` that are gone, and those whose size or modification
+        time is not what it was when indexed (edited or replaced: the index holds the old
+        picture's features, while a contact sheet would draw the new one). Size and time,
+        not the inode, so a gallery copied to another disk and relocated is not "changed".
+        Indexes from before the sizes were recorded report no changes."""
+        stats = self.manifest.get("source_stats") or [None] * self.n
+        gone, changed = set(), set()
+        for row in rows:
+            path = self.sources[row]
+            if not (path and os.path.isabs(path)):
+                continue
+            now = file_stat(path)
+            if now is None:
+                gone.add(path)
+            elif stats[row] is not None and now != stats[row]:
+                changed.add(path)
+        return sorted(gone), sorted(changed)
 
     n = property(lambda self: int(self.tokens.shape[0]))
     kind = property(lambda self: self.manifest["kind"])
@@ -325,12 +354,22 @@ def _readable(text: str) -> bool:
 
 def _warn_if_cut(model: Any, queries: Sequence[str]) -> None:
     """Warn for each query longer than the text encoder reads (MiniLM: 32 tokens): its end
-    would be dropped without a word."""
+    would be dropped without a word; and for each the tokenizer knows no word of (an emoji
+    or a script outside its vocabulary is only ``[UNK]``), which ranked the gallery by the
+    unknown token, without a word."""
     enc = model.backbone("text")
     tokenizer, most = getattr(enc, "tokenizer", None), getattr(enc, "max_length", None)
     if tokenizer is None or most is None:
         return
+    unk = getattr(tokenizer, "unk_token_id", None)
     for i, q in enumerate(queries, 1):
+        own = tokenizer(q, add_special_tokens=False)["input_ids"]
+        if unk is not None and own and all(t == unk for t in own):
+            warnings.warn(
+                f"text query {i} ({q!r}) holds no word the text encoder knows (its tokenizer "
+                "reads it as unknown): the results rank the gallery by nothing in it",
+                stacklevel=3,
+            )
         n = len(tokenizer(enc.prepare([q])[0], truncation=False)["input_ids"])
         if n > most:
             warnings.warn(

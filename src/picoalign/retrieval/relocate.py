@@ -11,6 +11,7 @@ features do not depend on where the files are, so only the manifest needs rewrit
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,8 +32,21 @@ def moved_path(path: str, old: str, new: str) -> str | None:
 
 
 def moved_spec(spec: str, old: str, new: str) -> str:
-    """A dataset spec whose path arguments under ``old`` now lie under ``new``."""
-    return map_spec_paths(spec, lambda path: moved_path(path, old, new) or path)
+    """A dataset spec whose path arguments under ``old`` now lie under ``new``.
+
+    A path with ``:`` in it (``folder:/photos/shots 12:30``) is read whole only where it
+    exists, and after the move the old one does not: such a spec of one path is then moved
+    as text, its ``:KEY=VALUE`` options kept (the gallery walkthrough's: the spec stayed
+    behind, and every later contact sheet failed on it)."""
+    out = map_spec_paths(spec, lambda path: moved_path(path, old, new) or path)
+    if out != spec:
+        return out
+    name, _, rest = spec.partition(":")
+    tail = ""
+    while (opt := re.search(r":[A-Za-z_-]+=[^:/]*$", rest)) is not None:
+        rest, tail = rest[: opt.start()], rest[opt.start() :] + tail
+    moved = moved_path(rest, old, new)
+    return f"{name}:{moved}{tail}" if moved is not None else spec
 
 
 @dataclass(frozen=True)

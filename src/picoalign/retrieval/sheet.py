@@ -149,9 +149,11 @@ def dataset_image_loader(dataset: dict[str, Any]) -> Callable[[Any], Any]:
     file gone) through the dataset, loaded once, on first need, and each hit's item found
     by key. Reading the dataset for every sheet refused a gallery part of which was
     relocated: its spec still named the old place."""
-    from picoalign.data.images import load_image
+    from picoalign.data.images import allow_pixels, load_image
 
     state: dict[str, Any] = {}
+    limit = dataset.get("max_image_pixels")  # what --max-image-pixels let the index read
+    allow_pixels(limit)
 
     def items() -> tuple[Any, dict[str, Any]]:
         if "ds" not in state:
@@ -167,13 +169,15 @@ def dataset_image_loader(dataset: dict[str, Any]) -> Callable[[Any], Any]:
                 warnings.warn(
                     f"dataset {dataset['spec']} changed since the index was built", stacklevel=4
                 )
+            if limit and hasattr(ds.load, "max_pixels"):  # a file loader: the index's limit
+                ds.load.max_pixels = limit
             state["ds"], state["items"] = ds, {it.key: it for it in ds.items}
         return state["ds"], state["items"]
 
     def load(hit: Any) -> Any:
         source = getattr(hit, "source", "") or ""
         if source and Path(source).is_absolute() and Path(source).is_file():
-            return load_image(Path(source), where=f"result {hit.key}")
+            return load_image(Path(source), where=f"result {hit.key}", max_pixels=limit)
         ds, by_key = items()
         if hit.key not in by_key:
             raise ValueError(f"item {hit.key!r} is no longer in dataset {dataset['spec']}")
@@ -187,6 +191,8 @@ def _reason(e: Exception) -> str:
     text = str(e).lower()
     if isinstance(e, FileNotFoundError) or "not found" in text or "no longer in" in text:
         return "file missing"
+    if "pixels" in text:  # a limit on its size (--max-image-pixels when indexed)
+        return "too many pixels"
     return type(e).__name__
 
 

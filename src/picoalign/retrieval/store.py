@@ -65,6 +65,8 @@ def tensors_sha256(tensors: dict[str, Tensor]) -> str:
 
 def model_dir(checkpoint: str | Path) -> Path:
     """The model folder of a checkpoint (:func:`picoalign.fileio.model_dir`), checked."""
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     path = fileio.model_dir(checkpoint)
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"{path}: no model.safetensors (not a picoalign checkpoint)")
