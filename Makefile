@@ -42,6 +42,7 @@ bench: install system-data
 	$(BIN)/python benchmarks/similarity_speed.py
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/eval_memory.py
+	$(BIN)/python benchmarks/cache_reuse.py --overwrite
 	$(BIN)/python benchmarks/retrieval_scale.py
 	$(BIN)/python benchmarks/retrieval_real.py
 	$(BIN)/python benchmarks/zeroshot.py --overwrite

@@ -21,6 +21,7 @@ SCRIPTS = {
     "gpu_check": (["--dry-run"], [""]),
     "curves": ([], [""]),
     "scenes_sheet": ([], [""]),
+    "cache_reuse": ([], [""]),
 }
 # scripts whose files are opt-in (no default path): the option that names one
 OPT_IN = {

@@ -234,3 +234,26 @@ def test_a_moved_gallery_folder_encodes_nothing(gallery, tmp_path) -> None:
     seen = Counted(img)
     fs = encode(f"folder:{moved}", cache, img=img)
     assert seen.n == 0 and fs.n_images == 10
+
+
+def test_a_donor_gone_before_its_rows_are_read_means_encoding_them(
+    gallery, tmp_path, monkeypatch
+) -> None:
+    """A file found as a donor can be removed before its rows are read (``picoalign cache
+    --clear`` from another shell): those rows are encoded instead, not a failed encode."""
+    from picoalign.features import reuse
+
+    cache = tmp_path / "cache"
+    encode(f"folder:{gallery}", cache)
+    draw(gallery, ["p10.png"], seed=1)
+
+    def gone(*args, **kwargs):
+        raise FileNotFoundError("the donor file")
+
+    monkeypatch.setattr(reuse, "read_rows", gone)
+    img = RandomConvEncoder()
+    seen = Counted(img)
+    fs = encode(f"folder:{gallery}", cache, img=img)
+    assert seen.n == 11
+    fresh = encode(f"folder:{gallery}", tmp_path / "other-cache", reuse=False)
+    torch.testing.assert_close(fs.images.tokens, fresh.images.tokens, rtol=0, atol=1e-3)

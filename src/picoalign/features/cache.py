@@ -137,7 +137,11 @@ def cached_features(
             parts.append((todo[start:end], feats))
     if found:
         rest = [i for i in range(len(content)) if row_ids[i] in found]
-        reused = reuse.read_rows(found, row_ids, rest)
+        try:
+            reused = reuse.read_rows(found, row_ids, rest)
+        except Exception as e:  # a donor removed or cut since it was found (cache --clear)
+            log.warning("reused feature rows unreadable (%s): encoding them instead", e)
+            reused = [(rest, compute(rest, None))]
         feats = reuse.assemble(len(content), parts, reused, encoder.dim)
     else:  # one encode, chunk after chunk: the same bits as in one go
         feats = TokenFeatures.concat([(f.tokens, f.mask) for _, f in parts], encoder.dim)
