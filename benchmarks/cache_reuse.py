@@ -25,6 +25,7 @@ from _common import add_out_arguments, machine, refuse_to_overwrite, write_json
 from picoalign.data import load_dataset
 from picoalign.data.builtin import TWEMOJI_HINT, _twemoji_dir
 from picoalign.features.encode import encode_dataset
+from picoalign.features.store import read_safetensors
 
 OUT = Path(__file__).parent / "results" / "cache_reuse.json"
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in pngs[args.images :]:  # spread through the sorted listing, not appended
             shutil.copy(p, gallery / f"{p.stem}-new.png")
         reused_s, reused = encode(spec, cache, reuse=True)
+        _, meta = read_safetensors(Path(reused.meta["image_cache"]))  # what it reused
         full_s, full = encode(spec, full_cache, reuse=False)
     diff = float((reused.images.tokens.float() - full.images.tokens.float()).abs().max())
     result = {
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         "first_encode_s": round(first, 2),
         "grown_full_encode_s": round(full_s, 2),
         "grown_reuse_s": round(reused_s, 2),
+        "grown_full_encoded": full.n_images,
+        "grown_reuse_encoded": full.n_images - int(meta.get("reused", 0)),
         "ratio_reuse_over_full": round(reused_s / full_s, 3),
         "max_abs_diff_reused_vs_full": diff,
     }
