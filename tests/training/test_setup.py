@@ -120,3 +120,20 @@ def test_an_lr_step_past_the_last_epoch_is_warned(tmp_path, make_feature_set, ca
     for i, steps in enumerate(([0.6, 1], [0.6, 0.85])):  # 0.85 of 2 epochs rounds to the end
         train(load_config(None, {**base, "out": str(tmp_path / f"b{i}"), "lr_steps": steps}), fs)
         assert "past the run's" not in capsys.readouterr().err
+
+
+def test_a_runs_files_are_compared_only_when_both_read_them_alike() -> None:
+    """Since the inode joined a user file's identity, every fingerprint of user data moved
+    once: a run recorded before (no ``file_identity``) must not be told that its files all
+    changed; other items are other data whatever the record."""
+    from picoalign.data.records import FILE_IDENTITY
+
+    now = {"items_fingerprint": "i1", "fingerprint": "f2", "file_identity": FILE_IDENTITY}
+    old_run = {"items_fingerprint": "i1", "fingerprint": "f1"}
+    assert setup.data_change(old_run, now) is None
+    assert setup.data_change({**old_run, "file_identity": FILE_IDENTITY}, now) == (
+        "files",
+        "f1",
+        "f2",
+    )
+    assert setup.data_change({**old_run, "items_fingerprint": "i0"}, now) == ("items", "i0", "i1")

@@ -35,6 +35,11 @@ def inside(root: Path, rel: str, what: str = "the image folder") -> tuple[Path, 
     return root / norm, PurePosixPath(norm.replace(os.sep, "/")).as_posix()
 
 
+# what file_identity holds, recorded with a run's data (training.setup.data_change compares
+# the file fingerprints of records that hold the same)
+FILE_IDENTITY = "inode:size:mtime_ns"
+
+
 def file_identity(st: os.stat_result) -> str:
     """What says a file is the one seen before, without reading it: its inode, size and
     modification time. Why the inode: two files of one size and time swapped by renames (an

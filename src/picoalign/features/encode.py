@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from picoalign.data.base import DataError, ImageCaptionDataset, items_fingerprint
+from picoalign.data.records import FILE_IDENTITY
 from picoalign.encoders import ImageEncoder, TextEncoder, create_image_encoder, create_text_encoder
 from picoalign.features import reuse
 from picoalign.features.cache import cached_features
@@ -232,6 +233,7 @@ def encode_dataset(
         # the items alone (keys, splits, captions), without the image files' sizes and times
         # that the fingerprint also holds: what a resume compares (training.setup)
         "items_fingerprint": items_fingerprint(items=dataset.items),
+        "file_identity": FILE_IDENTITY,  # what the fingerprint reads of each image file
         "image_encoder": img_enc.name,
         "text_encoder": txt_enc.name,
         "image_cache_key": img_enc.cache_key,

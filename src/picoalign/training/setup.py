@@ -270,8 +270,12 @@ def data_change(record: dict[str, Any], meta: dict[str, Any]) -> tuple[str, Any,
     now)`` when its items (keys, splits, captions) differ, ``("files", before, now)`` when only
     the image files' sizes or times do, None when neither is known to differ. The one
     comparison ``--resume`` (which refuses other items) and ``evaluate``/``index`` (which
-    warn) make."""
+    warn) make. The files are compared only where both read the files alike: a run from
+    before the inode was part of a file's identity (no ``file_identity``) would otherwise
+    be told, once, that every file changed."""
     for kind, key in (("items", "items_fingerprint"), ("files", "fingerprint")):
+        if kind == "files" and record.get("file_identity") != meta.get("file_identity"):
+            continue
         before, now = record.get(key), meta.get(key)
         if before is not None and now is not None and before != now:
             return kind, before, now
