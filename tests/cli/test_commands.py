@@ -598,6 +598,9 @@ def test_search_of_a_spaced_file_name_two_indexes_a_missing_model_and_a_replaced
     assert "from data with captions" in err  # a gallery cannot follow the caption-index hint
     rc, _, err = run_cli("search", str(index), "--index", str(index), "a dog")
     assert rc == 0, err  # the same index twice: one
+    spelled = f"{index.parent}/./{index.name}"  # the re-test: ./idx and idx were "two"
+    rc, _, err = run_cli("search", spelled, "--index", str(index), "a dog")
+    assert rc == 0, err
     other = tmp_path / "other"
     shutil.copytree(index, other)
     rc, out, err = run_cli("search", str(other), "--index", str(index), "a dog")

@@ -257,3 +257,55 @@ def test_a_donor_gone_before_its_rows_are_read_means_encoding_them(
     assert seen.n == 11
     fresh = encode(f"folder:{gallery}", tmp_path / "other-cache", reuse=False)
     torch.testing.assert_close(fs.images.tokens, fresh.images.tokens, rtol=0, atol=1e-3)
+
+
+def test_chunks_of_a_stopped_reusing_encode_are_not_read_as_the_datasets_rows(
+    gallery, tmp_path, monkeypatch
+) -> None:
+    """The re-test (high): an encode that reused rows was stopped with two chunks stored,
+    whose rows are positions in its to-do list; the donor was then cleared, and the next
+    encode, with nothing to reuse, read those chunks as rows 0.. of the dataset: the first
+    photos got other photos' features, and the file was kept as a valid cache."""
+    monkeypatch.setattr(F, "CHUNK_BATCHES", 1)  # 4 images a chunk
+    cache = tmp_path / "cache"
+    encode(f"folder:{gallery}", cache)  # the donor: p00..p09
+    draw(gallery, [f"q{i:02d}.png" for i in range(12)], seed=3)  # 12 new: three chunks
+
+    img = RandomConvEncoder()
+    inner, calls = img.forward, {"n": 0}
+
+    def stopping(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return inner(*args, **kwargs)
+
+    img.forward = stopping
+    with pytest.raises(KeyboardInterrupt):
+        encode(f"folder:{gallery}", cache, img=img)
+    for donor in (cache / "features").glob("*.safetensors"):
+        donor.unlink()  # picoalign cache --clear --older-than, or the user's rm
+    fs = encode(f"folder:{gallery}", cache)
+    fresh = encode(f"folder:{gallery}", tmp_path / "other-cache", reuse=False)
+    torch.testing.assert_close(fs.images.tokens, fresh.images.tokens, rtol=0, atol=1e-3)
+
+
+def test_an_image_row_id_holds_the_device_and_the_change_time(tmp_path, monkeypatch) -> None:
+    """The re-test: a gallery deleted and another unpacked elsewhere (sizes and times set by
+    the archive) got the freed inodes back, and so the first gallery's features. A new file's
+    change time is when it was made; the device tells two disks' inodes apart."""
+    from types import SimpleNamespace
+
+    from picoalign.data.base import Item
+    from picoalign.features import reuse
+
+    path = tmp_path / "a.png"
+    path.write_bytes(b"x")
+    same = {"st_dev": 1, "st_ino": 42, "st_size": 1, "st_mtime_ns": 5, "st_ctime_ns": 7}
+    ids = []
+    for change in ({}, {"st_ctime_ns": 8}, {"st_dev": 2}):  # same inode, size and mtime
+        st = SimpleNamespace(**{**same, **change})
+        monkeypatch.setattr(Path, "stat", lambda self, *a, _st=st, **k: _st)
+        monkeypatch.setattr(Path, "is_file", lambda self: True)
+        ids.append(reuse.image_row_ids([Item("a", (), "test", "a", str(path))])[0])
+    assert len(set(ids)) == 3

@@ -214,13 +214,15 @@ def _index(args: argparse.Namespace, out: Path) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    if args.index is not None and args.index_pos not in (None, args.index):
-        if (Path(args.index_pos) / "manifest.json").is_file():  # an index, not a query
+    if args.index is not None and args.index_pos is not None:
+        if Path(args.index_pos).resolve() == Path(args.index).resolve():
+            args.index_pos = args.index  # ./idx and idx, or its absolute path: one index
+        elif (Path(args.index_pos) / "manifest.json").is_file():  # an index, not a query
             raise ValueError(
                 f"two indexes: {args.index_pos} and --index {args.index}; give one of them"
             )
-        # --index I QUERY: the first word is a query (I I: the same folder, given twice)
-        args.queries, args.index_pos = [args.index_pos, *args.queries], None
+        else:  # --index I QUERY: the first word is a query
+            args.queries, args.index_pos = [args.index_pos, *args.queries], None
     resolve_folder_args(args)
     from picoalign.retrieval.index import GalleryIndex, contact_sheet
     from picoalign.retrieval.sheet import check_sheet_path

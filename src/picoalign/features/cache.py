@@ -115,8 +115,9 @@ def cached_features(
         found = reuse.find_rows(path.parent, f"*-{kind}-{enc_id}.safetensors", expect, how,
                                 row_ids, exclude=path)  # fmt: skip
     todo = [i for i in range(len(content)) if row_ids is None or row_ids[i] not in found]
-    # chunks of a partial encode belong to its list of rows: another list recomputes them
-    partial = {"todo": digest(*(row_ids[i] for i in todo))} if row_ids and found else {}
+    # a chunk's rows are positions in this encode's list of rows to do: a chunk stored for
+    # another list (other donors then, or none) would be other rows, and is recomputed
+    partial = {"todo": digest(*(row_ids[i] for i in todo))} if row_ids is not None else {}
     parts_dir = path.with_name(path.name.removesuffix(".safetensors") + ".parts")
     parts: list[tuple[Sequence[int], TokenFeatures]] = []
     # a chunk stored in another mode or MKL path is recomputed: one file, one way of rounding
@@ -183,12 +184,14 @@ def _tidy(parts_dir: Path) -> Iterator[None]:
 
 
 def _read_part(path: Path, expect: dict[str, Any]) -> TokenFeatures | None:
-    """A stored chunk if it belongs to this exact run (same metadata and rows), else None."""
+    """A stored chunk if it belongs to this exact run (the same metadata and rows, and no
+    key this run does not write: a chunk of a reusing encode holds a to-do list whose rows
+    are not the dataset's), else None."""
     if not path.exists():
         return None
     try:
         tensors, meta = read_safetensors(path)
-        if all(meta.get(k) == v for k, v in expect.items()):
+        if meta.keys() == expect.keys() and all(meta[k] == v for k, v in expect.items()):
             log.info("feature cache chunk reused: %s", path)
             return TokenFeatures(tensors["tokens"], tensors["mask"])
     except Exception as e:  # unreadable chunk: encode it again

@@ -7,9 +7,8 @@ full (EfficientNet-Lite0: ~60 ms an image on 2 cores, ten minutes), and so was t
 gallery listed by a JSONL file instead of a folder.
 
 So every feature file of user data stores a *row id* per row: for an image the identity of
-its file (inode, size and modification time: ``data.records.file_identity``, what the dataset
-fingerprint reads too; not its path, so a moved gallery folder is still known), for a caption
-its text.
+its file (device, inode, size, modification and change times: :func:`image_row_ids`; not its
+path, so a moved gallery folder is still known), for a caption its text.
 When a dataset's own file is missing, the rows whose ids an earlier file of the same encoder
 holds (same cache key and library versions, same image decoding, encoded in the same math
 mode and MKL path) are copied from it, and only the others are encoded. The result equals a
@@ -40,7 +39,12 @@ SAME = ("format", "format_version", "kind", "cache_key", "versions", "decoding")
 
 
 def image_row_ids(items: Sequence[Item]) -> list[str] | None:
-    """One id per image file (its :func:`file_identity`); None unless every item is a file."""
+    """One id per image file, None unless every item is a file: its device, its
+    :func:`file_identity` (inode, size, modification time) and its change time. Why the
+    change time, which the dataset fingerprint leaves out: a row id has no path, and a
+    gallery deleted and another unpacked elsewhere (sizes and times restored by the archive)
+    gets the freed inodes back; a new file's change time is when it was made, which nothing
+    restores. A moved parent folder keeps its files' change times."""
     ids = []
     for it in items:
         if not it.source:
@@ -52,7 +56,7 @@ def image_row_ids(items: Sequence[Item]) -> list[str] | None:
             return None
         if not real.is_file():
             return None
-        ids.append(digest("image", file_identity(st)))
+        ids.append(digest("image", str(st.st_dev), file_identity(st), str(st.st_ctime_ns)))
     return ids
 
 
