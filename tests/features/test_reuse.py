@@ -309,3 +309,60 @@ def test_an_image_row_id_holds_the_device_and_the_change_time(tmp_path, monkeypa
         monkeypatch.setattr(Path, "is_file", lambda self: True)
         ids.append(reuse.image_row_ids([Item("a", (), "test", "a", str(path))])[0])
     assert len(set(ids)) == 3
+
+
+def test_a_file_edited_in_place_with_its_size_and_dates_kept_is_encoded_again(
+    gallery, tmp_path
+) -> None:
+    """The adversarial re-test: a photo rewritten in place keeping its size and dates (what
+    `exiftool -P -overwrite_original_in_place` does) kept the folder's fingerprint, and its
+    own cache file served the old picture. Only the change time moved: the stored row ids
+    say so, and the unchanged rows are copied from that same file."""
+    cache = tmp_path / "cache"
+    pixels = np.random.default_rng(5).integers(0, 255, (24, 20, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "new.bmp")  # another picture, of the same size
+    bmp = gallery / "p03.bmp"
+    Image.fromarray(pixels[::-1].copy()).save(bmp)
+    encode(f"folder:{gallery}", cache)
+    # the BMP rewritten in place: same inode, same size, dates put back
+    st = bmp.stat()
+    with open(bmp, "r+b") as f:
+        f.write((tmp_path / "new.bmp").read_bytes())
+    os.utime(bmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (bmp.stat().st_ino, bmp.stat().st_size, bmp.stat().st_mtime_ns) == (
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+    )
+    img = RandomConvEncoder()
+    seen = Counted(img)
+    fs = encode(f"folder:{gallery}", cache, img=img)
+    assert seen.n == 1  # only the edited file; the rest from the stale file itself
+    fresh = encode(f"folder:{gallery}", tmp_path / "other-cache", reuse=False)
+    torch.testing.assert_close(fs.images.tokens, fresh.images.tokens, rtol=0, atol=1e-3)
+
+
+def test_an_svg_is_never_copied_since_it_may_render_files_it_links_to(tmp_path) -> None:
+    """The adversarial re-test: an SVG linking a bitmap (Inkscape's link mode) kept its row
+    id when the bitmap was recoloured, and its old render was copied."""
+    pytest.importorskip("cairosvg")
+    folder = tmp_path / "g"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(folder / "tex.png")
+    (folder / "stamp.svg").write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+        'width="32" height="32"><image xlink:href="tex.png" width="32" height="32"/></svg>'
+    )
+    data = tmp_path / "stamps.jsonl"  # a folder: gallery lists no SVGs (not Pillow's); JSONL does
+    write_jsonl(
+        data, [(str(folder / "stamp.svg"), ["a stamp"]), (str(folder / "tex.png"), ["a tex"])]
+    )
+    cache = tmp_path / "cache"
+    encode(f"jsonl:{data}", cache)
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(folder / "tex.png")
+    img = RandomConvEncoder()
+    seen = Counted(img)
+    fs = encode(f"jsonl:{data}", cache, img=img)
+    assert seen.n == 2  # the recoloured bitmap, and the SVG that shows it
+    fresh = encode(f"jsonl:{data}", tmp_path / "other-cache", reuse=False)
+    torch.testing.assert_close(fs.images.tokens, fresh.images.tokens, rtol=0, atol=1e-3)

@@ -102,6 +102,10 @@ def cached_features(
         try:
             tensors, meta = read_safetensors(path)
             stale = [k for k, v in expect.items() if meta.get(k) != v]
+            if row_ids is not None and meta.get("row_ids", list(row_ids)) != list(row_ids):
+                # the fingerprint leaves out the change time (a chmod would re-encode all);
+                # a file edited in place with its size and dates kept changes only that
+                stale.append("row_ids")
             if not stale:
                 log.info("feature cache hit: %s", path)
                 feats = TokenFeatures(tensors["tokens"], tensors["mask"])
@@ -112,8 +116,9 @@ def cached_features(
             log.warning("rebuilding unreadable feature cache %s: %s", path.name, e)
     found = {}
     if row_ids is not None:
+        # this dataset's own stale file too: its unchanged rows are as good as any donor's
         found = reuse.find_rows(path.parent, f"*-{kind}-{enc_id}.safetensors", expect, how,
-                                row_ids, exclude=path)  # fmt: skip
+                                row_ids)  # fmt: skip
     todo = [i for i in range(len(content)) if row_ids is None or row_ids[i] not in found]
     # a chunk's rows are positions in this encode's list of rows to do: a chunk stored for
     # another list (other donors then, or none) would be other rows, and is recomputed

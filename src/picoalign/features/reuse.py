@@ -34,8 +34,15 @@ from picoalign.features.store import TokenFeatures
 
 log = logging.getLogger(__name__)
 
+# the row id of a row that is never copied: always encoded
+NEVER = ""
 # what a donor file's metadata must share with this encode (the rest names its dataset)
 SAME = ("format", "format_version", "kind", "cache_key", "versions", "decoding")
+
+
+# image files whose picture may come from other files they link to (an SVG's <image href>,
+# which cairosvg follows relative to the path it was given): their stat says nothing of those
+LINKING = frozenset({".svg", ".svgz"})
 
 
 def image_row_ids(items: Sequence[Item]) -> list[str] | None:
@@ -56,6 +63,9 @@ def image_row_ids(items: Sequence[Item]) -> list[str] | None:
             return None
         if not real.is_file():
             return None
+        if real.suffix.lower() in LINKING:  # renders files it links to: not itself alone
+            ids.append(NEVER)
+            continue
         ids.append(digest("image", str(st.st_dev), file_identity(st), str(st.st_ctime_ns)))
     return ids
 
@@ -71,14 +81,13 @@ def find_rows(
     expect: dict[str, Any],
     how: dict[str, str],
     wanted: Sequence[str],
-    exclude: Path,
 ) -> dict[str, tuple[Path, int]]:
     """id → (file, row) for each of ``wanted`` that a finished feature file in ``folder``
     matching ``pattern`` holds, newest file first. A file of another encoder, version,
     decoding, math mode or MKL path is never read for rows; an unreadable one is passed by."""
-    need = set(wanted)
+    need = set(wanted) - {NEVER}
     found: dict[str, tuple[Path, int]] = {}
-    files = [p for p in folder.glob(pattern) if p != exclude and p.is_file()]
+    files = [p for p in folder.glob(pattern) if p.is_file()]
     for path in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True):
         if not need:
             break
