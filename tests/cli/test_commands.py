@@ -743,3 +743,10 @@ def test_a_gallery_folder_is_indexed_searched_and_a_moved_file_is_said(
     assert len(changed) == 1 and changed[0].startswith("1 of the results' image files"), changed
     rc, _, err = run_cli("evaluate", run, "--data", f"folder:{gallery}")
     assert rc != 0 and "no captions, all in the test split: it can be indexed" in err
+    Image.new("RGB", (20, 20), (90, 90, 0)).save(gallery / "p3.png")  # the gallery grows
+    rc, out, err = run_cli("index", run, "--data", f"folder:{gallery}", "--out",
+                           str(tmp_path / "idx2"), "--no-progress")  # fmt: skip
+    # p0 unchanged; p1 gone, p2 edited, p3 new: one reused. (Two while `evaluate` above
+    # encoded the whole gallery, p2 as edited, before refusing it for having no captions.)
+    assert rc == 0, err
+    assert "features of 1 image came from the feature cache, not encoded again" in out, out

@@ -119,6 +119,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model = PicoAligner.load(args.checkpoint)
     model.config.check_rule(args.rule)  # before any encoding: errors in seconds
+    if not args.memory_mb > 0:
+        raise ValueError(f"--memory-mb must be positive, got {args.memory_mb}")
     data, split_seed = run_data(args.checkpoint, args.data, args.seed)
     fs = dataset_features(
         data,
@@ -127,6 +129,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=split_seed,
         progress=args.progress and not args.json,
         need_splits=(args.split,),
+        need_captions=True,  # a caption-less gallery is refused before it is encoded
         report=report_to_stderr if args.json else print,
         **data_kwargs(args, runs_data=args.data is None),
     )
@@ -140,12 +143,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         fs = fs.split(args.split)
     if fs.n_images == 0:
         raise ValueError(f"--data {data}: split {args.split!r} has no images")
-    if fs.n_captions == 0:
+    if fs.n_captions == 0:  # a split whose items have none (the whole data has some)
         from picoalign.data.check import NO_CAPTIONS
 
         raise ValueError(f"--data {data}: nothing to evaluate, {NO_CAPTIONS}")
-    if not args.memory_mb > 0:
-        raise ValueError(f"--memory-mb must be positive, got {args.memory_mb}")
     for warning in (
         coarse_split_warning(args.split, fs.n_images),
         duplicate_caption_warning(args.split, fs.captions, fs.caption_image.tolist()),

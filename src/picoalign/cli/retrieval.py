@@ -210,6 +210,10 @@ def _index(args: argparse.Namespace, out: Path) -> int:
         f"{'an' if args.first_stage == 'ivf' else 'a'} {args.first_stage} first stage: "
         f"{args.out} ({size:.1f} MiB)"
     )
+    reused = fs.meta.get("image_reused", 0) if args.kind == "images" else 0
+    if reused:  # with --no-progress nothing else says it
+        what = "image" if reused == 1 else "images"
+        print(f"features of {reused} {what} came from the feature cache, not encoded again")
     return 0
 
 

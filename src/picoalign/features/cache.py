@@ -66,7 +66,8 @@ def cached_features(
     and rows whose ids an earlier file of the same encoder holds are copied from it instead
     of encoded (:mod:`picoalign.features.reuse`).
 
-    Also returns how the features were computed: ``{"math": …, "mkl": …}``, the math mode
+    Also returns how the features were computed: ``{"math": …, "mkl": …}`` (and
+    ``"reused"``, the rows copied from other files, when it encoded), the math mode
     (``core.hardware.math_mode``) and the code path MKL really ran (``mkl_branch``: the same
     mode gives other bits on an AMD CPU than on an Intel one); ``"unknown"`` for caches from
     before each was recorded. Neither is part of the cache key: they change the encoders'
@@ -165,7 +166,7 @@ def cached_features(
     }
     atomic_save({"tokens": feats.tokens, "mask": feats.mask}, meta, path)
     shutil.rmtree(parts_dir, ignore_errors=True)
-    return feats, str(path), how
+    return feats, str(path), {**how, "reused": str(len(content) - len(todo))}
 
 
 def _how(device: torch.device) -> dict[str, str]:

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from picoalign.data.base import DataProblems
-from picoalign.data.check import prepare_dataset
+from picoalign.data.base import DataError, DataProblems
+from picoalign.data.check import NO_CAPTIONS, prepare_dataset
 from picoalign.data.spec import reads_user_files
 from picoalign.encoders import ImageEncoder, TextEncoder, create_image_encoder
 from picoalign.features.encode import encode_dataset
@@ -28,6 +28,7 @@ def dataset_features(
     progress: bool = True,
     max_image_pixels: int | None = None,
     need_splits: Sequence[str] = (),
+    need_captions: bool = False,
     report: Callable[[str], None] = print,
     device: str | torch.device = "cpu",
     texts: bool = True,
@@ -41,8 +42,10 @@ def dataset_features(
     Encoders are registry specs or instances; ``text_encoder`` may also be a factory (a model
     config's ``make_text_encoder``, with its prompt and token options), called only once the
     data has loaded and the image encoder's spec is known to be good, so a typo in either is
-    reported before any weights load. ``device``: where the encoders run (a training run's
-    own device: ``train --device cuda`` encoded on the CPU); ``texts=False``: images only."""
+    reported before any weights load; ``need_captions``: data with no caption at all (a
+    gallery folder) is refused before any encoding. ``device``: where the encoders run (a
+    training run's own device: ``train --device cuda`` encoded on the CPU); ``texts=False``:
+    images only."""
     try:
         dataset = prepare_dataset(
             data,
@@ -58,6 +61,8 @@ def dataset_features(
             for line in e.listing():
                 print(line, file=sys.stderr)
         raise
+    if need_captions and not any(it.captions for it in dataset.items):
+        raise DataError(f"--data {data}: nothing to evaluate, {NO_CAPTIONS}")
     if getattr(dataset, "features", None) is not None:
         image_encoder = "precomputed"
     elif image_encoder == "precomputed":  # a model trained on precomp: features, given images

@@ -244,6 +244,7 @@ def encode_dataset(
         "image_math": img_how["math"],
         "text_math": txt_how["math"],
         "image_mkl": img_how["mkl"],
+        "image_reused": int(img_how.get("reused", 0)),  # rows copied from other cache files
         "text_mkl": txt_how["mkl"],
         "data": dict(dataset.notes),  # what was done to the data (val carve, skips)
     }
