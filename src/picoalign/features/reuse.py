@@ -9,12 +9,14 @@ gallery listed by a JSONL file instead of a folder.
 So every feature file of user data stores a *row id* per row: for an image the identity of
 its file (device, inode, size, modification and change times: :func:`image_row_ids`; not its
 path, so a moved gallery folder is still known), for a caption its text.
-When a dataset's own file is missing, the rows whose ids an earlier file of the same encoder
-holds (same cache key and library versions, same image decoding, encoded in the same math
-mode and MKL path) are copied from it, and only the others are encoded. The result equals a
-full encode up to rounding: a backbone's bits can depend on which images share its batch
-(docs/data.md, "The feature cache"). Built-in datasets never take rows from other files, so
-the study's features stay one encode, one way of rounding.
+When a dataset's own file is missing, or holds other row ids (a file rewritten in place with
+its size and dates kept), the rows whose ids a file of the same encoder holds (same cache key
+and library versions, same image decoding, encoded in the same math mode and MKL path) are
+copied from it, and only the others are encoded; an SVG, which may show files it links to,
+always is. The result equals a full encode up to rounding: a backbone's bits can depend on
+which images share its batch (docs/data.md, "A gallery that grows encodes only what is
+new"). Built-in datasets never take rows from other files, so the study's features stay one
+encode, one way of rounding.
 """
 
 from __future__ import annotations
