@@ -133,16 +133,16 @@ class TrainConfig:
             # checked here, not by the optimiser or the warm-up: a bad value would otherwise
             # surface after the data is encoded, or under another option's name
             "weight_decay": (
-                math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                fin["weight_decay"] and self.weight_decay >= 0,
                 "a finite number >= 0",
             ),
             "backbone_lr_mult": (
-                math.isfinite(self.backbone_lr_mult) and self.backbone_lr_mult >= 0,
+                fin["backbone_lr_mult"] and self.backbone_lr_mult >= 0,
                 "a finite number >= 0",
             ),
             "lr_gamma": (fin["lr_gamma"] and self.lr_gamma > 0, "a finite number > 0"),
             "grad_clip": (
-                math.isfinite(self.grad_clip) and self.grad_clip >= 0,
+                fin["grad_clip"] and self.grad_clip >= 0,
                 "a finite number >= 0 (0 = off)",
             ),
             "triplet_warmup_epochs": (self.triplet_warmup_epochs >= 0, "an integer >= 0"),
