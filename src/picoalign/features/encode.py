@@ -216,6 +216,7 @@ def encode_dataset(
 
     if not texts:
         captions, counts = [], torch.zeros(len(items), dtype=torch.long)
+    reuse_rows = reuse_rows and root is not None  # row ids serve the cache only: no stat then
     images, img_path, img_how = cached_features(
         "images", dataset, img_enc, keys, root, images_of, chunk=chunk, progress=progress,
         device=device, row_ids=reuse.image_row_ids(items) if reuse_rows else None,
