@@ -62,6 +62,13 @@ def encode(spec: str, cache: Path, img=None, txt=None, reuse: bool = True, **kw)
     )
 
 
+def assert_images_as_fresh(fs, spec: str, tmp_path: Path) -> None:
+    """``fs``'s image features equal a full encode of ``spec`` (no reuse, its own cache) up to
+    fp16 rounding."""
+    fresh = encode(spec, tmp_path / "other-cache", reuse=False)
+    torch.testing.assert_close(fs.images.tokens, fresh.images.tokens, rtol=0, atol=1e-3)
+
+
 @pytest.fixture
 def gallery(tmp_path: Path) -> Path:
     draw(tmp_path / "photos", [f"p{i:02d}.png" for i in range(10)])
@@ -118,8 +125,7 @@ def test_an_edited_or_touched_image_is_encoded_again(gallery, tmp_path) -> None:
     seen = Counted(img)
     fs = encode(f"folder:{gallery}", cache, img=img)
     assert seen.n == 2
-    fresh = encode(f"folder:{gallery}", tmp_path / "other-cache", reuse=False)
-    torch.testing.assert_close(fs.images.tokens, fresh.images.tokens, rtol=0, atol=1e-3)
+    assert_images_as_fresh(fs, f"folder:{gallery}", tmp_path)
 
 
 def test_no_rows_from_another_encoder_or_math_path_nor_for_built_in_data(
@@ -255,8 +261,7 @@ def test_a_donor_gone_before_its_rows_are_read_means_encoding_them(
     seen = Counted(img)
     fs = encode(f"folder:{gallery}", cache, img=img)
     assert seen.n == 11
-    fresh = encode(f"folder:{gallery}", tmp_path / "other-cache", reuse=False)
-    torch.testing.assert_close(fs.images.tokens, fresh.images.tokens, rtol=0, atol=1e-3)
+    assert_images_as_fresh(fs, f"folder:{gallery}", tmp_path)
 
 
 def test_chunks_of_a_stopped_reusing_encode_are_not_read_as_the_datasets_rows(
@@ -286,8 +291,7 @@ def test_chunks_of_a_stopped_reusing_encode_are_not_read_as_the_datasets_rows(
     for donor in (cache / "features").glob("*.safetensors"):
         donor.unlink()  # picoalign cache --clear --older-than, or the user's rm
     fs = encode(f"folder:{gallery}", cache)
-    fresh = encode(f"folder:{gallery}", tmp_path / "other-cache", reuse=False)
-    torch.testing.assert_close(fs.images.tokens, fresh.images.tokens, rtol=0, atol=1e-3)
+    assert_images_as_fresh(fs, f"folder:{gallery}", tmp_path)
 
 
 def test_an_image_row_id_holds_the_device_and_the_change_time(tmp_path, monkeypatch) -> None:
@@ -338,8 +342,7 @@ def test_a_file_edited_in_place_with_its_size_and_dates_kept_is_encoded_again(
     seen = Counted(img)
     fs = encode(f"folder:{gallery}", cache, img=img)
     assert seen.n == 1  # only the edited file; the rest from the stale file itself
-    fresh = encode(f"folder:{gallery}", tmp_path / "other-cache", reuse=False)
-    torch.testing.assert_close(fs.images.tokens, fresh.images.tokens, rtol=0, atol=1e-3)
+    assert_images_as_fresh(fs, f"folder:{gallery}", tmp_path)
 
 
 def test_an_svg_is_never_copied_since_it_may_render_files_it_links_to(tmp_path) -> None:
@@ -364,5 +367,4 @@ def test_an_svg_is_never_copied_since_it_may_render_files_it_links_to(tmp_path) 
     seen = Counted(img)
     fs = encode(f"jsonl:{data}", cache, img=img)
     assert seen.n == 2  # the recoloured bitmap, and the SVG that shows it
-    fresh = encode(f"jsonl:{data}", tmp_path / "other-cache", reuse=False)
-    torch.testing.assert_close(fs.images.tokens, fresh.images.tokens, rtol=0, atol=1e-3)
+    assert_images_as_fresh(fs, f"jsonl:{data}", tmp_path)
