@@ -13,11 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 from cli_runner import toy_train_argv
 from picoalign.config import load_config
 from picoalign.model import ModelConfig, PicoAligner
-from picoalign.training.distributed import DistContext, _pad_to, state_digest
+from picoalign.training.distributed import (
+    DistContext,
+    _pad_to,
+    rank_step_seed,
+    reseed_rank_stream,
+    state_digest,
+)
 from picoalign.training.loop import train
 
 PICO = {
@@ -122,6 +129,35 @@ WORKER = textwrap.dedent(
 )
 
 
+# Records each rank's dropout masks: F.dropout on ones gives the mask the real call would have
+# drawn (the same RNG draws), and the tokens times that mask is the real call's result.
+DROPOUT_WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    from picoalign.config import load_config
+    from picoalign.training.loop import train
+
+    torch.set_num_threads(1)
+    features, overrides, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    rank = int(os.environ["RANK"])
+    masks = []
+    dropout = torch.nn.functional.dropout
+    def recording(x, p=0.5, training=True, inplace=False):
+        mask = dropout(torch.ones_like(x), p, training)
+        masks.append(mask.ne(0).flatten().tolist())
+        return x * mask
+    torch.nn.functional.dropout = recording
+
+    fs = torch.load(features, weights_only=False)
+    cfg = load_config(None, {**overrides, "out": out, "progress": False})
+    train(cfg, fs)
+    with open(os.path.join(sys.argv[4], f"masks-{rank}.json"), "w") as f:
+        json.dump(masks, f)
+    """
+)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -176,6 +212,24 @@ def test_pad_to_pads_rows_and_token_width_with_zeros() -> None:
     assert y[:2, :3].eq(1).all() and y.sum() == x.sum()
     mask = _pad_to(torch.ones(2, 3, dtype=torch.bool), 3, 4)
     assert mask.dtype == torch.bool and mask.sum() == 6
+
+
+def test_only_ranks_past_zero_are_reseeded_and_by_their_place_only() -> None:
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    reseed_rank_stream(DistContext(), 5, 0, 3)  # one process
+    reseed_rank_stream(DistContext(rank=0, world_size=2), 5, 0, 3)
+    assert torch.equal(torch.get_rng_state(), state)  # rank 0 draws what one process draws
+
+    def draws(rank: int, epoch: int, step: int) -> Tensor:
+        reseed_rank_stream(DistContext(rank=rank, world_size=3), 5, epoch, step)
+        return torch.rand(4)
+
+    assert torch.equal(draws(1, 2, 7), draws(1, 2, 7))  # a resume draws the same
+    firsts = [draws(*place) for place in ((1, 2, 7), (2, 2, 7), (1, 2, 8), (1, 3, 7))]
+    assert len({tuple(x.tolist()) for x in firsts}) == 4
+    assert rank_step_seed(5, 1, 2, 7) != rank_step_seed(6, 1, 2, 7)
+    assert 0 <= rank_step_seed(5, 1, 2, 7) < 2**63
 
 
 def test_state_digest_sees_a_one_bit_change_in_pico_state() -> None:
@@ -271,6 +325,26 @@ def test_rank_local_loss_with_a_learnable_temperature_stays_in_sync(
         assert torch.equal(r0[k], r1[k]), k
     state = torch.load(tmp_path / "out" / "last" / "state.pt", weights_only=True)
     assert state["loss"], "the InfoNCE temperature is saved with the run"
+
+
+def test_ranks_draw_their_own_dropout_masks(tmp_path: Path, make_feature_set) -> None:
+    """Every rank seeded torch alike, so rank 1 dropped the very tokens of its shard that rank
+    0 dropped of its own: the global batch saw one mask twice (the GPU-path review)."""
+    torch.save(make_feature_set(n=32), tmp_path / "features.pt")
+    (tmp_path / "worker.py").write_text(DROPOUT_WORKER)
+    overrides = {"epochs": 1, "batch_size": 16, "model.text_dropout": 0.5}
+    proc = torchrun(
+        str(tmp_path / "worker.py"),
+        str(tmp_path / "features.pt"),
+        json.dumps(overrides),
+        str(tmp_path / "out"),
+        str(tmp_path),
+    )
+    assert proc.returncode == 0, _report(proc)
+    m0, m1 = (json.loads((tmp_path / f"masks-{r}.json").read_text()) for r in (0, 1))
+    assert len(m0) == len(m1) > 0  # one mask per training step (shards of 8 captions)
+    assert [len(a) for a in m0] == [len(b) for b in m1]
+    assert all(a != b for a, b in zip(m0, m1, strict=True))
 
 
 def test_gradients_equal_the_one_process_gradient(tmp_path: Path) -> None:

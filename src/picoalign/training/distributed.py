@@ -269,6 +269,27 @@ def shutdown(ctx: DistContext) -> None:
         _WAIT_GROUP = None
 
 
+def rank_step_seed(seed: int, rank: int, epoch: int, step: int) -> int:
+    """The seed of rank ``rank``'s random stream for one training step: a pure function of
+    the run's seed and the step's place, so a resumed run draws what it would have drawn."""
+    digest = hashlib.sha256(f"picoalign:{seed}:{rank}:{epoch}:{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def reseed_rank_stream(ctx: DistContext, seed: int, epoch: int, step: int) -> None:
+    """Give every rank but 0 its own random draws (dropout) for this step.
+
+    Every rank seeds torch with the run's seed, so that the model starts alike everywhere,
+    and a resume restores rank 0's saved RNG state on every rank: without this, each rank
+    drew the same dropout masks for its own shard, so token i of every shard was dropped
+    together and the global batch saw world_size copies of one mask. Rank 0 keeps the run's
+    stream, so one process and rank 0 draw as before. Nothing PICO keeps in sync draws from
+    this stream (batch order has its own generator; ranks are checked by
+    :func:`assert_in_sync`)."""
+    if ctx.enabled and ctx.rank > 0:
+        torch.manual_seed(rank_step_seed(seed, ctx.rank, epoch, step))
+
+
 def mean_over_ranks(loss: Tensor, ctx: DistContext) -> Tensor:
     """Scale a rank-local loss so the summed gradients average the ranks; the returned value
     (for logging and the NaN check) is the mean of every rank's loss."""

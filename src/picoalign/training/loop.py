@@ -49,6 +49,7 @@ from picoalign.training.distributed import (
     init_distributed,
     local_device,
     mean_over_ranks,
+    reseed_rank_stream,
     shutdown,
     sync_rank_local_state,
 )
@@ -178,6 +179,7 @@ def _train_step(run: Run, batches: list[Tensor], step: int, epoch: int) -> Tenso
     sizes = ctx.shard_sizes(len(idx))
     if run.pixels is not None and step + 1 < len(batches):  # decode ahead
         run.pixels.prefetch(ctx.shard(batches[step + 1]))
+    reseed_rank_stream(ctx, cfg.seed, epoch, step)  # each rank its own dropout masks
     img, img_m, txt, txt_m, ids = _forward(run, run.net, ctx.shard(idx), _text_width(run, idx))
     if not run.validated:  # once per run: check_tokens reads values (a device sync)
         _validate(img, img_m, txt, txt_m, epoch, step)
