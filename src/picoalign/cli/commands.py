@@ -28,6 +28,7 @@ from picoalign.cli.data_flags import (
 )
 from picoalign.cli.train import add_train, epochs_arg
 from picoalign.evaluation.metrics import PROTOCOLS
+from picoalign.progress import line_start
 
 EPILOG = """\
 data specs (--data):
@@ -317,14 +318,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     # a library warning is one line of the command's own, not a source location and line
-    warnings.formatwarning = lambda message, *_, **__: f"picoalign: warning: {message}\n"
+    # (on a line of its own beside an open progress bar: picoalign.progress)
+    warnings.formatwarning = lambda message, *_, **__: (
+        f"{line_start()}picoalign: warning: {message}\n"
+    )
     try:
         from picoalign.training.allocator import keep_freed_memory
 
         keep_freed_memory()  # every command scores in large CPU blocks (allocator module doc)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("picoalign: interrupted", file=sys.stderr)
+        print(f"{line_start()}picoalign: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `picoalign search ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit

@@ -24,8 +24,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from tqdm.auto import tqdm
-
 from picoalign.data.base import (
     SPLITS,
     DataError,
@@ -38,6 +36,7 @@ from picoalign.data.base import (
 )
 from picoalign.data.images import FileLoader, allow_pixels
 from picoalign.data.spec import load_dataset, spec_options
+from picoalign.progress import progress_bar
 
 VAL_FRACTION = 0.1  # of train's groups, when a dataset has no val split
 Report = Callable[[str], None]
@@ -167,7 +166,7 @@ def check_images(
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(
-            tqdm(
+            progress_bar(
                 pool.map(check, dataset.items),
                 total=len(dataset.items),
                 desc="checking images",

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from picoalign.core.hardware import math_mode, mkl_branch
 from picoalign.data.base import ImageCaptionDataset, digest
@@ -36,6 +35,7 @@ from picoalign.features.store import (
     atomic_save,
     read_safetensors,
 )
+from picoalign.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,10 @@ def cached_features(
         expect["decoding"] = DECODING  # how images were decoded (downscaling) is part of them
     unit = "img" if kind == "images" else "cap"
 
-    def new_bar() -> tqdm:  # made only when something is encoded: a cache hit draws no 0/N bar
-        return tqdm(total=len(content), desc=f"{kind} [{encoder.name}]", unit=unit,
-                    disable=not progress)  # fmt: skip
+    def new_bar() -> Any:  # made only when something is encoded: a cache hit draws no 0/N bar
+        return progress_bar(
+            total=len(content), desc=f"{kind} [{encoder.name}]", unit=unit, disable=not progress
+        )
 
     how = _how(torch.device(device))
     if cache_dir is None or not getattr(encoder, "cacheable", True):

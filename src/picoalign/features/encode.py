@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from picoalign.data.base import DataError, ImageCaptionDataset, items_fingerprint
 from picoalign.data.records import FILE_IDENTITY
@@ -46,6 +45,7 @@ from picoalign.features.store import (
     to_half,
 )
 from picoalign.fileio import make_dirs
+from picoalign.progress import progress_bar
 
 __all__ = [
     "FeatureSet",
@@ -79,7 +79,7 @@ def _progress(bar: Any, total: int, desc: str, unit: str, show: bool) -> Iterato
     if bar is not None:
         yield bar
         return
-    with tqdm(total=total, desc=desc, unit=unit, disable=not show) as own:
+    with progress_bar(total=total, desc=desc, unit=unit, disable=not show) as own:
         yield own
 
 

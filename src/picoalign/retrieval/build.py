@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from picoalign.config.paths import absolute_source, absolute_spec
 from picoalign.core.similarity import pool_tokens
 from picoalign.evaluation.evaluate import embed_rows
+from picoalign.progress import progress_bar
 from picoalign.retrieval import store
 from picoalign.retrieval.index import GalleryIndex, file_stat
 from picoalign.retrieval.store import DTYPES
@@ -70,7 +70,7 @@ def build_index(
     was = model.training
     model.eval()
     try:
-        for i in tqdm(range(0, n, batch_size), desc=f"index {kind}", disable=not progress):
+        for i in progress_bar(range(0, n, batch_size), desc=f"index {kind}", disable=not progress):
             rows = slice(i, i + batch_size)
             # a fine-tuned backbone re-encodes the raw inputs (its cached features are stale)
             e, m = embed_rows(model, fs, "images" if kind == "images" else "captions", rows)

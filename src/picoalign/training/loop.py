@@ -31,7 +31,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from picoalign.config import TrainConfig
 from picoalign.config.paths import with_absolute_paths
@@ -42,6 +41,7 @@ from picoalign.evaluation.chance import at_chance_warning
 from picoalign.evaluation.evaluate import NonFiniteEmbeddings
 from picoalign.features import FeatureSet
 from picoalign.fileio import atomic_replace_dir
+from picoalign.progress import progress_bar
 from picoalign.training.allocator import keep_freed_memory
 from picoalign.training.devices import autocast, resolve_device
 from picoalign.training.distributed import (
@@ -140,7 +140,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     total, count = (run.start.total, run.start.count) if first else (0.0, 0)
     log = LossLog(total, count, epoch, Path(cfg.out) / "last")
     run.model.train()
-    bar = tqdm(
+    bar = progress_bar(
         range(first, len(batches)),
         desc=f"{run.model.config.label} epoch {epoch + 1}/{cfg.epochs}",
         unit="batch",

@@ -1,0 +1,60 @@
+"""Progress bars and warnings that stay readable when stderr is a log file.
+
+On a terminal a tqdm bar redraws itself in place (``\\r``), and a bar that closes with
+``leave=False`` erases itself. Written to a file (``picoalign train ... 2> log``) those
+redraws pile up on one line, ten a second, and whatever comes next (an epoch line, a
+warning) starts on that line behind the erased bar. So off a terminal every bar redraws at
+most every :data:`LOG_INTERVAL_S` seconds and ends with its own newline, and a warning
+printed while a bar is open starts on a line of its own (:func:`line_start`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import IO, Any
+
+from tqdm.auto import tqdm
+
+# off a terminal, a bar's state is written at most this often (a log line per half-minute)
+LOG_INTERVAL_S = 30.0
+
+
+def is_terminal(stream: IO[str] | None) -> bool:
+    """Whether ``stream`` redraws ``\\r`` in place (a closed or odd stream: no)."""
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
+    """``tqdm(iterable, **kwargs)``, written for a log file when stderr is not a terminal."""
+    if not is_terminal(kwargs.get("file") or sys.stderr):
+        kwargs["leave"] = True  # its last state stays, and what follows starts a line
+        kwargs.setdefault("mininterval", LOG_INTERVAL_S)
+    return tqdm(iterable, **kwargs)
+
+
+def open_bars() -> list[tqdm]:
+    """The bars being drawn now (disabled ones have no start time)."""
+    return [b for b in list(getattr(tqdm, "_instances", ())) if hasattr(b, "start_t")]
+
+
+def line_start(stream: IO[str] | None = None) -> str:
+    """What to write before a message line on ``stream`` (stderr) while a bar may be open.
+
+    On a terminal it clears the open bars (each redraws itself at its next update, below
+    the message) and returns ""; in a log it returns a newline if a bar is open, as the
+    bar's line does not end until the bar does. For ``warnings.formatwarning``, which the
+    command line sets: showing a warning through it keeps ``warnings.catch_warnings(record=
+    True)`` working, where replacing ``showwarning`` would bypass the recording."""
+    stream = stream if stream is not None else sys.stderr
+    bars = [b for b in open_bars() if b.fp in (stream, sys.stderr, sys.stdout)]
+    if not bars:
+        return ""
+    if is_terminal(stream):
+        for bar in bars:
+            bar.clear()
+        return ""
+    return "\n"
