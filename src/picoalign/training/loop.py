@@ -159,7 +159,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, Any]:
             run.save_last(Position(epoch, step + 1, log.total, log.count))
         if (step + 1) % LOSS_CHECK_EVERY == 0:
             log.settle()
-            bar.set_postfix(loss=f"{log.mean:.4f}")
+            bar.set_postfix(loss=f"{log.mean:.4f}", refresh=False)  # drawn at its next update
     log.settle()
     _check_finite(run, epoch)
     assert_in_sync(ctx, run.model, run.loss_fn)
