@@ -126,11 +126,13 @@ class FeatureSet:
         (:meth:`text_width` of a batch keeps every real token)."""
         img_rows = self.caption_image[caption_idx]
         width = slice(None) if text_tokens is None else slice(0, text_tokens)
+        # index_select, not tokens[rows]: the same copy, 2x (images) to 30x (captions, with
+        # the width cut) faster than advanced indexing of fp16 rows
         return (
-            self.images.tokens[img_rows].to(device, torch.float32),
-            self.images.mask[img_rows].to(device),
-            self.texts.tokens[caption_idx, width].to(device, torch.float32),
-            self.texts.mask[caption_idx, width].to(device),
+            self.images.tokens.index_select(0, img_rows).to(device, torch.float32),
+            self.images.mask.index_select(0, img_rows).to(device),
+            self.texts.tokens[:, width].index_select(0, caption_idx).to(device, torch.float32),
+            self.texts.mask[:, width].index_select(0, caption_idx).to(device),
             img_rows.to(device),
         )
 

@@ -292,7 +292,11 @@ class GalleryIndex:
         self, rows: slice | Tensor, q: Tensor, qm: Tensor, fn: ScoreFn, budget: float
     ) -> Tensor:
         """Stage-2 scores (n_rows, Q) of gallery ``rows`` against the queries."""
-        g, gm = self.tokens[rows].to(q.device, torch.float32), self.mask[rows].to(q.device)
+        if isinstance(rows, slice):
+            g, gm = self.tokens[rows], self.mask[rows]
+        else:  # index_select: 10x faster than tokens[rows] on fp16 (half of a re-rank's time)
+            g, gm = self.tokens.index_select(0, rows), self.mask.index_select(0, rows)
+        g, gm = g.to(q.device, torch.float32), gm.to(q.device)
         if self.kind == "images":
             return fn(g, gm, q, qm, memory_budget_mb=budget).cpu()
         return fn(q, qm, g, gm, memory_budget_mb=budget).T.cpu()
