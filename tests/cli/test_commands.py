@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,6 +136,17 @@ def test_evaluate_json(trained) -> None:
     # 4 test images: stdout stays pure JSON, the warning goes to stderr
     assert "warning: the test split has 4 images" in err and "steps of 25 points" in err
     assert metrics["rule"] == "plain"  # the trained PICO model's eval_score
+
+
+def test_evaluate_json_numbers_carry_no_float_noise() -> None:
+    """The walkthrough: `"r1": 57.99999999999999` in `evaluate --json`, carried into tables."""
+    from picoalign.cli.commands import _rounded
+
+    noisy = {"i2t": {"r1": 100 * 0.58, "medr": 2.0}, "rsum": 0.1 + 0.2, "n_images": 50}
+    assert _rounded(noisy) == {"i2t": {"r1": 58.0, "medr": 2.0}, "rsum": 0.3, "n_images": 50}
+    assert json.dumps(_rounded(noisy)) == (
+        '{"i2t": {"r1": 58.0, "medr": 2.0}, "rsum": 0.3, "n_images": 50}'
+    )
 
 
 def test_evaluate_says_which_scoring_rule_it_used(trained) -> None:
@@ -750,3 +762,38 @@ def test_a_gallery_folder_is_indexed_searched_and_a_moved_file_is_said(
     # encoded the whole gallery, p2 as edited, before refusing it for having no captions.)
     assert rc == 0, err
     assert "features of 1 image came from the feature cache, not encoded again" in out, out
+
+
+def _precomp_folder(root: Path, width: int) -> Path:
+    """A SCAN-style folder of 8 rows x 3 tokens x ``width`` per split, 2 captions per row."""
+    gen = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        np.save(root / f"{split}_ims.npy", gen.standard_normal((8, 3, width), np.float32))
+        caps = [f"a {split} thing {r} seen {k}" for r in range(8) for k in range(2)]
+        (root / f"{split}_caps.txt").write_text("\n".join(caps) + "\n")
+    return root
+
+
+def test_a_model_is_evaluated_and_indexed_only_on_the_image_input_it_trained_on(
+    trained, tmp_path: Path
+) -> None:
+    """The walkthrough: a model trained on images (random-conv here) was scored on
+    precomputed features of the same width, its image head run on tokens it never saw (R@1
+    0), while the other way round was refused."""
+    width = PicoAligner.load(trained["run"] / "best").config.image_dim
+    pre = _precomp_folder(tmp_path / "pre", width)
+    for command in (["evaluate"], ["index", "--out", str(tmp_path / "idx")]):
+        rc, _, err = run_cli(*command, str(trained["run"]), "--data", f"precomp:{pre}")
+        assert rc == 2 and "precomputed image features, but this model reads images with " \
+            "'random-conv'" in err, err  # fmt: skip
+    assert not (tmp_path / "idx").exists()
+    rc, _, err = run_cli(
+        "train", "--data", f"precomp:{pre}", "--text-encoder", "hash-text", "--epochs", "1",
+        "--no-progress", "--set", "model.embed_dim=16", "--out", str(tmp_path / "prun"),
+    )  # fmt: skip
+    assert rc == 0, err
+    rc, _, err = run_cli("evaluate", str(tmp_path / "prun"))  # its own kind of input: fine
+    assert rc == 0, err
+    rc, _, err = run_cli("evaluate", str(tmp_path / "prun"), "--data", f"jsonl:{trained['data']}")
+    assert rc == 2 and "no backbone to read images" in err, err

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from picoalign.data import DataError, jsonl, karpathy, laps, precomp, seeded_split
+from picoalign.data.base import DataProblems
 
 
 def write_png(path: Path, color: tuple[int, int, int] = (255, 0, 0)) -> Path:
@@ -345,7 +346,8 @@ def test_precomp_npy(tmp_path: Path) -> None:
     (tmp_path / "train_caps.txt").write_text("\n".join(f"c{i}" for i in range(15)) + "\n")
     np.save(tmp_path / "testall_ims.npy", feats[:1, :, :])
     (tmp_path / "testall_caps.txt").write_text("only\n")
-    ds = precomp(tmp_path)
+    with pytest.warns(UserWarning, match=r"testall_caps.txt has 1 per row of testall_ims.npy"):
+        ds = precomp(tmp_path)  # 5 captions per row in train, 1 in test: said, and read
     assert [it.key for it in ds.items] == ["train:0", "train:1", "train:2", "test:0"]
     assert ds.items[1].captions == ("c5", "c6", "c7", "c8", "c9")
     assert ds.items[3].source == "precomp:test:0" and ds.items[3].split == "test"
@@ -387,6 +389,85 @@ def test_precomp_safetensors_with_mask_and_padding(tmp_path: Path) -> None:
     save_file({"feats": tokens}, str(d / "train_ims.safetensors"))
     with pytest.raises(DataError, match=r"train_ims\.safetensors: no 'images' tensor"):
         precomp(tmp_path / "coco")
+
+
+def _scan_folder(root: Path, rows: int = 4, per: int = 5, width: int = 6) -> Path:
+    """A SCAN-style folder: train/dev/test ``_ims.npy`` (rows x 3 x width, distinct rows)
+    and ``_caps.txt`` with ``per`` captions per row."""
+    root.mkdir(parents=True, exist_ok=True)
+    gen = np.random.default_rng(0)
+    for split in ("train", "dev", "test"):
+        np.save(root / f"{split}_ims.npy", gen.standard_normal((rows, 3, width), np.float32))
+        caps = [f"{split} {r} {k}" for r in range(rows) for k in range(per)]
+        (root / f"{split}_caps.txt").write_text("\n".join(caps) + "\n")
+    return root
+
+
+def test_precomp_refuses_each_image_saved_once_per_caption(tmp_path: Path) -> None:
+    """The walkthrough: VSE++'s "redundant" files repeat each image per caption; read as
+    they are, copies were each other's negatives and text-to-image R@1 fell to 0."""
+    d = _scan_folder(tmp_path / "d")
+    feats = np.load(d / "test_ims.npy")
+    np.save(d / "test_ims.npy", np.repeat(feats, 5, axis=0))  # 20 rows for 20 captions
+    with pytest.raises(
+        DataError, match=r"test_ims.npy: rows 0-4 are identical, and so are rows 5-9.*a\[::5\]"
+    ):
+        precomp(d)
+    two_alike = np.concatenate([feats[:1], feats[:1], feats[1:]])  # one duplicate image
+    (d / "test_caps.txt").write_text("".join(f"c{i}\n" for i in range(5)))
+    np.save(d / "test_ims.npy", two_alike)
+    with pytest.warns(UserWarning, match="captions per feature row"):
+        assert len(precomp(d).items) == 4 + 4 + 5  # rows 0, 1 alike but row 2 differs: kept
+
+
+def test_precomp_warns_when_a_split_has_other_captions_per_row(tmp_path: Path) -> None:
+    """A test file short by whole rows (16 lines for 4 rows of 5) was read as 4 per row and
+    paired every image but the first with the wrong captions, without a word."""
+    d = _scan_folder(tmp_path / "d")
+    lines = (d / "test_caps.txt").read_text().splitlines()[:16]
+    (d / "test_caps.txt").write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match=r"test_caps.txt has 4 per row of test_ims.npy"):
+        precomp(d)
+
+
+def test_precomp_names_each_file_when_the_splits_differ_in_width(tmp_path: Path) -> None:
+    d = _scan_folder(tmp_path / "d")
+    np.save(d / "test_ims.npy", np.load(d / "test_ims.npy").transpose(0, 2, 1).copy())
+    with pytest.raises(DataError, match=r"differ in channel count.*test_ims.npy is 4 x 6 x 3"):
+        precomp(d)
+
+
+@pytest.mark.parametrize(
+    ("value", "said"), [(np.nan, "row 2 holds NaN or Inf"), (1e5, "row 2 holds values up to 1e")]
+)
+def test_precomp_names_the_file_and_row_of_bad_values(tmp_path: Path, value, said) -> None:
+    d = _scan_folder(tmp_path / "d")
+    feats = np.load(d / "train_ims.npy")
+    feats[2, 1, 0] = value
+    np.save(d / "train_ims.npy", feats)
+    ds = precomp(d)
+    ds.image_features(["train:1"])  # the other rows read
+    with pytest.raises(DataError, match=rf"train_ims.npy: {said}"):
+        ds.image_features(["train:2"])
+
+
+def test_precomp_a_row_whose_mask_marks_no_token_is_a_bad_record(tmp_path: Path) -> None:
+    """Caught only at the first training step before, as "image 16" (its batch position)."""
+    from safetensors.numpy import save_file
+
+    d = _scan_folder(tmp_path / "d")
+    feats = np.load(d / "train_ims.npy")
+    (d / "train_ims.npy").unlink()
+    mask = np.ones(feats.shape[:2], np.uint8)
+    mask[3] = 0
+    save_file({"images": feats, "mask": mask}, str(d / "train_ims.safetensors"))
+    with pytest.raises(DataProblems) as e:
+        precomp(d)
+    assert [(w.endswith("train_ims.safetensors: row 3"), y) for w, y in e.value.problems] == [
+        (True, "its mask marks no real token")
+    ]
+    kept = precomp(d, skip_bad=True)
+    assert [it.key for it in kept.items if it.split == "train"] == ["train:0", "train:1", "train:2"]
 
 
 def test_precomp_corrupt_npy(tmp_path: Path) -> None:

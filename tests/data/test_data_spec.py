@@ -23,6 +23,19 @@ def test_a_bare_file_path_is_told_its_format() -> None:
         load_dataset("data/data.jsonl")
 
 
+def test_a_bare_path_is_told_the_format_it_looks_like(tmp_path) -> None:
+    """The walkthrough: `--data flickr/dataset_flickr30k.json` was told `jsonl:`, which
+    cannot read a Karpathy split file; folders were told `jsonl:` too."""
+    with pytest.raises(ValueError, match=r"karpathy:f/dataset_flickr30k\.json:IMAGE_ROOT for a"):
+        load_dataset("f/dataset_flickr30k.json")
+    (tmp_path / "pre" / "precomp").mkdir(parents=True)
+    (tmp_path / "pre" / "precomp" / "test_ims.npy").write_bytes(b"")
+    (tmp_path / "photos").mkdir()
+    for name, fmt in (("pre", "precomp"), ("photos", "folder")):
+        with pytest.raises(ValueError, match=rf"say its format: {fmt}:{tmp_path / name}\)"):
+            load_dataset(str(tmp_path / name))
+
+
 def test_a_bad_default_split_is_named_as_the_spec_spells_it(tmp_path) -> None:
     (tmp_path / "d.jsonl").write_text("")
     with pytest.raises(ValueError, match=r"default-split must be train or seeded, got 'bogus'"):

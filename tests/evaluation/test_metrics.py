@@ -1,4 +1,4 @@
-"""Retrieval metrics and protocols: METHOD.md §8, picoalign.evaluation.metrics."""
+"""Retrieval metrics: METHOD.md §8, picoalign.evaluation.metrics."""
 
 from __future__ import annotations
 
@@ -8,15 +8,12 @@ import pytest
 import torch
 
 from picoalign.evaluation.metrics import (
-    PROTOCOLS,
     blocked_recall_metrics,
-    coco_1k_folds,
-    evaluate_protocol,
     format_table,
-    mean_metrics,
     ranks,
     recall_metrics,
 )
+from scores_data import synthetic_scores as _synthetic
 
 
 def _t(rows):
@@ -125,69 +122,6 @@ def test_bad_ks():
         recall_metrics(torch.eye(2), torch.tensor([0, 1]), ks=(0, 5))
 
 
-def _synthetic(n_img: int, per: int, seed: int = 0):
-    """Noisy scores where caption c (image c // per) is more similar to its own image."""
-    gen = torch.Generator().manual_seed(seed)
-    cap = torch.arange(n_img).repeat_interleave(per)
-    signal = (cap.unsqueeze(0) == torch.arange(n_img).unsqueeze(1)).float()
-    return 2.0 * signal + torch.randn(n_img, cap.numel(), generator=gen), cap
-
-
-def test_coco_folds_average_the_per_fold_metrics():
-    full, cap = _synthetic(2000, 2)
-    cap_perm = torch.randperm(cap.numel(), generator=torch.Generator().manual_seed(1))
-    full, cap = full[:, cap_perm], cap[cap_perm]  # a fold's captions need not be contiguous
-    calls = []
-
-    def scores_fn(rows, cols):
-        calls.append((rows.numel(), cols.numel()))
-        return full[rows][:, cols]
-
-    got = coco_1k_folds(scores_fn, 2000, cap, folds=5, fold_size=400)
-    assert calls == [(400, 800)] * 5  # only fold-sized blocks were ever scored
-    expected = []
-    for f in range(5):
-        rows = torch.arange(400 * f, 400 * (f + 1))
-        cols = ((cap >= 400 * f) & (cap < 400 * (f + 1))).nonzero().squeeze(1)
-        expected.append(recall_metrics(full[rows][:, cols], cap[cols] - 400 * f))
-    for side in ("i2t", "t2i"):
-        for k in ("r1", "r5", "r10", "medr", "meanr"):
-            mean = sum(e[side][k] for e in expected) / 5
-            assert got[side][k] == pytest.approx(mean)
-    assert got["rsum"] == pytest.approx(sum(e["rsum"] for e in expected) / 5)
-    assert (got["n_images"], got["n_captions"]) == (400, 800) and len(got["folds"]) == 5
-    # a 400-image pool is easier than the 2,000-image one
-    assert got["rsum"] > recall_metrics(full, cap)["rsum"]
-    json.dumps(got)
-
-
-def test_coco_folds_bad_arguments():
-    full, cap = _synthetic(20, 2)
-    fn = lambda r, c: full[r][:, c]  # noqa: E731
-    with pytest.raises(ValueError, match="n_images"):
-        coco_1k_folds(fn, 20, cap, folds=5, fold_size=5)
-    with pytest.raises(ValueError, match="caption_image"):
-        coco_1k_folds(fn, 20, cap.view(2, -1), folds=2, fold_size=10)
-    with pytest.raises(ValueError, match="scores_fn"):
-        coco_1k_folds(lambda r, c: full, 20, cap, folds=2, fold_size=10)
-
-
-def test_mean_metrics_and_protocols():
-    a, cap = _synthetic(10, 2, seed=1)
-    b, _ = _synthetic(10, 2, seed=2)
-    ma, mb = recall_metrics(a, cap), recall_metrics(b, cap)
-    avg = mean_metrics([ma, mb])
-    assert avg["rsum"] == pytest.approx((ma["rsum"] + mb["rsum"]) / 2)
-    assert avg["n_images"] == 10
-    got = evaluate_protocol("full", lambda r, c: a[r][:, c], 10, cap)
-    assert got["protocol"] == "full" and got["rsum"] == pytest.approx(ma["rsum"])
-    assert {"full", "5k", "1k", "flickr-1k"} <= set(PROTOCOLS)
-    with pytest.raises(ValueError, match="n_images"):
-        evaluate_protocol("5k", lambda r, c: a[r][:, c], 10, cap)
-    with pytest.raises(ValueError, match="name"):
-        evaluate_protocol("coco", lambda r, c: a[r][:, c], 10, cap)
-
-
 def test_format_table_lists_every_method_side_by_side():
     a, cap = _synthetic(10, 2, seed=1)
     results = {"baseline": recall_metrics(a, cap), "pico (weighted)": recall_metrics(-a, cap)}
@@ -225,20 +159,6 @@ def test_blocked_metrics_equal_the_full_matrix_ties_included(memory_mb: float) -
     budget = max(memory_mb * 2**20 / 4, max(n_img, 120))  # at least one row or column
     assert max(asked) <= budget
     assert (len(asked) == 1) == (memory_mb == 100.0)  # one pass only when the matrix fits
-
-
-def test_evaluate_protocol_full_uses_the_memory_bound() -> None:
-    scores = torch.randn(20, 40, generator=torch.Generator().manual_seed(0))
-    cap_img = torch.arange(20).repeat(2)
-    shapes: list[tuple[int, int]] = []
-
-    def scores_fn(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        shapes.append((len(rows), len(cols)))
-        return scores[rows][:, cols]
-
-    small = evaluate_protocol("full", scores_fn, 20, cap_img, memory_mb=1e-3)
-    assert small == {**recall_metrics(scores, cap_img), "protocol": "full"}
-    assert max(r * c for r, c in shapes) <= 1e-3 * 2**20 / 4
 
 
 def test_a_split_too_small_to_compare_models_is_named_with_its_step() -> None:

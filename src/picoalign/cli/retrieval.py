@@ -172,6 +172,7 @@ def _index(args: argparse.Namespace, out: Path) -> int:
         args.data,
         model.config.image_encoder,
         model.config.make_text_encoder,  # built once the data is known to load
+        trained_encoder=True,  # precomputed features need a model trained on them
         seed=args.seed,
         progress=args.progress,
         need_splits=(args.split,),

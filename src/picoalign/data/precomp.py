@@ -21,6 +21,7 @@ Items have key ``"{split}:{row}"`` and ``source = "precomp:{split}:{row}"``. The
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ from picoalign.data._text import Problems, find_split_files, read_caption_file
 from picoalign.data.base import DataError, ImageCaptionDataset, Item, items_fingerprint
 
 FEATURE_SUFFIXES = ("_ims.npy", "_ims.safetensors")
+FP16_MAX = 65504.0  # the largest float16: cached features are stored in float16
+# how many leading rows are compared to recognise a file that repeats each image per caption
+REPEAT_PROBE = 10
 
 
 class PrecompFeatures:
@@ -66,6 +70,14 @@ class PrecompFeatures:
         tokens, mask = self._arrays(split)
         t = np.asarray(tokens[row : row + 1], dtype=np.float32)[0]
         m = np.ones(t.shape[0], bool) if mask is None else np.asarray(mask[row : row + 1])[0] != 0
+        if not np.isfinite(t).all():
+            raise DataError(f"{self.files[split]}: row {row} holds NaN or Inf values")
+        if np.abs(t).max(initial=0.0) > FP16_MAX:  # the feature cache stores float16
+            raise DataError(
+                f"{self.files[split]}: row {row} holds values up to {np.abs(t).max():.4g}, "
+                f"beyond float16's {FP16_MAX:g} (the feature cache stores float16): scale "
+                "the features down (e.g. divide by their largest magnitude) and save them again"
+            )
         return t, m
 
     def __call__(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -157,9 +169,11 @@ def precomp(data_dir: Path | str, *, skip_bad: bool = False) -> ImageCaptionData
         npy = folder / f"{prefix}_ims.npy"
         files[split] = npy if npy.is_file() else folder / f"{prefix}_ims.safetensors"
     features = PrecompFeatures(files)
+    _check_widths(features)
     problems = Problems(skip_bad)
     items: list[Item] = []
     stats: list[str] = []
+    per_row: dict[str, int] = {}
     for split, prefix in found.items():
         n_rows = features.shape(split)[0]
         caps_path = folder / f"{prefix}_caps.txt"
@@ -169,20 +183,98 @@ def precomp(data_dir: Path | str, *, skip_bad: bool = False) -> ImageCaptionData
                 f"{caps_path}: {len(caps)} captions do not fit {n_rows} feature rows "
                 f"in {files[split]} (need equal counts or a multiple, e.g. 5)"
             )
-        per = len(caps) // n_rows
+        per = per_row[split] = len(caps) // n_rows
+        if per == 1:
+            _refuse_repeated_rows(features, split, caps_path)
+        empty = _rows_without_tokens(features, split)
         st = files[split].stat()
         stats.append(f"{files[split].name}:{st.st_size}:{st.st_mtime_ns}")
         for row in range(n_rows):
             chunk = caps[row * per : (row + 1) * per]
             captions = tuple(c for _, _, c in chunk if c is not None)
+            if row in empty:
+                problems.add(f"{files[split]}: row {row}", "its mask marks no real token")
+                continue
             if not captions:
                 problems.add(chunk[0][1], f"feature row {row} has no usable caption")
                 continue
             key = f"{split}:{row}"
             items.append(Item(key, captions, split, key, f"precomp:{key}"))
+    _check_captions_per_row(per_row, files, folder, found)
     if not items:
         problems.empty(str(data_dir))
     fp = items_fingerprint("precomp", str(data_dir.resolve()), *stats, items=items)
     return problems.finish(
         ImageCaptionDataset(data_dir.name, items, _no_image, fp, root=data_dir, features=features)
+    )
+
+
+def _check_widths(features: PrecompFeatures) -> None:
+    """Every split's features must have one channel count: a model has one head width. Said
+    up front, naming each file and its shape (a file saved transposed, N x C x T, shows)."""
+    shapes = {split: features.shape(split) for split in features.files}
+    if len({shape[2] for shape in shapes.values()}) > 1:
+        listing = "; ".join(
+            f"{features.files[s].name} is {' x '.join(map(str, shape))}"
+            for s, shape in shapes.items()
+        )
+        raise DataError(
+            f"{features.files[next(iter(shapes))].parent}: the splits' features differ in "
+            f"channel count (the last axis of N x T x C): {listing}"
+        )
+
+
+def _refuse_repeated_rows(features: PrecompFeatures, split: str, caps_path: Path) -> None:
+    """One caption per row, and the rows come in runs of identical copies: each image saved
+    once per caption (a layout some VSE++ releases use). Read as it is, every copy would be
+    an image of its own and its copies its negatives (text-to-image R@1 falls to 0)."""
+    tokens, _ = features._arrays(split)
+    n = tokens.shape[0]
+    head = np.asarray(tokens[: min(n, 2 * REPEAT_PROBE)])
+    run = 1
+    while run < min(len(head), REPEAT_PROBE) and np.array_equal(head[run], head[0]):
+        run += 1
+    if run < 2 or n % run or len(head) < 2 * run:
+        return
+    second = head[run : 2 * run]
+    if not (
+        all(np.array_equal(r, second[0]) for r in second) and not np.array_equal(second[0], head[0])
+    ):
+        return
+    path = features.files[split]
+    raise DataError(
+        f"{path}: rows 0-{run - 1} are identical, and so are rows {run}-{2 * run - 1}: each "
+        f"image looks saved once per caption of {caps_path.name} ({n} rows, {n} captions). "
+        f"picoalign wants one row per image, its {run} captions on consecutive lines; keep "
+        f"every {run}th row: python -c \"import numpy as np; a = np.load('{path.name}', "
+        f"mmap_mode='r'); np.save('{path.stem}_dedup.npy', a[::{run}])\", then rename"
+    )
+
+
+def _rows_without_tokens(features: PrecompFeatures, split: str) -> set[int]:
+    """Rows whose mask (safetensors ``mask``) marks no real token: the scorers need one."""
+    _, mask = features._arrays(split)
+    if mask is None:
+        return set()
+    m = np.asarray(mask[0 : mask.shape[0]])
+    return set(np.flatnonzero(~(m != 0).any(axis=1)).tolist())
+
+
+def _check_captions_per_row(
+    per_row: dict[str, int], files: dict[str, Path], folder: Path, found: dict[str, str]
+) -> None:
+    """Warn when the splits have different numbers of captions per row. Captions are paired
+    with rows by position, so a captions file short by whole rows (40 lines for 10 rows that
+    have 5 each) is read as 4 per row and pairs every image but the first with the wrong
+    captions; a warning, not an error, as a split may really have fewer."""
+    if len(set(per_row.values())) <= 1:
+        return
+    listing = ", ".join(
+        f"{found[s]}_caps.txt has {k} per row of {files[s].name}" for s, k in per_row.items()
+    )
+    warnings.warn(
+        f"{folder}: the splits have different numbers of captions per feature row ({listing}); "
+        "captions are paired with rows by position, so a file short or long by whole rows "
+        "pairs them with the wrong images: check the files if that is not what they hold",
+        stacklevel=3,
     )

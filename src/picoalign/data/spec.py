@@ -161,16 +161,39 @@ def spec_options(spec: str) -> dict[str, str]:
     return parse_spec_options(spec)[2]
 
 
+def _format_hint(name: str, spec: str) -> str:
+    """A guess at the format of a bare path given as ``--data``, said with the unknown name."""
+    low = name.lower()
+    if low.endswith(".jsonl"):
+        return f" (a file of your own? say its format: jsonl:{spec})"
+    if low.endswith(".json"):
+        return (
+            f" (a file of your own? say its format: karpathy:{spec}:IMAGE_ROOT for a Karpathy "
+            f"split file such as dataset_flickr30k.json, jsonl:{spec} for one JSON object a line)"
+        )
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        precomputed = any(
+            next(d.glob(f"*{suffix}"), None) is not None
+            for d in (path, path / "precomp")
+            for suffix in ("_ims.npy", "_ims.safetensors")
+        )
+        fmt = "precomp" if precomputed else "folder"
+        return f" (a folder of your own? say its format: {fmt}:{spec})"
+    if "/" in name or "\\" in name:
+        return f" (a file of your own? say its format: jsonl:{spec})"
+    return ""
+
+
 def parse_spec_options(spec: str) -> tuple[DatasetEntry, list[str], dict[str, str]]:
     """``(entry, positional arguments, options)`` of ``spec``; ValueError on any misspelling."""
     name, *parts = spec.strip().split(":")
     entry = REGISTRY.get(name)
     if entry is None:
         known = ", ".join(e.spelling for e in REGISTRY.values())
-        hint = ""
-        if name.lower().endswith((".jsonl", ".json")) or "/" in name or "\\" in name:
-            hint = f" (a file of your own? say its format: jsonl:{spec.strip()})"
-        raise ValueError(f"unknown dataset {name!r}{hint}; known: {known}")
+        raise ValueError(
+            f"unknown dataset {name!r}{_format_hint(name, spec.strip())}; known: {known}"
+        )
     parts = _rejoin_paths(entry, parts)
     args, rest = parts[: len(entry.args)], parts[len(entry.args) :]
     # a surplus part without "=" is a surplus argument (arity error), not a bad option

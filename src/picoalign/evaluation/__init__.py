@@ -3,15 +3,14 @@ front-end, :func:`evaluate`, that the CLI, the demo, training and the benchmarks
 
 from picoalign.evaluation.evaluate import embed_features, evaluate
 from picoalign.evaluation.metrics import (
-    PROTOCOLS,
     SMALL_SPLIT,
     blocked_recall_metrics,
     coarse_split_warning,
-    coco_1k_folds,
     duplicate_caption_warning,
     format_table,
     recall_metrics,
 )
+from picoalign.evaluation.protocols import PROTOCOLS, coco_1k_folds
 
 __all__ = [
     "PROTOCOLS",

@@ -4,7 +4,7 @@ The CLI's ``evaluate``, the demo, validation during training and the benchmarks 
 so there is one way a number in a table is computed: embed the cached features with the
 model (re-encoding raw inputs for a fine-tuned backbone), score blocks with the model's one
 scoring dispatch (:meth:`~picoalign.model.PicoAligner.scores`) and rank them with the
-protocol's rule (:func:`~picoalign.evaluation.metrics.evaluate_protocol`).
+protocol's rule (:func:`~picoalign.evaluation.protocols.evaluate_protocol`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from picoalign.core.similarity import pad_cat
-from picoalign.evaluation.metrics import evaluate_protocol
+from picoalign.evaluation.protocols import evaluate_protocol
 from picoalign.features import FeatureSet, SourceImages
 
 
@@ -89,7 +89,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """R@K both ways and rSum of ``model`` on every image and caption of ``features``.
 
-    ``protocol``: a name of :data:`~picoalign.evaluation.metrics.PROTOCOLS` (``full``: any
+    ``protocol``: a name of :data:`~picoalign.evaluation.protocols.PROTOCOLS` (``full``: any
     set; ``5k`` / ``1k`` / ``flickr-1k`` check the pool size the literature uses).
     ``rule``: ``plain`` / ``weighted`` / None (the model's own), see ``PicoAligner.scores``.
     ``memory_mb`` bounds the scores held at once (a larger matrix is ranked in blocks),

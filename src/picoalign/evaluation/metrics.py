@@ -13,10 +13,8 @@ with R@1 = 100 because a sort happened to put the right item first; counting tie
 makes degenerate scores look as bad as they are and makes the result independent of the
 order of the candidates.
 
-COCO is reported on the 5K test set and as "1K": the mean of the metrics over five
-consecutive 1,000-image folds, each with its own images' captions (a 1,000-image pool is an
-easier task than 5,000, so the two are never mixed). ``coco_1k_folds`` takes a scoring
-function so a 5K × 25K score matrix need never be held at once.
+The named benchmarks (COCO 5K and 1K, Flickr30K 1K) are in
+:mod:`picoalign.evaluation.protocols`.
 """
 
 from __future__ import annotations
@@ -204,102 +202,6 @@ def _row_ranks(block: Tensor, caps: Tensor, local_img: Tensor) -> Tensor:
         ]
     )
     return above - own_ties
-
-
-def coco_1k_folds(
-    scores_fn: ScoresFn,
-    n_images: int,
-    caption_image: Tensor,
-    folds: int = 5,
-    *,
-    fold_size: int = 1000,
-    ks: Sequence[int] = (1, 5, 10),
-) -> dict[str, object]:
-    """COCO 1K: the mean of the metrics over ``folds`` consecutive ``fold_size``-image folds.
-
-    Fold f holds images [f·fold_size, (f+1)·fold_size) and every caption of those images;
-    ``scores_fn(image_index, caption_index)`` scores that subset only (so the full matrix is
-    never built). Recalls, rSum and ranks are averaged over folds (rSum of the mean = mean of
-    the rSums); ``n_images`` / ``n_captions`` are the pool sizes of one fold (mean), because
-    that is what the recalls are relative to. Per-fold results are kept under ``"folds"``.
-    Images past folds·fold_size (none for COCO's 5,000) are not used.
-    """
-    if not isinstance(caption_image, Tensor) or caption_image.dim() != 1:
-        raise ValueError("caption_image must be a 1-D integer tensor (N_cap,)")
-    if folds < 1 or fold_size < 1:
-        raise ValueError(f"folds and fold_size must be ≥ 1, got {folds} and {fold_size}")
-    if folds * fold_size > n_images:
-        raise ValueError(
-            f"n_images={n_images} is too small for {folds} folds of {fold_size} images "
-            f"(COCO 1K needs the 5,000-image test split)"
-        )
-    cap_img = caption_image.long()
-    per_fold: list[dict[str, object]] = []
-    for f in range(folds):
-        lo, hi = f * fold_size, (f + 1) * fold_size
-        img_idx = torch.arange(lo, hi)
-        cap_idx = ((cap_img >= lo) & (cap_img < hi)).nonzero().squeeze(1)
-        scores = scores_fn(img_idx, cap_idx)
-        if not isinstance(scores, Tensor) or scores.shape != (fold_size, cap_idx.numel()):
-            got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ValueError(
-                f"scores_fn must return ({fold_size}, {cap_idx.numel()}) for fold {f}, got {got}"
-            )
-        per_fold.append(recall_metrics(scores, cap_img[cap_idx] - lo, ks))
-    return {**mean_metrics(per_fold), "folds": per_fold}
-
-
-def mean_metrics(results: Sequence[dict[str, object]]) -> dict[str, object]:
-    """Average several metric dicts key by key (folds, seeds); sizes are averaged too."""
-    if not results:
-        raise ValueError("results must hold at least one metrics dict")
-    out: dict[str, object] = {}
-    for side in ("i2t", "t2i"):
-        keys = results[0][side].keys()  # type: ignore[union-attr]
-        out[side] = {k: sum(r[side][k] for r in results) / len(results) for k in keys}  # type: ignore[index]
-    for key in ("rsum", "n_images", "n_captions"):
-        mean = sum(float(r[key]) for r in results) / len(results)  # type: ignore[arg-type]
-        out[key] = int(mean) if key != "rsum" and mean.is_integer() else mean
-    return out
-
-
-PROTOCOLS: dict[str, str] = {
-    "full": "all images of the split against all their captions (any size)",
-    "5k": "COCO 5K test: the full 5,000 × 25,000 matrix",
-    "1k": "COCO 1K: mean over five 1,000-image folds of the 5K test set",
-    "flickr-1k": "Flickr30K test: the full 1,000 × 5,000 matrix",
-}
-_EXPECTED_IMAGES = {"5k": 5000, "1k": 5000, "flickr-1k": 1000}
-
-
-def evaluate_protocol(
-    name: str,
-    scores_fn: ScoresFn,
-    n_images: int,
-    caption_image: Tensor,
-    ks: Sequence[int] = (1, 5, 10),
-    *,
-    memory_mb: float = 1024.0,
-) -> dict[str, object]:
-    """Run a named protocol (see ``PROTOCOLS``) and add ``"protocol": name`` to the result.
-
-    ``memory_mb`` bounds the scores held at once (:func:`blocked_recall_metrics`).
-
-    The named benchmarks check the image count, since a number reported as "COCO 5K" on a
-    different pool is not comparable to the literature; use "full" for any other set.
-    """
-    if name not in PROTOCOLS:
-        raise ValueError(f"name must be one of {sorted(PROTOCOLS)}, got {name!r}")
-    expected = _EXPECTED_IMAGES.get(name)
-    if expected is not None and n_images != expected:
-        raise ValueError(f"n_images={n_images}, but protocol {name!r} needs {expected} images")
-    if name == "1k":
-        result = coco_1k_folds(scores_fn, n_images, caption_image, ks=ks)
-    else:
-        result = blocked_recall_metrics(
-            scores_fn, n_images, caption_image, memory_mb=memory_mb, ks=ks
-        )
-    return {**result, "protocol": name}
 
 
 # below this many images a split's R@1 moves in steps of more than one point

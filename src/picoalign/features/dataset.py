@@ -29,6 +29,7 @@ def dataset_features(
     max_image_pixels: int | None = None,
     need_splits: Sequence[str] = (),
     need_captions: bool = False,
+    trained_encoder: bool = False,
     report: Callable[[str], None] = print,
     device: str | torch.device = "cpu",
     texts: bool = True,
@@ -45,7 +46,9 @@ def dataset_features(
     reported before any weights load; ``need_captions``: data with no caption at all (a
     gallery folder) is refused before any encoding. ``device``: where the encoders run (a
     training run's own device: ``train --device cuda`` encoded on the CPU); ``texts=False``:
-    images only."""
+    images only. ``trained_encoder``: ``image_encoder`` is a trained model's (evaluate,
+    index), whose head fits that backbone's tokens only, so precomputed features need a
+    model trained on precomputed features (training takes them whatever the spec says)."""
     try:
         dataset = prepare_dataset(
             data,
@@ -64,6 +67,12 @@ def dataset_features(
     if need_captions and not any(it.captions for it in dataset.items):
         raise DataError(f"--data {data}: nothing to evaluate, {NO_CAPTIONS}")
     if getattr(dataset, "features", None) is not None:
+        if trained_encoder and isinstance(image_encoder, str) and image_encoder != "precomputed":
+            raise ValueError(
+                f"{data}: precomputed image features, but this model reads images with "
+                f"{image_encoder!r}: its image head fits that backbone's tokens, not these; "
+                "evaluate or index it on image files, or train a model on these features"
+            )
         image_encoder = "precomputed"
     elif image_encoder == "precomputed":  # a model trained on precomp: features, given images
         raise ValueError(
