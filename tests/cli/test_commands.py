@@ -173,6 +173,8 @@ def test_evaluate_model_folder_other_split_and_table(trained) -> None:
     )
     assert rc == 0, err
     assert "pico (jsonl:" in out and "val" in out  # the human-readable table
+    if len(f"jsonl:{trained['data']}") > 40:  # a long spec is cut to its paths' last parts
+        assert "pico (jsonl:data.jsonl, val," in out and str(trained["data"]) not in out
     rc, out, err = run_cli("evaluate", best, "--split", "val", "--no-progress")
     assert rc == 0 and "pico (jsonl:" in out and "%|" not in err  # no bar at all
 

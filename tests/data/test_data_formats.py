@@ -270,6 +270,14 @@ def test_karpathy(images: Path) -> None:
         karpathy(p, images)
     ds = karpathy(p, images, skip_bad=True)
     assert len(ds) == 2 and ds.skipped[0][0].endswith("images[1]")
+    # a blank "raw" with tokens reads the tokens, as a missing "raw" does (the walkthrough)
+    data["images"][1]["sentences"] = [{"raw": "", "tokens": ["a", "b"]}, {"raw": " ", "tokens": []}]
+    p.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"images\[1\]: .*is empty"):  # the second one
+        karpathy(p, images)
+    data["images"][1]["sentences"] = [{"raw": "", "tokens": ["a", "b"]}]
+    p.write_text(json.dumps(data))
+    assert karpathy(p, images).items[1].captions == ("a b",)
     data["images"][1] = {"filename": "zz.png", "split": "val", "sentences": [{"raw": "z"}]}
     p.write_text(json.dumps(data))
     with pytest.raises(DataError, match=r"images\[1\]: image file not found"):
@@ -468,6 +476,19 @@ def test_precomp_a_row_whose_mask_marks_no_token_is_a_bad_record(tmp_path: Path)
     ]
     kept = precomp(d, skip_bad=True)
     assert [it.key for it in kept.items if it.split == "train"] == ["train:0", "train:1", "train:2"]
+
+
+def test_precomp_a_split_file_without_its_partner_is_named(tmp_path: Path) -> None:
+    """The walkthrough: a misnamed train_caps.txt said only "split 'train' is empty", and a
+    misnamed test_caps.txt went unnoticed until evaluate."""
+    d = _scan_folder(tmp_path / "d")
+    (d / "test_caps.txt").rename(d / "test_captions.txt")
+    with pytest.raises(DataError, match=r"d/test_ims.npy: its partner is missing; .*testall, test"):
+        precomp(d)
+    (d / "test_captions.txt").rename(d / "test_caps.txt")
+    (d / "train_ims.npy").rename(d / "train_feats.npy")
+    with pytest.raises(DataError, match=r"d/train_caps.txt: its partner is missing"):
+        precomp(d)
 
 
 def test_precomp_corrupt_npy(tmp_path: Path) -> None:

@@ -174,8 +174,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_rounded(metrics)))
     else:
-        print(format_table({f"{c.label} ({data}, {args.split}, {rule} scores)": metrics}))
+        print(format_table({f"{c.label} ({_short(data)}, {args.split}, {rule} scores)": metrics}))
     return 0
+
+
+def _short(spec: str, width: int = 40) -> str:
+    """A data spec for a table's row label: paths cut to their last part when the spec is
+    long (the table's first column was 160 characters of absolute path)."""
+    if len(spec) <= width:
+        return spec
+    return ":".join(
+        os.path.basename(p.rstrip("/")) or p if "/" in p else p for p in spec.split(":")
+    )
 
 
 def _rounded(value: Any, digits: int = 6) -> Any:

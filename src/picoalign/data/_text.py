@@ -106,12 +106,21 @@ def find_split_files(data_dir: Path, suffixes: tuple[str, ...]) -> tuple[Path, d
         folder = data_dir
     found: dict[str, str] = {}
     for split, prefixes in SPLIT_PREFIXES.items():
+        alone = []  # one file of a pair, its partner missing or misnamed
         for p in prefixes:
-            if (folder / f"{p}_caps.txt").is_file() and any(
-                (folder / f"{p}{s}").is_file() for s in suffixes
-            ):
+            caps = (folder / f"{p}_caps.txt").is_file()
+            other = [f"{p}{s}" for s in suffixes if (folder / f"{p}{s}").is_file()]
+            if caps and other:
                 found[split] = p
                 break
+            if caps or other:
+                alone.append(f"{p}_caps.txt" if caps else other[0])
+        if split not in found and alone:
+            pair = " or ".join(f"{{p}}{s}" for s in suffixes)
+            raise DataError(
+                f"{folder / alone[0]}: its partner is missing; each split needs {{p}}_caps.txt "
+                f"and {pair} side by side (p = {', '.join(prefixes)})"
+            )
     if not found:
         want = " or ".join(f"{{split}}{s}" for s in suffixes)
         raise DataError(

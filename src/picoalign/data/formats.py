@@ -71,7 +71,8 @@ def _karpathy_record(rec: Any, image_root: Path) -> Item:
     raws = []
     for i, s in enumerate(sentences):
         raw = s.get("raw") if isinstance(s, dict) else None
-        if raw is None and isinstance(s, dict) and isinstance(s.get("tokens"), list):
+        blank = raw is None or (isinstance(raw, str) and not raw.strip())
+        if blank and isinstance(s, dict) and isinstance(s.get("tokens"), list) and s["tokens"]:
             raw = " ".join(map(str, s["tokens"]))
         raws.append(raw)
         if not isinstance(raw, str):
