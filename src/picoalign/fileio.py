@@ -102,8 +102,11 @@ def folder_lock(
 
 
 def lock_path(out: Path) -> Path:
-    """The file :func:`folder_lock` locks for ``out``: beside it, not in it."""
-    return out.parent / f".{out.name}.picoalign-lock"
+    """The file :func:`folder_lock` locks for ``out``: beside it, not in it, and beside the
+    folder a link points to (``--out link`` and ``--out target`` took two locks, and two
+    processes trained into one folder)."""
+    real = out.expanduser().resolve()
+    return real.parent / f".{real.name}.picoalign-lock"
 
 
 def folder_busy(out: Path) -> bool:

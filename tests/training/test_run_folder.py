@@ -203,3 +203,22 @@ def test_an_error_in_the_first_epoch_of_a_new_run_leaves_no_run(
     with pytest.raises(KeyboardInterrupt):
         train(cfg(out), make_feature_set(n=16))
     assert not out.exists()
+
+
+def test_a_run_reached_through_a_link_is_one_folder(tmp_path: Path, make_feature_set) -> None:
+    """The adversarial test: `--out link` and `--out real` took two locks, so two processes
+    trained into one folder; `--overwrite` through the link renamed the link itself, made a
+    new folder in its place and left the old run where it was."""
+    from picoalign.training.runs import RunInUseError, run_lock
+
+    fs = make_feature_set(n=16)
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    with run_lock(real), pytest.raises(RunInUseError, match="another picoalign process"):
+        train(cfg(link), fs)
+    train(cfg(link), fs)
+    assert (real / "best").is_dir() and link.is_symlink()
+    train(cfg(link, epochs=2), fs, overwrite=True)
+    assert link.is_symlink() and len((real / "metrics.jsonl").read_text().splitlines()) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]  # nothing aside

@@ -73,7 +73,7 @@ def run_demo(
     progress: bool = True,
     features: FeatureSet | None = None,
 ) -> int:
-    out = Path(out)
+    out = Path(out).expanduser().resolve()  # through a link: the folder it points to
     # a rerun replaces the demo's own outputs, never anything else
     check_out_folder(
         out,

@@ -152,7 +152,7 @@ def cmd_relocate(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     resolve_folder_args(args)
-    out = Path(args.out)
+    out = Path(args.out).expanduser().resolve()  # through a link: the folder it points to
     with folder_lock(out, "writing an index into it"):  # one writer: the check holds
         return _index(args, out)
 
@@ -194,7 +194,7 @@ def _index(args: argparse.Namespace, out: Path) -> int:
         fs,
         dataset_spec=args.data,
         checkpoint=args.checkpoint,
-        out=Path(args.out),
+        out=out,
         dtype=args.dtype,
         first_stage=args.first_stage,
         kind=args.kind,
@@ -204,7 +204,7 @@ def _index(args: argparse.Namespace, out: Path) -> int:
         progress=args.progress,
         max_image_pixels=kwargs.get("max_image_pixels"),
     )
-    size = sum(f.stat().st_size for f in Path(args.out).iterdir()) / 2**20
+    size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     what = args.kind if index.n != 1 else args.kind[:-1]  # "1 image", "2 images"
     print(
         f"indexed {index.n} {what} of {args.data} ({args.split}) with "

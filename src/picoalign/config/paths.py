@@ -21,6 +21,12 @@ def absolute_path(path: str) -> str:
     return str(Path(path).expanduser().absolute())
 
 
+def real_path(path: str) -> str:
+    """``path`` with ``~`` expanded and every link resolved: an output folder reached through
+    a link is the folder it points to (its lock, its replacement), not a second folder."""
+    return str(Path(path).expanduser().resolve())
+
+
 def map_spec_paths(spec: str, fn: Callable[[str], str]) -> str:
     """A dataset spec with ``fn`` applied to each of its path arguments; built-in names and
     specs that do not parse stay as they are (loading them reports the problem)."""
@@ -62,9 +68,9 @@ def absolute_encoder(spec: str) -> str:
 
 
 def with_absolute_paths(cfg: Any) -> Any:
-    """A copy of a TrainConfig whose ``data`` paths, ``out``, ``cache_dir`` and local ``hf:``
-    encoder folders are absolute."""
-    changes: dict[str, Any] = {"data": absolute_spec(cfg.data), "out": absolute_path(cfg.out)}
+    """A copy of a TrainConfig whose ``data`` paths, ``out`` (links resolved), ``cache_dir``
+    and local ``hf:`` encoder folders are absolute."""
+    changes: dict[str, Any] = {"data": absolute_spec(cfg.data), "out": real_path(cfg.out)}
     if cfg.cache_dir is not None:
         changes["cache_dir"] = absolute_path(cfg.cache_dir)
     model = cfg.model
