@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,34 @@ def test_overwrite_stopped_before_its_first_checkpoint_keeps_the_old_run(
     assert (run / "metrics.jsonl").read_text() == before
     assert load_config(run / "config.yaml").epochs == 1
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_before_the_first_checkpoint_keeps_the_old_run_as_ctrl_c_does(
+    ref, tmp_path, monkeypatch, signum
+) -> None:
+    """The adversarial test: `kill` (SIGTERM) or a closed terminal (SIGHUP) during an
+    --overwrite left the old run hidden in its aside folder and a stub that refused both a
+    re-run and --resume; a new run left the same stub."""
+    run = tmp_path / "run"
+    assert run_cli(*train_argv(ref["data"], run, 1))[0] == 0
+    before = (run / "metrics.jsonl").read_text()
+
+    def killed(run_, epoch):
+        os.kill(os.getpid(), signum)  # delivered here, in the main thread, as a signal is
+        raise AssertionError("the signal did not stop the command")
+
+    monkeypatch.setattr(loop, "_train_epoch", killed)
+    rc, _, err = run_cli(*train_argv(ref["data"], run, 2, "--overwrite"))
+    assert rc == 128 + signum and "Traceback" not in err, err
+    assert "previous run" in err and "back as it was" in err
+    assert (run / "metrics.jsonl").read_text() == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    fresh = tmp_path / "fresh"
+    rc, _, err = run_cli(*train_argv(ref["data"], fresh, 2))
+    assert rc == 128 + signum and not fresh.exists(), err  # nothing of a new run is left
+    assert signal.getsignal(signum) is signal.SIG_DFL or callable(signal.getsignal(signum))
+    assert getattr(signal.getsignal(signum), "__name__", "") != "stop"  # handler put back
 
 
 def test_resume_and_overwrite_exclude_each_other(ref, tmp_path) -> None:

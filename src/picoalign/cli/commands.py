@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -26,6 +27,7 @@ from picoalign.cli.data_flags import (
     resolve_folder_args,
     run_data,
 )
+from picoalign.cli.signals import stop_signals_interrupt
 from picoalign.cli.train import add_train, epochs_arg
 from picoalign.evaluation.protocols import PROTOCOLS
 from picoalign.progress import line_start
@@ -353,10 +355,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from picoalign.training.allocator import keep_freed_memory
 
         keep_freed_memory()  # every command scores in large CPU blocks (allocator module doc)
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+        with stop_signals_interrupt():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as e:
         print(f"{line_start()}picoalign: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", signal.SIGINT)
     except BrokenPipeError:  # `picoalign search ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         return 141  # as a shell reports SIGPIPE; no message

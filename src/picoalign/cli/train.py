@@ -173,9 +173,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.time()
     try:
         result = train(cfg, resume=args.resume, overwrite=args.overwrite, on_epoch=_print_epoch)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (cli.signals)
         _interrupted(Path(cfg.out), started, replacing=args.overwrite)
-        return 130
+        return 128 + getattr(e, "signum", 2)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
         return 0
     _plot(cfg.model.label, result.history, Path(cfg.out) / "training.png")
