@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from picoalign.fileio import (
     atomic_replace_dir,
     atomic_torch_save,
+    atomic_write,
     atomic_write_json,
     atomic_write_safetensors,
     atomic_write_text,
@@ -96,6 +97,34 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path, writ
     with pytest.raises(Exception):  # noqa: B017 - whatever the writer raised
         write(path)
     assert path.read_text() == "the old, good content"
+    assert leftovers(tmp_path) == []
+
+
+def test_a_full_disk_is_one_error_naming_the_file(tmp_path: Path, monkeypatch) -> None:
+    """The adversarial test: a resume on a full disk ended in a 47-line traceback from
+    torch.save ("RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos")."""
+    import shutil
+    from collections import namedtuple
+
+    from picoalign.fileio import WriteError
+
+    def torch_full(tmp: str) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2")
+
+    path = tmp_path / "state.pt"
+    with pytest.raises(RuntimeError, match="unexpected pos") as plenty:  # space left: a bug
+        atomic_write(path, torch_full)
+    assert not isinstance(plenty.value, WriteError)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 4096))
+    with pytest.raises(WriteError, match=r"state.pt: cannot write it \(no space left on the"):
+        atomic_write(path, torch_full)
+
+    def os_full(tmp: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(WriteError, match=r"state.pt: cannot write it \(No space left on device\)"):
+        atomic_write(path, os_full)
     assert leftovers(tmp_path) == []
 
 

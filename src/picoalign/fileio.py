@@ -155,10 +155,34 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, new_file_mode(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        why = _write_failure(e, path.parent)
+        if why is not None:  # one line naming the file, not a writer library's traceback
+            raise WriteError(f"{path}: cannot write it ({why})") from e
         raise
+
+
+# below this much free space, a writer library's odd error is the disk being full
+_DISK_FULL_BYTES = 16 * 2**20
+
+
+def _write_failure(e: BaseException, folder: Path) -> str | None:
+    """Why writing failed, in words, when ``e`` is the file system's doing; None otherwise.
+    torch.save reports a full disk as ``RuntimeError: ... unexpected pos``, safetensors as its
+    own error type: both are read as a full disk when the folder has (almost) no space left."""
+    if isinstance(e, WriteError) or not isinstance(e, Exception):
+        return None
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    try:
+        full = shutil.disk_usage(folder).free < _DISK_FULL_BYTES
+    except OSError:
+        full = False
+    if full or "No space left" in str(e):
+        return "no space left on the device"
+    return None
 
 
 def atomic_write_safetensors(

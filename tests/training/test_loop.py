@@ -242,6 +242,31 @@ def test_resume_after_deleting_best_names_the_model_it_saves(
     assert_same_state(state_of(tmp_path / "best"), state_of(tmp_path / "last"), atol=0)
 
 
+def test_a_failed_checkpoint_write_leaves_best_last_and_metrics_as_they_were(
+    tmp_path: Path, make_feature_set, monkeypatch
+) -> None:
+    """The adversarial test: a resume on a full disk wrote best/ (epoch 2) and then failed on
+    last/, so the finished run's selected model was one its metrics and last/ never had."""
+    from picoalign.fileio import WriteError
+    from picoalign.training import setup
+
+    fs = make_feature_set(n=24)
+    over = {"model.method": "baseline", "select": "last"}
+    train(make_cfg(tmp_path, epochs=1, **over), fs)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def full(self, pos):
+        raise WriteError(f"{tmp_path / 'last'}: cannot write it (no space left on the device)")
+
+    monkeypatch.setattr(setup.Run, "save_last", full)
+    with pytest.raises(WriteError):
+        train(make_cfg(tmp_path, epochs=2, **over), fs, resume=True)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after.keys() == before.keys()
+    # config.yaml holds the schedule the resume asked for (epochs 2): a --resume continues it
+    assert [p.name for p in before if after[p] != before[p]] == ["config.yaml"]
+
+
 def test_resume_without_checkpoint_is_an_error(tmp_path: Path, make_feature_set) -> None:
     with pytest.raises(FileNotFoundError, match="last"):
         train(make_cfg(tmp_path / "empty"), make_feature_set(n=24), resume=True)

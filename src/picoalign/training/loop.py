@@ -21,6 +21,7 @@ Run folder layout::
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from picoalign.evaluation import evaluate
 from picoalign.evaluation.chance import at_chance_warning
 from picoalign.evaluation.evaluate import NonFiniteEmbeddings
 from picoalign.features import FeatureSet
-from picoalign.fileio import atomic_replace_dir
+from picoalign.fileio import atomic_replace_dir, make_temp_dir, swap_in_dir
 from picoalign.progress import progress_bar
 from picoalign.training.allocator import keep_freed_memory
 from picoalign.training.devices import autocast, resolve_device
@@ -287,6 +288,7 @@ def _evaluate_and_save(run: Run, epoch: int, row: dict[str, Any]) -> None:
     improves, PICO's p/ω statistics, and the resumable ``last/`` state with the metrics."""
     cfg, result = run.cfg, run.result
     last = epoch + 1 == cfg.epochs
+    staged: Path | None = None  # the new best/, filled and swapped in after last/
     if run.ctx.is_main and ((epoch + 1) % cfg.eval_every == 0 or last):
         try:
             metrics = evaluate(run.model, run.eval_fs)
@@ -298,12 +300,24 @@ def _evaluate_and_save(run: Run, epoch: int, row: dict[str, Any]) -> None:
         ):
             result.best = {"epoch": epoch + 1, **metrics}
             if run.out is not None:
-                atomic_replace_dir(run.out / "best", run.model.save)
+                staged = make_temp_dir(run.out / "best")
     row.update(pico_stats(run.model))
     result.history.append(row)
-    if run.out is not None:
+    if run.out is None:
+        return
+    # best/ is written first but swapped in last: a failed write (a full disk) leaves best/,
+    # last/ and the metrics all as they were, never a best/ of an epoch the records lack
+    try:
+        if staged is not None:
+            run.model.save(staged)
         run.save_last(Position(epoch + 1))
         write_metrics(run.out, result.history)
+        if staged is not None:
+            swap_in_dir(staged, run.out / "best", restore_on=Exception)
+    except BaseException:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
 
 
 def _text_width(run: Run, idx: Tensor) -> int | None:
