@@ -52,12 +52,62 @@ def test_failed_overwrite_restores_the_old_run(tmp_path: Path, make_feature_set)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("marker", ["config.yaml", "last", "best", "metrics.jsonl"])
+def _genuine(out: Path, marker: str) -> None:
+    """What a run writes for ``marker``: its full config.yaml, or a model in last/ or best/."""
+    from picoalign.config.loading import dump_config
+
+    if marker == "config.yaml":
+        (out / marker).write_text(dump_config(cfg(out)))
+    else:
+        (out / marker).mkdir()
+        (out / marker / "config.json").write_text("{}")
+
+
+@pytest.mark.parametrize("marker", ["config.yaml", "last", "best"])
 def test_every_run_marker_makes_a_run_folder(tmp_path: Path, marker: str) -> None:
-    (tmp_path / marker).mkdir() if "." not in marker else (tmp_path / marker).write_text("")
+    _genuine(tmp_path, marker)
+    (tmp_path / "metrics.jsonl").write_text("")
     with pytest.raises(RunExistsError, match=marker):
         check_run_folder(tmp_path, resume=False, overwrite=False)
     check_run_folder(tmp_path, resume=True, overwrite=False)
+    check_run_folder(tmp_path, resume=False, overwrite=True)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("config.yaml", "# my tuned settings\nepochs: 1\nmargin: 0.4\n"), ("metrics.csv", "a,b\n")],
+)
+def test_a_users_file_with_a_runs_name_is_not_a_run(
+    tmp_path: Path, make_feature_set, overwrite: bool, name: str, content: str
+) -> None:
+    """The adversarial test: a user's config.yaml (or metrics.csv) alone made the folder "a
+    run", the message said to --overwrite it, and that deleted the user's file."""
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=rf"does not write \({name}; their names are a run's"):
+        train(cfg(tmp_path), make_feature_set(n=16), overwrite=overwrite)
+    assert (tmp_path / name).read_text() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_a_users_file_inside_best_or_last_is_never_replaced(
+    tmp_path: Path, make_feature_set
+) -> None:
+    """A resume or an overwrite replaces best/ and last/ whole: NOTES.txt in them went too."""
+    fs = make_feature_set(n=16)
+    train(cfg(tmp_path), fs)
+    (tmp_path / "best" / "NOTES.txt").write_text("mine")
+    for kwargs in ({"resume": True}, {"overwrite": True}):
+        with pytest.raises(ValueError, match=r"does not write \(best/NOTES.txt;"):
+            train(cfg(tmp_path, epochs=2), fs, **kwargs)
+    assert (tmp_path / "best" / "NOTES.txt").read_text() == "mine"
+
+
+def test_a_run_killed_before_its_first_checkpoint_says_how_to_start_again(tmp_path: Path) -> None:
+    _genuine(tmp_path, "config.yaml")  # with data.json: what a kill -9 that early leaves
+    (tmp_path / "data.json").write_text("{}")
+    with pytest.raises(RunExistsError, match=r"stopped before its first checkpoint .*--overwrite"):
+        check_run_folder(tmp_path, resume=False, overwrite=False)
     check_run_folder(tmp_path, resume=False, overwrite=True)
 
 
@@ -100,14 +150,15 @@ def test_overwrite_of_a_run_in_a_users_folder_keeps_their_files(
 def test_replacement_commit_deletes_and_abort_restores(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text("old")
+    _genuine(run, "best")
+    (run / "metrics.jsonl").write_text("old")
     r = Replacement(run)
     r.begin()
     assert not run.exists() and r.aside is not None and r.aside.is_dir()
     run.mkdir()
-    (run / "config.yaml").write_text("new")
+    (run / "metrics.jsonl").write_text("new")
     r.abort()
-    assert (run / "config.yaml").read_text() == "old"
+    assert (run / "metrics.jsonl").read_text() == "old"
     r = Replacement(run)
     r.begin()
     aside = r.aside

@@ -15,6 +15,7 @@ A ``kill -9`` in between leaves the old run in the aside folder, named when it w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -48,9 +49,56 @@ def run_lock(out: Path) -> Iterator[None]:
         yield
 
 
+# what a run writes into its two model folders
+CHECKPOINT_FILES = {"best": ("config.json", "model.safetensors"),
+                    "last": ("config.json", "model.safetensors", "state.pt")}  # fmt: skip
+
+
 def run_markers(out: Path) -> list[str]:
-    """The entries of ``out`` that make it a run folder (empty: not a run)."""
-    return [m for m in RUN_MARKERS if (out / m).exists()]
+    """The entries of ``out`` that make it a run folder (empty: not a run): a ``config.yaml``
+    that a run wrote (:func:`_written_by_a_run`), ``last/`` or ``best/`` holding a model, and
+    with either, the metrics. A user's own ``config.yaml`` or ``metrics.csv`` alone made a
+    folder "a run", and ``--overwrite`` then deleted it."""
+    found = [
+        name
+        for name in CHECKPOINT_FILES
+        if any((out / name / f).is_file() for f in CHECKPOINT_FILES[name])
+    ]
+    if _written_by_a_run(out / "config.yaml", out):
+        found.insert(0, "config.yaml")
+    if found:
+        found += [m for m in ("metrics.jsonl", "metrics.csv") if (out / m).exists()]
+    return found
+
+
+def _written_by_a_run(path: Path, out: Path) -> bool:
+    """Whether ``path`` is a run's own ``config.yaml``: every TrainConfig key, and ``out``
+    this very folder (a config a user keeps beside a run lists a few keys)."""
+    import yaml
+
+    from picoalign.config import TrainConfig
+
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    if not isinstance(saved, dict) or not isinstance(saved.get("out"), str):
+        return False
+    keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    return keys <= saved.keys() and Path(saved["out"]).expanduser().resolve() == out.resolve()
+
+
+def _not_a_runs(out: Path, found: list[str]) -> list[str]:
+    """Entries with a run's names that are not a run's: all of them where ``out`` holds no
+    run, and a user's own files inside ``best/`` and ``last/`` (a resume or an overwrite
+    replaces those folders whole)."""
+    if not found:
+        return [n for n in RUN_FILES if (out / n).exists()]
+    return [
+        f"{name}/{entry}"
+        for name, ours in CHECKPOINT_FILES.items()
+        for entry in foreign_entries(out / name, ours)
+    ]
 
 
 def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -72,6 +120,18 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         foreign_ok=resume,
     )
     found = run_markers(out)
+    lookalike = _not_a_runs(out, found)
+    if lookalike:
+        raise ValueError(
+            f"--out {out}: holds files a training run does not write ({name_list(lookalike)}; "
+            "their names are a run's, but no picoalign run wrote them): train into a new or "
+            "empty folder"
+        )
+    if found == ["config.yaml"] and not (resume or overwrite):  # killed before a checkpoint
+        raise RunExistsError(
+            f"--out {out}: holds a run stopped before its first checkpoint (config.yaml, no "
+            "last/): nothing to resume; start it again with --overwrite"
+        )
     if found and not (resume or overwrite):
         raise RunExistsError(
             f"--out {out}: already holds a run ({', '.join(found)}); continue it with --resume "
@@ -93,16 +153,17 @@ class Replacement:
         self.created = False  # nor the folder: it goes too, if nothing else is in it
 
     def begin(self) -> None:
-        if not run_markers(self.out):
-            self.fresh = True
-            self.created = not self.out.exists()
-            return
-        foreign = foreign_entries(self.out, RUN_FILES)
+        found = run_markers(self.out)
+        foreign = foreign_entries(self.out, RUN_FILES) + _not_a_runs(self.out, found)
         if foreign:  # check_run_folder refused these; a file that appeared since is kept
             raise ValueError(
                 f"--out {self.out}: holds files a training run does not write "
                 f"({name_list(foreign)}): not replaced"
             )
+        if not found:
+            self.fresh = True
+            self.created = not self.out.exists()
+            return
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = self.out.with_name(f".{self.out.name}.replaced-{stamp}-{os.getpid()}")
         os.replace(self.out, aside)

@@ -88,7 +88,15 @@ def restore_last(
         recover_dir(out / "best")
         remove_stale_temps(out)
     if not (out / "last" / "state.pt").is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint in {out / 'last'}")
+        stub = (out / "config.yaml").is_file()
+        raise FileNotFoundError(
+            f"--resume: no checkpoint in {out / 'last'}"
+            + (
+                "; the run stopped before its first one: start it again with --overwrite"
+                if stub
+                else ""
+            )
+        )
     state = safe_torch_load(out / "last" / "state.pt")
     model.load_state_dict(PicoAligner.load(out / "last").state_dict())
     opt.load_state_dict(state["optimizer"])
