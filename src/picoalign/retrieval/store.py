@@ -206,9 +206,15 @@ def new_manifest(
 
 
 def holds_index(path: Path) -> bool:
-    """Whether ``path`` holds a gallery index (its manifest is written last, so a folder
-    with one is a complete index or a damaged one, never a half-built write)."""
-    return (path / "manifest.json").is_file()
+    """Whether ``path`` holds a gallery index: a ``manifest.json`` of picoalign's format
+    (written last, so a folder with one is a complete index, never a half-built write). A
+    web app's own manifest.json made a folder "an index", and ``--overwrite`` replaced it."""
+    try:
+        with open(path / "manifest.json", encoding="utf-8") as f:
+            man = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(man, dict) and man.get("format") == FORMAT
 
 
 INDEX_FILES = ("tokens.safetensors", "faiss.index", "manifest.json")
@@ -220,6 +226,14 @@ def check_index_folder(out: Path, *, overwrite: bool) -> None:
     fileio.check_out_folder(
         out, INDEX_FILES, "a gallery index does not", "write the index to a new or empty folder"
     )
+    lookalike = [] if holds_index(out) else [n for n in INDEX_FILES if (out / n).exists()]
+    if lookalike:
+        raise ValueError(
+            f"--out {out}: holds files a gallery index does not write "
+            f"({fileio.name_list(lookalike)}; their names are an index's, but it holds no "
+            "picoalign index: a damaged one is removed by hand); write the index to a new or "
+            "empty folder"
+        )
     if holds_index(out) and not overwrite:
         raise ValueError(f"--out {out}: holds a gallery index; pass --overwrite to replace it")
 
