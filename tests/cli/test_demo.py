@@ -60,6 +60,27 @@ def test_run_demo_refuses_a_folder_with_other_files(tmp_path: Path, make_feature
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
 
 
+def test_run_demo_never_replaces_a_run_it_did_not_write(tmp_path: Path, make_feature_set) -> None:
+    """The adversarial test: `picoalign demo --out runs` replaced the user's own
+    `train --out runs/pico` run (weights and metrics), though no --overwrite was given."""
+    from picoalign.config import load_config
+    from picoalign.training.loop import train
+
+    fs = make_feature_set(n=40)
+    small = {"epochs": 1, "batch_size": 8, "progress": False, "model.embed_dim": 8}
+    train(load_config(None, {**small, "out": str(tmp_path / "pico")}), fs)
+    before = {p: p.read_bytes() for p in (tmp_path / "pico").rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"pico holds a run the demo did not write"):
+        run_demo(data="synthetic", out=tmp_path, quick=True, features=fs, progress=False)
+    assert {p: p.read_bytes() for p in (tmp_path / "pico").rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pico"]
+    demo = tmp_path / "demo"  # the demo's own folder: a rerun replaces its runs
+    for _ in range(2):
+        assert run_demo(data="synthetic", out=demo, quick=True, features=fs, progress=False) == 0
+    (demo / "demo.json").unlink()  # a demo of before demo.json: its results.json says so
+    assert run_demo(data="synthetic", out=demo, quick=True, features=fs, progress=False) == 0
+
+
 def rows(n: int, pico: bool, dim: int = 6) -> list[dict]:
     out = []
     for e in range(1, n + 1):

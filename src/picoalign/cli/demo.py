@@ -36,7 +36,8 @@ QUICK_OVERRIDES: dict[str, Any] = {"epochs": 2, "batch_size": 64, "pico_warmup_e
 # the built-in datasets whose splits are made by concept (picoalign.data.builtin)
 CONCEPT_SPLIT = frozenset({"twemoji", "noto-emoji", "tuxpaint", "cross"})
 # what the demo writes in its --out: the two runs, their table and their curves
-DEMO_FILES = ("baseline", "pico", "results.json", "training.png")
+DEMO_FILES = ("baseline", "pico", "results.json", "training.png", "demo.json")
+DEMO_RUNS = ("baseline", "pico")
 
 
 def demo_config(
@@ -81,7 +82,12 @@ def run_demo(
         "the demo does not write",
         "give the demo a new or empty folder, or its own earlier one",
     )
+    _check_runs_are_the_demos(out)
     make_dirs(out, f"--out {out}")
+    # written first: the runs in OUT are the demo's from now on, even if it is stopped
+    atomic_write_text(
+        json.dumps({"written_by": "picoalign demo", "runs": DEMO_RUNS}), out / "demo.json"
+    )
     base_cfg = demo_config("baseline", data, out, seed, epochs, quick, progress)
     print(
         f"picoalign demo: {data}, encoders {base_cfg.model.image_encoder} + "
@@ -132,6 +138,34 @@ def run_demo(
     print(f"plots: {plot_path}")
     _searches(PicoAligner.load(runs["pico"].out), test)
     return 0
+
+
+def _check_runs_are_the_demos(out: Path) -> None:
+    """The demo replaces OUT/baseline and OUT/pico, so it must have written them: an earlier
+    demo leaves ``demo.json`` (or, before it, a ``results.json`` of the two runs). A user's
+    own ``train --out OUT/pico`` was replaced without a word, with no ``--overwrite`` given."""
+    runs = [name for name in DEMO_RUNS if (out / name).exists()]
+    if not runs or _written_by_the_demo(out):
+        return
+    raise ValueError(
+        f"--out {out}: {' and '.join(runs)} hold{'s' if len(runs) == 1 else ''} a run the demo "
+        "did not write (no demo.json beside it), which a demo would replace; give the demo a "
+        "new or empty folder"
+    )
+
+
+def _written_by_the_demo(out: Path) -> bool:
+    for name, check in (
+        ("demo.json", lambda d: d.get("written_by") == "picoalign demo"),
+        ("results.json", lambda d: set(d) == set(DEMO_RUNS)),  # demos before demo.json
+    ):
+        try:
+            data = json.loads((out / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(data, dict) and check(data):
+            return True
+    return False
 
 
 def _small(fs: FeatureSet) -> FeatureSet:
