@@ -216,6 +216,34 @@ def test_resume_refuses_a_change_that_makes_another_run(ref, tmp_path, flags, ex
     assert (run / "config.yaml").read_text() == before
 
 
+def test_resume_with_a_missing_image_says_to_put_it_back_not_to_skip_it(ref, tmp_path) -> None:
+    """The adversarial test: --resume said "fix it, or pass --skip-bad", and --resume
+    --skip-bad was then refused as a change of the run's options."""
+    import shutil
+
+    data = tmp_path / "data" / ref["data"].name
+    shutil.copytree(ref["data"].parent, data.parent)
+    run = tmp_path / "run"
+    assert run_cli(*train_argv(data, run, 1))[0] == 0
+    image = data.parent / json.loads(data.read_text().splitlines()[0])["image"]
+    image.unlink()
+    rc, _, err = run_cli("train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress")
+    line = one_error_line(err)
+    assert rc == 2 and "--skip-bad" not in line and "put it back as it was" in line, err
+    assert image.name in line
+
+
+def test_a_run_left_aside_by_a_killed_overwrite_is_named(ref, tmp_path) -> None:
+    """A `kill -9` during an --overwrite leaves the old run in .RUN.replaced-…, which no later
+    command mentioned."""
+    run = tmp_path / "run"
+    aside = tmp_path / ".run.replaced-20261207-233807-28530"
+    aside.mkdir()
+    with pytest.warns(UserWarning, match=rf"{aside.name} holds the run that was in .*run before"):
+        rc, _, err = run_cli(*train_argv(ref["data"], run, 1))
+    assert rc == 0, err
+
+
 def test_resume_refuses_data_edited_in_place(ref, tmp_path) -> None:
     """The user report: a caption edited in the data file between two runs of the same spec
     was resumed silently, and data.json lost the record of what the first epochs saw."""

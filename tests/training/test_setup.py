@@ -120,6 +120,12 @@ def test_an_lr_step_past_the_last_epoch_is_warned(tmp_path, make_feature_set, ca
     for i, steps in enumerate(([0.6, 1], [0.6, 0.85])):  # 0.85 of 2 epochs rounds to the end
         train(load_config(None, {**base, "out": str(tmp_path / f"b{i}"), "lr_steps": steps}), fs)
         assert "past the run's" not in capsys.readouterr().err
+    # the adversarial test: every resume of b1 to 3 epochs, then 4, warned of a step at the
+    # end of the schedule the run kept (continue_schedule), a step the user never set
+    for _ in range(2):  # as `train --out b1 --resume --epochs 3` reads it: config.yaml
+        train(load_config(tmp_path / "b1" / "config.yaml", {"epochs": 3}), fs, resume=True)
+        assert "past the run's" not in capsys.readouterr().err
+    assert load_config(tmp_path / "b1" / "config.yaml").lr_steps[-1] >= 3  # the kept step
 
 
 def test_a_runs_files_are_compared_only_when_both_read_them_alike() -> None:

@@ -167,12 +167,21 @@ def add_train(sub: Any, epilog: str, set_value: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from picoalign.data.base import DataError, DataProblems
     from picoalign.training.loop import train
 
     cfg = train_config(args)
     started = time.time()
     try:
         result = train(cfg, resume=args.resume, overwrite=args.overwrite, on_epoch=_print_epoch)
+    except DataProblems as e:
+        if not args.resume:
+            raise
+        where, why = e.problems[0]
+        raise DataError(  # not "pass --skip-bad": a resume refuses a changed --skip-bad
+            f"{where}: {why} ({len(e.problems)} bad entr{'y' if len(e.problems) == 1 else 'ies'}"
+            f"); a resumed run trains on the data it started with: put it back as it was"
+        ) from None
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (cli.signals)
         _interrupted(Path(cfg.out), started, replacing=args.overwrite)
         return 128 + getattr(e, "signum", 2)

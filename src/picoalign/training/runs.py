@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,6 +120,7 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         + (" (--overwrite replaces a run, never other files)" if overwrite else ""),
         foreign_ok=resume,
     )
+    _warn_of_a_run_left_aside(out)
     found = run_markers(out)
     lookalike = _not_a_runs(out, found)
     if lookalike:
@@ -136,6 +138,18 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         raise RunExistsError(
             f"--out {out}: already holds a run ({', '.join(found)}); continue it with --resume "
             "or replace it with --overwrite"
+        )
+
+
+def _warn_of_a_run_left_aside(out: Path) -> None:
+    """A run an ``--overwrite`` moved aside stays there only if that process was killed
+    (``kill -9``) before the new run's first checkpoint: say where, as no other message does."""
+    aside = sorted(out.parent.glob(f".{out.name}.replaced-*"))
+    if aside:
+        warnings.warn(
+            f"{aside[-1]} holds the run that was in {out} before an --overwrite killed before "
+            f"its first checkpoint; nothing puts it back: move it back to {out}, or delete it",
+            stacklevel=3,
         )
 
 

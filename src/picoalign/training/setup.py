@@ -149,7 +149,9 @@ def setup_run(
             "features (the model records the 'precomputed' encoder)"
         )
     late = [int(s) for s in cfg.lr_steps if s >= 1 and s >= cfg.epochs]  # epoch numbers
-    if late:  # e.g. --set lr_steps=[5] with --epochs 2: no word, no step
+    # e.g. --set lr_steps=[5] with --epochs 2: no word, no step. A resume keeps the run's own
+    # steps (continue_schedule below): a step past a shortened run's end is the schedule's
+    if late and not resume:
         notes.append(
             f"warning: lr_steps {cfg.lr_steps} puts a step at epoch {late[0] + 1} (lr_steps "
             f"count epochs from 0), past the run's {cfg.epochs}: the learning rate never "
