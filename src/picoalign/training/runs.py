@@ -126,8 +126,8 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     if lookalike:
         raise ValueError(
             f"--out {out}: holds files a training run does not write ({name_list(lookalike)}; "
-            "their names are a run's, but no picoalign run wrote them): train into a new or "
-            "empty folder"
+            "their names are a run's, but they are no run of this picoalign, at most the "
+            "start of an older one's, which you may delete): train into a new or empty folder"
         )
     if found == ["config.yaml"] and not (resume or overwrite):  # killed before a checkpoint
         raise RunExistsError(
