@@ -216,6 +216,22 @@ def test_resume_refuses_a_change_that_makes_another_run(ref, tmp_path, flags, ex
     assert (run / "config.yaml").read_text() == before
 
 
+def test_resume_names_a_change_from_a_config_file_by_the_file(ref, tmp_path) -> None:
+    """The adversarial test: `--resume --config c.yaml` with `lr: 0.01` in the file said
+    "--lr 0.01 differs", a flag the user never gave."""
+    run = tmp_path / "run"
+    assert run_cli(*train_argv(ref["data"], run, 1))[0] == 0
+    conf = tmp_path / "c.yaml"
+    conf.write_text("lr: 0.01\n")
+    rc, _, err = run_cli("train", "--out", str(run), "--resume", "--config", str(conf))
+    line = one_error_line(err)
+    assert rc == 2 and f"{conf}: lr: 0.01 differs from the run's" in line and "--lr" not in line
+    rc, _, err = run_cli(
+        "train", "--out", str(run), "--resume", "--config", str(conf), "--lr", "0.02"
+    )
+    assert rc == 2 and "--lr 0.02 differs" in one_error_line(err)  # the flag wins, and is named
+
+
 def test_resume_with_a_missing_image_says_to_put_it_back_not_to_skip_it(ref, tmp_path) -> None:
     """The adversarial test: --resume said "fix it, or pass --skip-bad", and --resume
     --skip-bad was then refused as a change of the run's options."""

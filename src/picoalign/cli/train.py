@@ -230,7 +230,7 @@ def train_config(args: argparse.Namespace) -> Any:
         )
     saved = load_config(saved_path)
     cfg = load_config(args.config, overrides, base=saved_path, origins=origins)
-    conflicts = _conflicts(saved, cfg, set(dict(args.set)))
+    conflicts = _conflicts(saved, cfg, set(dict(args.set)), set(overrides), args.config)
     if conflicts:
         raise ValueError(
             f"--resume: {'; '.join(conflicts)} (a resumed run keeps its data, model and "
@@ -290,8 +290,16 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _conflicts(saved: Any, new: Any, set_keys: set[str]) -> list[str]:
-    """What ``new`` changes of the run's ``saved`` config that a resume may not change."""
+def _conflicts(
+    saved: Any,
+    new: Any,
+    set_keys: set[str],
+    given: set[str] = frozenset(),
+    config: str | None = None,
+) -> list[str]:
+    """What ``new`` changes of the run's ``saved`` config that a resume may not change, each
+    named as the user gave it: a flag, ``--set KEY``, or the ``--config`` file's key (``given``:
+    the keys of flags and ``--set``; a key none of them gave came from the file)."""
     from picoalign.config.paths import with_absolute_paths
 
     old_f = _flat(with_absolute_paths(saved).to_dict())
@@ -299,6 +307,9 @@ def _conflicts(saved: Any, new: Any, set_keys: set[str]) -> list[str]:
     found = []
     for key, value in new_f.items():
         if key in RESUMABLE or old_f.get(key) == value:
+            continue
+        if config is not None and key not in given and key not in set_keys:
+            found.append(f"{config}: {key}: {value} differs from the run's {old_f.get(key)}")
             continue
         flag = f"--set {key}" if key in set_keys or key not in FLAGS else FLAGS[key]
         if flag.startswith("--set"):
