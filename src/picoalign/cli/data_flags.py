@@ -114,7 +114,9 @@ def add_split_seed(p: argparse.ArgumentParser) -> None:
         type=int,
         dest="seed",
         default=None,
-        help="seed of the built-in datasets' split (default: the run's split_seed, else 0)",
+        help="seed of the data's split, where the data leaves it to a seed (default: the "
+        "run's split_seed, else 0); not a training seed: a split other than the run's may put "
+        "training images in the scored split. --seed is an older spelling of it",
     )
 
 
