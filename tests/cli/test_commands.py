@@ -799,3 +799,19 @@ def test_a_model_is_evaluated_and_indexed_only_on_the_image_input_it_trained_on(
     assert rc == 0, err
     rc, _, err = run_cli("evaluate", str(tmp_path / "prun"), "--data", f"jsonl:{trained['data']}")
     assert rc == 2 and "no backbone to read images" in err, err
+
+
+def test_a_bad_precomputed_row_is_not_offered_skip_bad(tmp_path: Path) -> None:
+    """The re-test: a NaN row said "pass --skip-bad", which then gave the same error (the
+    advice is an image file's: precomputed rows are first read when encoded)."""
+    pre = _precomp_folder(tmp_path / "pre", 4)
+    feats = np.load(pre / "train_ims.npy")
+    feats[5, 1, 2] = np.nan
+    np.save(pre / "train_ims.npy", feats)
+    argv = ["train", "--data", f"precomp:{pre}", "--text-encoder", "hash-text", "--epochs", "1",
+            "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
+    for extra in ([], ["--skip-bad"]):
+        rc, _, err = run_cli(*argv, *extra)
+        line = next(x for x in err.splitlines() if x.startswith("picoalign: error:"))
+        assert rc == 2 and "train_ims.npy: row 5 holds NaN" in line and "--skip-bad" not in line
+    assert not (tmp_path / "run").exists()

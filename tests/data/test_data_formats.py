@@ -428,6 +428,33 @@ def test_precomp_refuses_each_image_saved_once_per_caption(tmp_path: Path) -> No
         assert len(precomp(d).items) == 4 + 4 + 5  # rows 0, 1 alike but row 2 differs: kept
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+def test_precomp_the_printed_fix_for_repeated_rows_works(tmp_path: Path, suffix: str) -> None:
+    """The re-test: the printed command was np.load's, which cannot read a .safetensors file."""
+    import re
+    import subprocess
+    import sys
+
+    from safetensors.numpy import save_file
+
+    d = _scan_folder(tmp_path / "d")
+    feats = np.load(d / "test_ims.npy")
+    (d / "test_ims.npy").unlink()
+    repeated = np.repeat(feats, 5, axis=0)
+    if suffix == ".npy":
+        np.save(d / "test_ims.npy", repeated)
+    else:
+        save_file({"images": repeated}, str(d / "test_ims.safetensors"))
+    with pytest.raises(DataError, match="keep the first row of each 5") as e:
+        precomp(d)
+    command = re.search(r'python -c "(.*)", then put', str(e.value)).group(1)
+    subprocess.run([sys.executable, "-c", command], cwd=d, check=True)
+    (d / f"test_ims_dedup{suffix}").replace(d / f"test_ims{suffix}")
+    (d / "test_caps.txt").write_text("".join(f"t {i}\n" for i in range(20)))  # 5 a row
+    ds = precomp(d)
+    np.testing.assert_array_equal(ds.image_features(["test:3"])[0][0], feats[3])
+
+
 def test_precomp_warns_when_a_split_has_other_captions_per_row(tmp_path: Path) -> None:
     """A test file short by whole rows (16 lines for 4 rows of 5) was read as 4 per row and
     paired every image but the first with the wrong captions, without a word."""

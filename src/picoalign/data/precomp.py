@@ -71,7 +71,10 @@ class PrecompFeatures:
         t = np.asarray(tokens[row : row + 1], dtype=np.float32)[0]
         m = np.ones(t.shape[0], bool) if mask is None else np.asarray(mask[row : row + 1])[0] != 0
         if not np.isfinite(t).all():
-            raise DataError(f"{self.files[split]}: row {row} holds NaN or Inf values")
+            raise DataError(
+                f"{self.files[split]}: row {row} holds NaN or Inf values: a model cannot be "
+                "trained or scored on them; recompute or remove that row"
+            )
         if np.abs(t).max(initial=0.0) > FP16_MAX:  # the feature cache stores float16
             raise DataError(
                 f"{self.files[split]}: row {row} holds values up to {np.abs(t).max():.4g}, "
@@ -242,12 +245,23 @@ def _refuse_repeated_rows(features: PrecompFeatures, split: str, caps_path: Path
     ):
         return
     path = features.files[split]
+    if path.suffix == ".npy":
+        fix = (
+            f"python -c \"import numpy as np; a = np.load('{path.name}', mmap_mode='r'); "
+            f"np.save('{path.stem}_dedup.npy', a[::{run}])\""
+        )
+    else:
+        fix = (
+            'python -c "from safetensors.numpy import load_file, save_file; '
+            f"t = load_file('{path.name}'); "
+            f"save_file({{k: v[::{run}].copy() for k, v in t.items()}}, "
+            f"'{path.stem}_dedup.safetensors')\""
+        )
     raise DataError(
         f"{path}: rows 0-{run - 1} are identical, and so are rows {run}-{2 * run - 1}: each "
         f"image looks saved once per caption of {caps_path.name} ({n} rows, {n} captions). "
-        f"picoalign wants one row per image, its {run} captions on consecutive lines; keep "
-        f"every {run}th row: python -c \"import numpy as np; a = np.load('{path.name}', "
-        f"mmap_mode='r'); np.save('{path.stem}_dedup.npy', a[::{run}])\", then rename"
+        f"picoalign wants one row per image, its {run} captions on consecutive lines; keep the "
+        f"first row of each {run}: {fix}, then put the new file in its place"
     )
 
 

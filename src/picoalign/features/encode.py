@@ -205,6 +205,8 @@ def encode_dataset(
         try:
             return encode_images(part, img_enc, bar=bar, **kw)
         except DataError as e:  # a file the header check passed: its pixel data is broken
+            if getattr(dataset, "features", None) is not None:  # precomputed: no pixels
+                raise  # (its rows are read here first; --skip-bad would not drop them)
             raise DataError(
                 f"{e}; the data check passed it (only its header and checksums are read "
                 "unless --skip-bad is given, which decodes every image and drops those that "
