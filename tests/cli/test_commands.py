@@ -147,6 +147,7 @@ def test_evaluate_json_numbers_carry_no_float_noise() -> None:
     assert json.dumps(_rounded(noisy)) == (
         '{"i2t": {"r1": 58.0, "medr": 2.0}, "rsum": 0.3, "n_images": 50}'
     )
+    assert _rounded({"folds": [{"r5": 0.7000000000000001}]}) == {"folds": [{"r5": 0.7}]}  # 1k
 
 
 def test_evaluate_says_which_scoring_rule_it_used(trained) -> None:

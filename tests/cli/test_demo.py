@@ -79,6 +79,12 @@ def test_run_demo_never_replaces_a_run_it_did_not_write(tmp_path: Path, make_fea
         assert run_demo(data="synthetic", out=demo, quick=True, features=fs, progress=False) == 0
     (demo / "demo.json").unlink()  # a demo of before demo.json: its results.json says so
     assert run_demo(data="synthetic", out=demo, quick=True, features=fs, progress=False) == 0
+    # a file of the user's in pico/ is refused before baseline/ is replaced (the re-test)
+    (demo / "pico" / "notes.txt").write_text("mine")
+    kept = (demo / "baseline" / "best" / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=r"pico: holds files a training run does not write"):
+        run_demo(data="synthetic", out=demo, quick=True, features=fs, progress=False, seed=1)
+    assert (demo / "baseline" / "best" / "model.safetensors").read_bytes() == kept
 
 
 def rows(n: int, pico: bool, dim: int = 6) -> list[dict]:

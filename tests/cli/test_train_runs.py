@@ -145,6 +145,21 @@ def test_a_stop_signal_before_the_first_checkpoint_keeps_the_old_run_as_ctrl_c_d
     assert getattr(signal.getsignal(signum), "__name__", "") != "stop"  # handler put back
 
 
+def test_an_out_under_a_literal_tilde_is_the_home_folder(ref, tmp_path, monkeypatch) -> None:
+    """The re-test: `--out '~/r'` (quoted, or `out: ~/r` in a config file) trained into the
+    home folder but drew training.png into a folder named "~" in the current one, and
+    `--resume` said there was no run."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    assert run_cli(*train_argv(ref["data"], Path("~/r"), 1))[0] == 0
+    assert (home / "r" / "training.png").is_file() and list(cwd.iterdir()) == []
+    rc, _, err = run_cli("train", "--out", "~/r", "--resume", "--epochs", "2", "--no-progress")
+    assert rc == 0 and len(rows(home / "r")) == 2, err
+
+
 def test_resume_and_overwrite_exclude_each_other(ref, tmp_path) -> None:
     rc, _, err = run_cli(*train_argv(ref["data"], tmp_path / "r", 1, "--resume", "--overwrite"))
     assert rc == 2 and "exclude each other" in one_error_line(err)

@@ -97,10 +97,16 @@ def test_a_users_file_inside_best_or_last_is_never_replaced(
     fs = make_feature_set(n=16)
     train(cfg(tmp_path), fs)
     (tmp_path / "best" / "NOTES.txt").write_text("mine")
-    for kwargs in ({"resume": True}, {"overwrite": True}):
-        with pytest.raises(ValueError, match=r"does not write \(best/NOTES.txt;"):
+    (tmp_path / "last" / ".DS_Store").write_text("the system's")  # hidden: not refused
+    for kwargs, what in (({"resume": True}, "a resume"), ({"overwrite": True}, "a new run")):
+        with pytest.raises(
+            ValueError,
+            match=rf"yours inside the run \(best/NOTES.txt\), which {what} would delete.*move",
+        ):
             train(cfg(tmp_path, epochs=2), fs, **kwargs)
     assert (tmp_path / "best" / "NOTES.txt").read_text() == "mine"
+    (tmp_path / "best" / "NOTES.txt").unlink()
+    train(cfg(tmp_path, epochs=2), fs, resume=True)  # moved out: the resume runs
 
 
 def test_a_run_killed_before_its_first_checkpoint_says_how_to_start_again(tmp_path: Path) -> None:

@@ -197,6 +197,8 @@ def _rounded(value: Any, digits: int = 6) -> Any:
         return round(value, digits)
     if isinstance(value, dict):
         return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):  # the 1k protocol's folds
+        return [_rounded(v, digits) for v in value]
     return value
 
 

@@ -24,6 +24,7 @@ from picoalign.fileio import atomic_write_text, check_out_folder, make_dirs
 from picoalign.model import PicoAligner
 from picoalign.training.derived import split_sizes
 from picoalign.training.loop import train
+from picoalign.training.runs import check_run_folder
 from picoalign.training.schedule import resolve_epochs
 
 # The demo's recipe; docs/results.md says how it was chosen. Both methods share everything
@@ -83,6 +84,8 @@ def run_demo(
         "give the demo a new or empty folder, or its own earlier one",
     )
     _check_runs_are_the_demos(out)
+    for method in DEMO_RUNS:  # both before either is trained: a refusal replaces neither
+        check_run_folder(out / method, resume=False, overwrite=True)
     make_dirs(out, f"--out {out}")
     # written first: the runs in OUT are the demo's from now on, even if it is stopped
     atomic_write_text(

@@ -219,6 +219,9 @@ def train_config(args: argparse.Namespace) -> Any:
     if args.out is None and "out" not in overrides and not _config_sets_out(args.config):
         overrides["out"] = f"runs/{cfg.model.label}"  # as documented: runs/LABEL
         cfg = load_config(args.config, overrides, origins=origins)
+    if cfg.out.startswith("~"):  # a quoted '~/x', or out: ~/x in a config file: the home
+        overrides["out"] = os.path.expanduser(cfg.out)  # (a folder "~" was made beside it)
+        cfg = load_config(args.config, overrides, origins=origins)
     if not args.resume:
         if args.config is not None and "data" not in overrides:
             _check_config_data(args.config, cfg.data)

@@ -90,15 +90,18 @@ def _written_by_a_run(path: Path, out: Path) -> bool:
 
 
 def _not_a_runs(out: Path, found: list[str]) -> list[str]:
-    """Entries with a run's names that are not a run's: all of them where ``out`` holds no
-    run, and a user's own files inside ``best/`` and ``last/`` (a resume or an overwrite
-    replaces those folders whole)."""
-    if not found:
-        return [n for n in RUN_FILES if (out / n).exists()]
+    """Entries with a run's names where ``out`` holds no run (a user's own config.yaml)."""
+    return [] if found else [n for n in RUN_FILES if (out / n).exists()]
+
+
+def _users_files_inside(out: Path) -> list[str]:
+    """A user's own files inside ``best/`` and ``last/``, which a resume or an overwrite
+    replaces whole. Hidden files (a Finder's .DS_Store, NFS's .nfs…) are the system's."""
     return [
         f"{name}/{entry}"
         for name, ours in CHECKPOINT_FILES.items()
         for entry in foreign_entries(out / name, ours)
+        if not entry.startswith(".")
     ]
 
 
@@ -126,8 +129,15 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     if lookalike:
         raise ValueError(
             f"--out {out}: holds files a training run does not write ({name_list(lookalike)}; "
-            "their names are a run's, but they are no run of this picoalign, at most the "
-            "start of an older one's, which you may delete): train into a new or empty folder"
+            "their names are a run's, but no run of this picoalign is there): train into a "
+            "new or empty folder"
+        )
+    inside = _users_files_inside(out)
+    if inside:
+        raise ValueError(
+            f"--out {out}: holds files of yours inside the run ({name_list(inside)}), which a "
+            f"{'resume' if resume else 'new run'} would delete with the folder it replaces: "
+            "move them out of the run, then run this again"
         )
     if found == ["config.yaml"] and not (resume or overwrite):  # killed before a checkpoint
         raise RunExistsError(
@@ -168,7 +178,11 @@ class Replacement:
 
     def begin(self) -> None:
         found = run_markers(self.out)
-        foreign = foreign_entries(self.out, RUN_FILES) + _not_a_runs(self.out, found)
+        foreign = [
+            *foreign_entries(self.out, RUN_FILES),
+            *_not_a_runs(self.out, found),
+            *_users_files_inside(self.out),
+        ]
         if foreign:  # check_run_folder refused these; a file that appeared since is kept
             raise ValueError(
                 f"--out {self.out}: holds files a training run does not write "
