@@ -27,7 +27,7 @@ from picoalign.cli.data_flags import (
     resolve_folder_args,
     run_data,
 )
-from picoalign.cli.signals import stop_signals_interrupt
+from picoalign.cli.signals import stop_signals_interrupt, take_pending
 from picoalign.cli.train import add_train, epochs_arg
 from picoalign.evaluation.protocols import PROTOCOLS
 from picoalign.progress import line_start
@@ -358,8 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         keep_freed_memory()  # every command scores in large CPU blocks (allocator module doc)
         with stop_signals_interrupt():
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+        lost = take_pending()  # a stop signal raised where Python dropped it: still stopped
+        if lost is not None:
+            print(f"{line_start()}picoalign: interrupted", file=sys.stderr)
+            return 128 + lost
+        return code
     except KeyboardInterrupt as e:
+        take_pending()
         print(f"{line_start()}picoalign: interrupted", file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)
     except BrokenPipeError:  # `picoalign search ... | head`: the reader has what it wanted

@@ -12,6 +12,7 @@ shell's for the signal (128 + its number).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -37,11 +38,40 @@ def stop_signals_interrupt() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        global PENDING, _RESEND
+        if frame is not None and frame.f_code.co_name in _SWALLOWING:
+            # raised here, Python would print "Exception ignored in" and drop it: the signal
+            # comes again in a moment, when the program is back in ordinary code
+            PENDING = signum
+            _RESEND = threading.Timer(RESEND_S, os.kill, (os.getpid(), signum))
+            _RESEND.daemon = True
+            _RESEND.start()
+            return
+        PENDING = None
         raise Stopped(signum)
 
     before = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     try:
         yield
     finally:
+        if _RESEND is not None:  # not after the handlers go back: it would kill the process
+            _RESEND.cancel()  # (a signal still put off is left to take_pending)
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def take_pending() -> int | None:
+    """The stop signal that arrived but was never raised where the command could see it
+    (an exception in a finaliser is printed and dropped), cleared: a command that then ran
+    to its end still exits as stopped. None if there was none."""
+    global PENDING
+    signum, PENDING = PENDING, None
+    return signum
+
+
+# a stop signal put off (in a finaliser) and not yet raised as Stopped
+PENDING: int | None = None
+# functions in which Python drops a raised exception; and the delay before a signal is resent
+_SWALLOWING = frozenset({"__del__"})
+RESEND_S = 0.05
+_RESEND: threading.Timer | None = None
