@@ -117,8 +117,13 @@ def test_a_full_disk_is_one_error_naming_the_file(tmp_path: Path, monkeypatch) -
     assert not isinstance(plenty.value, WriteError)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 4096))
-    with pytest.raises(WriteError, match=r"state.pt: cannot write it \(no space left on the"):
+    with pytest.raises(WriteError, match=r"state.pt: cannot write it \(No space left on dev"):
         atomic_write(path, torch_full)
+    swapped = tmp_path / ".last.x1y2.tmp"  # a folder being filled for a swap: named as last/
+    swapped.mkdir()
+    with pytest.raises(WriteError, match=rf"^{tmp_path / 'last' / 'state.pt'}: cannot write"):
+        atomic_write(swapped / "state.pt", torch_full)
+    swapped.rmdir()  # (its own writer removes it: atomic_replace_dir)
 
     def os_full(tmp: str) -> None:
         raise OSError(28, "No space left on device")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -160,8 +161,15 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
         why = _write_failure(e, path.parent)
         if why is not None:  # one line naming the file, not a writer library's traceback
-            raise WriteError(f"{path}: cannot write it ({why})") from e
+            raise WriteError(f"{_as_user_sees(path)}: cannot write it ({why})") from e
         raise
+
+
+def _as_user_sees(path: Path) -> Path:
+    """``path`` with a folder being filled for a swap (``.last.x1y2.tmp``) named as the
+    folder it becomes (``last``): the temporary name means nothing to the user."""
+    parts = [re.sub(r"^\.(.+)\.[^.]+\.tmp$", r"\1", p) for p in path.parts]
+    return Path(*parts)
 
 
 # below this much free space, a writer library's odd error is the disk being full
@@ -181,7 +189,7 @@ def _write_failure(e: BaseException, folder: Path) -> str | None:
     except OSError:
         full = False
     if full or "No space left" in str(e):
-        return "no space left on the device"
+        return "No space left on device"
     return None
 
 

@@ -17,23 +17,32 @@ def test_unknown_name_lists_known() -> None:
         load_dataset("flickr")
 
 
-def test_a_bare_file_path_is_told_its_format() -> None:
+def test_a_bare_file_path_is_told_its_format(tmp_path, monkeypatch) -> None:
     """The user report: `--data data/data.jsonl` (no `jsonl:`) said only "unknown dataset"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "data.jsonl").write_text("")
     with pytest.raises(ValueError, match=r"own\? say its format: jsonl:data/data\.jsonl\)"):
         load_dataset("data/data.jsonl")
+    with pytest.raises(ValueError, match=r"'dat/d\.jsonl' \(and there is no file or folder dat/d"):
+        load_dataset("dat/d.jsonl")  # a path that is not there is said to be missing
 
 
 def test_a_bare_path_is_told_the_format_it_looks_like(tmp_path) -> None:
     """The walkthrough: `--data flickr/dataset_flickr30k.json` was told `jsonl:`, which
     cannot read a Karpathy split file; folders were told `jsonl:` too."""
-    with pytest.raises(ValueError, match=r"karpathy:f/dataset_flickr30k\.json:IMAGE_ROOT for a"):
-        load_dataset("f/dataset_flickr30k.json")
+    karpathy = tmp_path / "f" / "dataset_flickr30k.json"
+    karpathy.parent.mkdir()
+    karpathy.write_text("{}")
+    with pytest.raises(ValueError, match=rf"karpathy:{karpathy}:IMAGE_ROOT for a"):
+        load_dataset(str(karpathy))
     (tmp_path / "pre" / "precomp").mkdir(parents=True)
     (tmp_path / "pre" / "precomp" / "test_ims.npy").write_bytes(b"")
     (tmp_path / "photos").mkdir()
-    for name, fmt in (("pre", "precomp"), ("photos", "folder")):
-        with pytest.raises(ValueError, match=rf"say its format: {fmt}:{tmp_path / name}\)"):
-            load_dataset(str(tmp_path / name))
+    with pytest.raises(ValueError, match=rf"say its format: precomp:{tmp_path / 'pre'}\)"):
+        load_dataset(str(tmp_path / "pre"))
+    with pytest.raises(ValueError, match=rf"folder:{tmp_path / 'photos'} is a gallery of its"):
+        load_dataset(str(tmp_path / "photos"))
 
 
 def test_a_bad_default_split_is_named_as_the_spec_spells_it(tmp_path) -> None:

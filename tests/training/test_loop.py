@@ -256,7 +256,7 @@ def test_a_failed_checkpoint_write_leaves_best_last_and_metrics_as_they_were(
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
 
     def full(self, pos):
-        raise WriteError(f"{tmp_path / 'last'}: cannot write it (no space left on the device)")
+        raise WriteError(f"{tmp_path / 'last'}: cannot write it (No space left on device)")
 
     monkeypatch.setattr(setup.Run, "save_last", full)
     with pytest.raises(WriteError):

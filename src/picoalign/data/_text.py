@@ -116,10 +116,16 @@ def find_split_files(data_dir: Path, suffixes: tuple[str, ...]) -> tuple[Path, d
             if caps or other:
                 alone.append(f"{p}_caps.txt" if caps else other[0])
         if split not in found and alone:
-            pair = " or ".join(f"{{p}}{s}" for s in suffixes)
+            name = alone[0]
+            prefix = next(p for p in prefixes if name.startswith(f"{p}_"))
+            partner = (
+                " or ".join(f"{prefix}{s}" for s in suffixes)
+                if name.endswith("_caps.txt")
+                else f"{prefix}_caps.txt"
+            )
             raise DataError(
-                f"{folder / alone[0]}: its partner is missing; each split needs {{p}}_caps.txt "
-                f"and {pair} side by side (p = {', '.join(prefixes)})"
+                f"{folder / name}: its partner is missing: no {partner} beside it (each split "
+                "needs its captions and its features or ids side by side)"
             )
     if not found:
         want = " or ".join(f"{{split}}{s}" for s in suffixes)

@@ -164,6 +164,10 @@ def spec_options(spec: str) -> dict[str, str]:
 def _format_hint(name: str, spec: str) -> str:
     """A guess at the format of a bare path given as ``--data``, said with the unknown name."""
     low = name.lower()
+    path = Path(spec).expanduser()
+    looks_like_path = "/" in name or "\\" in name or low.endswith((".json", ".jsonl"))
+    if looks_like_path and not path.exists():
+        return f" (and there is no file or folder {spec} either)"
     if low.endswith(".jsonl"):
         return f" (a file of your own? say its format: jsonl:{spec})"
     if low.endswith(".json"):
@@ -171,15 +175,15 @@ def _format_hint(name: str, spec: str) -> str:
             f" (a file of your own? say its format: karpathy:{spec}:IMAGE_ROOT for a Karpathy "
             f"split file such as dataset_flickr30k.json, jsonl:{spec} for one JSON object a line)"
         )
-    path = Path(spec).expanduser()
     if path.is_dir():
         precomputed = any(
             next(d.glob(f"*{suffix}"), None) is not None
             for d in (path, path / "precomp")
             for suffix in ("_ims.npy", "_ims.safetensors")
         )
-        fmt = "precomp" if precomputed else "folder"
-        return f" (a folder of your own? say its format: {fmt}:{spec})"
+        if precomputed:
+            return f" (a folder of your own? say its format: precomp:{spec})"
+        return f" (a folder of your own? folder:{spec} is a gallery of its images, to index)"
     if "/" in name or "\\" in name:
         return f" (a file of your own? say its format: jsonl:{spec})"
     return ""

@@ -158,7 +158,8 @@ def _warn_of_a_run_left_aside(out: Path) -> None:
     if aside:
         warnings.warn(
             f"{aside[-1]} holds the run that was in {out} before an --overwrite killed before "
-            f"its first checkpoint; nothing puts it back: move it back to {out}, or delete it",
+            f"its first checkpoint; nothing puts it back: put it in {out}'s place (after "
+            f"moving away what is there now), or delete it",
             stacklevel=3,
         )
 
