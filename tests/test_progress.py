@@ -24,6 +24,8 @@ def test_a_bar_in_a_log_keeps_its_last_state_on_a_line_of_its_own() -> None:
     for _ in bar:
         pass
     assert log.getvalue().endswith("\n") and "3/3" in log.getvalue().splitlines()[-1]
+    assert "0/3" not in log.getvalue()  # no 0% state joined to it by "\r" (the re-test)
+    assert log.getvalue().count("\r") <= 1 and log.getvalue().count("\n") == 1
 
 
 def test_a_bar_on_a_terminal_is_left_as_asked() -> None:

@@ -4,7 +4,8 @@ On a terminal a tqdm bar redraws itself in place (``\\r``), and a bar that close
 ``leave=False`` erases itself. Written to a file (``picoalign train ... 2> log``) those
 redraws pile up on one line, ten a second, and whatever comes next (an epoch line, a
 warning) starts on that line behind the erased bar. So off a terminal every bar redraws at
-most every :data:`LOG_INTERVAL_S` seconds and ends with its own newline, and a warning
+most every :data:`LOG_INTERVAL_S` seconds (first after that long: work shorter than that
+logs one line, its final state) and ends with its own newline, and a warning
 printed while a bar is open starts on a line of its own (:func:`line_start`).
 """
 
@@ -33,7 +34,19 @@ def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
     if not is_terminal(kwargs.get("file") or sys.stderr):
         kwargs["leave"] = True  # its last state stays, and what follows starts a line
         kwargs.setdefault("mininterval", LOG_INTERVAL_S)
+        kwargs.setdefault("delay", LOG_INTERVAL_S)  # no 0% state: a short bar is one line
+        return _LogBar(iterable, **kwargs)
     return tqdm(iterable, **kwargs)
+
+
+class _LogBar(tqdm):
+    """A bar for a log: drawn first after its ``delay``, and always in its final state when
+    it closes (tqdm writes nothing at all for a bar closed before its delay)."""
+
+    def close(self) -> None:
+        if not getattr(self, "disable", True) and hasattr(self, "last_print_t"):
+            self.last_print_t = max(self.last_print_t, self.start_t + self.delay)
+        super().close()
 
 
 def open_bars() -> list[tqdm]:
