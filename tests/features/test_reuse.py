@@ -62,6 +62,14 @@ def encode(spec: str, cache: Path, img=None, txt=None, reuse: bool = True, **kw)
     )
 
 
+def encode_counted(spec: str, cache: Path, img=None, **kw):
+    """``encode`` with a RandomConvEncoder (or ``img``) counted: (features, images encoded)."""
+    img = img or RandomConvEncoder()
+    seen = Counted(img)
+    fs = encode(spec, cache, img=img, **kw)
+    return fs, seen.n
+
+
 def assert_images_as_fresh(fs, spec: str, tmp_path: Path) -> None:
     """``fs``'s image features equal a full encode of ``spec`` (no reuse, its own cache) up to
     fp16 rounding."""
@@ -79,10 +87,8 @@ def test_an_image_added_to_a_gallery_is_the_only_one_encoded(gallery, tmp_path) 
     cache = tmp_path / "cache"
     first = encode(f"folder:{gallery}", cache)
     draw(gallery, ["p04b.png"], seed=1)  # sorts into the middle: every later row moves
-    img = RandomConvEncoder()
-    seen = Counted(img)
-    grown = encode(f"folder:{gallery}", cache, img=img)
-    assert seen.n == 1
+    grown, n = encode_counted(f"folder:{gallery}", cache)
+    assert n == 1
     fresh = encode(f"folder:{gallery}", tmp_path / "other-cache", reuse=False)
     assert grown.image_keys == fresh.image_keys
     assert torch.equal(grown.images.mask, fresh.images.mask)
@@ -95,10 +101,8 @@ def test_an_image_added_to_a_gallery_is_the_only_one_encoded(gallery, tmp_path) 
     path = Path(grown.meta["image_cache"])
     _, meta = read_safetensors(path)
     assert meta["reused"] == 10 and len(meta["row_ids"]) == 11
-    img = RandomConvEncoder()
-    seen = Counted(img)
-    again = encode(f"folder:{gallery}", cache, img=img)
-    assert seen.n == 0 and torch.equal(again.images.tokens, grown.images.tokens)
+    again, n = encode_counted(f"folder:{gallery}", cache)
+    assert n == 0 and torch.equal(again.images.tokens, grown.images.tokens)
 
 
 def test_the_same_images_under_another_data_file_encode_nothing(
@@ -109,10 +113,8 @@ def test_the_same_images_under_another_data_file_encode_nothing(
     encode("folder:photos", cache)
     data = tmp_path / "photos.jsonl"
     write_jsonl(data, [(str(gallery / f"p{i:02d}.png"), [f"photo {i}"]) for i in range(10)])
-    img = RandomConvEncoder()
-    seen = Counted(img)
-    fs = encode(f"jsonl:{data}", cache, img=img)
-    assert seen.n == 0 and fs.n_images == 10
+    fs, n = encode_counted(f"jsonl:{data}", cache)
+    assert n == 0 and fs.n_images == 10
 
 
 def test_an_edited_or_touched_image_is_encoded_again(gallery, tmp_path) -> None:
@@ -121,10 +123,8 @@ def test_an_edited_or_touched_image_is_encoded_again(gallery, tmp_path) -> None:
     draw(gallery, ["p03.png"], seed=7)  # new pixels under the same name
     st = (gallery / "p05.png").stat()
     os.utime(gallery / "p05.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched
-    img = RandomConvEncoder()
-    seen = Counted(img)
-    fs = encode(f"folder:{gallery}", cache, img=img)
-    assert seen.n == 2
+    fs, n = encode_counted(f"folder:{gallery}", cache)
+    assert n == 2
     assert_images_as_fresh(fs, f"folder:{gallery}", tmp_path)
 
 
@@ -134,21 +134,16 @@ def test_no_rows_from_another_encoder_or_math_path_nor_for_built_in_data(
     cache = tmp_path / "cache"
     encode(f"folder:{gallery}", cache)
     draw(gallery, ["p10.png"], seed=1)
-    img = RandomConvEncoder(dim=16, seed=1)  # another encoder: its own files only
-    seen = Counted(img)
-    encode(f"folder:{gallery}", cache, img=img)
-    assert seen.n == 11
+    other = RandomConvEncoder(dim=16, seed=1)  # another encoder: its own files only
+    _, n = encode_counted(f"folder:{gallery}", cache, img=other)
+    assert n == 11
     monkeypatch.setattr(C, "mkl_branch", lambda: "another,path")
     draw(gallery, ["p11.png"], seed=2)
-    img = RandomConvEncoder()
-    seen = Counted(img)
-    encode(f"folder:{gallery}", cache, img=img)
-    assert seen.n == 12  # rows rounded on another MKL path are not mixed into this file
+    _, n = encode_counted(f"folder:{gallery}", cache)
+    assert n == 12  # rows rounded on another MKL path are not mixed into this file
     draw(gallery, ["p12.png"], seed=3)
-    img = RandomConvEncoder()
-    seen = Counted(img)
-    encode(f"folder:{gallery}", cache, img=img, reuse=False)  # as for a built-in dataset
-    assert seen.n == 13
+    _, n = encode_counted(f"folder:{gallery}", cache, reuse=False)  # as for a built-in dataset
+    assert n == 13
 
 
 def test_an_edited_caption_is_the_only_caption_encoded(gallery, tmp_path) -> None:
@@ -192,10 +187,8 @@ def test_a_stopped_partial_encode_resumes_its_own_chunks(gallery, tmp_path, monk
     img.forward = stopping
     with pytest.raises(Stop):
         encode(f"folder:{gallery}", cache, img=img)
-    img = RandomConvEncoder()
-    seen = Counted(img)
-    encode(f"folder:{gallery}", cache, img=img)
-    assert seen.n == 2  # the stored chunk of 4 kept; the last 2 encoded
+    _, n = encode_counted(f"folder:{gallery}", cache)
+    assert n == 2  # the stored chunk of 4 kept; the last 2 encoded
 
 
 def test_assemble_keeps_an_encoders_fixed_width_and_trims_reused_padding() -> None:
@@ -236,10 +229,8 @@ def test_a_moved_gallery_folder_encodes_nothing(gallery, tmp_path) -> None:
     cache = tmp_path / "cache"
     encode(f"folder:{gallery}", cache)
     moved = gallery.rename(tmp_path / "moved")
-    img = RandomConvEncoder()
-    seen = Counted(img)
-    fs = encode(f"folder:{moved}", cache, img=img)
-    assert seen.n == 0 and fs.n_images == 10
+    fs, n = encode_counted(f"folder:{moved}", cache)
+    assert n == 0 and fs.n_images == 10
 
 
 def test_a_donor_gone_before_its_rows_are_read_means_encoding_them(
@@ -257,10 +248,8 @@ def test_a_donor_gone_before_its_rows_are_read_means_encoding_them(
         raise FileNotFoundError("the donor file")
 
     monkeypatch.setattr(reuse, "read_rows", gone)
-    img = RandomConvEncoder()
-    seen = Counted(img)
-    fs = encode(f"folder:{gallery}", cache, img=img)
-    assert seen.n == 11
+    fs, n = encode_counted(f"folder:{gallery}", cache)
+    assert n == 11
     assert_images_as_fresh(fs, f"folder:{gallery}", tmp_path)
 
 
@@ -338,10 +327,8 @@ def test_a_file_edited_in_place_with_its_size_and_dates_kept_is_encoded_again(
         st.st_size,
         st.st_mtime_ns,
     )
-    img = RandomConvEncoder()
-    seen = Counted(img)
-    fs = encode(f"folder:{gallery}", cache, img=img)
-    assert seen.n == 1  # only the edited file; the rest from the stale file itself
+    fs, n = encode_counted(f"folder:{gallery}", cache)
+    assert n == 1  # only the edited file; the rest from the stale file itself
     assert_images_as_fresh(fs, f"folder:{gallery}", tmp_path)
 
 
@@ -363,8 +350,6 @@ def test_an_svg_is_never_copied_since_it_may_render_files_it_links_to(tmp_path) 
     cache = tmp_path / "cache"
     encode(f"jsonl:{data}", cache)
     Image.new("RGB", (32, 32), (0, 0, 255)).save(folder / "tex.png")
-    img = RandomConvEncoder()
-    seen = Counted(img)
-    fs = encode(f"jsonl:{data}", cache, img=img)
-    assert seen.n == 2  # the recoloured bitmap, and the SVG that shows it
+    fs, n = encode_counted(f"jsonl:{data}", cache)
+    assert n == 2  # the recoloured bitmap, and the SVG that shows it
     assert_images_as_fresh(fs, f"jsonl:{data}", tmp_path)
