@@ -41,7 +41,9 @@ def test_a_message_beside_an_open_bar_starts_its_own_line() -> None:
     log = io.StringIO()
     assert line_start(log) == ""  # no bar open
     with progress_bar(total=2, file=log) as bar:
+        assert line_start(log) == ""  # not drawn yet (its first 30 s): nothing on the line
         bar.update()
+        bar.last_print_t = bar.start_t + bar.delay  # as after its first drawing
         assert line_start(log) == "\n"
     assert line_start(log) == ""
     with progress_bar(total=2, file=log, disable=True):

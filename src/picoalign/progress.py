@@ -50,8 +50,13 @@ class _LogBar(tqdm):
 
 
 def open_bars() -> list[tqdm]:
-    """The bars being drawn now (disabled ones have no start time)."""
-    return [b for b in list(getattr(tqdm, "_instances", ())) if hasattr(b, "start_t")]
+    """The bars drawn now: open (disabled ones have no start time) and past their ``delay``
+    (a log's bar, before its first drawing, has put nothing on the line)."""
+    return [
+        b
+        for b in list(getattr(tqdm, "_instances", ()))
+        if hasattr(b, "start_t") and b.last_print_t >= b.start_t + b.delay
+    ]
 
 
 def line_start(stream: IO[str] | None = None) -> str:
