@@ -359,15 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep_freed_memory()  # every command scores in large CPU blocks (allocator module doc)
         with stop_signals_interrupt():
             code = int(args.func(args) or 0)
-        lost = take_pending()  # a stop signal raised where Python dropped it: still stopped
-        if lost is not None:
-            print(f"{line_start()}picoalign: interrupted", file=sys.stderr)
-            return 128 + lost
-        return code
-    except KeyboardInterrupt as e:
+        signum = take_pending()  # a stop signal raised where Python dropped it: still stopped
+        if signum is None:
+            return code
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (cli.signals)
         take_pending()
-        print(f"{line_start()}picoalign: interrupted", file=sys.stderr)
-        return 128 + getattr(e, "signum", signal.SIGINT)
+        signum = getattr(e, "signum", signal.SIGINT)
     except BrokenPipeError:  # `picoalign search ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         return 141  # as a shell reports SIGPIPE; no message
@@ -390,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"picoalign: error: {msg}", file=sys.stderr)
         report_to_launcher(msg)  # torchrun's failure summary says it too
         return 2
+    print(f"{line_start()}picoalign: interrupted", file=sys.stderr)  # stopped, either way
+    return 128 + signum
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -184,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         ) from None
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (cli.signals)
         _interrupted(Path(cfg.out), started, replacing=args.overwrite)
-        return 128 + getattr(e, "signum", 2)
+        return 128 + getattr(e, "signum", signal.SIGINT)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
         return 0
     _plot(cfg.model.label, result.history, Path(cfg.out) / "training.png")

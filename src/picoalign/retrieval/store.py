@@ -226,7 +226,8 @@ def check_index_folder(out: Path, *, overwrite: bool) -> None:
     fileio.check_out_folder(
         out, INDEX_FILES, "a gallery index does not", "write the index to a new or empty folder"
     )
-    lookalike = [] if holds_index(out) else [n for n in INDEX_FILES if (out / n).exists()]
+    index = holds_index(out)  # reads the manifest (megabytes for a large gallery): once
+    lookalike = [] if index else [n for n in INDEX_FILES if (out / n).exists()]
     if lookalike:
         raise ValueError(
             f"--out {out}: holds files a gallery index does not write "
@@ -234,7 +235,7 @@ def check_index_folder(out: Path, *, overwrite: bool) -> None:
             "picoalign index: a damaged one is removed by hand); write the index to a new or "
             "empty folder"
         )
-    if holds_index(out) and not overwrite:
+    if index and not overwrite:
         raise ValueError(f"--out {out}: holds a gallery index; pass --overwrite to replace it")
 
 
