@@ -70,14 +70,15 @@ class PrecompFeatures:
         tokens, mask = self._arrays(split)
         t = np.asarray(tokens[row : row + 1], dtype=np.float32)[0]
         m = np.ones(t.shape[0], bool) if mask is None else np.asarray(mask[row : row + 1])[0] != 0
-        if not np.isfinite(t).all():
+        peak = np.abs(t).max(initial=0.0)  # one pass: NaN and Inf carry through the max
+        if not np.isfinite(peak):
             raise DataError(
                 f"{self.files[split]}: row {row} holds NaN or Inf values: a model cannot be "
                 "trained or scored on them; recompute or remove that row"
             )
-        if np.abs(t).max(initial=0.0) > FP16_MAX:  # the feature cache stores float16
+        if peak > FP16_MAX:  # the feature cache stores float16
             raise DataError(
-                f"{self.files[split]}: row {row} holds values up to {np.abs(t).max():.4g}, "
+                f"{self.files[split]}: row {row} holds values up to {peak:.4g}, "
                 f"beyond float16's {FP16_MAX:g} (the feature cache stores float16): scale "
                 "the features down (e.g. divide by their largest magnitude) and save them again"
             )

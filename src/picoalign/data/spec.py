@@ -22,6 +22,7 @@ from pathlib import Path
 
 from picoalign.data import builtin, folder, formats, scenes
 from picoalign.data.base import ImageCaptionDataset
+from picoalign.data.precomp import FEATURE_SUFFIXES
 
 Builder = Callable[[list[str], int, bool, dict[str, str]], ImageCaptionDataset]
 
@@ -179,12 +180,12 @@ def _format_hint(name: str, spec: str) -> str:
         precomputed = any(
             next(d.glob(f"*{suffix}"), None) is not None
             for d in (path, path / "precomp")
-            for suffix in ("_ims.npy", "_ims.safetensors")
+            for suffix in FEATURE_SUFFIXES
         )
         if precomputed:
             return f" (a folder of your own? say its format: precomp:{spec})"
         return f" (a folder of your own? folder:{spec} is a gallery of its images, to index)"
-    if "/" in name or "\\" in name:
+    if looks_like_path:  # a file that is there, of no suffix said above
         return f" (a file of your own? say its format: jsonl:{spec})"
     return ""
 
