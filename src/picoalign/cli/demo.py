@@ -18,6 +18,7 @@ import torch
 from picoalign.cli.plots import plot_training
 from picoalign.cli.progress import epoch_line
 from picoalign.config import TrainConfig, load_config
+from picoalign.config.paths import real_path
 from picoalign.evaluation import embed_features, evaluate, format_table
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_write_text, check_out_folder, make_dirs
@@ -75,7 +76,7 @@ def run_demo(
     progress: bool = True,
     features: FeatureSet | None = None,
 ) -> int:
-    out = Path(out).expanduser().resolve()  # through a link: the folder it points to
+    out = Path(real_path(str(out)))  # through a link: the folder it points to
     # a rerun replaces the demo's own outputs, never anything else
     check_out_folder(
         out,

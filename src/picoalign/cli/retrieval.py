@@ -31,6 +31,7 @@ from picoalign.cli.data_flags import (
     resolve_folder_args,
     run_data,
 )
+from picoalign.config.paths import real_path
 from picoalign.data import DataError
 from picoalign.fileio import folder_lock
 from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
@@ -152,7 +153,7 @@ def cmd_relocate(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     resolve_folder_args(args)
-    out = Path(args.out).expanduser().resolve()  # through a link: the folder it points to
+    out = Path(real_path(args.out))  # through a link: the folder it points to
     with folder_lock(out, "writing an index into it"):  # one writer: the check holds
         return _index(args, out)
 
