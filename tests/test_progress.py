@@ -28,6 +28,26 @@ def test_a_bar_in_a_log_keeps_its_last_state_on_a_line_of_its_own() -> None:
     assert log.getvalue().count("\r") <= 1 and log.getvalue().count("\n") == 1
 
 
+def test_a_long_bar_in_a_log_writes_each_state_on_a_line_of_its_own() -> None:
+    """A bar running past its first half-minute redrew with "\\r": in a log its states,
+    one per half-minute over an hour-long epoch, were one physical line."""
+    log = io.StringIO()
+    bar = progress_bar(total=3, file=log, desc="epoch")
+    for _ in range(3):
+        bar.last_print_t = bar.start_t + bar.delay  # as if the 30 s had passed
+        bar.refresh()
+        bar.update()
+    print(line_start(log) + "picoalign: warning: a message", file=log)
+    bar.refresh()
+    bar.close()
+    lines = log.getvalue().split("\n")
+    assert "\r" not in log.getvalue()
+    assert lines[-1] == "" and all(lines[:-1]), lines  # no blank line, ends with a newline
+    assert lines[3] == "picoalign: warning: a message"
+    assert [line.split(":")[0] for line in lines[:3] + lines[4:-1]] == ["epoch"] * 5
+    assert "3/3" in lines[-2]
+
+
 def test_a_bar_on_a_terminal_is_left_as_asked() -> None:
     term = Terminal()
     bar = progress_bar(range(3), file=term, leave=False)
@@ -44,6 +64,10 @@ def test_a_message_beside_an_open_bar_starts_its_own_line() -> None:
         assert line_start(log) == ""  # not drawn yet (its first 30 s): nothing on the line
         bar.update()
         bar.last_print_t = bar.start_t + bar.delay  # as after its first drawing
+        bar.refresh()
+        assert line_start(log) == "\n"
+        assert line_start(log) == ""  # that newline ended the bar's line: no blank line
+        bar.refresh()
         assert line_start(log) == "\n"
     assert line_start(log) == ""
     with progress_bar(total=2, file=log, disable=True):

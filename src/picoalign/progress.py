@@ -5,8 +5,9 @@ On a terminal a tqdm bar redraws itself in place (``\\r``), and a bar that close
 redraws pile up on one line, ten a second, and whatever comes next (an epoch line, a
 warning) starts on that line behind the erased bar. So off a terminal every bar redraws at
 most every :data:`LOG_INTERVAL_S` seconds (first after that long: work shorter than that
-logs one line, its final state) and ends with its own newline, and a warning
-printed while a bar is open starts on a line of its own (:func:`line_start`).
+logs one line, its final state), each state it writes is a line of its own (a bar running
+for minutes logs one line per half-minute, not one line of ``\r``-joined states), and a
+warning printed while a bar is open starts on a line of its own (:func:`line_start`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,26 @@ def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
 
 
 class _LogBar(tqdm):
-    """A bar for a log: drawn first after its ``delay``, and always in its final state when
-    it closes (tqdm writes nothing at all for a bar closed before its delay)."""
+    """A bar for a log: drawn first after its ``delay``, always in its final state when it
+    closes (tqdm writes nothing at all for a bar closed before its delay), and each state on
+    a line of its own.
+
+    tqdm's printer starts every state with ``\r`` to redraw it in place; here a state
+    instead ends the line the previous one left open (``line_open``), so the log holds one
+    line per state. The last state's line is ended by ``close`` (tqdm writes that newline),
+    or by a message printed meanwhile (:func:`line_start` says it did)."""
+
+    line_open = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if hasattr(self, "sp"):  # a disabled bar has no printer
+            self.sp = self._print_line
+
+    def _print_line(self, state: str) -> None:
+        self.fp.write(("\n" if self.line_open else "") + state)
+        self.fp.flush()
+        self.line_open = True
 
     def close(self) -> None:
         if not getattr(self, "disable", True) and hasattr(self, "last_print_t"):
@@ -75,4 +94,7 @@ def line_start(stream: IO[str] | None = None) -> str:
         for bar in bars:
             bar.clear()
         return ""
-    return "\n"
+    open_lines = [b for b in bars if getattr(b, "line_open", True)]
+    for bar in open_lines:
+        bar.line_open = False  # the message ends it: the bar's next state starts its own line
+    return "\n" if open_lines else ""
