@@ -255,16 +255,41 @@ def test_a_failed_checkpoint_write_leaves_best_last_and_metrics_as_they_were(
     train(make_cfg(tmp_path, epochs=1, **over), fs)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
 
-    def full(self, pos):
+    def full(*args, **kwargs):
         raise WriteError(f"{tmp_path / 'last'}: cannot write it (No space left on device)")
 
-    monkeypatch.setattr(setup.Run, "save_last", full)
+    monkeypatch.setattr(setup, "save_last", full)
     with pytest.raises(WriteError):
         train(make_cfg(tmp_path, epochs=2, **over), fs, resume=True)
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after.keys() == before.keys()
-    # config.yaml holds the schedule the resume asked for (epochs 2): a --resume continues it
-    assert [p.name for p in before if after[p] != before[p]] == ["config.yaml"]
+    # config.yaml too: it said epochs 2, and a later --resume trained a second epoch that
+    # this failed resume never started
+    assert [p.name for p in before if after[p] != before[p]] == []
+
+
+def test_a_resume_stopped_before_its_checkpoint_leaves_the_run_files(
+    tmp_path: Path, make_feature_set, monkeypatch
+) -> None:
+    """Ctrl-C in the first epoch of ``--resume --epochs 3`` left config.yaml saying 3."""
+    from picoalign.training import loop
+
+    fs = make_feature_set(n=24)
+    over = {"model.method": "baseline"}
+    train(make_cfg(tmp_path, epochs=1, **over), fs)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_train_step", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(tmp_path, epochs=3, **over), fs, resume=True)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+    monkeypatch.undo()
+    train(make_cfg(tmp_path, epochs=3, **over), fs, resume=True)  # and once it checkpoints:
+    assert "epochs: 3" in (tmp_path / "config.yaml").read_text()
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path: Path, make_feature_set) -> None:

@@ -116,8 +116,8 @@ def _train(
             atomic_replace_dir(run.out / "best", run.model.save)
         return run.result
     except BaseException:
-        if "run" in locals() and run.replacing is not None:
-            run.replacing.abort()  # no checkpoint of the new run yet: the old run comes back
+        if "run" in locals():
+            run.undo()  # before its first checkpoint: the folder as it was
         raise
     finally:
         if "run" in locals():

@@ -67,15 +67,46 @@ class Run:
     start: Position
     validated: bool = False  # the first batch's tokens were checked (see loop._validate)
     replacing: Replacement | None = None  # the old run an --overwrite moves aside
+    # a resume's new run files (config.yaml, ...), written with its first checkpoint
+    pending: dict[str, str] = field(default_factory=dict)
+    # those files as they were before, put back if that checkpoint fails (None: absent)
+    before: dict[str, str | None] = field(default_factory=dict)
 
     def save_last(self, pos: Position) -> None:
-        """The resumable checkpoint at ``pos``; the first one lets a replaced run go."""
+        """The resumable checkpoint at ``pos``; the first one lets a replaced run go, and
+        writes a resume's run files. Why then: a resume stopped before it (Ctrl-C, a full
+        disk, a bad option) must leave the run as it was, and a ``config.yaml`` saying
+        ``--epochs 30`` would make a later ``--resume`` train to 30 on a run that never
+        started doing so."""
         assert self.out is not None
+        if self.pending:
+            self.before = {name: _text_or_none(self.out / name) for name in self.pending}
+            for name, text in self.pending.items():
+                atomic_write_text(text, self.out / name)
         r = self.result
         save_last(self.out, self.model, self.opt, self.loss_fn, pos, r.history, r.best)
+        self.pending, self.before = {}, {}
         if self.replacing is not None:
             self.replacing.commit()
             self.replacing = None
+
+    def undo(self) -> None:
+        """A run stopped before its first checkpoint: the folder goes back to what it was
+        (an ``--overwrite``'s old run comes back, a resume's run files are put back)."""
+        if self.replacing is not None:
+            self.replacing.abort()
+        for name, text in self.before.items():
+            try:
+                if text is None:
+                    (self.out / name).unlink(missing_ok=True)  # type: ignore[operator]
+                else:
+                    atomic_write_text(text, self.out / name)  # type: ignore[operator]
+            except OSError as e:  # the error that stopped the run is the one to raise
+                print(f"picoalign: could not put back {name}: {e}", file=sys.stderr)
+
+
+def _text_or_none(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None
 
 
 def setup_run(
@@ -203,30 +234,40 @@ def setup_run(
             notes.append(
                 f"epochs {saved.epochs} -> {cfg.epochs}: the lr steps the run has trained "
                 f"past stay, the rest follow the new length: lr_steps {kept.lr_steps}, not "
-                f"{cfg.lr_step_epochs()} (0-based epochs, as config.yaml now says); a "
-                f"{cfg.epochs}-epoch run from the start is another run"
+                f"{cfg.lr_step_epochs()} (0-based epochs, as config.yaml says from this "
+                f"resume's first checkpoint); a {cfg.epochs}-epoch run from the start is "
+                "another run"
             )
             cfg = result.config = kept
     replacing = Replacement(out) if out is not None and not resume else None
-    if out is not None:
+    run_files = {
+        "config.yaml": dump_config(cfg),
+        "data.json": json.dumps({**fs.meta, "splits": split_sizes(fs)}, indent=2, default=str),
+        "numerics.json": json.dumps(numerics(device), indent=2),
+    }
+    if out is not None and not resume:
         if replacing is not None:
             replacing.begin()  # only now, with the data loaded and the model built
         try:
             make_dirs(out, f"--out {out}")
-            atomic_write_text(dump_config(cfg), out / "config.yaml")
-            meta = {**fs.meta, "splits": split_sizes(fs)}
-            atomic_write_text(json.dumps(meta, indent=2, default=str), out / "data.json")
-            atomic_write_text(json.dumps(numerics(device), indent=2), out / "numerics.json")
+            for name, text in run_files.items():
+                atomic_write_text(text, out / name)
         except BaseException:  # the loop undoes a run it holds; this one it does not hold yet
             if replacing is not None:
                 replacing.abort()
             raise
+    # a resume's files change only with its first checkpoint; unchanged ones are not written
+    pending = {} if out is None or not resume else _changed(out, run_files)
     for line in notes if ctx.is_main else []:
         print(f"picoalign: {line}", file=sys.stderr)  # as every command's own warnings
     return Run(
         cfg, ctx, device, train_fs, eval_fs, model, net, loss_fn, opt, params, pixels, out,
-        result, start, replacing=replacing,
+        result, start, replacing=replacing, pending=pending,
     )  # fmt: skip
+
+
+def _changed(out: Path, files: dict[str, str]) -> dict[str, str]:
+    return {name: text for name, text in files.items() if _text_or_none(out / name) != text}
 
 
 def check_same_data(out: Path, meta: dict[str, Any]) -> str | None:
