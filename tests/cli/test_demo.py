@@ -52,6 +52,19 @@ def test_run_demo_quick_on_given_features(tmp_path: Path, make_feature_set, caps
     assert re.search(r"caption \d+ of image \d+ \| ", printed)  # searches list captions
 
 
+def test_a_demo_rerun_replaces_its_runs_without_naming_a_flag_not_given(
+    tmp_path: Path, make_feature_set, capsys
+) -> None:
+    """A second ``picoalign demo`` said "--overwrite: replacing the run", a flag the user
+    never gave."""
+    fs = make_feature_set(n=40)
+    for _ in range(2):
+        rc = run_demo(data="synthetic", out=tmp_path, quick=True, features=fs, progress=False)
+        assert rc == 0
+    err = capsys.readouterr().err
+    assert err.count("replacing the run in") == 2 and "--overwrite" not in err
+
+
 def test_run_demo_refuses_a_folder_with_other_files(tmp_path: Path, make_feature_set) -> None:
     """The demo replaces its own outputs on a rerun, never a user's files beside them."""
     (tmp_path / "thesis.tex").write_text("mine")

@@ -198,7 +198,7 @@ class Replacement:
         os.replace(self.out, aside)
         self.aside = aside
         print(
-            f"picoalign: --overwrite: replacing the run in {self.out} (the old one is kept in "
+            f"picoalign: replacing the run in {self.out} (the old one is kept in "
             f"{aside} until the new run's first checkpoint)",
             file=sys.stderr,
         )
