@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,6 +145,25 @@ def test_a_stop_signal_before_the_first_checkpoint_keeps_the_old_run_as_ctrl_c_d
     assert rc == 128 + signum and not fresh.exists(), err  # nothing of a new run is left
     assert signal.getsignal(signum) is signal.SIG_DFL or callable(signal.getsignal(signum))
     assert getattr(signal.getsignal(signum), "__name__", "") != "stop"  # handler put back
+
+
+def test_train_into_a_closed_pipe_says_where_it_stopped(ref, tmp_path) -> None:
+    """`picoalign train ... | head -2` ended training at the third epoch line with exit 141
+    and not a word: the run was half-trained, with no best/ (select=last) and no hint."""
+    run = tmp_path / "run"
+    argv = train_argv(ref["data"], run, 60)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # PICOALIGN_CACHE: the env fixture's
+    with subprocess.Popen(
+        [sys.executable, "-m", "picoalign", *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    ) as proc:  # fmt: skip
+        assert proc.stdout is not None and proc.stdout.readline().startswith("epoch   1")
+        proc.stdout.close()  # as `head -1` exits
+        err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 141 and "Traceback" not in err, err
+    said = "its output was closed (a `| head` that had its lines?); continue with: picoalign"
+    assert f"{said} train --out {run} --resume" in err
+    assert 1 <= len(rows(run)) < 60
 
 
 def test_an_out_under_a_literal_tilde_is_the_home_folder(ref, tmp_path, monkeypatch) -> None:

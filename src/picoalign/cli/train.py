@@ -186,6 +186,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (cli.signals)
         _interrupted(Path(cfg.out), started, replacing=args.overwrite)
         return 128 + getattr(e, "signum", signal.SIGINT)
+    except BrokenPipeError:  # `picoalign train ... | head`: stopped at an epoch line
+        # main ends it as a shell's SIGPIPE, silently as for every command; a run stopped
+        # half-way, though, must say so and how to go on
+        _interrupted(Path(cfg.out), started, replacing=args.overwrite, what=STDOUT_CLOSED)
+        raise
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
         return 0
     _plot(cfg.model.label, result.history, Path(cfg.out) / "training.png")
@@ -323,7 +328,12 @@ def _conflicts(
     return found
 
 
-def _interrupted(out: Path, started: float, *, replacing: bool = False) -> None:
+STDOUT_CLOSED = "stopped: its output was closed (a `| head` that had its lines?)"
+
+
+def _interrupted(
+    out: Path, started: float, *, replacing: bool = False, what: str = "interrupted"
+) -> None:
     """Ctrl-C: say how to continue (the last checkpoint is a complete folder swap). An
     ``--overwrite`` stopped before its first checkpoint has put the previous run back
     (training.runs.Replacement): its checkpoint predates this command, and resuming it would
@@ -331,17 +341,17 @@ def _interrupted(out: Path, started: float, *, replacing: bool = False) -> None:
     state = out / "last" / "state.pt"
     if replacing and state.is_file() and state.stat().st_mtime < started:
         print(
-            "picoalign: interrupted before the new run's first checkpoint; the previous run "
+            f"picoalign: {what} before the new run's first checkpoint; the previous run "
             f"in {out} is back as it was (nothing of the new run to resume)",
             file=sys.stderr,
         )
     elif state.is_file():
         print(
-            f"picoalign: interrupted; continue with: picoalign train --out {out} --resume",
+            f"picoalign: {what}; continue with: picoalign train --out {out} --resume",
             file=sys.stderr,
         )
     else:
-        msg = "picoalign: interrupted before the first checkpoint: nothing to resume"
+        msg = f"picoalign: {what} before the first checkpoint: nothing to resume"
         if not (out / "config.yaml").exists():  # training.runs.Replacement removed the rest
             msg += f"; nothing of the run is left in {out} (the same command starts it again)"
         print(msg, file=sys.stderr)
