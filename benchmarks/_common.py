@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from picoalign.core.hardware import native_low_precision
-from picoalign.fileio import atomic_write_text
+from picoalign.fileio import atomic_write, atomic_write_text
 
 
 def machine() -> dict[str, object]:
@@ -86,3 +87,23 @@ def refuse_to_overwrite(paths: Iterable[str | Path], overwrite: bool) -> None:
             f"{', '.join(existing)} exists (a committed or earlier result): name another file, "
             "or pass --overwrite to replace it"
         )
+
+
+def write_unless_changed(staged: dict[Path, Path], overwrite: bool, what: str) -> list[Path]:
+    """Copy each drawn-aside file of ``staged`` (destination → temporary file) to its
+    destination, and return those that changed. A destination that exists and would change
+    stops it, with nothing written, unless ``overwrite``: ``what`` (the option that redraws)
+    may be re-run on a committed report or docs picture drawn by other code or from other
+    rows, and must not replace it without a word."""
+    changed = [
+        d for d, new in staged.items() if not d.is_file() or d.read_bytes() != new.read_bytes()
+    ]
+    existing = [str(d) for d in changed if d.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{what} would change {', '.join(existing)} (drawn by other code or from other "
+            "rows): pass --overwrite to replace them"
+        )
+    for dest in changed:
+        atomic_write(dest, lambda tmp, new=staged[dest]: shutil.copyfile(new, tmp))
+    return changed

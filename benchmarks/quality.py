@@ -46,7 +46,6 @@ from typing import Any
 
 import torch
 
-from picoalign.cli.plots import plot_training
 from picoalign.config import load_config
 from picoalign.evaluation import evaluate
 from picoalign.features import FeatureSet, dataset_features
@@ -58,6 +57,7 @@ from picoalign.training.distributed import state_digest
 from picoalign.training.loop import train
 from picoalign.training.schedule import resolve_epochs
 from quality_args import build_parser, default_paths
+from quality_outputs import draw_plots, write_outputs
 from quality_plan import (
     BASE,
     CORE,
@@ -71,12 +71,9 @@ from quality_plan import (
     plan,
     recipe_of,
     run_id,
-    slug,
 )
 from quality_rows import (
     DEFAULT_PICO,
-    best_baseline,
-    best_pico,
     check_budget,
     check_math,
     check_recipe,
@@ -173,33 +170,6 @@ def _first_of_each_split(fs: FeatureSet, n: int) -> list[int]:
 
 def _clock(seconds: float) -> str:
     return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
-
-
-def draw_plots(
-    rows: list[dict[str, Any]], train_sets: list[str], tune: list[int], out: Path
-) -> None:
-    """One training-curve figure per training set: seed 0's histories of the best baseline,
-    ``fine_grained``, the best PICO family and the default PICO, each at its picked margin.
-
-    A confirmation has no seed-0 histories and two families, so it never calls this and
-    leaves the study's plots alone; ``--report-only`` redraws them."""
-    for ts in train_sets:
-        sub = [r for r in rows if r["train_set"] == ts and r["family"] in FAMILIES]
-        try:
-            shown = {best_baseline(sub, ts, tune), "fine_grained", best_pico(sub, ts, tune)}
-        except ValueError:  # this set has not run
-            continue
-        hist = {}
-        for fam in sorted(shown | {DEFAULT_PICO}):
-            try:
-                m = pick_margin(sub, fam, ts, tune)
-            except ValueError:
-                continue
-            p = history_path(out, fam, m, ts)
-            if p.exists():
-                hist[f"{fam} m={m}"] = json.loads(p.read_text())
-        if hist:
-            plot_training(hist, out / f"training-{slug(ts)}.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,11 +342,21 @@ def main(argv: list[str] | None = None) -> int:
     # a confirmation's rows hold one margin per family: its first seed "picks" that margin
     tune = args.seeds[:n_tune] if args.confirm is None else args.seeds[:1]
     text = report(list(done.values()), tune, confirms, n_tune)
-    atomic_write_text(text, args.report)
+    args.plots_dir = plot_dir
+    rows = list(done.values())
+    draw = None
+    if plot_dir is not None:
+
+        def draw(folder: Path) -> None:
+            draw_plots(rows, args.train_sets, tune, plot_dir, folder)
+
+    try:
+        changed = write_outputs(args, text, draw)
+    except FileExistsError as err:
+        ap.error(str(err))
     print(text)
     print(f"rows: {args.results}\nreport: {args.report}")
-    if plot_dir is not None:
-        draw_plots(list(done.values()), args.train_sets, tune, plot_dir)
+    print(f"written: {', '.join(map(str, changed)) or 'nothing (each file already held this)'}")
     return 0
 
 

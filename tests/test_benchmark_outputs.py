@@ -56,6 +56,22 @@ def test_an_existing_opt_in_file_is_refused_before_any_work(name, flag, tmp_path
     assert kept.read_text() == "a committed result\n"
 
 
+def test_write_unless_changed_writes_new_and_same_files_and_refuses_changes(tmp_path) -> None:
+    common = load("_common")
+    new, same, other = (tmp_path / n for n in ("new.png", "same.png", "other.png"))
+    same.write_bytes(b"same")
+    other.write_bytes(b"old")
+    drawn = {p: tmp_path / f"drawn-{p.name}" for p in (new, same, other)}
+    for dest, aside in drawn.items():
+        aside.write_bytes(b"old" if dest is new else b"same" if dest is same else b"new")
+    with pytest.raises(FileExistsError, match=r"--report-only would change .*other.png"):
+        common.write_unless_changed(drawn, False, "--report-only")
+    assert not new.exists() and other.read_bytes() == b"old"  # nothing written
+    del drawn[other]
+    assert common.write_unless_changed(drawn, False, "--report-only") == [new]
+    assert new.read_bytes() == b"old"
+
+
 def test_refuse_to_overwrite_lets_new_files_and_overwrite_through(tmp_path) -> None:
     common = load("_common")
     new, old = tmp_path / "new.json", tmp_path / "old.json"

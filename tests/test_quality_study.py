@@ -219,6 +219,26 @@ def test_the_study_tunes_on_three_seeds_unless_told(quality, tmp_path, given, sa
     assert f"margin with the best validation rSum of {says}" in (tmp_path / "r.md").read_text()
 
 
+def test_report_only_replaces_no_report_it_would_change(quality, tmp_path, capsys) -> None:
+    """The audit: the documented `--report-only` command rewrote the committed report and
+    docs pictures (drawn by older code) without --overwrite, so they silently stopped being
+    what the repo's files said."""
+    rows = tmp_path / "r.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in three_seeds()))
+    report = tmp_path / "r.md"
+    argv = ["--report-only", "--seeds", "0", "1", "2", "--train-sets", TS, "--results",
+            str(rows), "--report", str(report), "--plots", str(tmp_path)]  # fmt: skip
+    assert quality.main(argv) == 0  # a new report is written
+    made = report.read_text()
+    assert quality.main(argv) == 0 and "written: nothing" in capsys.readouterr().out
+    report.write_text(made.replace("validation", "val"))  # as older code wrote it
+    with pytest.raises(SystemExit) as info:
+        quality.main(argv)
+    assert info.value.code == 2 and f"would change {report}" in capsys.readouterr().err
+    assert "val rSum" in report.read_text()  # untouched
+    assert quality.main([*argv, "--overwrite"]) == 0 and report.read_text() == made
+
+
 def test_more_tuning_seeds_than_seeds_is_refused(quality, tmp_path, capsys) -> None:
     own = ["--results", str(tmp_path / "r.jsonl"), "--report", str(tmp_path / "r.md")]
     with pytest.raises(SystemExit) as info:
