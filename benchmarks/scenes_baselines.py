@@ -148,7 +148,7 @@ def one_run(
         t0 = time.perf_counter()
         result = train(cfg, train_fs)
         seconds = time.perf_counter() - t0
-        model = PicoAligner.load(Path(tmp) / "best")  # best epoch by validation rSum
+        model = PicoAligner.load(Path(tmp) / "best")  # select=last: the last epoch
     return {
         "method": method,
         "seed": seed,
