@@ -629,6 +629,29 @@ def test_search_of_a_spaced_file_name_two_indexes_a_missing_model_and_a_replaced
     assert rc == 0 and f"contact sheet: {sheet} (it replaces the earlier sheet there)" in out
 
 
+def test_a_tilde_in_any_path_option_is_the_home_folder(
+    trained, tmp_path: Path, monkeypatch
+) -> None:
+    """The gallery walkthrough: `--index=~/idx` (no shell expands "~" after "=") was "not
+    found", as were `evaluate --checkpoint=~/run` and `relocate '~/idx' ...`, and
+    `--sheet=~/s.png` drew the sheet into a folder named "~" in the current one."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    shutil.copytree(trained["run"], home / "run")
+    rc, _, err = run_cli("index", "--checkpoint=~/run", "--out=~/idx", "--no-progress")
+    assert rc == 0 and (home / "idx" / "manifest.json").is_file(), err
+    rc, _, err = run_cli("search", "--index=~/idx", "a dog", "--sheet=~/s.png")
+    assert rc == 0 and (home / "s.png").is_file(), err
+    rc, _, err = run_cli("evaluate", "--checkpoint=~/run")
+    assert rc == 0, err
+    rc, _, err = run_cli("relocate", "~/idx", "~/nowhere", "~/elsewhere")
+    assert rc == 2 and "~/idx" not in err, err  # refused for what it says, not "not found"
+    assert list(cwd.iterdir()) == []  # no folder named "~"
+
+
 def test_evaluate_warns_when_a_backbone_changed_since_training(trained, tmp_path: Path) -> None:
     """The walkthrough's report: an hf: folder saved again with new weights after training
     changed R@1 from 13.3 to 0.0, and nothing said the features were not the trained ones.

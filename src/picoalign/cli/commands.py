@@ -24,6 +24,7 @@ from picoalign.cli.data_flags import (
     changed_data_warning,
     changed_encoder_warning,
     data_kwargs,
+    expand_home,
     resolve_folder_args,
     run_data,
 )
@@ -358,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         keep_freed_memory()  # every command scores in large CPU blocks (allocator module doc)
         with stop_signals_interrupt():
+            expand_home(args)
             code = int(args.func(args) or 0)
         signum = take_pending()  # a stop signal raised where Python dropped it: still stopped
         if signum is None:

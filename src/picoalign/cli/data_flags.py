@@ -4,6 +4,7 @@ defined once so the commands spell and document them identically (``docs/data.md
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,27 @@ def resolve_folder_args(args: argparse.Namespace) -> None:
         if value is None:
             article = "an" if name[0] in "aeiou" else "a"
             p.error(f"{article} {name} is required: {name.upper()} or --{name} {name.upper()}")
-        setattr(args, name, value)
+        setattr(args, name, os.path.expanduser(value))
         delattr(args, f"{name}_pos")
     if hasattr(args, "_folder_args"):
         del args._folder_args
+
+
+# the options that name a file or folder (a folder argument's two spellings: above)
+PATH_OPTIONS = ("out", "config", "index", "image", "sheet", "old", "new", "dir")
+
+
+def expand_home(args: argparse.Namespace) -> None:
+    """``~`` as the home folder in every path option. The shell expands it only at the start
+    of a word: ``--sheet=~/s.png`` and a quoted ``"~/x"`` reach us as they are, and a sheet
+    was drawn into a folder named ``~`` in the current one (which ``rm -rf ~`` then "cleans
+    up"), while ``--index=~/idx`` was "not found"."""
+    for name in PATH_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, name, [os.path.expanduser(v) for v in value])
 
 
 def add_split_seed(p: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -245,7 +246,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         if index.kind == "images":
             _refuse_image_files(args.queries)
         args.text, args.image = (
-            (args.queries, None) if index.kind == "images" else (None, args.queries)
+            (args.queries, None)
+            if index.kind == "images"
+            else (None, [os.path.expanduser(q) for q in args.queries])  # files: as --image
         )
     if args.exhaustive and not args.rerank:
         raise ValueError(
