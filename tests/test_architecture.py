@@ -15,12 +15,13 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "picoalign"
 # layer -> the picoalign layers it may import (besides itself). Top-level modules are layers
 # of their own name (model, fileio, config, __init__, __main__).
 LOWER = {"core", "model", "features", "data", "encoders", "fileio", "config", "evaluation",
-         "inputs"}  # fmt: skip
+         "inputs", "marks"}  # fmt: skip
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "fileio": set(),
     "progress": set(),
-    "data": {"fileio", "progress"},
+    "marks": set(),
+    "data": {"fileio", "progress", "marks"},
     "encoders": {"core", "data"},
     "features": {"core", "data", "encoders", "fileio", "progress"},
     "inputs": {"data"},
@@ -36,6 +37,7 @@ ALLOWED: dict[str, set[str]] = {
         "evaluation",
         "config",
         "progress",
+        "marks",
     },
     "training": {*LOWER, "progress"},
     "cli": {*LOWER, "retrieval", "training", "progress", "__init__"},

@@ -66,7 +66,8 @@ def test_links_are_one_item_odd_names_are_problems_and_passed_files_are_said(
     notes: list[str] = []
     ds = prepare_dataset(f"folder:{root}", need_splits=("all",), report=notes.append)
     assert [it.key for it in ds.items] == ["b.png", "sub dir é/a.JPG"]  # the real file's key
-    assert any("2 images; passed over 1 files that are not images and 1 links" in n for n in notes)
+    said = "2 images; passed over 1 file that is not an image and 1 link to an image already"
+    assert any(said in n for n in notes), notes
     bad = os.fsencode(root) + b"/caf\xe9.png"
     Image.new("RGB", (9, 9)).save(bad.decode("utf-8", "surrogateescape"), format="PNG")
     with pytest.raises(DataError, match=r"caf\\xe9\.png: file name is not valid UTF-8"):
@@ -103,5 +104,31 @@ def test_linked_folders_are_walked_once_and_broken_links_and_non_images_said(
         "sub dir é/a.JPG",
     ]
     assert any(
-        "4 images; passed over 3 files that are not images and 1 broken links" in n for n in notes
+        "4 images; passed over 3 files that are not images and 1 broken link" in n for n in notes
     ), notes
+
+
+def test_picoalign_outputs_kept_in_the_gallery_are_not_pictures_of_it(tmp_path: Path) -> None:
+    """The gallery walkthrough: a contact sheet saved into the gallery was indexed as an
+    image on the next `index`, and an index folder kept inside it was walked."""
+    import json
+
+    from PIL import PngImagePlugin
+
+    from picoalign.marks import INDEX_FORMAT, SHEET_SOFTWARE
+
+    root = _gallery(tmp_path / "g")
+    mark = PngImagePlugin.PngInfo()
+    mark.add_text("Software", SHEET_SOFTWARE)
+    Image.new("RGB", (9, 9)).save(root / "results.png", pnginfo=mark)
+    (root / "idx").mkdir()
+    (root / "idx" / "manifest.json").write_text(json.dumps({"format": INDEX_FORMAT}))
+    Image.new("RGB", (9, 9)).save(root / "idx" / "thumb.png")
+    (root / "web").mkdir()  # another program's manifest: its folder is the gallery's
+    (root / "web" / "manifest.json").write_text(json.dumps({"name": "app"}))
+    Image.new("RGB", (9, 9)).save(root / "web" / "icon.png")
+    notes: list[str] = []
+    ds = prepare_dataset(f"folder:{root}", need_splits=("all",), report=notes.append)
+    assert [it.key for it in ds.items] == ["b.png", "sub dir é/a.JPG", "web/icon.png"]
+    said = "passed over 2 files that are not images and 2 picoalign outputs (index folders"
+    assert any(said in n for n in notes), notes

@@ -93,11 +93,24 @@ def prepare_dataset(
     if not dataset.items:
         raise DataError(f"--data {spec}: the dataset has no usable items")
     passed = [  # a gallery folder's files that are not items (picoalign.data.folder)
-        f"{n} {what}"
-        for n, what in (
-            (dataset.notes.get("not_images", 0), "files that are not images"),
-            (dataset.notes.get("duplicates", 0), "links to images already in it"),
-            (dataset.notes.get("broken_links", 0), "broken links"),
+        f"{n} {one if n == 1 else many}"
+        for n, one, many in (
+            (
+                dataset.notes.get("not_images", 0),
+                "file that is not an image",
+                "files that are not images",
+            ),
+            (
+                dataset.notes.get("duplicates", 0),
+                "link to an image already in it",
+                "links to images already in it",
+            ),
+            (dataset.notes.get("broken_links", 0), "broken link", "broken links"),
+            (
+                dataset.notes.get("picoalign_outputs", 0),
+                "picoalign output (index folder or contact sheet)",
+                "picoalign outputs (index folders, contact sheets)",
+            ),
         )
         if n
     ]

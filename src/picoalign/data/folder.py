@@ -2,11 +2,13 @@
 
 Why a format of its own: serving search over one's own pictures is the common case, and it
 has no captions to write. Every image file under PATH (sub-folders included, linked ones too,
-hidden ones not) is one item, keyed by its path relative to PATH; files that are not images by their
-extension (Pillow's list) are passed over and counted. All items are in the ``test`` split,
-so ``index --split all`` and ``--split test`` both take the whole gallery. With no captions
-there is nothing to train or evaluate on: :func:`picoalign.data.check.prepare_dataset`
-says so for those commands, and a caption index has nothing to hold.
+hidden ones not) is one item, keyed by its path relative to PATH. Files that are not images
+by their extension (Pillow's list) are passed over and counted, and so are picoalign's own
+outputs: an index folder kept in the gallery, a search's contact sheet saved there
+(:mod:`picoalign.marks`). All items are in the ``test`` split, so ``index --split all`` and
+``--split test`` both take the whole gallery. With no captions there is nothing to train or
+evaluate on: :func:`picoalign.data.check.prepare_dataset` says so for those commands, and a
+caption index has nothing to hold.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from picoalign.data._text import Problems
 from picoalign.data.base import DataError, ImageCaptionDataset, Item, items_fingerprint
 from picoalign.data.images import FileLoader
 from picoalign.data.records import file_identity
+from picoalign.marks import holds_index, is_sheet
 
 __all__ = ["image_extensions", "image_folder"]
 
@@ -59,7 +62,7 @@ def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDat
     exts = image_extensions()
     problems = Problems(skip_bad)
     found: list[tuple[str, Path]] = []
-    other = broken = 0
+    other = broken = own = 0
     # linked folders outside the gallery are followed (a gallery assembled from links to
     # other disks), each real folder once: a link back up a tree would be walked for ever. A
     # link to a folder inside the gallery is not: its files are items under their own paths.
@@ -71,6 +74,9 @@ def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDat
             real = os.path.realpath(os.path.join(dirpath, d))
             link = os.path.islink(os.path.join(dirpath, d))
             if link and (real == inside or real.startswith(inside + os.sep)):
+                continue
+            if holds_index(Path(dirpath) / d):  # an index kept in its gallery: not pictures
+                own += 1
                 continue
             if real not in walked:
                 walked.add(real)
@@ -85,6 +91,9 @@ def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDat
                 continue
             if not (full.suffix.lower() in exts and full.is_file()):
                 other += 1
+                continue
+            if full.suffix.lower() == ".png" and is_sheet(full):  # a search's, saved here
+                own += 1
                 continue
             key = full.relative_to(root).as_posix()
             try:
@@ -119,7 +128,12 @@ def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDat
         st = full.stat()
         stats.append(file_identity(st))
     fp = items_fingerprint("folder", str(root.resolve()), *stats, items=items)
-    counts = (("not_images", other), ("duplicates", duplicates), ("broken_links", broken))
+    counts = (
+        ("not_images", other),
+        ("duplicates", duplicates),
+        ("broken_links", broken),
+        ("picoalign_outputs", own),
+    )
     notes = {k: v for k, v in counts if v}
     return problems.finish(
         ImageCaptionDataset(

@@ -14,17 +14,15 @@ import numpy as np
 
 from picoalign.data.base import DataError
 from picoalign.fileio import atomic_write
+from picoalign.marks import SHEET_SOFTWARE, is_sheet
 
 # what a sheet's PNG records as its "Software": the mark that lets a later search replace it
-SHEET_SOFTWARE = "picoalign contact sheet"
 
 
 def check_sheet_path(path: str | Path) -> Path:
     """``path`` if a contact sheet may be written there: a new file, or a sheet picoalign
     wrote before (re-running a search updates its sheet). Anything else, say a photo given
     by a slip of the keyboard, is refused: a user's file is never overwritten."""
-    from PIL import Image, UnidentifiedImageError
-
     out = Path(path)
     if out.suffix.lower() != ".png":  # the sheet is PNG data whatever its name says
         raise ValueError(f"contact sheet {out}: a sheet is a PNG image; give a .png path")
@@ -32,12 +30,7 @@ def check_sheet_path(path: str | Path) -> Path:
         return out
     if out.is_dir():
         raise ValueError(f"contact sheet {out}: is a folder, expected a .png file path")
-    try:
-        with Image.open(out) as png:
-            ours = png.info.get("Software") == SHEET_SOFTWARE
-    except (OSError, UnidentifiedImageError):
-        ours = False
-    if not ours:
+    if not is_sheet(out):
         raise ValueError(
             f"contact sheet {out}: the file exists and is not a sheet picoalign wrote; "
             "give another path or delete it"

@@ -24,8 +24,9 @@ from torch import Tensor
 from picoalign import fileio
 from picoalign.core.similarity import pool_tokens
 from picoalign.fileio import atomic_write_json, atomic_write_safetensors
+from picoalign.marks import INDEX_FORMAT, INDEX_FORMAT_VERSION, holds_index
 
-FORMAT, FORMAT_VERSION = "picoalign-gallery", 1
+FORMAT, FORMAT_VERSION = INDEX_FORMAT, INDEX_FORMAT_VERSION
 KINDS = ("images", "captions")
 FIRST_STAGES = ("flat", "ivf", "hnsw")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -203,18 +204,6 @@ def new_manifest(
         "keys": keys,
         "sources": sources,
     }
-
-
-def holds_index(path: Path) -> bool:
-    """Whether ``path`` holds a gallery index: a ``manifest.json`` of picoalign's format
-    (written last, so a folder with one is a complete index, never a half-built write). A
-    web app's own manifest.json made a folder "an index", and ``--overwrite`` replaced it."""
-    try:
-        with open(path / "manifest.json", encoding="utf-8") as f:
-            man = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(man, dict) and man.get("format") == FORMAT
 
 
 INDEX_FILES = ("tokens.safetensors", "faiss.index", "manifest.json")

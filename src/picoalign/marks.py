@@ -1,0 +1,40 @@
+"""How picoalign knows its own outputs again: a gallery index's manifest and a search's
+contact sheet.
+
+Why a module of its own, below ``data`` and ``retrieval``: the writer (``retrieval``) marks
+what it writes, and others must recognise it. ``index --overwrite`` replaces only an index;
+a sheet replaces only a sheet; and a ``folder:`` gallery walk passes over both, since a
+contact sheet saved into the gallery, or an index folder kept inside it, is not a picture of
+the gallery (a re-index took them in as images).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+INDEX_FORMAT, INDEX_FORMAT_VERSION = "picoalign-gallery", 1
+SHEET_SOFTWARE = "picoalign contact sheet"  # the PNG "Software" text of a contact sheet
+
+
+def holds_index(path: Path) -> bool:
+    """Whether ``path`` holds a gallery index: a ``manifest.json`` of picoalign's format
+    (written last, so a folder with one is a complete index, never a half-built write). A
+    web app's own manifest.json made a folder "an index", and ``--overwrite`` replaced it."""
+    try:
+        with open(Path(path) / "manifest.json", encoding="utf-8") as f:
+            man = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(man, dict) and man.get("format") == INDEX_FORMAT
+
+
+def is_sheet(path: Path) -> bool:
+    """Whether ``path`` is a contact sheet picoalign drew (its PNG mark; header only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as png:
+            return png.info.get("Software") == SHEET_SOFTWARE
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
