@@ -532,6 +532,34 @@ def test_an_image_index_encodes_no_captions(trained, tmp_path: Path, monkeypatch
     assert rc == 0, err  # a caption index encodes them, and reuses the cached images
     kinds = sorted(p.name.split("-")[2] for p in (cache / "features").iterdir())
     assert kinds == ["images", "texts"]
+    # the gallery walkthrough: a text query on a caption index said "image not found"
+    rc, _, err = run_cli("search", str(tmp_path / "c"), "a red circle")
+    assert rc == 2 and "a red circle: no such image file; index" in err, err
+    assert "holds captions, so its queries are image files" in err
+    rc, _, err = run_cli("search", str(tmp_path / "c"), str(tmp_path))
+    assert rc == 2 and "is a folder; a caption index is searched by image files" in err, err
+
+
+def test_search_json_says_which_hits_files_are_gone_and_which_score_it_gives(
+    trained, tmp_path: Path, write_jsonl_dataset
+) -> None:
+    """The gallery walkthrough: a deleted image was rank 1 in `search --json`, the warning
+    on stderr only, and `--no-rerank` scores (another scale) looked like the model's."""
+    data = write_jsonl_dataset(tmp_path / "data")
+    index = tmp_path / "idx"
+    rc, _, err = run_cli("index", str(trained["run"]), "--data", f"jsonl:{data}", "--split",
+                         "all", "--out", str(index), "--no-progress")  # fmt: skip
+    assert rc == 0, err
+    rc, out, err = run_cli("search", str(index), "a red circle", "--json", "-k", "3")
+    first = json.loads(out)[0]["hits"][0]
+    assert rc == 0 and first["file"] == "ok" and first["score_kind"] == "model", err
+    Path(first["source"]).unlink()
+    with pytest.warns(UserWarning, match="no longer at its path"):
+        rc, out, err = run_cli("search", str(index), "a red circle", "--json", "-k", "3")
+    again = json.loads(out)[0]["hits"][0]
+    assert rc == 0 and again["source"] == first["source"] and again["file"] == "missing"
+    rc, out, _ = run_cli("search", str(index), "a red circle", "--json", "--no-rerank")
+    assert {h["score_kind"] for h in json.loads(out)[0]["hits"]} == {"pooled"}
 
 
 def test_evaluate_and_index_warn_when_the_runs_data_changed_since_training(

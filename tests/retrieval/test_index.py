@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from picoalign.cli.retrieval import add_parsers, format_hits
+from picoalign.cli.hits import format_hits
+from picoalign.cli.retrieval import add_parsers
 from picoalign.data import load_dataset
 from picoalign.features.encode import encode_dataset
 from picoalign.model import ModelConfig, PicoAligner
@@ -389,7 +390,15 @@ def test_cli_index_and_search(tiny, tmp_path, monkeypatch, capsys):
     result = json.loads(capsys.readouterr().out)
     assert [r["query"] for r in result] == ["a red circle", "blue"]
     assert [h["rank"] for h in result[0]["hits"]] == [1, 2, 3]
-    assert set(result[0]["hits"][0]) == {"rank", "row", "key", "source", "score"}
+    assert set(result[0]["hits"][0]) == {
+        "rank",
+        "row",
+        "key",
+        "source",
+        "score",
+        "score_kind",
+        "file",
+    }
     assert sheet.is_file()
     photo = tmp_path / "photo.png"
     Image.new("RGB", (8, 8)).save(photo)

@@ -32,6 +32,13 @@ from picoalign.cli.data_flags import (
     resolve_folder_args,
     run_data,
 )
+from picoalign.cli.hits import (
+    format_hits,
+    hit_rows,
+    image_queries,
+    refuse_image_files,
+    warn_stale_sources,
+)
 from picoalign.config.paths import real_path
 from picoalign.data import DataError
 from picoalign.fileio import folder_lock
@@ -244,12 +251,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = GalleryIndex.load(args.index, checkpoint=args.checkpoint)
     if args.queries:  # an image index is searched by text, a caption index by image
         if index.kind == "images":
-            _refuse_image_files(args.queries)
+            refuse_image_files(args.queries)
         args.text, args.image = (
             (args.queries, None)
             if index.kind == "images"
             else (None, [os.path.expanduser(q) for q in args.queries])  # files: as --image
         )
+    if args.image and index.kind == "captions":
+        image_queries(args.image, args.index)
     if args.exhaustive and not args.rerank:
         raise ValueError(
             "--exhaustive scores every item fine-grained; --no-rerank keeps stage 1 "
@@ -277,17 +286,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         hits = index.search_image(model, args.image, **kw)
     if args.json:
-        out = [
-            {"query": qry, "hits": [{"rank": r, **h.to_dict()} for r, h in enumerate(hs, 1)]}
-            for qry, hs in zip(queries, hits, strict=True)
-        ]
-        print(json.dumps(out, indent=2))
+        print(json.dumps(hit_rows(hits, queries, index, args.rerank), indent=2))
     else:
         for i, (qry, hs) in enumerate(zip(queries, hits, strict=True)):
             shown = qry if len(qry) <= 120 else f"{qry[:117]}…"  # whole in --json
             print(("\n" if i else "") + f"query: {shown}")
             print(format_hits(hs))
-    _warn_stale_sources(hits, index, args.index)
+    warn_stale_sources(hits, index, args.index)
     short = [i for i, hs in enumerate(hits, 1) if len(hs) < min(args.top_k, index.n)]
     if short and not args.exhaustive:
         n = len(hits[short[0] - 1])
@@ -325,78 +330,3 @@ def _ivf_only(nprobe: int | None, stage: str | None, what: str, hint: str = "") 
             f"--nprobe: {what} has a {stage} first stage; --nprobe applies to an ivf first "
             f"stage, not {stage}{hint}"
         )
-
-
-def _refuse_image_files(queries: list[str]) -> None:
-    """An image file given as a query of an image index would be searched as the text of
-    its path, and rank the gallery plausibly enough to hide the mistake."""
-    from picoalign.data.folder import image_extensions
-
-    exts = image_extensions()
-    named = [q for q in queries if Path(q).suffix.lower() in exts]
-    files = [q for q in named if Path(q).is_file()]  # a file name may hold spaces
-    # a sentence that happens to end in ".png" is only warned about when it has no spaces
-    for q in (q for q in named if not Path(q).is_file() and " " not in q.strip()):
-        warnings.warn(f"{q} looks like an image file, but there is none: searched as text",
-                      stacklevel=3)  # fmt: skip
-    if files:
-        raise ValueError(
-            f"{files[0]} is an image file, and an image index is searched by text: "
-            "searching images by an image is not supported (a caption index, built with "
-            "picoalign index --kind captions from data with captions, is searched by image); "
-            "to search for this text, give --text"
-        )
-
-
-def _warn_stale_sources(hits: list[list[Any]], gallery: Any, index: str) -> None:
-    """Results that name image files no longer there (a gallery moved or pruned since it was
-    indexed), or edited since, are still printed, since the index holds their features, but
-    not silently: a contact sheet would draw the new picture beside the old one's score."""
-    if gallery.kind != "images":
-        return
-    gone, changed = gallery.stale_sources(sorted({h.row for hs in hits for h in hs}))
-    if changed:
-        warnings.warn(
-            f"{len(changed)} of the results' image files changed since index {index} was built "
-            f"(size or modification time), e.g. {changed[0]}: the index ranks them by the "
-            f"pictures they held then; index the gallery again (--overwrite) to see them as "
-            "they are",
-            stacklevel=2,
-        )
-    if gone:
-        warnings.warn(
-            f"{len(gone)} of the results' image files {'is' if len(gone) == 1 else 'are'} no "
-            f"longer at {'its path' if len(gone) == 1 else 'their paths'} (moved or deleted "
-            f"since index {index} was built), e.g. {gone[0]}; if the gallery moved, "
-            f"picoalign relocate {index} OLD_FOLDER NEW_FOLDER points the index at it",
-            stacklevel=2,
-        )
-
-
-def _cell(text: str) -> str:
-    """A table cell on one line: a newline or tab in a file name would break the table."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
-def format_hits(hits: list[Any]) -> str:
-    """An aligned table: rank, score, key, source (and caption for caption indexes)."""
-    captions = any(h.caption is not None for h in hits)
-    head = ["rank", "score", "key", *(["caption"] if captions else []), "source"]
-    rows = [
-        [
-            str(r), f"{h.score:.4f}", _cell(h.key), *([_cell(h.caption or "")] if captions else []),
-            _cell(h.source),
-        ]
-        for r, h in enumerate(hits, 1)
-    ]  # fmt: skip
-    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
-    right = {0, 1}  # numbers align right
-
-    def line(cells: list[str]) -> str:
-        out = [
-            c.rjust(w) if j in right else c.ljust(w)
-            for j, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(out).rstrip()
-
-    return "\n".join(line(r) for r in [head, *rows]) if rows else "  (no results)"
