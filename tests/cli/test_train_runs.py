@@ -223,6 +223,24 @@ def test_a_plotting_problem_warns_and_the_run_still_succeeds(ref, tmp_path, monk
     assert "warning:" in err and "training.png not written" in err and "Traceback" not in err
 
 
+def test_ctrl_c_while_the_plot_is_drawn_says_the_run_is_complete(
+    ref, tmp_path, monkeypatch
+) -> None:
+    """The gallery walkthrough: Ctrl-C in the last second of `train` (drawing training.png,
+    best/ already saved) printed a bare "interrupted", as if the run were lost."""
+    from picoalign.cli import plots
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "plot_training", stopped)
+    run = tmp_path / "run"
+    rc, _, err = run_cli(*train_argv(ref["data"], run, 1))
+    assert rc == 130 and "Traceback" not in err, err
+    assert f"the run itself is complete (model saved in {run}/best)" in err
+    assert (run / "best" / "model.safetensors").is_file()
+
+
 def test_resume_may_add_epochs(ref, tmp_path) -> None:
     run = tmp_path / "run"
     assert run_cli(*train_argv(ref["data"], run, 1))[0] == 0

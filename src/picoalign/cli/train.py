@@ -193,7 +193,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
         return 0
-    _plot(cfg.model.label, result.history, Path(cfg.out) / "training.png")
+    try:
+        _plot(cfg.model.label, result.history, Path(cfg.out) / "training.png")
+    except KeyboardInterrupt as e:  # the run is complete: say so, not just "interrupted"
+        print(
+            f"picoalign: interrupted while drawing {cfg.out}/training.png; the run itself is "
+            f"complete (model saved in {result.out}/best)",
+            file=sys.stderr,
+        )
+        return 128 + getattr(e, "signum", signal.SIGINT)
     print(
         f"selected epoch {result.best.get('epoch')} ({cfg.select}): {cfg.eval_split} rSum "
         f"{result.best.get('rsum', float('nan')):.1f}; model saved in {result.out}/best"
