@@ -223,10 +223,37 @@ def test_refuses_missing_or_corrupt(tiny, tmp_path):
         GalleryIndex.load(out)
     manifest.write_text(good)
     (out / "tokens.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="corrupt index files"):
+    with pytest.raises(ValueError, match="its checksum differs"):
         GalleryIndex.load(out)
+    with pytest.raises(ValueError, match="corrupt index files"):
+        GalleryIndex.load(out, verify=False)
     manifest.unlink()
     with pytest.raises(ValueError, match=r"no manifest\.json"):
+        GalleryIndex.load(out)
+
+
+def test_damaged_or_swapped_index_files_are_refused_by_name(tiny, tmp_path):
+    """The gallery walkthrough: two token rows zeroed (a bad disk) or another model's tokens
+    file of the same shape searched with exit 0 and other scores; a flipped byte that made
+    a NaN said only "img contains NaN or Inf values", naming no file."""
+    from safetensors.torch import load_file, save_file
+
+    out = _build(tiny, tmp_path / "idx").path
+    assert out is not None
+    tokens = out / "tokens.safetensors"
+    arrays = load_file(str(tokens))
+    arrays["tokens"][:2] = 0
+    save_file(arrays, str(tokens))
+    with pytest.raises(ValueError, match=r"tokens\.safetensors: not the file this index wrote"):
+        GalleryIndex.load(out)
+    assert GalleryIndex.load(out, verify=False).n == arrays["tokens"].shape[0]  # opted out
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["files_sha256"]  # an index from before checksums were recorded
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    GalleryIndex.load(out)  # zeros are finite: nothing to see without a checksum
+    arrays["tokens"][0, 0, 0] = float("nan")
+    save_file(arrays, str(tokens))
+    with pytest.raises(ValueError, match=r"tokens\.safetensors: holds NaN or Inf"):
         GalleryIndex.load(out)
 
 

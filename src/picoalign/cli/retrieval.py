@@ -127,6 +127,13 @@ def add_parsers(sub: Any) -> None:
         "earlier sheet, never another file",
     )
     s.add_argument("--json", action="store_true", help="print machine-readable results")
+    s.add_argument(
+        "--no-verify",
+        action="store_false",
+        dest="verify",
+        help="skip the check that the index's files are the ones it wrote (their sha256, "
+        "about a second per 1.5 GB of index)",
+    )
     s.set_defaults(func=cmd_search)
     r = sub.add_parser(
         "relocate",
@@ -248,7 +255,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             "no query: picoalign search INDEX QUERY... (texts for an image index, image files "
             "for a caption index), or --text / --image"
         )
-    index = GalleryIndex.load(args.index, checkpoint=args.checkpoint)
+    index = GalleryIndex.load(args.index, checkpoint=args.checkpoint, verify=args.verify)
     if args.queries:  # an image index is searched by text, a caption index by image
         if index.kind == "images":
             refuse_image_files(args.queries)

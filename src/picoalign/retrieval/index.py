@@ -149,13 +149,20 @@ class GalleryIndex:
 
     @classmethod
     def load(
-        cls, path: str | Path, model: Any = None, checkpoint: str | Path | None = None
+        cls,
+        path: str | Path,
+        model: Any = None,
+        checkpoint: str | Path | None = None,
+        *,
+        verify: bool = True,
     ) -> GalleryIndex:
         """Open an index. Given ``checkpoint`` (its ``model.safetensors`` hash, and it replaces
         the recorded checkpoint) or ``model`` (its tensors' hash), refuse any model other than
-        the one that built it. ValueError for a missing or corrupt manifest or files."""
+        the one that built it. ValueError for a missing or corrupt manifest or files; with
+        ``verify`` (the default) also for data files whose checksum is not the recorded one
+        (:func:`picoalign.retrieval.store.read_folder`: a second per 1.5 GB of index)."""
         path = Path(path)
-        arrays, index, man = store.read_folder(path)
+        arrays, index, man = store.read_folder(path, verify=verify)
         if checkpoint is not None:
             store.check_checkpoint(man, path, checkpoint)
         out = cls(arrays["tokens"], arrays["mask"], arrays["pooled"], index, man, path)

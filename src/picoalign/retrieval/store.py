@@ -206,7 +206,8 @@ def new_manifest(
     }
 
 
-INDEX_FILES = ("tokens.safetensors", "faiss.index", "manifest.json")
+DATA_FILES = ("tokens.safetensors", "faiss.index")  # their sha256 is in the manifest
+INDEX_FILES = (*DATA_FILES, "manifest.json")
 
 
 def check_index_folder(out: Path, *, overwrite: bool) -> None:
@@ -239,6 +240,7 @@ def write_folder(
     try:
         atomic_write_safetensors(tensors, tmp / "tokens.safetensors")
         _write_faiss(faiss_index, tmp / "faiss.index")
+        manifest["files_sha256"] = {n: file_sha256(tmp / n) for n in DATA_FILES}
         atomic_write_json(manifest, tmp / "manifest.json")  # last: marks a complete index
         fileio.swap_in_dir(tmp, out)
     except BaseException:
@@ -246,14 +248,29 @@ def write_folder(
         raise
 
 
-def read_folder(path: Path) -> tuple[dict[str, Tensor], Any, dict[str, Any]]:
-    """(tensors, faiss index, manifest) of an index folder; ValueError if missing/corrupt."""
+def read_folder(
+    path: Path, *, verify: bool = True
+) -> tuple[dict[str, Tensor], Any, dict[str, Any]]:
+    """(tensors, faiss index, manifest) of an index folder; ValueError if missing/corrupt.
+
+    ``verify``: the data files must have the sha256 the manifest recorded when they were
+    written. Why: a damaged or swapped file of the right shape (rows zeroed by a bad disk,
+    another model's tokens copied in) searched without a word, with other scores, and a
+    flipped byte surfaced as "img contains NaN". About a second per 1.5 GB; an index from
+    before the checksums were recorded is checked for non-finite values instead."""
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: gallery index not found")
     man = read_manifest(path)
-    for name in ("tokens.safetensors", "faiss.index"):
+    for name in DATA_FILES:
         if not (path / name).is_file():
             raise ValueError(f"{path / name}: missing (incomplete index; rebuild it)")
+    recorded = man.get("files_sha256") or {}
+    for name in DATA_FILES if verify and recorded else ():
+        if file_sha256(path / name) != recorded.get(name):
+            raise ValueError(
+                f"{path / name}: not the file this index wrote (its checksum differs: damaged "
+                "or replaced since); rebuild the index with picoalign index --overwrite"
+            )
     try:
         arrays = load_file(str(path / "tokens.safetensors"))
         index = faiss_module().read_index(str(path / "faiss.index"))
@@ -270,6 +287,13 @@ def read_folder(path: Path) -> tuple[dict[str, Tensor], Any, dict[str, Any]]:
         or len(man["keys"]) != dims["n"]
     ):
         raise ValueError(f"{path}: index files disagree with manifest.json (corrupt index)")
+    if verify and not recorded:  # an older index: at least no NaN reaches the scores
+        for name in ("tokens", "pooled"):
+            if not torch.isfinite(arrays[name]).all():
+                raise ValueError(
+                    f"{path / 'tokens.safetensors'}: holds NaN or Inf values (damaged); "
+                    "rebuild the index with picoalign index --overwrite"
+                )
     return arrays, index, man
 
 
