@@ -540,6 +540,27 @@ def test_an_image_index_encodes_no_captions(trained, tmp_path: Path, monkeypatch
     assert rc == 2 and "is a folder; a caption index is searched by image files" in err, err
 
 
+def test_a_caption_index_of_a_gallery_is_refused_before_any_work(trained, tmp_path) -> None:
+    """The gallery walkthrough: `index --kind captions` on a folder: gallery checked and
+    encoded every image before saying it had no captions; `-k` past the gallery's size gave
+    fewer results without a word."""
+    from PIL import Image
+
+    gallery = tmp_path / "g"
+    gallery.mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16), (80 * i, 0, 0)).save(gallery / f"{i}.png")
+    argv = ["index", str(trained["run"]), "--data", f"folder:{gallery}", "--out"]
+    rc, _, err = run_cli(*argv, str(tmp_path / "c"), "--kind", "captions")
+    assert rc == 2 and "is a gallery with no captions; index it as images" in err, err
+    assert "checking images" not in err and "images [" not in err
+    rc, _, err = run_cli(*argv, str(tmp_path / "i"), "--split", "all", "--no-progress")
+    assert rc == 0, err
+    rc, out, err = run_cli("search", str(tmp_path / "i"), "a red circle", "-k", "10")
+    assert rc == 0 and "-k 10: the index holds 3 items, so each query lists them all" in err
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["1", "2", "3"]
+
+
 def test_search_json_says_which_hits_files_are_gone_and_which_score_it_gives(
     trained, tmp_path: Path, write_jsonl_dataset
 ) -> None:

@@ -132,3 +132,13 @@ def test_picoalign_outputs_kept_in_the_gallery_are_not_pictures_of_it(tmp_path: 
     assert [it.key for it in ds.items] == ["b.png", "sub dir é/a.JPG", "web/icon.png"]
     said = "passed over 2 files that are not images and 2 picoalign outputs (index folders"
     assert any(said in n for n in notes), notes
+
+
+def test_a_bad_file_of_a_gallery_is_named_once(tmp_path: Path) -> None:
+    """The gallery walkthrough: "g2 misc/corrupt.png: image g2/misc/corrupt.png: not an
+    image file …" named the file twice, once split at the folder."""
+    root = _gallery(tmp_path / "g")
+    (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nxxxx")
+    with pytest.raises(DataError) as e:
+        prepare_dataset(f"folder:{root}", need_splits=("all",), report=lambda _: None)
+    assert str(e.value).startswith(f"{root}/bad.png: not an image file"), e.value

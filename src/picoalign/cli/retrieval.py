@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,11 @@ def _index(args: argparse.Namespace, out: Path) -> int:
     model = PicoAligner.load(args.checkpoint)
     kwargs = data_kwargs(args, runs_data=args.data is None)
     args.data, args.seed = run_data(args.checkpoint, args.data, args.seed)
+    if args.kind == "captions" and args.data.partition(":")[0] == "folder":  # before any work
+        raise ValueError(
+            f"--kind captions: --data {args.data} is a gallery with no captions; index it "
+            "as images (the default --kind) and search it by text"
+        )
     fs = dataset_features(
         args.data,
         model.config.image_encoder,
@@ -280,6 +286,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         check_sheet_path(args.sheet)  # before the search: never over a user's own file
         replacing = Path(args.sheet).exists()  # an earlier sheet: said when replaced
     model = index.load_model()
+    if args.top_k > index.n:  # said, so that 45 results for -k 1000 are not a surprise
+        print(f"picoalign: -k {args.top_k}: the index holds {index.n} items, so each "
+              "query lists them all", file=sys.stderr)  # fmt: skip
     kw = {
         "k": args.top_k,
         "candidates": args.candidates,

@@ -174,6 +174,9 @@ def check_images(
             probe(item)
         except DataError as e:
             where, _, why = str(e).partition(": image ")
+            path, _, reason = why.partition(": ")
+            if why and path == item.source and where.endswith(item.key):  # a folder's file:
+                return path, reason  # "g/a.png: not an image", not "g a.png: image g/a.png: …"
             return (where, f"image {why}") if why else (item.source or item.key, str(e))
         return None
 
