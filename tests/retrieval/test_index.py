@@ -618,3 +618,13 @@ def test_fewer_results_than_asked_are_said_and_index_refuses_nprobe_on_flat(
                "--nprobe", "4"])  # fmt: skip
     assert rc == 2 and "--nprobe applies to an ivf first stage, not flat" in capsys.readouterr().err
     assert not (tmp_path / "i2").exists()
+
+
+def test_the_readmes_serving_example_runs(tiny, tmp_path, capsys) -> None:
+    """README's "Serving search from Python" block, run on a small index as written."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("Serving search from Python")[1].split("```python\n")[1].split("```")[0]
+    out = _build(tiny, tmp_path / "idx").path
+    exec(block.replace('"my-index"', repr(str(out))), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 5 and all(len(line.split()) == 3 for line in printed), printed
