@@ -443,6 +443,23 @@ def test_ctrl_c_while_the_command_starts_up_is_one_line(monkeypatch, capsys) -> 
     assert capsys.readouterr().err == "picoalign: interrupted\n"
 
 
+def test_ctrl_c_after_the_command_ended_does_not_change_its_status() -> None:
+    """The gallery walkthrough: Ctrl-C a moment after `train` printed "model saved" (the
+    interpreter tearing down) exited 130, as if the run had been stopped. A fresh process:
+    the command ignores SIGINT once it has ended, which must not reach pytest's own."""
+    code = (
+        "import os, signal, sys\n"
+        "from picoalign import __main__ as entry\n"
+        "from picoalign.cli import commands\n"
+        "commands.main = lambda: 0\n"
+        "code = entry.run()\n"
+        "os.kill(os.getpid(), signal.SIGINT)  # during teardown, as a late Ctrl-C\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
 def test_the_lazy_exports_are_the_public_names() -> None:
     import picoalign
 
