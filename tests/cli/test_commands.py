@@ -443,6 +443,12 @@ def test_ctrl_c_while_the_command_starts_up_is_one_line(monkeypatch, capsys) -> 
     assert capsys.readouterr().err == "picoalign: interrupted\n"
 
 
+def python_exits(code: str) -> tuple[int, str]:
+    """A fresh Python running ``code``: its exit status and stderr."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return proc.returncode, proc.stderr
+
+
 def test_ctrl_c_after_the_command_ended_does_not_change_its_status() -> None:
     """The gallery walkthrough: Ctrl-C a moment after `train` printed "model saved" (the
     interpreter tearing down) exited 130, as if the run had been stopped. A fresh process:
@@ -456,8 +462,7 @@ def test_ctrl_c_after_the_command_ended_does_not_change_its_status() -> None:
         "os.kill(os.getpid(), signal.SIGINT)  # during teardown, as a late Ctrl-C\n"
         "sys.exit(code)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert (proc.returncode, proc.stderr) == (0, "")
+    assert python_exits(code) == (0, "")
 
 
 def test_the_lazy_exports_are_the_public_names() -> None:
@@ -791,8 +796,7 @@ def test_output_cut_short_by_its_reader_is_no_error() -> None:
         "commands.cmd_datasets = cut\n"
         "sys.exit(commands.main(['datasets']))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert (proc.returncode, proc.stderr) == (141, "")
+    assert python_exits(code) == (141, "")
 
 
 def test_datasets_says_how_to_install_a_missing_one(monkeypatch) -> None:
