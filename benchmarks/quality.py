@@ -258,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
             '"Rounding")',
             flush=True,
         )
+    if args.report_only and not args.results.is_file():  # else an empty report, exit 0
+        ap.error(f"--results {args.results}: no such file (--report-only reads a study's rows)")
+    if args.report.is_dir():
+        ap.error(f"--report {args.report}: is a folder; give the report's file name")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     done = {}
     if args.results.exists() and (args.resume or args.report_only):

@@ -239,6 +239,22 @@ def test_report_only_replaces_no_report_it_would_change(quality, tmp_path, capsy
     assert quality.main([*argv, "--overwrite"]) == 0 and report.read_text() == made
 
 
+def test_report_only_of_missing_rows_or_into_a_folder_is_refused(quality, tmp_path, capsys):
+    """The re-test: a mistyped --results wrote a report of empty tables with exit 0, and a
+    --report naming a folder was refused with "pass --overwrite", which then crashed."""
+    argv = ["--report-only", "--train-sets", TS, "--plots", str(tmp_path)]
+    for extra, says in (
+        (["--results", str(tmp_path / "typo.jsonl"), "--report", str(tmp_path / "r.md")],
+         "typo.jsonl: no such file"),
+        (["--results", str(tmp_path / "r.jsonl"), "--report", str(tmp_path)], "is a folder"),
+    ):  # fmt: skip
+        (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in three_seeds()))
+        with pytest.raises(SystemExit) as info:
+            quality.main([*argv, *extra])
+        assert info.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists()
+
+
 def test_more_tuning_seeds_than_seeds_is_refused(quality, tmp_path, capsys) -> None:
     own = ["--results", str(tmp_path / "r.jsonl"), "--report", str(tmp_path / "r.md")]
     with pytest.raises(SystemExit) as info:
@@ -461,6 +477,7 @@ def test_a_confirmation_of_another_recipe_needs_no_plots(quality, tmp_path, caps
                              for r in three_seeds()))  # fmt: skip
     own = ["--results", str(tmp_path / "c.jsonl"), "--report", str(tmp_path / "c.md")]
     argv = ["--set", "sparse_backward=true", "--confirm", str(study), "--train-sets", TS]
+    (tmp_path / "c.jsonl").write_text("")  # no row yet: a report of empty tables
     assert quality.main([*argv, "--seeds", "40", "41", "42", *own, "--report-only"]) == 0
     assert (tmp_path / "c.md").exists() and not (tmp_path / "plots").exists()
     with pytest.raises(SystemExit):  # a study (not a confirmation) still needs its own plots

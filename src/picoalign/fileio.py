@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -364,7 +365,7 @@ def model_dir(checkpoint: str | Path) -> Path:
             finish = (
                 "it is training now (another process holds it): wait for it to end"
                 if folder_busy(path)
-                else f"finish it with: picoalign train --out {path} --resume"
+                else f"finish it with: picoalign train --out {shlex.quote(str(path))} --resume"
             )
             raise FileNotFoundError(
                 f"{path}: an unfinished training run (no {path / 'best'}: the selected model "

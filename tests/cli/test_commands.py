@@ -716,6 +716,8 @@ def test_a_tilde_in_any_path_option_is_the_home_folder(
     assert rc == 0 and (home / "idx" / "manifest.json").is_file(), err
     rc, _, err = run_cli("search", "--index=~/idx", "a dog", "--sheet=~/s.png")
     assert rc == 0 and (home / "s.png").is_file(), err
+    rc, _, err = run_cli("search", "--index=~/idx", "a dog", "--checkpoint=~/run")
+    assert rc == 0, err  # the re-test: search's own --checkpoint was left out
     rc, _, err = run_cli("evaluate", "--checkpoint=~/run")
     assert rc == 0, err
     rc, _, err = run_cli("relocate", "~/idx", "~/nowhere", "~/elsewhere")

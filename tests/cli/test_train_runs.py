@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,6 +146,27 @@ def test_a_stop_signal_before_the_first_checkpoint_keeps_the_old_run_as_ctrl_c_d
     assert rc == 128 + signum and not fresh.exists(), err  # nothing of a new run is left
     assert signal.getsignal(signum) is signal.SIG_DFL or callable(signal.getsignal(signum))
     assert getattr(signal.getsignal(signum), "__name__", "") != "stop"  # handler put back
+
+
+def test_a_resume_stopped_before_its_checkpoint_says_to_give_its_epochs_again(
+    ref, tmp_path, monkeypatch
+) -> None:
+    """The re-test: Ctrl-C early in `--resume --epochs 3` (the run left as it was, at 2)
+    said "continue with: ... --resume", which then ended at 2 epochs; and a path with a
+    space was printed unquoted, so the command could not be pasted."""
+    run = tmp_path / "my run"
+    shutil.copytree(ref["run"], run)
+    config = (run / "config.yaml").read_text().replace(str(ref["run"]), str(run))
+    (run / "config.yaml").write_text(config)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_train_step", stopped)
+    rc, _, err = run_cli("train", "--out", str(run), "--resume", "--epochs", "3", "--no-progress")
+    assert rc == 130, err
+    assert f"continue with: picoalign train --out '{run}' --resume --epochs 3" in err, err
+    assert (run / "config.yaml").read_text() == config
 
 
 def test_train_into_a_closed_pipe_says_where_it_stopped(ref, tmp_path) -> None:

@@ -132,6 +132,7 @@ def test_picoalign_outputs_kept_in_the_gallery_are_not_pictures_of_it(tmp_path: 
     assert [it.key for it in ds.items] == ["b.png", "sub dir é/a.JPG", "web/icon.png"]
     said = "passed over 2 files that are not images and 2 picoalign outputs (index folders"
     assert any(said in n for n in notes), notes
+    assert any("e.g. idx/)" in n for n in notes), notes  # named: a user's photos put there
 
 
 def test_a_bad_file_of_a_gallery_is_named_once(tmp_path: Path) -> None:

@@ -218,9 +218,20 @@ def test_refuses_missing_or_corrupt(tiny, tmp_path):
     manifest.write_text(json.dumps(man))
     with pytest.raises(ValueError, match="missing keys"):
         GalleryIndex.load(out)
-    manifest.write_text(json.dumps({**json.loads(good), "keys": ["a"]}))
-    with pytest.raises(ValueError, match="disagree"):
-        GalleryIndex.load(out)
+    man = json.loads(good)
+    # hand edits and damage (the re-test): each one line, not a KeyError from deep in search
+    for edit, says in (
+        ({"keys": ["a"]}, "keys must be a list of 12 entries"),
+        ({"sources": man["sources"][:-1]}, "sources must be a list of 12"),
+        ({"files_sha256": "abc"}, "files_sha256 must give the sha256"),
+        ({"dims": {**man["dims"], "n": "12"}}, "dims must hold the integers"),
+        ({"first_stage": {"type": "ivf"}}, r"first_stage .* is not one picoalign writes"),
+        ({"first_stage": {"type": "ivf", "nlist": 3, "nprobe": 3}}, "disagree"),
+        ({"dims": {**man["dims"], "tokens": man["dims"]["tokens"] + 1}}, "disagree"),
+    ):
+        manifest.write_text(json.dumps({**man, **edit}))
+        with pytest.raises(ValueError, match=says):
+            GalleryIndex.load(out)
     manifest.write_text(good)
     (out / "tokens.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="its checksum differs"):
@@ -250,7 +261,8 @@ def test_damaged_or_swapped_index_files_are_refused_by_name(tiny, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     del manifest["files_sha256"]  # an index from before checksums were recorded
     (out / "manifest.json").write_text(json.dumps(manifest))
-    GalleryIndex.load(out)  # zeros are finite: nothing to see without a checksum
+    with pytest.warns(UserWarning, match="records no checksums of its files"):
+        GalleryIndex.load(out)  # zeros are finite: only the warning can say
     arrays["tokens"][0, 0, 0] = float("nan")
     save_file(arrays, str(tokens))
     with pytest.raises(ValueError, match=r"tokens\.safetensors: holds NaN or Inf"):

@@ -682,6 +682,19 @@ def test_the_opt_in_speed_options_say_they_are_on(tmp_path: Path, make_feature_s
     assert "sparse_backward: the max-mean backward" in err
 
 
+def test_a_new_run_stopped_by_a_nan_loss_names_no_checkpoint_it_has_not(
+    tmp_path: Path, make_feature_set
+) -> None:
+    """The re-test: a new run stopped at its first NaN loss said "the last good checkpoint
+    is kept in RUN/last", a folder that did not exist (nor did RUN, once it was removed)."""
+    bad = with_nan_caption(make_feature_set(n=24), 5)
+    with pytest.raises(TrainingError) as info:
+        train(make_cfg(tmp_path / "run", epochs=2, **{"model.method": "pico"}), bad)
+    msg = str(info.value)
+    assert "non-finite loss" in msg and "no checkpoint of this run was written" in msg, msg
+    assert "kept in" not in msg and not (tmp_path / "run").exists()
+
+
 def test_a_diverged_run_says_so_by_epoch_and_names_the_learning_rate(
     tmp_path: Path, make_feature_set, monkeypatch
 ) -> None:
@@ -691,7 +704,7 @@ def test_a_diverged_run_says_so_by_epoch_and_names_the_learning_rate(
         train(make_cfg(tmp_path / "a", epochs=2, lr=1e30), make_feature_set(n=24))
     msg = str(info.value)
     assert msg.startswith("training diverged in epoch 1") and "(it was 1e+30)" in msg, msg
-    assert "no checkpoint was written before it" in msg  # none is: the re-test's report
+    assert "no checkpoint of this run was written before it" in msg  # the re-test's report
     assert not (tmp_path / "a").exists()
     from picoalign.training import loop
 

@@ -107,7 +107,7 @@ def resolve_folder_args(args: argparse.Namespace) -> None:
 
 
 # the options that name a file or folder (a folder argument's two spellings: above)
-PATH_OPTIONS = ("out", "config", "index", "image", "sheet", "old", "new", "dir")
+PATH_OPTIONS = ("out", "config", "index", "checkpoint", "image", "sheet", "old", "new", "dir")
 
 
 def expand_home(args: argparse.Namespace) -> None:

@@ -7,6 +7,7 @@ the index and the hits, tested on its own.
 
 from __future__ import annotations
 
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,8 @@ def warn_stale_sources(hits: list[list[Any]], gallery: Any, index: str) -> None:
             f"{len(gone)} of the results' image files {'is' if len(gone) == 1 else 'are'} no "
             f"longer at {'its path' if len(gone) == 1 else 'their paths'} (moved or deleted "
             f"since index {index} was built), e.g. {gone[0]}; if the gallery moved, "
-            f"picoalign relocate {index} OLD_FOLDER NEW_FOLDER points the index at it",
+            f"picoalign relocate {shlex.quote(index)} OLD_FOLDER NEW_FOLDER points the index "
+            "at it",
             stacklevel=2,
         )
 

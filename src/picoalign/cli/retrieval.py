@@ -287,8 +287,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         replacing = Path(args.sheet).exists()  # an earlier sheet: said when replaced
     model = index.load_model()
     if args.top_k > index.n:  # said, so that 45 results for -k 1000 are not a surprise
-        print(f"picoalign: -k {args.top_k}: the index holds {index.n} items, so each "
-              "query lists them all", file=sys.stderr)  # fmt: skip
+        items = f"{index.n} item{'' if index.n == 1 else 's'}"
+        print(f"picoalign: -k {args.top_k}: the index holds {items}, so each query lists "
+              f"{'it' if index.n == 1 else 'them all'}", file=sys.stderr)  # fmt: skip
     kw = {
         "k": args.top_k,
         "candidates": args.candidates,

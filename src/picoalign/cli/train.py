@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import time
@@ -173,6 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = train_config(args)
     started = time.time()
+    again = f" --epochs {args.epochs}" if args.resume and args.epochs is not None else ""
     try:
         result = train(cfg, resume=args.resume, overwrite=args.overwrite, on_epoch=_print_epoch)
     except DataProblems as e:
@@ -184,12 +186,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"); a resumed run trains on the data it started with: put it back as it was"
         ) from None
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (cli.signals)
-        _interrupted(Path(cfg.out), started, replacing=args.overwrite)
+        _interrupted(Path(cfg.out), started, replacing=args.overwrite, again=again)
         return 128 + getattr(e, "signum", signal.SIGINT)
     except BrokenPipeError:  # `picoalign train ... | head`: stopped at an epoch line
         # main ends it as a shell's SIGPIPE, silently as for every command; a run stopped
         # half-way, though, must say so and how to go on
-        _interrupted(Path(cfg.out), started, replacing=args.overwrite, what=STDOUT_CLOSED)
+        _interrupted(
+            Path(cfg.out), started, replacing=args.overwrite, what=STDOUT_CLOSED, again=again
+        )
         raise
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for the job
         return 0
@@ -340,12 +344,19 @@ STDOUT_CLOSED = "stopped: its output was closed (a `| head` that had its lines?)
 
 
 def _interrupted(
-    out: Path, started: float, *, replacing: bool = False, what: str = "interrupted"
+    out: Path,
+    started: float,
+    *,
+    replacing: bool = False,
+    what: str = "interrupted",
+    again: str = "",
 ) -> None:
     """Ctrl-C: say how to continue (the last checkpoint is a complete folder swap). An
     ``--overwrite`` stopped before its first checkpoint has put the previous run back
     (training.runs.Replacement): its checkpoint predates this command, and resuming it would
-    continue the old run, not the one the user started."""
+    continue the old run, not the one the user started. ``again``: the options the resume
+    command must repeat (a resume stopped before its first checkpoint has left the run's
+    ``--epochs`` as it was, and ``--resume`` alone would end at the old length)."""
     state = out / "last" / "state.pt"
     if replacing and state.is_file() and state.stat().st_mtime < started:
         print(
@@ -355,7 +366,8 @@ def _interrupted(
         )
     elif state.is_file():
         print(
-            f"picoalign: {what}; continue with: picoalign train --out {out} --resume",
+            f"picoalign: {what}; continue with: picoalign train --out {shlex.quote(str(out))} "
+            f"--resume{again}",
             file=sys.stderr,
         )
     else:

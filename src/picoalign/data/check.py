@@ -108,8 +108,10 @@ def prepare_dataset(
             (dataset.notes.get("broken_links", 0), "broken link", "broken links"),
             (
                 dataset.notes.get("picoalign_outputs", 0),
-                "picoalign output (index folder or contact sheet)",
-                "picoalign outputs (index folders, contact sheets)",
+                f"picoalign output ({dataset.notes.get('picoalign_outputs_first')}: an index "
+                "folder or a contact sheet)",
+                f"picoalign outputs (index folders, contact sheets; e.g. "
+                f"{dataset.notes.get('picoalign_outputs_first')})",
             ),
         )
         if n

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from picoalign.data._text import Problems
 from picoalign.data.base import DataError, ImageCaptionDataset, Item, items_fingerprint
@@ -62,7 +63,8 @@ def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDat
     exts = image_extensions()
     problems = Problems(skip_bad)
     found: list[tuple[str, Path]] = []
-    other = broken = own = 0
+    other = broken = 0
+    own: list[str] = []  # picoalign's outputs passed over, relative to the gallery
     # linked folders outside the gallery are followed (a gallery assembled from links to
     # other disks), each real folder once: a link back up a tree would be walked for ever. A
     # link to a folder inside the gallery is not: its files are items under their own paths.
@@ -76,7 +78,7 @@ def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDat
             if link and (real == inside or real.startswith(inside + os.sep)):
                 continue
             if holds_index(Path(dirpath) / d):  # an index kept in its gallery: not pictures
-                own += 1
+                own.append(f"{(Path(dirpath) / d).relative_to(root).as_posix()}/")
                 continue
             if real not in walked:
                 walked.add(real)
@@ -93,7 +95,7 @@ def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDat
                 other += 1
                 continue
             if full.suffix.lower() == ".png" and is_sheet(full):  # a search's, saved here
-                own += 1
+                own.append(full.relative_to(root).as_posix())
                 continue
             key = full.relative_to(root).as_posix()
             try:
@@ -132,9 +134,11 @@ def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDat
         ("not_images", other),
         ("duplicates", duplicates),
         ("broken_links", broken),
-        ("picoalign_outputs", own),
+        ("picoalign_outputs", len(own)),
     )
-    notes = {k: v for k, v in counts if v}
+    notes: dict[str, Any] = {k: v for k, v in counts if v}
+    if own:  # named: a user's photos put into an index's folder would be passed over too
+        notes["picoalign_outputs_first"] = sorted(own)[0]
     return problems.finish(
         ImageCaptionDataset(
             root.resolve().name or str(root),

@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +285,7 @@ def read_folder(
         tuple(tokens.shape) != shape
         or tokens.dtype != DTYPES.get(man["dtype"])
         or index.ntotal != dims["n"]
-        or len(man["keys"]) != dims["n"]
+        or not _stage_is(index, man["first_stage"]["type"])
     ):
         raise ValueError(f"{path}: index files disagree with manifest.json (corrupt index)")
     if verify and not recorded:  # an older index: at least no NaN reaches the scores
@@ -294,6 +295,12 @@ def read_folder(
                     f"{path / 'tokens.safetensors'}: holds NaN or Inf values (damaged); "
                     "rebuild the index with picoalign index --overwrite"
                 )
+        warnings.warn(
+            f"index {path} records no checksums of its files (built by an older picoalign): "
+            "a damaged faiss.index or tokens file cannot be told from a good one; rebuild it "
+            "(picoalign index --overwrite) to have them checked",
+            stacklevel=3,
+        )
     return arrays, index, man
 
 
@@ -316,7 +323,53 @@ def read_manifest(path: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in man]
     if missing:
         raise ValueError(f"{f}: corrupt manifest (missing {', '.join(missing)})")
+    wrong = _wrong_field(man)
+    if wrong:  # a hand edit or a damaged disk: one line, not a KeyError from deep in search
+        raise ValueError(f"{f}: corrupt manifest ({wrong})")
     return man
+
+
+# the first-stage settings each kind of first stage is searched with
+STAGE_SETTINGS = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("m", "ef_search")}
+
+
+def _wrong_field(man: dict[str, Any]) -> str | None:
+    """What is malformed in a manifest that has every required field, or None."""
+    dims = man["dims"]
+    if not isinstance(dims, dict) or not all(
+        isinstance(dims.get(k), int) and dims[k] >= 0 for k in ("n", "tokens", "embed_dim")
+    ):
+        return "dims must hold the integers n, tokens and embed_dim"
+    if man["kind"] not in KINDS or man["dtype"] not in DTYPES:
+        return f"kind {man['kind']!r} or dtype {man['dtype']!r} is not one picoalign writes"
+    stage = man["first_stage"]
+    kind = stage.get("type") if isinstance(stage, dict) else None
+    if kind not in STAGE_SETTINGS or not all(
+        isinstance(stage.get(k), int) for k in STAGE_SETTINGS[kind]
+    ):
+        return f"first_stage {stage!r} is not one picoalign writes"
+    lists = ("keys", "sources", *(("captions",) if man["kind"] == "captions" else ()))
+    for name in lists:
+        value = man.get(name)
+        if not isinstance(value, list) or len(value) != dims["n"]:
+            return f"{name} must be a list of {dims['n']} entries, one per item"
+        if not all(isinstance(x, str) for x in value):
+            return f"{name} must hold strings"
+    sums = man.get("files_sha256")
+    if sums is not None and not (
+        isinstance(sums, dict) and all(isinstance(sums.get(n), str) for n in DATA_FILES)
+    ):
+        return f"files_sha256 must give the sha256 of {' and '.join(DATA_FILES)}"
+    return None
+
+
+def _stage_is(index: Any, kind: str) -> bool:
+    """Whether a FAISS index is the manifest's kind of first stage (searched with its
+    settings: an IVF's nprobe, an HNSW's efSearch)."""
+    faiss = faiss_module()
+    if kind == "ivf":
+        return isinstance(index, faiss.IndexIVF)
+    return hasattr(index, "hnsw") if kind == "hnsw" else isinstance(index, faiss.IndexFlat)
 
 
 def _write_faiss(index: Any, path: Path) -> None:

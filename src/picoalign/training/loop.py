@@ -55,7 +55,13 @@ from picoalign.training.distributed import (
     sync_rank_local_state,
 )
 from picoalign.training.history import flat_metrics, pico_stats
-from picoalign.training.losslog import LOSS_CHECK_EVERY, LossLog, TrainingError, per_pair
+from picoalign.training.losslog import (
+    LOSS_CHECK_EVERY,
+    LossLog,
+    TrainingError,
+    checkpoint_note,
+    per_pair,
+)
 from picoalign.training.runs import check_run_folder, run_lock
 from picoalign.training.schedule import batch_order, learning_rate
 from picoalign.training.setup import Run, TrainResult, setup_run
@@ -139,7 +145,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     batches = batch_order(run.train_fs.n_captions, cfg.batch_size, cfg.seed, epoch)
     first = run.start.step if epoch == run.start.epoch else 0
     total, count = (run.start.total, run.start.count) if first else (0.0, 0)
-    log = LossLog(total, count, epoch, Path(cfg.out) / "last")
+    log = LossLog(total, count, epoch, run.out / "last" if run.out is not None else None)
     run.model.train()
     bar = progress_bar(
         range(first, len(batches)),
@@ -254,13 +260,7 @@ def _check_finite(run: Run, epoch: int) -> None:
 
 
 def _diverged(run: Run, epoch: int) -> TrainingError:
-    kept = ""
-    if run.out is not None:
-        kept = (
-            f"; the last good checkpoint is kept in {run.out / 'last'}"
-            if (run.out / "last").is_dir()
-            else "; no checkpoint was written before it"
-        )
+    kept = checkpoint_note(run.out / "last" if run.out is not None else None)
     return TrainingError(
         f"training diverged in epoch {epoch + 1}: the model's weights or embeddings are no "
         f"longer finite (NaN or Inf){kept}. Try a lower --lr (it was {run.cfg.lr:g})."

@@ -28,7 +28,7 @@ class LossLog:
     """The epoch's running loss, with the per-step values kept on the device until
     :meth:`settle` reads them all in one sync (same float arithmetic as reading each)."""
 
-    def __init__(self, total: float, count: int, epoch: int, last: Path) -> None:
+    def __init__(self, total: float, count: int, epoch: int, last: Path | None) -> None:
         self.total, self.count, self.epoch, self.last = total, count, epoch, last
         self.pending: list[tuple[int, Tensor, int]] = []
 
@@ -43,9 +43,9 @@ class LossLog:
         for (step, _, n), value in zip(self.pending, values, strict=True):
             if not math.isfinite(value):
                 raise TrainingError(
-                    f"non-finite loss ({value}) at epoch {self.epoch + 1}, step {step + 1}; "
-                    f"the last good checkpoint is kept in {self.last}. "
-                    "Try a lower --lr or check the input features for NaN."
+                    f"non-finite loss ({value}) at epoch {self.epoch + 1}, step {step + 1}"
+                    f"{checkpoint_note(self.last)}. Try a lower --lr or check the input "
+                    "features for NaN."
                 )
             self.total += value * n
             self.count += n
@@ -54,6 +54,17 @@ class LossLog:
     @property
     def mean(self) -> float:
         return self.total / max(self.count, 1)
+
+
+def checkpoint_note(last: Path | None) -> str:
+    """What a run stopped by a non-finite value keeps: its last checkpoint, or none. Said as
+    it is when the error is raised: a new run has none yet (an ``--overwrite``'s old run is
+    aside, and comes back), and naming ``RUN/last`` sent the user to a folder not there."""
+    if last is None:
+        return ""
+    if last.is_dir():
+        return f"; the last good checkpoint is kept in {last}"
+    return "; no checkpoint of this run was written before it"
 
 
 def per_pair(
