@@ -138,6 +138,22 @@ def test_evaluate_json(trained) -> None:
     assert metrics["rule"] == "plain"  # the trained PICO model's eval_score
 
 
+def test_evaluate_table_names_its_protocol(trained, monkeypatch) -> None:
+    """The metrics walkthrough: the table's row said data, split and rule; 1k (a mean of five
+    folds), 5k, flickr-1k and full all printed the same label."""
+    import picoalign.evaluation as evaluation
+
+    real = evaluation.evaluate
+    monkeypatch.setattr(  # the toy split is no 5K set: score it fully, label it as asked
+        evaluation,
+        "evaluate",
+        lambda model, fs, protocol, *a, **k: real(model, fs, "full", *a, **k),
+    )
+    for protocol, says in (("1k", "protocol 1k: mean of 5 folds, "), ("full", "test, plain")):
+        rc, out, err = run_cli("evaluate", str(trained["run"]), "--protocol", protocol)
+        assert rc == 0 and says in out.splitlines()[-1], out + err
+
+
 def test_evaluate_json_numbers_carry_no_float_noise() -> None:
     """The walkthrough: `"r1": 57.99999999999999` in `evaluate --json`, carried into tables."""
     from picoalign.cli.commands import _rounded

@@ -185,3 +185,19 @@ def test_duplicate_caption_warning_names_how_many_images_share_a_text() -> None:
     # the walkthrough's report: an image sharing two of its captions was counted twice
     msg = duplicate_caption_warning("test", ["a", "b", "a", "b"], [0, 0, 1, 1])
     assert msg is not None and "2 of 2 images" in msg
+
+
+def test_the_median_rank_is_the_fields() -> None:
+    """The metrics walkthrough: medr was the lower median of the 1-based ranks; SCAN, VSE++
+    and VSE∞ report floor(median(0-based)) + 1, the two middle ranks averaged for an even
+    count (which the named protocols always have): 5 against the papers' 7 on one split."""
+    import numpy as np
+
+    from picoalign.evaluation.metrics import field_median_rank
+
+    assert field_median_rank(torch.tensor([0, 0, 3, 5])) == 2.0  # lower median: 1
+    assert field_median_rank(torch.tensor([4, 0, 9])) == 5.0
+    gen = torch.Generator().manual_seed(0)
+    for n in (1, 2, 7, 1000):
+        r = torch.randint(0, 50, (n,), generator=gen)
+        assert field_median_rank(r) == float(np.floor(np.median(r.numpy())) + 1)

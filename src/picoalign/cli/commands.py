@@ -177,7 +177,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_rounded(metrics)))
     else:
-        print(format_table({f"{c.label} ({_short(data)}, {args.split}, {rule} scores)": metrics}))
+        protocol = "" if args.protocol == "full" else f"protocol {args.protocol}, "
+        if args.protocol == "1k":
+            protocol = "protocol 1k: mean of 5 folds, "
+        label = f"{c.label} ({_short(data)}, {args.split}, {protocol}{rule} scores)"
+        print(format_table({label: metrics}))
     return 0
 
 
