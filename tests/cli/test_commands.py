@@ -154,6 +154,19 @@ def test_evaluate_table_names_its_protocol(trained, monkeypatch) -> None:
         assert rc == 0 and says in out.splitlines()[-1], out + err
 
 
+def test_a_protocols_image_count_is_checked_before_encoding(trained, monkeypatch) -> None:
+    """The metrics walkthrough: `--protocol 5k` on a split of another size was refused only
+    after the whole split had been encoded (minutes on a real set)."""
+    from picoalign.features import dataset as features_dataset
+
+    def encode(*args, **kwargs):
+        raise AssertionError("encoded before the protocol's size was checked")
+
+    monkeypatch.setattr(features_dataset, "encode_dataset", encode)
+    rc, _, err = run_cli("evaluate", str(trained["run"]), "--protocol", "5k")
+    assert rc == 2 and "split 'test': n_images=4, but protocol '5k' needs 5000" in err, err
+
+
 def test_evaluate_json_numbers_carry_no_float_noise() -> None:
     """The walkthrough: `"r1": 57.99999999999999` in `evaluate --json`, carried into tables."""
     from picoalign.cli.commands import _rounded

@@ -136,6 +136,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         need_splits=(args.split,),
         need_captions=True,  # a caption-less gallery is refused before it is encoded
         report=report_to_stderr if args.json else print,
+        check=lambda dataset: _check_protocol_size(args.protocol, args.split, dataset, data),
         **data_kwargs(args, runs_data=args.data is None),
     )
     for changed in (
@@ -183,6 +184,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         label = f"{c.label} ({_short(data)}, {args.split}, {protocol}{rule} scores)"
         print(format_table({label: metrics}))
     return 0
+
+
+def _check_protocol_size(protocol: str, split: str, dataset: Any, data: str) -> None:
+    """A named protocol's image count, checked on the loaded data before it is encoded."""
+    from picoalign.evaluation.protocols import protocol_size_problem
+
+    n = sum(split == "all" or it.split == split for it in dataset.items)
+    problem = protocol_size_problem(protocol, n)
+    if problem:
+        raise ValueError(f"--data {data}, split {split!r}: {problem}; use --protocol full")
 
 
 def _short(spec: str, width: int = 40) -> str:

@@ -108,6 +108,15 @@ def first_captions(caption_image: Tensor, n_images: int, per_image: int) -> Tens
     return order[place < per_image].sort().values
 
 
+def protocol_size_problem(name: str, n_images: int) -> str | None:
+    """Why ``n_images`` images cannot be scored under protocol ``name`` (None: they can).
+    Also asked before any encoding (``evaluate``), as soon as the split is known."""
+    expected = _EXPECTED_IMAGES.get(name)
+    if expected is None or n_images == expected:
+        return None
+    return f"n_images={n_images}, but protocol {name!r} needs {expected} images"
+
+
 def evaluate_protocol(
     name: str,
     scores_fn: ScoresFn,
@@ -132,8 +141,9 @@ def evaluate_protocol(
     expected = _EXPECTED_IMAGES.get(name)
     left_out = 0
     if expected is not None:
-        if n_images != expected:
-            raise ValueError(f"n_images={n_images}, but protocol {name!r} needs {expected} images")
+        size = protocol_size_problem(name, n_images)
+        if size:
+            raise ValueError(size)
         try:
             keep = first_captions(caption_image, n_images, PROTOCOL_CAPTIONS)
         except ValueError as e:

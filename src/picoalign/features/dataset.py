@@ -33,6 +33,7 @@ def dataset_features(
     report: Callable[[str], None] = print,
     device: str | torch.device = "cpu",
     texts: bool = True,
+    check: Callable[[Any], None] | None = None,
 ) -> FeatureSet:
     """Backbone token features of a dataset spec (``twemoji``, ``jsonl:PATH`` …), cached.
 
@@ -48,7 +49,10 @@ def dataset_features(
     training run's own device: ``train --device cuda`` encoded on the CPU); ``texts=False``:
     images only. ``trained_encoder``: ``image_encoder`` is a trained model's (evaluate,
     index), whose head fits that backbone's tokens only, so precomputed features need a
-    model trained on precomputed features (training takes them whatever the spec says)."""
+    model trained on precomputed features (training takes them whatever the spec says).
+    ``check(dataset)``: the caller's own check of the loaded dataset, before any encoding
+    (``evaluate``'s protocol size: a 5K protocol on the wrong split was refused only after
+    the whole split had been encoded)."""
     try:
         dataset = prepare_dataset(
             data,
@@ -66,6 +70,8 @@ def dataset_features(
         raise
     if need_captions and not any(it.captions for it in dataset.items):
         raise DataError(f"--data {data}: nothing to evaluate, {NO_CAPTIONS}")
+    if check is not None:
+        check(dataset)
     if getattr(dataset, "features", None) is not None:
         if trained_encoder and isinstance(image_encoder, str) and image_encoder != "precomputed":
             raise ValueError(
