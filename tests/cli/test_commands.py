@@ -142,8 +142,10 @@ def test_evaluate_table_names_its_protocol(trained, monkeypatch) -> None:
     """The metrics walkthrough: the table's row said data, split and rule; 1k (a mean of five
     folds), 5k, flickr-1k and full all printed the same label."""
     import picoalign.evaluation as evaluation
+    from picoalign.evaluation import protocols
 
     real = evaluation.evaluate
+    monkeypatch.setattr(protocols, "protocol_size_problem", lambda *a: None)
     monkeypatch.setattr(  # the toy split is no 5K set: score it fully, label it as asked
         evaluation,
         "evaluate",
