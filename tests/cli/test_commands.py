@@ -171,7 +171,7 @@ def test_a_protocols_image_count_is_checked_before_encoding(trained, monkeypatch
 
 def test_evaluate_json_numbers_carry_no_float_noise() -> None:
     """The walkthrough: `"r1": 57.99999999999999` in `evaluate --json`, carried into tables."""
-    from picoalign.cli.commands import _rounded
+    from picoalign.cli.evaluate import _rounded
 
     noisy = {"i2t": {"r1": 100 * 0.58, "medr": 2.0}, "rsum": 0.1 + 0.2, "n_images": 50}
     assert _rounded(noisy) == {"i2t": {"r1": 58.0, "medr": 2.0}, "rsum": 0.3, "n_images": 50}
