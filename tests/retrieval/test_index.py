@@ -243,6 +243,35 @@ def test_refuses_missing_or_corrupt(tiny, tmp_path):
         GalleryIndex.load(out)
 
 
+@pytest.mark.parametrize(
+    ("stage", "edit", "says"),
+    [
+        ("ivf", {"first_stage": {"type": "ivf", "nlist": 3, "nprobe": 0}}, "first_stage"),
+        ("ivf", {"first_stage": {"type": "ivf", "nlist": 3, "nprobe": 9}}, "more than its nlist"),
+        ("ivf", {"first_stage": {"type": "ivf", "nlist": 99, "nprobe": 3}}, "disagree"),
+        ("ivf", {"first_stage": {"type": "ivf", "nlist": 3, "nprobe": True}}, "first_stage"),
+        ("hnsw", {"first_stage": {"type": "hnsw", "m": 32, "ef_search": -1}}, "first_stage"),
+        ("flat", {"source_stats": ["1:2"]}, "source_stats must be a list of 12"),
+        ("flat", {"model": "mine"}, "model must record the weights_sha256"),
+        ("flat", {"model": {}}, "model must record the weights_sha256"),
+        ("flat", {"checkpoint": 7}, "checkpoint must be the path"),
+        ("flat", {"format_version": 0}, "format version 0 is not supported"),
+        ("flat", {"dims": {"n": True, "tokens": 1, "embed_dim": 1}}, "dims must hold"),
+    ],
+)
+def test_every_manifest_field_search_reads_is_checked(tiny, tmp_path, stage, edit, says):
+    """The second re-test: an IVF nprobe of 0 crashed in faiss, a source_stats list cut
+    short, a model or checkpoint of the wrong type ended in tracebacks, and a JSON true
+    passed as the integer 1."""
+    out = _build(tiny, tmp_path / "idx", first_stage=stage).path
+    assert out is not None
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["first_stage"].get("nlist", 3) == 3  # √12 lists: the edits' "nlist": 3
+    (out / "manifest.json").write_text(json.dumps({**manifest, **edit}))
+    with pytest.raises(ValueError, match=says):
+        GalleryIndex.load(out)
+
+
 def test_damaged_or_swapped_index_files_are_refused_by_name(tiny, tmp_path):
     """The gallery walkthrough: two token rows zeroed (a bad disk) or another model's tokens
     file of the same shape searched with exit 0 and other scores; a flipped byte that made

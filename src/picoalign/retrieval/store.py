@@ -9,7 +9,6 @@ Folder layout: ``tokens.safetensors`` (``tokens`` (N, T, D) float16/bfloat16, ``
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import shutil
 import time
@@ -25,15 +24,19 @@ from torch import Tensor
 from picoalign import fileio
 from picoalign.core.similarity import pool_tokens
 from picoalign.fileio import atomic_write_json, atomic_write_safetensors
-from picoalign.marks import INDEX_FORMAT, INDEX_FORMAT_VERSION, holds_index
+from picoalign.marks import holds_index
+from picoalign.retrieval.manifest import (
+    DATA_FILES,
+    DTYPES,
+    FORMAT,
+    FORMAT_VERSION,
+    KINDS,
+    read_manifest,
+)
 
-FORMAT, FORMAT_VERSION = INDEX_FORMAT, INDEX_FORMAT_VERSION
-KINDS = ("images", "captions")
 FIRST_STAGES = ("flat", "ivf", "hnsw")
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 256
 IVF_NPROBE = 32
-REQUIRED = ("format", "format_version", "kind", "dims", "dtype", "first_stage", "keys", "sources")
 
 
 def check_options(kind: str, dtype: str, first_stage: str) -> None:
@@ -207,7 +210,6 @@ def new_manifest(
     }
 
 
-DATA_FILES = ("tokens.safetensors", "faiss.index")  # their sha256 is in the manifest
 INDEX_FILES = (*DATA_FILES, "manifest.json")
 
 
@@ -285,7 +287,7 @@ def read_folder(
         tuple(tokens.shape) != shape
         or tokens.dtype != DTYPES.get(man["dtype"])
         or index.ntotal != dims["n"]
-        or not _stage_is(index, man["first_stage"]["type"])
+        or not _stage_is(index, man["first_stage"])
     ):
         raise ValueError(f"{path}: index files disagree with manifest.json (corrupt index)")
     if verify and not recorded:  # an older index: at least no NaN reaches the scores
@@ -304,72 +306,15 @@ def read_folder(
     return arrays, index, man
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    f = path / "manifest.json"
-    if not f.is_file():
-        raise ValueError(f"{path}: not a picoalign gallery index (no manifest.json)")
-    try:
-        man = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{f}: corrupt manifest ({e})") from e
-    if not isinstance(man, dict) or man.get("format") != FORMAT:
-        raise ValueError(f"{f}: not a picoalign gallery manifest")
-    version = man.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
-            f"{f}: format version {version!r} is not supported (this picoalign reads "
-            f"<= {FORMAT_VERSION}; upgrade picoalign or rebuild the index)"
-        )
-    missing = [k for k in REQUIRED if k not in man]
-    if missing:
-        raise ValueError(f"{f}: corrupt manifest (missing {', '.join(missing)})")
-    wrong = _wrong_field(man)
-    if wrong:  # a hand edit or a damaged disk: one line, not a KeyError from deep in search
-        raise ValueError(f"{f}: corrupt manifest ({wrong})")
-    return man
-
-
-# the first-stage settings each kind of first stage is searched with
-STAGE_SETTINGS = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("m", "ef_search")}
-
-
-def _wrong_field(man: dict[str, Any]) -> str | None:
-    """What is malformed in a manifest that has every required field, or None."""
-    dims = man["dims"]
-    if not isinstance(dims, dict) or not all(
-        isinstance(dims.get(k), int) and dims[k] >= 0 for k in ("n", "tokens", "embed_dim")
-    ):
-        return "dims must hold the integers n, tokens and embed_dim"
-    if man["kind"] not in KINDS or man["dtype"] not in DTYPES:
-        return f"kind {man['kind']!r} or dtype {man['dtype']!r} is not one picoalign writes"
-    stage = man["first_stage"]
-    kind = stage.get("type") if isinstance(stage, dict) else None
-    if kind not in STAGE_SETTINGS or not all(
-        isinstance(stage.get(k), int) for k in STAGE_SETTINGS[kind]
-    ):
-        return f"first_stage {stage!r} is not one picoalign writes"
-    lists = ("keys", "sources", *(("captions",) if man["kind"] == "captions" else ()))
-    for name in lists:
-        value = man.get(name)
-        if not isinstance(value, list) or len(value) != dims["n"]:
-            return f"{name} must be a list of {dims['n']} entries, one per item"
-        if not all(isinstance(x, str) for x in value):
-            return f"{name} must hold strings"
-    sums = man.get("files_sha256")
-    if sums is not None and not (
-        isinstance(sums, dict) and all(isinstance(sums.get(n), str) for n in DATA_FILES)
-    ):
-        return f"files_sha256 must give the sha256 of {' and '.join(DATA_FILES)}"
-    return None
-
-
-def _stage_is(index: Any, kind: str) -> bool:
-    """Whether a FAISS index is the manifest's kind of first stage (searched with its
-    settings: an IVF's nprobe, an HNSW's efSearch)."""
+def _stage_is(index: Any, stage: dict[str, Any]) -> bool:
+    """Whether a FAISS index is the manifest's first stage (searched with its settings: an
+    IVF's nprobe among its nlist lists, an HNSW's efSearch)."""
     faiss = faiss_module()
-    if kind == "ivf":
-        return isinstance(index, faiss.IndexIVF)
-    return hasattr(index, "hnsw") if kind == "hnsw" else isinstance(index, faiss.IndexFlat)
+    if stage["type"] == "ivf":
+        return isinstance(index, faiss.IndexIVF) and index.nlist == stage["nlist"]
+    if stage["type"] == "hnsw":
+        return hasattr(index, "hnsw")
+    return isinstance(index, faiss.IndexFlat)
 
 
 def _write_faiss(index: Any, path: Path) -> None:
