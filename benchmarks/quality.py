@@ -265,13 +265,18 @@ def main(argv: list[str] | None = None) -> int:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     done = {}
     if args.results.exists() and (args.resume or args.report_only):
-        for line in args.results.read_text().splitlines():
-            row = json.loads(line)
-            done[row["id"]] = row
+        for n, line in enumerate(args.results.read_text().splitlines(), 1):
+            try:
+                row = json.loads(line)
+                done[row["id"]] = row
+            except (ValueError, KeyError, TypeError) as err:
+                ap.error(f"{args.results} line {n}: not a row of this study ({err})")
     elif args.results.exists():  # a study's rows are never lost silently
         if not args.overwrite:
             ap.error(f"{args.results} exists: --resume to continue it, --overwrite to start over")
         args.results.unlink()
+    if args.report_only and not done:
+        ap.error(f"--results {args.results}: holds no rows (nothing to report)")
     if args.report.exists() and not (args.resume or args.report_only or args.overwrite):
         # a new study's report replaces no file of the user's (a resumed one rewrites its own)
         ap.error(f"{args.report} exists: --overwrite to replace it, or give another --report")

@@ -247,8 +247,14 @@ def test_report_only_of_missing_rows_or_into_a_folder_is_refused(quality, tmp_pa
         (["--results", str(tmp_path / "typo.jsonl"), "--report", str(tmp_path / "r.md")],
          "typo.jsonl: no such file"),
         (["--results", str(tmp_path / "r.jsonl"), "--report", str(tmp_path)], "is a folder"),
+        (["--results", str(tmp_path / "e.jsonl"), "--report", str(tmp_path / "r.md")],
+         "holds no rows"),
+        (["--results", str(tmp_path / "b.jsonl"), "--report", str(tmp_path / "r.md")],
+         "b.jsonl line 2: not a row of this study"),
     ):  # fmt: skip
         (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in three_seeds()))
+        (tmp_path / "e.jsonl").write_text("")
+        (tmp_path / "b.jsonl").write_text(json.dumps(three_seeds()[0]) + "\n{not json\n")
         with pytest.raises(SystemExit) as info:
             quality.main([*argv, *extra])
         assert info.value.code == 2 and says in capsys.readouterr().err
@@ -477,7 +483,11 @@ def test_a_confirmation_of_another_recipe_needs_no_plots(quality, tmp_path, caps
                              for r in three_seeds()))  # fmt: skip
     own = ["--results", str(tmp_path / "c.jsonl"), "--report", str(tmp_path / "c.md")]
     argv = ["--set", "sparse_backward=true", "--confirm", str(study), "--train-sets", TS]
-    (tmp_path / "c.jsonl").write_text("")  # no row yet: a report of empty tables
+    (tmp_path / "c.jsonl").write_text("")
+    with pytest.raises(SystemExit):  # no rows: no report of empty tables (the re-test)
+        quality.main([*argv, "--seeds", "40", "41", "42", *own, "--report-only"])
+    assert "holds no rows" in capsys.readouterr().err
+    (tmp_path / "c.jsonl").write_text(study.read_text())  # the study's rows, as a stand-in
     assert quality.main([*argv, "--seeds", "40", "41", "42", *own, "--report-only"]) == 0
     assert (tmp_path / "c.md").exists() and not (tmp_path / "plots").exists()
     with pytest.raises(SystemExit):  # a study (not a confirmation) still needs its own plots

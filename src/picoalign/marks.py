@@ -1,5 +1,5 @@
-"""How picoalign knows its own outputs again: a gallery index's manifest and a search's
-contact sheet.
+"""How picoalign knows its own outputs again: a gallery index's manifest, a training run's
+folder and a search's contact sheet.
 
 Why a module of its own, below ``data`` and ``retrieval``: the writer (``retrieval``) marks
 what it writes, and others must recognise it. ``index --overwrite`` replaces only an index;
@@ -27,6 +27,16 @@ def holds_index(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(man, dict) and man.get("format") == INDEX_FORMAT
+
+
+def holds_run(path: Path) -> bool:
+    """Whether ``path`` is a training run's folder: its ``config.yaml`` and a saved model in
+    ``best/`` or ``last/``. A run kept in a gallery is not pictures of it (its
+    ``training.png`` was indexed as an image)."""
+    path = Path(path)
+    return (path / "config.yaml").is_file() and any(
+        (path / d / "model.safetensors").is_file() for d in ("best", "last")
+    )
 
 
 def is_sheet(path: Path) -> bool:

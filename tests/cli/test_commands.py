@@ -610,7 +610,7 @@ def test_a_caption_index_of_a_gallery_is_refused_before_any_work(trained, tmp_pa
     rc, _, err = run_cli(*argv, str(tmp_path / "i"), "--split", "all", "--no-progress")
     assert rc == 0, err
     rc, out, err = run_cli("search", str(tmp_path / "i"), "a red circle", "-k", "10")
-    assert rc == 0 and "-k 10: the index holds 3 items, so each query lists them all" in err
+    assert rc == 0 and "-k 10: the index holds 3 items: at most 3 results per query" in err
     assert [line.split()[0] for line in out.splitlines()[2:]] == ["1", "2", "3"]
 
 

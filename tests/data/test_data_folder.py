@@ -110,7 +110,8 @@ def test_linked_folders_are_walked_once_and_broken_links_and_non_images_said(
 
 def test_picoalign_outputs_kept_in_the_gallery_are_not_pictures_of_it(tmp_path: Path) -> None:
     """The gallery walkthrough: a contact sheet saved into the gallery was indexed as an
-    image on the next `index`, and an index folder kept inside it was walked."""
+    image on the next `index`, and an index folder kept inside it was walked; the re-test:
+    a run folder kept there gave its training.png."""
     import json
 
     from PIL import PngImagePlugin
@@ -124,13 +125,17 @@ def test_picoalign_outputs_kept_in_the_gallery_are_not_pictures_of_it(tmp_path: 
     (root / "idx").mkdir()
     (root / "idx" / "manifest.json").write_text(json.dumps({"format": INDEX_FORMAT}))
     Image.new("RGB", (9, 9)).save(root / "idx" / "thumb.png")
+    (root / "run" / "best").mkdir(parents=True)  # a training run kept in the gallery
+    (root / "run" / "config.yaml").write_text("epochs: 1\n")
+    (root / "run" / "best" / "model.safetensors").write_bytes(b"weights")
+    Image.new("RGB", (9, 9)).save(root / "run" / "training.png")
     (root / "web").mkdir()  # another program's manifest: its folder is the gallery's
     (root / "web" / "manifest.json").write_text(json.dumps({"name": "app"}))
     Image.new("RGB", (9, 9)).save(root / "web" / "icon.png")
     notes: list[str] = []
     ds = prepare_dataset(f"folder:{root}", need_splits=("all",), report=notes.append)
     assert [it.key for it in ds.items] == ["b.png", "sub dir é/a.JPG", "web/icon.png"]
-    said = "passed over 2 files that are not images and 2 picoalign outputs (index folders"
+    said = "passed over 2 files that are not images and 3 picoalign outputs (indexes, runs"
     assert any(said in n for n in notes), notes
     assert any("e.g. idx/)" in n for n in notes), notes  # named: a user's photos put there
 

@@ -288,8 +288,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     model = index.load_model()
     if args.top_k > index.n:  # said, so that 45 results for -k 1000 are not a surprise
         items = f"{index.n} item{'' if index.n == 1 else 's'}"
-        print(f"picoalign: -k {args.top_k}: the index holds {items}, so each query lists "
-              f"{'it' if index.n == 1 else 'them all'}", file=sys.stderr)  # fmt: skip
+        print(f"picoalign: -k {args.top_k}: the index holds {items}: at most {index.n} "
+              f"result{'' if index.n == 1 else 's'} per query", file=sys.stderr)  # fmt: skip
     kw = {
         "k": args.top_k,
         "candidates": args.candidates,

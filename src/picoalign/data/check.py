@@ -108,9 +108,9 @@ def prepare_dataset(
             (dataset.notes.get("broken_links", 0), "broken link", "broken links"),
             (
                 dataset.notes.get("picoalign_outputs", 0),
-                f"picoalign output ({dataset.notes.get('picoalign_outputs_first')}: an index "
-                "folder or a contact sheet)",
-                f"picoalign outputs (index folders, contact sheets; e.g. "
+                f"picoalign output ({dataset.notes.get('picoalign_outputs_first')}: an index, "
+                "a run or a contact sheet)",
+                f"picoalign outputs (indexes, runs, contact sheets; e.g. "
                 f"{dataset.notes.get('picoalign_outputs_first')})",
             ),
         )

@@ -4,7 +4,7 @@ Why a format of its own: serving search over one's own pictures is the common ca
 has no captions to write. Every image file under PATH (sub-folders included, linked ones too,
 hidden ones not) is one item, keyed by its path relative to PATH. Files that are not images
 by their extension (Pillow's list) are passed over and counted, and so are picoalign's own
-outputs: an index folder kept in the gallery, a search's contact sheet saved there
+outputs: an index or a training run kept in the gallery, a search's contact sheet saved there
 (:mod:`picoalign.marks`). All items are in the ``test`` split, so ``index --split all`` and
 ``--split test`` both take the whole gallery. With no captions there is nothing to train or
 evaluate on: :func:`picoalign.data.check.prepare_dataset` says so for those commands, and a
@@ -21,7 +21,7 @@ from picoalign.data._text import Problems
 from picoalign.data.base import DataError, ImageCaptionDataset, Item, items_fingerprint
 from picoalign.data.images import FileLoader
 from picoalign.data.records import file_identity
-from picoalign.marks import holds_index, is_sheet
+from picoalign.marks import holds_index, holds_run, is_sheet
 
 __all__ = ["image_extensions", "image_folder"]
 
@@ -77,7 +77,7 @@ def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDat
             link = os.path.islink(os.path.join(dirpath, d))
             if link and (real == inside or real.startswith(inside + os.sep)):
                 continue
-            if holds_index(Path(dirpath) / d):  # an index kept in its gallery: not pictures
+            if holds_index(Path(dirpath) / d) or holds_run(Path(dirpath) / d):  # not pictures
                 own.append(f"{(Path(dirpath) / d).relative_to(root).as_posix()}/")
                 continue
             if real not in walked:
