@@ -15,6 +15,7 @@ from pathlib import Path
 
 INDEX_FORMAT, INDEX_FORMAT_VERSION = "picoalign-gallery", 1
 SHEET_SOFTWARE = "picoalign contact sheet"  # the PNG "Software" text of a contact sheet
+DEMO_MARK = "picoalign demo"  # "written_by" in a demo folder's demo.json
 
 
 def holds_index(path: Path) -> bool:
@@ -30,13 +31,20 @@ def holds_index(path: Path) -> bool:
 
 
 def holds_run(path: Path) -> bool:
-    """Whether ``path`` is a training run's folder: its ``config.yaml`` and a saved model in
-    ``best/`` or ``last/``. A run kept in a gallery is not pictures of it (its
-    ``training.png`` was indexed as an image)."""
+    """Whether ``path`` is a training run's folder (its ``config.yaml`` and a saved model in
+    ``best/`` or ``last/``) or a demo's (its ``demo.json``). A run kept in a gallery is not
+    pictures of it (its ``training.png`` was indexed as an image)."""
     path = Path(path)
-    return (path / "config.yaml").is_file() and any(
+    if (path / "config.yaml").is_file() and any(
         (path / d / "model.safetensors").is_file() for d in ("best", "last")
-    )
+    ):
+        return True
+    try:
+        with open(path / "demo.json", encoding="utf-8") as f:
+            demo = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(demo, dict) and demo.get("written_by") == DEMO_MARK
 
 
 def is_sheet(path: Path) -> bool:

@@ -129,15 +129,18 @@ def test_picoalign_outputs_kept_in_the_gallery_are_not_pictures_of_it(tmp_path: 
     (root / "run" / "config.yaml").write_text("epochs: 1\n")
     (root / "run" / "best" / "model.safetensors").write_bytes(b"weights")
     Image.new("RGB", (9, 9)).save(root / "run" / "training.png")
+    (root / "demo").mkdir()  # a demo's folder: its plot is no picture of the gallery
+    (root / "demo" / "demo.json").write_text(json.dumps({"written_by": "picoalign demo"}))
+    Image.new("RGB", (9, 9)).save(root / "demo" / "training.png")
     (root / "web").mkdir()  # another program's manifest: its folder is the gallery's
     (root / "web" / "manifest.json").write_text(json.dumps({"name": "app"}))
     Image.new("RGB", (9, 9)).save(root / "web" / "icon.png")
     notes: list[str] = []
     ds = prepare_dataset(f"folder:{root}", need_splits=("all",), report=notes.append)
     assert [it.key for it in ds.items] == ["b.png", "sub dir é/a.JPG", "web/icon.png"]
-    said = "passed over 2 files that are not images and 3 picoalign outputs (indexes, runs"
+    said = "passed over 2 files that are not images and 4 picoalign outputs (indexes, runs"
     assert any(said in n for n in notes), notes
-    assert any("e.g. idx/)" in n for n in notes), notes  # named: a user's photos put there
+    assert any("e.g. demo/)" in n for n in notes), notes  # named: a user's photos put there
 
 
 def test_a_bad_file_of_a_gallery_is_named_once(tmp_path: Path) -> None:

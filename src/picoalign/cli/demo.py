@@ -22,6 +22,7 @@ from picoalign.config.paths import real_path
 from picoalign.evaluation import embed_features, evaluate, format_table
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_write_text, check_out_folder, make_dirs
+from picoalign.marks import DEMO_MARK
 from picoalign.model import PicoAligner
 from picoalign.training.derived import split_sizes
 from picoalign.training.loop import train
@@ -89,9 +90,7 @@ def run_demo(
         check_run_folder(out / method, resume=False, overwrite=True)
     make_dirs(out, f"--out {out}")
     # written first: the runs in OUT are the demo's from now on, even if it is stopped
-    atomic_write_text(
-        json.dumps({"written_by": "picoalign demo", "runs": DEMO_RUNS}), out / "demo.json"
-    )
+    atomic_write_text(json.dumps({"written_by": DEMO_MARK, "runs": DEMO_RUNS}), out / "demo.json")
     base_cfg = demo_config("baseline", data, out, seed, epochs, quick, progress)
     print(
         f"picoalign demo: {data}, encoders {base_cfg.model.image_encoder} + "
@@ -160,7 +159,7 @@ def _check_runs_are_the_demos(out: Path) -> None:
 
 def _written_by_the_demo(out: Path) -> bool:
     for name, check in (
-        ("demo.json", lambda d: d.get("written_by") == "picoalign demo"),
+        ("demo.json", lambda d: d.get("written_by") == DEMO_MARK),
         ("results.json", lambda d: set(d) == set(DEMO_RUNS)),  # demos before demo.json
     ):
         try:

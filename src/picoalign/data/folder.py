@@ -4,7 +4,7 @@ Why a format of its own: serving search over one's own pictures is the common ca
 has no captions to write. Every image file under PATH (sub-folders included, linked ones too,
 hidden ones not) is one item, keyed by its path relative to PATH. Files that are not images
 by their extension (Pillow's list) are passed over and counted, and so are picoalign's own
-outputs: an index or a training run kept in the gallery, a search's contact sheet saved there
+outputs: an index, a training run or a demo kept in the gallery, a contact sheet saved there
 (:mod:`picoalign.marks`). All items are in the ``test`` split, so ``index --split all`` and
 ``--split test`` both take the whole gallery. With no captions there is nothing to train or
 evaluate on: :func:`picoalign.data.check.prepare_dataset` says so for those commands, and a
