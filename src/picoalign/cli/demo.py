@@ -22,7 +22,7 @@ from picoalign.config.paths import real_path
 from picoalign.evaluation import embed_features, evaluate, format_table
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_write_text, check_out_folder, make_dirs
-from picoalign.marks import DEMO_MARK
+from picoalign.marks import DEMO_MARK, holds_demo, json_dict
 from picoalign.model import PicoAligner
 from picoalign.training.derived import split_sizes
 from picoalign.training.loop import train
@@ -158,17 +158,8 @@ def _check_runs_are_the_demos(out: Path) -> None:
 
 
 def _written_by_the_demo(out: Path) -> bool:
-    for name, check in (
-        ("demo.json", lambda d: d.get("written_by") == DEMO_MARK),
-        ("results.json", lambda d: set(d) == set(DEMO_RUNS)),  # demos before demo.json
-    ):
-        try:
-            data = json.loads((out / name).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
-            continue
-        if isinstance(data, dict) and check(data):
-            return True
-    return False
+    results = json_dict(out / "results.json")  # demos before demo.json left only this
+    return holds_demo(out) or (results is not None and set(results) == set(DEMO_RUNS))
 
 
 def _small(fs: FeatureSet) -> FeatureSet:

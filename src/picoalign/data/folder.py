@@ -21,7 +21,7 @@ from picoalign.data._text import Problems
 from picoalign.data.base import DataError, ImageCaptionDataset, Item, items_fingerprint
 from picoalign.data.images import FileLoader
 from picoalign.data.records import file_identity
-from picoalign.marks import holds_index, holds_run, is_sheet
+from picoalign.marks import holds_demo, holds_index, holds_run, is_sheet
 
 __all__ = ["image_extensions", "image_folder"]
 
@@ -77,8 +77,9 @@ def image_folder(path: Path | str, *, skip_bad: bool = False) -> ImageCaptionDat
             link = os.path.islink(os.path.join(dirpath, d))
             if link and (real == inside or real.startswith(inside + os.sep)):
                 continue
-            if holds_index(Path(dirpath) / d) or holds_run(Path(dirpath) / d):  # not pictures
-                own.append(f"{(Path(dirpath) / d).relative_to(root).as_posix()}/")
+            sub = Path(dirpath) / d
+            if holds_index(sub) or holds_run(sub) or holds_demo(sub):  # not pictures
+                own.append(f"{sub.relative_to(root).as_posix()}/")
                 continue
             if real not in walked:
                 walked.add(real)

@@ -14,9 +14,7 @@ import numpy as np
 
 from picoalign.data.base import DataError
 from picoalign.fileio import atomic_write
-from picoalign.marks import SHEET_SOFTWARE, is_sheet
-
-# what a sheet's PNG records as its "Software": the mark that lets a later search replace it
+from picoalign.marks import SHEET_SOFTWARE, is_sheet  # a sheet's PNG mark: replaceable
 
 
 def check_sheet_path(path: str | Path) -> Path:
