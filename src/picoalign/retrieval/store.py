@@ -31,10 +31,11 @@ from picoalign.retrieval.manifest import (
     FORMAT,
     FORMAT_VERSION,
     KINDS,
+    STAGE_SETTINGS,
     read_manifest,
 )
 
-FIRST_STAGES = ("flat", "ivf", "hnsw")
+FIRST_STAGES = tuple(STAGE_SETTINGS)  # flat, ivf, hnsw
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 256
 IVF_NPROBE = 32
 
