@@ -240,11 +240,15 @@ def setup_run(
             )
             cfg = result.config = kept
     replacing = Replacement(out) if out is not None and not resume else None
-    run_files = {
-        "config.yaml": dump_config(cfg),
-        "data.json": json.dumps({**fs.meta, "splits": split_sizes(fs)}, indent=2, default=str),
-        "numerics.json": json.dumps(numerics(device), indent=2),
-    }
+    run_files = (
+        {}
+        if out is None
+        else {  # what rank 0 writes of a run besides checkpoints
+            "config.yaml": dump_config(cfg),
+            "data.json": json.dumps({**fs.meta, "splits": split_sizes(fs)}, indent=2, default=str),
+            "numerics.json": json.dumps(numerics(device), indent=2),
+        }
+    )
     if out is not None and not resume:
         if replacing is not None:
             replacing.begin()  # only now, with the data loaded and the model built
