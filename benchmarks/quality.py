@@ -57,7 +57,7 @@ from picoalign.training.distributed import state_digest
 from picoalign.training.loop import train
 from picoalign.training.schedule import resolve_epochs
 from quality_args import build_parser, default_paths
-from quality_outputs import draw_plots, write_outputs
+from quality_outputs import write_outputs
 from quality_plan import (
     BASE,
     CORE,
@@ -351,16 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     # a confirmation's rows hold one margin per family: its first seed "picks" that margin
     tune = args.seeds[:n_tune] if args.confirm is None else args.seeds[:1]
     text = report(list(done.values()), tune, confirms, n_tune)
-    args.plots_dir = plot_dir
-    rows = list(done.values())
-    draw = None
-    if plot_dir is not None:
-
-        def draw(folder: Path) -> None:
-            draw_plots(rows, args.train_sets, tune, plot_dir, folder)
-
-    try:
-        changed = write_outputs(args, text, draw)
+    plots = None if plot_dir is None else (list(done.values()), args.train_sets, tune, plot_dir)
+    try:  # --report-only replaces no file it would change unless --overwrite; a study does
+        changed = write_outputs(
+            args.report, text, overwrite=args.overwrite or not args.report_only, plots=plots
+        )
     except FileExistsError as err:
         ap.error(str(err))
     print(text)

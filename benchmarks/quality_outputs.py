@@ -49,17 +49,24 @@ def draw_plots(
             plot_training(hist, (dest or out) / f"training-{slug(ts)}.png")
 
 
-def write_outputs(args: Any, text: str, draw: Any) -> list[Path]:
-    """Write the report and (``draw(folder)``) the plots; return the files that changed.
-    Drawn aside first: ``--report-only`` without ``--overwrite`` replaces no file that would
-    change (``_common.write_unless_changed``); a study's own run rewrites its outputs."""
+def write_outputs(
+    report: Path,
+    text: str,
+    *,
+    overwrite: bool,
+    plots: tuple[list[dict[str, Any]], list[str], list[int], Path] | None = None,
+) -> list[Path]:
+    """Write the report ``text`` and (``plots``: :func:`draw_plots`' rows, training sets,
+    tuning seeds and folder) the plots; return the files that changed. All are drawn aside
+    first, and without ``overwrite`` a file that exists and would change stops it, with
+    nothing written (``_common.write_unless_changed``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        staged = {args.report: Path(tmp) / "report.md"}
-        staged[args.report].write_text(text)
-        if draw is not None:
+        staged = {report: Path(tmp) / "report.md"}
+        staged[report].write_text(text)
+        if plots is not None:
+            rows, train_sets, tune, folder = plots
             (Path(tmp) / "plots").mkdir()
-            draw(Path(tmp) / "plots")
+            draw_plots(rows, train_sets, tune, folder, Path(tmp) / "plots")
             for png in sorted((Path(tmp) / "plots").iterdir()):
-                staged[args.plots_dir / png.name] = png
-        overwrite = args.overwrite or not args.report_only
+                staged[folder / png.name] = png
         return write_unless_changed(staged, overwrite, "--report-only")
