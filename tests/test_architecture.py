@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "picoalign"
 # layer -> the picoalign layers it may import (besides itself). Top-level modules are layers
 # of their own name (model, fileio, config, __init__, __main__).
 LOWER = {"core", "model", "features", "data", "encoders", "fileio", "config", "evaluation",
-         "inputs", "marks"}  # fmt: skip
+         "inputs", "marks", "checkpoint"}  # fmt: skip
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "fileio": set(),
@@ -25,10 +25,12 @@ ALLOWED: dict[str, set[str]] = {
     "encoders": {"core", "data"},
     "features": {"core", "data", "encoders", "fileio", "progress"},
     "inputs": {"data"},
-    "model": {"core", "encoders", "data", "fileio", "config", "inputs"},
+    "checkpoint": {"config", "fileio"},
+    "model": {"core", "encoders", "data", "fileio", "config", "inputs", "checkpoint"},
     "config": {"core", "encoders", "data"},
     "evaluation": {"core", "model", "features"},
     "retrieval": {
+        "checkpoint",
         "core",
         "model",
         "features",

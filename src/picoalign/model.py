@@ -17,7 +17,6 @@ when raw images or texts are encoded (training on cached features never loads th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from picoalign.config.model import METHODS, RULES, ModelConfig
@@ -50,6 +48,9 @@ class PicoAligner(nn.Module):
         self.scorer = create_scorer(c.scorer, c.embed_dim)
         self.pico = PICO(c.pico)  # buffers always present: one state-dict layout
         self._backbones: dict[str, nn.Module] = {}  # lazily built, never saved
+        # optimiser steps that trained these weights (after_step counts them; saved in the
+        # file's metadata; None: loaded from a file older than the count)
+        self.trained_steps: int | None = 0
         if c.standardize:  # per-channel statistics of the backbone features (fit_standardization)
             for side, dim in (("image", c.image_dim), ("text", c.text_dim)):
                 self.register_buffer(f"{side}_mean", torch.zeros(dim))
@@ -267,7 +268,10 @@ class PicoAligner(nn.Module):
         validate: bool = True,
     ) -> None:
         """Call after each optimiser step: PICO's iterative construction (no-op otherwise).
-        ``validate``: as for :meth:`training_scores`."""
+        ``validate``: as for :meth:`training_scores`. Counts the step (:attr:`trained_steps`:
+        an index or evaluation of a model with none warns that its heads are random)."""
+        if self.trained_steps is not None:
+            self.trained_steps += 1
         if self.config.method == "pico":
             self.pico.update(
                 img, img_mask, txt, txt_mask, image_ids, feedback=feedback, validate=validate
@@ -354,47 +358,32 @@ class PicoAligner(nn.Module):
 
     # -- persistence ------------------------------------------------------------------
     def save(self, directory: str | Path, *, overwrite: bool = False) -> None:
-        """Write ``model.safetensors`` and ``config.json`` (each atomically) into a new or
-        empty folder, or over a saved model with ``overwrite=True``; a folder holding other
-        files (a run, the user's data) is refused (:func:`fileio.check_model_folder`)."""
-        from picoalign.fileio import (
-            atomic_write_json,
-            atomic_write_safetensors,
-            check_model_folder,
-            make_dirs,
-        )
+        """Write ``model.safetensors`` (with :attr:`trained_steps`) and ``config.json`` into a
+        new or empty folder, or over a saved model with ``overwrite=True``
+        (:func:`picoalign.checkpoint.write_model`)."""
+        from picoalign.checkpoint import write_model
 
-        d = Path(directory)
-        check_model_folder(d, overwrite=overwrite)
-        make_dirs(d)
-        atomic_write_safetensors(self.state_dict(), d / "model.safetensors")
-        atomic_write_json(self.config.to_dict(), d / "config.json")
+        write_model(
+            directory, self.state_dict(), self.config, self.trained_steps, overwrite=overwrite
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> PicoAligner:
         """Load a saved model folder, or a training run folder (its ``best/`` model, as the
         CLI accepts), in eval mode; raises ``FileNotFoundError``/``ValueError`` naming the
         path."""
-        from picoalign.fileio import model_dir
+        from picoalign.checkpoint import read_model
 
-        if not Path(directory).exists():
-            raise FileNotFoundError(
-                f"{directory}: checkpoint not found (no {Path(directory) / 'config.json'})"
-            )
-        d = model_dir(directory)
-        cfg_path, weights_path = d / "config.json", d / "model.safetensors"
-        for p in (cfg_path, weights_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: not found (is {d} a picoalign checkpoint?)")
-        try:
-            cfg = ModelConfig(**json.loads(cfg_path.read_text()))
-        except (TypeError, ValueError, AttributeError) as e:  # JSONDecodeError is a ValueError
-            raise ValueError(f"{cfg_path}: not a picoalign model config ({e})") from e
+        cfg, state, steps = read_model(directory)
         model = cls(cfg)
         try:
-            model.load_state_dict(load_file(str(weights_path)))
-        except Exception as e:  # SafetensorError (corrupt file), RuntimeError (shape mismatch)
-            raise ValueError(f"{weights_path}: cannot load the model weights ({e})") from e
+            model.load_state_dict(state)
+        except RuntimeError as e:  # missing, unexpected or misshapen tensors
+            from picoalign.fileio import model_dir
+
+            path = model_dir(directory) / "model.safetensors"
+            raise ValueError(f"{path}: cannot load the model weights ({e})") from e
+        model.trained_steps = steps
         # in eval mode, as a loaded model is used: with text_dropout / image_dropout a model in
         # training mode encodes the same caption differently on every call (.train() to train)
         return model.eval()

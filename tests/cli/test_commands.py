@@ -211,6 +211,17 @@ def test_evaluate_model_folder_other_split_and_table(trained) -> None:
     assert rc == 0 and "pico (jsonl:" in out and "%|" not in err  # no bar at all
 
 
+def test_evaluate_warns_of_a_model_never_trained(trained, tmp_path: Path) -> None:
+    """A model saved before any training (``from_encoders(...).save``) was evaluated without a
+    word: its random heads' recalls read like a (bad) result."""
+    PicoAligner(PicoAligner.load(trained["run"]).config).save(tmp_path / "fresh")
+    data = f"jsonl:{trained['data']}"
+    rc, _, err = run_cli("evaluate", str(tmp_path / "fresh"), "--data", data, "--split", "all")
+    assert rc == 0 and "an evaluation of" in err and "never trained" in err, err
+    rc, _, err = run_cli("evaluate", str(trained["run"]), "--split", "all")
+    assert rc == 0 and "never trained" not in err, err
+
+
 def test_the_checkpoint_and_the_index_may_be_given_without_their_flag(
     trained, tmp_path: Path, capsys
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,7 @@ def _model(seed: int = 0, weighted: bool = True) -> PicoAligner:
     gen = torch.Generator().manual_seed(seed + 100)
     model.pico.p.copy_(torch.rand(16, generator=gen) + 0.05)  # a non-uniform, active p
     model.pico.steps.fill_(1)
+    model.trained_steps = 1  # stands for a trained model, as its p does
     return model
 
 
@@ -198,6 +200,19 @@ def test_a_model_saved_in_bf16_is_indexed_and_searched_by_its_loaded_copy(tiny, 
     other = _model(seed=1).to(torch.bfloat16)  # another model in bf16 is still refused
     with pytest.raises(ValueError, match="weights differ"):
         GalleryIndex.load(tmp_path / "idx", model=other)
+
+
+def test_an_index_of_a_model_never_trained_is_warned(tiny, tmp_path):
+    """The serving walkthrough's leftover: ``PicoAligner.from_encoders(...).save(dir)`` then
+    ``picoalign index dir`` built and searched an index of random heads without a word."""
+    fresh = PicoAligner(tiny["model"].config)
+    fresh.save(tmp_path / "fresh")
+    kw = {"dataset_spec": tiny["spec"], "progress": False}
+    with pytest.warns(UserWarning, match=r"an index of .*fresh of a model that was never trained"):
+        build_index(fresh, tiny["fs"], checkpoint=tmp_path / "fresh", out=tmp_path / "a", **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a trained model: no word
+        _build(tiny, tmp_path / "b")
 
 
 def test_refuses_missing_or_corrupt(tiny, tmp_path):
@@ -534,6 +549,7 @@ def test_a_fine_tuned_backbone_is_indexed_by_what_it_computes(tiny, tmp_path, ki
     with torch.no_grad():  # what fine-tuning does: the backbone moves off its pretrained weights
         for p in model.backbone(side).parameters():
             p.add_(torch.randn_like(p))
+    model.trained_steps = 1
     model.save(tmp_path / "ckpt")
     fs = tiny["fs"]
     index = build_index(

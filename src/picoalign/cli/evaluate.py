@@ -72,6 +72,7 @@ def add_evaluate(sub: Any, epilog: str) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     resolve_folder_args(args)
+    from picoalign.checkpoint import untrained_note
     from picoalign.data.check import report_to_stderr
     from picoalign.evaluation import (
         coarse_split_warning,
@@ -84,6 +85,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model = PicoAligner.load(args.checkpoint)
     model.config.check_rule(args.rule)  # before any encoding: errors in seconds
+    if (note := untrained_note(model, f"an evaluation of {args.checkpoint}")) is not None:
+        print(f"picoalign: warning: {note}", file=sys.stderr)
     if not args.memory_mb > 0:
         raise ValueError(f"--memory-mb must be positive, got {args.memory_mb}")
     data, split_seed = run_data(args.checkpoint, args.data, args.seed)

@@ -8,11 +8,13 @@ features through the heads, or the raw inputs re-encoded where a backbone was fi
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from picoalign.checkpoint import untrained_note
 from picoalign.config.paths import absolute_source, absolute_spec
 from picoalign.core.similarity import pool_tokens
 from picoalign.evaluation.evaluate import embed_rows
@@ -52,6 +54,8 @@ def build_index(
     contact sheet reads them under it too."""
     store.check_options(kind, dtype, first_stage)  # before the expensive part
     ident = store.checkpoint_identity(model, checkpoint)
+    if (note := untrained_note(model, f"an index of {checkpoint}")) is not None:
+        warnings.warn(note, stacklevel=2)
     feats = fs.images if kind == "images" else fs.texts
     want = model.config.image_dim if kind == "images" else model.config.text_dim
     if feats.dim != want:

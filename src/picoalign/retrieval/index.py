@@ -198,7 +198,7 @@ class GalleryIndex:
                 f"{ckpt}: checkpoint of index {self.path} not found (moved? pass --checkpoint)"
             )
         store.check_checkpoint(self.manifest, self.path, ckpt)
-        model = PicoAligner.load(store.model_dir(ckpt)).eval()
+        model = PicoAligner.load(ckpt).eval()
         self.verify_model(model)
         return model
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from picoalign import fileio
+from picoalign.checkpoint import model_folder
 from picoalign.core.similarity import pool_tokens
 from picoalign.fileio import atomic_write_json, atomic_write_safetensors
 from picoalign.marks import holds_index
@@ -69,16 +70,6 @@ def tensors_sha256(tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def model_dir(checkpoint: str | Path) -> Path:
-    """The model folder of a checkpoint (:func:`picoalign.fileio.model_dir`), checked."""
-    if not Path(checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    path = fileio.model_dir(checkpoint)
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path}: no model.safetensors (not a picoalign checkpoint)")
-    return path
-
-
 def _fp32(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Floating tensors as fp32: a model's identity does not depend on the dtype it is held
     in. A bf16 model saved and loaded back (``PicoAligner.load`` gives fp32) is the same
@@ -107,7 +98,7 @@ def identity_difference(got: dict[str, Any], expect: dict[str, Any]) -> str:
 
 def checkpoint_identity(model: Any, checkpoint: str | Path) -> dict[str, Any]:
     """``model_identity`` plus the checkpoint file's sha256; ValueError if they disagree."""
-    mdir = model_dir(checkpoint)
+    mdir = model_folder(checkpoint)
     ident = model_identity(model)
     if tensors_sha256(_fp32(load_file(str(mdir / "model.safetensors")))) != ident["weights_sha256"]:
         raise ValueError(f"the model differs from checkpoint {mdir}: save it before indexing")
@@ -117,7 +108,7 @@ def checkpoint_identity(model: Any, checkpoint: str | Path) -> dict[str, Any]:
 def check_checkpoint(manifest: dict[str, Any], path: Any, checkpoint: str | Path) -> None:
     """ValueError unless ``checkpoint``'s model file is the one the index was built with."""
     expect = (manifest.get("model") or {}).get("model_sha256")
-    got = file_sha256(model_dir(checkpoint) / "model.safetensors")
+    got = file_sha256(model_folder(checkpoint) / "model.safetensors")
     if expect and got != expect:
         raise ValueError(
             f"index {path} was built with another model (checkpoint "

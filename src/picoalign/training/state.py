@@ -98,7 +98,9 @@ def restore_last(
             )
         )
     state = safe_torch_load(out / "last" / "state.pt")
-    model.load_state_dict(PicoAligner.load(out / "last").state_dict())
+    last = PicoAligner.load(out / "last")
+    model.load_state_dict(last.state_dict())
+    model.trained_steps = last.trained_steps  # the count goes on from the checkpoint's
     opt.load_state_dict(state["optimizer"])
     if state.get("loss"):
         loss_fn.load_state_dict(state["loss"])
