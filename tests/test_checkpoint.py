@@ -80,3 +80,58 @@ def test_a_model_with_misshapen_weights_is_refused_naming_the_file(tmp_path: Pat
     shutil.copy(other / "model.safetensors", tmp_path / "m" / "model.safetensors")
     with pytest.raises(ValueError, match=r"m/model.safetensors: cannot load the model weights"):
         PicoAligner.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize(
+    ("files", "says"),
+    [
+        ({"config.json": '{"my": "settings"}'}, "not a picoalign model config"),
+        ({"config.json": '{"model_type": "bert"}', "model.safetensors": b"x"}, "not a picoalign"),
+        ({"model.safetensors": b"weights of my own"}, "no picoalign config.json beside it"),
+    ],
+)
+def test_overwrite_replaces_only_a_saved_model_never_the_users_files(
+    tmp_path: Path, files: dict, says: str
+) -> None:
+    """The API walkthrough: ``save(dir)`` said "holds a saved model; pass overwrite=True" for a
+    folder holding the user's own config.json, and ``overwrite=True`` then replaced it."""
+    folder = tmp_path / "own"
+    folder.mkdir()
+    for name, content in files.items():
+        p = folder / name
+        p.write_bytes(content) if isinstance(content, bytes) else p.write_text(content)
+    with pytest.raises(ValueError, match=says):
+        _model().save(folder, overwrite=True)
+    for name, content in files.items():  # untouched
+        p = folder / name
+        assert (p.read_bytes() if isinstance(content, bytes) else p.read_text()) == content
+
+
+def test_an_interrupted_overwrite_leaves_the_old_model_whole(tmp_path: Path, monkeypatch) -> None:
+    """The two files were written one after the other: a stop between them left the new
+    weights beside the old config, a model that no longer loaded, and the old one lost."""
+    import picoalign.checkpoint as checkpoint
+
+    _model().save(tmp_path / "m")
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "atomic_write_json", stop)
+    wider = PicoAligner(ModelConfig(image_dim=4, text_dim=4, embed_dim=16))
+    with pytest.raises(KeyboardInterrupt):
+        wider.save(tmp_path / "m", overwrite=True)
+    assert PicoAligner.load(tmp_path / "m").config.embed_dim == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left
+
+
+def test_a_model_is_saved_and_loaded_under_home(tmp_path: Path, monkeypatch) -> None:
+    """``save("~/m")`` made a folder named ``~`` in the current folder (the CLI expands it)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    model = _model()
+    _step(model)
+    model.save("~/m")
+    assert (tmp_path / "home" / "m" / "model.safetensors").is_file()
+    assert not (tmp_path / "~").exists()
+    assert PicoAligner.load("~/m").trained_steps == 1

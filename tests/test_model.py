@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from picoalign.core.heads import LinearHead, MLPHead
 from picoalign.core.pico import PICOConfig
 from picoalign.core.similarity import fine_grained_scores, global_scores, l2_normalize
+from picoalign.data.base import DataError
 from picoalign.model import ModelConfig, PicoAligner
 
 # tiny tensors: one intra-op thread avoids thread hand-offs that dominate on a loaded CPU
@@ -349,6 +351,48 @@ def test_a_loaded_model_is_in_eval_mode_so_dropout_runs_embed_the_same_twice(
     assert not all(
         torch.equal(x, y) for x, y in zip(embedded(loaded), embedded(loaded), strict=True)
     )
+
+
+def test_encode_embeds_in_eval_mode_and_keeps_the_callers_mode(tmp_path: Path) -> None:
+    """The API walkthrough: a model in training mode (``from_encoders``, ``train(cfg).model``)
+    encoded the same caption and image differently on every call under token dropout, so
+    queries searched an index (built in eval mode) with other embeddings each time."""
+    torch.manual_seed(0)
+    model = PicoAligner.from_encoders(
+        "random-conv", "hash-text", embed_dim=D, text_dropout=0.5, image_dropout=0.5
+    )
+    assert model.training
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (20, 12), (200, 30, 30)).save(photo)
+    for encode, item in ((model.encode_texts, "a red circle"), (model.encode_images, photo)):
+        first, again = encode([item]), encode([item])
+        assert torch.equal(first[0], again[0])
+        model.eval()
+        assert torch.equal(encode([item])[0], first[0])  # what eval mode gives
+        model.train()
+    assert model.training  # the caller's mode is kept
+
+
+def test_a_pil_image_embeds_as_its_file_does_exif_orientation_included(tmp_path: Path) -> None:
+    """A phone photo (EXIF orientation 6) given as a path was turned upright, given as a PIL
+    image it was not: the two embeddings differed by 0.27 and search_image missed its match."""
+    torch.manual_seed(0)
+    model = PicoAligner.from_encoders("random-conv", "hash-text", embed_dim=D)
+    im = Image.new("RGB", (40, 20), "white")
+    im.paste((200, 0, 0), (0, 0, 10, 20))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "phone.jpg", exif=exif)
+    by_path, _ = model.encode_images([tmp_path / "phone.jpg"])
+    with Image.open(tmp_path / "phone.jpg") as opened:
+        by_image, _ = model.encode_images([opened])
+    assert torch.equal(by_path, by_image)
+    noise = Image.effect_noise((400, 300), 80).convert("RGB")  # pixel data past the header
+    noise.save(tmp_path / "big.jpg")
+    data = (tmp_path / "big.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with Image.open(tmp_path / "cut.jpg") as cut, pytest.raises(DataError, match="image 1: trunc"):
+        model.encode_images([tmp_path / "phone.jpg", cut])  # named, not a bare OSError
 
 
 def test_encode_names_an_item_of_the_wrong_kind(tmp_path: Path) -> None:

@@ -20,10 +20,10 @@ from torch import Tensor
 
 from picoalign.config.model import ModelConfig
 from picoalign.fileio import (
+    atomic_replace_dir,
     atomic_write_json,
     atomic_write_safetensors,
     check_model_folder,
-    make_dirs,
     model_dir,
 )
 
@@ -38,26 +38,47 @@ def write_model(
     *,
     overwrite: bool = False,
 ) -> None:
-    """Write a model folder (each file atomically) into a new or empty folder, or over a
-    saved model with ``overwrite=True``; a folder holding other files (a run, the user's
-    data) is refused (:func:`fileio.check_model_folder`)."""
-    d = Path(directory)
+    """Write a model folder into a new or empty folder, or over a saved model with
+    ``overwrite=True``; a folder holding other files (a run, the user's data, a Hugging Face
+    model's ``config.json``) is refused. The files are written into a fresh folder that then
+    takes the old one's place, so an interrupted save leaves the old model whole."""
+    d = Path(directory).expanduser()
     check_model_folder(d, overwrite=overwrite)
-    make_dirs(d)
+    if overwrite:
+        _check_saved_model(d)
     meta = {"format": "pt"}
     if trained_steps is not None:
         meta[STEPS_KEY] = str(trained_steps)
-    atomic_write_safetensors(state, d / "model.safetensors", metadata=meta)
-    atomic_write_json(config.to_dict(), d / "config.json")
+
+    def write(folder: Path) -> None:
+        atomic_write_safetensors(state, folder / "model.safetensors", metadata=meta)
+        atomic_write_json(config.to_dict(), folder / "config.json")
+
+    atomic_replace_dir(d, write)
+
+
+def _check_saved_model(d: Path) -> None:
+    """ValueError unless the model files in ``d`` are a picoalign model's: ``overwrite``
+    replaces a saved model, never a file of the same name that is the user's own."""
+    refuse = "; overwrite=True replaces only a saved picoalign model: save into a new folder"
+    cfg_path, weights_path = d / "config.json", d / "model.safetensors"
+    if weights_path.exists() and not cfg_path.is_file():
+        raise ValueError(f"{weights_path}: no picoalign config.json beside it{refuse}")
+    if cfg_path.exists():
+        try:
+            ModelConfig(**json.loads(cfg_path.read_text()))
+        except (TypeError, ValueError, AttributeError, OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{cfg_path}: not a picoalign model config ({e}){refuse}") from e
 
 
 def model_folder(checkpoint: str | Path) -> Path:
     """The model folder of a checkpoint (a model folder, or a training run's ``best/``:
     :func:`picoalign.fileio.model_dir`), with both its files; ``FileNotFoundError`` names
     what is missing."""
-    if not Path(checkpoint).exists():
+    checkpoint = Path(checkpoint).expanduser()
+    if not checkpoint.exists():
         raise FileNotFoundError(
-            f"{checkpoint}: checkpoint not found (no {Path(checkpoint) / 'config.json'})"
+            f"{checkpoint}: checkpoint not found (no {checkpoint / 'config.json'})"
         )
     d = model_dir(checkpoint)
     for name in ("config.json", "model.safetensors"):

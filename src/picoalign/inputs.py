@@ -25,16 +25,16 @@ def check_batch_size(batch_size: int) -> None:
 def as_image(x: Any, i: int) -> Image.Image:
     """Item ``i`` of ``encode_images`` as a PIL image: a PIL image, or an image file's path;
     anything else is named, not passed on to fail in ``open``."""
-    from picoalign.data.images import load_image
+    from picoalign.data.images import load_image, upright_image
 
     if isinstance(x, Image.Image):
-        return x
+        return upright_image(x, f"image {i}")
     if not isinstance(x, (str, Path)):
         raise TypeError(
             f"images must be PIL images or file paths: item {i} is {type(x).__name__} (for "
             "an array, PIL.Image.fromarray(array) first)"
         )
-    return load_image(Path(x), where=f"image {i}")
+    return load_image(Path(x).expanduser(), where=f"image {i}")
 
 
 def check_texts(texts: Sequence[Any]) -> None:

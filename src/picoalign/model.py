@@ -17,7 +17,8 @@ when raw images or texts are encoded (training on cached features never loads th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,18 @@ class PicoAligner(nn.Module):
     def _device(self) -> torch.device:
         return self.image_head.proj.weight.device
 
+    @contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Eval mode for the block, the caller's mode after it: ``encode_*`` embeds as an index
+        and ``evaluate`` do, also for a model in training mode (a fresh one, or ``train()``'s),
+        where token dropout drew other embeddings on every call."""
+        was = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was)
+
     @torch.no_grad()
     def encode_images(
         self, images: Sequence[Image.Image | str | Path], batch_size: int = 32
@@ -326,12 +339,13 @@ class PicoAligner(nn.Module):
                 "features with embed_images(tokens, mask), or search its index by text"
             )
         toks, masks = [], []
-        for i in range(0, len(images), batch_size):
-            batch = [as_image(x, i + j) for j, x in enumerate(images[i : i + batch_size])]
-            t, m = enc(self.image_pixels(batch))
-            t, m = self.embed_images(t.to(self._device), m.to(self._device))
-            toks.append(t)
-            masks.append(m)
+        with self._inference():
+            for i in range(0, len(images), batch_size):
+                batch = [as_image(x, i + j) for j, x in enumerate(images[i : i + batch_size])]
+                t, m = enc(self.image_pixels(batch))
+                t, m = self.embed_images(t.to(self._device), m.to(self._device))
+                toks.append(t)
+                masks.append(m)
         return pad_cat(toks, masks, dim=self.config.embed_dim, device=self._device)
 
     def text_tokens(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -350,17 +364,18 @@ class PicoAligner(nn.Module):
         check_batch_size(batch_size)
         check_texts(texts)
         toks, masks = [], []
-        for i in range(0, len(texts), batch_size):
-            t, m = self.embed_texts(*self.text_tokens(texts[i : i + batch_size]))
-            toks.append(t)
-            masks.append(m)
+        with self._inference():
+            for i in range(0, len(texts), batch_size):
+                t, m = self.embed_texts(*self.text_tokens(texts[i : i + batch_size]))
+                toks.append(t)
+                masks.append(m)
         return pad_cat(toks, masks, dim=self.config.embed_dim, device=self._device)
 
     # -- persistence ------------------------------------------------------------------
     def save(self, directory: str | Path, *, overwrite: bool = False) -> None:
         """Write ``model.safetensors`` (with :attr:`trained_steps`) and ``config.json`` into a
-        new or empty folder, or over a saved model with ``overwrite=True``
-        (:func:`picoalign.checkpoint.write_model`)."""
+        new or empty folder, or over a saved model with ``overwrite=True``, as one folder swap
+        (:func:`picoalign.checkpoint.write_model`; ``~`` is the home folder)."""
         from picoalign.checkpoint import write_model
 
         write_model(
@@ -379,9 +394,9 @@ class PicoAligner(nn.Module):
         try:
             model.load_state_dict(state)
         except RuntimeError as e:  # missing, unexpected or misshapen tensors
-            from picoalign.fileio import model_dir
+            from picoalign.checkpoint import model_folder
 
-            path = model_dir(directory) / "model.safetensors"
+            path = model_folder(directory) / "model.safetensors"
             raise ValueError(f"{path}: cannot load the model weights ({e})") from e
         model.trained_steps = steps
         # in eval mode, as a loaded model is used: with text_dropout / image_dropout a model in

@@ -132,17 +132,16 @@ def test_build_load_round_trip(tiny, tmp_path, dtype, first_stage):
 
 def test_split_gallery_and_overwrite(tiny, tmp_path):
     out = tmp_path / "idx"
-    _build(tiny, out)
+    built = _build(tiny, out)
     test = tiny["fs"].split("test")
-    index = build_index(
-        tiny["model"],
-        test,
-        dataset_spec=tiny["spec"],
-        checkpoint=tiny["ckpt"],
-        out=out,
-        split="test",
-        progress=False,
-    )
+    kw = {"dataset_spec": tiny["spec"], "checkpoint": tiny["ckpt"], "out": out, "split": "test"}
+    # the API walkthrough: a second build (or GalleryIndex.save) replaced an index unasked
+    with pytest.raises(ValueError, match=r"holds a gallery index; .*overwrite=True"):
+        build_index(tiny["model"], test, progress=False, **kw)
+    with pytest.raises(ValueError, match=r"holds a gallery index; .*overwrite=True"):
+        built.save(out)
+    assert GalleryIndex.load(out).n == 12  # untouched
+    index = build_index(tiny["model"], test, progress=False, overwrite=True, **kw)
     assert GalleryIndex.load(out).keys == test.image_keys and index.n == 4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     (tmp_path / "other").mkdir()
@@ -325,7 +324,7 @@ def test_interrupted_build_leaves_nothing(tiny, tmp_path, monkeypatch):
     first = _build(tiny, tmp_path / "idx")  # an interrupted rebuild keeps the old index
     monkeypatch.setattr(index_store, "atomic_write_safetensors", boom)
     with pytest.raises(RuntimeError):
-        _build(tiny, tmp_path / "idx", first_stage="hnsw")
+        _build(tiny, tmp_path / "idx", first_stage="hnsw", overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]
     assert GalleryIndex.load(tmp_path / "idx").manifest == first.manifest
 
@@ -369,8 +368,14 @@ def test_flat_first_stage_and_agreement(tiny, tmp_path):
             assert t == f
     with pytest.raises(ValueError, match=">= 1"):
         index.search_text(model, QUERIES, k=0)
+    # one string is one query, and a generator is read once (it searched nothing: [])
+    one = index.search_text(model, ["a red circle"], k=3)
+    assert index.search_text(model, "a red circle", k=3) == one
+    assert index.search_text(model, (q for q in ["a red circle"]), k=3) == one
     with pytest.raises(ValueError, match="non-empty list"):
-        index.search_text(model, "a red circle")
+        index.search_text(model, [])
+    with pytest.raises(ValueError, match=r"k must be a whole number >= 1, got 2\.5"):
+        index.search_text(model, QUERIES, k=2.5)
     with pytest.raises(ValueError, match="text query 2 is empty"):
         index.search_text(model, ["a red circle", "  "])
     with pytest.raises(ValueError, match="search it by text"):
@@ -395,6 +400,13 @@ def test_caption_index_search_image(tiny, tmp_path):
         index.search_text(model, ["a red circle"])
     with pytest.raises(FileNotFoundError, match="image not found"):
         index.search_image(model, [tiny["root"] / "missing.png"])
+    # one image (PIL or path) is one query, a generator is read once, a folder is named
+    assert index.search_image(model, images[1], k=3) == index.search_image(model, images[1:], k=3)
+    assert index.search_image(model, (x for x in images), k=3) == index.search_image(
+        model, images, k=3
+    )
+    with pytest.raises(FileNotFoundError, match="is a folder, not an image"):
+        index.search_image(model, [tiny["root"]])
 
 
 def test_contact_sheet(tiny, tmp_path):

@@ -225,6 +225,7 @@ def _index(args: argparse.Namespace, out: Path) -> int:
         nprobe=args.nprobe,
         progress=args.progress,
         max_image_pixels=kwargs.get("max_image_pixels"),
+        overwrite=args.overwrite,
     )
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     what = args.kind if index.n != 1 else args.kind[:-1]  # "1 image", "2 images"

@@ -140,6 +140,15 @@ def _pillow_errors(label: str) -> Iterator[None]:
         raise DataError(f"{label}: truncated or corrupt image ({type(e).__name__}: {e})") from None
 
 
+def upright_image(im: Image.Image, where: str) -> Image.Image:
+    """A PIL image a caller opened, as :func:`load_image` gives a file: decoded (a truncated
+    one is a :class:`DataError` naming ``where``), turned by its EXIF orientation and RGB, so
+    that a photo given as a PIL image embeds as its path does."""
+    with _pillow_errors(where):
+        im.load()
+        return to_rgb(_upright(im))
+
+
 def _upright(im: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a broken EXIF block is ignored, not fatal (the pixels are
     fine, and cameras write odd EXIF often)."""

@@ -43,6 +43,7 @@ def build_index(
     batch_size: int = 256,
     progress: bool = True,
     max_image_pixels: int | None = None,
+    overwrite: bool = False,
 ) -> GalleryIndex:
     """Embed the images (or, ``kind="captions"``, the captions) of FeatureSet ``fs`` once with
     ``model``'s heads and save a :class:`GalleryIndex` folder at ``out``.
@@ -51,8 +52,10 @@ def build_index(
     ``dataset_spec``/``seed`` are recorded so images can be reloaded by key; ``dataset`` (the
     loaded dataset, for item sources) is loaded from the spec when not given;
     ``max_image_pixels`` (a larger limit the images were read under) is recorded, so that a
-    contact sheet reads them under it too."""
+    contact sheet reads them under it too. ``overwrite``: replace an index at ``out`` (a
+    folder holding anything else is refused, before any work)."""
     store.check_options(kind, dtype, first_stage)  # before the expensive part
+    store.check_index_folder(Path(out), overwrite=overwrite)
     ident = store.checkpoint_identity(model, checkpoint)
     if (note := untrained_note(model, f"an index of {checkpoint}")) is not None:
         warnings.warn(note, stacklevel=2)
@@ -130,5 +133,5 @@ def build_index(
         },
         **extra,
     )
-    index.save(out)
+    index.save(out, overwrite=overwrite)
     return index

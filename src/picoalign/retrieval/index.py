@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from picoalign.core.similarity import pool_tokens
@@ -140,11 +141,13 @@ class GalleryIndex:
         index = store.build_first_stage(pooled.numpy(), settings)
         return cls(tokens.detach().to("cpu", DTYPES[dtype]), mask.cpu(), pooled, index, man)
 
-    def save(self, out: str | Path) -> Path:
-        """Write the index folder (atomically; a previous index at ``out`` is replaced)."""
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the index folder (as one folder swap) into a new or empty folder, or over an
+        index with ``overwrite=True``; a folder holding anything else is refused."""
+        out = Path(out).expanduser()
         tensors = {"tokens": self.tokens, "mask": self.mask, "pooled": self.pooled}
-        store.write_folder(tensors, self.faiss_index, self.manifest, Path(out))
-        self.path = Path(out)
+        store.write_folder(tensors, self.faiss_index, self.manifest, out, overwrite=overwrite)
+        self.path = out
         return self.path
 
     @classmethod
@@ -161,7 +164,7 @@ class GalleryIndex:
         the one that built it. ValueError for a missing or corrupt manifest or files; with
         ``verify`` (the default) also for data files whose checksum is not the recorded one
         (:func:`picoalign.retrieval.store.read_folder`: a second per 1.5 GB of index)."""
-        path = Path(path)
+        path = Path(path).expanduser()
         arrays, index, man = store.read_folder(path, verify=verify)
         if checkpoint is not None:
             store.check_checkpoint(man, path, checkpoint)
@@ -217,8 +220,9 @@ class GalleryIndex:
                 "this index holds captions: search it by image, or build an image "
                 "index (picoalign index --kind images)"
             )
-        if isinstance(queries, str) or not queries or not all(isinstance(x, str) for x in queries):
-            raise ValueError("queries must be a non-empty list of strings")
+        queries = [queries] if isinstance(queries, str) else list(queries)  # a generator once
+        if not queries or not all(isinstance(x, str) for x in queries):
+            raise ValueError("queries must be a string or a non-empty list of strings")
         blank = [i for i, x in enumerate(queries) if not _readable(x)]
         if blank:  # it would still rank the gallery, by the empty caption's special tokens
             raise ValueError(
@@ -227,7 +231,7 @@ class GalleryIndex:
             )
         self.verify_model(model)
         _warn_if_cut(model, queries)
-        q, qm = model.encode_texts(list(queries))
+        q, qm = model.encode_texts(queries)
         return self.search_tokens(q, qm, model.scores, weights=model.eval_weights, k=k, **kw)
 
     def search_image(
@@ -239,13 +243,16 @@ class GalleryIndex:
                 "this index holds images: search it by text, or build a caption "
                 "index (picoalign index --kind captions)"
             )
-        if isinstance(images, (str, Path)) or not images:
-            raise ValueError("images must be a non-empty list of PIL images or paths")
+        one = isinstance(images, (str, Path, Image.Image))
+        images = [images] if one else list(images)  # a generator is read once
+        if not images:
+            raise ValueError("images must be a PIL image, a path or a non-empty list of them")
         for x in images:
-            if isinstance(x, (str, Path)) and not Path(x).is_file():
-                raise FileNotFoundError(f"{x}: image not found")
+            if isinstance(x, (str, Path)) and not Path(x).expanduser().is_file():
+                what = "is a folder, not an image" if Path(x).expanduser().is_dir() else "not found"
+                raise FileNotFoundError(f"{x}: image {what}")
         self.verify_model(model)
-        q, qm = model.encode_images(list(images))
+        q, qm = model.encode_images(images)
         return self.search_tokens(q, qm, model.scores, weights=model.eval_weights, k=k, **kw)
 
     @torch.no_grad()
@@ -269,8 +276,9 @@ class GalleryIndex:
 
         The queries may be on an accelerator (a model on CUDA embedded them): the gallery's
         candidates are moved to them for scoring, and only scores come back to the host."""
-        if k < 1 or candidates < 1:
-            raise ValueError(f"k and candidates must be >= 1 (got {k}, {candidates})")
+        for name, n in (("k", k), ("candidates", candidates)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {n!r}")
         q, k = q.float(), min(k, self.n)
         if exhaustive:
             scores, rows = self._exhaustive(q, q_mask, score_fn, k, memory_budget_mb)

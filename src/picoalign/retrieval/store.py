@@ -221,16 +221,24 @@ def check_index_folder(out: Path, *, overwrite: bool) -> None:
             "empty folder"
         )
     if index and not overwrite:
-        raise ValueError(f"--out {out}: holds a gallery index; pass --overwrite to replace it")
+        raise ValueError(
+            f"--out {out}: holds a gallery index; pass --overwrite to replace it "
+            "(in Python: overwrite=True)"
+        )
 
 
 def write_folder(
-    tensors: dict[str, Tensor], faiss_index: Any, manifest: dict[str, Any], out: Path
+    tensors: dict[str, Tensor],
+    faiss_index: Any,
+    manifest: dict[str, Any],
+    out: Path,
+    *,
+    overwrite: bool = False,
 ) -> None:
-    """Write an index folder at ``out``; an existing index there is replaced, anything else
-    refused (:func:`check_index_folder`). Interrupted writes leave neither a folder at
-    ``out`` nor temp files."""
-    check_index_folder(out, overwrite=True)
+    """Write an index folder at ``out``, new or empty, or over an index with ``overwrite``;
+    anything else is refused (:func:`check_index_folder`). Interrupted writes leave neither
+    a folder at ``out`` nor temp files."""
+    check_index_folder(out, overwrite=overwrite)
     tmp = fileio.make_temp_dir(out)
     try:
         atomic_write_safetensors(tensors, tmp / "tokens.safetensors")
