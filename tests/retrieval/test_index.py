@@ -199,6 +199,19 @@ def test_a_model_saved_in_bf16_is_indexed_and_searched_by_its_loaded_copy(tiny, 
     other = _model(seed=1).to(torch.bfloat16)  # another model in bf16 is still refused
     with pytest.raises(ValueError, match="weights differ"):
         GalleryIndex.load(tmp_path / "idx", model=other)
+    # the API walkthrough: the README's model.to(torch.bfloat16) of an index's own float32
+    # checkpoint was refused as "another model ... rebuild it", which could never help
+    _build(tiny, tmp_path / "idx32")
+    cast = PicoAligner.load(tiny["ckpt"]).to(torch.bfloat16)
+    hits = GalleryIndex.load(tmp_path / "idx32").search_text(cast, ["a red circle"], k=3)
+    assert [h.key for h in hits[0]] == [
+        h.key
+        for h in GalleryIndex.load(tmp_path / "idx32").search_text(
+            PicoAligner.load(tiny["ckpt"]), ["a red circle"], k=3
+        )[0]
+    ]
+    with pytest.raises(ValueError, match=r"weights differ.*a model in bfloat16 is searched only"):
+        GalleryIndex.load(tmp_path / "idx32", model=other)
 
 
 def test_an_index_of_a_model_never_trained_is_warned(tiny, tmp_path):

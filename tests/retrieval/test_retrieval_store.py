@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from picoalign.retrieval.store import FORMAT, check_index_folder, holds_index
 
@@ -34,3 +35,34 @@ def test_an_index_is_a_manifest_of_picoaligns_format(tmp_path: Path) -> None:
     check_index_folder(tmp_path, overwrite=True)
     (tmp_path / "manifest.json").write_bytes(b"\xff not json")
     assert not holds_index(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda t, m: (t * float("nan"), m), "row 0 holds NaN or Inf"),
+        (lambda t, m: (t[:0], m[:0]), "nothing to index"),
+        (lambda t, m: (t[:, 0], m[:, 0]), "must be a 3-D float tensor"),
+        (lambda t, m: (t, m[:2]), "mask must be a bool tensor of shape"),
+        (lambda t, m: (t, m.float()), "mask must be a bool tensor"),
+        (lambda t, m: (t, m & torch.tensor([False, True, True])[:, None]), "row 0 has no real"),
+    ],
+)
+def test_embeddings_of_an_index_are_checked_by_name(edit, says) -> None:
+    """The API walkthrough: NaN embeddings made an index that matched nothing ([[]]), and an
+    empty one or a wrong shape failed in a bare faiss AssertionError or an unpacking error."""
+    from picoalign.retrieval.index import GalleryIndex
+
+    tokens, mask = torch.randn(3, 4, 8), torch.ones(3, 4, dtype=torch.bool)
+    GalleryIndex.from_embeddings(tokens, mask)  # well-formed: fine
+    with pytest.raises(ValueError, match=says):
+        GalleryIndex.from_embeddings(*edit(tokens, mask))
+
+
+def test_queries_of_another_width_are_refused_by_name() -> None:
+    from picoalign.retrieval.index import GalleryIndex
+
+    index = GalleryIndex.from_embeddings(torch.randn(3, 4, 8), torch.ones(3, 4, dtype=torch.bool))
+    q, qm = torch.randn(1, 2, 16), torch.ones(1, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"this index holds D=8: embed them with the model"):
+        index.search_tokens(q, qm, lambda *a, **k: None, k=2)

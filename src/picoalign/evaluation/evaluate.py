@@ -26,11 +26,34 @@ class NonFiniteEmbeddings(ValueError):
 
 
 @torch.no_grad()
+def check_encoders(model: Any, fs: FeatureSet, sides: Sequence[str] = ("image", "text")) -> None:
+    """ValueError, naming both encoders, where ``fs`` holds another encoder's features than
+    the model's heads take: of another width, or under another registry name (two encoders
+    of one width embed to garbage without a word). A fine-tuned side re-encodes the raw
+    inputs, so its cached features are not used."""
+    for side in sides:
+        if model.config.trains_text if side == "text" else model.config.finetune_image:
+            continue
+        feats = fs.images if side == "image" else fs.texts
+        made, want = fs.meta.get(f"{side}_encoder"), getattr(model.config, f"{side}_encoder")
+        width = getattr(model.config, f"{side}_dim")
+        named = made and ":" not in f"{made}{want}" and made != want  # hf: paths vary in form
+        if feats.dim != width or named:
+            raise ValueError(
+                f"the {side} features were made by the {side} encoder {made or '?'!r} "
+                f"({feats.dim} wide), but this model's is {want!r} ({width} wide): encode the "
+                f"data with the model's encoders (dataset_features(spec, "
+                "model.config.image_encoder, model.config.make_text_encoder))"
+            )
+
+
 def embed_features(
     model: Any, fs: FeatureSet, batch_size: int = 512
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The scored token sets of ``fs``'s images and captions, on the model's device (eval
-    mode), batch by batch through :func:`embed_rows`."""
+    mode), batch by batch through :func:`embed_rows`; features of another encoder are
+    refused first (:func:`check_encoders`)."""
+    check_encoders(model, fs)
     was = model.training
     model.eval()
     try:

@@ -17,7 +17,7 @@ import torch
 from picoalign.checkpoint import untrained_note
 from picoalign.config.paths import absolute_source, absolute_spec
 from picoalign.core.similarity import pool_tokens
-from picoalign.evaluation.evaluate import embed_rows
+from picoalign.evaluation.evaluate import check_encoders, embed_rows
 from picoalign.progress import progress_bar
 from picoalign.retrieval import store
 from picoalign.retrieval.index import GalleryIndex, file_stat
@@ -59,13 +59,8 @@ def build_index(
     ident = store.checkpoint_identity(model, checkpoint)
     if (note := untrained_note(model, f"an index of {checkpoint}")) is not None:
         warnings.warn(note, stacklevel=2)
+    check_encoders(model, fs, ["image" if kind == "images" else "text"])
     feats = fs.images if kind == "images" else fs.texts
-    want = model.config.image_dim if kind == "images" else model.config.text_dim
-    if feats.dim != want:
-        raise ValueError(
-            f"features have {feats.dim} channels but the model's {kind[:-1]} head "
-            f"expects {want}: were they made with the model's encoders?"
-        )
     if len(feats) == 0:
         hint = " (an image index holds this data: --kind images)" if kind == "captions" else ""
         raise ValueError(f"nothing to index: the feature set has no {kind}{hint}")

@@ -125,8 +125,11 @@ class GalleryIndex:
         nprobe: int | None = None,
         **manifest: Any,
     ) -> GalleryIndex:
-        """An in-memory index of embedded tokens (N, T, D); ``manifest`` extras are stored."""
+        """An in-memory index of embedded tokens (N, T, D) and their mask (N, T), as
+        ``encode_*`` give them; ``manifest`` extras are stored. Malformed embeddings are
+        refused by name (a NaN row was indexed and then matched nothing, silently)."""
         store.check_options(kind, dtype, first_stage)
+        store.check_embeddings(tokens, mask)
         n, t, d = tokens.shape
         if pooled is None:
             pooled = store.pooled_embeddings(tokens, mask)
@@ -181,11 +184,20 @@ class GalleryIndex:
         if expect is None or model in self._verified:
             return
         got = store.model_identity(model)
-        if got["weights_sha256"] != expect["weights_sha256"]:
+        if got["weights_sha256"] != expect["weights_sha256"] and not (
+            self.checkpoint and store.is_cast_checkpoint(model, self.manifest, self.checkpoint)
+        ):
             what = store.identity_difference(got, expect)
+            low = store.low_precision(model)
+            fix = (
+                f"a model in {str(low).removeprefix('torch.')} is searched only as its "
+                "checkpoint cast down (the one this index recorded), else rebuild the index"
+                if low
+                else "rebuild it with `picoalign index`"
+            )
             raise ValueError(
                 f"index {self.path or '(in memory)'} was built with another model ({what}; "
-                f"built from {self.manifest.get('checkpoint')}): rebuild it with `picoalign index`"
+                f"built from {self.manifest.get('checkpoint')}): {fix}"
             )
         self._verified.add(model)
 
@@ -279,6 +291,11 @@ class GalleryIndex:
         for name, n in (("k", k), ("candidates", candidates)):
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"{name} must be a whole number >= 1, got {n!r}")
+        if q.dim() != 3 or q.shape[-1] != self.tokens.shape[-1]:
+            raise ValueError(
+                f"the queries are {tuple(q.shape)} (Q, tokens, D) but this index holds "
+                f"D={self.tokens.shape[-1]}: embed them with the model that built it"
+            )
         q, k = q.float(), min(k, self.n)
         if exhaustive:
             scores, rows = self._exhaustive(q, q_mask, score_fn, k, memory_budget_mb)

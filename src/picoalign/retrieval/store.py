@@ -90,6 +90,52 @@ def model_identity(model: Any) -> dict[str, Any]:
     }
 
 
+def check_embeddings(tokens: Any, mask: Any) -> None:
+    """ValueError naming what is wrong with an index's embeddings: not (N, T, D) floats with
+    a (N, T) bool mask, no rows, a row with no real token, or a NaN/Inf value."""
+    if not isinstance(tokens, Tensor) or tokens.dim() != 3 or not tokens.is_floating_point():
+        got = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise ValueError(f"tokens must be a 3-D float tensor (N, tokens, D), got {got}")
+    if not isinstance(mask, Tensor) or mask.shape != tokens.shape[:2] or mask.dtype != torch.bool:
+        got = f"{tuple(mask.shape)} {mask.dtype}" if isinstance(mask, Tensor) else type(mask)
+        raise ValueError(
+            f"mask must be a bool tensor of shape {tuple(tokens.shape[:2])}, got {got}"
+        )
+    if tokens.shape[0] == 0:
+        raise ValueError("nothing to index: the embeddings have no rows")
+    empty = (~mask.any(dim=1)).nonzero()
+    if len(empty):
+        raise ValueError(f"row {int(empty[0])} has no real token (its mask is all False)")
+    bad = (~torch.isfinite(tokens).all(dim=2) & mask).any(dim=1).nonzero()
+    if len(bad):
+        raise ValueError(f"row {int(bad[0])} holds NaN or Inf values")
+
+
+def low_precision(model: Any) -> torch.dtype | None:
+    """The dtype of a model cast below float32 (``.to(torch.bfloat16)``, ``.half()``), else
+    None: why its weights no longer hash as the float32 checkpoint an index was built from."""
+    low = [p.dtype for p in model.parameters() if p.is_floating_point() and p.dtype.itemsize < 4]
+    return low[0] if low else None
+
+
+def is_cast_checkpoint(model: Any, manifest: dict[str, Any], checkpoint: str | Path) -> bool:
+    """Whether ``model`` is the index's own checkpoint cast down to its dtype (what the
+    README's ``model.to(torch.bfloat16)`` gives): the same model, in rounded weights. Only
+    the checkpoint file recorded by its sha256 counts."""
+    dtype = low_precision(model)
+    expect = (manifest.get("model") or {}).get("model_sha256")
+    if dtype is None or not expect:
+        return False
+    try:
+        path = model_folder(checkpoint) / "model.safetensors"
+    except FileNotFoundError:
+        return False
+    if file_sha256(path) != expect:
+        return False
+    cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(path).items()}
+    return tensors_sha256(_fp32(cast)) == model_identity(model)["weights_sha256"]
+
+
 def identity_difference(got: dict[str, Any], expect: dict[str, Any]) -> str:
     if got["heads_sha256"] != expect.get("heads_sha256"):
         return "weights differ"
