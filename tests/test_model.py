@@ -501,6 +501,10 @@ def test_from_encoders_reads_the_widths_and_keeps_the_built_encoders() -> None:
     assert model.scores(img, im, txt, tm).shape == (1, 1)
     with pytest.raises(ValueError, match="has no width before its data"):
         PicoAligner.from_encoders("precomputed", "hash-text")
+    # the API walkthrough: a width given by hand was replaced without a word
+    with pytest.raises(ValueError, match=r"image_dim=5, but the image encoder 'random-conv'"):
+        PicoAligner.from_encoders("random-conv", "hash-text", image_dim=5)
+    assert PicoAligner.from_encoders("random-conv", "hash-text", text_dim=32).config.text_dim == 32
 
 
 def test_save_refuses_a_run_a_data_folder_and_an_existing_model_unless_asked(tmp_path) -> None:

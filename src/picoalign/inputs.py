@@ -1,6 +1,7 @@
 """What ``PicoAligner.encode_images`` / ``encode_texts`` accept, checked with the item named:
 the tokenizer's and Pillow's own messages name no item, and a wrong batch size returned
-nothing at all."""
+nothing at all. And the statistics of the inputs that ``standardize`` divides out
+(:func:`channel_stats`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
+from torch import Tensor
 
 
 def sliceable(items: Any) -> Any:
@@ -46,3 +49,23 @@ def check_texts(texts: Sequence[Any]) -> None:
     blank = [i for i, x in enumerate(texts) if not x.strip()]
     if blank:
         raise ValueError(f"texts must not be empty: item {blank[0]} is {texts[blank[0]]!r}")
+
+
+@torch.no_grad()
+def channel_stats(tokens: Tensor, mask: Tensor, chunk: int, side: str) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std (float32) of the real tokens of cached backbone features,
+    summed in float64 chunk by chunk (a float16 cache of millions of tokens overflows and
+    loses the small channels in one float32 sum)."""
+    total = torch.zeros(tokens.shape[-1], dtype=torch.float64)
+    sq = torch.zeros_like(total)
+    n = 0
+    for i in range(0, len(tokens), chunk):
+        x = tokens[i : i + chunk][mask[i : i + chunk]].double()
+        total += x.sum(0)
+        sq += (x * x).sum(0)
+        n += len(x)
+    if n < 2:
+        raise ValueError(f"standardize: the training split has {n} {side} tokens")
+    mean = total / n
+    std = (sq / n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
+    return mean.float(), std.float()

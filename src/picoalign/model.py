@@ -32,7 +32,7 @@ from picoalign.core.heads import HEADS
 from picoalign.core.pico import PICO
 from picoalign.core.scorers import create_scorer
 from picoalign.core.similarity import fine_grained_scores, l2_normalize, pad_cat
-from picoalign.inputs import as_image, check_batch_size, check_texts, sliceable
+from picoalign.inputs import as_image, channel_stats, check_batch_size, check_texts, sliceable
 
 __all__ = ["METHODS", "RULES", "ModelConfig", "PicoAligner"]  # ModelConfig: picoalign.config.model
 
@@ -76,6 +76,14 @@ class PicoAligner(nn.Module):
         img, txt = create_image_encoder(image_encoder), probe.make_text_encoder()
         if not img.dim:  # the precomputed encoder learns its width from the data
             raise ValueError(f"image encoder {image_encoder!r} has no width before its data")
+        for side, enc in (("image", img), ("text", txt)):
+            given = options.get(f"{side}_dim")
+            if given is not None and given != enc.dim:  # was silently replaced
+                raise ValueError(
+                    f"{side}_dim={given}, but the {side} encoder "
+                    f"{getattr(probe, f'{side}_encoder')!r} gives {enc.dim}: leave it out "
+                    "(from_encoders reads it)"
+                )
         model = cls(replace(probe, image_dim=img.dim, text_dim=txt.dim))
         if not probe.finetune_image:  # the frozen ones just built, kept (a trained one is
             model._backbones["image"] = img.eval()  # the model's own submodule)
@@ -139,21 +147,9 @@ class PicoAligner(nn.Module):
         if not self.config.standardize:
             raise ValueError("fit_standardization needs a model with standardize=True")
         for side, feats in (("image", images), ("text", texts)):
-            total = torch.zeros(feats.dim, dtype=torch.float64)
-            sq = torch.zeros(feats.dim, dtype=torch.float64)
-            n = 0
-            for i in range(0, len(feats.tokens), chunk):
-                m = feats.mask[i : i + chunk]
-                x = feats.tokens[i : i + chunk][m].double()
-                total += x.sum(0)
-                sq += (x * x).sum(0)
-                n += len(x)
-            if n < 2:
-                raise ValueError(f"standardize: the training split has {n} {side} tokens")
-            mean = total / n
-            std = (sq / n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
-            getattr(self, f"{side}_mean").copy_(mean.float())
-            getattr(self, f"{side}_std").copy_(std.float())
+            mean, std = channel_stats(feats.tokens, feats.mask, chunk, side)
+            getattr(self, f"{side}_mean").copy_(mean)
+            getattr(self, f"{side}_std").copy_(std)
 
     def forward(
         self,
