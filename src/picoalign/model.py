@@ -31,7 +31,7 @@ from picoalign.config.model import METHODS, RULES, ModelConfig
 from picoalign.core.heads import HEADS
 from picoalign.core.pico import PICO
 from picoalign.core.scorers import create_scorer
-from picoalign.core.similarity import fine_grained_scores, l2_normalize, pad_cat
+from picoalign.core.similarity import DEFAULT_BUDGET_MB, fine_grained_scores, l2_normalize, pad_cat
 from picoalign.inputs import as_image, channel_stats, check_batch_size, check_texts, sliceable
 
 __all__ = ["METHODS", "RULES", "ModelConfig", "PicoAligner"]  # ModelConfig: picoalign.config.model
@@ -203,7 +203,7 @@ class PicoAligner(nn.Module):
         txt_mask: Tensor,
         *,
         rule: str | None = None,
-        memory_budget_mb: float = 64.0,
+        memory_budget_mb: float = DEFAULT_BUDGET_MB,
         compute_dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         """Evaluation scores (N_img, N_txt) of embedded tokens.

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from picoalign.config.model import ModelConfig
-from picoalign.core.pico import PICOConfig
+from picoalign.core.pico_config import PICOConfig
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """``ModelConfig``: what defines a model (encoders, dimensions, head, scorer, method and PICO's
 options), as data. Saved as ``config.json`` next to the weights and nested as ``model:`` in a
 run's ``config.yaml``; :class:`picoalign.model.PicoAligner` is built from it. It lives with the
-other configs so that loading a config never needs the model's code (heads, scorers' modules).
+other configs, apart from the model that computes with it; it reads the head and scorer
+registries (``HEADS``, ``SCORERS``) to check their names.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from picoalign.core.heads import HEADS
-from picoalign.core.pico import PICOConfig
+from picoalign.core.pico_config import PICOConfig
 from picoalign.core.scorers import SCORERS
 
 METHODS = ("baseline", "pico")

@@ -29,7 +29,21 @@ from picoalign.core.estimators import (
 )
 from picoalign.core.losses import positive_mask
 from picoalign.core.maxmean import maxmean
-from picoalign.core.similarity import Alignment, fill_padding, fine_grained_scores, pair_scores
+from picoalign.core.pico_config import PICOConfig
+from picoalign.core.similarity import (
+    DEFAULT_BUDGET_MB,
+    Alignment,
+    fill_padding,
+    fine_grained_scores,
+    pair_scores,
+)
+
+DEFAULT_LAM = PICOConfig.lam  # the model's default λ (the functions said 0.5, the model 0.25)
+
+
+def _mix(p_hat: Tensor, prior: Tensor, lam: float) -> Tensor:
+    """λ · p̂ + (1 − λ) · prior: the global prototype as the prior of a noisy per-pair p̂."""
+    return lam * p_hat + (1 - lam) * prior.to(p_hat.dtype)
 
 
 def _pair_probability(
@@ -38,8 +52,7 @@ def _pair_probability(
     """p(V,T) for P pairs given pairwise (P, n, D) tokens → (P, D), no gradient."""
     with torch.no_grad():
         num, den = interaction_counts(v.detach(), vm, t.detach(), tm)
-        p_hat = (2 * num / den.clamp_min(1e-12) - 1).clamp(0, 1)
-        return lam * p_hat + (1 - lam) * prior.to(p_hat.dtype)
+        return _mix(probability_from_q(num / den.clamp_min(1e-12)), prior, lam)
 
 
 def pair_adaptive_pair_scores(
@@ -49,7 +62,7 @@ def pair_adaptive_pair_scores(
     txt_mask: Tensor,
     *,
     prior: Tensor,
-    lam: float = 0.5,
+    lam: float = DEFAULT_LAM,
 ) -> Tensor:
     """B-scores of P given pairs (img[k], txt[k]) → (P,). Differentiable in the tokens."""
     p = _pair_probability(img, img_mask, txt, txt_mask, prior, lam)
@@ -63,9 +76,9 @@ def pair_adaptive_scores(
     txt_mask: Tensor,
     *,
     prior: Tensor,
-    lam: float = 0.5,
+    lam: float = DEFAULT_LAM,
     scale: float | Tensor = 1.0,
-    memory_budget_mb: float = 64.0,
+    memory_budget_mb: float = DEFAULT_BUDGET_MB,
 ) -> Tensor:
     """Every image against every caption with its own p(V,T): (N_img, N_txt), fp32.
 
@@ -107,7 +120,7 @@ def pair_adaptive_training_scores(
     image_ids: Tensor,
     *,
     prior: Tensor,
-    lam: float = 0.5,
+    lam: float = DEFAULT_LAM,
     hard_negatives: int = 10,
     layout: str | None = None,
     alignment: Alignment | None = None,
@@ -186,7 +199,7 @@ def _grouped_training_scores(
     real = real.permute(1, 0, 2)  # (B, n_t, C)
     with torch.no_grad():
         p = _grouped_probability(img.detach(), img_mask, t_g.detach(), real, cols, alignment)
-        p = lam * p + (1 - lam) * prior.to(p.dtype)  # (B, C, D)
+        p = _mix(p, prior, lam)  # (B, C, D)
     im = img_mask.to(img.dtype)
     word_w = real.to(img.dtype) / real.sum(1, keepdim=True).clamp_min(1)
     s_b, _, _ = maxmean(

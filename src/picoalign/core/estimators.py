@@ -109,9 +109,7 @@ def interaction_counts(
         return _aligned_sign_counts(img, img_mask, txt, txt_mask)
     if positives == "aligned":
         e, m = _aligned_products(img, img_mask, txt, txt_mask)
-        mf = m.to(e.dtype).unsqueeze(-1)
-        if estimator == "sign":
-            return ((e > 0).to(e.dtype) * mf).sum(1), mf.sum(1).expand(-1, e.shape[-1])
+        mf = m.to(e.dtype).unsqueeze(-1)  # the magnitude estimator (sign returned above)
         return (e.clamp_min(0) * mf).sum(1), (e.abs() * mf).sum(1)
     if positives == "all":
         vm = img_mask.to(img.dtype).unsqueeze(-1)

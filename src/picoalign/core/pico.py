@@ -18,28 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from picoalign.core.adaptive import pair_adaptive_scores, pair_adaptive_training_scores
-from picoalign.core.estimators import (
-    interaction_counts,
-    probability_from_q,
-    semantic_probability,
-)
-from picoalign.core.feedback import feedback_weights, in_batch_ranks, retrieval_score
-from picoalign.core.gather import ddp_all_gather  # its home before core.gather
+from picoalign.core.estimators import semantic_probability
+from picoalign.core.feedback import feedback_weights, retrieval_score
 from picoalign.core.pico_config import PICOConfig
 from picoalign.core.precision import outside_autocast
-from picoalign.core.similarity import check_tokens, fine_grained_scores
+from picoalign.core.similarity import DEFAULT_BUDGET_MB, check_tokens, fine_grained_scores
 
-__all__ = [
-    "PICO",
-    "PICOConfig",
-    "ddp_all_gather",
-    "feedback_weights",
-    "in_batch_ranks",
-    "interaction_counts",
-    "probability_from_q",
-    "retrieval_score",
-    "semantic_probability",
-]
+__all__ = ["PICO", "PICOConfig"]  # PICOConfig: picoalign.core.pico_config
 
 
 # ---------------------------------------------------------------------------- module
@@ -71,7 +56,6 @@ class PICO(nn.Module):
         for name in ("steps", "bank_len", "bank_pos"):
             self._set_count(name, 0)
 
-    # -- weights ----------------------------------------------------------------------
     # -- host mirrors of the counters -------------------------------------------------
     def _count(self, name: str) -> int:
         """The integer buffer ``name`` (steps, bank_len, bank_pos) as a Python int, without a
@@ -230,7 +214,7 @@ class PICO(nn.Module):
         txt_mask: Tensor,
         *,
         rule: str | None = None,
-        memory_budget_mb: float = 64.0,
+        memory_budget_mb: float = DEFAULT_BUDGET_MB,
         compute_dtype: torch.dtype = torch.float32,
         validate: bool = True,
     ) -> Tensor:

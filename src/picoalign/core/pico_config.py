@@ -1,7 +1,7 @@
 """PICOConfig: every option of PICO (METHOD.md §3–7), each [ours] choice a named option.
 
-Apart from ``picoalign.core.pico`` so that a config (a model's, a run's) is read and checked
-without the module that computes with it; ``picoalign.core.pico`` re-exports it.
+Apart from ``picoalign.core.pico``, the module that computes with it, which re-exports it;
+the configs (``picoalign.config``) import it from here.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from picoalign.core.similarity import pad_cat
+from picoalign.core.similarity import DEFAULT_BUDGET_MB, pad_cat
 from picoalign.evaluation.protocols import evaluate_protocol
 from picoalign.features import FeatureSet, SourceImages
 
@@ -107,7 +107,7 @@ def evaluate(
     *,
     ks: Sequence[int] = (1, 5, 10),
     memory_mb: float = 1024.0,
-    memory_budget_mb: float = 64.0,
+    memory_budget_mb: float = DEFAULT_BUDGET_MB,
     compute_dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
     """R@K both ways and rSum of ``model`` on every image and caption of ``features``.

@@ -11,7 +11,6 @@ folders of an encoding that stopped (``*.parts``); anything else in the folder i
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import shutil
@@ -31,8 +30,10 @@ from picoalign.features import reuse
 from picoalign.features.store import (
     FORMAT,
     FORMAT_VERSION,
+    UNREADABLE,
     TokenFeatures,
     atomic_save,
+    read_meta,
     read_safetensors,
 )
 from picoalign.progress import progress_bar
@@ -103,6 +104,10 @@ def cached_features(
     if path.exists():
         try:
             tensors, meta = read_safetensors(path)
+        except UNREADABLE as e:  # a truncated or damaged file: rebuilt
+            log.warning("rebuilding unreadable feature cache %s: %s", path.name, e)
+            tensors, meta = None, {}
+        if tensors is not None:
             stale = [k for k, v in expect.items() if meta.get(k) != v]
             if row_ids is not None and meta.get("row_ids", list(row_ids)) != list(row_ids):
                 # the fingerprint leaves out the change time (a chmod would re-encode all);
@@ -114,8 +119,6 @@ def cached_features(
                 how = {k: str(meta.get(k, "unknown")) for k in ("math", "mkl")}
                 return feats, str(path), how
             log.warning("rebuilding feature cache %s: %s changed", path.name, ", ".join(stale))
-        except Exception as e:  # unreadable or truncated file: rebuild it
-            log.warning("rebuilding unreadable feature cache %s: %s", path.name, e)
     found = {}
     if row_ids is not None:
         # this dataset's own stale file too: its unchanged rows are as good as any donor's
@@ -147,7 +150,7 @@ def cached_features(
         rest = [i for i in range(len(content)) if row_ids[i] in found]
         try:
             reused = reuse.read_rows(found, row_ids, rest)
-        except Exception as e:  # a donor removed or cut since it was found (cache --clear)
+        except UNREADABLE as e:  # a donor removed or cut since it was found (cache --clear)
             log.warning("reused feature rows unreadable (%s): encoding them instead", e)
             reused = [(rest, compute(rest, None))]
         feats = reuse.assemble(len(content), parts, reused, encoder.dim)
@@ -198,11 +201,12 @@ def _read_part(path: Path, expect: dict[str, Any]) -> TokenFeatures | None:
         return None
     try:
         tensors, meta = read_safetensors(path)
-        if meta.keys() == expect.keys() and all(meta[k] == v for k, v in expect.items()):
-            log.info("feature cache chunk reused: %s", path)
-            return TokenFeatures(tensors["tokens"], tensors["mask"])
-    except Exception as e:  # unreadable chunk: encode it again
+    except UNREADABLE as e:  # unreadable chunk: encode it again
         log.warning("re-encoding unreadable feature cache chunk %s: %s", path.name, e)
+        return None
+    if meta.keys() == expect.keys() and all(meta[k] == v for k, v in expect.items()):
+        log.info("feature cache chunk reused: %s", path)
+        return TokenFeatures(tensors["tokens"], tensors["mask"])
     return None
 
 
@@ -258,13 +262,9 @@ def cache_entries(root: Path) -> list[CacheEntry]:
 
 
 def _meta(path: Path) -> dict | None:
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("picoalign", "{}"))
-    except Exception:  # unreadable (safetensors raises its own type): not listed, and the
-        # next encode that needs it rebuilds it
+        meta = read_meta(path)
+    except UNREADABLE:  # not listed; the next encode that needs it rebuilds it
         return None
     return meta if meta.get("format") == FORMAT else None
 

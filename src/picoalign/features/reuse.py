@@ -21,7 +21,6 @@ encode, one way of rounding.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from safetensors import safe_open
 
 from picoalign.data.base import Item, digest
 from picoalign.data.records import file_identity
-from picoalign.features.store import TokenFeatures
+from picoalign.features.store import UNREADABLE, TokenFeatures, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +109,8 @@ def find_rows(
 
 def _meta(path: Path) -> dict[str, Any] | None:
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads((f.metadata() or {}).get("picoalign", "{}"))
-    except Exception as e:  # safetensors raises its own types; the file is only a donor
+        return read_meta(path)
+    except UNREADABLE as e:  # the file is only a donor
         log.info("feature file %s not read for reuse: %s", path.name, e)
         return None
 

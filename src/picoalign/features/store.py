@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from picoalign.core.similarity import masked_mean, pad_cat
 from picoalign.fileio import atomic_write_safetensors
@@ -187,10 +187,26 @@ def atomic_save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Pa
     atomic_write_safetensors(tensors, path, metadata={"picoalign": json.dumps(meta)})
 
 
+# what reading a damaged, truncated or foreign feature file raises (safetensors' own error,
+# the OS's, bad JSON metadata, a missing tensor): a cache rebuilds such a file; a bug in the
+# code that reads it is not one of them and is not swallowed as "unreadable"
+UNREADABLE = (SafetensorError, OSError, ValueError, KeyError)
+
+
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get("picoalign", "{}"))
         return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """A feature file's picoalign metadata, without its tensors; raises one of
+    :data:`UNREADABLE` for a file that cannot be read."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("picoalign", "{}"))
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path.name}: its picoalign metadata is not a JSON object")
+    return meta
 
 
 def to_half(tokens: torch.Tensor, what: str) -> torch.Tensor:

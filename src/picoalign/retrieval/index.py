@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from picoalign.core.similarity import pool_tokens
+from picoalign.core.similarity import DEFAULT_BUDGET_MB, pool_tokens
 from picoalign.retrieval import store
 from picoalign.retrieval.sheet import contact_sheet, dataset_image_loader
 from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
@@ -280,7 +280,7 @@ class GalleryIndex:
         rerank: bool = True,
         exhaustive: bool = False,
         nprobe: int | None = None,
-        memory_budget_mb: float = 64.0,
+        memory_budget_mb: float = DEFAULT_BUDGET_MB,
     ) -> list[list[Hit]]:
         """Search with embedded query tokens ``q`` (Q, T, D) and mask. ``score_fn`` is the
         stage-2 rule, called as (images, mask, captions, mask, memory_budget_mb=) ->

@@ -108,6 +108,7 @@ def _train(
     device = resolve_device(cfg.device)
     owns_group = not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(device)
+    run: Run | None = None
     try:
         run = setup_run(cfg, features, ctx, local_device(device, ctx), resume, write)
         for epoch in range(run.start.epoch, run.cfg.epochs):
@@ -122,11 +123,11 @@ def _train(
             atomic_replace_dir(run.out / "best", run.model.save)
         return run.result
     except BaseException:
-        if "run" in locals():
+        if run is not None:
             run.undo()  # before its first checkpoint: the folder as it was
         raise
     finally:
-        if "run" in locals():
+        if run is not None:
             if run.pixels is not None:
                 run.pixels.close()
             run.net = run.model  # the DDP wrapper must go before its process group (shutdown)
