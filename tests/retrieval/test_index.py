@@ -647,39 +647,6 @@ def test_a_query_of_invisible_characters_is_refused(tiny, tmp_path, query):
     assert index.search_text(tiny["model"], ["!?", "é"], k=1)  # punctuation, one letter: fine
 
 
-def test_a_query_longer_than_the_encoder_reads_is_warned(recwarn):
-    """The user report: a query of 60 words and then "a red circle" was cut at 32 tokens
-    without a word (the ranking ignored "a red circle")."""
-    from picoalign.retrieval.index import _warn_if_cut
-
-    class Tokenizer:  # a word per token; "🐶" is outside the vocabulary
-        unk_token_id = 0
-
-        def __call__(self, text, truncation=True, add_special_tokens=True):
-            ids = [0 if w == "🐶" else 1 for w in text.split()]
-            return {"input_ids": [2, *ids, 3] if add_special_tokens else ids}
-
-    class Encoder:  # the parts of HFTextEncoder the warning reads
-        max_length = 8
-        prepare = staticmethod(lambda texts: [f"an emoji of {t}" for t in texts])
-        tokenizer = Tokenizer()
-
-    class Model:
-        backbone = staticmethod(lambda kind: Encoder())
-
-    _warn_if_cut(Model(), ["a b", "a b c d e"])  # 2 + 3 prompt + 2 special = 7; 10
-    messages = [str(w.message) for w in recwarn]
-    assert messages == [
-        "text query 2 has 10 tokens; the text encoder reads the first 8, so the rest is not "
-        "searched"
-    ]
-    recwarn.clear()  # the gallery walkthrough: "🐶" searched as [UNK], without a word
-    _warn_if_cut(Model(), ["🐶", "a 🐶", "🐶 🐶"])
-    messages = [str(w.message) for w in recwarn]
-    assert len(messages) == 2 and messages[0].startswith("text query 1 ('🐶') holds no word")
-    assert messages[1].startswith("text query 3 ")
-
-
 def test_fewer_results_than_asked_are_said_and_index_refuses_nprobe_on_flat(
     tiny, tmp_path, monkeypatch, capsys
 ):

@@ -141,9 +141,8 @@ def _pillow_errors(label: str) -> Iterator[None]:
 
 
 def upright_image(im: Image.Image, where: str) -> Image.Image:
-    """A PIL image a caller opened, as :func:`load_image` gives a file: decoded (a truncated
-    one is a :class:`DataError` naming ``where``), turned by its EXIF orientation and RGB, so
-    that a photo given as a PIL image embeds as its path does."""
+    """A caller's PIL image as :func:`load_image` gives its file (decoded, a truncated one a
+    :class:`DataError` naming ``where``; upright by its EXIF; RGB): both embed the same."""
     with _pillow_errors(where):
         im.load()
         return to_rgb(_upright(im))

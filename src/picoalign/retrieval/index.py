@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import unicodedata
-import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -29,11 +27,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from picoalign.core.similarity import DEFAULT_BUDGET_MB, pool_tokens
 from picoalign.retrieval import store
+from picoalign.retrieval.queries import image_queries, text_queries, warn_if_cut
 from picoalign.retrieval.sheet import contact_sheet, dataset_image_loader
 from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
 
@@ -232,17 +230,9 @@ class GalleryIndex:
                 "this index holds captions: search it by image, or build an image "
                 "index (picoalign index --kind images)"
             )
-        queries = [queries] if isinstance(queries, str) else list(queries)  # a generator once
-        if not queries or not all(isinstance(x, str) for x in queries):
-            raise ValueError("queries must be a string or a non-empty list of strings")
-        blank = [i for i, x in enumerate(queries) if not _readable(x)]
-        if blank:  # it would still rank the gallery, by the empty caption's special tokens
-            raise ValueError(
-                f"text query {blank[0] + 1} is empty (or only invisible characters): nothing "
-                "to search for"
-            )
+        queries = text_queries(queries)
         self.verify_model(model)
-        _warn_if_cut(model, queries)
+        warn_if_cut(model, queries)
         q, qm = model.encode_texts(queries)
         return self.search_tokens(q, qm, model.scores, weights=model.eval_weights, k=k, **kw)
 
@@ -255,14 +245,7 @@ class GalleryIndex:
                 "this index holds images: search it by text, or build a caption "
                 "index (picoalign index --kind captions)"
             )
-        one = isinstance(images, (str, Path, Image.Image))
-        images = [images] if one else list(images)  # a generator is read once
-        if not images:
-            raise ValueError("images must be a PIL image, a path or a non-empty list of them")
-        for x in images:
-            if isinstance(x, (str, Path)) and not Path(x).expanduser().is_file():
-                what = "is a folder, not an image" if Path(x).expanduser().is_dir() else "not found"
-                raise FileNotFoundError(f"{x}: image {what}")
+        images = image_queries(images)
         self.verify_model(model)
         q, qm = model.encode_images(images)
         return self.search_tokens(q, qm, model.scores, weights=model.eval_weights, k=k, **kw)
@@ -380,36 +363,3 @@ def _torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _readable(text: str) -> bool:
-    """Whether ``text`` has a letter, digit, symbol or punctuation mark: a zero-width space,
-    a control character or a lone combining mark encodes to nothing but special tokens."""
-    return any(unicodedata.category(ch)[0] in "LNSP" for ch in text)
-
-
-def _warn_if_cut(model: Any, queries: Sequence[str]) -> None:
-    """Warn for each query longer than the text encoder reads (MiniLM: 32 tokens): its end
-    would be dropped without a word; and for each the tokenizer knows no word of (an emoji
-    or a script outside its vocabulary is only ``[UNK]``), which ranked the gallery by the
-    unknown token, without a word."""
-    enc = model.backbone("text")
-    tokenizer, most = getattr(enc, "tokenizer", None), getattr(enc, "max_length", None)
-    if tokenizer is None or most is None:
-        return
-    unk = getattr(tokenizer, "unk_token_id", None)
-    for i, q in enumerate(queries, 1):
-        own = tokenizer(q, add_special_tokens=False)["input_ids"]
-        if unk is not None and own and all(t == unk for t in own):
-            warnings.warn(
-                f"text query {i} ({q!r}) holds no word the text encoder knows (its tokenizer "
-                "reads it as unknown): the results rank the gallery by nothing in it",
-                stacklevel=3,
-            )
-        n = len(tokenizer(enc.prepare([q])[0], truncation=False)["input_ids"])
-        if n > most:
-            warnings.warn(
-                f"text query {i} has {n} tokens; the text encoder reads the first {most}, so "
-                "the rest is not searched",
-                stacklevel=3,
-            )
