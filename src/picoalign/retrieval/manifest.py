@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from picoalign.marks import INDEX_FORMAT, INDEX_FORMAT_VERSION
+from picoalign.retrieval.first_stage import STAGES
 
 FORMAT, FORMAT_VERSION = INDEX_FORMAT, INDEX_FORMAT_VERSION
 REQUIRED = ("format", "format_version", "kind", "dims", "dtype", "first_stage", "keys", "sources")
@@ -54,7 +55,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
 # what an index records of its model (picoalign.retrieval.store.checkpoint_identity)
 MODEL_HASHES = ("weights_sha256", "heads_sha256", "p_sha256")
 # the first-stage settings each kind of first stage is searched with
-STAGE_SETTINGS = {"flat": (), "ivf": ("nlist", "nprobe"), "hnsw": ("m", "ef_search")}
+STAGE_SETTINGS = {name: stage.fields for name, stage in STAGES.items()}
 
 
 def _wrong_field(man: dict[str, Any]) -> str | None:

@@ -9,7 +9,6 @@ Folder layout: ``tokens.safetensors`` (``tokens`` (N, T, D) float16/bfloat16, ``
 from __future__ import annotations
 
 import hashlib
-import math
 import shutil
 import time
 import warnings
@@ -26,19 +25,17 @@ from picoalign.checkpoint import model_folder
 from picoalign.core.similarity import pool_tokens
 from picoalign.fileio import atomic_write_json, atomic_write_safetensors
 from picoalign.marks import holds_index
+from picoalign.retrieval.first_stage import STAGES, faiss_module
 from picoalign.retrieval.manifest import (
     DATA_FILES,
     DTYPES,
     FORMAT,
     FORMAT_VERSION,
     KINDS,
-    STAGE_SETTINGS,
     read_manifest,
 )
 
-FIRST_STAGES = tuple(STAGE_SETTINGS)  # flat, ivf, hnsw
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 256
-IVF_NPROBE = 32
+FIRST_STAGES = tuple(STAGES)  # flat, ivf, hnsw
 
 
 def check_options(kind: str, dtype: str, first_stage: str) -> None:
@@ -164,53 +161,25 @@ def check_checkpoint(manifest: dict[str, Any], path: Any, checkpoint: str | Path
 
 
 # ---------------------------------------------------------------------------- first stage
-def faiss_module() -> Any:
-    try:
-        import faiss
-    except ImportError as e:  # pragma: no cover - faiss-cpu is a dependency
-        raise ImportError("gallery indexes need faiss: pip install faiss-cpu") from e
-    return faiss
-
-
 def first_stage_settings(
     kind: str, n: int, nlist: int | None = None, nprobe: int | None = None
 ) -> dict[str, Any]:
-    """Manifest entry of a first stage: IVF nlist ≈ √N, nprobe; HNSW M and efSearch (raised
-    to 5 × candidates at search time: clustered galleries need a wide beam)."""
-    if kind not in FIRST_STAGES:
+    """Manifest entry of a first stage for a gallery of ``n`` items (:mod:`first_stage`)."""
+    if kind not in STAGES:
         raise ValueError(f"first stage must be one of {FIRST_STAGES}, got {kind!r}")
-    if kind == "ivf":
-        nlist = max(1, min(n, nlist or round(math.sqrt(n))))
-        return {"type": kind, "nlist": nlist, "nprobe": min(nlist, nprobe or IVF_NPROBE)}
-    if kind == "hnsw":
-        return {"type": kind, "m": HNSW_M, "ef_search": HNSW_EF_SEARCH}
-    return {"type": kind}
+    return {"type": kind, **STAGES[kind].settings(n, nlist, nprobe)}
 
 
 def build_first_stage(pooled: np.ndarray, settings: dict[str, Any]) -> Any:
     """A FAISS inner-product index over ``pooled`` (N, D) float32."""
-    faiss = faiss_module()
     x = np.ascontiguousarray(pooled, dtype=np.float32)
-    d = x.shape[1]
-    if settings["type"] == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif settings["type"] == "ivf":
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, settings["nlist"], faiss.METRIC_INNER_PRODUCT)
-        index.cp.min_points_per_centroid = 1  # small galleries: no warning spam
-        index.train(x)
-    else:
-        index = faiss.IndexHNSWFlat(d, settings["m"], faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index = STAGES[settings["type"]].build(x, settings)
     index.add(x)
     return index
 
 
 def set_search_params(index: Any, settings: dict[str, Any], c: int, nprobe: int | None) -> None:
-    if settings["type"] == "ivf":
-        faiss_module().extract_index_ivf(index).nprobe = nprobe or settings["nprobe"]
-    elif settings["type"] == "hnsw":
-        index.hnsw.efSearch = max(5 * c, settings["ef_search"])  # ≈ flat's top-c
+    STAGES[settings["type"]].tune(index, settings, c, nprobe)
 
 
 # ---------------------------------------------------------------------------- the folder
@@ -355,12 +324,7 @@ def read_folder(
 def _stage_is(index: Any, stage: dict[str, Any]) -> bool:
     """Whether a FAISS index is the manifest's first stage (searched with its settings: an
     IVF's nprobe among its nlist lists, an HNSW's efSearch)."""
-    faiss = faiss_module()
-    if stage["type"] == "ivf":
-        return isinstance(index, faiss.IndexIVF) and index.nlist == stage["nlist"]
-    if stage["type"] == "hnsw":
-        return hasattr(index, "hnsw")
-    return isinstance(index, faiss.IndexFlat)
+    return STAGES[stage["type"]].matches(index, stage)
 
 
 def _write_faiss(index: Any, path: Path) -> None:
