@@ -9,7 +9,7 @@ import torch
 from test_loop import make_cfg
 
 from picoalign.config import load_config
-from picoalign.training import setup
+from picoalign.training import runs, setup
 from picoalign.training.loop import train
 from picoalign.training.setup import param_groups
 
@@ -136,10 +136,10 @@ def test_a_runs_files_are_compared_only_when_both_read_them_alike() -> None:
 
     now = {"items_fingerprint": "i1", "fingerprint": "f2", "file_identity": FILE_IDENTITY}
     old_run = {"items_fingerprint": "i1", "fingerprint": "f1"}
-    assert setup.data_change(old_run, now) is None
-    assert setup.data_change({**old_run, "file_identity": FILE_IDENTITY}, now) == (
+    assert runs.data_change(old_run, now) is None
+    assert runs.data_change({**old_run, "file_identity": FILE_IDENTITY}, now) == (
         "files",
         "f1",
         "f2",
     )
-    assert setup.data_change({**old_run, "items_fingerprint": "i0"}, now) == ("items", "i0", "i1")
+    assert runs.data_change({**old_run, "items_fingerprint": "i0"}, now) == ("items", "i0", "i1")

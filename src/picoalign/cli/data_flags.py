@@ -161,7 +161,7 @@ def changed_data_warning(checkpoint: str, data: str, seed: int, meta: dict[str, 
     ``--resume`` refuses on): its test split may then hold items the model trained on, and
     R@K would say nothing of it; or its image files changed on disk, as ``--resume`` warns."""
     from picoalign.config.paths import absolute_spec
-    from picoalign.training.setup import data_change, data_record
+    from picoalign.training.runs import data_change, data_record
 
     run = run_config(checkpoint)
     if run is None or absolute_spec(str(run.get("data", ""))) != absolute_spec(data):
@@ -194,7 +194,7 @@ def changed_encoder_warning(checkpoint: str, meta: dict[str, Any]) -> str | None
     run's ``data.json``. The heads were trained on the old features; R@K then measures
     a model that never existed. Library versions are not compared (an upgrade of torch
     rounds otherwise, it does not change the encoder)."""
-    from picoalign.training.setup import data_record
+    from picoalign.training.runs import data_record
 
     folder = run_folder(checkpoint)
     if folder is None:

@@ -35,7 +35,7 @@ def inside(root: Path, rel: str, what: str = "the image folder") -> tuple[Path, 
     return root / norm, PurePosixPath(norm.replace(os.sep, "/")).as_posix()
 
 
-# what file_identity holds, recorded with a run's data (training.setup.data_change compares
+# what file_identity holds, recorded with a run's data (training.runs.data_change compares
 # the file fingerprints of records that hold the same)
 FILE_IDENTITY = "inode:size:mtime_ns"
 

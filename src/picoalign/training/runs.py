@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from picoalign.fileio import check_out_folder, folder_lock, foreign_entries, name_list
 
@@ -231,3 +233,31 @@ class Replacement:
             shutil.rmtree(self.out)
         os.replace(self.aside, self.out)
         self.aside = None
+
+
+def data_record(run: Path) -> dict[str, Any]:
+    """A run's ``data.json`` (what it trained on); ``{}`` when it has none or it cannot be
+    read (a run from before it was written: nothing to compare)."""
+    path = run / "data.json"
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def data_change(record: dict[str, Any], meta: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """How the data of features ``meta`` differs from a run's ``record``: ``("items", before,
+    now)`` when its items (keys, splits, captions) differ, ``("files", before, now)`` when only
+    the image files' sizes or times do, None when neither is known to differ. The one
+    comparison ``--resume`` (which refuses other items) and ``evaluate``/``index`` (which
+    warn) make. The files are compared only where both read the files alike: a run from
+    before the inode was part of a file's identity (no ``file_identity``) would otherwise
+    be told, once, that every file changed."""
+    for kind, key in (("items", "items_fingerprint"), ("files", "fingerprint")):
+        if kind == "files" and record.get("file_identity") != meta.get("file_identity"):
+            continue
+        before, now = record.get(key), meta.get(key)
+        if before is not None and now is not None and before != now:
+            return kind, before, now
+    return None

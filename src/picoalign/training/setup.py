@@ -26,7 +26,7 @@ from picoalign.training.derived import model_config_for, split_sizes
 from picoalign.training.devices import numerics
 from picoalign.training.distributed import DistContext, wrap_ddp
 from picoalign.training.pixels import PixelBatches
-from picoalign.training.runs import Replacement
+from picoalign.training.runs import Replacement, data_change, data_record
 from picoalign.training.schedule import batch_order, continue_schedule, resolve_epochs
 from picoalign.training.state import Position, restore_last, save_last
 
@@ -123,7 +123,7 @@ def setup_run(
     # of main_first below) can rewrite it
     saved_path = Path(cfg.out) / "config.yaml"
     saved = load_config(saved_path) if write and resume and saved_path.is_file() else None
-    fs = features if features is not None else ctx.main_first(lambda: load_features(cfg, device))
+    fs = features if features is not None else ctx.main_first(lambda: run_features(cfg, device))
     train_fs = fs.split("train")
     eval_fs = fs.split(cfg.eval_split) if cfg.eval_split != "train" else train_fs
     if train_fs.n_captions < 2:
@@ -301,34 +301,6 @@ def check_same_data(out: Path, meta: dict[str, Any]) -> str | None:
     return None
 
 
-def data_record(run: Path) -> dict[str, Any]:
-    """A run's ``data.json`` (what it trained on); ``{}`` when it has none or it cannot be
-    read (a run from before it was written: nothing to compare)."""
-    path = run / "data.json"
-    try:
-        old = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    return old if isinstance(old, dict) else {}
-
-
-def data_change(record: dict[str, Any], meta: dict[str, Any]) -> tuple[str, Any, Any] | None:
-    """How the data of features ``meta`` differs from a run's ``record``: ``("items", before,
-    now)`` when its items (keys, splits, captions) differ, ``("files", before, now)`` when only
-    the image files' sizes or times do, None when neither is known to differ. The one
-    comparison ``--resume`` (which refuses other items) and ``evaluate``/``index`` (which
-    warn) make. The files are compared only where both read the files alike: a run from
-    before the inode was part of a file's identity (no ``file_identity``) would otherwise
-    be told, once, that every file changed."""
-    for kind, key in (("items", "items_fingerprint"), ("files", "fingerprint")):
-        if kind == "files" and record.get("file_identity") != meta.get("file_identity"):
-            continue
-        before, now = record.get(key), meta.get(key)
-        if before is not None and now is not None and before != now:
-            return kind, before, now
-    return None
-
-
 def param_groups(
     model: PicoAligner, params: list[torch.nn.Parameter], backbone_lr_mult: float
 ) -> list[dict[str, Any]]:
@@ -346,7 +318,7 @@ def param_groups(
     return groups
 
 
-def load_features(cfg: TrainConfig, device: torch.device | str = "cpu") -> FeatureSet:
+def run_features(cfg: TrainConfig, device: torch.device | str = "cpu") -> FeatureSet:
     """The run's data through the feature cache, encoded on ``device`` where not cached."""
     return dataset_features(
         cfg.data,
