@@ -138,3 +138,15 @@ def test_a_path_with_a_colon_is_read_whole_where_it_exists(tmp_path: Path) -> No
         load_dataset(f"jsonl:{tmp_path}/run:3/d.jsonl")
     with pytest.raises(ValueError, match=r"must be spelled 'cross:TRAIN:TEST' \(.*got 3\)$"):
         load_dataset("cross:twemoji:noto-emoji:tuxpaint")  # not paths: no rejoining
+
+
+def test_every_registered_spelling_is_in_the_commands_help(capsys) -> None:
+    """The --help epilog was a second, hand-kept list of the registry's datasets."""
+    from picoalign.cli.commands import main
+    from picoalign.data.spec import REGISTRY
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert all(f"  {e.spelling} " in text for e in REGISTRY.values())
+    assert max(len(line) for line in text.splitlines()) <= 100

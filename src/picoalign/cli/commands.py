@@ -22,27 +22,10 @@ from picoalign.cli.data_flags import (
 from picoalign.cli.evaluate import add_evaluate
 from picoalign.cli.signals import stop_signals_interrupt, take_pending
 from picoalign.cli.train import add_train, epochs_arg
+from picoalign.data.spec import specs_help
 from picoalign.progress import line_start
 
-EPILOG = """\
-data specs (--data):
-  twemoji                      Twemoji PNGs + emoji names (pip; the default)
-  noto-emoji                   Noto Color Emoji, same concepts, another style (Debian font)
-  tuxpaint                     Tux Paint stamps with their sentences (Debian)
-  cross:TRAIN:TEST             train/val on one style, test on the other
-                               (e.g. cross:twemoji:noto-emoji)
-  scenes:PROTOCOL              compositional scenes of 2-4 emoji objects, 5 captions each;
-                               PROTOCOL twemoji|noto|style|caption|both|unseen, options
-                               size=N, seed=S (docs/scenes.md)
-  jsonl:PATH                   your data: one {"image":..., "captions":[...], "split":...} per line
-  karpathy:JSON:IMAGE_ROOT     Flickr30K / COCO Karpathy split JSON + image folder
-  laps:DIR:IMAGE_ROOT          LAPS / VSE∞ layout ({split}_ids.txt, {split}_caps.txt,
-                               id_mapping.json)
-  precomp:DIR                  precomputed image token features ({split}_ims.npy + {split}_caps.txt)
-  folder:PATH                  a gallery: every image file under PATH, no captions (index only)
-  options after the arguments: SPEC:val=auto|0.2|strict (carve a missing val split from
-  train, or refuse), jsonl:PATH:default-split=train|seeded (lines without "split"); docs/data.md
-"""
+EPILOG = specs_help()  # from the dataset registry: every --data spelling
 
 
 def _set_value(text: str) -> tuple[str, Any]:
@@ -120,6 +103,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the epilogs' layout and appends ``(default: …)`` to every option that has a
     meaningful default and does not already say it (None means "unset"; on/off flags are
     described by their help)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """A prose line (a command's description) wrapped to the terminal; an indented line
+        (the epilog's table of data specs) kept as laid out."""
+        import textwrap
+
+        out = []
+        for line in text.splitlines():
+            if len(indent + line) <= width or line.startswith(" "):
+                out.append(indent + line)
+            else:
+                out += textwrap.wrap(line, width, initial_indent=indent, subsequent_indent=indent)
+        return "\n".join(out)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""

@@ -274,6 +274,26 @@ def reads_user_files(spec: str) -> bool:
     return bool(set(entry.args) & PATH_ARGS)
 
 
+def specs_help(width: int = 100) -> str:
+    """The ``--data`` spellings and their descriptions, for a command's ``--help``: made from
+    :data:`REGISTRY`, so a dataset added there is listed with no second list to keep."""
+    import textwrap
+
+    lines = ["data specs (--data):"]
+    for e in REGISTRY.values():
+        text = textwrap.wrap(e.description, width - 31)
+        lines.append(f"  {e.spelling:<28} {text[0]}")
+        lines += [" " * 31 + more for more in text[1:]]
+    lines += textwrap.wrap(
+        "options after the arguments: SPEC:val=auto|0.2|strict (carve a missing val split "
+        "from train, or refuse); docs/data.md",
+        width,
+        initial_indent="  ",
+        subsequent_indent="  ",
+    )
+    return "\n".join(lines) + "\n"
+
+
 def list_datasets() -> list[tuple[str, str, bool]]:
     """``(spelling, description, installed)`` per registered dataset, for ``picoalign
     datasets``. File formats are always "installed"; see ``REGISTRY[name].install_hint``."""
