@@ -88,6 +88,7 @@ def test_a_model_with_misshapen_weights_is_refused_naming_the_file(tmp_path: Pat
         ({"config.json": '{"my": "settings"}'}, "not a picoalign model config"),
         ({"config.json": '{"model_type": "bert"}', "model.safetensors": b"x"}, "not a picoalign"),
         ({"model.safetensors": b"weights of my own"}, "no picoalign config.json beside it"),
+        ({"config.json": "{}"}, "not a picoalign model config .no image_encoder"),
     ],
 )
 def test_overwrite_replaces_only_a_saved_model_never_the_users_files(
@@ -113,16 +114,56 @@ def test_an_interrupted_overwrite_leaves_the_old_model_whole(tmp_path: Path, mon
     import picoalign.checkpoint as checkpoint
 
     _model().save(tmp_path / "m")
+    write_weights = checkpoint.save_file
 
-    def stop(*_: object) -> None:
+    def weights_then_stop(*args: object, **kw: object) -> None:
+        write_weights(*args, **kw)  # the new weights are written in full, then Ctrl-C
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint, "atomic_write_json", stop)
+    monkeypatch.setattr(checkpoint, "save_file", weights_then_stop)
     wider = PicoAligner(ModelConfig(image_dim=4, text_dim=4, embed_dim=16))
     with pytest.raises(KeyboardInterrupt):
         wider.save(tmp_path / "m", overwrite=True)
     assert PicoAligner.load(tmp_path / "m").config.embed_dim == 8
-    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]  # no temporary file left
+
+
+@pytest.mark.parametrize("where", ["cwd", "dot", "symlink"])
+def test_a_model_is_saved_into_the_current_folder_or_through_a_link(
+    tmp_path: Path, monkeypatch, where: str
+) -> None:
+    """The re-test of the folder swap that save briefly used: saving into the current
+    folder left the process in a deleted folder ("." failed), and a symlink was replaced by
+    a folder of its own while the linked folder kept the old model."""
+    real = tmp_path / "real"
+    real.mkdir()
+    _model().save(real)
+    if where == "symlink":
+        (tmp_path / "link").symlink_to(real)
+        target: Path | str = tmp_path / "link"
+    else:
+        monkeypatch.chdir(real)
+        target = "." if where == "dot" else real
+    model = _model()
+    _step(model, 2)
+    model.save(target, overwrite=True)
+    assert PicoAligner.load(real).trained_steps == 2
+    assert Path.cwd().exists()
+    if where == "symlink":
+        assert (tmp_path / "link").is_symlink()
+    assert sorted(p.name for p in real.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_load_state_dict_makes_the_step_count_unknown() -> None:
+    """Trained weights loaded into a fresh model are not "never trained"."""
+    trained = _model()
+    _step(trained, 3)
+    fresh = _model()
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.trained_steps is None and untrained_note(fresh, "an index") is None
 
 
 def test_a_model_is_saved_and_loaded_under_home(tmp_path: Path, monkeypatch) -> None:

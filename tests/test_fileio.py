@@ -307,7 +307,8 @@ def test_a_path_that_cannot_be_written_is_named_as_given_not_as_a_temp_file(
 def test_an_unfinished_run_that_is_training_now_is_said_so(tmp_path) -> None:
     """The walkthrough's report: evaluating a run still training said "finish it with ...
     --resume", which the run's lock then refused."""
-    from picoalign.fileio import folder_lock, model_dir
+    from picoalign.checkpoint import model_dir
+    from picoalign.fileio import folder_lock
 
     run = tmp_path / "run"
     (run / "last").mkdir(parents=True)

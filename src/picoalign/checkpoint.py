@@ -1,5 +1,6 @@
-"""A saved model folder: ``model.safetensors`` + ``config.json``, and how many optimiser steps
-trained the weights.
+"""A saved model folder: ``model.safetensors`` + ``config.json``, where one may be written
+(:func:`check_model_folder`), which folder a checkpoint names (:func:`model_dir`: a run's
+``best/``), and how many optimiser steps trained the weights.
 
 The step count lives in the safetensors header's metadata (``picoalign.trained_steps``), not
 in the state dict, so that every checkpoint keeps one tensor layout and older files load
@@ -11,23 +12,61 @@ index or an evaluation of it ran without a word. Loading never executes code.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from picoalign.config.model import ModelConfig
-from picoalign.fileio import (
-    atomic_replace_dir,
-    atomic_write_json,
-    atomic_write_safetensors,
-    check_model_folder,
-    model_dir,
-)
+from picoalign.fileio import atomic_write_files, folder_busy, foreign_entries, name_list
 
 STEPS_KEY = "picoalign.trained_steps"
+MODEL_FILES = ("config.json", "model.safetensors")
+
+
+def check_model_folder(folder: Path, *, overwrite: bool) -> None:
+    """Refuse to save a model into ``folder`` when it is a file, holds anything but a saved
+    model (a run folder, a folder of the user's data: their files would be mixed with the
+    model's), or holds a saved model and ``overwrite`` is False (another run's ``best/``
+    was replaced without a word)."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder}: exists and is not a folder")
+    foreign = foreign_entries(folder, MODEL_FILES)
+    if foreign:
+        raise ValueError(
+            f"{folder}: holds files a saved model does not ({name_list(foreign)}); save the "
+            "model into a new or empty folder"
+        )
+    if not overwrite and any((folder / name).exists() for name in MODEL_FILES):
+        raise ValueError(f"{folder}: holds a saved model; pass overwrite=True to replace it")
+
+
+def model_dir(checkpoint: str | Path) -> Path:
+    """The model folder of a checkpoint: a model folder itself, or a training run folder's
+    ``best/`` (the run's selected model) — the one rule every command and ``load`` use."""
+    path = Path(checkpoint)
+    if (path / "best" / "config.json").is_file():
+        return path / "best"
+    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        if (path / "last" / "config.json").is_file():  # stopped before its end (select=last)
+            finish = (
+                "it is training now (another process holds it): wait for it to end"
+                if folder_busy(path)
+                else f"finish it with: picoalign train --out {shlex.quote(str(path))} --resume"
+            )
+            raise FileNotFoundError(
+                f"{path}: an unfinished training run (no {path / 'best'}: the selected model "
+                f"is written when training ends); {finish}, or use its latest checkpoint: "
+                f"{path / 'last'}"
+            )
+        raise FileNotFoundError(
+            f"{path}: a training run with no model saved yet (no {path / 'best'} and no "
+            f"{path / 'last'}); it was stopped before its first checkpoint"
+        )
+    return path
 
 
 def write_model(
@@ -40,8 +79,8 @@ def write_model(
 ) -> None:
     """Write a model folder into a new or empty folder, or over a saved model with
     ``overwrite=True``; a folder holding other files (a run, the user's data, a Hugging Face
-    model's ``config.json``) is refused. The files are written into a fresh folder that then
-    takes the old one's place, so an interrupted save leaves the old model whole."""
+    model's ``config.json``) is refused. Both files are written beside their names before
+    either replaces its old self, so an interrupted save leaves the old model whole."""
     d = Path(directory).expanduser()
     check_model_folder(d, overwrite=overwrite)
     if overwrite:
@@ -49,12 +88,18 @@ def write_model(
     meta = {"format": "pt"}
     if trained_steps is not None:
         meta[STEPS_KEY] = str(trained_steps)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    text = _config_text(config)
+    atomic_write_files(
+        [
+            (d / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta)),
+            (d / "config.json", lambda tmp: Path(tmp).write_text(text)),
+        ]
+    )
 
-    def write(folder: Path) -> None:
-        atomic_write_safetensors(state, folder / "model.safetensors", metadata=meta)
-        atomic_write_json(config.to_dict(), folder / "config.json")
 
-    atomic_replace_dir(d, write)
+def _config_text(config: ModelConfig) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
 def _check_saved_model(d: Path) -> None:
@@ -66,14 +111,18 @@ def _check_saved_model(d: Path) -> None:
         raise ValueError(f"{weights_path}: no picoalign config.json beside it{refuse}")
     if cfg_path.exists():
         try:
-            ModelConfig(**json.loads(cfg_path.read_text()))
+            fields = json.loads(cfg_path.read_text())
+            ModelConfig(**fields)
+            missing = [k for k in ("image_encoder", "text_encoder", "embed_dim") if k not in fields]
+            if missing:  # {} is a valid ModelConfig, but not a config picoalign saved
+                raise ValueError(f"no {', '.join(missing)}")
         except (TypeError, ValueError, AttributeError, OSError, UnicodeDecodeError) as e:
             raise ValueError(f"{cfg_path}: not a picoalign model config ({e}){refuse}") from e
 
 
 def model_folder(checkpoint: str | Path) -> Path:
     """The model folder of a checkpoint (a model folder, or a training run's ``best/``:
-    :func:`picoalign.fileio.model_dir`), with both its files; ``FileNotFoundError`` names
+    :func:`model_dir`), with both its files; ``FileNotFoundError`` names
     what is missing."""
     checkpoint = Path(checkpoint).expanduser()
     if not checkpoint.exists():

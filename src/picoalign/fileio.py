@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -144,7 +143,33 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     ``path``: the one way picoalign writes a file. The fsync makes the rename durable as well
     as atomic (after a power cut the file is the old one or the whole new one); on any error
     the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
+    atomic_write_files([(Path(path), write)])
+
+
+def atomic_write_files(files: list[tuple[Path, Callable[[str], None]]]) -> None:
+    """:func:`atomic_write` for files that belong together (a model's weights and config):
+    every one is written and fsynced beside its path first, and only then are they renamed
+    into place, one after the other. An error or a Ctrl-C while writing (the slow part)
+    leaves every old file as it was; only the renames, microseconds, are not one step."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, write in files:
+            staged.append((_staged(path, write), path))
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as e:  # a folder in its place, a file system gone read-only
+                raise WriteError(f"{_as_user_sees(path)}: cannot write it ({e.strerror})") from e
+    except BaseException:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+
+
+def _staged(path: Path, write: Callable[[str], None]) -> str:
+    """``write(tmp)`` to a fsynced temporary file beside ``path``, with the mode ``path``
+    would get; its name. On an error it is removed and the error names ``path``."""
     make_dirs(path.parent, str(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -156,7 +181,6 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, new_file_mode(path))
-        os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -164,6 +188,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         if why is not None:  # one line naming the file, not a writer library's traceback
             raise WriteError(f"{_as_user_sees(path)}: cannot write it ({why})") from e
         raise
+    return tmp
 
 
 def _as_user_sees(path: Path) -> Path:
@@ -313,26 +338,6 @@ def check_out_folder(
         raise ValueError(f"--out {out}: holds files {holder} ({name_list(foreign)}); {advice}")
 
 
-MODEL_FILES = ("config.json", "model.safetensors")
-
-
-def check_model_folder(folder: Path, *, overwrite: bool) -> None:
-    """Refuse to save a model into ``folder`` when it is a file, holds anything but a saved
-    model (a run folder, a folder of the user's data: their files would be mixed with the
-    model's), or holds a saved model and ``overwrite`` is False (another run's ``best/``
-    was replaced without a word)."""
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder}: exists and is not a folder")
-    foreign = foreign_entries(folder, MODEL_FILES)
-    if foreign:
-        raise ValueError(
-            f"{folder}: holds files a saved model does not ({name_list(foreign)}); save the "
-            "model into a new or empty folder"
-        )
-    if not overwrite and any((folder / name).exists() for name in MODEL_FILES):
-        raise ValueError(f"{folder}: holds a saved model; pass overwrite=True to replace it")
-
-
 def first_line(e: BaseException) -> str:
     """An exception's message in the one line a command prints (its type if it has none):
     torch and PyYAML messages run over several lines of advice."""
@@ -352,28 +357,3 @@ def remove_stale_temps(folder: Path) -> None:
     for stale in folder.glob(".*.*.tmp"):
         if stale.is_file():
             stale.unlink(missing_ok=True)
-
-
-def model_dir(checkpoint: str | Path) -> Path:
-    """The model folder of a checkpoint: a model folder itself, or a training run folder's
-    ``best/`` (the run's selected model) — the one rule every command and ``load`` use."""
-    path = Path(checkpoint)
-    if (path / "best" / "config.json").is_file():
-        return path / "best"
-    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
-        if (path / "last" / "config.json").is_file():  # stopped before its end (select=last)
-            finish = (
-                "it is training now (another process holds it): wait for it to end"
-                if folder_busy(path)
-                else f"finish it with: picoalign train --out {shlex.quote(str(path))} --resume"
-            )
-            raise FileNotFoundError(
-                f"{path}: an unfinished training run (no {path / 'best'}: the selected model "
-                f"is written when training ends); {finish}, or use its latest checkpoint: "
-                f"{path / 'last'}"
-            )
-        raise FileNotFoundError(
-            f"{path}: a training run with no model saved yet (no {path / 'best'} and no "
-            f"{path / 'last'}); it was stopped before its first checkpoint"
-        )
-    return path

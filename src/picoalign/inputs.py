@@ -5,7 +5,8 @@ nothing at all. And the statistics of the inputs that ``standardize`` divides ou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,16 @@ def channel_stats(tokens: Tensor, mask: Tensor, chunk: int, side: str) -> tuple[
     mean = total / n
     std = (sq / n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
     return mean.float(), std.float()
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for the block, the caller's mode after it: ``encode_*`` embeds as an index
+    and ``evaluate`` do, also for a model in training mode (a fresh one, or ``train()``'s),
+    where token dropout drew other embeddings on every call."""
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)

@@ -17,8 +17,7 @@ when raw images or texts are encoded (training on cached features never loads th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,14 @@ from picoalign.core.heads import HEADS
 from picoalign.core.pico import PICO
 from picoalign.core.scorers import create_scorer
 from picoalign.core.similarity import DEFAULT_BUDGET_MB, fine_grained_scores, l2_normalize, pad_cat
-from picoalign.inputs import as_image, channel_stats, check_batch_size, check_texts, sliceable
+from picoalign.inputs import (
+    as_image,
+    channel_stats,
+    check_batch_size,
+    check_texts,
+    eval_mode,
+    sliceable,
+)
 
 __all__ = ["METHODS", "RULES", "ModelConfig", "PicoAligner"]  # ModelConfig: picoalign.config.model
 
@@ -49,8 +55,7 @@ class PicoAligner(nn.Module):
         self.scorer = create_scorer(c.scorer, c.embed_dim)
         self.pico = PICO(c.pico)  # buffers always present: one state-dict layout
         self._backbones: dict[str, nn.Module] = {}  # lazily built, never saved
-        # optimiser steps that trained these weights (after_step counts them; saved in the
-        # file's metadata; None: loaded from a file older than the count)
+        # optimiser steps that trained these weights (after_step counts; None: unknown)
         self.trained_steps: int | None = 0
         if c.standardize:  # per-channel statistics of the backbone features (fit_standardization)
             for side, dim in (("image", c.image_dim), ("text", c.text_dim)):
@@ -303,17 +308,12 @@ class PicoAligner(nn.Module):
     def _device(self) -> torch.device:
         return self.image_head.proj.weight.device
 
-    @contextmanager
-    def _inference(self) -> Iterator[None]:
-        """Eval mode for the block, the caller's mode after it: ``encode_*`` embeds as an index
-        and ``evaluate`` do, also for a model in training mode (a fresh one, or ``train()``'s),
-        where token dropout drew other embeddings on every call."""
-        was = self.training
-        self.eval()
-        try:
-            yield
-        finally:
-            self.train(was)
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """As ``nn.Module.load_state_dict``; the weights come from elsewhere, so the count of
+        steps that trained them is unknown (None: no "never trained" warning)."""
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.trained_steps = None
+        return out
 
     @torch.no_grad()
     def encode_images(
@@ -335,7 +335,7 @@ class PicoAligner(nn.Module):
                 "features with embed_images(tokens, mask), or search its index by text"
             )
         toks, masks = [], []
-        with self._inference():
+        with eval_mode(self):
             for i in range(0, len(images), batch_size):
                 batch = [as_image(x, i + j) for j, x in enumerate(images[i : i + batch_size])]
                 t, m = enc(self.image_pixels(batch))
@@ -360,7 +360,7 @@ class PicoAligner(nn.Module):
         check_batch_size(batch_size)
         check_texts(texts)
         toks, masks = [], []
-        with self._inference():
+        with eval_mode(self):
             for i in range(0, len(texts), batch_size):
                 t, m = self.embed_texts(*self.text_tokens(texts[i : i + batch_size]))
                 toks.append(t)

@@ -677,3 +677,19 @@ def test_the_readmes_serving_example_runs(tiny, tmp_path, capsys) -> None:
     exec(block.replace('"my-index"', repr(str(out))), {})
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 5 and all(len(line.split()) == 3 for line in printed), printed
+
+
+def test_an_index_built_with_home_paths_records_where_they_are(tiny, tmp_path, monkeypatch):
+    """The re-test: ``build_index(checkpoint="~/ck", out="~/idx")`` recorded the checkpoint
+    as ``./~/ck`` (not found by load_model), and checked ``out`` before expanding it."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    tiny["model"].save("~/ck")
+    kw = {"dataset_spec": tiny["spec"], "progress": False}
+    build_index(tiny["model"], tiny["fs"], checkpoint="~/ck", out="~/idx", **kw)
+    index = GalleryIndex.load(tmp_path / "home" / "idx")
+    assert index.checkpoint == str(tmp_path / "home" / "ck")
+    assert index.load_model().trained_steps == 1
+    with pytest.raises(ValueError, match="holds a gallery index"):  # refused before any work
+        build_index(tiny["model"], tiny["fs"], checkpoint="~/ck", out="~/idx", **kw)
+    assert not (tmp_path / "~").exists()

@@ -54,8 +54,9 @@ def build_index(
     ``max_image_pixels`` (a larger limit the images were read under) is recorded, so that a
     contact sheet reads them under it too. ``overwrite``: replace an index at ``out`` (a
     folder holding anything else is refused, before any work)."""
+    out, checkpoint = Path(out).expanduser(), Path(checkpoint).expanduser()
     store.check_options(kind, dtype, first_stage)  # before the expensive part
-    store.check_index_folder(Path(out), overwrite=overwrite)
+    store.check_index_folder(out, overwrite=overwrite)
     ident = store.checkpoint_identity(model, checkpoint)
     if (note := untrained_note(model, f"an index of {checkpoint}")) is not None:
         warnings.warn(note, stacklevel=2)
@@ -105,7 +106,7 @@ def build_index(
         first_stage=first_stage,
         nlist=nlist,
         nprobe=nprobe,
-        checkpoint=str(Path(checkpoint).resolve()),
+        checkpoint=str(checkpoint.resolve()),
         model=ident,
         dataset={
             "spec": absolute_spec(dataset_spec),  # the index works from any folder

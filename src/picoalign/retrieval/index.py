@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -131,6 +132,15 @@ class GalleryIndex:
         n, t, d = tokens.shape
         if pooled is None:
             pooled = store.pooled_embeddings(tokens, mask)
+        elif not (
+            isinstance(pooled, Tensor)
+            and pooled.shape == (n, d)
+            and bool(torch.isfinite(pooled).all())
+        ):
+            got = tuple(pooled.shape) if isinstance(pooled, Tensor) else type(pooled).__name__
+            raise ValueError(
+                f"pooled must be a finite ({n}, {d}) tensor, one row per item; got {got}"
+            )
         keys = list(keys) if keys is not None else [str(i) for i in range(n)]
         sources = list(sources) if sources is not None else [""] * n
         if not len(keys) == len(sources) == n:
@@ -271,9 +281,7 @@ class GalleryIndex:
 
         The queries may be on an accelerator (a model on CUDA embedded them): the gallery's
         candidates are moved to them for scoring, and only scores come back to the host."""
-        for name, n in (("k", k), ("candidates", candidates)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {n!r}")
+        k, candidates = _count(k, "k"), _count(candidates, "candidates")
         if q.dim() != 3 or q.shape[-1] != self.tokens.shape[-1]:
             raise ValueError(
                 f"the queries are {tuple(q.shape)} (Q, tokens, D) but this index holds "
@@ -363,3 +371,14 @@ def _torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _count(n: Any, name: str) -> int:
+    """``n`` as an int >= 1 (a NumPy or 0-d torch integer too; not a float, bool or str)."""
+    try:
+        value = operator.index(n) if not isinstance(n, bool) else 0
+    except TypeError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {n!r}")
+    return value

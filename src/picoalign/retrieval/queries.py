@@ -16,7 +16,11 @@ from PIL import Image
 def text_queries(queries: str | Iterable[str]) -> list[str]:
     """One string or an iterable of them, as a list; ValueError for none, a non-string, or
     a blank query (it would still rank the gallery, by the empty caption's special tokens)."""
-    queries = [queries] if isinstance(queries, str) else list(queries)
+    if isinstance(queries, str):
+        queries = [queries]
+    elif not isinstance(queries, Iterable):  # None, a number: not "not iterable"
+        raise ValueError("queries must be a string or a non-empty list of strings")
+    queries = list(queries)
     if not queries or not all(isinstance(x, str) for x in queries):
         raise ValueError("queries must be a string or a non-empty list of strings")
     blank = [i for i, x in enumerate(queries) if not _readable(x)]
@@ -30,8 +34,11 @@ def text_queries(queries: str | Iterable[str]) -> list[str]:
 
 def image_queries(images: Any) -> list[Any]:
     """One PIL image or path, or an iterable of them, as a list; a path must be a file."""
-    one = isinstance(images, (str, Path, Image.Image))
-    images = [images] if one else list(images)
+    if isinstance(images, (str, Path, Image.Image)):
+        images = [images]
+    elif not isinstance(images, Iterable):
+        raise ValueError("images must be a PIL image, a path or a non-empty list of them")
+    images = list(images)
     if not images:
         raise ValueError("images must be a PIL image, a path or a non-empty list of them")
     for x in images:

@@ -103,7 +103,7 @@ def check_embeddings(tokens: Any, mask: Any) -> None:
     empty = (~mask.any(dim=1)).nonzero()
     if len(empty):
         raise ValueError(f"row {int(empty[0])} has no real token (its mask is all False)")
-    bad = (~torch.isfinite(tokens).all(dim=2) & mask).any(dim=1).nonzero()
+    bad = (~torch.isfinite(tokens)).flatten(1).any(dim=1).nonzero()  # padding too: it is pooled
     if len(bad):
         raise ValueError(f"row {int(bad[0])} holds NaN or Inf values")
 

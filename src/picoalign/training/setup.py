@@ -109,35 +109,19 @@ def _text_or_none(path: Path) -> str | None:
     return path.read_text() if path.is_file() else None
 
 
-def setup_run(
+def _advice(
     cfg: TrainConfig,
-    features: FeatureSet | None,
-    ctx: DistContext,
-    device: torch.device,
+    fs: FeatureSet,
+    train_fs: FeatureSet,
+    eval_fs: FeatureSet,
+    model: PicoAligner,
+    total_steps: int,
     resume: bool,
-    write: bool,
-) -> Run:
-    """Data, model, loss, optimiser and (on resume) the state to continue from."""
-    torch.manual_seed(cfg.seed)
-    # the schedule the run trained on, read by every rank before rank 0 (past the barrier
-    # of main_first below) can rewrite it
-    saved_path = Path(cfg.out) / "config.yaml"
-    saved = load_config(saved_path) if write and resume and saved_path.is_file() else None
-    fs = features if features is not None else ctx.main_first(lambda: run_features(cfg, device))
-    train_fs = fs.split("train")
-    eval_fs = fs.split(cfg.eval_split) if cfg.eval_split != "train" else train_fs
-    if train_fs.n_captions < 2:
-        raise ValueError(f"--data {cfg.data}: the train split has fewer than 2 captions")
-    if eval_fs.n_images == 0:  # else evaluation would crash after the first epoch
-        raise ValueError(f"--data {cfg.data}: the {cfg.eval_split} split (eval_split) is empty")
-    notes = []  # printed once the run is set up: a run that fails to start shows its error
-    if cfg.epochs == "auto":
-        cfg = resolve_epochs(cfg, train_fs.n_images, train_fs.n_captions)
-        per_image = train_fs.n_captions / train_fs.n_images
-        notes.append(
-            f"epochs=auto: {cfg.epochs} epochs for {per_image:.3g} captions per image "
-            "(--epochs N to choose)"
-        )
+) -> list[str]:
+    """What a run says before it trains: the speed options on, and each setting that makes
+    a run other than the user meant (a batch larger than the data, an evaluation split too
+    small to pick an epoch on, an lr step or a PICO warm-up past the run's end)."""
+    notes: list[str] = []
     speed = [  # opt-in, the same training up to rounding (docs/performance.md): said once
         what
         for on, what in (
@@ -168,9 +152,6 @@ def setup_run(
             if cfg.select == "last"
             else f"{coarse}; select=val picks the kept epoch on it: select=last is safer"
         )
-    steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
-    model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
-    total_steps = cfg.epochs * steps_per_epoch
     named = cfg.model.image_encoder
     if fs.meta.get("image_encoder") == "precomputed" and named not in (
         "precomputed", ModelConfig().image_encoder,
@@ -198,6 +179,42 @@ def setup_run(
             f"{total_steps}; so this run trains the baseline (more --epochs, or "
             "--set pico_warmup_epochs=N)"
         )
+    return notes
+
+
+def setup_run(
+    cfg: TrainConfig,
+    features: FeatureSet | None,
+    ctx: DistContext,
+    device: torch.device,
+    resume: bool,
+    write: bool,
+) -> Run:
+    """Data, model, loss, optimiser and (on resume) the state to continue from."""
+    torch.manual_seed(cfg.seed)
+    # the schedule the run trained on, read by every rank before rank 0 (past the barrier
+    # of main_first below) can rewrite it
+    saved_path = Path(cfg.out) / "config.yaml"
+    saved = load_config(saved_path) if write and resume and saved_path.is_file() else None
+    fs = features if features is not None else ctx.main_first(lambda: run_features(cfg, device))
+    train_fs = fs.split("train")
+    eval_fs = fs.split(cfg.eval_split) if cfg.eval_split != "train" else train_fs
+    if train_fs.n_captions < 2:
+        raise ValueError(f"--data {cfg.data}: the train split has fewer than 2 captions")
+    if eval_fs.n_images == 0:  # else evaluation would crash after the first epoch
+        raise ValueError(f"--data {cfg.data}: the {cfg.eval_split} split (eval_split) is empty")
+    notes = []  # printed once the run is set up: a run that fails to start shows its error
+    if cfg.epochs == "auto":
+        cfg = resolve_epochs(cfg, train_fs.n_images, train_fs.n_captions)
+        per_image = train_fs.n_captions / train_fs.n_images
+        notes.append(
+            f"epochs=auto: {cfg.epochs} epochs for {per_image:.3g} captions per image "
+            "(--epochs N to choose)"
+        )
+    steps_per_epoch = len(batch_order(train_fs.n_captions, cfg.batch_size, cfg.seed, 0))
+    model = PicoAligner(model_config_for(cfg, fs, steps_per_epoch))
+    total_steps = cfg.epochs * steps_per_epoch
+    notes += _advice(cfg, fs, train_fs, eval_fs, model, total_steps, resume)
     if model.config.standardize:  # training-split statistics, saved with the model
         model.fit_standardization(train_fs.images, train_fs.texts)
     model.to(device)
@@ -250,16 +267,7 @@ def setup_run(
         }
     )
     if out is not None and not resume:
-        if replacing is not None:
-            replacing.begin()  # only now, with the data loaded and the model built
-        try:
-            make_dirs(out, f"--out {out}")
-            for name, text in run_files.items():
-                atomic_write_text(text, out / name)
-        except BaseException:  # the loop undoes a run it holds; this one it does not hold yet
-            if replacing is not None:
-                replacing.abort()
-            raise
+        _start_run_folder(out, run_files, replacing)
     # a resume's files change only with its first checkpoint; unchanged ones are not written
     pending = {} if out is None or not resume else _changed(out, run_files)
     for line in notes if ctx.is_main else []:
@@ -268,6 +276,22 @@ def setup_run(
         cfg, ctx, device, train_fs, eval_fs, model, net, loss_fn, opt, params, pixels, out,
         result, start, replacing=replacing, pending=pending,
     )  # fmt: skip
+
+
+def _start_run_folder(out: Path, files: dict[str, str], replacing: Replacement | None) -> None:
+    """A new run's folder and its files (config.yaml, data.json, numerics.json), written
+    once the data is loaded and the model built; a run it replaces is moved aside only now,
+    and put back if this fails (the loop undoes a run it holds; this one it does not yet)."""
+    if replacing is not None:
+        replacing.begin()
+    try:
+        make_dirs(out, f"--out {out}")
+        for name, text in files.items():
+            atomic_write_text(text, out / name)
+    except BaseException:
+        if replacing is not None:
+            replacing.abort()
+        raise
 
 
 def _changed(out: Path, files: dict[str, str]) -> dict[str, str]:
