@@ -4,7 +4,7 @@ paired interval the registered rule reads, the markdown report, and the checks t
 resumed study from mixing budgets or math modes.
 
 Pure functions of the rows, with no training and no torch, so that every choice docs/results.md
-reports can be tested on synthetic rows (tests/test_quality_study.py) and re-made from a
+reports can be tested on synthetic rows (tests/benchmarks/test_quality_study.py) and re-made from a
 committed JSONL file alone (``quality.py --report-only``).
 """
 
