@@ -374,3 +374,19 @@ def test_cache_reports_the_mkl_path_it_was_encoded_on(toy_dataset, tmp_path, mon
     calls = counting(img := RandomConvEncoder())
     hit = _encode(toy_dataset, img, HashTextEncoder(), tmp_path)
     assert calls["n"] == 0 and hit.meta["image_mkl"] == "auto,strict"  # reported, not keyed
+
+
+@pytest.mark.parametrize(
+    ("device", "says"),
+    [("gpu", "device 'gpu': not a device"), ("meta", "the meta device holds no data")]
+    + ([] if torch.cuda.is_available() else [("cuda", "CUDA is not available")]),
+)
+def test_a_device_the_encoders_cannot_use_is_refused_before_the_data_loads(
+    tmp_path, device, says
+) -> None:
+    """The API walkthrough: ``dataset_features(device="cuda")`` on a machine without CUDA
+    failed mid-encode in torch's "Torch not compiled with CUDA enabled" assertion."""
+    from picoalign.features import dataset_features
+
+    with pytest.raises(ValueError, match=says):
+        dataset_features(f"jsonl:{tmp_path / 'missing.jsonl'}", device=device)

@@ -13,7 +13,7 @@ from picoalign.data.base import DataError, DataProblems
 from picoalign.data.check import NO_CAPTIONS, prepare_dataset
 from picoalign.data.spec import reads_user_files
 from picoalign.encoders import ImageEncoder, TextEncoder, create_image_encoder
-from picoalign.features.encode import encode_dataset
+from picoalign.features.encode import encode_dataset, encode_device
 from picoalign.features.store import FeatureSet
 
 
@@ -53,6 +53,7 @@ def dataset_features(
     ``check(dataset)``: the caller's own check of the loaded dataset, before any encoding
     (``evaluate``'s protocol size: a 5K protocol on the wrong split was refused only after
     the whole split had been encoded)."""
+    device = encode_device(device)  # a typo or a missing GPU said before the data loads
     try:
         dataset = prepare_dataset(
             data,

@@ -83,6 +83,20 @@ def _progress(bar: Any, total: int, desc: str, unit: str, show: bool) -> Iterato
         yield own
 
 
+def encode_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device the encoders can run on, or a ValueError that says why:
+    torch's own "Torch not compiled with CUDA enabled" assertion came mid-encode."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r}: not a device ({str(e).splitlines()[0]})") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: CUDA is not available on this machine")
+    if d.type == "meta":
+        raise ValueError(f"device {device}: the meta device holds no data; give cpu or cuda")
+    return d
+
+
 @contextlib.contextmanager
 def _evaluating(encoder: torch.nn.Module, device: str | torch.device) -> Iterator[None]:
     """Run ``encoder`` in eval mode on ``device``; restore its mode and device afterwards."""
@@ -188,6 +202,7 @@ def encode_dataset(
     Encoders may be given as registry specs. Encoding runs in eval mode under
     ``torch.inference_mode()`` on ``device``; each encoder is put back afterwards.
     """
+    device = encode_device(device)  # before any model is built
     img_enc = create_image_encoder(image_encoder)
     txt_enc = create_text_encoder(text_encoder)
     root = None if cache_dir is False else Path(cache_dir or default_cache_dir())
