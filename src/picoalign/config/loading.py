@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_type_hints
 
 import yaml
 
@@ -117,9 +117,7 @@ class TrainConfig:
             "batch_size": (self.batch_size >= 2, "an integer >= 2"),
             "lr": (fin["lr"] and 0 < self.lr < FP32_MAX, "a finite number > 0, below 3.4e38"),
             "margin": (fin["margin"] and self.margin >= 0, "a finite number >= 0"),
-            "loss": (self.loss in ("triplet", "infonce"), "triplet or infonce"),
-            "eval_split": (self.eval_split in ("train", "val", "test"), "train, val or test"),
-            "select": (self.select in ("last", "val"), "last or val"),
+            **{name: _choice(self, name) for name in ("loss", "eval_split", "select")},
             "lr_steps": (
                 isinstance(self.lr_steps, list)
                 and all(
@@ -352,3 +350,10 @@ def dump_config(cfg: TrainConfig) -> str:
         d["model"].pop(key, None)
     d["model"]["pico"].pop("dim", None)
     return yaml.safe_dump(d, sort_keys=False)
+
+
+def _choice(cfg: TrainConfig, name: str) -> tuple[bool, str]:
+    """Whether option ``name`` is one of its annotation's choices, and those in words: the
+    ``Literal`` is the one list of them (a second list here had to be kept in step)."""
+    allowed = get_args(get_type_hints(TrainConfig)[name])
+    return getattr(cfg, name) in allowed, ", ".join(allowed[:-1]) + " or " + allowed[-1]

@@ -7,13 +7,16 @@ the configs (``picoalign.config``) import it from here.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from functools import cache
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from picoalign.core.estimators import Estimator, Positives
 
-_INTS = ("dim", "bank_size", "feedback_size", "warmup_steps", "hard_negatives")
-_BOOLS = ("feedback", "renormalize")
-_FLOATS = ("tau", "momentum", "lam")
+_KINDS: dict[Any, tuple[str, Any]] = {  # a field's type -> its name in words, the check
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+}
 
 
 @dataclass
@@ -53,39 +56,18 @@ class PICOConfig:
     eval_score: Literal["weighted", "plain"] = "plain"
 
     def __post_init__(self) -> None:
-        # types first: in Python nothing else checks them, and feedback="no" is truthy
-        # (feedback on), dim=32.5 made a bank of fractional width
-        for names, kind, ok in (
-            (_INTS, "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-            (_BOOLS, "true or false", lambda v: isinstance(v, bool)),
-            (
-                _FLOATS,
-                "a number",
-                lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-            ),
-        ):
-            for name in names:
-                if not ok(getattr(self, name)):
+        # types and choices from the annotations (one list of each field's choices): in
+        # Python nothing else checks them, and feedback="no" is truthy (feedback on),
+        # dim=32.5 made a bank of fractional width
+        for name, hint in _hints().items():
+            value = getattr(self, name)
+            if get_origin(hint) is Literal:
+                if value not in get_args(hint):
                     raise ValueError(
-                        f"PICOConfig.{name} must be {kind}, got {getattr(self, name)!r}"
+                        f"PICOConfig.{name} must be one of {get_args(hint)}, got {value!r}"
                     )
-        choices = {
-            "estimator": ("sign", "magnitude"),
-            "positives": ("aligned", "all"),
-            "transform": ("2q-1", "raw"),
-            "gain_normalize": ("none", "zscore"),
-            "feedback_metric": ("rsum", "mrr", "neg_loss"),
-            "feedback_source": ("batch", "heldout"),
-            "reading": ("global", "pair"),
-            "prior": ("ones", "global"),
-            "train_score": ("weighted", "plain"),
-            "eval_score": ("weighted", "plain"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"PICOConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
-                )
+            elif hint in _KINDS and not _KINDS[hint][1](value):
+                raise ValueError(f"PICOConfig.{name} must be {_KINDS[hint][0]}, got {value!r}")
         for name in ("dim", "bank_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PICOConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -104,3 +86,9 @@ class PICOConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@cache
+def _hints() -> dict[str, Any]:
+    """PICOConfig's field types, resolved once (the annotations are strings here)."""
+    return get_type_hints(PICOConfig)

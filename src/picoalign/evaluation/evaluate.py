@@ -10,7 +10,7 @@ protocol's rule (:func:`~picoalign.evaluation.protocols.evaluate_protocol`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -19,14 +19,18 @@ from picoalign.core.similarity import DEFAULT_BUDGET_MB, pad_cat
 from picoalign.evaluation.protocols import evaluate_protocol
 from picoalign.features import FeatureSet, SourceImages
 
+if TYPE_CHECKING:  # for the annotations only: the model layer sits above this one
+    from picoalign.model import PicoAligner
+
 
 class NonFiniteEmbeddings(ValueError):
     """The model embeds these inputs to NaN or Inf: its weights overflow on them (a training
     that diverged). The training loop says so by epoch; elsewhere it is a user error."""
 
 
-@torch.no_grad()
-def check_encoders(model: Any, fs: FeatureSet, sides: Sequence[str] = ("image", "text")) -> None:
+def check_encoders(
+    model: PicoAligner, fs: FeatureSet, sides: Sequence[str] = ("image", "text")
+) -> None:
     """ValueError, naming both encoders, where ``fs`` holds another encoder's features than
     the model's heads take: of another width, or under another registry name (two encoders
     of one width embed to garbage without a word). A fine-tuned side re-encodes the raw
@@ -47,8 +51,9 @@ def check_encoders(model: Any, fs: FeatureSet, sides: Sequence[str] = ("image", 
             )
 
 
+@torch.no_grad()
 def embed_features(
-    model: Any, fs: FeatureSet, batch_size: int = 512
+    model: PicoAligner, fs: FeatureSet, batch_size: int = 512
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The scored token sets of ``fs``'s images and captions, on the model's device (eval
     mode), batch by batch through :func:`embed_rows`; features of another encoder are
@@ -70,7 +75,9 @@ def embed_features(
     return img, img_mask, txt, txt_mask
 
 
-def _embed_all(model: Any, fs: FeatureSet, kind: str, n: int, batch: int) -> tuple[Tensor, Tensor]:
+def _embed_all(
+    model: PicoAligner, fs: FeatureSet, kind: str, n: int, batch: int
+) -> tuple[Tensor, Tensor]:
     parts = [embed_rows(model, fs, kind, slice(i, i + batch)) for i in range(0, n, batch)]
     device = next(model.parameters()).device
     return pad_cat([t for t, _ in parts], [m for _, m in parts], dim=model.config.embed_dim,
@@ -78,7 +85,7 @@ def _embed_all(model: Any, fs: FeatureSet, kind: str, n: int, batch: int) -> tup
 
 
 @torch.no_grad()
-def embed_rows(model: Any, fs: FeatureSet, kind: str, rows: slice) -> tuple[Tensor, Tensor]:
+def embed_rows(model: PicoAligner, fs: FeatureSet, kind: str, rows: slice) -> tuple[Tensor, Tensor]:
     """The scored token sets of rows ``rows`` of ``fs``'s ``images`` or ``captions``, on the
     model's device, in whatever mode the caller set (evaluation and gallery indexes both go
     through here, so both see what the model really computes).
@@ -100,7 +107,7 @@ def embed_rows(model: Any, fs: FeatureSet, kind: str, rows: slice) -> tuple[Tens
 
 
 def evaluate(
-    model: Any,
+    model: PicoAligner,
     features: FeatureSet,
     protocol: str = "full",
     rule: str | None = None,

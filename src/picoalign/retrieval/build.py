@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,11 +23,15 @@ from picoalign.retrieval import store
 from picoalign.retrieval.index import GalleryIndex, file_stat
 from picoalign.retrieval.store import DTYPES
 
+if TYPE_CHECKING:  # for the annotations only
+    from picoalign.features import FeatureSet
+    from picoalign.model import PicoAligner
+
 
 @torch.no_grad()
 def build_index(
-    model: Any,
-    fs: Any,
+    model: PicoAligner,
+    fs: FeatureSet,
     *,
     dataset_spec: str,
     checkpoint: str | Path,

@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,10 @@ from picoalign.retrieval import store
 from picoalign.retrieval.queries import image_queries, text_queries, warn_if_cut
 from picoalign.retrieval.sheet import contact_sheet, dataset_image_loader
 from picoalign.retrieval.store import DTYPES, FIRST_STAGES, KINDS
+
+if TYPE_CHECKING:  # for the annotations only: the model layer sits above this one
+    from picoalign.model import PicoAligner
+
 
 __all__ = ["DTYPES", "FIRST_STAGES", "KINDS", "GalleryIndex", "Hit", "contact_sheet"]
 
@@ -165,7 +169,7 @@ class GalleryIndex:
     def load(
         cls,
         path: str | Path,
-        model: Any = None,
+        model: PicoAligner | None = None,
         checkpoint: str | Path | None = None,
         *,
         verify: bool = True,
@@ -186,7 +190,7 @@ class GalleryIndex:
             out.verify_model(model)
         return out
 
-    def verify_model(self, model: Any) -> None:
+    def verify_model(self, model: PicoAligner) -> None:
         """ValueError unless ``model`` has exactly the weights (and p) the index was built with."""
         expect = self.manifest.get("model")
         if expect is None or model in self._verified:
@@ -231,7 +235,7 @@ class GalleryIndex:
 
     # -- search -----------------------------------------------------------------------
     def search_text(
-        self, model: Any, queries: Sequence[str], k: int = 10, **kw: Any
+        self, model: PicoAligner, queries: Sequence[str], k: int = 10, **kw: Any
     ) -> list[list[Hit]]:
         """Top-``k`` gallery images per text query (image index); ``kw``: see
         :meth:`search_tokens` (candidates=100, rerank=True, exhaustive=False, nprobe)."""
@@ -247,7 +251,7 @@ class GalleryIndex:
         return self.search_tokens(q, qm, model.scores, weights=model.eval_weights, k=k, **kw)
 
     def search_image(
-        self, model: Any, images: Sequence[Any], k: int = 10, **kw: Any
+        self, model: PicoAligner, images: Sequence[Any], k: int = 10, **kw: Any
     ) -> list[list[Hit]]:
         """Top-``k`` captions per query image (PIL image or path) of a caption index."""
         if self.kind != "captions":

@@ -8,9 +8,12 @@ import unicodedata
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
+
+if TYPE_CHECKING:  # for the annotations only: the model layer sits above this one
+    from picoalign.model import PicoAligner
 
 
 def text_queries(queries: str | Iterable[str]) -> list[str]:
@@ -54,7 +57,7 @@ def _readable(text: str) -> bool:
     return any(unicodedata.category(ch)[0] in "LNSP" for ch in text)
 
 
-def warn_if_cut(model: Any, queries: Sequence[str]) -> None:
+def warn_if_cut(model: PicoAligner, queries: Sequence[str]) -> None:
     """Warn for each query longer than the text encoder reads (MiniLM: 32 tokens): its end
     would be dropped without a word; and for each the tokenizer knows no word of (an emoji
     or a script outside its vocabulary is only ``[UNK]``), which ranked the gallery by the

@@ -13,7 +13,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,10 @@ from picoalign.retrieval.manifest import (
     KINDS,
     read_manifest,
 )
+
+if TYPE_CHECKING:  # for the annotations only: the model layer sits above this one
+    from picoalign.model import PicoAligner
+
 
 FIRST_STAGES = tuple(STAGES)  # flat, ivf, hnsw
 
@@ -74,7 +78,7 @@ def _fp32(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def model_identity(model: Any) -> dict[str, Any]:
+def model_identity(model: PicoAligner) -> dict[str, Any]:
     """Hashes of a model's tensors (all; heads only) and of PICO's p, for the manifest and
     the refusal check (which names what differs)."""
     state = _fp32(model.state_dict())
@@ -108,14 +112,16 @@ def check_embeddings(tokens: Any, mask: Any) -> None:
         raise ValueError(f"row {int(bad[0])} holds NaN or Inf values")
 
 
-def low_precision(model: Any) -> torch.dtype | None:
+def low_precision(model: PicoAligner) -> torch.dtype | None:
     """The dtype of a model cast below float32 (``.to(torch.bfloat16)``, ``.half()``), else
     None: why its weights no longer hash as the float32 checkpoint an index was built from."""
     low = [p.dtype for p in model.parameters() if p.is_floating_point() and p.dtype.itemsize < 4]
     return low[0] if low else None
 
 
-def is_cast_checkpoint(model: Any, manifest: dict[str, Any], checkpoint: str | Path) -> bool:
+def is_cast_checkpoint(
+    model: PicoAligner, manifest: dict[str, Any], checkpoint: str | Path
+) -> bool:
     """Whether ``model`` is the index's own checkpoint cast down to its dtype (what the
     README's ``model.to(torch.bfloat16)`` gives): the same model, in rounded weights. Only
     the checkpoint file recorded by its sha256 counts."""
@@ -139,7 +145,7 @@ def identity_difference(got: dict[str, Any], expect: dict[str, Any]) -> str:
     return "PICO's p differs" if got["p_sha256"] != expect["p_sha256"] else "PICO state differs"
 
 
-def checkpoint_identity(model: Any, checkpoint: str | Path) -> dict[str, Any]:
+def checkpoint_identity(model: PicoAligner, checkpoint: str | Path) -> dict[str, Any]:
     """``model_identity`` plus the checkpoint file's sha256; ValueError if they disagree."""
     mdir = model_folder(checkpoint)
     ident = model_identity(model)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from picoalign.features import FeatureSet, SourceImages
+
+if TYPE_CHECKING:  # for the annotations only: the model layer sits above this one
+    from picoalign.model import PicoAligner
 
 
 class PixelBatches:
@@ -19,7 +22,7 @@ class PixelBatches:
     ``get(idx)`` returns ``(B, 3, H, W)`` rows in caption order.
     """
 
-    def __init__(self, model: Any, fs: FeatureSet, workers: int = 4) -> None:
+    def __init__(self, model: PicoAligner, fs: FeatureSet, workers: int = 4) -> None:
         SourceImages(fs)  # fails early, with the dataset's name, where there are no files
         self.model, self.fs = model, fs
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="picoalign-img")
