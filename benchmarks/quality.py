@@ -51,8 +51,9 @@ from picoalign.evaluation import evaluate
 from picoalign.features import FeatureSet, dataset_features
 from picoalign.fileio import atomic_write_text
 from picoalign.model import PicoAligner
+from picoalign.numerics import STRICT_MATH_ENV, mkl_branch, strict_math
 from picoalign.training.derived import split_sizes
-from picoalign.training.devices import STRICT_MATH_ENV, mkl_branch, numerics, strict_math
+from picoalign.training.devices import numerics
 from picoalign.training.distributed import state_digest
 from picoalign.training.loop import train
 from picoalign.training.schedule import resolve_epochs

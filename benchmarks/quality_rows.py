@@ -294,7 +294,7 @@ def check_math(
     """Why ``rows`` cannot be continued by runs under ``math_mode`` (None: they can): a
     study whose rows round differently cannot be re-run bit for bit.
 
-    ``mkl`` is the code path MKL runs here (``core.hardware.mkl_branch``): the same
+    ``mkl`` is the code path MKL runs here (``numerics.mkl_branch``): the same
     ``--math avx2-strict`` is MKL's AVX2 path on an Intel CPU and its ``auto`` path on an AMD
     one, which round differently, so rows that record another path are refused too (rows
     from before rows recorded it are not checked)."""

@@ -26,7 +26,8 @@ import quality  # this script's sibling (its folder is on sys.path when run as a
 from _common import add_out_arguments, refuse_to_overwrite
 from picoalign.features import dataset_features
 from picoalign.fileio import atomic_write_text
-from picoalign.training.devices import STRICT_MATH_ENV, numerics
+from picoalign.numerics import STRICT_MATH_ENV
+from picoalign.training.devices import numerics
 
 ROOT = Path(__file__).resolve().parent
 

@@ -15,15 +15,16 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "picoalign"
 # layer -> the picoalign layers it may import (besides itself). Top-level modules are layers
 # of their own name (model, fileio, config, __init__, __main__).
 LOWER = {"core", "model", "features", "data", "encoders", "fileio", "config", "evaluation",
-         "inputs", "marks", "checkpoint"}  # fmt: skip
+         "inputs", "marks", "checkpoint", "numerics"}  # fmt: skip
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "fileio": set(),
     "progress": set(),
+    "numerics": set(),
     "marks": set(),
     "data": {"fileio", "progress", "marks"},
     "encoders": {"core", "data"},
-    "features": {"core", "data", "encoders", "fileio", "progress"},
+    "features": {"core", "data", "encoders", "fileio", "progress", "numerics"},
     "inputs": {"data"},
     "checkpoint": {"config", "fileio"},
     "model": {"core", "encoders", "data", "fileio", "config", "inputs", "checkpoint"},

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from picoalign.training.devices import STRICT_MATH_ENV, mkl_branch, numerics, strict_math
+from picoalign.numerics import STRICT_MATH_ENV, mkl_branch, strict_math
+from picoalign.training.devices import numerics
 
 # a GEMM big enough that MKL splits it over threads; the hash of its bits
 GEMM = """
@@ -73,7 +74,7 @@ def test_mkl_branch_says_which_path_mkl_really_runs() -> None:
     vendor = _cpu_vendor()
     if vendor not in ("GenuineIntel", "AuthenticAMD"):
         pytest.skip(f"CPU vendor {vendor}: no expectation")
-    code = "from picoalign.core.hardware import mkl_branch; print(mkl_branch())"
+    code = "from picoalign.numerics import mkl_branch; print(mkl_branch())"
 
     def branch(env: dict[str, str]) -> str:
         base = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}

@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import torch
 
-from picoalign.core.hardware import math_mode, mkl_branch
 from picoalign.data.base import ImageCaptionDataset, digest
 from picoalign.data.images import DECODING
 from picoalign.encoders import ImageEncoder, TextEncoder
@@ -36,6 +35,7 @@ from picoalign.features.store import (
     read_meta,
     read_safetensors,
 )
+from picoalign.numerics import math_mode, mkl_branch
 from picoalign.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def cached_features(
 
     Also returns how the features were computed: ``{"math": …, "mkl": …}`` (and
     ``"reused"``, the rows copied from other files, when it encoded), the math mode
-    (``core.hardware.math_mode``) and the code path MKL really ran (``mkl_branch``: the same
+    (``numerics.math_mode``) and the code path MKL really ran (``mkl_branch``: the same
     mode gives other bits on an AMD CPU than on an Intel one); ``"unknown"`` for caches from
     before each was recorded. Neither is part of the cache key: they change the encoders'
     rounding, not their definition, so an existing cache is kept; but a row trained on it

@@ -9,15 +9,9 @@ from typing import Any
 
 import torch
 
-# the math-mode switch lives in core (the feature cache records it too); re-exported here
-from picoalign.core.hardware import (  # noqa: F401
-    STRICT_MATH_ENV,
-    math_mode,
-    mkl_branch,
-    native_low_precision,
-    strict_math,
-)
+from picoalign.core.hardware import native_low_precision
 from picoalign.fileio import first_line
+from picoalign.numerics import math_mode, mkl_branch
 
 
 def cpu_has_fast_bf16() -> bool:
