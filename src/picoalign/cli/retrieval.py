@@ -252,27 +252,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         else:  # --index I QUERY: the first word is a query
             args.queries, args.index_pos = [args.index_pos, *args.queries], None
     resolve_folder_args(args)
-    from picoalign.retrieval.index import GalleryIndex, contact_sheet
     from picoalign.retrieval.sheet import check_sheet_path
 
-    if args.queries and (args.text or args.image):
-        raise ValueError("give the queries after INDEX or with --text / --image, not both")
-    if not (args.queries or args.text or args.image):
-        raise ValueError(
-            "no query: picoalign search INDEX QUERY... (texts for an image index, image files "
-            "for a caption index), or --text / --image"
-        )
-    index = GalleryIndex.load(args.index, checkpoint=args.checkpoint, verify=args.verify)
-    if args.queries:  # an image index is searched by text, a caption index by image
-        if index.kind == "images":
-            refuse_image_files(args.queries)
-        args.text, args.image = (
-            (args.queries, None)
-            if index.kind == "images"
-            else (None, [os.path.expanduser(q) for q in args.queries])  # files: as --image
-        )
-    if args.image and index.kind == "captions":
-        image_queries(args.image, args.index)
+    index = _index_and_queries(args)
     if args.exhaustive and not args.rerank:
         raise ValueError(
             "--exhaustive scores every item fine-grained; --no-rerank keeps stage 1 "
@@ -303,6 +285,44 @@ def cmd_search(args: argparse.Namespace) -> int:
         hits = index.search_text(model, args.text, **kw)
     else:
         hits = index.search_image(model, args.image, **kw)
+    _print_hits(args, hits, queries, index, stage)
+    if args.sheet:  # after the results: a sheet that cannot be drawn does not lose them
+        _draw_sheet(args, hits, queries, index, replacing)
+    return 0
+
+
+def _index_and_queries(args: argparse.Namespace) -> Any:
+    """The index, and the queries put where its kind reads them: texts (``args.text``) for
+    an image index, image files (``args.image``) for a caption index; refused first if none
+    or both ways are given."""
+    from picoalign.retrieval.index import GalleryIndex
+
+    if args.queries and (args.text or args.image):
+        raise ValueError("give the queries after INDEX or with --text / --image, not both")
+    if not (args.queries or args.text or args.image):
+        raise ValueError(
+            "no query: picoalign search INDEX QUERY... (texts for an image index, image files "
+            "for a caption index), or --text / --image"
+        )
+    index = GalleryIndex.load(args.index, checkpoint=args.checkpoint, verify=args.verify)
+    if args.queries:  # an image index is searched by text, a caption index by image
+        if index.kind == "images":
+            refuse_image_files(args.queries)
+        args.text, args.image = (
+            (args.queries, None)
+            if index.kind == "images"
+            else (None, [os.path.expanduser(q) for q in args.queries])  # files: as --image
+        )
+    if args.image and index.kind == "captions":
+        image_queries(args.image, args.index)
+    return index
+
+
+def _print_hits(
+    args: argparse.Namespace, hits: list, queries: list[str], index: Any, stage: str | None
+) -> None:
+    """The results (a table per query, or ``--json``), then the warnings about them: files
+    changed since indexing, fewer results than asked."""
     if args.json:
         print(json.dumps(hit_rows(hits, queries, index, args.rerank), indent=2))
     else:
@@ -318,27 +338,34 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"query {short[0]}{' and others' if len(short) > 1 else ''}: {n} results, not "
             f"{args.top_k}: the {stage} first stage reached only {n} items"
             + (" (a larger --nprobe probes more lists)" if stage == "ivf" else ""),
-            stacklevel=2,
+            stacklevel=3,
         )
-    if args.sheet:  # after the results: a sheet that cannot be drawn does not lose them
-        mode = "exhaustive" if args.exhaustive else "two-stage" if args.rerank else "stage 1"
-        try:
-            contact_sheet(
-                hits,
-                index.image_loader(),
-                args.sheet,
-                title=f"top-{args.top_k} ({mode}) — {Path(args.index).name}",
-                row_labels=queries,
-            )
-        except (FileNotFoundError, DataError) as e:
-            raise ValueError(
-                f"--sheet {args.sheet}: not drawn, the images of index {args.index} cannot be "
-                f"read ({e}); were they moved since it was indexed? (the results are above)"
-            ) from e
-        if not args.json:
-            print(f"\ncontact sheet: {args.sheet}"
-                  + (" (it replaces the earlier sheet there)" if replacing else ""))  # fmt: skip
-    return 0
+
+
+def _draw_sheet(
+    args: argparse.Namespace, hits: list, queries: list[str], index: Any, replacing: bool
+) -> None:
+    """``--sheet``: the retrieved images in one PNG; a gallery that moved is said, with the
+    results already printed."""
+    from picoalign.retrieval.index import contact_sheet
+
+    mode = "exhaustive" if args.exhaustive else "two-stage" if args.rerank else "stage 1"
+    try:
+        contact_sheet(
+            hits,
+            index.image_loader(),
+            args.sheet,
+            title=f"top-{args.top_k} ({mode}) — {Path(args.index).name}",
+            row_labels=queries,
+        )
+    except (FileNotFoundError, DataError) as e:
+        raise ValueError(
+            f"--sheet {args.sheet}: not drawn, the images of index {args.index} cannot be "
+            f"read ({e}); were they moved since it was indexed? (the results are above)"
+        ) from e
+    if not args.json:
+        print(f"\ncontact sheet: {args.sheet}"
+              + (" (it replaces the earlier sheet there)" if replacing else ""))  # fmt: skip
 
 
 def _ivf_only(nprobe: int | None, stage: str | None, what: str, hint: str = "") -> None:
