@@ -101,24 +101,9 @@ def cached_features(
     safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.name)[:40]
     enc_id = digest(encoder.cache_config)
     path = cache_dir / "features" / f"{safe_name}-{dataset.fingerprint}-{kind}-{enc_id}.safetensors"
-    if path.exists():
-        try:
-            tensors, meta = read_safetensors(path)
-        except UNREADABLE as e:  # a truncated or damaged file: rebuilt
-            log.warning("rebuilding unreadable feature cache %s: %s", path.name, e)
-            tensors, meta = None, {}
-        if tensors is not None:
-            stale = [k for k, v in expect.items() if meta.get(k) != v]
-            if row_ids is not None and meta.get("row_ids", list(row_ids)) != list(row_ids):
-                # the fingerprint leaves out the change time (a chmod would re-encode all);
-                # a file edited in place with its size and dates kept changes only that
-                stale.append("row_ids")
-            if not stale:
-                log.info("feature cache hit: %s", path)
-                feats = TokenFeatures(tensors["tokens"], tensors["mask"])
-                how = {k: str(meta.get(k, "unknown")) for k in ("math", "mkl")}
-                return feats, str(path), how
-            log.warning("rebuilding feature cache %s: %s changed", path.name, ", ".join(stale))
+    hit = _cache_hit(path, expect, row_ids)
+    if hit is not None:
+        return hit[0], str(path), hit[1]
     found = {}
     if row_ids is not None:
         # this dataset's own stale file too: its unchanged rows are as good as any donor's
@@ -171,6 +156,32 @@ def cached_features(
     atomic_save({"tokens": feats.tokens, "mask": feats.mask}, meta, path)
     shutil.rmtree(parts_dir, ignore_errors=True)
     return feats, str(path), {**how, "reused": str(len(content) - len(todo))}
+
+
+def _cache_hit(
+    path: Path, expect: dict[str, Any], row_ids: Sequence[str] | None
+) -> tuple[TokenFeatures, dict[str, str]] | None:
+    """The features of the cache file ``path`` and how they were rounded, if it exists and
+    holds what ``expect`` describes (and the same ``row_ids``); None, said in the log, if it
+    is unreadable or stale: it is then rebuilt."""
+    if not path.exists():
+        return None
+    try:
+        tensors, meta = read_safetensors(path)
+    except UNREADABLE as e:  # a truncated or damaged file
+        log.warning("rebuilding unreadable feature cache %s: %s", path.name, e)
+        return None
+    stale = [k for k, v in expect.items() if meta.get(k) != v]
+    if row_ids is not None and meta.get("row_ids", list(row_ids)) != list(row_ids):
+        # the fingerprint leaves out the change time (a chmod would re-encode all); a file
+        # edited in place with its size and dates kept changes only that
+        stale.append("row_ids")
+    if stale:
+        log.warning("rebuilding feature cache %s: %s changed", path.name, ", ".join(stale))
+        return None
+    log.info("feature cache hit: %s", path)
+    how = {k: str(meta.get(k, "unknown")) for k in ("math", "mkl")}
+    return TokenFeatures(tensors["tokens"], tensors["mask"]), how
 
 
 def _how(device: torch.device) -> dict[str, str]:
