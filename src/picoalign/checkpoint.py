@@ -16,7 +16,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -122,8 +122,7 @@ def _check_saved_model(d: Path) -> None:
 
 def model_folder(checkpoint: str | Path) -> Path:
     """The model folder of a checkpoint (a model folder, or a training run's ``best/``:
-    :func:`model_dir`), with both its files; ``FileNotFoundError`` names
-    what is missing."""
+    :func:`model_dir`), with both its files; ``FileNotFoundError`` names what is missing."""
     checkpoint = Path(checkpoint).expanduser()
     if not checkpoint.exists():
         raise FileNotFoundError(
@@ -150,7 +149,7 @@ def read_model(directory: str | Path) -> tuple[ModelConfig, dict[str, Tensor], i
         state = load_file(str(weights_path))
         with safe_open(str(weights_path), framework="pt") as f:
             steps = _steps((f.metadata() or {}).get(STEPS_KEY))
-    except Exception as e:  # SafetensorError: a truncated or foreign file
+    except (SafetensorError, OSError, ValueError) as e:  # a truncated or foreign file
         raise ValueError(f"{weights_path}: cannot load the model weights ({e})") from e
     return cfg, state, steps
 
