@@ -21,7 +21,7 @@ import math
 import operator
 import os
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -235,9 +235,10 @@ class GalleryIndex:
 
     # -- search -----------------------------------------------------------------------
     def search_text(
-        self, model: PicoAligner, queries: Sequence[str], k: int = 10, **kw: Any
+        self, model: PicoAligner, queries: str | Iterable[str], k: int = 10, **kw: Any
     ) -> list[list[Hit]]:
-        """Top-``k`` gallery images per text query (image index); ``kw``: see
+        """Top-``k`` gallery images per text query (one string, or an iterable of them) of an
+        image index; ``kw``: see
         :meth:`search_tokens` (candidates=100, rerank=True, exhaustive=False, nprobe)."""
         if self.kind != "images":
             raise ValueError(
@@ -251,9 +252,10 @@ class GalleryIndex:
         return self.search_tokens(q, qm, model.scores, weights=model.eval_weights, k=k, **kw)
 
     def search_image(
-        self, model: PicoAligner, images: Sequence[Any], k: int = 10, **kw: Any
+        self, model: PicoAligner, images: Any, k: int = 10, **kw: Any
     ) -> list[list[Hit]]:
-        """Top-``k`` captions per query image (PIL image or path) of a caption index."""
+        """Top-``k`` captions per query image of a caption index: a PIL image or a path, or
+        an iterable of them."""
         if self.kind != "captions":
             raise ValueError(
                 "this index holds images: search it by text, or build a caption "
