@@ -448,6 +448,29 @@ def test_absolute_data_specs_keep_their_options(tmp_path, monkeypatch) -> None:
     got = absolute_spec("jsonl:d/data.jsonl:val=strict:default-split=train")
     assert got == f"jsonl:{tmp_path}/d/data.jsonl:val=strict:default-split=train"
     assert absolute_spec("scenes:twemoji:size=100") == "scenes:twemoji:size=100"
+    # the CLI walkthrough: "cfg/../data.jsonl" was stored as given, so a resume naming the
+    # same file as "data.jsonl" was refused as other data
+    assert absolute_spec("jsonl:cfg/../d/data.jsonl") == f"jsonl:{tmp_path}/d/data.jsonl"
+
+
+def test_resume_accepts_the_same_data_spelled_through_dot_dot(ref, tmp_path) -> None:
+    data = f"jsonl:{ref['data']}"
+    dotted = f"jsonl:{ref['data'].parent}/../{ref['data'].parent.name}/{ref['data'].name}"
+    rc, _, err = run_cli(*toy_train_argv(ref["data"], tmp_path / "run", epochs=1))
+    assert rc == 0, err
+    rc, _, err = run_cli("train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2",
+                         "--data", dotted, "--no-progress")  # fmt: skip
+    assert rc == 0, err
+    assert data in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_set_without_a_key_is_a_usage_error(tmp_path, capsys) -> None:
+    from picoalign.cli.commands import main
+
+    with pytest.raises(SystemExit) as stop:  # was "overrides: unknown key(s) ; known: ..."
+        main(["train", "--set", "=3", "--out", str(tmp_path / "r")])
+    assert stop.value.code == 2
+    assert "--set expects KEY=VALUE, got '=3': no KEY" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["many", "0"])

@@ -54,8 +54,31 @@ def test_overrides_alone_and_into_empty_sections(tmp_path: Path) -> None:
     assert cfg.model.embed_dim == 8 and cfg.epochs == 2
 
 
-def test_empty_file_means_defaults(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, "")) == TrainConfig()
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_file_is_refused(tmp_path: Path, text: str) -> None:
+    """The CLI walkthrough: an empty (truncated) --config trained every default, Twemoji with
+    the real encoders for 20 epochs, minutes of CPU the user did not ask for."""
+    with pytest.raises(ValueError, match="the config file holds no options"):
+        load_config(write(tmp_path, text))
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: ``epochs: 2`` then ``epochs: 3`` trained 3."""
+    with pytest.raises(ValueError, match=r"key 'epochs' given twice at line 2"):
+        load_config(write(tmp_path, "epochs: 2\nepochs: 3\n"))
+    with pytest.raises(ValueError, match=r"key 'tau' given twice at line 4"):
+        load_config(write(tmp_path, "model:\n  pico:\n    tau: 1\n    tau: 2\n"))
+
+
+def test_an_unknown_override_is_named_by_its_flag_not_the_file(tmp_path: Path) -> None:
+    """``--config ok.yaml --set foo=1`` said "ok.yaml + overrides: unknown key(s) foo": the
+    user was sent to a file that is fine."""
+    ok = write(tmp_path, "epochs: 2\n")
+    with pytest.raises(ValueError, match=r"^--set: unknown key\(s\) foo"):
+        load_config(ok, {"foo": 1}, origins={"foo": "--set"})
+    with pytest.raises(ValueError, match=r"^--set: model\.pico: unknown key\(s\) lamda"):
+        load_config(ok, {"model.pico.lamda": 0.3}, origins={"model.pico.lamda": "--set"})
+    assert load_config(ok, {"model.pico.lam": 0.0}).model.pico.lam == 0.0  # a falsy value
 
 
 @pytest.mark.parametrize(

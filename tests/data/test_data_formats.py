@@ -97,6 +97,11 @@ BAD_LINES = [
     ('{"image": "imgs/a.png", "captions": ["x"], "split": "tain"}', "split must be one of"),
     ('{"image": "imgs", "captions": ["x"]}', "not a file"),
     (b'{"image": "imgs/a.png", "captions": ["caf\xe9"]}', "not valid UTF-8"),
+    # json keeps the last of two equal keys: a training image went into the test set
+    (
+        '{"image": "imgs/a.png", "captions": ["x"], "split": "train", "split": "test"}',
+        'key "split" given twice',
+    ),
 ]
 
 
@@ -286,6 +291,9 @@ def test_karpathy(images: Path) -> None:
     p.write_text("{not json")
     with pytest.raises(DataError, match=r"dataset_flickr30k\.json: not a readable"):
         karpathy(p, images)
+    p.write_text('{"images": [], "images": []}')  # json keeps the last, without a word
+    with pytest.raises(DataError, match=r'key "images" given twice in one object'):
+        karpathy(p, images)
 
 
 # --------------------------------------------------------------------------- LAPS
@@ -334,6 +342,9 @@ def test_laps_errors(tmp_path: Path) -> None:
     caps.write_text("a\nb\nc\n")
     (d / "precomp" / "dev_ids.txt").write_text("102\n999\n")
     with pytest.raises(DataError, match=r"dev_caps\.txt: 3 captions do not fit 2 ids"):
+        laps(d, tmp_path / "imgs")
+    caps.write_text("")  # 0 % 2 is 0: an empty caption file dropped the split silently
+    with pytest.raises(DataError, match=r"dev_caps\.txt: 0 captions do not fit 2 ids"):
         laps(d, tmp_path / "imgs")
     caps.write_text("a\nb\n")
     with pytest.raises(DataError, match=r"dev_ids\.txt line 2: image id '999' is not in"):

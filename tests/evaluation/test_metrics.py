@@ -169,6 +169,8 @@ def test_a_split_too_small_to_compare_models_is_named_with_its_step() -> None:
     got = coarse_split_warning("val", 40)
     assert got is not None and got.startswith("warning: the val split has 40 images")
     assert "steps of 2.5 points" in got
+    # the CLI walkthrough: "1 images ... steps of 1e+02 points"
+    assert "has 1 image: its R@K moves in steps of 100 points" in coarse_split_warning("val", 1)
 
 
 def test_duplicate_caption_warning_names_how_many_images_share_a_text() -> None:

@@ -529,10 +529,10 @@ def test_batch_larger_than_the_train_split_warns_in_one_line(make_feature_set, c
 
 
 def test_a_small_evaluation_split_warns_that_its_recall_is_coarse(make_feature_set, capsys) -> None:
-    small = make_feature_set(n=60)  # 15 val images: R@1 moves in steps of 6.7 points
+    small = make_feature_set(n=60)  # 15 val images: R@1 moves in steps of 6.67 points
     train(make_cfg(Path("unused"), epochs=1), small, write=False)
     err = capsys.readouterr().err
-    assert "picoalign: warning: the val split has 15 images" in err and "steps of 6.7" in err
+    assert "picoalign: warning: the val split has 15 images" in err and "steps of 6.67" in err
     assert "select=last: the run keeps its last epoch" in err
     train(make_cfg(Path("unused"), epochs=1, select="val"), small, write=False)
     err = capsys.readouterr().err

@@ -302,6 +302,10 @@ def load_config(
         where = str(path)
         data = _merge(data, loaded)
     for key, value in (overrides or {}).items():
+        nested: dict[str, Any] = {}  # the key alone, checked and named by its own flag
+        for part in reversed(key.split(".")):
+            nested = {part: nested or value}
+        _check_tree(nested, (origins or {}).get(key, "overrides"))
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
@@ -316,14 +320,32 @@ def load_config(
     return config_from_dict(data, where, origins)
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the
+    last, so ``epochs: 2`` then ``epochs: 3`` trained 3 epochs without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(p: Path) -> dict[str, Any]:
     """A config file as nested dicts; its unknown keys are reported against the file."""
     if not p.is_file():
         raise FileNotFoundError(f"{p}: config file not found")
     try:
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = yaml.load(p.read_text(), Loader=_UniqueKeys)  # a SafeLoader: no code runs
     except yaml.YAMLError as e:
         raise ValueError(f"{p}: invalid YAML ({yaml_problem(e)})") from e
+    if loaded is None:  # an empty (or truncated) file trained every default, for minutes
+        raise ValueError(f"{p}: the config file holds no options; give some, or leave it out")
     if not isinstance(loaded, dict):
         raise ValueError(f"{p}: expected a mapping of options at the top level")
     _check_tree(loaded, str(p))

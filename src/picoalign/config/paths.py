@@ -8,6 +8,7 @@ as typed then points nowhere.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ PATH_ARGS = frozenset({"PATH", "JSON", "IMAGE_ROOT", "DIR"})
 
 
 def absolute_path(path: str) -> str:
-    """``path`` with ``~`` expanded, made absolute against the current folder."""
-    return str(Path(path).expanduser().absolute())
+    """``path`` with ``~`` expanded, made absolute against the current folder, ``..`` and
+    ``.`` taken out (``cfg/../data.jsonl`` and ``data.jsonl`` are one file: a resume given
+    the second was refused as other data). Links are kept, not resolved."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def real_path(path: str) -> str:

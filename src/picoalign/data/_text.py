@@ -7,8 +7,10 @@ all five in one :class:`DataProblems` (``Problems.finish``), so one rerun fixes 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from picoalign.data.base import DataError, DataProblems, ImageCaptionDataset
 
@@ -19,6 +21,26 @@ SPLIT_PREFIXES: dict[str, tuple[str, ...]] = {
     "val": ("dev", "val"),
     "test": ("testall", "test"),
 }
+
+
+class RepeatedKey(ValueError):
+    """A JSON object names one key twice. ``json`` keeps the last value without a word, so
+    ``"split": "train", "split": "test"`` put a training image into the test set."""
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise RepeatedKey(f'key "{key}" given twice in one object')
+        seen[key] = value
+    return seen
+
+
+def loads_json(text: str) -> Any:
+    """``json.loads`` that refuses an object with a repeated key (:class:`RepeatedKey`,
+    naming it): the data formats read their JSON through it."""
+    return json.loads(text, object_pairs_hook=_no_repeated_keys)
 
 
 class Problems:

@@ -35,7 +35,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from picoalign.data._text import Problems, find_split_files, read_caption_file, read_lines
+from picoalign.data._text import (
+    Problems,
+    RepeatedKey,
+    find_split_files,
+    loads_json,
+    read_caption_file,
+    read_lines,
+)
 from picoalign.data.base import (
     DataError,
     ImageCaptionDataset,
@@ -105,10 +112,10 @@ def karpathy(
     json_path, image_root = Path(json_path), Path(image_root)
     _check_image_root(image_root, check_files)
     try:
-        data = json.loads(json_path.read_bytes().decode("utf-8-sig"))  # a BOM, as in JSONL
+        data = loads_json(json_path.read_bytes().decode("utf-8-sig"))  # a BOM, as in JSONL
     except FileNotFoundError:
         raise DataError(f"{json_path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RepeatedKey) as e:
         raise DataError(f"{json_path}: not a readable UTF-8 JSON file ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f'{json_path}: expected {{"images": [...]}} (a Karpathy split file)')
@@ -174,8 +181,8 @@ def laps(
     _check_image_root(image_root, check_files)  # after the layout: its message comes first
     mapping_path = _find_mapping(data_dir, split_dir)
     try:
-        mapping = json.loads(mapping_path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        mapping = loads_json(mapping_path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RepeatedKey) as e:
         raise DataError(f"{mapping_path}: not a readable UTF-8 JSON file ({e})") from None
     if not isinstance(mapping, dict):
         raise DataError(f"{mapping_path}: expected an object mapping image id to file name")
@@ -187,7 +194,7 @@ def laps(
         ids_path = split_dir / f"{prefix}_ids.txt"
         caps = read_caption_file(split_dir / f"{prefix}_caps.txt", problems)
         ids = list(read_lines(ids_path, problems, drop_trailing_blank=True))
-        if not ids or len(caps) % len(ids):
+        if not ids or not caps or len(caps) % len(ids):  # 0 % n is 0: an empty file fit
             raise DataError(
                 f"{split_dir / (prefix + '_caps.txt')}: {len(caps)} captions do not "
                 f"fit {len(ids)} ids in {ids_path} (need equal counts or a multiple)"

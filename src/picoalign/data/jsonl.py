@@ -9,7 +9,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from picoalign.data._text import Problems, read_lines
+from picoalign.data._text import Problems, RepeatedKey, loads_json, read_lines
 from picoalign.data.base import (
     SPLITS,
     DataError,
@@ -39,9 +39,11 @@ def _jsonl_record(
     """The line's item, whether it is a one-caption line (``caption``, not ``captions``), and
     its unknown keys (for the message of a missing split)."""
     try:
-        rec = json.loads(text)
+        rec = loads_json(text)
     except json.JSONDecodeError as e:
         raise DataError(f"invalid JSON ({e.msg} at column {e.colno})") from None
+    except RepeatedKey as e:  # json keeps the last: "split" given twice chose the split
+        raise DataError(str(e)) from None
     if not isinstance(rec, dict):
         got = {type(None): "null", list: "a list", str: "a string", bool: "true/false"}
         raise DataError(f"expected a JSON object, got {got.get(type(rec), 'a number')}")

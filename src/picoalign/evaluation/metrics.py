@@ -231,9 +231,11 @@ def coarse_split_warning(split: str, n_images: int) -> str | None:
     comparison."""
     if n_images >= SMALL_SPLIT or n_images <= 0:
         return None
+    step = 100 / n_images  # 3 figures: 100, 33.3, 2.5 (".2g" printed 1e+02)
+    images = "1 image" if n_images == 1 else f"{n_images} images"
     return (
-        f"warning: the {split} split has {n_images} images: its R@K moves in steps of "
-        f"{100 / n_images:.2g} points, too coarse to compare models or to pick an epoch"
+        f"warning: the {split} split has {images}: its R@K moves in steps of "
+        f"{step:.3g} points, too coarse to compare models or to pick an epoch"
     )
 
 
