@@ -176,3 +176,15 @@ def test_a_model_is_saved_and_loaded_under_home(tmp_path: Path, monkeypatch) -> 
     assert (tmp_path / "home" / "m" / "model.safetensors").is_file()
     assert not (tmp_path / "~").exists()
     assert PicoAligner.load("~/m").trained_steps == 1
+
+
+def test_a_missing_checkpoint_or_a_file_in_its_place_is_named_as_such(tmp_path: Path) -> None:
+    """The CLI walkthrough: ``evaluate runs/nope`` said "(no runs/nope/config.json)", and
+    ``evaluate runs/a/config.yaml`` looked for ``runs/a/config.yaml/config.json``."""
+    with pytest.raises(FileNotFoundError, match=r"not found \(no such file or folder"):
+        PicoAligner.load(tmp_path / "nope")
+    _model().save(tmp_path / "m")
+    with pytest.raises(
+        FileNotFoundError, match=rf"a file: give the model or run folder .*{tmp_path}/m"
+    ):
+        PicoAligner.load(tmp_path / "m" / "config.json")

@@ -222,7 +222,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path: Path, method: str, pico: di
 
 def test_load_missing_folder_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError, match=re.escape(str(missing / "config.json"))):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{missing}: checkpoint not found")):
         PicoAligner.load(missing)
 
 

@@ -125,8 +125,11 @@ def model_folder(checkpoint: str | Path) -> Path:
     :func:`model_dir`), with both its files; ``FileNotFoundError`` names what is missing."""
     checkpoint = Path(checkpoint).expanduser()
     if not checkpoint.exists():
+        raise FileNotFoundError(f"{checkpoint}: checkpoint not found (no such file or folder)")
+    if not checkpoint.is_dir():  # run/config.yaml, best/model.safetensors: its folder is meant
         raise FileNotFoundError(
-            f"{checkpoint}: checkpoint not found (no {checkpoint / 'config.json'})"
+            f"{checkpoint}: checkpoint not found (a file: give the model or run folder "
+            f"that holds it, {checkpoint.parent})"
         )
     d = model_dir(checkpoint)
     for name in ("config.json", "model.safetensors"):

@@ -397,3 +397,11 @@ def test_a_key_of_a_nested_section_at_the_top_says_where_it_belongs(tmp_path) ->
         path.write_text(text)
         with pytest.raises(ValueError, match=re.escape(hint)):
             load_config(path)
+
+
+@pytest.mark.parametrize("steps", [[1.5], [0.5, 2.25]])
+def test_an_lr_step_is_an_epoch_or_a_fraction_not_both(steps: list[float]) -> None:
+    """The CLI walkthrough: ``lr_steps=[1.5]`` was taken as epoch 1, without a word."""
+    with pytest.raises(ValueError, match="a list of epochs >= 0 or fractions of training"):
+        TrainConfig(lr_steps=steps)
+    assert TrainConfig(lr_steps=[0.6, 8, 9.0]).lr_steps == [0.6, 8, 9.0]

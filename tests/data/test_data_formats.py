@@ -596,3 +596,20 @@ def test_jsonl_caption_lines_name_what_is_wrong(images: Path) -> None:
         with pytest.raises(DataError, match=message):
             jsonl(write_jsonl(images / f"d{i}.jsonl", [*lines, {"image": "imgs/c.png",
                   "captions": ["ok"], "split": "train"}]))  # fmt: skip
+
+
+def test_a_split_is_read_in_any_case_and_a_wrong_one_lists_every_spelling() -> None:
+    """The CLI walkthrough: "Validation" was refused with "must be one of train, val, test",
+    although "validation" was accepted, and the message named none of the other spellings."""
+    from picoalign.data.records import split_value
+
+    assert [split_value(s) for s in ("Validation", " TEST ", "Dev", "restval")] == [
+        "val",
+        "test",
+        "val",
+        "train",
+    ]
+    with pytest.raises(DataError, match=r"train, val, test \(or dev, valid, validation, restval"):
+        split_value("tain")
+    with pytest.raises(DataError, match="got 3"):
+        split_value(3)

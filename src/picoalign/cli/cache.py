@@ -39,7 +39,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
         raise ValueError(f"--older-than must be a number of days >= 0, got {args.older_than}")
     root = Path(args.dir).expanduser() if args.dir else default_cache_dir()
     if args.dir and not root.is_dir():  # a typo would look like an empty cache
-        raise ValueError(f"--dir {args.dir}: no such folder")
+        what = "a file, not a folder" if root.exists() else "no such folder"
+        raise ValueError(f"--dir {args.dir}: {what}")
     if args.dir and root.name == "features" and not (root / "features").is_dir():
         raise ValueError(f"--dir {args.dir}: give the cache folder, the one that holds features/")
     entries = cache_entries(root)

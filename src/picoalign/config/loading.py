@@ -121,7 +121,9 @@ class TrainConfig:
             "lr_steps": (
                 isinstance(self.lr_steps, list)
                 and all(
-                    isinstance(x, (int, float)) and (x > 0 or (x == 0 and isinstance(x, int)))
+                    isinstance(x, (int, float))
+                    and (x > 0 or (x == 0 and isinstance(x, int)))
+                    and (x < 1 or float(x).is_integer())  # 1.5 was cut to epoch 1
                     for x in self.lr_steps
                 ),
                 "a list of epochs >= 0 or fractions of training in (0, 1)",

@@ -14,9 +14,17 @@ SPLIT_ALIASES = {"dev": "val", "valid": "val", "validation": "val", "restval": "
 
 
 def split_value(value: Any) -> str:
-    if not isinstance(value, str) or SPLIT_ALIASES.get(value, value) not in SPLITS:
-        raise DataError(f"split must be one of {', '.join(SPLITS)} (got {value!r})")
-    return SPLIT_ALIASES.get(value, value)
+    """A record's split as train, val or test: any case, surrounding spaces and the field's
+    other names (dev, valid, validation; restval joins train) taken; anything else refused
+    with every spelling that is accepted."""
+    word = value.strip().lower() if isinstance(value, str) else value
+    split = SPLIT_ALIASES.get(word, word)
+    if split not in SPLITS:
+        raise DataError(
+            f"split must be one of {', '.join(SPLITS)} (or {', '.join(SPLIT_ALIASES)}; any "
+            f"case), got {value!r}"
+        )
+    return split
 
 
 def inside(root: Path, rel: str, what: str = "the image folder") -> tuple[Path, str]:
