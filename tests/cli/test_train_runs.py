@@ -451,6 +451,12 @@ def test_absolute_data_specs_keep_their_options(tmp_path, monkeypatch) -> None:
     # the CLI walkthrough: "cfg/../data.jsonl" was stored as given, so a resume naming the
     # same file as "data.jsonl" was refused as other data
     assert absolute_spec("jsonl:cfg/../d/data.jsonl") == f"jsonl:{tmp_path}/d/data.jsonl"
+    # the re-test: after a link, ".." is the parent of where the link points; taking it out
+    # as text (os.path.abspath) named another folder's file, and train read it
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "sub")
+    kept = absolute_spec("jsonl:link/../data.jsonl")
+    assert kept == f"jsonl:{tmp_path}/link/../data.jsonl"
 
 
 def test_resume_accepts_the_same_data_spelled_through_dot_dot(ref, tmp_path) -> None:

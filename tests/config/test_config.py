@@ -54,7 +54,7 @@ def test_overrides_alone_and_into_empty_sections(tmp_path: Path) -> None:
     assert cfg.model.embed_dim == 8 and cfg.epochs == 2
 
 
-@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
 def test_an_empty_file_is_refused(tmp_path: Path, text: str) -> None:
     """The CLI walkthrough: an empty (truncated) --config trained every default, Twemoji with
     the real encoders for 20 epochs, minutes of CPU the user did not ask for."""
@@ -68,6 +68,15 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
         load_config(write(tmp_path, "epochs: 2\nepochs: 3\n"))
     with pytest.raises(ValueError, match=r"key 'tau' given twice at line 4"):
         load_config(write(tmp_path, "model:\n  pico:\n    tau: 1\n    tau: 2\n"))
+    # what YAML allows stays allowed: merge keys; an unhashable key stays YAML's own error
+    merged = "model: {<<: {image_encoder: random-conv}, text_encoder: hash-text}\nepochs: 2\n"
+    assert load_config(write(tmp_path, merged)).model.image_encoder == "random-conv"
+    with pytest.raises(ValueError, match="found unhashable key"):
+        load_config(write(tmp_path, "? [a, b]\n: 1\n"))
+    from picoalign.config.loading import override_value
+
+    with pytest.raises(ValueError, match="key 'image_encoder' given twice"):  # --set too
+        override_value("model", "{image_encoder: a, image_encoder: b}")
 
 
 def test_an_unknown_override_is_named_by_its_flag_not_the_file(tmp_path: Path) -> None:

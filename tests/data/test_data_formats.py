@@ -613,3 +613,5 @@ def test_a_split_is_read_in_any_case_and_a_wrong_one_lists_every_spelling() -> N
         split_value("tain")
     with pytest.raises(DataError, match="got 3"):
         split_value(3)
+    with pytest.raises(DataError, match=r"got \['train'\]"):  # was "unhashable type"
+        split_value(["train"])

@@ -49,3 +49,15 @@ def test_relocate_manifest_rewrites_sources_and_spec_only() -> None:
     assert out["dataset"] == {"spec": "folder:/b/q", "seed": 3}
     assert out["keys"] == man["keys"] and out["dims"] == man["dims"]
     assert man["sources"][0] == "/a/p/x.png"  # the input is not changed
+
+
+def test_an_index_from_before_paths_lost_their_dot_dots_is_relocated() -> None:
+    """The re-test: an older index stored "/a/sub/../p/x.png"; with OLD given as "/a/p" (as
+    the command now stores it) nothing matched, and no spelling of OLD could."""
+    man = {
+        "sources": ["/a/sub/../p/x.png", "/a/p/./y.png"],
+        "dataset": {"spec": "folder:/a/sub/../p"},
+    }
+    out, moved = relocate_manifest(man, "/a/p", "/b/q")
+    assert moved == 2 and out["sources"] == ["/b/q/x.png", "/b/q/y.png"]
+    assert out["dataset"]["spec"] == "folder:/b/q"

@@ -32,7 +32,7 @@ def _set_value(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
     key, raw = text.split("=", 1)
-    if not key.strip():
+    if not all(part.strip() for part in key.split(".")):  # "=3", "model.=3", "a..b=1"
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}: no KEY")
     return key.strip(), raw  # read by the option's type in train._overrides
 

@@ -10,6 +10,7 @@ and every value is validated against its field's type (:mod:`picoalign.config.ty
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import math
@@ -208,7 +209,7 @@ def override_value(key: str, raw: str) -> Any:
     typ = _field_type(key)
     text_option = typ is str or (typ is not None and str in getattr(typ, "__args__", ()))
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=_UniqueKeys)  # a SafeLoader: no code runs
     except yaml.YAMLError as e:
         if text_option:
             return raw
@@ -327,9 +328,12 @@ class _UniqueKeys(yaml.SafeLoader):
     last, so ``epochs: 2`` then ``epochs: 3`` trained 3 epochs without a word."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)  # merge keys (<<: *base) first, as PyYAML does
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, collections.abc.Hashable):
+                break  # PyYAML's own "found unhashable key" follows
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} given twice", key_node.start_mark
@@ -346,7 +350,7 @@ def read_yaml(p: Path) -> dict[str, Any]:
         loaded = yaml.load(p.read_text(), Loader=_UniqueKeys)  # a SafeLoader: no code runs
     except yaml.YAMLError as e:
         raise ValueError(f"{p}: invalid YAML ({yaml_problem(e)})") from e
-    if loaded is None:  # an empty (or truncated) file trained every default, for minutes
+    if loaded is None or loaded == {}:  # an empty file trained every default, for minutes
         raise ValueError(f"{p}: the config file holds no options; give some, or leave it out")
     if not isinstance(loaded, dict):
         raise ValueError(f"{p}: expected a mapping of options at the top level")

@@ -8,7 +8,6 @@ as typed then points nowhere.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,21 @@ PATH_ARGS = frozenset({"PATH", "JSON", "IMAGE_ROOT", "DIR"})
 
 
 def absolute_path(path: str) -> str:
-    """``path`` with ``~`` expanded, made absolute against the current folder, ``..`` and
-    ``.`` taken out (``cfg/../data.jsonl`` and ``data.jsonl`` are one file: a resume given
-    the second was refused as other data). Links are kept, not resolved."""
-    return os.path.abspath(os.path.expanduser(path))
+    """``path`` with ``~`` expanded, made absolute against the current folder, ``.`` and
+    ``..`` taken out where that names the same file (``cfg/../data.jsonl`` is
+    ``data.jsonl``: a resume given the second was refused as other data). A ``..`` after a
+    link is kept: ``link/..`` is the parent of where the link points, which a textual
+    ``os.path.abspath`` got wrong (train then read another folder's file). Links are kept."""
+    parts: list[str] = []
+    for part in Path(path).expanduser().absolute().parts:
+        if part == "..":
+            if len(parts) > 1 and parts[-1] != ".." and not Path(*parts).is_symlink():
+                parts.pop()
+                continue
+            parts.append(part)
+        elif part != ".":
+            parts.append(part)
+    return str(Path(*parts))
 
 
 def real_path(path: str) -> str:

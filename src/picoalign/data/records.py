@@ -17,8 +17,8 @@ def split_value(value: Any) -> str:
     """A record's split as train, val or test: any case, surrounding spaces and the field's
     other names (dev, valid, validation; restval joins train) taken; anything else refused
     with every spelling that is accepted."""
-    word = value.strip().lower() if isinstance(value, str) else value
-    split = SPLIT_ALIASES.get(word, word)
+    word = value.strip().lower() if isinstance(value, str) else None  # a list: unhashable
+    split = SPLIT_ALIASES.get(word, word) if word is not None else None
     if split not in SPLITS:
         raise DataError(
             f"split must be one of {', '.join(SPLITS)} (or {', '.join(SPLIT_ALIASES)}; any "

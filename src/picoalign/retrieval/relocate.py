@@ -24,7 +24,11 @@ from picoalign.retrieval import store
 
 
 def moved_path(path: str, old: str, new: str) -> str | None:
-    """``path`` with folder ``old`` replaced by ``new``; None when it is not under ``old``."""
+    """``path`` with folder ``old`` replaced by ``new``; None when it is not under ``old``.
+    ``path`` is compared with its ``..`` taken out as text: an index from before paths were
+    stored without them records ``/a/sub/../photos/x.png`` (the old place is gone, so no
+    link can be asked about)."""
+    path = os.path.normpath(path) if path else path
     if path == old:
         return new
     head = old.rstrip(os.sep) + os.sep
