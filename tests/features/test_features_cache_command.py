@@ -76,5 +76,8 @@ def test_a_chunk_folder_loses_only_its_chunks_and_a_wrong_dir_is_said(tmp_path: 
     assert sorted(p.name for p in parts.iterdir()) == ["notes.txt"]
     rc, _, err = run_cli("cache", "--dir", str(tmp_path / "nowhere"))
     assert rc != 0 and "no such folder" in err
+    (tmp_path / "data.jsonl").write_text("{}\n")  # the CLI walkthrough: "no such folder"
+    rc, _, err = run_cli("cache", "--dir", str(tmp_path / "data.jsonl"))
+    assert rc != 0 and "data.jsonl: a file, not a folder" in err
     rc, _, err = run_cli("cache", "--dir", str(tmp_path / "features"))
     assert rc != 0 and "the one that holds features/" in err
