@@ -86,6 +86,7 @@ def train(
     ``cfg`` is read, never written: what a run derives (dimensions, warm-up steps) lives in
     the model's own config. A folder that already holds a run is refused unless ``resume``
     (continue it) or ``overwrite`` (replace it once this run writes its first checkpoint).
+    It seeds torch's global generator with ``cfg.seed``, as the command does (docs/cli.md).
     """
     cfg = with_absolute_paths(cfg)  # config.yaml then works from any folder
     keep_freed_memory()  # CPU steps stop paying page faults for their temporaries
