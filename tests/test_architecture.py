@@ -29,9 +29,10 @@ ALLOWED: dict[str, set[str]] = {
     "checkpoint": {"config", "fileio"},
     "model": {"core", "encoders", "data", "fileio", "config", "inputs", "checkpoint"},
     "config": {"core", "encoders", "data"},
-    "evaluation": {"core", "model", "features"},
+    "evaluation": {"core", "model", "features", "inputs"},
     "retrieval": {
         "checkpoint",
+        "inputs",
         "core",
         "model",
         "features",

@@ -111,13 +111,24 @@ def _check_saved_model(d: Path) -> None:
         raise ValueError(f"{weights_path}: no picoalign config.json beside it{refuse}")
     if cfg_path.exists():
         try:
-            fields = json.loads(cfg_path.read_text())
-            ModelConfig(**fields)
-            missing = [k for k in ("image_encoder", "text_encoder", "embed_dim") if k not in fields]
-            if missing:  # {} is a valid ModelConfig, but not a config picoalign saved
-                raise ValueError(f"no {', '.join(missing)}")
-        except (TypeError, ValueError, AttributeError, OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"{cfg_path}: not a picoalign model config ({e}){refuse}") from e
+            _, fields = _read_config(cfg_path)
+        except ValueError as e:
+            raise ValueError(f"{e}{refuse}") from e
+        missing = [k for k in ("image_encoder", "text_encoder", "embed_dim") if k not in fields]
+        if missing:  # {} is a valid ModelConfig, but not a config picoalign saved
+            raise ValueError(
+                f"{cfg_path}: not a picoalign model config (no {', '.join(missing)}){refuse}"
+            )
+
+
+def _read_config(path: Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """A model's ``config.json`` as a ModelConfig, and its fields as written; ValueError
+    naming the file when it is not one."""
+    try:
+        fields = json.loads(path.read_text())
+        return ModelConfig(**fields), fields
+    except (TypeError, ValueError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: not a picoalign model config ({e})") from e
 
 
 def model_folder(checkpoint: str | Path) -> Path:
@@ -144,10 +155,7 @@ def read_model(directory: str | Path) -> tuple[ModelConfig, dict[str, Tensor], i
     the path."""
     d = model_folder(directory)
     cfg_path, weights_path = d / "config.json", d / "model.safetensors"
-    try:
-        cfg = ModelConfig(**json.loads(cfg_path.read_text()))
-    except (TypeError, ValueError, AttributeError) as e:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{cfg_path}: not a picoalign model config ({e})") from e
+    cfg, _ = _read_config(cfg_path)
     try:
         state = load_file(str(weights_path))
         with safe_open(str(weights_path), framework="pt") as f:

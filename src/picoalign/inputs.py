@@ -74,8 +74,8 @@ def channel_stats(tokens: Tensor, mask: Tensor, chunk: int, side: str) -> tuple[
 
 @contextmanager
 def eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    """Eval mode for the block, the caller's mode after it: ``encode_*`` embeds as an index
-    and ``evaluate`` do, also for a model in training mode (a fresh one, or ``train()``'s),
+    """Eval mode for the block, the caller's mode after it: how ``encode_*``, evaluation and
+    index building embed, also for a model in training mode (a fresh one, or ``train()``'s),
     where token dropout drew other embeddings on every call."""
     was = module.training
     module.eval()

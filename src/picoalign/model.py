@@ -370,8 +370,8 @@ class PicoAligner(nn.Module):
     # -- persistence ------------------------------------------------------------------
     def save(self, directory: str | Path, *, overwrite: bool = False) -> None:
         """Write ``model.safetensors`` (with :attr:`trained_steps`) and ``config.json`` into a
-        new or empty folder, or over a saved model with ``overwrite=True``, as one folder swap
-        (:func:`picoalign.checkpoint.write_model`; ``~`` is the home folder)."""
+        new or empty folder, or over a saved model with ``overwrite=True``, both written before
+        either is replaced (:func:`picoalign.checkpoint.write_model`; ``~``: the home folder)."""
         from picoalign.checkpoint import write_model
 
         write_model(

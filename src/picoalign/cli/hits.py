@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 
-def image_queries(queries: list[str], index: str) -> list[str]:
-    """The queries of a caption index, which are image files: each must be one. A text
-    given there said "a red circle: image not found", as if a file had gone missing."""
+def refuse_non_image_files(queries: list[str], index: str) -> None:
+    """The queries of a caption index are image files: each must be one, said in the
+    command's terms before the model loads (``GalleryIndex.search_image`` checks them again,
+    for Python callers). A text given there said "a red circle: image not found", as if a
+    file had gone missing."""
     for q in queries:
         path = Path(q)
         if path.is_dir():
@@ -25,7 +27,6 @@ def image_queries(queries: list[str], index: str) -> list[str]:
                 f"{q}: no such image file; index {index} holds captions, so its queries are "
                 "image files (an index built with --kind images is searched by text)"
             )
-    return queries
 
 
 def hit_rows(hits: list[list[Any]], queries: list[str], gallery: Any, rerank: bool) -> list:

@@ -36,8 +36,8 @@ from picoalign.cli.data_flags import (
 from picoalign.cli.hits import (
     format_hits,
     hit_rows,
-    image_queries,
     refuse_image_files,
+    refuse_non_image_files,
     warn_stale_sources,
 )
 from picoalign.config.paths import real_path
@@ -314,7 +314,7 @@ def _index_and_queries(args: argparse.Namespace) -> Any:
             else (None, [os.path.expanduser(q) for q in args.queries])  # files: as --image
         )
     if args.image and index.kind == "captions":
-        image_queries(args.image, args.index)
+        refuse_non_image_files(args.image, args.index)
     return index
 
 

@@ -179,16 +179,15 @@ def _noto_font(font_path: str) -> ImageFont.FreeTypeFont:
 def render_emoji(chars: str, font_path: Path | None = None, size: int = RENDER_SIZE) -> Image.Image:
     """Draw ``chars`` with the colour font, crop to the glyph and pad it to a white square, so
     that it is framed like a Twemoji PNG (the art filling the image)."""
-    font = _noto_font(str(font_path or noto_font()))
+    font_path = font_path or noto_font()
+    font = _noto_font(str(font_path))
     canvas = Image.new("RGBA", (NOTO_SIZE * 2, NOTO_SIZE * 2), (0, 0, 0, 0))
     ImageDraw.Draw(canvas).text(
         (NOTO_SIZE, NOTO_SIZE), chars, font=font, embedded_color=True, anchor="mm"
     )
     box = canvas.getchannel("A").getbbox()
     if box is None:
-        raise DataError(
-            f"{font_path or noto_font()}: no glyph drawn for {chars!r} (U+{ord(chars[0]):04X})"
-        )
+        raise DataError(f"{font_path}: no glyph drawn for {chars!r} (U+{ord(chars[0]):04X})")
     glyph = canvas.crop(box)
     white = Image.new("RGB", glyph.size, (255, 255, 255))
     white.paste(glyph, mask=glyph.getchannel("A"))

@@ -18,6 +18,7 @@ from torch import Tensor
 from picoalign.core.similarity import DEFAULT_BUDGET_MB, pad_cat
 from picoalign.evaluation.protocols import evaluate_protocol
 from picoalign.features import FeatureSet, SourceImages
+from picoalign.inputs import eval_mode
 
 if TYPE_CHECKING:  # for the annotations only: the model layer sits above this one
     from picoalign.model import PicoAligner
@@ -59,13 +60,9 @@ def embed_features(
     mode), batch by batch through :func:`embed_rows`; features of another encoder are
     refused first (:func:`check_encoders`)."""
     check_encoders(model, fs)
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         img, img_mask = _embed_all(model, fs, "images", fs.n_images, batch_size)
         txt, txt_mask = _embed_all(model, fs, "captions", fs.n_captions, batch_size)
-    finally:
-        model.train(was)
     for kind, x in (("images", img), ("captions", txt)):
         if not bool(torch.isfinite(x).all()):
             raise NonFiniteEmbeddings(

@@ -194,16 +194,20 @@ UNREADABLE = (SafetensorError, OSError, ValueError, KeyError)
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A feature file's tensors and picoalign metadata; raises one of :data:`UNREADABLE`."""
     with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("picoalign", "{}"))
-        return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118
+        return {k: f.get_tensor(k) for k in f.keys()}, _meta(f, path)  # noqa: SIM118
 
 
 def read_meta(path: Path) -> dict[str, Any]:
     """A feature file's picoalign metadata, without its tensors; raises one of
     :data:`UNREADABLE` for a file that cannot be read."""
     with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("picoalign", "{}"))
+        return _meta(f, path)
+
+
+def _meta(f: Any, path: Path) -> dict[str, Any]:
+    meta = json.loads((f.metadata() or {}).get("picoalign", "{}"))
     if not isinstance(meta, dict):
         raise ValueError(f"{path.name}: its picoalign metadata is not a JSON object")
     return meta

@@ -18,6 +18,7 @@ from picoalign.checkpoint import untrained_note
 from picoalign.config.paths import absolute_source, absolute_spec
 from picoalign.core.similarity import pool_tokens
 from picoalign.evaluation.evaluate import check_encoders, embed_rows
+from picoalign.inputs import eval_mode
 from picoalign.progress import progress_bar
 from picoalign.retrieval import store
 from picoalign.retrieval.index import GalleryIndex, file_stat
@@ -74,9 +75,7 @@ def build_index(
     tokens = torch.empty(n, width, model.config.embed_dim, dtype=DTYPES[dtype])
     masks = torch.empty(n, width, dtype=torch.bool)
     pooled = torch.empty(n, model.config.embed_dim)
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for i in progress_bar(range(0, n, batch_size), desc=f"index {kind}", disable=not progress):
             rows = slice(i, i + batch_size)
             # a fine-tuned backbone re-encodes the raw inputs (its cached features are stale)
@@ -89,8 +88,6 @@ def build_index(
             tokens[rows], masks[rows] = 0, False  # a re-encoded batch may be narrower
             tokens[rows, : e.shape[1]], masks[rows, : e.shape[1]] = e.cpu(), m.cpu()
             pooled[rows] = pool_tokens(e, m).cpu()
-    finally:
-        model.train(was)
     if dataset is None:
         from picoalign.data import load_dataset
 

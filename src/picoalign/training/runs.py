@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from picoalign.fileio import check_out_folder, folder_lock, foreign_entries, name_list
+from picoalign.marks import json_dict
 
 RUN_MARKERS = ("config.yaml", "last", "best", "metrics.jsonl", "metrics.csv")
 # everything else a run writes (the CLI's plot included); with the markers, the whole of a run
@@ -238,12 +238,7 @@ class Replacement:
 def data_record(run: Path) -> dict[str, Any]:
     """A run's ``data.json`` (what it trained on); ``{}`` when it has none or it cannot be
     read (a run from before it was written: nothing to compare)."""
-    path = run / "data.json"
-    try:
-        old = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    return old if isinstance(old, dict) else {}
+    return json_dict(run / "data.json") or {}
 
 
 def data_change(record: dict[str, Any], meta: dict[str, Any]) -> tuple[str, Any, Any] | None:
